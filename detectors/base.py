@@ -1,0 +1,116 @@
+"""The detector contract: numpy arrays in, findings out.
+
+Every detector in this package is pure: no I/O, no logging, no clocks, no Kafka.
+It is built for one subject (a field of a stream, usually) and for one partition's
+share of the stream; the pipeline owns one instance per (stream, field, partition).
+
+``update`` takes a whole batch at once:
+
+* ``values``: 1-D array of the batch's *valid* values for the subject, in event
+  order. float64 for numeric fields; int64 category codes for categorical fields
+  (codes ``0..K-1`` are the baseline's categories in baseline order, codes ``>= K``
+  are categories never seen in the baseline).
+* ``times``: optional 1-D float64 array of event times in seconds since the epoch,
+  same length as ``values``; detectors with event-time windows need it.
+
+It returns the findings of this batch: at most one per detector and subject per
+call (a verdict on the window as it stands after the batch), possibly none (for
+example while a window is still filling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Detector",
+    "DetectorError",
+    "Finding",
+    "FloatArray",
+    "IntArray",
+    "Mergeable",
+    "WindowBounds",
+]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+class DetectorError(ValueError):
+    """A detector was built or restored with arguments it cannot work with."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowBounds:
+    """Where a finding's window lies in the stream.
+
+    Offsets are Kafka offsets (first inclusive, last inclusive) and times are event
+    times in seconds since the epoch. Detectors fill what they know (usually only
+    ``events``); the pipeline completes offsets and partition.
+    """
+
+    events: int = 0
+    first_offset: int | None = None
+    last_offset: int | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    partition: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One detector's verdict on one subject after a batch.
+
+    ``statistic`` is the detector's own statistic (KS D, PSI, chi-square, ...);
+    ``threshold`` is the value of ``statistic`` at and above which ``drift`` is
+    true (for detectors that decide by p-value, ``threshold`` is still stated on
+    the statistic's scale where possible and ``p_value`` is given).
+    """
+
+    detector: str
+    subject: str
+    statistic: float
+    threshold: float
+    drift: bool
+    p_value: float | None = None
+    kind: str = "field"  # field | entity | model
+    stream: str = ""  # filled by the pipeline
+    window: WindowBounds = field(default_factory=WindowBounds)
+    baseline_id: str | None = None
+    details: tuple[tuple[str, float], ...] = ()  # extra named statistics
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """What the pipeline needs of a detector."""
+
+    name: ClassVar[str]
+
+    def update(self, values: Any, times: FloatArray | None = None) -> list[Finding]:
+        """Fold one batch of valid values in and return this batch's findings."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this instance is.
+
+        Values are plain Python scalars, lists, strings or numpy arrays, so the
+        state codec (msgpack/npz) can store it.
+        """
+        ...
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a ``state()`` taken from an instance built the same way."""
+        ...
+
+
+@runtime_checkable
+class Mergeable(Protocol):
+    """Detectors whose state combines exactly across partitions or replicas."""
+
+    def merge(self, other: Any) -> None:
+        """Add ``other``'s window state to this one (same construction arguments)."""
+        ...
