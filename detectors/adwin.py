@@ -1,0 +1,469 @@
+"""ADWIN (Bifet & Gavaldà 2007) as a compiled, batch-at-a-time kernel.
+
+The algorithm is the one of ``river.drift.ADWIN`` (river 0.26, whose core is
+``rust_src/adwin.rs``): an exponential histogram of buckets (level ``i`` holds up to
+``max_buckets + 1`` summaries of ``2**i`` values each, merged two at a time when a
+level overflows), a streaming variance (Welford on insert, Babcock et al. on merge
+and delete), a check of every bucket boundary as a cut point every ``clock``
+values once the window is longer than ``grace_period``, and the cut condition
+
+    |mean(W0) - mean(W1)| > sqrt(2 m V/W d') + 2/3 d' m,
+    m = 1/(n0 - L + 1) + 1/(n1 - L + 1),  d' = ln(2 ln(W) / delta)
+
+(``V`` the window's sum of squared deviations, ``W`` its width, ``L`` the
+``min_window_length``). While the condition holds the oldest bucket is dropped.
+Like river's ``ADWIN.update``, a detection resets the detector on the next value,
+so the clock phase and the window restart there.
+
+The whole histogram lives in preallocated numpy arrays and one ``@njit`` kernel
+folds a batch in, in the same floating-point operation order as river, so the
+per-value mode reports river's change points exactly, whatever the batch split.
+
+Two modes:
+
+* ``mode="value"``: ADWIN over every value; river's detections, index for index.
+* ``mode="subwindow"`` (the service default): ADWIN over the means of consecutive
+  chunks of ``subwindow`` values (a partial chunk is carried across batches). It
+  costs one histogram update per ``subwindow`` values, so it is practically free,
+  and it still finds mean shifts, later by about one sub-window (the change must
+  first fill a chunk, and ``clock`` counts chunks, not values). It tests the chunk
+  means: variance *within* a chunk is averaged away (a variance-only change with
+  an unchanged mean is invisible, which it mostly is to ADWIN anyway), noise
+  shrinks by ``sqrt(subwindow)`` so small mean shifts are found with fewer
+  values, and a shift shorter than a chunk is diluted. Reported indices are the
+  in-batch positions of the values that completed the detecting chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+from numba import njit
+
+from detectors.base import DetectorError, Finding, FloatArray, IntArray, WindowBounds
+
+__all__ = ["ADWIN"]
+
+# Levels of the exponential histogram: level i holds buckets of 2**i values, so 64
+# levels cover any width a float64 count can represent.
+_MAX_LEVELS = 64
+
+# Float scalar state: window total, sum of squared deviations, width, partial-chunk sum.
+_TOTAL, _VARIANCE, _WIDTH, _PSUM = range(4)
+# Int scalar state: live buckets, levels in use, clock tick, reset pending (a change
+# was detected on the previous value), values in the partial chunk.
+_NBUCKETS, _NLEVELS, _TICK, _PENDING, _PCOUNT = range(5)
+
+
+@njit(cache=True)
+def _adwin_batch(
+    values: FloatArray,
+    fs: FloatArray,
+    ist: IntArray,
+    counts: IntArray,
+    totals: FloatArray,
+    variances: FloatArray,
+    delta: float,
+    clock: int,
+    max_buckets: int,
+    min_len: float,
+    grace: float,
+    subwindow: int,
+    out: IntArray,
+) -> int:
+    """Fold ``values`` in; write the in-batch indices of changes to ``out``; count them.
+
+    One function with the scalar state in locals (loaded here, stored back at the
+    end) so it stays in registers; river's functions are marked in comments and
+    keep river's floating-point operation order, so results are bit-identical.
+    """
+    total = fs[_TOTAL]
+    variance = fs[_VARIANCE]
+    width = fs[_WIDTH]
+    psum = fs[_PSUM]
+    n_buckets = ist[_NBUCKETS]
+    n_levels = ist[_NLEVELS]
+    tick = ist[_TICK]
+    pending = ist[_PENDING]
+    pcount = ist[_PCOUNT]
+    n_out = 0
+    for i in range(values.shape[0]):
+        if subwindow == 1:
+            value = values[i]
+        else:
+            psum += values[i]
+            pcount += 1
+            if pcount < subwindow:
+                continue
+            value = psum / subwindow
+            psum = 0.0
+            pcount = 0
+
+        if pending != 0:
+            # river's ADWIN.update after a detection: a fresh helper (_reset).
+            for lvl in range(n_levels):
+                counts[lvl] = 0
+                totals[lvl, :] = 0.0
+                variances[lvl, :] = 0.0
+            n_levels = 1
+            n_buckets = 0
+            tick = 0
+            pending = 0
+            total = 0.0
+            variance = 0.0
+            width = 0.0
+
+        # -- insert_element -------------------------------------------------------
+        c0 = counts[0]
+        totals[0, c0] = value
+        variances[0, c0] = 0.0
+        counts[0] = c0 + 1
+        n_buckets += 1
+        width += 1.0
+        inc = 0.0
+        if width > 1.0:
+            dv = value - total / (width - 1.0)
+            inc = (width - 1.0) * dv * dv / width
+        variance += inc
+        total += value
+
+        # -- compress_buckets -----------------------------------------------------
+        lvl = 0
+        while counts[lvl] == max_buckets + 1:
+            n1 = float(1 << lvl)
+            t0 = totals[lvl, 0]
+            t1 = totals[lvl, 1]
+            mu1 = t0 / n1
+            mu2 = t1 / n1
+            d = mu1 - mu2
+            v12 = variances[lvl, 0] + variances[lvl, 1] + n1 * 0.5 * d * d
+            if lvl + 1 >= n_levels:
+                n_levels = lvl + 2  # the new level's slots are already zero
+            cn = counts[lvl + 1]
+            totals[lvl + 1, cn] = t0 + t1
+            variances[lvl + 1, cn] = v12
+            counts[lvl + 1] = cn + 1
+            n_buckets += 1
+            # Drop the two merged summaries: shift the rest down, zero the tail.
+            k = counts[lvl]
+            for j in range(k - 2):
+                totals[lvl, j] = totals[lvl, j + 2]
+                variances[lvl, j] = variances[lvl, j + 2]
+            for j in range(k - 2, k):
+                totals[lvl, j] = 0.0
+                variances[lvl, j] = 0.0
+            counts[lvl] = k - 2
+            if counts[lvl + 1] <= max_buckets:
+                break
+            lvl += 1
+
+        # -- detect_change --------------------------------------------------------
+        tick += 1
+        if tick % clock != 0 or not width > grace:
+            continue
+        change = False
+        reduce_width = True
+        while reduce_width:
+            reduce_width = False
+            # Loop invariants of river's evaluate_cut, hoisted (same values, same bits).
+            d_prime = math.log(2.0 * math.log(width) / delta)
+            v_w = variance / width
+            two_thirds_d = 2.0 / 3.0 * d_prime
+            n0 = 0.0
+            n1 = width
+            u0 = 0.0
+            u1 = total
+            done = False
+            lvl = n_levels - 1
+            while lvl >= 0 and not done:
+                size = float(1 << lvl)
+                kmax = counts[lvl]
+                for k in range(kmax):
+                    n0 += size
+                    n1 -= size
+                    t = totals[lvl, k]
+                    u0 += t
+                    u1 -= t
+                    if lvl == 0 and k == kmax - 1:
+                        done = True
+                        break
+                    if n1 >= min_len and n0 >= min_len:
+                        dm = abs(u0 / n0 - u1 / n1)
+                        m = 1.0 / (n0 - min_len + 1.0) + 1.0 / (n1 - min_len + 1.0)
+                        eps = math.sqrt(2.0 * m * v_w * d_prime) + two_thirds_d * m
+                        if dm > eps:
+                            reduce_width = True
+                            change = True
+                            if width > 0.0:
+                                # -- delete_element: drop the oldest bucket --------
+                                last = n_levels - 1
+                                nd = float(1 << last)
+                                u = totals[last, 0]
+                                mu = u / nd
+                                width -= nd
+                                total -= u
+                                dd = mu - total / width
+                                variance -= variances[last, 0] + nd * width * dd * dd / (nd + width)
+                                kl = counts[last]
+                                for j in range(kl - 1):
+                                    totals[last, j] = totals[last, j + 1]
+                                    variances[last, j] = variances[last, j + 1]
+                                totals[last, kl - 1] = 0.0
+                                variances[last, kl - 1] = 0.0
+                                counts[last] = kl - 1
+                                n_buckets -= 1
+                                if kl == 1:
+                                    n_levels = last
+                                done = True
+                                break
+                lvl -= 1
+        if change:
+            pending = 1
+            out[n_out] = i
+            n_out += 1
+
+    fs[_TOTAL] = total
+    fs[_VARIANCE] = variance
+    fs[_WIDTH] = width
+    fs[_PSUM] = psum
+    ist[_NBUCKETS] = n_buckets
+    ist[_NLEVELS] = n_levels
+    ist[_TICK] = tick
+    ist[_PENDING] = pending
+    ist[_PCOUNT] = pcount
+    return n_out
+
+
+class ADWIN:
+    """ADaptive WINdowing change detector over a numeric field, batch at a time.
+
+    Parameters
+    ----------
+    baseline
+        Unused (ADWIN needs no reference); accepted so every detector is built alike.
+    subject
+        The field (or entity, model) this instance watches; copied into findings.
+    delta
+        Significance of the cut test, in (0, 1). Smaller: fewer false alarms, later
+        detections. The bound holds per check, so over a long stationary stream the
+        expected events between false alarms grow roughly like ``clock / delta``.
+    clock
+        Check for a change every ``clock`` window updates (values, or sub-windows in
+        ``mode="subwindow"``). ``>= 1``.
+    max_buckets
+        Summaries kept per histogram level before two are merged. ``>= 2``.
+    min_window_length
+        Both sides of a cut must hold at least this many window updates. ``>= 1``.
+    grace_period
+        No check until the window holds more than this many updates. ``>= 0``.
+    mode
+        ``"value"`` (river's algorithm, value for value) or ``"subwindow"`` (ADWIN
+        over the means of chunks of ``subwindow`` values; see the module docstring).
+    subwindow
+        Chunk length in values for ``mode="subwindow"``. ``>= 1``; ignored in value
+        mode.
+
+    ``update`` returns one finding per non-empty batch, ``drift=True`` when at least
+    one change was detected in it; ``statistic`` is the number of changes in the
+    batch and ``threshold`` is 1. The in-batch indices of the changes are
+    ``last_detections``. ``width``, ``estimation``, ``variance`` and ``total`` are
+    river's quantities after the batch (in window updates: values or sub-windows).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(12345)
+    >>> stream = np.concatenate([rng.integers(0, 2, 1000), rng.integers(4, 8, 1000)])
+    >>> adwin = ADWIN(subject="temperature")
+    >>> findings = adwin.update(stream[:700]) + adwin.update(stream[700:])
+    >>> [f.drift for f in findings]
+    [False, True]
+    >>> int(adwin.last_detections[0]) + 700
+    1023
+    >>> adwin.n_detections, adwin.width
+    (1, 976)
+    """
+
+    name: ClassVar[str] = "adwin"
+
+    def __init__(
+        self,
+        baseline: Any = None,
+        subject: str = "",
+        delta: float = 0.002,
+        clock: int = 32,
+        max_buckets: int = 5,
+        min_window_length: int = 5,
+        grace_period: int = 10,
+        mode: str = "value",
+        subwindow: int = 1000,
+    ) -> None:
+        self.baseline = baseline
+        self.subject = subject
+        self.delta = delta
+        self.clock = clock
+        self.max_buckets = max_buckets
+        self.min_window_length = min_window_length
+        self.grace_period = grace_period
+        self.mode = mode
+        self.subwindow = subwindow
+        if not 0.0 < delta < 1.0:
+            raise DetectorError(f"delta must be in (0, 1), got {delta!r}")
+        if clock < 1:
+            raise DetectorError(f"clock must be >= 1, got {clock!r}")
+        if max_buckets < 2:
+            raise DetectorError(f"max_buckets must be >= 2, got {max_buckets!r}")
+        if min_window_length < 1:
+            raise DetectorError(f"min_window_length must be >= 1, got {min_window_length!r}")
+        if grace_period < 0:
+            raise DetectorError(f"grace_period must be >= 0, got {grace_period!r}")
+        if mode not in ("value", "subwindow"):
+            raise DetectorError(f"mode must be 'value' or 'subwindow', got {mode!r}")
+        if subwindow < 1:
+            raise DetectorError(f"subwindow must be >= 1, got {subwindow!r}")
+        self._chunk = subwindow if mode == "subwindow" else 1
+        self._reset()
+
+    def _reset(self) -> None:
+        self._fs = np.zeros(4, dtype=np.float64)
+        self._is = np.zeros(5, dtype=np.int64)
+        self._is[_NLEVELS] = 1
+        self._counts = np.zeros(_MAX_LEVELS, dtype=np.int64)
+        self._totals = np.zeros((_MAX_LEVELS, self.max_buckets + 1), dtype=np.float64)
+        self._variances = np.zeros((_MAX_LEVELS, self.max_buckets + 1), dtype=np.float64)
+        self._last = np.zeros(0, dtype=np.int64)
+        self._n_detections = 0
+        self._n_seen = 0
+
+    # -- river's read-only quantities -------------------------------------------------
+
+    @property
+    def width(self) -> int:
+        """Window length, in window updates (values, or sub-windows)."""
+        return int(self._fs[_WIDTH])
+
+    @property
+    def total(self) -> float:
+        """Sum of the window's updates."""
+        return float(self._fs[_TOTAL])
+
+    @property
+    def variance(self) -> float:
+        """river's ``variance``: the window's sum of squared deviations from its mean."""
+        return float(self._fs[_VARIANCE])
+
+    @property
+    def estimation(self) -> float:
+        """Mean of the window (0.0 when empty)."""
+        width = self._fs[_WIDTH]
+        return float(self._fs[_TOTAL] / width) if width > 0 else 0.0
+
+    @property
+    def n_detections(self) -> int:
+        """Changes detected since construction (river's counter restarts at resets)."""
+        return self._n_detections
+
+    @property
+    def drift_detected(self) -> bool:
+        """Whether the last batch had at least one change."""
+        return self._last.size > 0
+
+    @property
+    def last_detections(self) -> IntArray:
+        """In-batch indices (int64, ascending) of the changes of the last batch."""
+        return self._last.copy()
+
+    # -- the Detector contract --------------------------------------------------------
+
+    def update(self, values: Any, times: FloatArray | None = None) -> list[Finding]:
+        """Fold a batch in, in order; one finding (or none for an empty batch).
+
+        ``values``: 1-D array-like of numbers (converted to float64), event order.
+        ``times``: optional event times (s since the epoch); only the last is used.
+        """
+        x = np.ascontiguousarray(values, dtype=np.float64)
+        if x.ndim != 1:
+            raise DetectorError(f"values must be 1-D, got shape {x.shape}")
+        if times is not None and len(times) != x.shape[0]:
+            raise DetectorError(f"times has length {len(times)}, values {x.shape[0]}")
+        if x.shape[0] == 0:
+            self._last = np.zeros(0, dtype=np.int64)
+            return []
+        if not np.isfinite(x).all():
+            raise DetectorError("values must be finite (drop NaN/inf before ADWIN)")
+        out = np.empty(x.shape[0], dtype=np.int64)
+        n = _adwin_batch(
+            x,
+            self._fs,
+            self._is,
+            self._counts,
+            self._totals,
+            self._variances,
+            float(self.delta),
+            int(self.clock),
+            int(self.max_buckets),
+            float(self.min_window_length),
+            float(self.grace_period),
+            int(self._chunk),
+            out,
+        )
+        self._last = out[:n].copy()
+        self._n_detections += n
+        self._n_seen += x.shape[0]
+        width = self.width
+        details: tuple[tuple[str, float], ...] = (
+            ("changes", float(n)),
+            ("width", float(width)),
+            ("estimation", self.estimation),
+            ("variance", self.variance),
+        )
+        if n:
+            details += (("first_change_index", float(self._last[0])),)
+        return [
+            Finding(
+                detector=self.name,
+                subject=self.subject,
+                statistic=float(n),
+                threshold=1.0,
+                drift=n > 0,
+                window=WindowBounds(
+                    events=width * self._chunk + int(self._is[_PCOUNT]),
+                    end_time=None if times is None or len(times) == 0 else float(times[-1]),
+                ),
+                details=details,
+            )
+        ]
+
+    def state(self) -> dict[str, Any]:
+        """Plain-typed state: scalars, lists and the live rows of the histogram."""
+        levels = int(self._is[_NLEVELS])
+        return {
+            "fs": self._fs.tolist(),
+            "is": self._is.tolist(),
+            "counts": self._counts[:levels].copy(),
+            "totals": self._totals[:levels].copy(),
+            "variances": self._variances[:levels].copy(),
+            "last": self._last.copy(),
+            "n_detections": self._n_detections,
+            "n_seen": self._n_seen,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue exactly from ``state()`` of an instance built with the same arguments."""
+        totals = np.asarray(state["totals"], dtype=np.float64)
+        if totals.ndim != 2 or totals.shape[1] != self.max_buckets + 1:
+            raise DetectorError(
+                f"state has buckets of {totals.shape[1:]} slots, max_buckets={self.max_buckets}"
+            )
+        self._reset()
+        levels = totals.shape[0]
+        self._fs[:] = np.asarray(state["fs"], dtype=np.float64)
+        self._is[:] = np.asarray(state["is"], dtype=np.int64)
+        self._counts[:levels] = np.asarray(state["counts"], dtype=np.int64)
+        self._totals[:levels] = totals
+        self._variances[:levels] = np.asarray(state["variances"], dtype=np.float64)
+        self._last = np.asarray(state["last"], dtype=np.int64).copy()
+        self._n_detections = int(state["n_detections"])
+        self._n_seen = int(state["n_seen"])
