@@ -39,7 +39,7 @@ import urllib.request
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "SEVERITY_ORDER",
@@ -274,13 +274,15 @@ class WebhookDispatcher:
                         if not q.items or q.next_at > t:
                             break
                         head = q.items[0]
-                    ok = self._attempt(name, q, head, t)
-                    if not ok:
+                    outcome = self._attempt(name, q, head, t)
+                    if outcome == "retry":
                         break
-                    delivered += 1
+                    delivered += outcome == "sent"
         return delivered
 
-    def _attempt(self, name: str, q: _SinkQueue, d: Delivery, now: float) -> bool:
+    def _attempt(
+        self, name: str, q: _SinkQueue, d: Delivery, now: float
+    ) -> Literal["sent", "gave_up", "retry"]:
         ep = q.endpoint
         body: bytes = d.body
         headers: Mapping[str, str] = dict(d.headers)
@@ -302,7 +304,7 @@ class WebhookDispatcher:
                 self._pop_head(q, delivered=True)
                 q.sent += 1
             self.observer.on_sent(name, latency)
-            return True
+            return "sent"
         permanent = 300 <= status < 500 and status not in _RETRYABLE_4XX
         with self._lock:
             q.attempts += 1
@@ -315,8 +317,8 @@ class WebhookDispatcher:
         self.observer.on_failed(name, reason if not give_up else f"{reason} (gave up)")
         if give_up:
             self.observer.on_dropped(name)
-            return True  # the head moved on: keep sending this sink's queue
-        return False
+            return "gave_up"  # the head moved on: keep sending this sink's queue
+        return "retry"
 
     @staticmethod
     def _pop_head(q: _SinkQueue, delivered: bool) -> None:
