@@ -36,7 +36,9 @@ def test_json_round_trip_is_exact(tmp_path: Path) -> None:
     b = _baseline()
     save_baseline(b, tmp_path / "b.json")
     c = load_baseline(tmp_path / "b.json")
-    assert c.content_hash == b.content_hash and c.id == b.id and c.source == b.source
+    assert c.content_hash == b.content_hash
+    assert c.id == b.id
+    assert c.source == b.source
     for name, fb in b.fields.items():
         assert c.fields[name].content() == fb.content()
     t = b.fields["temperature"]
@@ -62,12 +64,15 @@ def test_discrete_data_gets_one_bin_per_atom() -> None:
     idx = b.bin_index(x)
     for v in atoms:
         assert np.unique(idx[x == v]).size == 1
-    assert b.counts.sum() == x.size and np.all(np.diff(b.edges) > 0)
+    assert b.counts.sum() == x.size
+    assert np.all(np.diff(b.edges) > 0)
 
 
 def test_constant_field_and_out_of_range_values() -> None:
     b = build_numeric(np.full(100, 5.0))
-    assert b.bins == 2 and b.counts.tolist() == [0, 100] and b.std == 0.0
+    assert b.bins == 2
+    assert b.counts.tolist() == [0, 100]
+    assert b.std == 0.0
     assert b.bin_index(np.array([-1e300, 4.9, 5.0, 1e300])).tolist() == [0, 0, 1, 1]
     n = build_numeric(np.arange(100.0), bins=10)
     assert n.bin_index(np.array([-5.0, 500.0])).tolist() == [0, n.bins - 1]
@@ -75,7 +80,8 @@ def test_constant_field_and_out_of_range_values() -> None:
 
 def test_categorical_codes_and_errors() -> None:
     c = build_categorical({"a": 3, "b": 0, "c": 5}, categories=["c", "a", "b"])
-    assert c.counts.tolist() == [5, 3, 0] and c.bins == 4
+    assert c.counts.tolist() == [5, 3, 0]
+    assert c.bins == 4
     assert c.bin_index(np.array([0, 2, 3, 17])).tolist() == [0, 2, 3, 3]
     with pytest.raises(DetectorError, match=">= 0"):
         c.bin_index(np.array([-1]))
