@@ -65,7 +65,7 @@ _N_FLOAT_STATE = 7
 _NBUCKETS, _NLEVELS, _TICK, _PENDING, _PCOUNT = range(5)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _adwin_batch(
     values: FloatArray,
     fs: FloatArray,
@@ -80,6 +80,7 @@ def _adwin_batch(
     grace: float,
     subwindow: int,
     out: IntArray,
+    scratch: FloatArray,
 ) -> int:
     """Fold ``values`` in; write the in-batch indices of changes to ``out``; count them.
 
@@ -196,54 +197,69 @@ def _adwin_batch(
             d_prime = math.log(2.0 * math.log(width) / delta)
             v_w = variance / width
             two_thirds_d = 2.0 / 3.0 * d_prime
+            # Pass 1: the cut points, oldest first, with river's running sums (these
+            # additions are sequential in river too, so they are kept in order).
             n0 = 0.0
             n1 = width
             u0 = 0.0
             u1 = total
-            done = False
+            n_cuts = 0
             lvl = n_levels - 1
-            while lvl >= 0 and not done:
+            while lvl >= 0:
                 size = unit * float(1 << lvl)
                 kmax = counts[lvl]
+                if lvl == 0:
+                    kmax -= 1  # river never cuts after the newest bucket
                 for k in range(kmax):
                     n0 += size
                     n1 -= size
                     t = totals[lvl, k]
                     u0 += t
                     u1 -= t
-                    if lvl == 0 and k == kmax - 1:
-                        done = True
-                        break
-                    if n1 >= min_len and n0 >= min_len:
-                        dm = abs(u0 / n0 - u1 / n1)
-                        m = 1.0 / (n0 - min_len + 1.0) + 1.0 / (n1 - min_len + 1.0)
-                        eps = math.sqrt(2.0 * m * v_w * d_prime) + two_thirds_d * m
-                        if dm > eps:
-                            reduce_width = True
-                            change = True
-                            if width > 0.0:
-                                # -- delete_element: drop the oldest bucket --------
-                                last = n_levels - 1
-                                nd = unit * float(1 << last)
-                                u = totals[last, 0]
-                                mu = u / nd
-                                width -= nd
-                                total -= u
-                                dd = mu - total / width
-                                variance -= variances[last, 0] + nd * width * dd * dd / (nd + width)
-                                kl = counts[last]
-                                for j in range(kl - 1):
-                                    totals[last, j] = totals[last, j + 1]
-                                    variances[last, j] = variances[last, j + 1]
-                                totals[last, kl - 1] = 0.0
-                                variances[last, kl - 1] = 0.0
-                                counts[last] = kl - 1
-                                n_buckets -= 1
-                                if kl == 1:
-                                    n_levels = last
-                                done = True
-                                break
+                    scratch[0, n_cuts] = n0
+                    scratch[1, n_cuts] = n1
+                    scratch[2, n_cuts] = u0
+                    scratch[3, n_cuts] = u1
+                    n_cuts += 1
                 lvl -= 1
+            # Pass 2: river's cut test at every point, branch-free so it vectorises;
+            # each point's arithmetic is river's, so each verdict is river's. Sides
+            # shorter than min_window_length are clamped to stay finite, then masked.
+            hits = 0
+            for j in range(n_cuts):
+                a0 = scratch[0, j]
+                a1 = scratch[1, j]
+                c0 = max(a0, min_len)
+                c1 = max(a1, min_len)
+                dm = abs(scratch[2, j] / c0 - scratch[3, j] / c1)
+                m = 1.0 / (c0 - min_len + 1.0) + 1.0 / (c1 - min_len + 1.0)
+                eps = math.sqrt(2.0 * m * v_w * d_prime) + two_thirds_d * m
+                hits += (a1 >= min_len) & (a0 >= min_len) & (dm > eps)
+            if hits == 0:
+                break
+            # A cut: river drops the oldest bucket at the first cutting point and
+            # scans again; where the first point is does not matter, only that one is.
+            reduce_width = True
+            change = True
+            # -- delete_element: drop the oldest bucket ----------------------------
+            last = n_levels - 1
+            nd = unit * float(1 << last)
+            u = totals[last, 0]
+            mu = u / nd
+            width -= nd
+            total -= u
+            dd = mu - total / width
+            variance -= variances[last, 0] + nd * width * dd * dd / (nd + width)
+            kl = counts[last]
+            for j in range(kl - 1):
+                totals[last, j] = totals[last, j + 1]
+                variances[last, j] = variances[last, j + 1]
+            totals[last, kl - 1] = 0.0
+            variances[last, kl - 1] = 0.0
+            counts[last] = kl - 1
+            n_buckets -= 1
+            if kl == 1:
+                n_levels = last
         if change:
             pending = 1
             out[n_out] = i
@@ -368,6 +384,8 @@ class ADWIN:
         self._counts = np.zeros(_MAX_LEVELS, dtype=np.int64)
         self._totals = np.zeros((_MAX_LEVELS, self.max_buckets + 1), dtype=np.float64)
         self._variances = np.zeros((_MAX_LEVELS, self.max_buckets + 1), dtype=np.float64)
+        # Cut points of one scan (n0, n1, u0, u1); working memory, not state.
+        self._scratch = np.empty((4, _MAX_LEVELS * (self.max_buckets + 1)), dtype=np.float64)
         self._last = np.zeros(0, dtype=np.int64)
         self._n_detections = 0
         self._n_seen = 0
@@ -443,6 +461,7 @@ class ADWIN:
             float(self.grace_period),
             int(self._chunk),
             out,
+            self._scratch,
         )
         self._last = out[:n].copy()
         self._n_detections += n
