@@ -1,0 +1,298 @@
+"""The service loop: consume a batch, process it, make its outputs durable, commit.
+
+Order per consumed batch (at-least-once, nothing skipped):
+
+1. every stream's pipeline processes its part (decode, checks, detectors);
+2. dead letters and alerts are handed to the producer;
+3. the producer is flushed until the broker acknowledged all of them;
+4. only then are the batch's offsets committed.
+
+A crash between 3 and 4 replays the batch: dead letters and alerts may then appear
+twice, with the same content (alerts carry deterministic ids). A stop request
+(SIGTERM/SIGINT) lets the current batch finish all four steps before closing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from connectors.base import MessageSink, OutMessage
+from connectors.kafka import KafkaSink, KafkaSource, RawBatch, TopicPartitionKey
+from detectors.base import Finding
+from monitor.config import Config
+from monitor.errors import SinkError
+from monitor.metrics import Metrics
+from monitor.pipeline import FindingStage, StreamPipeline
+
+__all__ = ["FindingsHandler", "RunStats", "Runner"]
+
+log = logging.getLogger("driftwarden.runner")
+
+_BROKER_DOWN = {"_ALL_BROKERS_DOWN", "_TRANSPORT", "_RESOLVE", "_TIMED_OUT"}
+
+
+class BatchSource(Protocol):
+    assignment: set[TopicPartitionKey]
+
+    def poll(self) -> list[RawBatch]: ...
+
+    def commit(self, next_offsets: Mapping[TopicPartitionKey, int]) -> None: ...
+
+    def lag(self, positions: Mapping[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]: ...
+
+    def close(self) -> None: ...
+
+
+class FindingsHandler(Protocol):
+    """Consumes findings after each batch (the alert engine); returns messages to send."""
+
+    def handle(self, findings: list[Finding], now: float) -> list[OutMessage]: ...
+
+
+@dataclass
+class RunStats:
+    """Counts since start, for the console summary and tests."""
+
+    events: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    commits: int = 0
+    messages_out: int = 0
+    findings: int = 0
+    drifting: set[tuple[str, str, str]] = field(default_factory=set)
+
+    @property
+    def invalid(self) -> int:
+        return sum(self.rejected.values())
+
+
+class Runner:
+    """Wires source, pipelines, sink and metrics together and runs the loop."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        source: BatchSource | None = None,
+        sink: MessageSink | None = None,
+        stages: Callable[[StreamPipeline], list[FindingStage]] | None = None,
+        findings_handler: FindingsHandler | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.pipelines: dict[str, StreamPipeline] = {}
+        for spec in config.streams:
+            pipeline = StreamPipeline(spec, self.metrics, config.dead_letter_topic)
+            if stages is not None:
+                pipeline.stages.extend(stages(pipeline))
+            for topic in spec.all_topics:
+                self.pipelines[topic] = pipeline
+        self.findings_handler = findings_handler
+        self._broker_ok = True
+        self._last_broker_error = 0.0
+        self.source: BatchSource = source if source is not None else self._make_source()
+        self.sink: MessageSink = sink if sink is not None else KafkaSink(config.kafka)
+        self.positions: dict[TopicPartitionKey, int] = {}
+        self.stats = RunStats()
+        self.stop_event = threading.Event()
+        self._ready_gauge = self.metrics.ready
+        self._ready_gauge.set(0)
+
+    def _make_source(self) -> KafkaSource:
+        c = self.config
+        options: dict[str, Any] = {
+            "fetch.queue.backoff.ms": c.source.fetch_queue_backoff_ms,
+            "queued.min.messages": c.source.queued_min_messages,
+            **c.kafka,
+        }
+        topics = [t for s in c.streams for t in s.all_topics]
+        return KafkaSource(
+            options,
+            c.group,
+            topics,
+            max_batch_events=c.source.max_batch_events,
+            max_wait=c.source.max_wait,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_error=self._on_kafka_error,
+        )
+
+    # -- callbacks -------------------------------------------------------------------
+    def _on_assign(self, partitions: list[TopicPartitionKey]) -> None:
+        log.info("assigned partitions=%s", sorted(partitions))
+        self.metrics.assigned_partitions.set(len(self.source.assignment) if hasattr(self, "source") else len(partitions))
+
+    def _on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
+        log.info("revoked partitions=%s", sorted(partitions))
+        for key in partitions:
+            self.positions.pop(key, None)
+            self.metrics.consumer_lag.remove(key[0], str(key[1])) if self._has_lag(key) else None
+
+    def _has_lag(self, key: TopicPartitionKey) -> bool:
+        return (key[0], str(key[1])) in {
+            tuple(s.labels.values()) for m in self.metrics.consumer_lag.collect() for s in m.samples
+        }
+
+    def _on_kafka_error(self, name: str, fatal: bool) -> None:
+        self.metrics.kafka_errors.labels(name.lstrip("_").lower() or "unknown").inc()
+        if name in _BROKER_DOWN:
+            self._broker_ok = False
+            self._last_broker_error = time.monotonic()
+        if fatal:
+            log.error("fatal Kafka error %s; stopping", name)
+            self.stop_event.set()
+
+    # -- readiness -------------------------------------------------------------------
+    def ready(self) -> bool:
+        """Consuming: partitions assigned and the broker reachable."""
+        return bool(self.source.assignment) and self._broker_ok
+
+    def _refresh_ready(self) -> None:
+        self._ready_gauge.set(1 if self.ready() else 0)
+
+    # -- the loop --------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(
+        self,
+        *,
+        max_seconds: float | None = None,
+        until: Callable[[RunStats], bool] | None = None,
+        on_summary: Callable[[str], None] | None = None,
+    ) -> RunStats:
+        """Run until ``stop()``, ``max_seconds`` or ``until(stats)``; then commit and close."""
+        started = time.monotonic()
+        last_summary = started
+        summary_events = 0
+        try:
+            while not self.stop_event.is_set():
+                now = time.monotonic()
+                if max_seconds is not None and now - started >= max_seconds:
+                    break
+                self.step()
+                if until is not None and until(self.stats):
+                    break
+                if on_summary is not None and now - last_summary >= self.config.summary_interval:
+                    rate = (self.stats.events - summary_events) / max(now - last_summary, 1e-9)
+                    on_summary(self.summary(rate))
+                    last_summary, summary_events = now, self.stats.events
+        finally:
+            self.close()
+        return self.stats
+
+    def step(self) -> int:
+        """Consume and fully process one batch; return how many events it had."""
+        t0 = time.perf_counter()
+        batches = self.source.poll()
+        if not batches:
+            if not self._broker_ok and time.monotonic() - self._last_broker_error > 3.0:
+                self._broker_ok = True  # no new transport errors for a while
+            self._refresh_ready()
+            return 0
+        self._broker_ok = True
+        results = []
+        out: list[OutMessage] = []
+        findings: list[Finding] = []
+        for raw in batches:
+            result = self.pipelines[raw.topic].process(raw)
+            results.append(result)
+            out.extend(result.out)
+            findings.extend(result.findings)
+        self._record_findings(findings)
+        if self.findings_handler is not None:
+            out.extend(self.findings_handler.handle(findings, time.time()))
+        for message in out:
+            self.sink.send(message)
+        self._flush()
+        offsets: dict[TopicPartitionKey, int] = {}
+        for r in results:
+            offsets.update(r.next_offsets)
+        self.source.commit(offsets)
+        self.positions.update(offsets)
+        self._account(results, out, findings, time.perf_counter() - t0)
+        return sum(r.events for r in results)
+
+    def _flush(self) -> None:
+        # Offsets must not be committed before every outgoing message is durable.
+        while True:
+            try:
+                remaining = self.sink.flush(1.0)
+            except SinkError:
+                self._ready_gauge.set(0)
+                raise
+            if remaining == 0:
+                return
+            self._ready_gauge.set(0)
+            log.warning("waiting for the broker to acknowledge %d message(s)", remaining)
+
+    def _record_findings(self, findings: list[Finding]) -> None:
+        m = self.metrics
+        for f in findings:
+            labels = (f.stream, f.subject, f.detector)
+            m.drift_statistic.labels(*labels).set(f.statistic)
+            m.drift_threshold.labels(*labels).set(f.threshold)
+            if f.p_value is not None:
+                m.drift_p_value.labels(*labels).set(f.p_value)
+            m.drift_detected.labels(*labels).set(1 if f.drift else 0)
+            if f.detector == "adwin" and f.drift:
+                changes = dict(f.details).get("changes", 1.0)
+                m.adwin_changes.labels(f.stream, f.subject).inc(changes)
+            if f.drift:
+                self.stats.drifting.add(labels)
+            else:
+                self.stats.drifting.discard(labels)
+
+    def _account(self, results: list[Any], out: list[OutMessage], findings: list[Finding], seconds: float) -> None:
+        m, s = self.metrics, self.stats
+        events = 0
+        for r in results:
+            events += r.events
+            s.accepted += r.accepted
+            for reason, count in r.rejected.items():
+                s.rejected[reason] = s.rejected.get(reason, 0) + count
+            for stage, secs in r.stage_seconds.items():
+                m.stage_seconds.labels(stage).inc(secs)
+            dead = sum(r.rejected.values())
+            if dead:
+                m.dead_letters.labels(r.stream).inc(dead)
+        s.events += events
+        s.batches += 1
+        s.commits += 1
+        s.messages_out += len(out)
+        s.findings += len(findings)
+        m.batch_duration.observe(seconds)
+        m.batch_events.observe(events)
+        for (topic, partition), lag in self.source.lag(self.positions).items():
+            m.consumer_lag.labels(topic, str(partition)).set(lag)
+        self._refresh_ready()
+
+    def summary(self, rate: float) -> str:
+        s = self.stats
+        lag = sum(self.source.lag(self.positions).values()) if self.source.assignment else 0
+        drifting = ", ".join(f"{st}.{fld}/{det}" for st, fld, det in sorted(s.drifting)) or "none"
+        return (
+            f"events={s.events} rate={rate:,.0f}/s invalid={s.invalid} "
+            f"lag={lag} ready={'yes' if self.ready() else 'no'} drifting={drifting}"
+        )
+
+    def close(self) -> None:
+        try:
+            self._flush_quietly()
+        finally:
+            self._ready_gauge.set(0)
+            self.source.close()
+
+    def _flush_quietly(self) -> None:
+        try:
+            if self.sink.flush(10.0):
+                log.warning("some outgoing messages were not acknowledged before close")
+        except SinkError as exc:
+            log.error("outgoing messages lost on close: %s", exc)
