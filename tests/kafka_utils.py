@@ -1,0 +1,73 @@
+"""Small Kafka helpers for tests: produce with per-partition counts, read a topic back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()])
+    for future in futures.values():
+        future.result(10)
+
+
+def produce(
+    bootstrap: str, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes] | None = None
+) -> dict[int, int]:
+    """Produce in order; return how many messages each partition acknowledged."""
+    per_partition: dict[int, int] = {}
+    failures: list[str] = []
+
+    def delivered(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            failures.append(err.str())
+        else:
+            per_partition[msg.partition()] = per_partition.get(msg.partition(), 0) + 1
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    for i, value in enumerate(values):
+        key = keys[i] if keys is not None else None
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    assert producer.flush(30) == 0, "producer did not finish"
+    assert not failures, failures[:3]
+    return per_partition
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0, settle: float = 1.0) -> list[Message]:
+    """Read ``topic`` from the start until ``expected`` messages came (then ``settle`` s more)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{topic}-{time.monotonic_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([topic])
+    out: list[Message] = []
+    deadline = time.monotonic() + timeout
+    settle_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+            for msg in consumer.consume(1000, 0.2):
+                if msg.error() is None:
+                    out.append(msg)
+            if len(out) >= expected and settle_until is None:
+                settle_until = time.monotonic() + settle
+    finally:
+        consumer.close()
+    return out
