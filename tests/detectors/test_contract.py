@@ -156,5 +156,6 @@ def test_merge_of_two_count_partitions_equals_the_whole(name: str) -> None:
         a.update(xa)
         b.update(xb)
         whole.update(np.concatenate([xa, xb]))
+    assert isinstance(a, Mergeable)
     a.merge(b)
     assert a.evaluate() == whole.evaluate()  # type: ignore[attr-defined]

@@ -6,6 +6,8 @@ and recorded in bench/RESULTS.md; these are the seeded, smaller-scale versions.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -61,7 +63,7 @@ def test_run_length_at_least_a_third_of_ert(det_cls: type[KS] | type[PSI]) -> No
     for seed in range(4):
         r = np.random.default_rng(50 + seed)
         base = build_numeric(r.normal(0, 1, 50_000))
-        eff = {"d_min": 0.0} if det_cls is KS else {"psi_min": 0.0}
+        eff: dict[str, Any] = {"d_min": 0.0} if det_cls is KS else {"psi_min": 0.0}
         det = det_cls(base, window_events=2_000, step_events=200, ert=ert, **eff)
         x = r.normal(0, 1, 1_000_000)
         b = base.bin_index(x)

@@ -70,3 +70,26 @@ def test_threshold_is_effect_and_significance() -> None:
     (f,) = ks.update(rng.normal(size=m))
     assert f.threshold == pytest.approx(max(0.05, crit))
     assert f.drift == (f.statistic >= f.threshold)
+
+
+def test_exact_mode_state_round_trip_and_merge() -> None:
+    rng = np.random.default_rng(9)
+    b = build_numeric(rng.normal(size=5_000), bins=100, keep_sample=5_000)
+    batches = [rng.normal(0.3 * (i > 4), 1, 450) for i in range(10)]
+    a = KS(b, window_events=1_000, step_events=250)
+    want = [a.update(x) for x in batches]
+    first = KS(b, window_events=1_000, step_events=250)
+    for x in batches[:4]:
+        first.update(x)
+    second = KS(b, window_events=1_000, step_events=250)
+    second.restore(first.state())
+    assert [second.update(x) for x in batches[4:]] == want[4:]
+    other = KS(b, window_events=1_000, step_events=250)
+    other.update(batches[0][:300])
+    other.update(batches[1])
+    second.merge(other)
+    f = second.evaluate()
+    assert f is not None
+    assert f.statistic == pytest.approx(
+        stats.ks_2samp(b.sample, second._window.values()).statistic, abs=1e-15
+    )
