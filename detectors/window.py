@@ -357,7 +357,9 @@ class WindowedDetector:
     ``1 / (ert * family_size)``: the expected run length between false alarms of
     this detector is at least ``ert * family_size``, and over ``family_size``
     detectors sharing the budget (fields x detectors of a stream) at least ``ert``.
-    Overlapping windows make the bound conservative (measured in bench/RESULTS.md).
+    The expected count of false verdicts is alpha per test whatever the overlap of
+    windows (measured close to it in bench/RESULTS.md); overlapping windows cluster
+    them, so distinct false alarms (episodes) are rarer than that.
     """
 
     name: ClassVar[str] = ""
