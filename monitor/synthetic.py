@@ -1,9 +1,9 @@
 """A synthetic IoT fleet: good events, a known mix of bad ones, and injected drift.
 
 Used by ``make demo``, ``driftwarden dev produce``, the integration tests and the
-benchmarks. Deterministic for a seed. ``temperature`` follows a real machine
-temperature series (NAB, bundled in ``monitor/data``), converted to °C, with a
-per-device offset; ``humidity``, ``vibration`` and ``status`` are drawn.
+benchmarks. Deterministic for a seed. ``temperature`` is drawn from a real machine
+temperature series (NAB, bundled in ``monitor/data``; its normal-operation part),
+converted to °C, with a per-device offset; ``humidity``, ``vibration`` and ``status`` are drawn.
 
 After ``drift_at`` events, ``vibration``'s mean moves up by ``drift_shift``
 standard deviations and ``status`` leans towards ``warn``: the drift the monitor
@@ -61,6 +61,9 @@ DEMO_STREAM: dict[str, Any] = {
 }
 
 _STATUS = ("ok", "warn", "fail")
+# machine_temperature_system_failure.csv: 5-minute readings from 2013-12-02 21:15; NAB's
+# first anomaly window opens 2013-12-10 06:25, about 2,120 readings in.
+_NAB_NORMAL_POINTS = 2_000
 
 
 def nab_temperature() -> npt.NDArray[np.float64]:
@@ -133,7 +136,10 @@ def generate_fleet(
     temp_series = nab_temperature()
     device = rng.integers(0, devices, size=n)
     offset = np.linspace(-2.0, 2.0, devices)[device]
-    temperature = np.round(temp_series[index % len(temp_series)] + offset + rng.normal(0, 0.3, n), 3)
+    # Readings drawn from the series' normal-operation part (before NAB's first labelled
+    # anomaly window), so the undrifted stream is stationary but shaped like real data.
+    normal = temp_series[:_NAB_NORMAL_POINTS]
+    temperature = np.round(normal[rng.integers(0, len(normal), size=n)] + offset + rng.normal(0, 0.3, n), 3)
     humidity = np.round(np.clip(rng.normal(45.0, 8.0, n), 0, 100), 2)
     humidity_null = rng.random(n) < 0.02
     vibration = rng.gamma(4.0, 0.5, n)  # mean 2, sd 1

@@ -1,0 +1,200 @@
+"""Throughput of the service's hot path against the embedded broker.
+
+Produces N events of 20 float fields once, then consumes them from the start in a
+fresh process per mode (so peak RSS is per mode):
+
+* consume:        confluent-kafka ``consume()`` batches, values pulled out
+* consume+decode: + msgspec decode to numpy columns (``StreamDecoder``)
+* pipeline:       the service's runner: decode, schema checks, dead letters, metrics,
+                  producer flush and a synchronous offset commit per batch
+* pipeline+drift: the same with the default drift detectors on every field
+
+Prints a table (events/s, µs per event, per-stage µs per event, peak RSS).
+Usage: python bench/throughput.py [--events 1000000] [--fields 20] [--batch 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+MODES = ("consume", "consume+decode", "pipeline", "pipeline+drift")
+
+
+def _consumer_options(bootstrap: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"bench-{time.monotonic_ns()}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "fetch.queue.backoff.ms": 10,
+        "queued.min.messages": 200_000,
+        "session.timeout.ms": 6000,
+    }
+
+
+def _produce(bootstrap: str, topic: str, events: int, fields: int, partitions: int) -> float:
+    from confluent_kafka import Producer
+
+    from monitor.demo import create_topic
+    from monitor.synthetic import generate_wide
+
+    create_topic(bootstrap, topic, partitions)
+    payloads = generate_wide(min(events, 200_000), fields=fields)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000})
+    t0 = time.perf_counter()
+    for i in range(events):
+        while True:
+            try:
+                producer.produce(topic, payloads[i % len(payloads)])
+                break
+            except BufferError:
+                producer.poll(0.01)
+    producer.flush(120)
+    return time.perf_counter() - t0
+
+
+def _child(args: argparse.Namespace) -> None:
+    from confluent_kafka import Consumer, Message, TopicPartition
+
+    mode, bootstrap, topic, total = args.mode, args.bootstrap, args.topic, args.events
+    result: dict[str, Any] = {"mode": mode}
+    if mode in ("consume", "consume+decode"):
+        from monitor.config import parse_config
+        from monitor.decode import StreamDecoder
+        from monitor.synthetic import wide_stream
+
+        config = parse_config(
+            {"kafka": {"bootstrap.servers": bootstrap}, "streams": [wide_stream(args.fields, topic)]}, env={}
+        )
+        decoder = StreamDecoder(config.streams[0])
+        consumer = Consumer(_consumer_options(bootstrap))
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(args.partitions)])
+        seen = 0
+        decode_s = 0.0
+        started = None
+        deadline = time.monotonic() + 300
+        while seen < total and time.monotonic() < deadline:
+            msgs = consumer.consume(args.batch, 1.0)
+            if not msgs:
+                continue
+            if started is None:
+                started = time.perf_counter()
+            values = list(map(Message.value, msgs))
+            if mode == "consume+decode":
+                t = time.perf_counter()
+                decoder.decode(values)
+                decode_s += time.perf_counter() - t
+            seen += len(msgs)
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+        consumer.close()
+        result.update(events=seen, seconds=elapsed, stages={"decode": decode_s} if decode_s else {})
+    else:
+        from prometheus_client import CollectorRegistry
+
+        from monitor.config import parse_config
+        from monitor.service import Service
+        from monitor.synthetic import wide_stream
+
+        stream = wide_stream(args.fields, topic)
+        if mode == "pipeline":
+            for spec in stream["fields"].values():
+                spec["detectors"] = []
+        config = parse_config(
+            {
+                "kafka": {"bootstrap.servers": bootstrap, "session.timeout.ms": 6000},
+                "group": f"bench-{time.monotonic_ns()}",
+                "metrics": {"listen": "127.0.0.1:0"},
+                "source": {"max_batch_events": args.batch, "max_wait": "1s"},
+                "dead_letter_topic": f"{topic}.dlq",
+                "streams": [{**stream, "baseline": {"first_events": 10_000}}],
+            },
+            env={},
+        )
+        service = Service(config, registry=CollectorRegistry())
+        marks: dict[str, float] = {}
+
+        def until(stats: Any) -> bool:
+            if "start" not in marks and stats.events:
+                marks["start"] = time.perf_counter()
+                marks["first"] = stats.events
+            return bool(stats.events >= total)
+
+        stats = service.run(max_seconds=300, until=until)
+        elapsed = time.perf_counter() - marks.get("start", time.perf_counter())
+        registry = service.metrics.registry
+        stages = {}
+        for stage in ("decode", "checks", "detectors"):
+            value = registry.get_sample_value("driftwarden_stage_seconds_total", {"stage": stage})
+            stages[stage] = value or 0.0
+        # The first batch arrived before the clock started: count only what followed it.
+        result.update(events=stats.events - marks.get("first", 0), seconds=elapsed, stages=stages, total=stats.events)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--fields", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", default="bench.wide", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode:
+        _child(args)
+        return
+
+    from connectors.embedded import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        produce_s = _produce(broker.bootstrap, args.topic, args.events, args.fields, args.partitions)
+        print(f"produced {args.events:,} events of {args.fields} fields in {produce_s:.1f}s", flush=True)
+        rows = []
+        for mode in args.modes.split(","):
+            cmd = [
+                sys.executable, __file__, "--mode", mode, "--bootstrap", broker.bootstrap,
+                "--topic", args.topic, "--events", str(args.events), "--fields", str(args.fields),
+                "--batch", str(args.batch), "--partitions", str(args.partitions),
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+            if out.returncode != 0 or not lines:
+                print(f"{mode}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+                continue
+            rows.append(json.loads(lines[-1]))
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"\nmachine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
+    print(f"{'mode':<16} {'events':>9} {'events/s':>10} {'us/event':>9} {'decode':>7} {'checks':>7} {'detect':>7} {'peak RSS':>9}")
+    base = None
+    for r in rows:
+        rate = r["events"] / r["seconds"] if r["seconds"] else 0.0
+        per = 1e6 / rate if rate else 0.0
+        st = r.get("stages", {})
+        cells = [f"{1e6 * st[s] / r['events']:7.2f}" if s in st and r["events"] else f"{'-':>7}" for s in ("decode", "checks", "detectors")]
+        print(f"{r['mode']:<16} {r['events']:>9,} {rate:>10,.0f} {per:>9.2f} {' '.join(cells)} {r['peak_rss_mb']:>7.0f}MB")
+        if r["mode"] == "consume+decode":
+            base = rate
+        elif base and r["mode"].startswith("pipeline"):
+            print(f"{'':<16} {'':>9} {100 * rate / base:>9.0f}% of consume+decode")
+
+
+if __name__ == "__main__":
+    main()
