@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from detectors.binning import EdgeIndex
 from detectors.base import DetectorError, FloatArray, IntArray
 
 __all__ = [
@@ -115,8 +116,17 @@ class NumericBaseline:
         return self.sample is not None and self.sample.size == self.n
 
     def bin_index(self, values: npt.ArrayLike) -> IntArray:
-        """Bin of each value, int64 in ``0..B-1``, same shape as ``values``."""
-        return np.searchsorted(self.inner_edges, values, side="right").astype(np.int64)
+        """Bin of each value, int64 in ``0..B-1``, same shape as ``values``.
+
+        Equal to ``np.searchsorted(inner_edges, values, side="right")``, computed
+        with a grid lookup (``detectors.binning``), ~20x faster on unsorted values.
+        """
+        index = self.__dict__.get("_edge_index")
+        if index is None:
+            index = EdgeIndex(self.inner_edges)
+            object.__setattr__(self, "_edge_index", index)
+        arr = np.asarray(values, dtype=np.float64)
+        return index.count_at_or_below(arr).reshape(arr.shape)
 
     def content(self) -> dict[str, Any]:
         """JSON-ready content (inner edges only: JSON has no infinities)."""

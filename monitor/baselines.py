@@ -41,7 +41,9 @@ __all__ = [
 log = logging.getLogger("driftwarden.baselines")
 
 DEFAULT_BINS = 1000
-DEFAULT_KEEP_SAMPLE = 20_000  # exact KS needs the whole reference sample
+# Exact KS (a full reference sample, sorted per verdict) costs ~0.2 us per value and field;
+# binned KS on 1000 quantile bins is within ~0.002 of it (detectors/ks.py), so keep none.
+DEFAULT_KEEP_SAMPLE = 0
 
 
 def _now_iso() -> str:

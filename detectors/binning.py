@@ -1,0 +1,83 @@
+"""Binning values against sorted edges, fast.
+
+``np.searchsorted`` with unsorted keys costs ~70 ns per value here: every step of
+its binary search is a data-dependent branch the CPU mispredicts half the time.
+``EdgeIndex`` first looks the value up in a uniform grid over the edges' range
+(one multiply), which narrows the answer to the few edges inside that grid cell,
+then finishes with a short search in a compiled kernel. Quantile edges are dense
+where the data is, so cells hold few edges where most values fall.
+
+>>> import numpy as np
+>>> index = EdgeIndex(np.array([0.0, 1.0, 2.0]))
+>>> index.count_at_or_below(np.array([-1.0, 0.0, 0.5, 1.0, 5.0, np.nan])).tolist()
+[0, 1, 1, 2, 3, 3]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from detectors.base import FloatArray, IntArray
+
+__all__ = ["EdgeIndex"]
+
+
+@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]  # numba is untyped
+def _lookup(
+    edges: FloatArray, lut: IntArray, lo: float, hi: float, scale: float, values: FloatArray, out: IntArray
+) -> None:  # pragma: no cover - compiled
+    n = edges.size
+    cells = lut.size - 1
+    for i in range(values.size):
+        x = values[i]
+        if not x >= lo:  # below the first edge, or NaN (which sorts after everything)
+            out[i] = 0 if x < lo else n
+            continue
+        if x >= hi:
+            out[i] = n
+            continue
+        c = int((x - lo) * scale)
+        if c >= cells:
+            c = cells - 1
+        # The answer lies between the counts at the cell's bounds; one cell of slack on
+        # each side absorbs rounding in the cell computation.
+        a = lut[c - 1] if c > 0 else 0
+        b = lut[c + 2] if c + 2 <= cells else n
+        while a < b:
+            mid = (a + b) >> 1
+            if edges[mid] <= x:
+                a = mid + 1
+            else:
+                b = mid
+        out[i] = a
+
+
+class EdgeIndex:
+    """A lookup structure over sorted ``edges`` (float64, shape ``(E,)``, no NaN)."""
+
+    def __init__(self, edges: FloatArray, cells: int = 4096) -> None:
+        e = np.ascontiguousarray(edges, dtype=np.float64)
+        self.edges = e
+        finite = e[np.isfinite(e)]
+        self._lo = float(finite[0]) if finite.size else 0.0
+        self._hi = float(finite[-1]) if finite.size else 0.0
+        span = self._hi - self._lo
+        self._scale = cells / span if span > 0 and np.isfinite(span) else 0.0
+        if self._scale:
+            grid = self._lo + np.arange(cells + 1, dtype=np.float64) / self._scale
+        else:
+            grid = np.full(cells + 1, self._lo)
+        # lut[c]: how many edges are <= the start of cell c.
+        self._lut = np.searchsorted(e, grid, side="right").astype(np.int64)
+        self._usable = finite.size == e.size and e.size > 0 and self._scale > 0
+
+    def count_at_or_below(self, values: FloatArray) -> IntArray:
+        """For each value, how many edges are ``<= value`` (int64, shape ``(m,)``):
+        ``np.searchsorted(edges, values, side="right")``."""
+        v = np.ascontiguousarray(values, dtype=np.float64).ravel()
+        if not self._usable:
+            return np.searchsorted(self.edges, v, side="right").astype(np.int64)
+        out = np.empty(v.size, dtype=np.int64)
+        _lookup(self.edges, self._lut, self._lo, self._hi, self._scale, v, out)
+        return out
