@@ -50,7 +50,9 @@ def _produce(bootstrap: str, topic: str, events: int, fields: int, partitions: i
 
     create_topic(bootstrap, topic, partitions)
     payloads = generate_wide(min(events, 200_000), fields=fields)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000}
+    )
     t0 = time.perf_counter()
     for i in range(events):
         while True:
@@ -74,7 +76,11 @@ def _child(args: argparse.Namespace) -> None:
         from monitor.synthetic import wide_stream
 
         config = parse_config(
-            {"kafka": {"bootstrap.servers": bootstrap}, "streams": [wide_stream(args.fields, topic)]}, env={}
+            {
+                "kafka": {"bootstrap.servers": bootstrap},
+                "streams": [wide_stream(args.fields, topic)],
+            },
+            env={},
         )
         decoder = StreamDecoder(config.streams[0])
         consumer = Consumer(_consumer_options(bootstrap))
@@ -137,13 +143,20 @@ def _child(args: argparse.Namespace) -> None:
             value = registry.get_sample_value("driftwarden_stage_seconds_total", {"stage": stage})
             stages[stage] = value or 0.0
         # The first batch arrived before the clock started: count only what followed it.
-        result.update(events=stats.events - marks.get("first", 0), seconds=elapsed, stages=stages, total=stats.events)
+        result.update(
+            events=stats.events - marks.get("first", 0),
+            seconds=elapsed,
+            stages=stages,
+            total=stats.events,
+        )
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--fields", type=int, default=20)
     parser.add_argument("--batch", type=int, default=10_000)
@@ -160,14 +173,32 @@ def main() -> None:
     from connectors.embedded import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
-        produce_s = _produce(broker.bootstrap, args.topic, args.events, args.fields, args.partitions)
-        print(f"produced {args.events:,} events of {args.fields} fields in {produce_s:.1f}s", flush=True)
+        produce_s = _produce(
+            broker.bootstrap, args.topic, args.events, args.fields, args.partitions
+        )
+        print(
+            f"produced {args.events:,} events of {args.fields} fields in {produce_s:.1f}s",
+            flush=True,
+        )
         rows = []
         for mode in args.modes.split(","):
             cmd = [
-                sys.executable, __file__, "--mode", mode, "--bootstrap", broker.bootstrap,
-                "--topic", args.topic, "--events", str(args.events), "--fields", str(args.fields),
-                "--batch", str(args.batch), "--partitions", str(args.partitions),
+                sys.executable,
+                __file__,
+                "--mode",
+                mode,
+                "--bootstrap",
+                broker.bootstrap,
+                "--topic",
+                args.topic,
+                "--events",
+                str(args.events),
+                "--fields",
+                str(args.fields),
+                "--batch",
+                str(args.batch),
+                "--partitions",
+                str(args.partitions),
             ]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
             lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
@@ -178,18 +209,26 @@ def main() -> None:
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         pass
     print(f"\nmachine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
-    print(f"{'mode':<16} {'events':>9} {'events/s':>10} {'us/event':>9} {'decode':>7} {'checks':>7} {'detect':>7} {'peak RSS':>9}")
+    head = ("mode", "events", "events/s", "us/event", "decode", "checks", "detect", "peak RSS")
+    print("{:<16} {:>9} {:>10} {:>9} {:>7} {:>7} {:>7} {:>9}".format(*head))
     base = None
     for r in rows:
         rate = r["events"] / r["seconds"] if r["seconds"] else 0.0
         per = 1e6 / rate if rate else 0.0
         st = r.get("stages", {})
-        cells = [f"{1e6 * st[s] / r['events']:7.2f}" if s in st and r["events"] else f"{'-':>7}" for s in ("decode", "checks", "detectors")]
-        print(f"{r['mode']:<16} {r['events']:>9,} {rate:>10,.0f} {per:>9.2f} {' '.join(cells)} {r['peak_rss_mb']:>7.0f}MB")
+        cells = [
+            f"{1e6 * st[s] / r['events']:7.2f}" if s in st and r["events"] else f"{'-':>7}"
+            for s in ("decode", "checks", "detectors")
+        ]
+        rss = r["peak_rss_mb"]
+        row = f"{r['mode']:<16} {r['events']:>9,} {rate:>10,.0f} {per:>9.2f}"
+        print(f"{row} {' '.join(cells)} {rss:>7.0f}MB")
         if r["mode"] == "consume+decode":
             base = rate
         elif base and r["mode"].startswith("pipeline"):

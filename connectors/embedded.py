@@ -86,11 +86,17 @@ class EmbeddedBroker:
         if self.port is None:
             self.port = free_port(self.host)
         url = f"tcp://{self.host}:{self.port}"
-        log_path = self.log_path or Path(tempfile.gettempdir()) / f"driftwarden-broker-{self.port}.log"
+        log_path = (
+            self.log_path or Path(tempfile.gettempdir()) / f"driftwarden-broker-{self.port}.log"
+        )
         log = open(log_path, "ab")  # noqa: SIM115 - kept open for the process's lifetime
         self._log_file = log
-        env = {k: v for k, v in os.environ.items() if k not in {"LISTENER_URL", "ADVERTISED_LISTENER_URL"}}
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in {"LISTENER_URL", "ADVERTISED_LISTENER_URL"}
+        }
+        self._proc = subprocess.Popen(
             [
                 _broker_binary(),
                 "broker",
@@ -127,11 +133,13 @@ class EmbeddedBroker:
                 admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
                 admin.list_topics(timeout=2)
                 return
-            except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            except Exception as exc:
                 last_error = exc
                 time.sleep(0.05)
         self.stop()
-        raise DriftwardenError(f"the embedded broker did not answer within {timeout}s: {last_error}")
+        raise DriftwardenError(
+            f"the embedded broker did not answer within {timeout}s: {last_error}"
+        )
 
     def pause(self) -> None:
         """Freeze the broker (SIGSTOP): connections hang as in a real outage."""

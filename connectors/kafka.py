@@ -60,7 +60,7 @@ def _split_by_topic(messages: list[Message]) -> list[RawBatch]:
         n = len(msgs)
         out.append(
             RawBatch(
-                topic=topic,
+                topic=str(topic),
                 messages=msgs,
                 values=list(map(Message.value, msgs)),
                 partitions=np.fromiter(map(Message.partition, msgs), dtype=np.int32, count=n),
@@ -103,12 +103,16 @@ class KafkaSource:
         self._consumer = Consumer(conf)
         self.assignment: set[TopicPartitionKey] = set()
         self.errors: list[str] = []
-        self._consumer.subscribe(list(self.topics), on_assign=self._assigned, on_revoke=self._revoked)
+        self._consumer.subscribe(
+            list(self.topics), on_assign=self._assigned, on_revoke=self._revoked
+        )
 
     def _error(self, err: KafkaError) -> None:
         self.errors.append(err.str())
         if self._on_error is not None:
-            self._on_error(err.name() if hasattr(err, "name") else str(err.code()), bool(err.fatal()))
+            self._on_error(
+                err.name() if hasattr(err, "name") else str(err.code()), bool(err.fatal())
+            )
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
@@ -151,8 +155,12 @@ class KafkaSource:
         tps = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
         self._consumer.commit(offsets=tps, asynchronous=False)
 
-    def committed(self, partitions: Iterable[TopicPartitionKey], timeout: float = 10.0) -> dict[TopicPartitionKey, int]:
-        tps = self._consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout)
+    def committed(
+        self, partitions: Iterable[TopicPartitionKey], timeout: float = 10.0
+    ) -> dict[TopicPartitionKey, int]:
+        tps = self._consumer.committed(
+            [TopicPartition(t, p) for t, p in partitions], timeout=timeout
+        )
         return {(tp.topic, tp.partition): tp.offset for tp in tps}
 
     def lag(self, positions: Mapping[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
@@ -189,7 +197,13 @@ class KafkaSink:
         conf: dict[str, Any] = {
             "linger.ms": 5,
             "compression.type": "lz4",
-            **{k: v for k, v in options.items() if not k.startswith(("fetch.", "queued.", "session.", "heartbeat.", "auto.offset", "max.poll"))},
+            **{
+                k: v
+                for k, v in options.items()
+                if not k.startswith(
+                    ("fetch.", "queued.", "session.", "heartbeat.", "auto.offset", "max.poll")
+                )
+            },
             "enable.idempotence": True,
             "acks": "all",
         }

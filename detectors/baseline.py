@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from detectors.binning import EdgeIndex
 from detectors.base import DetectorError, FloatArray, IntArray
+from detectors.binning import EdgeIndex
 
 __all__ = [
     "FORMAT_VERSION",

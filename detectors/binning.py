@@ -23,9 +23,15 @@ from detectors.base import FloatArray, IntArray
 __all__ = ["EdgeIndex"]
 
 
-@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]  # numba is untyped
+@njit(cache=True, nogil=True)
 def _lookup(
-    edges: FloatArray, lut: IntArray, lo: float, hi: float, scale: float, values: FloatArray, out: IntArray
+    edges: FloatArray,
+    lut: IntArray,
+    lo: float,
+    hi: float,
+    scale: float,
+    values: FloatArray,
+    out: IntArray,
 ) -> None:  # pragma: no cover - compiled
     n = edges.size
     cells = lut.size - 1

@@ -78,14 +78,20 @@ class BaselineAccumulator:
             fs = self.spec.fields[name]
             if fs.type in NUMERIC_TYPES:
                 if values.size == 0:
-                    raise DriftwardenError(f"stream {self.spec.name!r}: field {name!r} had no values to build a baseline from")
-                fields[name] = build_numeric(values.astype(np.float64), bins=DEFAULT_BINS, keep_sample=DEFAULT_KEEP_SAMPLE)
+                    raise DriftwardenError(
+                        f"stream {self.spec.name!r}: field {name!r} had no values "
+                        "to build a baseline from"
+                    )
+                fields[name] = build_numeric(
+                    values.astype(np.float64), bins=DEFAULT_BINS, keep_sample=DEFAULT_KEEP_SAMPLE
+                )
             else:
                 names = [str(n) for n in self.decoder.vocabularies[name].names()]
                 codes = values.astype(np.int64)
                 counts = np.bincount(codes[codes >= 0], minlength=len(names))[: len(names)]
                 fields[name] = build_categorical(
-                    {n: int(c) for n, c in zip(names, counts.tolist(), strict=True)}, categories=names
+                    {n: int(c) for n, c in zip(names, counts.tolist(), strict=True)},
+                    categories=names,
                 )
         # The id ends with the content hash, so equal content gets an equal id.
         draft = Baseline(id=baseline_id, created_at=_now_iso(), source=source, fields=fields)
@@ -98,12 +104,19 @@ class BaselineAccumulator:
 
 
 def baseline_from_batches(
-    spec: StreamSpec, payload_batches: Iterator[Sequence[bytes | None]], limit: int | None, source: str
+    spec: StreamSpec,
+    payload_batches: Iterator[Sequence[bytes | None]],
+    limit: int | None,
+    source: str,
 ) -> tuple[Baseline, int, int]:
     """Decode payload batches with the stream's rules and build a baseline of the
     drift-monitored fields. Returns the baseline, accepted and rejected counts."""
     decoder = StreamDecoder(spec)
-    fields = [n for n, fs in spec.fields.items() if fs.type is not FieldType.STRING and fs.detector_specs()]
+    fields = [
+        n
+        for n, fs in spec.fields.items()
+        if fs.type is not FieldType.STRING and fs.detector_specs()
+    ]
     acc = BaselineAccumulator(spec, decoder, fields)
     rejected = 0
     for payloads in payload_batches:
@@ -129,7 +142,9 @@ def _typed(value: str, fs: Any) -> Any:
     return value
 
 
-def read_file_payloads(path: Path, spec: StreamSpec, chunk: int = 50_000) -> Iterator[list[bytes | None]]:
+def read_file_payloads(
+    path: Path, spec: StreamSpec, chunk: int = 50_000
+) -> Iterator[list[bytes | None]]:
     """Batches of JSON payloads from a JSONL, CSV or Parquet training file."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
@@ -150,7 +165,9 @@ def read_file_payloads(path: Path, spec: StreamSpec, chunk: int = 50_000) -> Ite
         with path.open(newline="", encoding="utf-8") as fh:
             out: list[bytes | None] = []
             for row in csv.DictReader(fh):
-                doc = {k: (_typed(v, typed_cols[k]) if k in typed_cols else v) for k, v in row.items()}
+                doc = {
+                    k: (_typed(v, typed_cols[k]) if k in typed_cols else v) for k, v in row.items()
+                }
                 out.append(encode(doc))
                 if len(out) >= chunk:
                     yield out
@@ -167,7 +184,9 @@ def read_file_payloads(path: Path, spec: StreamSpec, chunk: int = 50_000) -> Ite
         for record_batch in pq.ParquetFile(path).iter_batches(batch_size=chunk):
             yield [encode(r) for r in record_batch.to_pylist()]
         return
-    raise DriftwardenError(f"{path}: unsupported file type {suffix!r}; allowed: .jsonl, .ndjson, .csv, .parquet")
+    raise DriftwardenError(
+        f"{path}: unsupported file type {suffix!r}; allowed: .jsonl, .ndjson, .csv, .parquet"
+    )
 
 
 def _parse_time(text: str) -> float:
@@ -181,19 +200,30 @@ def _parse_time(text: str) -> float:
 
 
 def _topic_payloads(
-    options: dict[str, Any], topics: Sequence[str], start: float | None, end: float | None, limit: int | None
+    options: dict[str, Any],
+    topics: Sequence[str],
+    start: float | None,
+    end: float | None,
+    limit: int | None,
 ) -> Iterator[list[bytes | None]]:
     from confluent_kafka import Consumer, Message, TopicPartition
 
     consumer = Consumer(
-        {**options, "group.id": f"driftwarden-baseline-{time.time_ns()}", "enable.auto.commit": False,
-         "auto.offset.reset": "earliest"}
+        {
+            **options,
+            "group.id": f"driftwarden-baseline-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
     )
     try:
         parts = []
         for topic in topics:
             meta = consumer.list_topics(topic, timeout=10).topics[topic]
-            parts += [TopicPartition(topic, p, int(start * 1000) if start is not None else 0) for p in meta.partitions]
+            parts += [
+                TopicPartition(topic, p, int(start * 1000) if start is not None else 0)
+                for p in meta.partitions
+            ]
         if start is not None:
             parts = consumer.offsets_for_times(parts, timeout=10)
         consumer.assign(parts)
@@ -226,7 +256,9 @@ def build_baseline_command(args: argparse.Namespace) -> int:
         limit = None
     elif args.first_events is not None:
         source = f"topic:{','.join(spec.all_topics)} first {args.first_events} events"
-        batches = _topic_payloads(dict(config.kafka), spec.all_topics, None, None, args.first_events)
+        batches = _topic_payloads(
+            dict(config.kafka), spec.all_topics, None, None, args.first_events
+        )
         limit = args.first_events
     else:
         start, end = (_parse_time(t) for t in args.topic_range)
@@ -235,7 +267,10 @@ def build_baseline_command(args: argparse.Namespace) -> int:
         limit = None
     baseline, accepted, rejected = baseline_from_batches(spec, batches, limit, source)
     save_baseline(baseline, args.out)
-    kinds = {n: "numeric" if isinstance(f, NumericBaseline) else "categorical" for n, f in baseline.fields.items()}
+    kinds = {
+        n: "numeric" if isinstance(f, NumericBaseline) else "categorical"
+        for n, f in baseline.fields.items()
+    }
     print(
         f"wrote {args.out}: id={baseline.id} sha256={baseline.content_hash[:16]} "
         f"events={accepted} rejected={rejected} fields={kinds}"

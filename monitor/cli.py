@@ -149,8 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     bb.add_argument("--out", type=Path, required=True)
     src = bb.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", type=Path, help="CSV, JSONL or Parquet training data")
-    src.add_argument("--topic-range", nargs=2, metavar=("START", "END"),
-                     help="event times (ISO 8601 or epoch seconds) to read from the stream's topic")
+    src.add_argument(
+        "--topic-range",
+        nargs=2,
+        metavar=("START", "END"),
+        help="event times (ISO 8601 or epoch seconds) to read from the stream's topic",
+    )
     src.add_argument("--first-events", type=int, help="the first N events of the stream's topic")
     bb.set_defaults(func=_cmd_baseline_build)
 

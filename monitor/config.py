@@ -188,7 +188,8 @@ def _check_detector_params(name: str, params: Mapping[str, Any]) -> None:
     accepted = {
         p.name
         for p in inspect.signature(cls).parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in {"baseline", "subject"}
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.name not in {"baseline", "subject"}
     }
     unknown = sorted(set(params) - accepted)
     if unknown:
@@ -210,7 +211,9 @@ class WindowSpec(_Model):
     def _one_kind(self) -> WindowSpec:
         if self.seconds is not None:
             if self.step_seconds is None or not 0 < self.step_seconds <= self.seconds:
-                raise ValueError("a time window needs step_seconds with 0 < step_seconds <= seconds")
+                raise ValueError(
+                    "a time window needs step_seconds with 0 < step_seconds <= seconds"
+                )
         elif self.events is not None and self.step is not None and self.step > self.events:
             raise ValueError(f"step ({self.step}) must be <= events ({self.events})")
         return self
@@ -382,7 +385,10 @@ def _validate_alerts(alerts: dict[str, Any]) -> None:
 
 def _interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
     if isinstance(node, dict):
-        return {k: _interpolate(v, env, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
+        return {
+            k: _interpolate(v, env, f"{path}.{k}" if path else str(k), problems)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
     if isinstance(node, str) and "${" in node:
@@ -393,7 +399,10 @@ def _interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[st
                 return env[name]
             if default is not None:
                 return default
-            problems.append(f"{path}: environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+            problems.append(
+                f"{path}: environment variable {name} is not set "
+                f"(write ${{{name}:-default}} for a default)"
+            )
             return ""
 
         return _ENV_REF.sub(repl, node)
@@ -434,7 +443,9 @@ def _format_errors(err: ValidationError) -> list[str]:
             msg = "unknown key (not allowed here; check the spelling)"
         value = e.get("input")
         shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {value!r})"
-        if isinstance(value, str) and any(w in _loc(loc).lower() for w in ("password", "secret", "key", "token")):
+        if isinstance(value, str) and any(
+            w in _loc(loc).lower() for w in ("password", "secret", "key", "token")
+        ):
             shown = ""
         lines.append(f"{_loc(loc)}: {msg}{shown}")
     return lines
@@ -446,12 +457,12 @@ def parse_config(raw: object, env: Mapping[str, str] | None = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("the configuration must be a YAML mapping at the top level")
     problems: list[str] = []
-    raw = _interpolate(raw, env, "", problems)
-    _apply_overrides(raw, env)
+    doc: dict[str, Any] = _interpolate(raw, env, "", problems)
+    _apply_overrides(doc, env)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(doc)
     except ValidationError as err:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_format_errors(err))) from None
 

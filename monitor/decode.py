@@ -136,7 +136,9 @@ class _Vocabulary:
             before = len(self.codes)
             overflow = self.add(new)
             added = len(self.codes) - before
-            codes = np.fromiter(map(get, values, repeat(_UNKNOWN)), dtype=np.int64, count=len(values))
+            codes = np.fromiter(
+                map(get, values, repeat(_UNKNOWN)), dtype=np.int64, count=len(values)
+            )
         return codes, added, overflow
 
     def names(self) -> list[Any]:
@@ -194,9 +196,8 @@ class StreamDecoder:
                 vocab.add(list(fs.categories or ()))
                 vocab.frozen = declared
                 self.vocabularies[name] = vocab
-                rules.append(
-                    ColumnRule(name, numeric=False, n_categories=len(fs.categories) if declared else None)
-                )
+                n_declared = len(fs.categories or ()) if declared else None
+                rules.append(ColumnRule(name, numeric=False, n_categories=n_declared))
             elif fs.type is FieldType.BOOL:
                 self.vocabularies[name] = _Vocabulary({False: 0, True: 1}, frozen=True)
                 rules.append(ColumnRule(name, numeric=False, n_categories=2))
@@ -234,8 +235,8 @@ class StreamDecoder:
             bad = np.zeros(len(candidates), dtype=np.bool_)
             for pos, exc in failed:
                 bad[pos] = True
-                reason, detail = self._classify(candidates[pos], exc)
-                rejects.append(Reject(int(index[pos]), reason, detail))
+                why, detail = self._classify(candidates[pos], exc)
+                rejects.append(Reject(int(index[pos]), why, detail))
             index = index[~bad]
         columns, valid = self._columns(rows)
         batch_rows = index
@@ -278,7 +279,9 @@ class StreamDecoder:
             entity_overflow=overflow,
         )
 
-    def _decode_rows(self, payloads: Sequence[bytes | None]) -> tuple[list[Any], list[tuple[int, Exception]]]:
+    def _decode_rows(
+        self, payloads: Sequence[bytes | None]
+    ) -> tuple[list[Any], list[tuple[int, Exception]]]:
         rows: list[Any] = []
         failed: list[tuple[int, Exception]] = []
         it = iter(payloads)
@@ -292,7 +295,9 @@ class StreamDecoder:
             except (msgspec.DecodeError, TypeError) as exc:
                 failed.append((len(rows) + len(failed), exc))
 
-    def _columns(self, rows: list[Any]) -> tuple[dict[str, npt.NDArray[Any]], dict[str, npt.NDArray[np.bool_]]]:
+    def _columns(
+        self, rows: list[Any]
+    ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, npt.NDArray[np.bool_]]]:
         n = len(rows)
         columns: dict[str, npt.NDArray[Any]] = {}
         valid: dict[str, npt.NDArray[np.bool_]] = {}

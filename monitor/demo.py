@@ -1,4 +1,4 @@
-"""``make demo``: an embedded broker, a drifting synthetic fleet and the monitor, bounded in time."""
+"""``make demo``: embedded broker, drifting synthetic fleet and the monitor, bounded in time."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ log = logging.getLogger("driftwarden.demo")
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
     """Create ``topic`` unless it exists."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     if topic in admin.list_topics(timeout=10).topics:
@@ -45,13 +46,17 @@ def produce_fleet(
     from confluent_kafka import Producer
 
     create_topic(bootstrap, topic, partitions)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10, "enable.idempotence": True})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 10, "enable.idempotence": True}
+    )
     started = time.monotonic()
     produced = 0
     try:
         while produced < events and not (stop is not None and stop.is_set()):
             n = min(chunk, events - produced)
-            batch = generate_fleet(n, seed=seed, start_index=produced, drift_at=drift_at, bad_rate=bad_rate)
+            batch = generate_fleet(
+                n, seed=seed, start_index=produced, drift_at=drift_at, bad_rate=bad_rate
+            )
             for value, key in zip(batch.values, batch.keys, strict=True):
                 while True:
                     try:
@@ -106,7 +111,9 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
     drift_at = int(total * 0.5)
     with EmbeddedBroker() as broker:
         print(f"broker: embedded Kafka-protocol broker on {broker.bootstrap}", flush=True)
-        config = demo_config(broker.bootstrap, metrics_port, baseline_events=min(20_000, drift_at // 2))
+        config = demo_config(
+            broker.bootstrap, metrics_port, baseline_events=min(20_000, drift_at // 2)
+        )
         stop = threading.Event()
         producer = threading.Thread(
             target=produce_fleet,
@@ -130,11 +137,19 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
         )
         service = Service(config)
         host, port = service.metrics_address or ("127.0.0.1", metrics_port)
-        print(f"monitor: metrics on http://{host}:{port}/metrics (also /healthz, /readyz)", flush=True)
+        print(
+            f"monitor: metrics on http://{host}:{port}/metrics (also /healthz, /readyz)", flush=True
+        )
         from monitor.cli import _install_stop
 
-        _install_stop(lambda: (stop.set(), service.stop()))
-        stats = service.run(max_seconds=seconds + 5, on_summary=lambda s: print("monitor:", s, flush=True))
+        def stop_all() -> None:
+            stop.set()
+            service.stop()
+
+        _install_stop(stop_all)
+        stats = service.run(
+            max_seconds=seconds + 5, on_summary=lambda s: print("monitor:", s, flush=True)
+        )
         stop.set()
         producer.join(10)
     print(

@@ -48,7 +48,9 @@ def _adwin_defaults() -> dict[str, Any]:
 class _FieldDetectors:
     """The detectors of one field and the lookup from decoder codes to baseline bins."""
 
-    def __init__(self, name: str, numeric: bool, baseline: NumericBaseline | CategoricalBaseline) -> None:
+    def __init__(
+        self, name: str, numeric: bool, baseline: NumericBaseline | CategoricalBaseline
+    ) -> None:
         self.name = name
         self.numeric = numeric
         self.baseline = baseline
@@ -56,12 +58,16 @@ class _FieldDetectors:
         self.raw: list[Detector] = []
         self._lut = np.empty(0, dtype=np.int64)
 
-    def category_bins(self, codes: npt.NDArray[np.int64], vocabulary_names: list[Any]) -> npt.NDArray[np.int64]:
+    def category_bins(
+        self, codes: npt.NDArray[np.int64], vocabulary_names: list[Any]
+    ) -> npt.NDArray[np.int64]:
         assert isinstance(self.baseline, CategoricalBaseline)
         if len(self._lut) < len(vocabulary_names):
             index = {c: i for i, c in enumerate(self.baseline.categories)}
             unseen = len(self.baseline.categories)
-            self._lut = np.array([index.get(str(v), unseen) for v in vocabulary_names], dtype=np.int64)
+            self._lut = np.array(
+                [index.get(str(v), unseen) for v in vocabulary_names], dtype=np.int64
+            )
         unseen = len(self.baseline.categories)
         # -1: a value the bounded vocabulary had no room for; also unseen.
         return np.where(codes >= 0, self._lut[np.maximum(codes, 0)], unseen)
@@ -70,11 +76,15 @@ class _FieldDetectors:
 class DriftStage:
     """Runs a stream's drift detectors over accepted batches."""
 
-    def __init__(self, spec: StreamSpec, decoder: StreamDecoder, baseline: Baseline | None = None) -> None:
+    def __init__(
+        self, spec: StreamSpec, decoder: StreamDecoder, baseline: Baseline | None = None
+    ) -> None:
         self.spec = spec
         self.decoder = decoder
         self.fields = [
-            n for n, fs in spec.fields.items() if fs.type is not FieldType.STRING and fs.detector_specs()
+            n
+            for n, fs in spec.fields.items()
+            if fs.type is not FieldType.STRING and fs.detector_specs()
         ]
         self.baseline: Baseline | None = None
         self._detectors: list[_FieldDetectors] = []
@@ -84,7 +94,9 @@ class DriftStage:
             try:
                 baseline = load_baseline(spec.baseline.file)
             except (OSError, ValueError) as exc:
-                raise ConfigError(f"streams[{spec.name}].baseline.file: cannot load {spec.baseline.file}: {exc}") from exc
+                raise ConfigError(
+                    f"streams[{spec.name}].baseline.file: cannot load {spec.baseline.file}: {exc}"
+                ) from exc
         if baseline is not None:
             self._start(baseline)
         elif self.fields:
@@ -107,7 +119,10 @@ class DriftStage:
             )
         self.baseline = baseline
         binned_pairs = sum(
-            1 for f in self.fields for d in self.spec.fields[f].detector_specs() if d not in _UNBINNED
+            1
+            for f in self.fields
+            for d in self.spec.fields[f].detector_specs()
+            if d not in _UNBINNED
         )
         window = self.spec.window.detector_params()
         for name in self.fields:
@@ -115,16 +130,19 @@ class DriftStage:
             fb = baseline.fields[name]
             numeric = fs.type in NUMERIC_TYPES
             if numeric != isinstance(fb, NumericBaseline):
+                held = "numeric" if isinstance(fb, NumericBaseline) else "categorical"
                 raise ConfigError(
                     f"stream {self.spec.name!r}: field {name!r} is {fs.type} but baseline "
-                    f"{baseline.id!r} holds a {'numeric' if isinstance(fb, NumericBaseline) else 'categorical'} reference"
+                    f"{baseline.id!r} holds a {held} reference"
                 )
             if not numeric and name in self.decoder.vocabularies:
                 self.decoder.seed_categories(name, list(fb.categories))  # type: ignore[union-attr]
             group = _FieldDetectors(name, numeric, fb)
             for det_name, params in fs.detector_specs().items():
                 if det_name in _UNBINNED:
-                    kwargs = {**_adwin_defaults(), **params} if det_name == "adwin" else dict(params)
+                    kwargs = (
+                        {**_adwin_defaults(), **params} if det_name == "adwin" else dict(params)
+                    )
                     if not numeric:
                         continue  # ADWIN watches a numeric mean
                     group.raw.append(create(det_name, baseline=None, subject=name, **kwargs))
@@ -132,7 +150,12 @@ class DriftStage:
                     kwargs = {**window, "family_size": binned_pairs, **params}
                     group.binned.append(create(det_name, baseline=fb, subject=name, **kwargs))
             self._detectors.append(group)
-        log.info("stream %s: baseline %s ready (%d fields)", self.spec.name, baseline.id, len(self.fields))
+        log.info(
+            "stream %s: baseline %s ready (%d fields)",
+            self.spec.name,
+            baseline.id,
+            len(self.fields),
+        )
 
     def update(self, batch: Batch) -> list[Finding]:
         if self._accumulator is not None:
@@ -153,7 +176,9 @@ class DriftStage:
             values = batch.columns[group.name][ok]
             if values.size == 0:
                 continue
-            times = batch.event_time[ok] if batch.event_time is not None and self._time_window else None
+            times = (
+                batch.event_time[ok] if batch.event_time is not None and self._time_window else None
+            )
             if group.numeric:
                 bins = group.baseline.bin_index(values)
             else:
@@ -164,7 +189,9 @@ class DriftStage:
             for det in group.raw:
                 findings.extend(det.update(values, times))
         baseline_id = self.baseline.id
-        return [dataclasses.replace(f, stream=self.spec.name, baseline_id=baseline_id) for f in findings]
+        return [
+            dataclasses.replace(f, stream=self.spec.name, baseline_id=baseline_id) for f in findings
+        ]
 
 
 def _tail(batch: Batch, start: int) -> Batch:

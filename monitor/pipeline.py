@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from connectors.base import OutMessage
+from connectors.kafka import RawBatch
 from detectors.base import Finding
 from monitor.config import StreamSpec
 from monitor.decode import REASONS, Batch, StreamDecoder
@@ -25,14 +26,7 @@ from monitor.metrics import Metrics
 __all__ = ["BatchInput", "BatchResult", "FindingStage", "StreamPipeline", "dead_letter"]
 
 
-class BatchInput(Protocol):
-    """What a consumed batch offers (``connectors.kafka.RawBatch`` has it)."""
-
-    topic: str
-    values: list[bytes | None]
-    partitions: npt.NDArray[np.int32]
-    offsets: npt.NDArray[np.int64]
-    messages: Sequence[Any]
+BatchInput = RawBatch
 
 
 class FindingStage(Protocol):
@@ -63,7 +57,7 @@ def dead_letter(
     value = raw.values[index]
     try:
         key = msg.key()
-        ts_type, ts = msg.timestamp()
+        _, ts = msg.timestamp()
     except AttributeError:  # in-memory batches in tests
         key, ts = None, -1
     headers = (
@@ -75,10 +69,14 @@ def dead_letter(
         ("driftwarden.offset", str(int(raw.offsets[index])).encode()),
         ("driftwarden.timestamp", str(ts).encode()),
     )
-    return OutMessage(topic=topic, value=value if value is not None else b"", key=key, headers=headers)
+    return OutMessage(
+        topic=topic, value=value if value is not None else b"", key=key, headers=headers
+    )
 
 
-def _next_offsets(topic: str, partitions: npt.NDArray[np.int32], offsets: npt.NDArray[np.int64]) -> dict[tuple[str, int], int]:
+def _next_offsets(
+    topic: str, partitions: npt.NDArray[np.int32], offsets: npt.NDArray[np.int64]
+) -> dict[tuple[str, int], int]:
     if len(partitions) == 0:
         return {}
     first = partitions[0]

@@ -127,7 +127,9 @@ class Runner:
     # -- callbacks -------------------------------------------------------------------
     def _on_assign(self, partitions: list[TopicPartitionKey]) -> None:
         log.info("assigned partitions=%s", sorted(partitions))
-        self.metrics.assigned_partitions.set(len(self.source.assignment) if hasattr(self, "source") else len(partitions))
+        self.metrics.assigned_partitions.set(
+            len(self.source.assignment) if hasattr(self, "source") else len(partitions)
+        )
 
     def _on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
         log.info("revoked partitions=%s", sorted(partitions))
@@ -250,7 +252,9 @@ class Runner:
             else:
                 self.stats.drifting.discard(labels)
 
-    def _account(self, results: list[Any], out: list[OutMessage], findings: list[Finding], seconds: float) -> None:
+    def _account(
+        self, results: list[Any], out: list[OutMessage], findings: list[Finding], seconds: float
+    ) -> None:
         m, s = self.metrics, self.stats
         events = 0
         for r in results:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -18,15 +19,24 @@ __all__ = ["Service", "ensure_topics"]
 log = logging.getLogger("driftwarden.service")
 
 
-def ensure_topics(options: dict[str, object], topics: list[str], timeout: float = 10.0) -> None:
+def ensure_topics(options: Mapping[str, Any], topics: list[str], timeout: float = 10.0) -> None:
     """Create the output topics that do not exist yet (one partition each).
 
     Lacking the permission to create topics is not fatal: production clusters
     usually create them through their own tooling.
     """
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
 
-    admin = AdminClient({k: v for k, v in options.items() if not k.startswith(("fetch.", "queued.", "session.", "heartbeat.", "auto.offset", "max.poll"))})
+    admin = AdminClient(
+        {
+            k: v
+            for k, v in options.items()
+            if not k.startswith(
+                ("fetch.", "queued.", "session.", "heartbeat.", "auto.offset", "max.poll")
+            )
+        }
+    )
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [t for t in dict.fromkeys(topics) if t and t not in existing]
     if not missing:
@@ -36,7 +46,7 @@ def ensure_topics(options: dict[str, object], topics: list[str], timeout: float 
         try:
             future.result(timeout)
             log.info("created topic %s", topic)
-        except Exception as exc:  # noqa: BLE001 - reported, not fatal
+        except Exception as exc:
             log.warning("could not create topic %s: %s", topic, exc)
 
 

@@ -102,7 +102,9 @@ def _bad_payload(kind: str, good: dict[str, Any], rng: np.random.Generator) -> b
     if kind == "null_not_allowed":
         return msgspec.json.encode({**good, "vibration": None})
     if kind == "non_finite":
-        return msgspec.json.encode({**good, "temperature": 0.0}).replace(b'"temperature":0.0', b'"temperature":NaN')
+        return msgspec.json.encode({**good, "temperature": 0.0}).replace(
+            b'"temperature":0.0', b'"temperature":NaN'
+        )
     if kind == "out_of_range":
         return msgspec.json.encode({**good, "temperature": 400.0 + float(rng.random())})
     if kind == "unknown_category":
@@ -139,7 +141,9 @@ def generate_fleet(
     # Readings drawn from the series' normal-operation part (before NAB's first labelled
     # anomaly window), so the undrifted stream is stationary but shaped like real data.
     normal = temp_series[:_NAB_NORMAL_POINTS]
-    temperature = np.round(normal[rng.integers(0, len(normal), size=n)] + offset + rng.normal(0, 0.3, n), 3)
+    temperature = np.round(
+        normal[rng.integers(0, len(normal), size=n)] + offset + rng.normal(0, 0.3, n), 3
+    )
     humidity = np.round(np.clip(rng.normal(45.0, 8.0, n), 0, 100), 2)
     humidity_null = rng.random(n) < 0.02
     vibration = rng.gamma(4.0, 0.5, n)  # mean 2, sd 1

@@ -29,7 +29,7 @@ def _docker_available() -> bool:
             client.ping()
         finally:
             client.close()
-    except Exception:  # noqa: BLE001 - any failure means no usable engine
+    except Exception:
         return False
     return True
 

@@ -29,7 +29,9 @@ def produce(
         else:
             per_partition[msg.partition()] = per_partition.get(msg.partition(), 0) + 1
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+    )
     for i, value in enumerate(values):
         key = keys[i] if keys is not None else None
         while True:
@@ -44,7 +46,9 @@ def produce(
     return per_partition
 
 
-def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0, settle: float = 1.0) -> list[Message]:
+def read_topic(
+    bootstrap: str, topic: str, expected: int, timeout: float = 30.0, settle: float = 1.0
+) -> list[Message]:
     """Read ``topic`` from the start until ``expected`` messages came (then ``settle`` s more)."""
     consumer = Consumer(
         {

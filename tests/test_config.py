@@ -51,7 +51,11 @@ def test_every_error_is_listed_with_value_and_what_is_allowed() -> None:
     raw["streams"][0]["fields"]["status"]["type"] = "colour"
     msg = _error(raw)
     assert "streams[0].fields.humidity.range: range must be [low, high] with low <= high" in msg
-    assert "streams[0].fields.status.type: Input should be 'float', 'int', 'bool', 'category' or 'string' (got 'colour')" in msg
+    assert (
+        "streams[0].fields.status.type: Input should be "
+        "'float', 'int', 'bool', 'category' or 'string' (got 'colour')"
+        in msg
+    )
     assert "metrics.listen: listen must be HOST:PORT" in msg
     assert "group: Input should be a valid string (got 5)" in msg
 
@@ -96,9 +100,12 @@ def test_librdkafka_security_options_pass_through_and_secrets_are_masked() -> No
 def test_missing_environment_variable_names_the_key() -> None:
     raw = _cfg(kafka={"bootstrap.servers": "${BOOT}"})
     assert "kafka.bootstrap.servers: environment variable BOOT is not set" in _error(raw)
-    assert parse_config(_cfg(kafka={"bootstrap.servers": "${BOOT:-h:1}"}), env={}).kafka[
-        "bootstrap.servers"
-    ] == "h:1"
+    assert (
+        parse_config(_cfg(kafka={"bootstrap.servers": "${BOOT:-h:1}"}), env={}).kafka[
+            "bootstrap.servers"
+        ]
+        == "h:1"
+    )
 
 
 def test_environment_overrides_endpoints() -> None:

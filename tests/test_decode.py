@@ -20,7 +20,14 @@ def _decoder(**changes: Any) -> StreamDecoder:
     return StreamDecoder(config.streams[0])
 
 
-GOOD = {"device_id": "d1", "ts": 1.5, "temperature": 21.0, "humidity": 40.0, "vibration": 2.0, "status": "warn"}
+GOOD = {
+    "device_id": "d1",
+    "ts": 1.5,
+    "temperature": 21.0,
+    "humidity": 40.0,
+    "vibration": 2.0,
+    "status": "warn",
+}
 
 
 def _enc(**changes: Any) -> bytes:
@@ -32,7 +39,7 @@ CASES: list[tuple[bytes | None, str]] = [
     (b"", "invalid_json"),
     (None, "invalid_json"),
     (b"\x00\xff\xfe binary", "invalid_json"),
-    (b'[1, 2]', "not_an_object"),
+    (b"[1, 2]", "not_an_object"),
     (b'"a string"', "not_an_object"),
     (msgspec.json.encode({k: v for k, v in GOOD.items() if k != "temperature"}), "missing_field"),
     (msgspec.json.encode({k: v for k, v in GOOD.items() if k != "device_id"}), "missing_field"),
@@ -67,7 +74,9 @@ def test_every_reason_code_is_reachable() -> None:
 
 def test_columns_masks_codes_and_entities() -> None:
     d = _decoder()
-    batch = d.decode([_enc(), _enc(humidity=None, status="fail", device_id="d2"), _enc(device_id=7)])
+    batch = d.decode(
+        [_enc(), _enc(humidity=None, status="fail", device_id="d2"), _enc(device_id=7)]
+    )
     assert batch.columns["humidity"][0] == 40.0
     assert batch.valid["humidity"].tolist() == [True, False, True]
     assert batch.columns["status"].tolist() == [1, 2, 1]
@@ -117,10 +126,21 @@ def test_empty_batch() -> None:
 
 payloads = st.one_of(
     st.binary(max_size=300),
-    st.builds(lambda d: msgspec.json.encode(d), st.dictionaries(
-        st.sampled_from(["device_id", "ts", "temperature", "humidity", "vibration", "status", "x"]),
-        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)),
-    )),
+    st.builds(
+        lambda d: msgspec.json.encode(d),
+        st.dictionaries(
+            st.sampled_from(
+                ["device_id", "ts", "temperature", "humidity", "vibration", "status", "x"]
+            ),
+            st.one_of(
+                st.none(),
+                st.booleans(),
+                st.integers(),
+                st.floats(allow_nan=False),
+                st.text(max_size=8),
+            ),
+        ),
+    ),
     st.none(),
 )
 

@@ -33,7 +33,9 @@ def _config(bootstrap: str, unique: str, **extra: Any) -> Any:
     return parse_config(raw, env={})
 
 
-def test_known_mix_counts_dead_letters_and_offsets_exactly(kafka_bootstrap: str, unique: str) -> None:
+def test_known_mix_counts_dead_letters_and_offsets_exactly(
+    kafka_bootstrap: str, unique: str
+) -> None:
     events = generate_fleet(12_000, seed=5, bad_rate=0.04)
     topic = f"iot.{unique}"
     create_topics(kafka_bootstrap, {topic: 3, f"dlq.{unique}": 1})
@@ -67,7 +69,9 @@ def test_known_mix_counts_dead_letters_and_offsets_exactly(kafka_bootstrap: str,
 
     assert sample("driftwarden_events_total", stream="sensors", topic=topic) == total
     for reason, count in expected.items():
-        assert sample("driftwarden_invalid_events_total", stream="sensors", reason=reason) == count, reason
+        assert (
+            sample("driftwarden_invalid_events_total", stream="sensors", reason=reason) == count
+        ), reason
     assert sample("driftwarden_dead_letters_total", stream="sensors") == sum(expected.values())
     assert seen["readyz"] == 200
     assert "driftwarden_events_total" in seen["metrics"]
@@ -107,6 +111,7 @@ def test_readyz_is_not_ready_before_assignment(kafka_bootstrap: str, unique: str
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=5)
         assert info.value.code == 503
+        info.value.close()
         with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as r:
             assert r.status == 200
     finally:
