@@ -165,9 +165,11 @@ def read_file_payloads(
         with path.open(newline="", encoding="utf-8") as fh:
             out: list[bytes | None] = []
             for row in csv.DictReader(fh):
-                doc = {
+                doc: dict[str, Any] = {
                     k: (_typed(v, typed_cols[k]) if k in typed_cols else v) for k, v in row.items()
                 }
+                if spec.event_time is not None and doc.get(spec.event_time):
+                    doc[spec.event_time] = float(doc[spec.event_time])
                 out.append(encode(doc))
                 if len(out) >= chunk:
                     yield out
