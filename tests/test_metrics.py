@@ -4,6 +4,7 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from connectors.kafka import RawBatch
@@ -88,12 +89,10 @@ def test_server_endpoints() -> None:
             assert r.headers["Content-Type"].startswith("text/plain")
         with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as r:
             assert r.status == 200
-        try:
+        with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=5)
-            raise AssertionError("not ready expected")
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 503
-            exc.close()
+        assert info.value.code == 503
+        info.value.close()
         state["ready"] = True
         with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=5) as r:
             assert r.status == 200

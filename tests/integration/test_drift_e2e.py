@@ -128,7 +128,8 @@ def test_baseline_build_from_file_and_topic(
 
 
 class _NoSource:
-    assignment: set[tuple[str, int]] = set()
+    def __init__(self) -> None:
+        self.assignment: set[tuple[str, int]] = set()
 
     def poll(self) -> list[Any]:
         return []
