@@ -100,7 +100,7 @@ class Receiver:
 
     url: str
     requests: list[tuple[str, dict[str, str], bytes]]
-    lock: threading.Lock
+    lock: threading.RLock
     arrived: threading.Condition
     status: list[int]
 
@@ -116,7 +116,7 @@ class Receiver:
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     requests: list[tuple[str, dict[str, str], bytes]] = []
-    lock = threading.Lock()
+    lock = threading.RLock()  # predicates of wait_for read under the same lock
     arrived = threading.Condition(lock)
     status = [200]
 

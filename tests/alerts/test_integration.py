@@ -1,0 +1,320 @@
+"""Real delivery: a local HTTP receiver, and Prometheus + Alertmanager processes.
+
+All on 127.0.0.1. The Prometheus/Alertmanager test is marked ``integration`` and
+skips (naming the install script) only when the binaries are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from connectors.webhook import RetryPolicy, WebhookDispatcher
+from monitor.alert_formats import (
+    SIGNATURE_HEADER,
+    deliveries_for,
+    endpoints_from_config,
+    verify_signature,
+)
+from monitor.alerts import AlertEngine
+from monitor.config_alerts import AlertsConfig
+
+from .conftest import MakeFinding, Receiver
+
+RULES = Path(__file__).resolve().parents[2] / "deploy/prometheus/rules/driftwarden.rules.yml"
+
+
+def _config(base: str, **kw: Any) -> AlertsConfig:
+    return AlertsConfig.model_validate(
+        {
+            "resolve_after": 1,
+            "default_severity": "critical",
+            "sinks": [
+                {"type": "webhook", "url": f"{base}/hook", "secret": "s3cret", "timeout": 2},
+                {"type": "slack", "url": f"{base}/slack", "timeout": 2},
+                {"type": "pagerduty", "routing_key": "R0UTE", "url": f"{base}/pd", "timeout": 2},
+                {"type": "alertmanager", "url": kw.pop("am", f"{base}/am"), "timeout": 2},
+            ],
+            **kw,
+        }
+    )
+
+
+def test_four_formats_reach_a_real_http_server(receiver: Receiver, finding: MakeFinding) -> None:
+    config = _config(receiver.url)
+    engine = AlertEngine(config)
+    dispatcher = WebhookDispatcher(
+        endpoints_from_config(config), retry=RetryPolicy(0.05, 0.2), clock=time.monotonic
+    )
+    dispatcher.start()
+    try:
+        receiver.status[0] = 503  # the receiver is failing at first
+        t0 = time.monotonic()
+        for now, drift in ((1.7e9, True), (1.7e9 + 60, False)):
+            out = engine.observe([finding(drift, 999 if drift else 1999)], now=now)
+            assert dispatcher.submit_all(deliveries_for(out.alerts, config, now)) == 4
+        assert time.monotonic() - t0 < 0.5  # submitting never waits on the webhook
+        time.sleep(0.3)
+        receiver.status[0] = 200
+        assert receiver.wait_for(lambda: len(receiver.requests) >= 8, timeout=20)
+    finally:
+        dispatcher.stop()
+    assert dispatcher.pending() == 0
+    paths = [p for p, _, _ in receiver.requests]
+    assert sorted(set(paths)) == ["/am/api/v2/alerts", "/hook", "/pd", "/slack"]
+    assert all(paths.count(p) == 2 for p in set(paths))  # firing + resolved, once each
+
+    hooks = [(h, b) for p, h, b in receiver.requests if p == "/hook"]
+    for headers, body in hooks:
+        assert verify_signature(b"s3cret", body, headers[SIGNATURE_HEADER])
+    generic = [json.loads(b) for _, b in hooks]
+    assert [g["status"] for g in generic] == ["firing", "resolved"]
+    alert_id = generic[0]["id"]
+    pd = receiver.bodies("/pd")
+    assert [(e["event_action"], e["dedup_key"], e["routing_key"]) for e in pd] == [
+        ("trigger", alert_id, "R0UTE"),
+        ("resolve", alert_id, "R0UTE"),
+    ]
+    slack = receiver.bodies("/slack")
+    assert "[CRITICAL]" in slack[0]["text"]
+    assert "[RESOLVED]" in slack[1]["text"]
+    am = receiver.bodies("/am/api/v2/alerts")
+    assert am[0][0]["labels"]["alert_id"] == alert_id
+    assert am[1][0]["endsAt"] == generic[1]["ended_at"]
+
+
+# -- Prometheus and Alertmanager ---------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{url} exited {proc.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} not ready in {timeout}s:\n{log.read_text()[-2000:]}")
+
+
+class _Metrics:
+    """A tiny /metrics endpoint on 127.0.0.1 with the service's drift gauge."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.drift = Gauge(
+            "driftwarden_drift_detected",
+            "Drift verdict",
+            ["stream", "field", "detector"],
+            registry=self.registry,
+        )
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def metrics() -> Iterator[_Metrics]:
+    m = _Metrics()
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def stack(tmp_path: Path, receiver: Receiver, metrics: _Metrics) -> Iterator[dict[str, Any]]:
+    """Prometheus (1 s scrape/eval, the real rules with ``for: 0s``) and Alertmanager
+    (group_wait 1 s) routing to the receiver's /alerts."""
+    for binary in ("prometheus", "prometheus-alertmanager"):
+        if shutil.which(binary) is None:
+            pytest.skip(f"{binary} not installed; run deploy/local-stack/install-prometheus.sh")
+    am_port, prom_port = _free_port(), _free_port()
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        group["interval"] = "1s"
+        for rule in group["rules"]:
+            rule["for"] = "0s"
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    (tmp_path / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(tmp_path / "rules.yml")],
+                "alerting": {
+                    "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
+                },
+                "scrape_configs": [
+                    {
+                        "job_name": "driftwarden",
+                        "static_configs": [{"targets": [f"127.0.0.1:{metrics.port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    (tmp_path / "alertmanager.yml").write_text(
+        yaml.safe_dump(
+            {
+                "route": {
+                    "receiver": "hook",
+                    "group_by": ["alertname", "stream"],
+                    "group_wait": "1s",
+                    "group_interval": "1s",
+                    "repeat_interval": "1h",
+                },
+                "receivers": [
+                    {
+                        "name": "hook",
+                        "webhook_configs": [
+                            {"url": f"{receiver.url}/alerts", "send_resolved": True}
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        am_log = tmp_path / "alertmanager.log"
+        with am_log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "prometheus-alertmanager",
+                        f"--config.file={tmp_path / 'alertmanager.yml'}",
+                        f"--storage.path={tmp_path / 'am-data'}",
+                        f"--web.listen-address=127.0.0.1:{am_port}",
+                        "--cluster.listen-address=",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        prom_log = tmp_path / "prometheus.log"
+        with prom_log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "prometheus",
+                        f"--config.file={tmp_path / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+                        f"--web.listen-address=127.0.0.1:{prom_port}",
+                        f"--web.external-url=http://127.0.0.1:{prom_port}",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        _wait_ready(f"http://127.0.0.1:{am_port}/-/ready", procs[0], am_log, 20)
+        _wait_ready(f"http://127.0.0.1:{prom_port}/-/ready", procs[1], prom_log, 20)
+        yield {"am": f"http://127.0.0.1:{am_port}", "prom": f"http://127.0.0.1:{prom_port}"}
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+def _am_notifications(receiver: Receiver, alertname: str, status: str) -> list[dict[str, Any]]:
+    found = []
+    for payload in receiver.bodies("/alerts"):
+        for a in payload["alerts"]:
+            if a["labels"].get("alertname") == alertname and a["status"] == status:
+                found.append(a)
+    return found
+
+
+@pytest.mark.integration
+def test_prometheus_rule_reaches_receiver_through_alertmanager(
+    stack: dict[str, Any], metrics: _Metrics, receiver: Receiver, finding: MakeFinding
+) -> None:
+    t0 = time.monotonic()
+    metrics.drift.labels("sensors", "temperature", "ks").set(1)
+    metrics.drift.labels("sensors", "humidity", "ks").set(0)
+    assert receiver.wait_for(
+        lambda: bool(_am_notifications(receiver, "DriftwardenDriftDetected", "firing")), 60
+    ), "no firing notification from Alertmanager within 60 s"
+    fired_after = time.monotonic() - t0
+    (alert,) = _am_notifications(receiver, "DriftwardenDriftDetected", "firing")
+    assert alert["labels"]["field"] == "temperature"
+    assert alert["labels"]["severity"] == "warning"
+
+    metrics.drift.labels("sensors", "temperature", "ks").set(0)
+    t1 = time.monotonic()
+    assert receiver.wait_for(
+        lambda: bool(_am_notifications(receiver, "DriftwardenDriftDetected", "resolved")), 60
+    ), "no resolved notification from Alertmanager within 60 s"
+    resolved_after = time.monotonic() - t1
+
+    # driftwarden's own alertmanager sink, into the real Alertmanager's v2 API
+    config = _config("http://127.0.0.1:9", am=stack["am"])
+    engine = AlertEngine(config)
+    dispatcher = WebhookDispatcher(
+        [e for e in endpoints_from_config(config) if e.name == "alertmanager-3"]
+    )
+    out = engine.observe([finding(True, stream="loans", subject="salary")], now=time.time())
+    t2 = time.monotonic()
+    assert dispatcher.submit_all(
+        d for d in deliveries_for(out.alerts, config, time.time()) if d.sink == "alertmanager-3"
+    )
+    assert dispatcher.pump() == 1
+    assert receiver.wait_for(
+        lambda: bool(_am_notifications(receiver, "DriftwardenDrift", "firing")), 60
+    ), "the service's own alert did not come through Alertmanager within 60 s"
+    own_after = time.monotonic() - t2
+    (own,) = _am_notifications(receiver, "DriftwardenDrift", "firing")
+    assert own["labels"]["alert_id"] == out.alerts[0].id
+    print(
+        f"\nrule->Alertmanager->receiver: firing {fired_after:.1f}s, resolved "
+        f"{resolved_after:.1f}s; service alert via Alertmanager {own_after:.1f}s"
+    )
