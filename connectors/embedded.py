@@ -52,11 +52,10 @@ def _broker_binary() -> str:
 
 
 class EmbeddedBroker:
-    """Start, wait for and stop a local broker process.
+    """Start, wait for and stop a local broker process::
 
-    >>> with EmbeddedBroker() as broker:  # doctest: +SKIP
-    ...     print(broker.bootstrap)
-    127.0.0.1:40123
+    with EmbeddedBroker() as broker:
+        print(broker.bootstrap)  # 127.0.0.1:<a free port>
     """
 
     def __init__(

@@ -17,18 +17,16 @@ with its key path, the bad value and what is allowed.
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -36,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from monitor.config_alerts import AlertsConfig, Duration, parse_duration
 from monitor.errors import ConfigError
 
 __all__ = [
@@ -57,32 +56,8 @@ __all__ = [
 _RESERVED_KAFKA_OPTIONS = frozenset(
     {"enable.auto.commit", "enable.auto.offset.store", "group.id", "on_commit"}
 )
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from ``"250ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"7d"`` or a number.
-
-    >>> parse_duration("5m"), parse_duration(1.5), parse_duration("250ms")
-    (300.0, 1.5, 0.25)
-    """
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '30s', '5m', '7d'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ValueError("a duration is a number of seconds or a string like '30s', '5m', '7d'")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("a duration must be finite and >= 0")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class _Model(BaseModel):
@@ -329,7 +304,7 @@ class Config(_Model):
     metrics: MetricsConfig = MetricsConfig()
     streams: tuple[StreamSpec, ...]
     dead_letter_topic: str = "driftwarden.dlq"
-    alerts: dict[str, Any] | None = None  # validated by monitor.config_alerts when present
+    alerts: AlertsConfig | None = None
     summary_interval: Duration = 5.0
 
     @field_validator("kafka")
@@ -360,8 +335,6 @@ class Config(_Model):
                         f"topic {topic!r} is read by both {owner[topic]!r} and {stream.name!r}"
                     )
                 owner[topic] = stream.name
-        if self.alerts is not None:
-            _validate_alerts(self.alerts)
         return self
 
     def stream_for_topic(self) -> dict[str, StreamSpec]:
@@ -373,14 +346,6 @@ class Config(_Model):
             k: ("***" if any(w in k for w in ("password", "secret", "key", "token")) else str(v))
             for k, v in self.kafka.items()
         }
-
-
-def _validate_alerts(alerts: dict[str, Any]) -> None:
-    try:
-        from monitor.config_alerts import AlertsConfig
-    except ImportError:  # pragma: no cover - alerting ships with the package
-        return
-    AlertsConfig.model_validate(alerts)
 
 
 def _interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import yaml
@@ -12,7 +14,7 @@ import yaml
 from monitor.config import Config, parse_config
 from monitor.synthetic import DEMO_STREAM, generate_fleet
 
-__all__ = ["create_topic", "demo_config", "produce_fleet", "run_demo"]
+__all__ = ["WebhookReceiver", "create_topic", "demo_config", "produce_fleet", "run_demo"]
 
 log = logging.getLogger("driftwarden.demo")
 
@@ -36,6 +38,7 @@ def produce_fleet(
     events: int,
     rate: float = 0.0,
     drift_at: int | None = None,
+    drift_until: int | None = None,
     partitions: int = 3,
     seed: int = 7,
     chunk: int = 2_000,
@@ -55,7 +58,12 @@ def produce_fleet(
         while produced < events and not (stop is not None and stop.is_set()):
             n = min(chunk, events - produced)
             batch = generate_fleet(
-                n, seed=seed, start_index=produced, drift_at=drift_at, bad_rate=bad_rate
+                n,
+                seed=seed,
+                start_index=produced,
+                drift_at=drift_at,
+                drift_until=drift_until,
+                bad_rate=bad_rate,
             )
             for value, key in zip(batch.values, batch.keys, strict=True):
                 while True:
@@ -78,8 +86,13 @@ def produce_fleet(
     return produced
 
 
-def demo_config(bootstrap: str, metrics_port: int, baseline_events: int = 20_000) -> Config:
+def demo_config(
+    bootstrap: str, metrics_port: int, baseline_events: int = 20_000, webhook_url: str | None = None
+) -> Config:
     """The demo's configuration (the same shape as deploy/examples/sensors.yaml)."""
+    sinks = []
+    if webhook_url:
+        sinks.append({"type": "webhook", "url": webhook_url, "secret": "demo", "name": "on-call"})
     raw: dict[str, Any] = {
         "kafka": {"bootstrap.servers": bootstrap, "session.timeout.ms": 6000},
         "group": "driftwarden-demo",
@@ -91,12 +104,17 @@ def demo_config(bootstrap: str, metrics_port: int, baseline_events: int = 20_000
                 **DEMO_STREAM,
                 "baseline": {"first_events": baseline_events},
                 "window": {"events": 5000, "step": 1000},
+                "model": {"name": "sensor-anomaly", "version": "3"},
             }
         ],
         "alerts": {
             "topic": "driftwarden.alerts",
             "retrain_topic": "ml.retrain.requests",
-            "cooldown": "1m",
+            "cooldown": "10s",
+            "resolve_after": 3,
+            "severities": {"adwin": "info"},
+            "retrain": {"min_severity": "warning", "cooldown": "1m"},
+            "sinks": sinks,
         },
     }
     return parse_config(yaml.safe_load(yaml.safe_dump(raw)), env={})
@@ -105,16 +123,23 @@ def demo_config(bootstrap: str, metrics_port: int, baseline_events: int = 20_000
 def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 9108) -> int:
     """Run the whole demo for ``seconds`` and print what happened."""
     from connectors.embedded import EmbeddedBroker
+    from monitor.cli import _install_stop
     from monitor.service import Service
 
     total = int(seconds * rate)
-    drift_at = int(total * 0.5)
+    drift_at, drift_until = int(total * 0.4), int(total * 0.7)
+    receiver = WebhookReceiver().start()
     with EmbeddedBroker() as broker:
         print(f"broker: embedded Kafka-protocol broker on {broker.bootstrap}", flush=True)
+        print(f"on-call: a local webhook receiver on {receiver.url}", flush=True)
         config = demo_config(
-            broker.bootstrap, metrics_port, baseline_events=min(20_000, drift_at // 2)
+            broker.bootstrap,
+            metrics_port,
+            baseline_events=min(20_000, drift_at // 2),
+            webhook_url=receiver.url,
         )
         stop = threading.Event()
+        create_topic(broker.bootstrap, "iot.sensors", 3)
         producer = threading.Thread(
             target=produce_fleet,
             kwargs={
@@ -123,16 +148,16 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
                 "events": total,
                 "rate": rate,
                 "drift_at": drift_at,
+                "drift_until": drift_until,
                 "stop": stop,
             },
             name="producer",
             daemon=True,
         )
-        create_topic(broker.bootstrap, "iot.sensors", 3)
         producer.start()
         print(
             f"producer: 100 devices, {rate:,.0f} events/s for {seconds:.0f}s, ~3% bad records, "
-            f"vibration and status drift from event {drift_at:,}",
+            f"vibration and status drift from event {drift_at:,} to {drift_until:,}",
             flush=True,
         )
         service = Service(config)
@@ -140,7 +165,6 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
         print(
             f"monitor: metrics on http://{host}:{port}/metrics (also /healthz, /readyz)", flush=True
         )
-        from monitor.cli import _install_stop
 
         def stop_all() -> None:
             stop.set()
@@ -148,13 +172,92 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
 
         _install_stop(stop_all)
         stats = service.run(
-            max_seconds=seconds + 5, on_summary=lambda s: print("monitor:", s, flush=True)
+            max_seconds=seconds + 10, on_summary=lambda s: print("monitor:", s, flush=True)
         )
         stop.set()
         producer.join(10)
+        alerts = _read_all(broker.bootstrap, "driftwarden.alerts")
+        retrains = _read_all(broker.bootstrap, "ml.retrain.requests")
+    receiver.stop()
     print(
         f"done: events={stats.events:,} accepted={stats.accepted:,} invalid={stats.invalid:,} "
         f"by reason={dict(sorted(stats.rejected.items()))}",
         flush=True,
     )
+    print(f"alerts topic: {len(alerts)} message(s)", flush=True)
+    for a in alerts:
+        print(f"  {a['status']:<8} {a['severity']:<8} {a['summary']}", flush=True)
+    print(f"retrain topic: {len(retrains)} request(s)", flush=True)
+    for r in retrains:
+        print(f"  model {r['model']} v{r['version']}: {r['reason']}", flush=True)
+    print(f"webhook receiver: {len(receiver.received)} signed delivery(ies)", flush=True)
     return 0
+
+
+class WebhookReceiver:
+    """A local on-call endpoint for the demo: prints what it receives."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.received: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                try:
+                    doc = json.loads(body)
+                except ValueError:
+                    doc = {}
+                receiver.received.append(doc)
+                signed = "signed" if self.headers.get("X-Driftwarden-Signature") else "unsigned"
+                print(
+                    f"webhook: {signed} {doc.get('status', '?')} {doc.get('summary', '')}",
+                    flush=True,
+                )
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}/alerts"
+
+    def start(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"demo-reader-{time.time_ns()}",
+            "enable.auto.commit": False,
+        }
+    )
+    out: list[dict[str, Any]] = []
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            msgs = consumer.consume(1000, 0.5)
+            if not msgs:
+                break
+            values = [m.value() for m in msgs if m.error() is None]
+            out += [json.loads(v) for v in values if v]
+    finally:
+        consumer.close()
+    return out

@@ -261,5 +261,6 @@ class MetricsServer:
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for a serve loop that never ran
+            self._httpd.shutdown()
         self._httpd.server_close()

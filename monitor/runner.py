@@ -53,6 +53,8 @@ class FindingsHandler(Protocol):
 
     def handle(self, findings: list[Finding], now: float) -> list[OutMessage]: ...
 
+    def close(self) -> None: ...
+
 
 @dataclass
 class RunStats:
@@ -293,6 +295,8 @@ class Runner:
         finally:
             self._ready_gauge.set(0)
             self.source.close()
+            if self.findings_handler is not None:
+                self.findings_handler.close()
 
     def _flush_quietly(self) -> None:
         try:

@@ -92,10 +92,9 @@ class Service:
 
     def _output_topics(self) -> list[str]:
         topics = [self.config.dead_letter_topic]
-        alerts = self.config.alerts or {}
-        for key in ("topic", "retrain_topic"):
-            if isinstance(alerts.get(key), str):
-                topics.append(alerts[key])
+        alerts = self.config.alerts
+        if alerts is not None:
+            topics += [t for t in (alerts.topic, alerts.retrain_topic) if t]
         return topics
 
     @property
@@ -104,6 +103,12 @@ class Service:
 
     def stop(self) -> None:
         self.runner.stop()
+
+    def close(self) -> None:
+        """Release everything without running (``run`` closes by itself)."""
+        self.runner.close()
+        if self.server is not None:
+            self.server.stop()
 
     def run(
         self,

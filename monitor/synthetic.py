@@ -123,6 +123,7 @@ def generate_fleet(
     devices: int = 100,
     bad_rate: float = 0.03,
     drift_at: int | None = None,
+    drift_until: int | None = None,
     drift_shift: float = 1.0,
     start_index: int = 0,
     start_time: float = 1_790_000_000.0,
@@ -131,7 +132,7 @@ def generate_fleet(
     """``n`` events of a ``devices``-strong fleet; about ``bad_rate`` of them bad.
 
     Bad events cycle through ``BAD_KINDS`` so every reason appears. Event ``i``
-    (counting from ``start_index``) has drift when ``i >= drift_at``.
+    (counting from ``start_index``) has drift when ``drift_at <= i < drift_until``.
     """
     rng = np.random.default_rng(seed + start_index)
     index = np.arange(start_index, start_index + n)
@@ -151,6 +152,8 @@ def generate_fleet(
     status = rng.choice(3, size=n, p=status_p)
     if drift_at is not None:
         drifted = index >= drift_at
+        if drift_until is not None:
+            drifted &= index < drift_until
         vibration = np.where(drifted, vibration + drift_shift, vibration)
         status = np.where(drifted, rng.choice(3, size=n, p=[0.6, 0.3, 0.1]), status)
     vibration = np.round(vibration, 4)

@@ -23,8 +23,13 @@ def test_equals_searchsorted_right(dist: str, n_edges: int) -> None:
     }[dist]
     edges = np.unique(gen(n_edges * 3))[:n_edges]
     values = np.concatenate(
-        [gen(20_000), edges, np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf),
-         [np.inf, -np.inf, np.nan, edges[0] - 1, edges[-1] + 1]]
+        [
+            gen(20_000),
+            edges,
+            np.nextafter(edges, np.inf),
+            np.nextafter(edges, -np.inf),
+            [np.inf, -np.inf, np.nan, edges[0] - 1, edges[-1] + 1],
+        ]
     )
     got = EdgeIndex(edges).count_at_or_below(values)
     assert np.array_equal(got, np.searchsorted(edges, values, side="right"))

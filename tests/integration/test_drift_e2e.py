@@ -124,7 +124,7 @@ def test_baseline_build_from_file_and_topic(
     service = Service(parse_config(raw, env={}), registry=CollectorRegistry(), source=_NoSource())
     stage = service.runner.pipelines[f"iot.{unique}b"].stages[0]
     assert stage.ready and stage.baseline.id == outs["jsonl"]["id"]  # type: ignore[attr-defined]
-    service.runner.close()
+    service.close()
 
 
 class _NoSource:

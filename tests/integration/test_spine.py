@@ -115,5 +115,4 @@ def test_readyz_is_not_ready_before_assignment(kafka_bootstrap: str, unique: str
         with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as r:
             assert r.status == 200
     finally:
-        service.server.stop()
-        service.runner.close()
+        service.close()

@@ -1,0 +1,111 @@
+"""Findings to alerts, wired: the engine, the Kafka topics, the webhooks and their metrics.
+
+The runner calls ``handle`` once per batch with the batch's findings; the alert and
+retrain messages it returns go through the same producer as the dead letters, so
+the batch's offsets are committed only once they are durable. Webhook deliveries
+are queued to the dispatcher's own thread: a dead on-call endpoint never stalls
+consumption, and retries with backoff until it answers.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from connectors.base import OutMessage
+from connectors.webhook import WebhookDispatcher, WebhookObserver
+from detectors.base import Finding
+from monitor.alert_formats import deliveries_for, endpoints_from_config
+from monitor.alerts import AlertEngine, to_out_messages
+from monitor.config import Config
+from monitor.config_alerts import AlertsConfig
+from monitor.metrics import Metrics
+
+__all__ = ["AlertingHandler", "PrometheusWebhookObserver", "build_findings_handler"]
+
+log = logging.getLogger("driftwarden.alerts")
+
+
+class PrometheusWebhookObserver(WebhookObserver):
+    """Per-sink delivery metrics (sink names, never URLs, as labels)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def on_sent(self, sink: str, latency_s: float) -> None:
+        self.metrics.sink_sent.labels(sink).inc()
+        self.metrics.sink_latency.labels(sink).observe(latency_s)
+
+    def on_failed(self, sink: str, reason: str) -> None:
+        self.metrics.sink_failed.labels(sink, reason).inc()
+
+    def on_queued(self, sink: str, depth: int) -> None:
+        self.metrics.sink_queued.labels(sink).set(depth)
+
+    def on_dropped(self, sink: str) -> None:
+        self.metrics.sink_dropped.labels(sink).inc()
+
+
+class AlertingHandler:
+    """The runner's findings handler: alert lifecycle, topics, webhooks, metrics."""
+
+    def __init__(
+        self, config: AlertsConfig, metrics: Metrics, retrain_models: dict[str, tuple[str, str]]
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.engine = AlertEngine(config, retrain_models=retrain_models)
+        self.dispatcher = WebhookDispatcher(
+            endpoints_from_config(config), observer=PrometheusWebhookObserver(metrics)
+        )
+        self.dispatcher.start()
+
+    def handle(self, findings: list[Finding], now: float) -> list[OutMessage]:
+        outcome = self.engine.observe(findings, now)
+        if not outcome:
+            return []
+        m = self.metrics
+        for alert in outcome.alerts:
+            m.alerts.labels(alert.stream, alert.detector, alert.severity, alert.status).inc()
+            log.info(
+                "alert %s %s [%s] %s (id %s)",
+                alert.status.upper(),
+                alert.severity,
+                alert.stream,
+                alert.summary,
+                alert.id[:12],
+            )
+        for request in outcome.retrain_requests:
+            m.retrain_requests.labels(request.model).inc()
+            log.info(
+                "retrain request for model %s version %s: %s (trigger %s)",
+                request.model,
+                request.version,
+                request.reason,
+                request.trigger_id[:12],
+            )
+        firing: dict[tuple[str, str], int] = {}
+        for inc in self.engine.state().get("incidents", []):
+            key = (str(inc.get("stream", "")), str(inc.get("severity", "")))
+            firing[key] = firing.get(key, 0) + 1
+        for (stream, severity), count in firing.items():
+            m.alerts_firing.labels(stream, severity).set(count)
+        for alert in outcome.alerts:
+            if (alert.stream, alert.severity) not in firing:
+                m.alerts_firing.labels(alert.stream, alert.severity).set(0)
+        self.dispatcher.submit_all(deliveries_for(outcome.alerts, self.config, now))
+        return to_out_messages(outcome, self.config)
+
+    def close(self) -> None:
+        self.dispatcher.stop()
+
+
+def build_findings_handler(config: Config, metrics: Metrics) -> AlertingHandler | None:
+    """The handler for ``config``'s ``alerts:`` section, or None without one."""
+    if config.alerts is None:
+        return None
+    alerts = config.alerts
+    models = {
+        s.name: (s.model.name, s.model.version or "unversioned") for s in config.streams if s.model
+    }
+    return AlertingHandler(alerts, metrics, models)
