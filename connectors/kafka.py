@@ -23,9 +23,26 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from connectors.base import OutMessage
 from monitor.errors import SinkError
 
-__all__ = ["KafkaSink", "KafkaSource", "RawBatch", "TopicPartitionKey"]
+__all__ = ["KafkaSink", "KafkaSource", "RawBatch", "TopicPartitionKey", "client_options"]
 
 TopicPartitionKey = tuple[str, int]
+
+_CONSUMER_ONLY = (
+    "fetch.",
+    "queued.",
+    "session.",
+    "heartbeat.",
+    "auto.offset",
+    "max.poll",
+    "partition.assignment",
+    "group.",
+)
+
+
+def client_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The connection and security options of a config, without consumer tuning,
+    for producers and admin clients."""
+    return {k: v for k, v in options.items() if not k.startswith(_CONSUMER_ONLY)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +98,8 @@ class KafkaSource:
         *,
         max_batch_events: int = 10_000,
         max_wait: float = 0.5,
-        on_assign: Callable[[list[TopicPartitionKey]], None] | None = None,
+        on_assign: Callable[[list[TopicPartitionKey]], Mapping[TopicPartitionKey, int]]
+        | None = None,
         on_revoke: Callable[[list[TopicPartitionKey]], None] | None = None,
         on_error: Callable[[str, bool], None] | None = None,
     ) -> None:
@@ -117,8 +135,14 @@ class KafkaSource:
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         self.assignment.update(keys)
+        starts: Mapping[TopicPartitionKey, int] = {}
         if self._on_assign is not None:
-            self._on_assign(keys)
+            starts = self._on_assign(keys)
+        for tp in partitions:  # start where the checkpoint says, else at the group offset
+            start = starts.get((tp.topic, tp.partition))
+            if start is not None:
+                tp.offset = start
+        consumer.assign(partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
@@ -197,13 +221,7 @@ class KafkaSink:
         conf: dict[str, Any] = {
             "linger.ms": 5,
             "compression.type": "lz4",
-            **{
-                k: v
-                for k, v in options.items()
-                if not k.startswith(
-                    ("fetch.", "queued.", "session.", "heartbeat.", "auto.offset", "max.poll")
-                )
-            },
+            **client_options(options),
             "enable.idempotence": True,
             "acks": "all",
         }

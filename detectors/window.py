@@ -440,12 +440,29 @@ class WindowedDetector:
         One binning per field per batch can then feed several detectors. ``values``
         is needed only by detectors keeping raw values (exact KS).
         """
-        keep = self._window.keep_values
-        vals = np.asarray(values, dtype=np.float64) if keep else None
-        if not self._window.add(np.asarray(bins, dtype=np.int64), times, vals):
+        if not self.accumulate(bins, times, values):
             return []
         finding = self.evaluate()
         return [] if finding is None else [finding]
+
+    def accumulate(
+        self, bins: IntArray, times: FloatArray | None = None, values: Any = None
+    ) -> bool:
+        """Fold pre-binned values into the window without judging it.
+
+        Returns True when a sub-window closed and the window is full: a verdict is
+        due. Used where several partitions' windows are merged before judging.
+        """
+        keep = self._window.keep_values
+        vals = np.asarray(values, dtype=np.float64) if keep else None
+        return self._window.add(np.asarray(bins, dtype=np.int64), times, vals)
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        """Forget the window (construction arguments and baseline stay)."""
+        self._reset()
 
     def evaluate(self) -> Finding | None:
         """The verdict on the current window, or None while it is filling."""

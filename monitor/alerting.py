@@ -10,9 +10,10 @@ consumption, and retries with backoff until it answers.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from connectors.base import OutMessage
-from connectors.webhook import WebhookDispatcher, WebhookObserver
+from connectors.webhook import RetryPolicy, WebhookDispatcher, WebhookObserver
 from detectors.base import Finding
 from monitor.alert_formats import deliveries_for, endpoints_from_config
 from monitor.alerts import AlertEngine, to_out_messages
@@ -55,8 +56,13 @@ class AlertingHandler:
         self.config = config
         self.metrics = metrics
         self.engine = AlertEngine(config, retrain_models=retrain_models)
+        delivery = config.delivery
         self.dispatcher = WebhookDispatcher(
-            endpoints_from_config(config), observer=PrometheusWebhookObserver(metrics)
+            endpoints_from_config(config),
+            observer=PrometheusWebhookObserver(metrics),
+            retry=RetryPolicy(
+                delivery.backoff_initial, delivery.backoff_max, delivery.max_attempts
+            ),
         )
         self.dispatcher.start()
 
@@ -95,6 +101,15 @@ class AlertingHandler:
                 m.alerts_firing.labels(alert.stream, alert.severity).set(0)
         self.dispatcher.submit_all(deliveries_for(outcome.alerts, self.config, now))
         return to_out_messages(outcome, self.config)
+
+    def state(self) -> dict[str, Any]:
+        """The alert episodes and the pending webhook queue, for the checkpoint."""
+        return {"engine": self.engine.state(), "webhooks": self.dispatcher.state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue open episodes and redeliver what was still queued."""
+        self.engine.restore(state["engine"])
+        self.dispatcher.restore(state["webhooks"])
 
     def close(self) -> None:
         self.dispatcher.stop()

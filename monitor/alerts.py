@@ -109,14 +109,6 @@ def window_from_dict(d: Mapping[str, Any]) -> WindowBounds:
     )
 
 
-def _anchor(window: WindowBounds, now: float) -> str:
-    if window.last_offset is not None:
-        return f"p{window.partition}o{window.last_offset}"
-    if window.end_time is not None and math.isfinite(window.end_time):
-        return f"t{window.end_time!r}"
-    return f"n{now!r}"
-
-
 def alert_id_for(stream: str, subject: str, detector: str, anchor: str) -> str:
     """32 hex characters of sha256 over the episode's identity.
 
@@ -359,6 +351,7 @@ class AlertEngine:
     _retrain_until: dict[tuple[str, str], float] = field(
         default_factory=dict, init=False, repr=False
     )
+    _sequence: dict[Key, int] = field(default_factory=dict, init=False, repr=False)
 
     def set_model(self, stream: str, model: str, version: str) -> None:
         """Point ``stream`` at a (new) model version, e.g. after a deployment."""
@@ -438,7 +431,13 @@ class AlertEngine:
     ) -> _Incident:
         group = sorted(group, key=lambda f: f.subject)
         first = group[0]
-        anchor = _anchor(first.window, now)
+        # The n-th episode of a key gets the same id whenever it is replayed: the
+        # counter is part of the checkpointed state, so after a crash the episodes
+        # after the checkpoint are numbered as they were before it.
+        key = (stream, subject, detector)
+        seq = self._sequence.get(key, 0) + 1
+        self._sequence[key] = seq
+        anchor = f"e{seq}"
         if subject == GROUP_SUBJECT:
             anchor += "|" + ",".join(f.subject for f in group)
         strongest = max(group, key=lambda f: (_sort_stat(f.statistic), f.subject))
@@ -574,6 +573,7 @@ class AlertEngine:
             "retrain_cooldowns": [
                 [*mk, until] for mk, until in sorted(self._retrain_until.items())
             ],
+            "sequence": [[*key, n] for key, n in sorted(self._sequence.items())],
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -586,6 +586,7 @@ class AlertEngine:
         }
         self._cooldown_until = {(s, sub, d): float(u) for s, sub, d, u in state["cooldowns"]}
         self._retrain_until = {(m, v): float(u) for m, v, u in state["retrain_cooldowns"]}
+        self._sequence = {(s, sub, d): int(n) for s, sub, d, n in state.get("sequence", [])}
 
 
 def _sort_stat(x: float) -> float:

@@ -45,6 +45,7 @@ __all__ = [
     "MetricsConfig",
     "ModelSpec",
     "SourceConfig",
+    "StateConfig",
     "StreamSpec",
     "WindowSpec",
     "load_config",
@@ -269,6 +270,15 @@ class SourceConfig(_Model):
     commit_every_batch: bool = True
 
 
+class StateConfig(_Model):
+    """Checkpoints of each partition's state, in a compacted Kafka topic."""
+
+    enabled: bool = True
+    topic: str = "driftwarden.state"
+    every_events: int = Field(default=100_000, gt=0)
+    every_seconds: Duration = 30.0
+
+
 class MetricsConfig(_Model):
     """Where /metrics, /healthz and /readyz are served."""
 
@@ -304,6 +314,7 @@ class Config(_Model):
     metrics: MetricsConfig = MetricsConfig()
     streams: tuple[StreamSpec, ...]
     dead_letter_topic: str = "driftwarden.dlq"
+    state: StateConfig = StateConfig()
     alerts: AlertsConfig | None = None
     summary_interval: Duration = 5.0
 

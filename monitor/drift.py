@@ -1,22 +1,30 @@
 """The drift stage of a stream: a baseline, and per field the configured detectors.
 
-Per batch and field the valid values are binned once against the field's
-baseline (``searchsorted``) and the bins feed every binned detector of the field
-(KS, PSI, chi-square); ADWIN takes the raw values. Findings are completed with
-the stream name and the baseline id.
+State is kept per Kafka partition, so that it can be checkpointed with the offsets
+it covers and move with the partition on a rebalance: a partition's windows hold
+exactly the events of that partition up to its checkpointed offset, whatever the
+batching or the process. The stream-level verdict of a binned detector (KS, PSI,
+chi-square) judges the merge of the partitions' windows (bin counts add exactly);
+ADWIN watches each partition's mean and reports per partition.
+
+Per batch and field the valid values are binned once against the field's baseline
+and the bins feed every binned detector of the field. Findings are completed
+with the stream name and the baseline id.
 
 Multiple testing: every binned detector of the stream shares one false-alarm
 budget (``ert``, expected events between false alarms for the whole stream), so
 each gets ``family_size`` = the number of binned (field, detector) pairs.
 
 A stream without a baseline file builds one from its first ``first_events``
-accepted events (and says so in the log); detectors start after that.
+accepted events (and says so in the log); detectors start after that. The built
+baseline is part of the checkpointed state, so a restart keeps it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,36 +53,57 @@ def _adwin_defaults() -> dict[str, Any]:
     return dict(SERVICE_DEFAULTS)
 
 
-class _FieldDetectors:
-    """The detectors of one field and the lookup from decoder codes to baseline bins."""
+@dataclasses.dataclass
+class _FieldPlan:
+    """How to build one field's detectors, and the lookup from codes to bins."""
 
-    def __init__(
-        self, name: str, numeric: bool, baseline: NumericBaseline | CategoricalBaseline
-    ) -> None:
-        self.name = name
-        self.numeric = numeric
-        self.baseline = baseline
-        self.binned: list[Any] = []
-        self.raw: list[Detector] = []
-        self._lut = np.empty(0, dtype=np.int64)
+    name: str
+    numeric: bool
+    baseline: NumericBaseline | CategoricalBaseline
+    binned: list[tuple[str, Callable[[], Any]]]  # (detector name, factory)
+    raw: list[tuple[str, Callable[[], Detector]]]
+    merged: list[Any]  # one scratch detector per binned detector, for stream verdicts
+    lut: npt.NDArray[np.int64]
 
     def category_bins(
         self, codes: npt.NDArray[np.int64], vocabulary_names: list[Any]
     ) -> npt.NDArray[np.int64]:
         assert isinstance(self.baseline, CategoricalBaseline)
-        if len(self._lut) < len(vocabulary_names):
-            index = {c: i for i, c in enumerate(self.baseline.categories)}
-            unseen = len(self.baseline.categories)
-            self._lut = np.array(
-                [index.get(str(v), unseen) for v in vocabulary_names], dtype=np.int64
-            )
         unseen = len(self.baseline.categories)
+        if len(self.lut) < len(vocabulary_names):
+            index = {c: i for i, c in enumerate(self.baseline.categories)}
+            self.lut = np.array([index.get(str(v), unseen) for v in vocabulary_names], np.int64)
         # -1: a value the bounded vocabulary had no room for; also unseen.
-        return np.where(codes >= 0, self._lut[np.maximum(codes, 0)], unseen)
+        return np.where(codes >= 0, self.lut[np.maximum(codes, 0)], unseen)
+
+
+class _PartitionDetectors:
+    """One partition's detector instances, field by field."""
+
+    def __init__(self, plans: list[_FieldPlan]) -> None:
+        self.binned = {p.name: [make() for _, make in p.binned] for p in plans}
+        self.raw = {p.name: [make() for _, make in p.raw] for p in plans}
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "binned": {f: [d.state() for d in ds] for f, ds in self.binned.items()},
+            "raw": {f: [d.state() for d in ds] for f, ds in self.raw.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for kind, dets in (("binned", self.binned), ("raw", self.raw)):
+            for name, ds in dets.items():
+                saved = state[kind].get(name, [])
+                if len(saved) != len(ds):
+                    raise ConfigError(
+                        f"checkpointed detectors of field {name!r} do not match the configuration"
+                    )
+                for det, st in zip(ds, saved, strict=True):
+                    det.restore(st)
 
 
 class DriftStage:
-    """Runs a stream's drift detectors over accepted batches."""
+    """Runs a stream's drift detectors over accepted batches, per partition."""
 
     def __init__(
         self, spec: StreamSpec, decoder: StreamDecoder, baseline: Baseline | None = None
@@ -87,7 +116,9 @@ class DriftStage:
             if fs.type is not FieldType.STRING and fs.detector_specs()
         ]
         self.baseline: Baseline | None = None
-        self._detectors: list[_FieldDetectors] = []
+        self.baseline_source = "file" if spec.baseline.file is not None else "first_events"
+        self._plans: list[_FieldPlan] = []
+        self._partitions: dict[int, _PartitionDetectors] = {}
         self._accumulator: BaselineAccumulator | None = None
         self._time_window = spec.window.seconds is not None
         if baseline is None and spec.baseline.file is not None:
@@ -125,6 +156,7 @@ class DriftStage:
             if d not in _UNBINNED
         )
         window = self.spec.window.detector_params()
+        self._plans = []
         for name in self.fields:
             fs = self.spec.fields[name]
             fb = baseline.fields[name]
@@ -135,21 +167,22 @@ class DriftStage:
                     f"stream {self.spec.name!r}: field {name!r} is {fs.type} but baseline "
                     f"{baseline.id!r} holds a {held} reference"
                 )
-            if not numeric and name in self.decoder.vocabularies:
-                self.decoder.seed_categories(name, list(fb.categories))  # type: ignore[union-attr]
-            group = _FieldDetectors(name, numeric, fb)
+            if isinstance(fb, CategoricalBaseline) and name in self.decoder.vocabularies:
+                self.decoder.seed_categories(name, list(fb.categories))
+            plan = _FieldPlan(name, numeric, fb, [], [], [], np.empty(0, np.int64))
             for det_name, params in fs.detector_specs().items():
                 if det_name in _UNBINNED:
-                    kwargs = (
-                        {**_adwin_defaults(), **params} if det_name == "adwin" else dict(params)
-                    )
                     if not numeric:
                         continue  # ADWIN watches a numeric mean
-                    group.raw.append(create(det_name, baseline=None, subject=name, **kwargs))
+                    kw = {**_adwin_defaults(), **params} if det_name == "adwin" else dict(params)
+                    plan.raw.append((det_name, _factory(det_name, None, name, kw)))
                 else:
-                    kwargs = {**window, "family_size": binned_pairs, **params}
-                    group.binned.append(create(det_name, baseline=fb, subject=name, **kwargs))
-            self._detectors.append(group)
+                    kw = {**window, "family_size": binned_pairs, **params}
+                    make = _factory(det_name, fb, name, kw)
+                    plan.binned.append((det_name, make))
+                    plan.merged.append(make())
+            self._plans.append(plan)
+        self._partitions.clear()
         log.info(
             "stream %s: baseline %s ready (%d fields)",
             self.spec.name,
@@ -157,7 +190,15 @@ class DriftStage:
             len(self.fields),
         )
 
-    def update(self, batch: Batch) -> list[Finding]:
+    def _partition(self, partition: int) -> _PartitionDetectors:
+        found = self._partitions.get(partition)
+        if found is None:
+            found = self._partitions[partition] = _PartitionDetectors(self._plans)
+        return found
+
+    # -- processing ----------------------------------------------------------------
+    def update(self, batch: Batch, partitions: npt.NDArray[np.int32]) -> list[Finding]:
+        """Fold in a batch; ``partitions`` gives each accepted row's partition."""
         if self._accumulator is not None:
             target = int(self.spec.baseline.first_events or 0)
             taken = self._accumulator.add(batch, target)
@@ -167,31 +208,106 @@ class DriftStage:
             self._start(acc.build(self.spec.name, f"first {target} events"))
             if taken >= batch.n:
                 return []
-            batch = _tail(batch, taken)
-        if self.baseline is None:
+            batch, partitions = _tail(batch, taken), partitions[taken:]
+        if self.baseline is None or batch.n == 0:
             return []
+        first = int(partitions[0])
+        if (partitions == first).all():
+            split = [(first, None)]
+        else:
+            split = [(int(p), partitions == p) for p in np.unique(partitions)]
         findings: list[Finding] = []
-        for group in self._detectors:
-            ok = batch.valid[group.name]
-            values = batch.columns[group.name][ok]
-            if values.size == 0:
-                continue
-            times = (
-                batch.event_time[ok] if batch.event_time is not None and self._time_window else None
-            )
-            if group.numeric:
-                bins = group.baseline.bin_index(values)
-            else:
-                names = self.decoder.vocabularies[group.name].names()
-                bins = group.category_bins(values, names)
-            for det in group.binned:
-                findings.extend(det.update_bins(bins, times, values))
-            for det in group.raw:
-                findings.extend(det.update(values, times))
+        due: set[tuple[str, int]] = set()
+        for plan in self._plans:
+            valid = batch.valid[plan.name]
+            column = batch.columns[plan.name]
+            for partition, rows in split:
+                ok = valid if rows is None else valid & rows
+                values = column[ok]
+                if values.size == 0:
+                    continue
+                times = None
+                if batch.event_time is not None and self._time_window:
+                    times = batch.event_time[ok]
+                dets = self._partition(partition)
+                if plan.numeric:
+                    bins = plan.baseline.bin_index(values)
+                else:
+                    names = self.decoder.vocabularies[plan.name].names()
+                    bins = plan.category_bins(values, names)
+                for i, det in enumerate(dets.binned[plan.name]):
+                    if det.accumulate(bins, times, values):
+                        due.add((plan.name, i))
+                for det in dets.raw[plan.name]:
+                    for f in det.update(values, times):
+                        window = dataclasses.replace(f.window, partition=partition)
+                        findings.append(dataclasses.replace(f, window=window))
+        for plan in self._plans:
+            for i, merged in enumerate(plan.merged):
+                if (plan.name, i) in due and (finding := self._judge(plan, i, merged)):
+                    findings.append(finding)
         baseline_id = self.baseline.id
         return [
             dataclasses.replace(f, stream=self.spec.name, baseline_id=baseline_id) for f in findings
         ]
+
+    def _judge(self, plan: _FieldPlan, index: int, merged: Any) -> Finding | None:
+        """The stream-level verdict: all partitions' windows added, then judged."""
+        parts = [p.binned[plan.name][index] for p in self._partitions.values()]
+        if len(parts) == 1:
+            finding: Finding | None = parts[0].evaluate()
+            return finding
+        merged.clear()
+        for det in parts:
+            merged.merge(det)
+        finding = merged.evaluate()
+        return finding
+
+    def evaluate(self) -> list[Finding]:
+        """Stream-level verdicts of every binned detector on the windows as they are now."""
+        out = []
+        for plan in self._plans:
+            for i, merged in enumerate(plan.merged):
+                if self._partitions and (finding := self._judge(plan, i, merged)):
+                    out.append(dataclasses.replace(finding, stream=self.spec.name))
+        return out
+
+    # -- state ---------------------------------------------------------------------
+    def partition_state(self, partition: int) -> dict[str, Any] | None:
+        """What continues ``partition``'s detectors exactly (None before the baseline)."""
+        if self.baseline is None:
+            return None
+        return self._partition(partition).state()
+
+    def restore_partition(self, partition: int, state: dict[str, Any]) -> None:
+        self._partition(partition).restore(state)
+
+    def drop_partition(self, partition: int) -> None:
+        """Forget a partition this process no longer owns."""
+        self._partitions.pop(partition, None)
+
+    def baseline_state(self) -> str | None:
+        """The baseline built from first events, as JSON (None for a file baseline)."""
+        if self.baseline is None or self.baseline_source == "file":
+            return None
+        return self.baseline.to_json()
+
+    def restore_baseline(self, text: str) -> None:
+        """Adopt a checkpointed baseline instead of building one."""
+        if self.baseline is not None and self.baseline_source == "file":
+            return
+        baseline = Baseline.from_json(text)
+        if self.baseline is not None and self.baseline.id == baseline.id:
+            return
+        self._accumulator = None
+        self._start(baseline)
+
+
+def _factory(name: str, baseline: Any, subject: str, kwargs: dict[str, Any]) -> Callable[[], Any]:
+    def make() -> Any:
+        return create(name, baseline=baseline, subject=subject, **kwargs)
+
+    return make
 
 
 def _tail(batch: Batch, start: int) -> Batch:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -30,9 +30,18 @@ BatchInput = RawBatch
 
 
 class FindingStage(Protocol):
-    """Something that turns accepted batches into findings (drift, entities, models)."""
+    """Something that turns accepted batches into findings (drift, entities, models).
 
-    def update(self, batch: Batch) -> list[Finding]: ...
+    State is kept per partition so it can be checkpointed with the offsets it covers.
+    """
+
+    def update(self, batch: Batch, partitions: npt.NDArray[np.int32]) -> list[Finding]: ...
+
+    def partition_state(self, partition: int) -> dict[str, Any] | None: ...
+
+    def restore_partition(self, partition: int, state: dict[str, Any]) -> None: ...
+
+    def drop_partition(self, partition: int) -> None: ...
 
 
 @dataclass
@@ -115,6 +124,11 @@ class StreamPipeline:
         for child in self._invalid.values():  # so rate() sees a zero before the first reject
             child.inc(0)
         self.totals = {"events": 0, "accepted": 0, "rejected": 0}
+        # Stages key their state by slot = topic index << 20 | partition (= the partition
+        # for a one-topic stream), so the partitions of a stream's topics stay apart.
+        self._slot_base = {t: np.int32(i << 20) for i, t in enumerate(spec.all_topics)}
+        # Per (topic, partition): events seen, checkpointed with the partition's state.
+        self.partition_events: dict[tuple[str, int], int] = {}
 
     def process(self, raw: BatchInput) -> BatchResult:
         t0 = time.perf_counter()
@@ -143,11 +157,14 @@ class StreamPipeline:
                 self._entity_overflow.inc(int(np.count_nonzero(batch.entity == -1)))
         t2 = time.perf_counter()
         findings: list[Finding] = []
-        for stage in self.stages:
-            findings.extend(stage.update(batch))
+        if self.stages and batch.n:
+            partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
+            for stage in self.stages:
+                findings.extend(stage.update(batch, partitions))
         t3 = time.perf_counter()
         self._last.set(time.time())
         rejected = sum(counts.values())
+        self._count_partitions(raw)
         self.totals["events"] += n
         self.totals["accepted"] += batch.n
         self.totals["rejected"] += rejected
@@ -161,3 +178,36 @@ class StreamPipeline:
             next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
             stage_seconds={"decode": t1 - t0, "checks": t2 - t1, "detectors": t3 - t2},
         )
+
+    def _count_partitions(self, raw: BatchInput) -> None:
+        parts = raw.partitions
+        if len(parts) and (parts == parts[0]).all():
+            key = (raw.topic, int(parts[0]))
+            self.partition_events[key] = self.partition_events.get(key, 0) + len(parts)
+            return
+        values, counts = np.unique(parts, return_counts=True)
+        for p, c in zip(values.tolist(), counts.tolist(), strict=True):
+            key = (raw.topic, int(p))
+            self.partition_events[key] = self.partition_events.get(key, 0) + int(c)
+
+    # -- state ---------------------------------------------------------------------
+    def partition_state(self, topic: str, partition: int) -> dict[str, Any]:
+        """Everything that continues ``(topic, partition)`` exactly."""
+        return {
+            "events": self.partition_events.get((topic, partition), 0),
+            "stages": [s.partition_state(self._slot(topic, partition)) for s in self.stages],
+        }
+
+    def restore_partition(self, topic: str, partition: int, state: dict[str, Any]) -> None:
+        self.partition_events[(topic, partition)] = int(state.get("events", 0))
+        for stage, st in zip(self.stages, state.get("stages", []), strict=False):
+            if st is not None:
+                stage.restore_partition(self._slot(topic, partition), st)
+
+    def drop_partition(self, topic: str, partition: int) -> None:
+        self.partition_events.pop((topic, partition), None)
+        for stage in self.stages:
+            stage.drop_partition(self._slot(topic, partition))
+
+    def _slot(self, topic: str, partition: int) -> int:
+        return int(self._slot_base[topic]) + partition

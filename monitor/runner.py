@@ -25,9 +25,10 @@ from connectors.base import MessageSink, OutMessage
 from connectors.kafka import KafkaSink, KafkaSource, RawBatch, TopicPartitionKey
 from detectors.base import Finding
 from monitor.config import Config
-from monitor.errors import SinkError
+from monitor.errors import DriftwardenError, SinkError
 from monitor.metrics import Metrics
 from monitor.pipeline import FindingStage, StreamPipeline
+from monitor.state import StateStore, partition_key
 
 __all__ = ["FindingsHandler", "RunStats", "Runner"]
 
@@ -52,6 +53,10 @@ class FindingsHandler(Protocol):
     """Consumes findings after each batch (the alert engine); returns messages to send."""
 
     def handle(self, findings: list[Finding], now: float) -> list[OutMessage]: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def restore(self, state: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -86,6 +91,7 @@ class Runner:
         sink: MessageSink | None = None,
         stages: Callable[[StreamPipeline], list[FindingStage]] | None = None,
         findings_handler: FindingsHandler | None = None,
+        state_store: StateStore | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
@@ -97,6 +103,16 @@ class Runner:
             for topic in spec.all_topics:
                 self.pipelines[topic] = pipeline
         self.findings_handler = findings_handler
+        if state_store is None and source is None and config.state.enabled:
+            state_store = StateStore(config.kafka, config.state.topic)
+        self.state = state_store
+        self._checkpointed_at: dict[TopicPartitionKey, float] = {}
+        self._events_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._baselines_saved: set[str] = set()
+        self._alerts_restored = False
+        # False skips the checkpoint on close, as a crash would (for tests).
+        self.final_checkpoint = True
         self._broker_ok = True
         self._last_broker_error = 0.0
         self.source: BatchSource = source if source is not None else self._make_source()
@@ -127,22 +143,113 @@ class Runner:
         )
 
     # -- callbacks -------------------------------------------------------------------
-    def _on_assign(self, partitions: list[TopicPartitionKey]) -> None:
+    def _on_assign(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """Restore each received partition from its checkpoint; return where to start."""
         log.info("assigned partitions=%s", sorted(partitions))
-        self.metrics.assigned_partitions.set(
-            len(self.source.assignment) if hasattr(self, "source") else len(partitions)
-        )
+        self.metrics.assigned_partitions.set(len(self.source.assignment))
+        starts: dict[TopicPartitionKey, int] = {}
+        if self.state is None:
+            return starts
+        self.state.refresh()
+        group = self.config.group
+        for pipeline in dict.fromkeys(self.pipelines.values()):
+            saved = self.state.get(f"{group}/{pipeline.spec.name}/baseline")
+            for stage in pipeline.stages:
+                if saved is not None and hasattr(stage, "restore_baseline"):
+                    stage.restore_baseline(saved["json"])
+                    self._baselines_saved.add(pipeline.spec.name)
+        if not self._alerts_restored and self.findings_handler is not None:
+            saved = self.state.get(f"{group}/alerts")
+            if saved is not None:
+                self.findings_handler.restore(saved)
+            self._alerts_restored = True
+        for topic, partition in partitions:
+            pipeline = self.pipelines[topic]
+            pipeline.drop_partition(topic, partition)
+            saved = self.state.get(partition_key(group, pipeline.spec.name, topic, partition))
+            if saved is None:
+                continue
+            pipeline.restore_partition(topic, partition, saved["pipeline"])
+            starts[(topic, partition)] = int(saved["offset"])
+            self.positions[(topic, partition)] = int(saved["offset"])
+            self._checkpointed_at[(topic, partition)] = time.monotonic()
+            log.info(
+                "partition %s/%d restored from its checkpoint at offset %d",
+                topic,
+                partition,
+                saved["offset"],
+            )
+        return starts
 
     def _on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
+        """Checkpoint what is being taken away before letting go of it."""
         log.info("revoked partitions=%s", sorted(partitions))
+        try:
+            self.checkpoint([p for p in partitions if p in self.positions])
+        except DriftwardenError as exc:  # the next owner replays from the last checkpoint
+            log.error("checkpoint on revocation failed: %s", exc)
         for key in partitions:
             self.positions.pop(key, None)
-            self.metrics.consumer_lag.remove(key[0], str(key[1])) if self._has_lag(key) else None
+            self._checkpointed_at.pop(key, None)
+            self.pipelines[key[0]].drop_partition(*key)
+            self.metrics.consumer_lag.remove(key[0], str(key[1]))
+            pipeline = self.pipelines[key[0]]
+            self.metrics.checkpoint_age.remove(pipeline.spec.name, str(key[1]))
 
-    def _has_lag(self, key: TopicPartitionKey) -> bool:
-        return (key[0], str(key[1])) in {
-            tuple(s.labels.values()) for m in self.metrics.consumer_lag.collect() for s in m.samples
-        }
+    # -- checkpoints ---------------------------------------------------------------
+    def checkpoint(self, partitions: list[TopicPartitionKey] | None = None) -> int:
+        """Write the state of ``partitions`` (default: all processed) with their offsets.
+
+        Called after a batch's outputs are durable: the state then covers exactly
+        the events before each partition's position. Returns how many were written.
+        """
+        if self.state is None:
+            return 0
+        keys = list(self.positions) if partitions is None else partitions
+        group = self.config.group
+        now = time.monotonic()
+        for topic, partition in keys:
+            pipeline = self.pipelines[topic]
+            state = {
+                "offset": self.positions[(topic, partition)],
+                "pipeline": pipeline.partition_state(topic, partition),
+                "at": time.time(),
+            }
+            self.state.put(partition_key(group, pipeline.spec.name, topic, partition), state)
+        for pipeline in dict.fromkeys(self.pipelines.values()):
+            name = pipeline.spec.name
+            if name in self._baselines_saved:
+                continue
+            for stage in pipeline.stages:
+                text = stage.baseline_state() if hasattr(stage, "baseline_state") else None
+                if text is not None:
+                    self.state.put(f"{group}/{name}/baseline", {"json": text})
+                    self._baselines_saved.add(name)
+        if self.findings_handler is not None:
+            self.state.put(f"{group}/alerts", self.findings_handler.state())
+        self.state.flush()
+        offsets = {k: self.positions[k] for k in keys}
+        if offsets:
+            self.source.commit(offsets)  # for tooling; the checkpoint is the truth
+        for key in keys:
+            self._checkpointed_at[key] = now
+        self._events_since_checkpoint = 0
+        self._last_checkpoint = now
+        return len(keys)
+
+    def _maybe_checkpoint(self) -> None:
+        if self.state is None:
+            return
+        cfg = self.config.state
+        now = time.monotonic()
+        if (
+            self._events_since_checkpoint >= cfg.every_events
+            or now - self._last_checkpoint >= cfg.every_seconds
+        ):
+            self.checkpoint()
+        for (topic, partition), at in self._checkpointed_at.items():
+            name = self.pipelines[topic].spec.name
+            self.metrics.checkpoint_age.labels(name, str(partition)).set(now - at)
 
     def _on_kafka_error(self, name: str, fatal: bool) -> None:
         self.metrics.kafka_errors.labels(name.lstrip("_").lower() or "unknown").inc()
@@ -219,8 +326,11 @@ class Runner:
         offsets: dict[TopicPartitionKey, int] = {}
         for r in results:
             offsets.update(r.next_offsets)
-        self.source.commit(offsets)
+        if self.state is None:
+            self.source.commit(offsets)
         self.positions.update(offsets)
+        self._events_since_checkpoint += sum(r.events for r in results)
+        self._maybe_checkpoint()
         self._account(results, out, findings, time.perf_counter() - t0)
         return sum(r.events for r in results)
 
@@ -292,11 +402,18 @@ class Runner:
     def close(self) -> None:
         try:
             self._flush_quietly()
+            if self.state is not None and self.positions and self.final_checkpoint:
+                try:
+                    self.checkpoint()
+                except DriftwardenError as exc:
+                    log.error("final checkpoint failed (a restart replays from the last): %s", exc)
         finally:
             self._ready_gauge.set(0)
             self.source.close()
             if self.findings_handler is not None:
                 self.findings_handler.close()
+            if self.state is not None:
+                self.state.close()
 
     def _flush_quietly(self) -> None:
         try:

@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from connectors.base import MessageSink
+from connectors.kafka import client_options
 from monitor.config import Config
 from monitor.metrics import Metrics, MetricsServer
 from monitor.pipeline import FindingStage, StreamPipeline
@@ -28,15 +29,7 @@ def ensure_topics(options: Mapping[str, Any], topics: list[str], timeout: float 
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    admin = AdminClient(
-        {
-            k: v
-            for k, v in options.items()
-            if not k.startswith(
-                ("fetch.", "queued.", "session.", "heartbeat.", "auto.offset", "max.poll")
-            )
-        }
-    )
+    admin = AdminClient(client_options(options))
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [t for t in dict.fromkeys(topics) if t and t not in existing]
     if not missing:

@@ -1,0 +1,234 @@
+"""Checkpoints: each (stream, partition)'s state and the offset it covers, in Kafka.
+
+A checkpoint record holds everything that continues a partition exactly: the
+detector windows, the per-partition event count and the next offset to read. It is
+written to a compacted topic, keyed ``GROUP/STREAM/TOPIC/PARTITION``, after the
+batch's outgoing messages are acknowledged. On assignment the owner loads the
+latest checkpoint and seeks to its offset, so the events after it are folded into
+the state exactly once; group offsets are committed too, for tooling, but the
+checkpoint is the truth.
+
+Records are msgpack (numpy arrays as raw bytes), zlib-compressed, and split into
+chunks of at most ``CHUNK_BYTES``: chunk records ``KEY#i`` first, then the
+manifest ``KEY`` naming the checkpoint id and chunk count, so a reader never
+assembles chunks of two different checkpoints.
+
+Stream-wide records sit beside them: ``GROUP/STREAM/baseline`` (a baseline built
+from first events) and ``GROUP/alerts`` (the alert engine and the pending webhook
+queue).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from connectors.kafka import client_options
+from monitor.errors import DriftwardenError, SinkError
+
+__all__ = ["CHUNK_BYTES", "StateStore", "decode_state", "encode_state", "partition_key"]
+
+log = logging.getLogger("driftwarden.state")
+
+CHUNK_BYTES = 512 * 1024
+_ND = "__nd__"
+
+
+def partition_key(group: str, stream: str, topic: str, partition: int) -> str:
+    return f"{group}/{stream}/{topic}/{partition}"
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        arr = np.ascontiguousarray(obj)
+        return {_ND: arr.dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _from_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if _ND in obj:
+            arr = np.frombuffer(obj["data"], dtype=np.dtype(obj[_ND]))
+            return arr.reshape(obj["shape"]).copy()
+        return {k: _from_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_plain(v) for v in obj]
+    return obj
+
+
+def encode_state(state: Mapping[str, Any]) -> bytes:
+    """Plain values and numpy arrays to compressed bytes (round-trips exactly).
+
+    >>> s = {"n": 3, "w": np.arange(4, dtype=np.int64), "x": [1.5, None]}
+    >>> out = decode_state(encode_state(s))
+    >>> out["n"], out["w"].tolist(), out["x"]
+    (3, [0, 1, 2, 3], [1.5, None])
+    """
+    return zlib.compress(msgspec.msgpack.encode(_to_plain(dict(state))), 3)
+
+
+def decode_state(data: bytes) -> dict[str, Any]:
+    value = _from_plain(msgspec.msgpack.decode(zlib.decompress(data)))
+    if not isinstance(value, dict):
+        raise DriftwardenError("a checkpoint record must hold a mapping")
+    return value
+
+
+class StateStore:
+    """Reads and writes checkpoint records of one consumer group in a compacted topic."""
+
+    def __init__(self, options: Mapping[str, Any], topic: str, *, create: bool = True) -> None:
+        from confluent_kafka import Producer
+
+        self.topic = topic
+        self._options = dict(options)
+        # One record per produce request: the broker's end offset is then exact even on
+        # brokers whose ListOffsets answer counts record batches (LOCAL-STACK.md).
+        self._producer = Producer(
+            {
+                **client_options(options),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 0,
+                "batch.num.messages": 1,
+                "message.max.bytes": 2 * CHUNK_BYTES,
+            }
+        )
+        self._failures: list[str] = []
+        self._records: dict[str, bytes] = {}  # key -> latest raw value (manifests and chunks)
+        self._positions: dict[int, int] = {}
+        self._reader: Any = None
+        if create:
+            self._ensure_topic()
+
+    def _ensure_topic(self) -> None:
+        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.cimpl import NewTopic
+
+        admin = AdminClient(client_options(self._options))
+        if self.topic in admin.list_topics(timeout=10).topics:
+            return
+        new = NewTopic(self.topic, 1, 1, config={"cleanup.policy": "compact"})
+        for future in admin.create_topics([new]).values():
+            try:
+                future.result(10)
+            except Exception as exc:
+                log.warning("state topic %s: %s", self.topic, exc)
+
+    # -- writing -------------------------------------------------------------------
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failures.append(str(err))
+
+    def put(self, key: str, state: Mapping[str, Any]) -> int:
+        """Queue one checkpoint (chunks, then manifest); returns its size in bytes."""
+        blob = encode_state(state)
+        digest = hashlib.sha256(blob).hexdigest()[:16]
+        chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
+        for i, chunk in enumerate(chunks):
+            self._produce(f"{key}#{i}", digest.encode() + b":" + chunk)
+        manifest = msgspec.msgpack.encode({"id": digest, "chunks": len(chunks), "at": time.time()})
+        self._produce(key, manifest)
+        return len(blob)
+
+    def _produce(self, key: str, value: bytes) -> None:
+        self._records[key] = value
+        while True:
+            try:
+                self._producer.produce(
+                    self.topic, value=value, key=key.encode(), on_delivery=self._delivered
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until every queued checkpoint is acknowledged (or raise)."""
+        deadline = time.monotonic() + timeout
+        while self._producer.flush(1.0) > 0:
+            if time.monotonic() > deadline:
+                raise SinkError(f"checkpoints not acknowledged within {timeout}s")
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise SinkError(f"checkpoint not written: {failures[0]}")
+
+    # -- reading -------------------------------------------------------------------
+    def refresh(self, timeout: float = 30.0) -> None:
+        """Read every record written since the last refresh (by any process)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        if self._reader is None:
+            self._reader = Consumer(
+                {
+                    **client_options(self._options),
+                    "group.id": f"driftwarden-state-reader-{time.time_ns()}",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                }
+            )
+            meta = self._reader.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            parts = sorted(meta.partitions) if meta is not None and meta.partitions else [0]
+            self._reader.assign([TopicPartition(self.topic, p, 0) for p in parts])
+            self._positions = dict.fromkeys(parts, 0)
+        deadline = time.monotonic() + timeout
+        ends = {}
+        for p in self._positions:
+            _, high = self._reader.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            ends[p] = high
+        while any(self._positions[p] < ends[p] for p in ends):
+            if time.monotonic() > deadline:
+                raise DriftwardenError(f"could not read the state topic {self.topic} to its end")
+            for msg in self._reader.consume(1000, 0.5):
+                if msg.error() is not None:
+                    continue
+                self._positions[msg.partition()] = msg.offset() + 1
+                key = msg.key().decode() if msg.key() else ""
+                if msg.value() is None:
+                    self._records.pop(key, None)
+                else:
+                    self._records[key] = msg.value()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The latest complete checkpoint under ``key`` (as last refreshed or written)."""
+        manifest = self._records.get(key)
+        if manifest is None:
+            return None
+        meta = msgspec.msgpack.decode(manifest)
+        prefix = str(meta["id"]).encode() + b":"
+        parts = []
+        for i in range(int(meta["chunks"])):
+            chunk = self._records.get(f"{key}#{i}")
+            if chunk is None or not chunk.startswith(prefix):
+                log.warning("checkpoint %s is incomplete (chunk %d); ignoring it", key, i)
+                return None
+            parts.append(chunk[len(prefix) :])
+        return decode_state(b"".join(parts))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return sorted(k for k in self._records if "#" not in k and k.startswith(prefix))
+
+    def close(self) -> None:
+        try:
+            self._producer.flush(10)
+        finally:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+
+def checkpoint_keys(group: str, stream: str, partitions: Iterable[tuple[str, int]]) -> list[str]:
+    return [partition_key(group, stream, t, p) for t, p in partitions]
