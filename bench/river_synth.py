@@ -1,7 +1,7 @@
 """Detection delay and false alarms of the drift detectors on river's synthetic streams.
 
-Run: ``.venv/bin/python bench/river_synth.py`` (about a minute on 2 cores). Prints
-markdown for bench/RESULTS.md ("### River synthetic streams").
+Run: ``.venv/bin/python bench/river_synth.py`` (about 85 s on 2 cores, nearly all in
+river's generators). Prints markdown for bench/RESULTS.md ("### River synthetic streams").
 
 Each stream is ``N`` events from ``river.datasets.synth`` with a known drift (or none);
 the first ``BASELINE`` events build the baseline as the service does
