@@ -1,0 +1,437 @@
+"""Feed a Faust app's stream into driftwarden's pipeline and detectors.
+
+For teams that already run Faust (``faust-streaming``) workers. Driftwarden's own
+runtime stays on confluent-kafka (a Faust agent is ~20x slower on the same
+machine, see ``bench/RESULTS.md``), but a Faust app can hand its batches to the
+same schema checks, dead letters, metrics, drift detectors and alerts. Optional
+extra: ``pip install 'driftwarden[faust]'``; nothing else imports this module.
+
+Two lines in an existing app::
+
+    from monitor.faust import attach
+    monitor = attach(app, load_config("driftwarden.yaml"), "iot.sensors")
+
+``attach`` declares an agent over the topic (raw bytes, ``value_serializer="raw"``)
+that takes batches with ``stream.take_events(batch_size, within)`` and awaits
+``FaustMonitor.process`` for each. To wire it yourself::
+
+    monitor = FaustMonitor(config, app=app)
+    topic = app.topic("iot.sensors", value_type=bytes, value_serializer="raw")
+
+    @app.agent(topic)
+    async def check(stream):
+        async for events in stream.take_events(1000, within=1.0):
+            await monitor.process("iot.sensors", events)
+
+``process`` also takes plain ``(partition, offset, key, value)`` tuples (a fifth
+item, the timestamp in ms, is optional) for callers that batch by themselves.
+
+Where outgoing messages go: dead letters and alert/retrain messages are sent with
+the Faust app's own producer (``app.producer.send``, aiokafka, ``acks`` as the app
+configures them; the default is all) and every send is awaited until the broker
+acknowledged it. Pass ``sink=`` (any ``connectors.base.MessageSink``, e.g. a
+``connectors.kafka.KafkaSink``) to send through that instead; its blocking
+``flush`` then runs in a worker thread. With neither, ``process`` raises.
+
+Offsets, at-least-once: Faust commits a message's offset once every stream that
+received it acked it, and ``take_events`` acks a batch when the loop body returns
+*or raises*. So ``process`` holds one extra reference on each event's message
+(``Message.incref``) for the whole call and releases it only after the batch's
+outgoing messages are acknowledged. If processing or delivery fails, the hold is
+never released: Faust cannot commit that partition past the batch (its
+``commit()`` stops at the first unacked offset), the agent raises and is restarted
+by Faust, and a worker restart or rebalance replays from the failed batch. Dead
+letters and alerts can then appear twice (alerts carry deterministic ids), never
+zero times. ``BatchResult.next_offsets`` are the offsets Faust will commit for the
+batch (last offset + 1 per partition). Run the agent with ``concurrency=1`` (the
+default): the detectors need each partition's events in order.
+
+Metrics go to ``registry`` (a fresh one by default); ``attach`` serves them on the
+configuration's ``metrics.listen`` address when ``metrics.enabled`` (``/metrics``,
+``/healthz``, ``/readyz``), from worker start to worker stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from connectors.base import MessageSink, OutMessage
+from connectors.kafka import RawBatch
+from detectors.base import Finding
+from monitor.config import Config
+from monitor.errors import ConfigError, SinkError
+from monitor.metrics import Metrics, MetricsServer
+from monitor.pipeline import BatchResult, StreamPipeline
+
+__all__ = ["FaustMonitor", "FaustStats", "attach"]
+
+log = logging.getLogger("driftwarden.faust")
+
+_NO_TIMESTAMP = 0  # confluent-kafka's TIMESTAMP_NOT_AVAILABLE
+
+
+class _MessageShim:
+    """The two confluent-kafka ``Message`` methods a dead letter reads."""
+
+    __slots__ = ("_key", "_ts", "_ts_type")
+
+    def __init__(self, key: bytes | None, ts_ms: int, ts_type: int) -> None:
+        self._key = key
+        self._ts = ts_ms
+        self._ts_type = ts_type
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def timestamp(self) -> tuple[int, int]:
+        return self._ts_type, self._ts
+
+
+class _EventMessages(Sequence[Any]):
+    """``RawBatch.messages`` over Faust events; a shim is built only for rows read."""
+
+    __slots__ = ("_events",)
+
+    def __init__(self, events: Sequence[Any]) -> None:
+        self._events = events
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        m = self._events[index].message
+        ts = m.timestamp
+        if ts is None or ts < 0:
+            return _MessageShim(m.key, -1, _NO_TIMESTAMP)
+        # Faust keeps seconds as a float; Kafka and the dead-letter header use ms.
+        return _MessageShim(m.key, round(ts * 1000.0), int(m.timestamp_type) + 1)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[i] for i in range(len(self)))
+
+
+class _TupleMessages(Sequence[Any]):
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: Sequence[Sequence[Any]]) -> None:
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        row = self._rows[index]
+        if len(row) > 4 and row[4] is not None and row[4] >= 0:
+            return _MessageShim(row[2], int(row[4]), 1)
+        return _MessageShim(row[2], -1, _NO_TIMESTAMP)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[i] for i in range(len(self)))
+
+
+def _is_event(item: Any) -> bool:
+    return hasattr(item, "message") and hasattr(item, "ack")
+
+
+def to_raw_batch(topic: str, events: Sequence[Any]) -> RawBatch:
+    """A ``RawBatch`` of ``topic`` from Faust events or ``(partition, offset, key, value)``."""
+    n = len(events)
+    if n and _is_event(events[0]):
+        messages = [e.message for e in events]
+        for m in messages:
+            if m.topic != topic:
+                raise ValueError(f"an event of topic {m.topic!r} in a batch of {topic!r}")
+        return RawBatch(
+            topic=topic,
+            messages=_EventMessages(events),
+            values=[m.value for m in messages],
+            partitions=np.fromiter((m.partition for m in messages), dtype=np.int32, count=n),
+            offsets=np.fromiter((m.offset for m in messages), dtype=np.int64, count=n),
+        )
+    return RawBatch(
+        topic=topic,
+        messages=_TupleMessages(events),
+        values=[row[3] for row in events],
+        partitions=np.fromiter((row[0] for row in events), dtype=np.int32, count=n),
+        offsets=np.fromiter((row[1] for row in events), dtype=np.int64, count=n),
+    )
+
+
+@dataclass
+class FaustStats:
+    """Counts since start (``process`` calls that completed)."""
+
+    events: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    messages_out: int = 0
+    findings: int = 0
+    failures: int = 0
+
+    @property
+    def invalid(self) -> int:
+        return sum(self.rejected.values())
+
+
+def _default_stages() -> Callable[[StreamPipeline], list[Any]] | None:
+    try:
+        from monitor.drift import drift_stages
+    except ImportError:  # pragma: no cover - the drift stage ships with the package
+        return None
+    return drift_stages
+
+
+def _findings_handler(config: Config, metrics: Metrics) -> Any:
+    if config.alerts is None:
+        return None
+    from monitor.alerting import build_findings_handler
+
+    return build_findings_handler(config, metrics)
+
+
+class FaustMonitor:
+    """Driftwarden's pipelines for the streams of ``config``, fed by Faust batches."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        registry: CollectorRegistry | None = None,
+        sink: MessageSink | None = None,
+        app: Any = None,
+        drift: bool = True,
+        flush_timeout: float = 30.0,
+    ) -> None:
+        self.config = config
+        self.metrics = Metrics(registry)
+        self.sink = sink
+        self.app = app
+        self.flush_timeout = flush_timeout
+        self.pipelines: dict[str, StreamPipeline] = {}
+        stages = _default_stages() if drift else None
+        for spec in config.streams:
+            pipeline = StreamPipeline(spec, self.metrics, config.dead_letter_topic)
+            if stages is not None:
+                pipeline.stages.extend(stages(pipeline))
+            for topic in spec.all_topics:
+                self.pipelines[topic] = pipeline
+        self.findings_handler = _findings_handler(config, self.metrics)
+        self.stats = FaustStats()
+        self.server: MetricsServer | None = None
+        self._declared = False
+        self._healthy = True
+        self.metrics.ready.set(0)
+
+    # -- topics and readiness --------------------------------------------------------
+    @property
+    def output_topics(self) -> list[str]:
+        topics = [self.config.dead_letter_topic]
+        alerts = self.config.alerts
+        if alerts is not None:
+            topics += [t for t in (alerts.topic, alerts.retrain_topic) if t]
+        return list(dict.fromkeys(topics))
+
+    def ready(self) -> bool:
+        """The last batch was delivered (and at least one was processed)."""
+        return self._healthy and self.stats.batches > 0
+
+    # -- the batch -------------------------------------------------------------------
+    async def process(self, topic: str, events: Sequence[Any]) -> BatchResult:
+        """Check, measure and dead-letter one batch; return once its outputs are durable."""
+        t0 = time.perf_counter()
+        pipeline = self.pipelines.get(topic)
+        if pipeline is None:
+            raise ValueError(f"topic {topic!r} is not in any configured stream")
+        if not events:
+            return BatchResult(stream=pipeline.spec.name, events=0, accepted=0, rejected={})
+        held = [e.message for e in events] if _is_event(events[0]) else []
+        for m in held:  # released only after delivery: see the module docstring
+            m.incref()
+        try:
+            raw = to_raw_batch(topic, events)
+            result = pipeline.process(raw)
+            out = list(result.out)
+            self._record_findings(result.findings)
+            if self.findings_handler is not None:
+                out.extend(self.findings_handler.handle(result.findings, time.time()))
+            await self._deliver(out)
+        except BaseException:
+            self._healthy = False
+            self.stats.failures += 1
+            self.metrics.ready.set(0)
+            raise
+        for e in events if held else ():
+            e.ack()
+        self._healthy = True
+        self._account(result, len(out), time.perf_counter() - t0)
+        return result
+
+    async def _deliver(self, out: list[OutMessage]) -> None:
+        if not out:
+            return
+        if self.sink is not None:
+            await self._deliver_sink(self.sink, out)
+        elif self.app is not None:
+            await self._deliver_app(out)
+        else:
+            raise ConfigError(
+                "FaustMonitor needs app= (its producer sends the dead letters) or sink="
+            )
+
+    async def _deliver_sink(self, sink: MessageSink, out: list[OutMessage]) -> None:
+        for message in out:
+            sink.send(message)
+        deadline = time.monotonic() + self.flush_timeout
+        while True:
+            remaining = await asyncio.to_thread(sink.flush, 1.0)
+            if remaining == 0:
+                return
+            if time.monotonic() > deadline:
+                raise SinkError(f"{remaining} message(s) not acknowledged in time")
+            log.warning("waiting for the broker to acknowledge %d message(s)", remaining)
+
+    async def _deliver_app(self, out: list[OutMessage]) -> None:
+        if not self._declared:
+            await declare_topics(self.app, self.output_topics)
+            self._declared = True
+        producer = self.app.producer
+        futures: list[Awaitable[Any]] = []
+        for m in out:
+            futures.append(
+                await producer.send(m.topic, m.key, m.value, None, None, list(m.headers) or None)
+            )
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), self.flush_timeout)
+        except TimeoutError as exc:
+            raise SinkError(
+                f"{len(out)} message(s) not acknowledged in {self.flush_timeout} s"
+            ) from exc
+        except SinkError:
+            raise
+        except Exception as exc:
+            raise SinkError(f"delivery failed: {exc!r}") from exc
+
+    # -- metrics ---------------------------------------------------------------------
+    def _record_findings(self, findings: list[Finding]) -> None:
+        m = self.metrics
+        for f in findings:
+            labels = (f.stream, f.subject, f.detector)
+            m.drift_statistic.labels(*labels).set(f.statistic)
+            m.drift_threshold.labels(*labels).set(f.threshold)
+            if f.p_value is not None:
+                m.drift_p_value.labels(*labels).set(f.p_value)
+            m.drift_detected.labels(*labels).set(1 if f.drift else 0)
+            if f.detector == "adwin" and f.drift:
+                m.adwin_changes.labels(f.stream, f.subject).inc(dict(f.details).get("changes", 1.0))
+
+    def _account(self, r: BatchResult, out: int, seconds: float) -> None:
+        m, s = self.metrics, self.stats
+        s.events += r.events
+        s.accepted += r.accepted
+        for reason, count in r.rejected.items():
+            s.rejected[reason] = s.rejected.get(reason, 0) + count
+        s.batches += 1
+        s.messages_out += out
+        s.findings += len(r.findings)
+        for stage, secs in r.stage_seconds.items():
+            m.stage_seconds.labels(stage).inc(secs)
+        dead = sum(r.rejected.values())
+        if dead:
+            m.dead_letters.labels(r.stream).inc(dead)
+        m.batch_duration.observe(seconds)
+        m.batch_events.observe(r.events)
+        m.ready.set(1)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start_metrics_server(self) -> MetricsServer | None:
+        """Serve ``/metrics`` on ``config.metrics.listen`` (None when disabled)."""
+        if not self.config.metrics.enabled or self.server is not None:
+            return self.server
+        c = self.config.metrics
+        self.server = MetricsServer(self.metrics, c.host, c.port, ready=self.ready).start()
+        host, port = self.server.address
+        log.info("driftwarden metrics on http://%s:%d/metrics", host, port)
+        return self.server
+
+    def close(self) -> None:
+        """Stop the metrics server and the alert dispatcher."""
+        self.metrics.ready.set(0)
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.findings_handler is not None:
+            self.findings_handler.close()
+            self.findings_handler = None
+
+
+async def declare_topics(app: Any, topics: Sequence[str]) -> None:
+    """Create the output topics that do not exist yet (one partition), if allowed."""
+    for name in topics:
+        try:
+            await app.topic(name, partitions=1).maybe_declare()
+        except Exception as exc:  # production clusters often create topics by tooling
+            log.warning("could not declare topic %s: %s", name, exc)
+
+
+def attach(
+    app: Any,
+    config: Config,
+    topic_name: str,
+    batch_size: int = 1000,
+    within: float = 1.0,
+    *,
+    registry: CollectorRegistry | None = None,
+    sink: MessageSink | None = None,
+    serve_metrics: bool = True,
+    agent_name: str | None = None,
+) -> FaustMonitor:
+    """Declare on ``app`` an agent that feeds ``topic_name`` to driftwarden; return the monitor.
+
+    The topic is read as raw bytes. Batches are up to ``batch_size`` events, or what
+    arrived within ``within`` seconds. With ``serve_metrics`` (and
+    ``config.metrics.enabled``) the worker serves the metrics while it runs.
+    """
+    monitor = FaustMonitor(config, registry=registry, sink=sink, app=app)
+    if topic_name not in monitor.pipelines:
+        raise ConfigError(f"topic {topic_name!r} is not in any configured stream")
+    topic = app.topic(
+        topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    name = agent_name or f"driftwarden.{topic_name}"
+
+    async def driftwarden_agent(stream: Any) -> None:
+        async for events in stream.take_events(batch_size, within):
+            try:
+                await monitor.process(topic_name, events)
+            except Exception:
+                log.exception(
+                    "batch of %d event(s) not processed; its offsets stay uncommitted", len(events)
+                )
+                raise
+
+    app.agent(topic, name=name)(driftwarden_agent)
+
+    if serve_metrics and config.metrics.enabled:
+
+        async def driftwarden_metrics() -> None:
+            monitor.start_metrics_server()
+            try:
+                await asyncio.Event().wait()  # until the worker stops (cancels the task)
+            finally:
+                monitor.close()
+
+        app.task(driftwarden_metrics)
+    return monitor
