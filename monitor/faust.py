@@ -34,17 +34,23 @@ acknowledged it. Pass ``sink=`` (any ``connectors.base.MessageSink``, e.g. a
 ``flush`` then runs in a worker thread. With neither, ``process`` raises.
 
 Offsets, at-least-once: Faust commits a message's offset once every stream that
-received it acked it, and ``take_events`` acks a batch when the loop body returns
-*or raises*. So ``process`` holds one extra reference on each event's message
-(``Message.incref``) for the whole call and releases it only after the batch's
-outgoing messages are acknowledged. If processing or delivery fails, the hold is
-never released: Faust cannot commit that partition past the batch (its
-``commit()`` stops at the first unacked offset), the agent raises and is restarted
-by Faust, and a worker restart or rebalance replays from the failed batch. Dead
-letters and alerts can then appear twice (alerts carry deterministic ids), never
-zero times. ``BatchResult.next_offsets`` are the offsets Faust will commit for the
-batch (last offset + 1 per partition). Run the agent with ``concurrency=1`` (the
-default): the detectors need each partition's events in order.
+received it acked it (``Consumer.ack``), and ``take_events`` acks a batch when the
+loop body returns *or raises* (its ``finally``), so a failure would commit a batch
+whose dead letters were never delivered. ``process`` therefore returns only after
+the batch's outgoing messages are acknowledged, and when processing or delivery
+fails or is cancelled (worker stop, rebalance) it abandons the batch's messages
+first: it marks them done (``Message.acked = True``) without handing them to the
+consumer, so the later ack is a no-op, their offsets never enter Faust's commit
+list and the worker's stop does not wait for them. Faust then commits that
+partition only up to the failed batch (``commit()`` stops at the first offset not
+acked); the agent raises and Faust restarts it; a worker restart or rebalance
+replays from the failed batch. Dead letters and alerts can then appear twice
+(alerts carry deterministic ids). One Faust caveat: before a partition's first
+commit, Faust does not check for a gap at the head of its acked offsets, so a
+failure in the group's very first batches can be skipped over by later commits.
+``BatchResult.next_offsets`` are the offsets Faust will commit for the batch (last
+offset + 1 per partition). Run the agent with ``concurrency=1`` (the default): the
+detectors need each partition's events in order.
 
 Metrics go to ``registry`` (a fresh one by default); ``attach`` serves them on the
 configuration's ``metrics.listen`` address when ``metrics.enabled`` (``/metrics``,
@@ -143,6 +149,12 @@ class _TupleMessages(Sequence[Any]):
 
 def _is_event(item: Any) -> bool:
     return hasattr(item, "message") and hasattr(item, "ack")
+
+
+def _abandon(events: Sequence[Any]) -> None:
+    """Make Faust forget these messages without committing them (see the module doc)."""
+    for e in events:
+        e.message.acked = True
 
 
 def to_raw_batch(topic: str, events: Sequence[Any]) -> RawBatch:
@@ -257,9 +269,6 @@ class FaustMonitor:
             raise ValueError(f"topic {topic!r} is not in any configured stream")
         if not events:
             return BatchResult(stream=pipeline.spec.name, events=0, accepted=0, rejected={})
-        held = [e.message for e in events] if _is_event(events[0]) else []
-        for m in held:  # released only after delivery: see the module docstring
-            m.incref()
         try:
             raw = to_raw_batch(topic, events)
             result = pipeline.process(raw)
@@ -269,12 +278,12 @@ class FaustMonitor:
                 out.extend(self.findings_handler.handle(result.findings, time.time()))
             await self._deliver(out)
         except BaseException:
+            if _is_event(events[0]):
+                _abandon(events)
             self._healthy = False
             self.stats.failures += 1
             self.metrics.ready.set(0)
             raise
-        for e in events if held else ():
-            e.ack()
         self._healthy = True
         self._account(result, len(out), time.perf_counter() - t0)
         return result

@@ -27,6 +27,7 @@ embedded broker needs; a production cluster can keep Faust's defaults.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -51,13 +52,19 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
 )
 
-# The app's own business logic (stands for whatever the team already runs).
+# The app's own business logic (stands for whatever the team already runs). It reads
+# raw bytes and decodes them itself: with ``value_serializer="json"`` one malformed
+# event (what driftwarden dead-letters) would crash and restart this agent forever.
 alerts = app.topic("iot.sensors.fail", value_serializer="json")
 
 
-@app.agent(app.topic("iot.sensors", value_serializer="json"))
+@app.agent(app.topic("iot.sensors", value_type=bytes, value_serializer="raw"))
 async def failures(stream):  # type: ignore[no-untyped-def]
-    async for reading in stream:
+    async for raw in stream:
+        try:
+            reading = json.loads(raw)
+        except ValueError:
+            continue  # driftwarden dead-letters it
         if isinstance(reading, dict) and reading.get("status") == "fail":
             await alerts.send(value=reading)
 

@@ -148,14 +148,26 @@ def test_faust_adapter_counts_and_dead_letters_exactly(
     assert committed == {(topic, p): n for p, n in per_partition.items()}
 
 
+class _Consumer:
+    """Records what reaches ``Consumer.ack`` (what Faust would commit)."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, message: Any) -> bool:
+        self.acked.append(message.offset)
+        return True
+
+
 class _Event:
     """What ``take_events`` yields, minus the app: a message and ``ack``."""
 
-    def __init__(self, message: Any) -> None:
+    def __init__(self, message: Any, consumer: _Consumer) -> None:
         self.message = message
+        self.consumer = consumer
 
     def ack(self) -> bool:
-        return bool(self.message.ack(None))
+        return bool(self.message.ack(self.consumer))
 
 
 class _FailingSink(MemorySink):
@@ -163,31 +175,33 @@ class _FailingSink(MemorySink):
         raise SinkError("broker said no")
 
 
-def _events(values: list[bytes], keys: list[bytes], topic: str) -> list[_Event]:
+def _events(values: list[bytes], keys: list[bytes], topic: str, c: _Consumer) -> list[_Event]:
+    from faust.types.tuples import ConsumerMessage
+
     out = []
     for i, (value, key) in enumerate(zip(values, keys, strict=True)):
-        message = faust.types.Message(topic, 0, i, 1_790_000_000.5, 0, None, key, value, None)
+        message = ConsumerMessage(topic, 0, i, 1_790_000_000.5, 0, None, key, value, None)
         message.incref()  # the reference the stream holds until take_events acks
-        out.append(_Event(message))
+        out.append(_Event(message, c))
     return out
 
 
-def test_failed_delivery_leaves_the_batch_unacked() -> None:
+def test_failed_delivery_is_never_acked_to_the_consumer() -> None:
     from monitor.faust import FaustMonitor
 
     topic = "iot.faust.unit"
     fleet = generate_fleet(200, seed=3, bad_rate=0.2)
     config = _config("127.0.0.1:1", topic, "dlq.unit")
 
-    # Delivered: the batch's messages are acked once take_events acks too.
+    # Delivered: take_events' ack then reaches the consumer for every message.
+    consumer = _Consumer()
     sink = MemorySink()
     ok = FaustMonitor(config, registry=CollectorRegistry(), sink=sink, drift=False)
-    events = _events(fleet.values, fleet.keys, topic)
+    events = _events(fleet.values, fleet.keys, topic, consumer)
     result = asyncio.run(ok.process(topic, events))
-    assert not any(e.message.acked for e in events)  # held until take_events acks
     for e in events:
         e.ack()
-    assert all(e.message.acked for e in events)
+    assert consumer.acked == list(range(200))
     assert result.next_offsets == {(topic, 0): 200}
     bad = [m for m in sink.messages if m.topic == "dlq.unit"]
     assert len(bad) == sum(r is not None for r in fleet.expected)
@@ -195,14 +209,17 @@ def test_failed_delivery_leaves_the_batch_unacked() -> None:
     assert headers["driftwarden.timestamp"] == b"1790000000500"
     assert bad[0].key is not None and bad[0].key.startswith(b"dev-")
 
-    # Not delivered: take_events still acks (its finally), but the hold keeps them unacked.
+    # Not delivered: take_events still acks (its finally), but nothing reaches the
+    # consumer, and the messages no longer count as in flight (a stop does not wait).
+    consumer = _Consumer()
     failing = FaustMonitor(config, registry=CollectorRegistry(), sink=_FailingSink(), drift=False)
-    events = _events(fleet.values, fleet.keys, topic)
+    events = _events(fleet.values, fleet.keys, topic, consumer)
     with pytest.raises(SinkError):
         asyncio.run(failing.process(topic, events))
     for e in events:
         e.ack()
-    assert not any(e.message.acked for e in events)
+    assert consumer.acked == []
+    assert all(e.message.acked for e in events)
     assert failing.stats.failures == 1 and not failing.ready()
 
     # Plain tuples work too (no acks to manage).
