@@ -204,6 +204,14 @@ class KafkaSource:
             out[key] = max(0, high - positions.get(key, 0)) if key in positions else high
         return out
 
+    def probe(self, timeout: float) -> bool:
+        """True when the cluster answers a metadata request within ``timeout`` s."""
+        try:
+            self._consumer.list_topics(timeout=timeout)
+        except KafkaException:
+            return False
+        return True
+
     def close(self) -> None:
         self._consumer.close()
 

@@ -46,6 +46,8 @@ class BatchSource(Protocol):
 
     def lag(self, positions: Mapping[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]: ...
 
+    def probe(self, timeout: float) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -113,6 +115,8 @@ class Runner:
         self._alerts_restored = False
         # False skips the checkpoint on close, as a crash would (for tests).
         self.final_checkpoint = True
+        self.probe_interval = 2.0
+        self._last_probe = time.monotonic()
         self._broker_ok = True
         self._last_broker_error = 0.0
         self.source: BatchSource = source if source is not None else self._make_source()
@@ -303,12 +307,19 @@ class Runner:
         """Consume and fully process one batch; return how many events it had."""
         t0 = time.perf_counter()
         batches = self.source.poll()
+        now = time.monotonic()
         if not batches:
-            if not self._broker_ok and time.monotonic() - self._last_broker_error > 3.0:
-                self._broker_ok = True  # no new transport errors for a while
+            # Idle: nothing tells a quiet topic from a frozen broker but a request.
+            if now - self._last_probe >= self.probe_interval:
+                self._last_probe = now
+                self._broker_ok = self.source.probe(self.probe_interval)
+                if not self._broker_ok:
+                    self._last_broker_error = now
+                    log.warning("the broker did not answer within %.0fs", self.probe_interval)
             self._refresh_ready()
             return 0
         self._broker_ok = True
+        self._last_probe = now
         results = []
         out: list[OutMessage] = []
         findings: list[Finding] = []

@@ -140,5 +140,8 @@ class _NoSource:
     def lag(self, positions: Any) -> dict[tuple[str, int], int]:
         return {}
 
+    def probe(self, timeout: float) -> bool:
+        return True
+
     def close(self) -> None:
         return None

@@ -1,0 +1,265 @@
+"""Replicas, crashes and rebalances: nothing lost, nothing counted twice.
+
+Replicas are real ``driftwarden run`` processes in one consumer group, fed while a
+producer writes a live stream. Afterwards every partition's checkpoint (the
+state the group ended with) must equal, exactly, the state of an uninterrupted
+single-process run over the same partition: event counts, detector windows,
+ADWIN's histogram.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from confluent_kafka import KafkaError, Message, Producer
+from prometheus_client import CollectorRegistry
+
+from detectors.baseline import save_baseline
+from monitor.baselines import baseline_from_batches
+from monitor.config import parse_config
+from monitor.service import Service
+from monitor.state import StateStore, partition_key
+from monitor.synthetic import DEMO_STREAM, generate_fleet
+from tests.kafka_utils import create_topics
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).parents[2]
+PARTITIONS = 4
+
+
+class LiveProducer(threading.Thread):
+    """Produces pre-generated events at ``rate`` per second, counting per partition."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, values: list[bytes], keys: list[bytes], rate: float
+    ):
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.values, self.keys, self.rate = (
+            bootstrap,
+            topic,
+            values,
+            keys,
+            rate,
+        )
+        self.per_partition: dict[int, int] = {}
+        self.failures: list[str] = []
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failures.append(err.str())
+        else:
+            self.per_partition[msg.partition()] = self.per_partition.get(msg.partition(), 0) + 1
+
+    def run(self) -> None:
+        producer = Producer(
+            {"bootstrap.servers": self.bootstrap, "linger.ms": 5, "enable.idempotence": True}
+        )
+        started = time.monotonic()
+        for i, (value, key) in enumerate(zip(self.values, self.keys, strict=True)):
+            while True:
+                try:
+                    producer.produce(self.topic, value=value, key=key, on_delivery=self._delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            if i % 1000 == 999:
+                producer.poll(0)
+                ahead = (i + 1) / self.rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        producer.flush(60)
+
+
+class Replica:
+    """One ``driftwarden run`` process that can be killed and restarted."""
+
+    def __init__(self, config: Path, name: str, log_dir: Path) -> None:
+        self.config, self.name, self.log_dir = config, name, log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.log_dir / f"{self.name}-{self.starts}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor.cli", "run", str(self.config), "--quiet"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        log.close()
+
+    def signal(self, sig: int, wait: float = 30.0) -> int | None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+
+def _baseline_file(tmp_path: Path, stream: dict[str, Any], values: list[bytes]) -> Path:
+    spec = parse_config(
+        {"kafka": {"bootstrap.servers": "x:1"}, "streams": [stream]}, env={}
+    ).streams[0]
+    baseline, _, _ = baseline_from_batches(spec, iter([values]), None, "test")
+    path = tmp_path / "baseline.json"
+    save_baseline(baseline, path)
+    return path
+
+
+def _raw_config(
+    bootstrap: str, topic: str, group: str, suffix: str, baseline: Path
+) -> dict[str, Any]:
+    stream = copy.deepcopy(DEMO_STREAM) | {
+        "topic": topic,
+        "baseline": {"file": str(baseline)},
+        "window": {"events": 5000, "step": 1000},
+    }
+    return {
+        "kafka": {"bootstrap.servers": bootstrap, "session.timeout.ms": 6000},
+        "group": group,
+        "metrics": {"listen": "127.0.0.1:0"},
+        "dead_letter_topic": f"dlq.{suffix}",
+        "source": {"max_batch_events": 2000, "max_wait": "100ms"},
+        "state": {"topic": f"state.{suffix}", "every_events": 20_000, "every_seconds": "1s"},
+        "streams": [stream],
+    }
+
+
+def _reference(raw: dict[str, Any], topic: str, total: int) -> dict[int, dict[str, Any]]:
+    service = Service(parse_config(raw, env={}), registry=CollectorRegistry())
+    (pipeline,) = set(service.runner.pipelines.values())
+    taken: dict[int, dict[str, Any]] = {}
+
+    def until(stats: Any) -> bool:
+        if sum(pipeline.partition_events.values()) >= total:
+            taken.update(
+                {p: pipeline.partition_state(topic, p) for _, p in pipeline.partition_events}
+            )
+            return True
+        return False
+
+    service.run(max_seconds=300, until=until)
+    return taken
+
+
+def _checkpoints(bootstrap: str, raw: dict[str, Any], topic: str) -> dict[int, dict[str, Any]]:
+    store = StateStore({"bootstrap.servers": bootstrap}, raw["state"]["topic"], create=False)
+    try:
+        store.refresh()
+        out = {}
+        for p in range(PARTITIONS):
+            found = store.get(partition_key(raw["group"], "sensors", topic, p))
+            if found is not None:
+                out[p] = found
+        return out
+    finally:
+        store.close()
+
+
+def _same(a: Any, b: Any, path: str = "") -> None:
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), path
+        for k in a:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, f"{path}[{i}]")
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), path
+    else:
+        assert a == b, path
+
+
+def _scenario(
+    bootstrap: str, unique: str, tmp_path: Path, total: int, rate: float, chaos: Any
+) -> None:
+    topic = f"iot.{unique}"
+    create_topics(bootstrap, {topic: PARTITIONS, f"dlq.{unique}": 1})
+    events = generate_fleet(total, seed=21, bad_rate=0.01, drift_at=total // 2)
+    stream = copy.deepcopy(DEMO_STREAM)
+    baseline = _baseline_file(tmp_path, stream, events.values[:20_000])
+    raw = _raw_config(bootstrap, topic, f"g-{unique}", unique, baseline)
+    path = tmp_path / "replica.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    replicas = [Replica(path, f"r{i}", tmp_path) for i in range(3)]
+    producer = LiveProducer(bootstrap, topic, events.values, events.keys, rate)
+    replicas[0].start()
+    replicas[1].start()
+    producer.start()
+    try:
+        chaos(replicas, producer)
+        producer.join(300)
+        assert not producer.failures
+        produced = producer.per_partition
+        assert sum(produced.values()) == total
+        deadline = time.monotonic() + 180
+        done: dict[int, dict[str, Any]] = {}
+        while time.monotonic() < deadline:
+            done = _checkpoints(bootstrap, raw, topic)
+            if all(done.get(p, {}).get("offset") == produced.get(p) for p in range(PARTITIONS)):
+                break
+            time.sleep(1.0)
+        for r in replicas:
+            if r.proc is not None and r.proc.poll() is None:
+                assert r.signal(signal.SIGTERM) == 0, f"{r.name} did not stop cleanly"
+    finally:
+        for r in replicas:
+            if r.proc is not None and r.proc.poll() is None:
+                r.proc.kill()
+                r.proc.wait(10)
+    final = _checkpoints(bootstrap, raw, topic)
+    assert {p: c["offset"] for p, c in final.items()} == produced
+    assert {p: c["pipeline"]["events"] for p, c in final.items()} == produced
+
+    reference_raw = _raw_config(bootstrap, topic, f"ref-{unique}", f"{unique}ref", baseline)
+    reference = _reference(reference_raw, topic, total)
+    assert {p: s["events"] for p, s in reference.items()} == produced
+    for p in range(PARTITIONS):
+        _same(final[p]["pipeline"], reference[p], f"partition {p}")
+
+
+def test_kill_9_ten_times_loses_and_duplicates_nothing(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    rng = random.Random(5)
+
+    def chaos(replicas: list[Replica], producer: LiveProducer) -> None:
+        time.sleep(6)  # both replicas joined and consuming
+        for _ in range(10):
+            time.sleep(rng.uniform(1.0, 4.0))
+            victim = replicas[rng.randrange(2)]
+            assert victim.proc is not None
+            victim.proc.kill()  # SIGKILL: no final checkpoint, no commit
+            victim.proc.wait(10)
+            victim.start()
+
+    _scenario(kafka_bootstrap, unique, tmp_path, total=1_000_000, rate=25_000, chaos=chaos)
+
+
+def test_a_third_replica_joins_and_leaves_mid_stream(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    def chaos(replicas: list[Replica], producer: LiveProducer) -> None:
+        time.sleep(8)
+        replicas[2].start()
+        time.sleep(12)
+        assert replicas[2].signal(signal.SIGTERM) == 0
+
+    _scenario(kafka_bootstrap, unique, tmp_path, total=300_000, rate=10_000, chaos=chaos)
