@@ -23,9 +23,10 @@ lists the top subjects by statistic; later subjects of that stream and detector 
 it silently while it fires; it resolves when its last member resolves.
 
 Alert ids are deterministic: sha256 over stream, subject, detector and the episode's
-anchor, the Kafka position of the finding that opened it (partition and last offset)
-or else its window's event end time, or else ``now``. Replaying the same findings
-after a crash (from a restored ``state()``) yields the same ids, so consumers dedup.
+number for that key (``e1``, ``e2``, ...; with the member subjects for a grouped
+alert). The numbers are part of ``state()``, which is checkpointed with the offsets:
+after a crash the episodes replayed after the checkpoint get the numbers, hence the
+ids, they had before it, so consumers dedup by id.
 
 >>> from detectors.base import Finding, WindowBounds
 >>> from monitor.config_alerts import AlertsConfig
