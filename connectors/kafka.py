@@ -177,7 +177,10 @@ class KafkaSource:
         if not next_offsets:
             return
         tps = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
-        self._consumer.commit(offsets=tps, asynchronous=False)
+        try:
+            self._consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            raise SinkError(f"offset commit failed: {exc.args[0]}") from exc
 
     def committed(
         self, partitions: Iterable[TopicPartitionKey], timeout: float = 10.0

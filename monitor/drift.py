@@ -119,6 +119,10 @@ class DriftStage:
         self.baseline_source = "file" if spec.baseline.file is not None else "first_events"
         self._plans: list[_FieldPlan] = []
         self._partitions: dict[int, _PartitionDetectors] = {}
+        # Other replicas' partitions, as of their latest checkpoints (see set_remote).
+        self._remote: dict[int, _PartitionDetectors] = {}
+        # Whether this process judges the stream (it owns the stream's first slot).
+        self.aggregating = True
         self._accumulator: BaselineAccumulator | None = None
         self._time_window = spec.window.seconds is not None
         if baseline is None and spec.baseline.file is not None:
@@ -242,10 +246,11 @@ class DriftStage:
                     for f in det.update(values, times):
                         window = dataclasses.replace(f.window, partition=partition)
                         findings.append(dataclasses.replace(f, window=window))
-        for plan in self._plans:
-            for i, merged in enumerate(plan.merged):
-                if (plan.name, i) in due and (finding := self._judge(plan, i, merged)):
-                    findings.append(finding)
+        if self.aggregating:
+            for plan in self._plans:
+                for i, merged in enumerate(plan.merged):
+                    if (plan.name, i) in due and (finding := self._judge(plan, i, merged)):
+                        findings.append(finding)
         baseline_id = self.baseline.id
         return [
             dataclasses.replace(f, stream=self.spec.name, baseline_id=baseline_id) for f in findings
@@ -254,6 +259,7 @@ class DriftStage:
     def _judge(self, plan: _FieldPlan, index: int, merged: Any) -> Finding | None:
         """The stream-level verdict: all partitions' windows added, then judged."""
         parts = [p.binned[plan.name][index] for p in self._partitions.values()]
+        parts += [p.binned[plan.name][index] for p in self._remote.values()]
         if len(parts) == 1:
             finding: Finding | None = parts[0].evaluate()
             return finding
@@ -285,6 +291,29 @@ class DriftStage:
     def drop_partition(self, partition: int) -> None:
         """Forget a partition this process no longer owns."""
         self._partitions.pop(partition, None)
+
+    def set_remote(self, states: dict[int, dict[str, Any]]) -> None:
+        """Windows of partitions other replicas own, from their latest checkpoints.
+
+        The stream's verdicts then merge every partition of the stream, whoever owns
+        it, so adding or removing replicas does not change what is judged (remote
+        windows lag by at most one checkpoint interval).
+        """
+        self._remote = {}
+        if self.baseline is None:
+            return
+        for slot, state in states.items():
+            if slot in self._partitions or state is None:
+                continue
+            dets = _PartitionDetectors(self._plans)
+            try:
+                dets.restore(state)
+            except (ConfigError, ValueError) as exc:
+                log.warning(
+                    "stream %s: remote state of slot %d unusable: %s", self.spec.name, slot, exc
+                )
+                continue
+            self._remote[slot] = dets
 
     def baseline_state(self) -> str | None:
         """The baseline built from first events, as JSON (None for a file baseline)."""

@@ -43,6 +43,10 @@ class FindingStage(Protocol):
 
     def drop_partition(self, partition: int) -> None: ...
 
+    def set_remote(self, states: dict[int, dict[str, Any]]) -> None: ...
+
+    aggregating: bool
+
 
 @dataclass
 class BatchResult:
@@ -208,6 +212,23 @@ class StreamPipeline:
         self.partition_events.pop((topic, partition), None)
         for stage in self.stages:
             stage.drop_partition(self._slot(topic, partition))
+
+    def set_ownership(self, owned: set[tuple[str, int]]) -> None:
+        """This process judges the stream when it owns the stream's first partition."""
+        first = (self.spec.all_topics[0], 0)
+        for stage in self.stages:
+            stage.aggregating = first in owned
+
+    def set_remote(self, states: dict[tuple[str, int], dict[str, Any]]) -> None:
+        """Checkpointed pipeline states of partitions other processes own."""
+        for index, stage in enumerate(self.stages):
+            stage.set_remote(
+                {
+                    self._slot(t, p): st["stages"][index]
+                    for (t, p), st in states.items()
+                    if t in self._slot_base and len(st.get("stages", [])) > index
+                }
+            )
 
     def _slot(self, topic: str, partition: int) -> int:
         return int(self._slot_base[topic]) + partition

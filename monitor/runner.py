@@ -167,6 +167,9 @@ class Runner:
             if saved is not None:
                 self.findings_handler.restore(saved)
             self._alerts_restored = True
+        owned = set(self.source.assignment) | set(partitions)
+        for pipeline in dict.fromkeys(self.pipelines.values()):
+            pipeline.set_ownership(owned)
         for topic, partition in partitions:
             pipeline = self.pipelines[topic]
             pipeline.drop_partition(topic, partition)
@@ -199,6 +202,28 @@ class Runner:
             self.metrics.consumer_lag.remove(key[0], str(key[1]))
             pipeline = self.pipelines[key[0]]
             self.metrics.checkpoint_age.remove(pipeline.spec.name, str(key[1]))
+
+    def _share_windows(self) -> None:
+        """Give each stream the latest windows of the partitions other replicas own."""
+        if self.state is None:
+            return
+        owned = set(self.source.assignment)
+        group = self.config.group
+        self.state.refresh()
+        for pipeline in dict.fromkeys(self.pipelines.values()):
+            pipeline.set_ownership(owned)
+            if not any(getattr(s, "aggregating", False) for s in pipeline.stages):
+                continue
+            remote: dict[TopicPartitionKey, dict[str, Any]] = {}
+            prefix = f"{group}/{pipeline.spec.name}/"
+            for key in self.state.keys(prefix):
+                topic, _, part = key[len(prefix) :].rpartition("/")
+                if not part.isdigit() or (topic, int(part)) in owned:
+                    continue
+                saved = self.state.get(key)
+                if saved is not None and topic in pipeline.spec.all_topics:
+                    remote[(topic, int(part))] = saved["pipeline"]
+            pipeline.set_remote(remote)
 
     # -- checkpoints ---------------------------------------------------------------
     def checkpoint(self, partitions: list[TopicPartitionKey] | None = None) -> int:
@@ -234,7 +259,10 @@ class Runner:
         self.state.flush()
         offsets = {k: self.positions[k] for k in keys}
         if offsets:
-            self.source.commit(offsets)  # for tooling; the checkpoint is the truth
+            try:
+                self.source.commit(offsets)  # for tooling; the checkpoint is the truth
+            except SinkError as exc:
+                log.warning("group offsets not committed (the checkpoint holds them): %s", exc)
         for key in keys:
             self._checkpointed_at[key] = now
         self._events_since_checkpoint = 0
@@ -251,6 +279,7 @@ class Runner:
             or now - self._last_checkpoint >= cfg.every_seconds
         ):
             self.checkpoint()
+            self._share_windows()
         for (topic, partition), at in self._checkpointed_at.items():
             name = self.pipelines[topic].spec.name
             self.metrics.checkpoint_age.labels(name, str(partition)).set(now - at)

@@ -136,7 +136,7 @@ def _raw_config(
         "metrics": {"listen": "127.0.0.1:0"},
         "dead_letter_topic": f"dlq.{suffix}",
         "source": {"max_batch_events": 2000, "max_wait": "100ms"},
-        "state": {"topic": f"state.{suffix}", "every_events": 20_000, "every_seconds": "1s"},
+        "state": {"topic": f"state.{suffix}", "every_events": 50_000, "every_seconds": "2s"},
         "streams": [stream],
     }
 
@@ -158,18 +158,27 @@ def _reference(raw: dict[str, Any], topic: str, total: int) -> dict[int, dict[st
     return taken
 
 
-def _checkpoints(bootstrap: str, raw: dict[str, Any], topic: str) -> dict[int, dict[str, Any]]:
-    store = StateStore({"bootstrap.servers": bootstrap}, raw["state"]["topic"], create=False)
-    try:
-        store.refresh()
-        out = {}
-        for p in range(PARTITIONS):
-            found = store.get(partition_key(raw["group"], "sensors", topic, p))
-            if found is not None:
-                out[p] = found
-        return out
-    finally:
-        store.close()
+def _checkpoints(store: StateStore, raw: dict[str, Any], topic: str) -> dict[int, dict[str, Any]]:
+    """The latest checkpoint of each partition (the store reads only what is new)."""
+    store.refresh()
+    out = {}
+    for p in range(PARTITIONS):
+        found = store.get(partition_key(raw["group"], "sensors", topic, p))
+        if found is not None:
+            out[p] = found
+    return out
+
+
+def wait_for_checkpoints(
+    store: StateStore, raw: dict[str, Any], topic: str, produced: dict[int, int], timeout: float
+) -> None:
+    """Until every partition's checkpoint covers everything produced to it (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = _checkpoints(store, raw, topic)
+        if all(done.get(p, {}).get("offset") == produced.get(p) for p in range(PARTITIONS)):
+            return
+        time.sleep(1.0)
 
 
 def _same(a: Any, b: Any, path: str = "") -> None:
@@ -200,6 +209,7 @@ def _scenario(
     path.write_text(yaml.safe_dump(raw))
     replicas = [Replica(path, f"r{i}", tmp_path) for i in range(3)]
     producer = LiveProducer(bootstrap, topic, events.values, events.keys, rate)
+    store = StateStore({"bootstrap.servers": bootstrap}, raw["state"]["topic"])
     replicas[0].start()
     replicas[1].start()
     producer.start()
@@ -209,13 +219,7 @@ def _scenario(
         assert not producer.failures
         produced = producer.per_partition
         assert sum(produced.values()) == total
-        deadline = time.monotonic() + 180
-        done: dict[int, dict[str, Any]] = {}
-        while time.monotonic() < deadline:
-            done = _checkpoints(bootstrap, raw, topic)
-            if all(done.get(p, {}).get("offset") == produced.get(p) for p in range(PARTITIONS)):
-                break
-            time.sleep(1.0)
+        wait_for_checkpoints(store, raw, topic, produced, 180)
         for r in replicas:
             if r.proc is not None and r.proc.poll() is None:
                 assert r.signal(signal.SIGTERM) == 0, f"{r.name} did not stop cleanly"
@@ -224,7 +228,8 @@ def _scenario(
             if r.proc is not None and r.proc.poll() is None:
                 r.proc.kill()
                 r.proc.wait(10)
-    final = _checkpoints(bootstrap, raw, topic)
+    final = _checkpoints(store, raw, topic)
+    store.close()
     assert {p: c["offset"] for p, c in final.items()} == produced
     assert {p: c["pipeline"]["events"] for p, c in final.items()} == produced
 
