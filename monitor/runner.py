@@ -162,11 +162,13 @@ class Runner:
                 if saved is not None and hasattr(stage, "restore_baseline"):
                     stage.restore_baseline(saved["json"])
                     self._baselines_saved.add(pipeline.spec.name)
-        if not self._alerts_restored and self.findings_handler is not None:
+        leading = self._leads(set(self.source.assignment) | set(partitions))
+        if leading and not self._alerts_restored and self.findings_handler is not None:
+            # The new leader continues the alert episodes and the webhook queue.
             saved = self.state.get(f"{group}/alerts")
             if saved is not None:
                 self.findings_handler.restore(saved)
-            self._alerts_restored = True
+        self._alerts_restored = leading
         owned = set(self.source.assignment) | set(partitions)
         for pipeline in dict.fromkeys(self.pipelines.values()):
             pipeline.set_ownership(owned)
@@ -202,6 +204,13 @@ class Runner:
             self.metrics.consumer_lag.remove(key[0], str(key[1]))
             pipeline = self.pipelines[key[0]]
             self.metrics.checkpoint_age.remove(pipeline.spec.name, str(key[1]))
+
+    def _leads(self, owned: set[TopicPartitionKey]) -> bool:
+        """The leader owns the first stream's first partition: it judges, alerts and
+        checkpoints the alert state (other replicas' findings reach it through their
+        checkpoints)."""
+        first = self.config.streams[0].all_topics[0]
+        return (first, 0) in owned
 
     def _share_windows(self) -> None:
         """Give each stream the latest windows of the partitions other replicas own."""
@@ -254,7 +263,7 @@ class Runner:
                 if text is not None:
                     self.state.put(f"{group}/{name}/baseline", {"json": text})
                     self._baselines_saved.add(name)
-        if self.findings_handler is not None:
+        if self.findings_handler is not None and self._leads(set(self.source.assignment)):
             self.state.put(f"{group}/alerts", self.findings_handler.state())
         self.state.flush()
         offsets = {k: self.positions[k] for k in keys}
@@ -345,6 +354,8 @@ class Runner:
                 if not self._broker_ok:
                     self._last_broker_error = now
                     log.warning("the broker did not answer within %.0fs", self.probe_interval)
+            if self._broker_ok and self._events_since_checkpoint:
+                self._maybe_checkpoint()  # a quiet stream still gets its last batch saved
             self._refresh_ready()
             return 0
         self._broker_ok = True
