@@ -116,6 +116,7 @@ class Runner:
         # False skips the checkpoint on close, as a crash would (for tests).
         self.final_checkpoint = True
         self.probe_interval = 2.0
+        self._waiting_since: float | None = None  # since when a flush waits for the broker
         self._last_probe = time.monotonic()
         self._broker_ok = True
         self._last_broker_error = 0.0
@@ -154,7 +155,15 @@ class Runner:
         starts: dict[TopicPartitionKey, int] = {}
         if self.state is None:
             return starts
-        self.state.refresh()
+        while True:  # starting without the checkpoints would not be exact: wait for them
+            try:
+                self.state.refresh()
+                break
+            except DriftwardenError as exc:
+                if self.stop_event.is_set():
+                    raise
+                log.warning("cannot read checkpoints yet, retrying: %s", exc)
+                time.sleep(1.0)
         group = self.config.group
         for pipeline in dict.fromkeys(self.pipelines.values()):
             saved = self.state.get(f"{group}/{pipeline.spec.name}/baseline")
@@ -265,7 +274,11 @@ class Runner:
                     self._baselines_saved.add(name)
         if self.findings_handler is not None and self._leads(set(self.source.assignment)):
             self.state.put(f"{group}/alerts", self.findings_handler.state())
-        self.state.flush()
+        self._waiting_since = time.monotonic()
+        try:
+            self.state.flush()
+        finally:
+            self._waiting_since = None
         offsets = {k: self.positions[k] for k in keys}
         if offsets:
             try:
@@ -287,8 +300,14 @@ class Runner:
             self._events_since_checkpoint >= cfg.every_events
             or now - self._last_checkpoint >= cfg.every_seconds
         ):
-            self.checkpoint()
-            self._share_windows()
+            try:
+                self.checkpoint()
+                self._share_windows()
+            except DriftwardenError as exc:
+                # Queued checkpoint records are still delivered when the broker returns;
+                # until one is acknowledged, a restart replays from the previous one.
+                log.warning("checkpoint not confirmed yet, will retry: %s", exc)
+                self._last_checkpoint = now
         for (topic, partition), at in self._checkpointed_at.items():
             name = self.pipelines[topic].spec.name
             self.metrics.checkpoint_age.labels(name, str(partition)).set(now - at)
@@ -304,8 +323,12 @@ class Runner:
 
     # -- readiness -------------------------------------------------------------------
     def ready(self) -> bool:
-        """Consuming: partitions assigned and the broker reachable."""
-        return bool(self.source.assignment) and self._broker_ok
+        """Consuming: partitions assigned, the broker reachable, and no write to it
+        waiting for an acknowledgement longer than the probe interval."""
+        blocked = self._waiting_since is not None and (
+            time.monotonic() - self._waiting_since > self.probe_interval
+        )
+        return bool(self.source.assignment) and self._broker_ok and not blocked
 
     def _refresh_ready(self) -> None:
         self._ready_gauge.set(1 if self.ready() else 0)
@@ -387,16 +410,20 @@ class Runner:
 
     def _flush(self) -> None:
         # Offsets must not be committed before every outgoing message is durable.
-        while True:
-            try:
-                remaining = self.sink.flush(1.0)
-            except SinkError:
+        self._waiting_since = time.monotonic()
+        try:
+            while True:
+                try:
+                    remaining = self.sink.flush(1.0)
+                except SinkError:
+                    self._ready_gauge.set(0)
+                    raise
+                if remaining == 0:
+                    return
                 self._ready_gauge.set(0)
-                raise
-            if remaining == 0:
-                return
-            self._ready_gauge.set(0)
-            log.warning("waiting for the broker to acknowledge %d message(s)", remaining)
+                log.warning("waiting for the broker to acknowledge %d message(s)", remaining)
+        finally:
+            self._waiting_since = None
 
     def _record_findings(self, findings: list[Finding]) -> None:
         m = self.metrics

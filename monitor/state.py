@@ -168,7 +168,18 @@ class StateStore:
 
     # -- reading -------------------------------------------------------------------
     def refresh(self, timeout: float = 30.0) -> None:
-        """Read every record written since the last refresh (by any process)."""
+        """Read every record written since the last refresh (by any process).
+
+        Raises ``DriftwardenError`` when the topic cannot be read to its end in time.
+        """
+        from confluent_kafka import KafkaException
+
+        try:
+            self._read_to_end(timeout)
+        except KafkaException as exc:
+            raise DriftwardenError(f"state topic {self.topic}: {exc.args[0]}") from exc
+
+    def _read_to_end(self, timeout: float) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         if self._reader is None:

@@ -53,8 +53,7 @@ def test_every_error_is_listed_with_value_and_what_is_allowed() -> None:
     assert "streams[0].fields.humidity.range: range must be [low, high] with low <= high" in msg
     assert (
         "streams[0].fields.status.type: Input should be "
-        "'float', 'int', 'bool', 'category' or 'string' (got 'colour')"
-        in msg
+        "'float', 'int', 'bool', 'category' or 'string' (got 'colour')" in msg
     )
     assert "metrics.listen: listen must be HOST:PORT" in msg
     assert "group: Input should be a valid string (got 5)" in msg

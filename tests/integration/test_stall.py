@@ -23,10 +23,9 @@ from tests.integration.test_scale import (
     _checkpoints,
     _raw_config,
     _reference,
-    _same,
     wait_for_checkpoints,
 )
-from tests.kafka_utils import create_topics
+from tests.kafka_utils import assert_same, create_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -93,4 +92,4 @@ def test_broker_stall_is_survived_without_restart(tmp_path: Path, unique: str) -
         reference_raw = _raw_config(bootstrap, topic, f"ref-{unique}", f"{unique}ref", baseline)
         reference = _reference(reference_raw, topic, total)
         for p in range(PARTITIONS):
-            _same(final[p]["pipeline"], reference[p], f"partition {p}")
+            assert_same(final[p]["pipeline"], reference[p], f"partition {p}")

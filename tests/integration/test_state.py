@@ -5,14 +5,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 from monitor.config import parse_config
 from monitor.service import Service
 from monitor.synthetic import DEMO_STREAM, generate_fleet
-from tests.kafka_utils import create_topics, produce
+from tests.kafka_utils import assert_same, create_topics, produce
 
 pytestmark = pytest.mark.integration
 
@@ -57,21 +56,6 @@ def _snapshot(service: Service) -> dict[str, Any]:
     }
 
 
-def _same(a: Any, b: Any, path: str = "") -> None:
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), path
-        for k in a:
-            _same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{path}[{i}]")
-    elif isinstance(a, np.ndarray):
-        assert np.array_equal(a, b), path
-    else:
-        assert a == b, path
-
-
 def _run_until(service: Service, events: int) -> dict[str, Any]:
     """Run until ``events`` are folded into the state; the snapshot taken then
     (closing revokes the partitions and drops their state)."""
@@ -109,4 +93,4 @@ def test_restart_from_checkpoint_equals_an_uninterrupted_run(
     first.runner.final_checkpoint = not crash
     _run_until(first, 15_000)
     resumed = _run_until(service(f"split-{unique}", f"{unique}s"), TOTAL)
-    _same(resumed, reference)
+    assert_same(resumed, reference)
