@@ -121,6 +121,7 @@ class KafkaSource:
         self._consumer = Consumer(conf)
         self.assignment: set[TopicPartitionKey] = set()
         self.errors: list[str] = []
+        self._partition_counts: dict[str, int] = {}
         self._consumer.subscribe(
             list(self.topics), on_assign=self._assigned, on_revoke=self._revoked
         )
@@ -133,6 +134,7 @@ class KafkaSource:
             )
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._partition_counts.clear()  # a rebalance may follow new partitions
         keys = [(tp.topic, tp.partition) for tp in partitions]
         self.assignment.update(keys)
         starts: Mapping[TopicPartitionKey, int] = {}
@@ -206,6 +208,15 @@ class KafkaSource:
                 continue
             out[key] = max(0, high - positions.get(key, 0)) if key in positions else high
         return out
+
+    def partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` has (from cached metadata, refreshed when unknown)."""
+        known = self._partition_counts.get(topic)
+        if known is None:
+            meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+            known = len(meta.partitions) if meta is not None and meta.partitions else 0
+            self._partition_counts[topic] = known
+        return known
 
     def probe(self, timeout: float) -> bool:
         """True when the cluster answers a metadata request within ``timeout`` s."""

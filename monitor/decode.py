@@ -216,7 +216,10 @@ class StreamDecoder:
         n = len(payloads)
         rejects: list[Reject] = []
         limit = self.spec.max_event_bytes
-        sizes = np.fromiter(map(_size, payloads), dtype=np.int64, count=n)
+        try:
+            sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=n)  # type: ignore[arg-type]
+        except TypeError:  # a None value (tombstone) somewhere in the batch
+            sizes = np.fromiter(map(_size, payloads), dtype=np.int64, count=n)
         candidates: Sequence[bytes | None] = payloads
         index = np.arange(n, dtype=np.int64)
         if (sizes > limit).any() or (sizes < 0).any():

@@ -48,6 +48,8 @@ class BatchSource(Protocol):
 
     def probe(self, timeout: float) -> bool: ...
 
+    def partition_count(self, topic: str) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -227,11 +229,19 @@ class Runner:
             return
         owned = set(self.source.assignment)
         group = self.config.group
-        self.state.refresh()
+        refreshed = False
         for pipeline in dict.fromkeys(self.pipelines.values()):
             pipeline.set_ownership(owned)
             if not any(getattr(s, "aggregating", False) for s in pipeline.stages):
                 continue
+            topics = pipeline.spec.all_topics
+            if all(
+                (t, p) in owned for t in topics for p in range(self.source.partition_count(t))
+            ):
+                continue  # this process owns the whole stream: nothing to share
+            if not refreshed:
+                self.state.refresh()
+                refreshed = True
             remote: dict[TopicPartitionKey, dict[str, Any]] = {}
             prefix = f"{group}/{pipeline.spec.name}/"
             for key in self.state.keys(prefix):

@@ -189,6 +189,7 @@ class StateStore:
                     "group.id": f"driftwarden-state-reader-{time.time_ns()}",
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
+                    "fetch.wait.max.ms": 10,
                 }
             )
             meta = self._reader.list_topics(self.topic, timeout=10).topics.get(self.topic)
@@ -203,7 +204,7 @@ class StateStore:
         while any(self._positions[p] < ends[p] for p in ends):
             if time.monotonic() > deadline:
                 raise DriftwardenError(f"could not read the state topic {self.topic} to its end")
-            for msg in self._reader.consume(1000, 0.5):
+            for msg in self._reader.consume(1000, 0.05):
                 if msg.error() is not None:
                     continue
                 self._positions[msg.partition()] = msg.offset() + 1

@@ -143,5 +143,8 @@ class _NoSource:
     def probe(self, timeout: float) -> bool:
         return True
 
+    def partition_count(self, topic: str) -> int:
+        return 1
+
     def close(self) -> None:
         return None
