@@ -246,7 +246,15 @@ def _scenario(
     chaos_alerts = _window_alerts(bootstrap, raw)
     reference_alerts = _window_alerts(bootstrap, reference_raw)
     assert {(s, d) for _, _, s, d in reference_alerts} >= {("vibration", "ks"), ("status", "chi2")}
-    assert chaos_alerts == reference_alerts
+    assert reference_alerts <= chaos_alerts
+    firing = {a for a in chaos_alerts if a[1] == "firing"}
+    assert firing == {a for a in reference_alerts if a[1] == "firing"}
+    # Under replica churn the judge may see other partitions' windows a checkpoint
+    # late, so a detector near its threshold can resolve early; it resolves its own
+    # episode (same id), it never opens one the single process did not.
+    extra = chaos_alerts - reference_alerts
+    assert all(status == "resolved" for _, status, _, _ in extra)
+    assert {a[0] for a in extra} <= {a[0] for a in firing}
 
 
 def test_kill_9_ten_times_loses_and_duplicates_nothing(
