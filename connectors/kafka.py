@@ -118,6 +118,8 @@ class KafkaSource:
             "enable.auto.offset.store": False,
             "error_cb": self._error,
         }
+        # cooperative-sticky hands partitions over incrementally (no stop-the-world).
+        self._cooperative = "cooperative" in str(conf.get("partition.assignment.strategy", ""))
         self._consumer = Consumer(conf)
         self.assignment: set[TopicPartitionKey] = set()
         self.errors: list[str] = []
@@ -144,7 +146,10 @@ class KafkaSource:
             start = starts.get((tp.topic, tp.partition))
             if start is not None:
                 tp.offset = start
-        consumer.assign(partitions)
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]

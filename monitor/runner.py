@@ -135,6 +135,9 @@ class Runner:
         options: dict[str, Any] = {
             "fetch.queue.backoff.ms": c.source.fetch_queue_backoff_ms,
             "queued.min.messages": c.source.queued_min_messages,
+            # Incremental rebalances: a joining replica takes partitions without the
+            # others stopping (set partition.assignment.strategy to override).
+            "partition.assignment.strategy": "cooperative-sticky",
             **c.kafka,
         }
         topics = [t for s in c.streams for t in s.all_topics]
