@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
@@ -87,7 +90,11 @@ def test_baseline_build_from_file_and_topic(
     csv_path.write_text("\n".join(lines) + "\n")
     topic = f"iot.{unique}"
     create_topics(kafka_bootstrap, {topic: 1})
+    before = time.time() - 1
     produce(kafka_bootstrap, topic, events.values, events.keys)
+    after = time.time() + 1
+    parquet = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(good), parquet)
     config_path = tmp_path / "c.yaml"
     config_path.write_text(yaml.safe_dump(_raw_config(kafka_bootstrap, unique)))
 
@@ -96,13 +103,15 @@ def test_baseline_build_from_file_and_topic(
         ("jsonl", ["--file", str(jsonl)]),
         ("csv", ["--file", str(csv_path)]),
         ("topic", ["--first-events", "4000"]),
+        ("range", ["--topic-range", str(before), str(after)]),
+        ("parquet", ["--file", str(parquet)]),
     ):
         out = tmp_path / f"{name}.json"
         args = ["baseline", "build", str(config_path), "--stream", "sensors", "--out", str(out)]
         assert main(args + source) == 0
         outs[name] = json.loads(out.read_text())
     printed = capsys.readouterr().out
-    assert printed.count("wrote ") == 3
+    assert printed.count("wrote ") == 5
     good_count = events.expected.count(None)
     for doc in outs.values():
         assert set(doc["fields"]) == {"temperature", "humidity", "vibration", "status"}
