@@ -38,22 +38,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import cpu_model
 from detectors.adwin import ADWIN
 
 BATCH = 10_000
 DISTS = ("normal", "gamma2", "t3")
 DELTAS = (2e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 SHIFTS = (0.25, 0.5, 1.0)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 SCALE = [1.0]  # sd of the streams (``--scale``); shifts stay in sd units

@@ -34,6 +34,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.machine import cpu_model
+
 MODES = ("noop-stream", "noop-take", "adapter", "adapter+drift")
 
 
@@ -159,17 +161,6 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps(result), flush=True)
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -195,7 +186,7 @@ def main() -> None:
 
     print(
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}, nproc={os.cpu_count()}, "
-        f'CPU "{_cpu()}", Python {platform.python_version()}, '
+        f'CPU "{cpu_model()}", Python {platform.python_version()}, '
         f"faust-streaming {faust.__version__}",
         flush=True,
     )

@@ -61,6 +61,7 @@ from river import tree  # noqa: E402
 from river.datasets import base as river_base  # noqa: E402
 from river.datasets import synth  # noqa: E402
 
+from bench.machine import cpu_model  # noqa: E402 - needs the path above
 from detectors.adwin import ADWIN  # noqa: E402
 from detectors.adwin_defaults import SERVICE_DEFAULTS  # noqa: E402
 from detectors.baseline import (  # noqa: E402
@@ -361,14 +362,7 @@ def _n(x: int | None) -> str:
 
 
 def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
         f'{dt.date.today().isoformat()}, nproc={nproc}, CPU "{model}", '

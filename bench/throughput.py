@@ -27,6 +27,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.machine import cpu_model
+
 MODES = ("consume", "consume+decode", "pipeline", "pipeline+drift")
 
 
@@ -206,14 +208,7 @@ def main() -> None:
                 print(f"{mode}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append(json.loads(lines[-1]))
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     print(f"\nmachine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
     head = ("mode", "events", "events/s", "us/event", "decode", "checks", "detect", "peak RSS")
     print("{:<16} {:>9} {:>10} {:>9} {:>7} {:>7} {:>7} {:>9}".format(*head))

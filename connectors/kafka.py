@@ -11,6 +11,7 @@ any size costs no Python bytecode per message.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,16 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from connectors.base import OutMessage
 from monitor.errors import SinkError
 
-__all__ = ["KafkaSink", "KafkaSource", "RawBatch", "TopicPartitionKey", "client_options"]
+__all__ = [
+    "KafkaSink",
+    "KafkaSource",
+    "RawBatch",
+    "TopicPartitionKey",
+    "client_options",
+    "ensure_topics",
+]
+
+log = logging.getLogger("driftwarden.kafka")
 
 TopicPartitionKey = tuple[str, int]
 
@@ -43,6 +53,39 @@ def client_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The connection and security options of a config, without consumer tuning,
     for producers and admin clients."""
     return {k: v for k, v in options.items() if not k.startswith(_CONSUMER_ONLY)}
+
+
+def ensure_topics(
+    options: Mapping[str, Any],
+    topics: Sequence[str],
+    *,
+    partitions: int = 1,
+    config: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> list[str]:
+    """Create the topics that do not exist yet; return those that could not be.
+
+    Lacking the permission to create topics is not fatal here: production clusters
+    usually create them through their own tooling. The caller decides.
+    """
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    admin = AdminClient(client_options(options))
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [t for t in dict.fromkeys(topics) if t and t not in existing]
+    if not missing:
+        return []
+    new = [NewTopic(t, partitions, 1, config=dict(config or {})) for t in missing]
+    failed = []
+    for topic, future in admin.create_topics(new, request_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            log.info("created topic %s", topic)
+        except Exception as exc:
+            log.warning("could not create topic %s: %s", topic, exc)
+            failed.append(topic)
+    return failed
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from detectors.registry import detector_class, names
 from monitor.config_alerts import AlertsConfig, Duration, parse_duration
 from monitor.errors import ConfigError
 
@@ -86,14 +87,6 @@ DEFAULT_DETECTORS: dict[FieldType, tuple[str, ...]] = {
 }
 
 
-def _detector_names() -> tuple[str, ...]:
-    try:
-        from detectors.registry import names
-    except ImportError:  # pragma: no cover - the registry ships with the package
-        return ()
-    return tuple(names())
-
-
 class FieldSpec(_Model):
     """One declared field of a stream's events."""
 
@@ -136,9 +129,9 @@ class FieldSpec(_Model):
         if self.categories is not None and self.type is not FieldType.CATEGORY:
             raise ValueError(f"categories are allowed only for category fields, not {self.type}")
         if self.detectors is not None:
-            known = _detector_names()
+            known = names()
             for name, params in self.detectors.items():
-                if known and name not in known:
+                if name not in known:
                     raise ValueError(
                         f"unknown detector {name!r}; allowed: {', '.join(sorted(known))}"
                     )
@@ -153,14 +146,7 @@ class FieldSpec(_Model):
 
 
 def _check_detector_params(name: str, params: Mapping[str, Any]) -> None:
-    try:
-        from detectors.registry import detector_class
-    except ImportError:  # pragma: no cover
-        return
-    try:
-        cls = detector_class(name)
-    except Exception:
-        return
+    cls = detector_class(name)
     accepted = {
         p.name
         for p in inspect.signature(cls).parameters.values()

@@ -11,7 +11,9 @@ from typing import Any
 
 import yaml
 
+from connectors.kafka import ensure_topics
 from monitor.config import Config, parse_config
+from monitor.errors import DriftwardenError
 from monitor.synthetic import DEMO_STREAM, generate_fleet
 
 __all__ = ["WebhookReceiver", "create_topic", "demo_config", "produce_fleet", "run_demo"]
@@ -21,14 +23,8 @@ log = logging.getLogger("driftwarden.demo")
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
     """Create ``topic`` unless it exists."""
-    from confluent_kafka.admin import AdminClient
-    from confluent_kafka.cimpl import NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    if topic in admin.list_topics(timeout=10).topics:
-        return
-    for future in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
-        future.result(10)
+    if ensure_topics({"bootstrap.servers": bootstrap}, [topic], partitions=partitions):
+        raise DriftwardenError(f"could not create topic {topic}")
 
 
 def produce_fleet(

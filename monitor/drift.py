@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from detectors.adwin_defaults import SERVICE_DEFAULTS
 from detectors.base import Detector, Finding, WindowBounds
 from detectors.baseline import Baseline, CategoricalBaseline, NumericBaseline, load_baseline
 from detectors.registry import create
@@ -43,14 +44,6 @@ __all__ = ["DriftStage", "drift_stages"]
 log = logging.getLogger("driftwarden.drift")
 
 _UNBINNED = frozenset({"adwin"})  # detectors that take raw values, not baseline bins
-
-
-def _adwin_defaults() -> dict[str, Any]:
-    try:
-        from detectors.adwin_defaults import SERVICE_DEFAULTS
-    except ImportError:  # pragma: no cover - shipped with the package
-        return {"mode": "subwindow", "subwindow": 1000}
-    return dict(SERVICE_DEFAULTS)
 
 
 @dataclasses.dataclass
@@ -181,7 +174,7 @@ class DriftStage:
                 if det_name in _UNBINNED:
                     if not numeric:
                         continue  # ADWIN watches a numeric mean
-                    kw = {**_adwin_defaults(), **params} if det_name == "adwin" else dict(params)
+                    kw = {**SERVICE_DEFAULTS, **params} if det_name == "adwin" else dict(params)
                     plan.raw.append((det_name, _factory(det_name, None, name, kw)))
                 else:
                     kw = {**window, "family_size": binned_pairs, **params}

@@ -62,8 +62,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,11 +71,19 @@ from prometheus_client import CollectorRegistry
 
 from connectors.base import MessageSink, OutMessage
 from connectors.kafka import RawBatch
-from detectors.base import Finding
+from monitor.alerting import build_findings_handler
 from monitor.config import Config
+from monitor.drift import drift_stages
 from monitor.errors import ConfigError, SinkError
 from monitor.metrics import Metrics, MetricsServer
-from monitor.pipeline import BatchResult, StreamPipeline
+from monitor.pipeline import (
+    BatchResult,
+    account_batch,
+    build_pipelines,
+    output_topics,
+    record_findings,
+)
+from monitor.runner import RunStats
 
 __all__ = ["FaustMonitor", "FaustStats", "attach"]
 
@@ -182,36 +190,10 @@ def to_raw_batch(topic: str, events: Sequence[Any]) -> RawBatch:
 
 
 @dataclass
-class FaustStats:
-    """Counts since start (``process`` calls that completed)."""
+class FaustStats(RunStats):
+    """Counts since start (``process`` calls that completed), and failed calls."""
 
-    events: int = 0
-    accepted: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    batches: int = 0
-    messages_out: int = 0
-    findings: int = 0
     failures: int = 0
-
-    @property
-    def invalid(self) -> int:
-        return sum(self.rejected.values())
-
-
-def _default_stages() -> Callable[[StreamPipeline], list[Any]] | None:
-    try:
-        from monitor.drift import drift_stages
-    except ImportError:  # pragma: no cover - the drift stage ships with the package
-        return None
-    return drift_stages
-
-
-def _findings_handler(config: Config, metrics: Metrics) -> Any:
-    if config.alerts is None:
-        return None
-    from monitor.alerting import build_findings_handler
-
-    return build_findings_handler(config, metrics)
 
 
 class FaustMonitor:
@@ -232,15 +214,8 @@ class FaustMonitor:
         self.sink = sink
         self.app = app
         self.flush_timeout = flush_timeout
-        self.pipelines: dict[str, StreamPipeline] = {}
-        stages = _default_stages() if drift else None
-        for spec in config.streams:
-            pipeline = StreamPipeline(spec, self.metrics, config.dead_letter_topic)
-            if stages is not None:
-                pipeline.stages.extend(stages(pipeline))
-            for topic in spec.all_topics:
-                self.pipelines[topic] = pipeline
-        self.findings_handler = _findings_handler(config, self.metrics)
+        self.pipelines = build_pipelines(config, self.metrics, drift_stages if drift else None)
+        self.findings_handler = build_findings_handler(config, self.metrics)
         self.stats = FaustStats()
         self.server: MetricsServer | None = None
         self._declared = False
@@ -250,11 +225,7 @@ class FaustMonitor:
     # -- topics and readiness --------------------------------------------------------
     @property
     def output_topics(self) -> list[str]:
-        topics = [self.config.dead_letter_topic]
-        alerts = self.config.alerts
-        if alerts is not None:
-            topics += [t for t in (alerts.topic, alerts.retrain_topic) if t]
-        return list(dict.fromkeys(topics))
+        return output_topics(self.config)
 
     def ready(self) -> bool:
         """The last batch was delivered (and at least one was processed)."""
@@ -273,7 +244,6 @@ class FaustMonitor:
             raw = to_raw_batch(topic, events)
             result = pipeline.process(raw)
             out = list(result.out)
-            self._record_findings(result.findings)
             if self.findings_handler is not None:
                 out.extend(self.findings_handler.handle(result.findings, time.time()))
             await self._deliver(out)
@@ -334,35 +304,15 @@ class FaustMonitor:
             raise SinkError(f"delivery failed: {exc!r}") from exc
 
     # -- metrics ---------------------------------------------------------------------
-    def _record_findings(self, findings: list[Finding]) -> None:
-        m = self.metrics
-        for f in findings:
-            labels = (f.stream, f.subject, f.detector)
-            m.drift_statistic.labels(*labels).set(f.statistic)
-            m.drift_threshold.labels(*labels).set(f.threshold)
-            if f.p_value is not None:
-                m.drift_p_value.labels(*labels).set(f.p_value)
-            m.drift_detected.labels(*labels).set(1 if f.drift else 0)
-            if f.detector == "adwin" and f.drift:
-                m.adwin_changes.labels(f.stream, f.subject).inc(dict(f.details).get("changes", 1.0))
-
     def _account(self, r: BatchResult, out: int, seconds: float) -> None:
-        m, s = self.metrics, self.stats
-        s.events += r.events
-        s.accepted += r.accepted
-        for reason, count in r.rejected.items():
-            s.rejected[reason] = s.rejected.get(reason, 0) + count
-        s.batches += 1
-        s.messages_out += out
-        s.findings += len(r.findings)
-        for stage, secs in r.stage_seconds.items():
-            m.stage_seconds.labels(stage).inc(secs)
-        dead = sum(r.rejected.values())
-        if dead:
-            m.dead_letters.labels(r.stream).inc(dead)
-        m.batch_duration.observe(seconds)
-        m.batch_events.observe(r.events)
-        m.ready.set(1)
+        record_findings(self.metrics, r.findings)
+        account_batch(self.metrics, r)
+        self.stats.add(r)
+        self.stats.batches += 1
+        self.stats.messages_out += out
+        self.metrics.batch_duration.observe(seconds)
+        self.metrics.batch_events.observe(r.events)
+        self.metrics.ready.set(1)
 
     # -- lifecycle -------------------------------------------------------------------
     def start_metrics_server(self) -> MetricsServer | None:

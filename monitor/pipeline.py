@@ -9,7 +9,7 @@ batch with pre-bound children.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,11 +19,21 @@ import numpy.typing as npt
 from connectors.base import OutMessage
 from connectors.kafka import RawBatch
 from detectors.base import Finding
-from monitor.config import StreamSpec
+from monitor.config import Config, StreamSpec
 from monitor.decode import REASONS, Batch, StreamDecoder
 from monitor.metrics import Metrics
 
-__all__ = ["BatchInput", "BatchResult", "FindingStage", "StreamPipeline", "dead_letter"]
+__all__ = [
+    "BatchInput",
+    "BatchResult",
+    "FindingStage",
+    "StreamPipeline",
+    "account_batch",
+    "build_pipelines",
+    "dead_letter",
+    "output_topics",
+    "record_findings",
+]
 
 
 BatchInput = RawBatch
@@ -68,11 +78,8 @@ def dead_letter(
     """A dead-letter record: the original bytes and key, the reason in headers."""
     msg = raw.messages[index]
     value = raw.values[index]
-    try:
-        key = msg.key()
-        _, ts = msg.timestamp()
-    except AttributeError:  # in-memory batches in tests
-        key, ts = None, -1
+    key = msg.key()
+    _, ts = msg.timestamp()
     headers = (
         ("driftwarden.reason", reason.encode()),
         ("driftwarden.detail", detail.encode("utf-8", "replace")[:1000]),
@@ -232,3 +239,51 @@ class StreamPipeline:
 
     def _slot(self, topic: str, partition: int) -> int:
         return int(self._slot_base[topic]) + partition
+
+
+def build_pipelines(
+    config: Config,
+    metrics: Metrics,
+    stages: Callable[[StreamPipeline], list[FindingStage]] | None,
+) -> dict[str, StreamPipeline]:
+    """One pipeline per configured stream, keyed by each of its topics."""
+    pipelines: dict[str, StreamPipeline] = {}
+    for spec in config.streams:
+        pipeline = StreamPipeline(spec, metrics, config.dead_letter_topic)
+        if stages is not None:
+            pipeline.stages.extend(stages(pipeline))
+        for topic in spec.all_topics:
+            pipelines[topic] = pipeline
+    return pipelines
+
+
+def output_topics(config: Config) -> list[str]:
+    """The topics the service produces to: dead letters, alerts, retrain requests."""
+    topics = [config.dead_letter_topic]
+    alerts = config.alerts
+    if alerts is not None:
+        topics += [t for t in (alerts.topic, alerts.retrain_topic) if t]
+    return list(dict.fromkeys(topics))
+
+
+def record_findings(metrics: Metrics, findings: Sequence[Finding]) -> None:
+    """The drift gauges and ADWIN's change counter, from a batch's findings."""
+    m = metrics
+    for f in findings:
+        labels = (f.stream, f.subject, f.detector)
+        m.drift_statistic.labels(*labels).set(f.statistic)
+        m.drift_threshold.labels(*labels).set(f.threshold)
+        if f.p_value is not None:
+            m.drift_p_value.labels(*labels).set(f.p_value)
+        m.drift_detected.labels(*labels).set(1 if f.drift else 0)
+        if f.detector == "adwin" and f.drift:
+            m.adwin_changes.labels(f.stream, f.subject).inc(dict(f.details).get("changes", 1.0))
+
+
+def account_batch(metrics: Metrics, result: BatchResult) -> None:
+    """Stage times and dead-letter counts of one processed batch."""
+    for stage, secs in result.stage_seconds.items():
+        metrics.stage_seconds.labels(stage).inc(secs)
+    dead = sum(result.rejected.values())
+    if dead:
+        metrics.dead_letters.labels(result.stream).inc(dead)

@@ -27,7 +27,14 @@ from detectors.base import Finding
 from monitor.config import Config
 from monitor.errors import DriftwardenError, SinkError
 from monitor.metrics import Metrics
-from monitor.pipeline import FindingStage, StreamPipeline
+from monitor.pipeline import (
+    BatchResult,
+    FindingStage,
+    StreamPipeline,
+    account_batch,
+    build_pipelines,
+    record_findings,
+)
 from monitor.state import StateStore, partition_key
 
 __all__ = ["FindingsHandler", "RunStats", "Runner"]
@@ -82,6 +89,14 @@ class RunStats:
     def invalid(self) -> int:
         return sum(self.rejected.values())
 
+    def add(self, result: BatchResult) -> None:
+        """Count one stream's part of a processed batch."""
+        self.events += result.events
+        self.accepted += result.accepted
+        for reason, count in result.rejected.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + count
+        self.findings += len(result.findings)
+
 
 class Runner:
     """Wires source, pipelines, sink and metrics together and runs the loop."""
@@ -99,13 +114,7 @@ class Runner:
     ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
-        self.pipelines: dict[str, StreamPipeline] = {}
-        for spec in config.streams:
-            pipeline = StreamPipeline(spec, self.metrics, config.dead_letter_topic)
-            if stages is not None:
-                pipeline.stages.extend(stages(pipeline))
-            for topic in spec.all_topics:
-                self.pipelines[topic] = pipeline
+        self.pipelines = build_pipelines(config, self.metrics, stages)
         self.findings_handler = findings_handler
         if state_store is None and source is None and config.state.enabled:
             state_store = StateStore(config.kafka, config.state.topic)
@@ -238,9 +247,7 @@ class Runner:
             if not any(getattr(s, "aggregating", False) for s in pipeline.stages):
                 continue
             topics = pipeline.spec.all_topics
-            if all(
-                (t, p) in owned for t in topics for p in range(self.source.partition_count(t))
-            ):
+            if all((t, p) in owned for t in topics for p in range(self.source.partition_count(t))):
                 continue  # this process owns the whole stream: nothing to share
             if not refreshed:
                 self.state.refresh()
@@ -418,7 +425,7 @@ class Runner:
         self.positions.update(offsets)
         self._events_since_checkpoint += sum(r.events for r in results)
         self._maybe_checkpoint()
-        self._account(results, out, findings, time.perf_counter() - t0)
+        self._account(results, out, time.perf_counter() - t0)
         return sum(r.events for r in results)
 
     def _flush(self) -> None:
@@ -439,44 +446,24 @@ class Runner:
             self._waiting_since = None
 
     def _record_findings(self, findings: list[Finding]) -> None:
-        m = self.metrics
+        record_findings(self.metrics, findings)
         for f in findings:
             labels = (f.stream, f.subject, f.detector)
-            m.drift_statistic.labels(*labels).set(f.statistic)
-            m.drift_threshold.labels(*labels).set(f.threshold)
-            if f.p_value is not None:
-                m.drift_p_value.labels(*labels).set(f.p_value)
-            m.drift_detected.labels(*labels).set(1 if f.drift else 0)
-            if f.detector == "adwin" and f.drift:
-                changes = dict(f.details).get("changes", 1.0)
-                m.adwin_changes.labels(f.stream, f.subject).inc(changes)
             if f.drift:
                 self.stats.drifting.add(labels)
             else:
                 self.stats.drifting.discard(labels)
 
-    def _account(
-        self, results: list[Any], out: list[OutMessage], findings: list[Finding], seconds: float
-    ) -> None:
+    def _account(self, results: list[BatchResult], out: list[OutMessage], seconds: float) -> None:
         m, s = self.metrics, self.stats
-        events = 0
         for r in results:
-            events += r.events
-            s.accepted += r.accepted
-            for reason, count in r.rejected.items():
-                s.rejected[reason] = s.rejected.get(reason, 0) + count
-            for stage, secs in r.stage_seconds.items():
-                m.stage_seconds.labels(stage).inc(secs)
-            dead = sum(r.rejected.values())
-            if dead:
-                m.dead_letters.labels(r.stream).inc(dead)
-        s.events += events
+            s.add(r)
+            account_batch(m, r)
         s.batches += 1
         s.commits += 1
         s.messages_out += len(out)
-        s.findings += len(findings)
         m.batch_duration.observe(seconds)
-        m.batch_events.observe(events)
+        m.batch_events.observe(sum(r.events for r in results))
         for (topic, partition), lag in self.source.lag(self.positions).items():
             m.consumer_lag.labels(topic, str(partition)).set(lag)
         self._refresh_ready()

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from connectors.kafka import client_options
+from connectors.kafka import client_options, ensure_topics
 from monitor.errors import DriftwardenError, SinkError
 
 __all__ = ["CHUNK_BYTES", "StateStore", "decode_state", "encode_state", "partition_key"]
@@ -112,21 +112,7 @@ class StateStore:
         self._positions: dict[int, int] = {}
         self._reader: Any = None
         if create:
-            self._ensure_topic()
-
-    def _ensure_topic(self) -> None:
-        from confluent_kafka.admin import AdminClient
-        from confluent_kafka.cimpl import NewTopic
-
-        admin = AdminClient(client_options(self._options))
-        if self.topic in admin.list_topics(timeout=10).topics:
-            return
-        new = NewTopic(self.topic, 1, 1, config={"cleanup.policy": "compact"})
-        for future in admin.create_topics([new]).values():
-            try:
-                future.result(10)
-            except Exception as exc:
-                log.warning("state topic %s: %s", self.topic, exc)
+            ensure_topics(options, [topic], config={"cleanup.policy": "compact"})
 
     # -- writing -------------------------------------------------------------------
     def _delivered(self, err: Any, msg: Any) -> None:

@@ -7,19 +7,14 @@ skips (naming the install script) only when the binaries are missing.
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from connectors.webhook import RetryPolicy, WebhookDispatcher
@@ -31,10 +26,9 @@ from monitor.alert_formats import (
 )
 from monitor.alerts import AlertEngine
 from monitor.config_alerts import AlertsConfig
+from tests.alerts_utils import prometheus_stack
 
 from .conftest import MakeFinding, Receiver
-
-RULES = Path(__file__).resolve().parents[2] / "deploy/prometheus/rules/driftwarden.rules.yml"
 
 
 def _config(base: str, **kw: Any) -> AlertsConfig:
@@ -99,28 +93,6 @@ def test_four_formats_reach_a_real_http_server(receiver: Receiver, finding: Make
 # -- Prometheus and Alertmanager ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{url} exited {proc.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not ready in {timeout}s:\n{log.read_text()[-2000:]}")
-
-
 class _Metrics:
     """A tiny /metrics endpoint on 127.0.0.1 with the service's drift gauge."""
 
@@ -171,98 +143,9 @@ def metrics() -> Iterator[_Metrics]:
 def stack(tmp_path: Path, receiver: Receiver, metrics: _Metrics) -> Iterator[dict[str, Any]]:
     """Prometheus (1 s scrape/eval, the real rules with ``for: 0s``) and Alertmanager
     (group_wait 1 s) routing to the receiver's /alerts."""
-    for binary in ("prometheus", "prometheus-alertmanager"):
-        if shutil.which(binary) is None:
-            pytest.skip(f"{binary} not installed; run deploy/local-stack/install-prometheus.sh")
-    am_port, prom_port = _free_port(), _free_port()
-    rules = yaml.safe_load(RULES.read_text())
-    for group in rules["groups"]:
-        group["interval"] = "1s"
-        for rule in group["rules"]:
-            rule["for"] = "0s"
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
-    (tmp_path / "prometheus.yml").write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(tmp_path / "rules.yml")],
-                "alerting": {
-                    "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
-                },
-                "scrape_configs": [
-                    {
-                        "job_name": "driftwarden",
-                        "static_configs": [{"targets": [f"127.0.0.1:{metrics.port}"]}],
-                    }
-                ],
-            }
-        )
-    )
-    (tmp_path / "alertmanager.yml").write_text(
-        yaml.safe_dump(
-            {
-                "route": {
-                    "receiver": "hook",
-                    "group_by": ["alertname", "stream"],
-                    "group_wait": "1s",
-                    "group_interval": "1s",
-                    "repeat_interval": "1h",
-                },
-                "receivers": [
-                    {
-                        "name": "hook",
-                        "webhook_configs": [
-                            {"url": f"{receiver.url}/alerts", "send_resolved": True}
-                        ],
-                    }
-                ],
-            }
-        )
-    )
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        am_log = tmp_path / "alertmanager.log"
-        with am_log.open("wb") as out:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        "prometheus-alertmanager",
-                        f"--config.file={tmp_path / 'alertmanager.yml'}",
-                        f"--storage.path={tmp_path / 'am-data'}",
-                        f"--web.listen-address=127.0.0.1:{am_port}",
-                        "--cluster.listen-address=",
-                    ],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        prom_log = tmp_path / "prometheus.log"
-        with prom_log.open("wb") as out:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        "prometheus",
-                        f"--config.file={tmp_path / 'prometheus.yml'}",
-                        f"--storage.tsdb.path={tmp_path / 'prom-data'}",
-                        f"--web.listen-address=127.0.0.1:{prom_port}",
-                        f"--web.external-url=http://127.0.0.1:{prom_port}",
-                    ],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        _wait_ready(f"http://127.0.0.1:{am_port}/-/ready", procs[0], am_log, 20)
-        _wait_ready(f"http://127.0.0.1:{prom_port}/-/ready", procs[1], prom_log, 20)
-        yield {"am": f"http://127.0.0.1:{am_port}", "prom": f"http://127.0.0.1:{prom_port}"}
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+    target = f"127.0.0.1:{metrics.port}"
+    with prometheus_stack(tmp_path, target, f"{receiver.url}/alerts") as urls:
+        yield urls
 
 
 def _am_notifications(receiver: Receiver, alertname: str, status: str) -> list[dict[str, Any]]:
