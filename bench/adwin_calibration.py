@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import cpu_model
+from bench.common import cpu_model
 from detectors.adwin import ADWIN
 
 BATCH = 10_000

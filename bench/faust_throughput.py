@@ -34,32 +34,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.machine import cpu_model
+from bench.common import cpu_model, produce_wide
 
 MODES = ("noop-stream", "noop-take", "adapter", "adapter+drift")
-
-
-def _produce(bootstrap: str, topic: str, events: int, fields: int, partitions: int) -> float:
-    from confluent_kafka import Producer
-
-    from monitor.demo import create_topic
-    from monitor.synthetic import generate_wide
-
-    create_topic(bootstrap, topic, partitions)
-    payloads = generate_wide(min(events, 200_000), fields=fields)
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000}
-    )
-    t0 = time.perf_counter()
-    for i in range(events):
-        while True:
-            try:
-                producer.produce(topic, payloads[i % len(payloads)], key=b"k%d" % (i % 1000))
-                break
-            except BufferError:
-                producer.poll(0.01)
-    producer.flush(120)
-    return time.perf_counter() - t0
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -191,8 +168,8 @@ def main() -> None:
         flush=True,
     )
     with EmbeddedBroker() as broker:
-        produce_s = _produce(
-            broker.bootstrap, args.topic, args.events, args.fields, args.partitions
+        produce_s = produce_wide(
+            broker.bootstrap, args.topic, args.events, args.fields, args.partitions, keyed=True
         )
         print(
             f"produced {args.events:,} events of {args.fields} fields to {args.partitions} "

@@ -61,7 +61,7 @@ from river import tree  # noqa: E402
 from river.datasets import base as river_base  # noqa: E402
 from river.datasets import synth  # noqa: E402
 
-from bench.machine import cpu_model  # noqa: E402 - needs the path above
+from bench.common import cpu_model  # noqa: E402 - needs the path above
 from detectors.adwin import ADWIN  # noqa: E402
 from detectors.adwin_defaults import SERVICE_DEFAULTS  # noqa: E402
 from detectors.baseline import (  # noqa: E402

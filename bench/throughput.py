@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.machine import cpu_model
+from bench.common import cpu_model, produce_wide
 
 MODES = ("consume", "consume+decode", "pipeline", "pipeline+drift")
 
@@ -42,29 +42,6 @@ def _consumer_options(bootstrap: str) -> dict[str, Any]:
         "queued.min.messages": 200_000,
         "session.timeout.ms": 6000,
     }
-
-
-def _produce(bootstrap: str, topic: str, events: int, fields: int, partitions: int) -> float:
-    from confluent_kafka import Producer
-
-    from monitor.demo import create_topic
-    from monitor.synthetic import generate_wide
-
-    create_topic(bootstrap, topic, partitions)
-    payloads = generate_wide(min(events, 200_000), fields=fields)
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000}
-    )
-    t0 = time.perf_counter()
-    for i in range(events):
-        while True:
-            try:
-                producer.produce(topic, payloads[i % len(payloads)])
-                break
-            except BufferError:
-                producer.poll(0.01)
-    producer.flush(120)
-    return time.perf_counter() - t0
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -175,7 +152,7 @@ def main() -> None:
     from connectors.embedded import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
-        produce_s = _produce(
+        produce_s = produce_wide(
             broker.bootstrap, args.topic, args.events, args.fields, args.partitions
         )
         print(

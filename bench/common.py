@@ -1,0 +1,46 @@
+"""Helpers shared by the benchmarks: the machine they ran on, the wide input stream."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def produce_wide(
+    bootstrap: str, topic: str, events: int, fields: int, partitions: int, *, keyed: bool = False
+) -> float:
+    """Produce ``events`` all-good events of ``fields`` floats (``monitor.synthetic``);
+    return the seconds it took. ``keyed`` spreads them over 1,000 keys."""
+    from confluent_kafka import Producer
+
+    from monitor.demo import create_topic
+    from monitor.synthetic import generate_wide
+
+    create_topic(bootstrap, topic, partitions)
+    payloads = generate_wide(min(events, 200_000), fields=fields)
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000}
+    )
+    t0 = time.perf_counter()
+    for i in range(events):
+        key = b"k%d" % (i % 1000) if keyed else None
+        while True:
+            try:
+                producer.produce(topic, payloads[i % len(payloads)], key=key)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    producer.flush(120)
+    return time.perf_counter() - t0
