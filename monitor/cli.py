@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from confluent_kafka import KafkaException
 
 from monitor.errors import ConfigError, DriftwardenError
 
@@ -45,11 +48,21 @@ def _setup_logging(fmt: str, level: str) -> None:
     root.setLevel(level.upper())
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
+def _load_checked(path: Path) -> Any:
+    """The validated config, with the files it names checked; ConfigError otherwise."""
     from monitor.config import load_config
+    from monitor.config_check import file_problems
 
+    config = load_config(path)
+    problems = file_problems(config)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return config
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        config = _load_checked(args.config)
     except ConfigError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
@@ -68,11 +81,10 @@ def _install_stop(stop: Any) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from monitor.config import load_config
     from monitor.service import Service
 
     try:
-        config = load_config(args.config)
+        config = _load_checked(args.config)
     except ConfigError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
@@ -116,6 +128,16 @@ def _cmd_dev_produce(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monitor.demo import run_demo
 
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:  # before the broker and producer start: a port in use is one line
+            probe.bind(("127.0.0.1", args.metrics_port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on 127.0.0.1:{args.metrics_port}: "
+                f"{exc.strerror or type(exc).__name__}; choose another port with "
+                f"--metrics-port (make demo METRICS_PORT=...)"
+            ) from None
+
     return run_demo(seconds=args.seconds, rate=args.rate, metrics_port=args.metrics_port)
 
 
@@ -125,8 +147,18 @@ def _cmd_baseline_build(args: argparse.Namespace) -> int:
     return build_baseline_command(args)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("driftwarden")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftwarden", description=__doc__)
+    p.add_argument("--version", action="version", version=f"driftwarden {_version()}")
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True)
@@ -192,6 +224,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except KafkaException as exc:  # librdkafka gave up; its reason is the message
+        err = exc.args[0] if exc.args else exc
+        log.error("Kafka error: %s", err.str() if hasattr(err, "str") else err)
+        log.debug("traceback", exc_info=True)
+        return 1
+    except Exception as exc:  # a bug: one line, the traceback at --log-level debug
+        log.error(
+            "unexpected %s: %s (run with --log-level debug for the traceback)",
+            type(exc).__name__,
+            " ".join(str(exc).split())[:500],
+        )
+        log.debug("traceback", exc_info=True)
+        return 1
 
 
 if __name__ == "__main__":

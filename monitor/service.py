@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
 from connectors.base import MessageSink
-from connectors.kafka import ensure_topics
+from connectors.kafka import ensure_topics, wait_for_cluster
 from monitor.alerting import build_findings_handler
 from monitor.config import Config
 from monitor.drift import drift_stages
@@ -17,6 +20,16 @@ from monitor.pipeline import output_topics
 from monitor.runner import BatchSource, FindingsHandler, Runner, RunStats
 
 __all__ = ["Service"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 log = logging.getLogger("driftwarden.service")
 
@@ -35,23 +48,65 @@ class Service:
     ) -> None:
         self.config = config
         self.metrics = Metrics(registry)
-        if source is None:
-            ensure_topics(dict(config.kafka), output_topics(config))
-        if findings_handler is None:
-            findings_handler = build_findings_handler(config, self.metrics)
-        self.runner = Runner(
-            config,
-            metrics=self.metrics,
-            source=source,
-            sink=sink,
-            stages=drift_stages,
-            findings_handler=findings_handler,
-        )
+        self.started_at = time.time()
         self.server: MetricsServer | None = None
         if config.metrics.enabled:
+            # Bind first: a port in use is a one-line error before any client exists.
+            token = config.metrics.token
             self.server = MetricsServer(
-                self.metrics, config.metrics.host, config.metrics.port, ready=self.runner.ready
+                self.metrics,
+                config.metrics.host,
+                config.metrics.port,
+                ready=self._ready,
+                status=self.status_json,
+                token=token.get_secret_value() if token is not None else None,
+                setting="metrics.listen (or DRIFTWARDEN_METRICS_LISTEN)",
             )
+            if token is None and not _is_loopback(config.metrics.host):
+                log.warning(
+                    "metrics.listen %s is reachable from the network and /status.json has "
+                    "no bearer token: set metrics.token (DRIFTWARDEN_HTTP_TOKEN)",
+                    config.metrics.listen,
+                )
+        try:
+            if source is None:
+                wait_for_cluster(dict(config.kafka), config.source.connect_timeout)
+                ensure_topics(dict(config.kafka), output_topics(config))
+            if findings_handler is None:
+                findings_handler = build_findings_handler(config, self.metrics)
+            self.runner = Runner(
+                config,
+                metrics=self.metrics,
+                source=source,
+                sink=sink,
+                stages=drift_stages,
+                findings_handler=findings_handler,
+            )
+        except BaseException:
+            if self.server is not None:
+                self.server.stop()
+            raise
+
+    def _ready(self) -> bool:
+        return self.runner.ready()
+
+    def status_json(self) -> bytes:
+        """/status.json: what this process is doing (no configuration, no secrets)."""
+        stats = self.runner.stats
+        doc = {
+            "started_at": round(self.started_at, 3),
+            "ready": self.runner.ready(),
+            "group": self.config.group,
+            "streams": [s.name for s in self.config.streams],
+            "assigned_partitions": len(getattr(self.runner.source, "assignment", ())),
+            "events": stats.events,
+            "accepted": stats.accepted,
+            "rejected": dict(sorted(stats.rejected.items())),
+            "batches": stats.batches,
+            "commits": stats.commits,
+            "findings": stats.findings,
+        }
+        return json.dumps(doc, sort_keys=True).encode()
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
