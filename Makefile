@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_SECONDS ?= 60
 DEMO_RATE ?= 5000
+METRICS_PORT ?= 9108
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck unit services bench clean
@@ -15,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m monitor.cli demo --seconds $(DEMO_SECONDS) --rate $(DEMO_RATE)
+	$(PY) -m monitor.cli demo --seconds $(DEMO_SECONDS) --rate $(DEMO_RATE) --metrics-port $(METRICS_PORT)
 
 # Debian's prometheus and alertmanager for the real-services tests (needs root or sudo).
 services:
