@@ -490,9 +490,9 @@ def _format_errors(err: ValidationError) -> list[str]:
             msg = "unknown key (not allowed here; check the spelling)"
         value = e.get("input")
         shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {value!r})"
-        if isinstance(value, str) and (
-            _is_secret_key(_loc(loc)) or any(w in _loc(loc).lower() for w in ("url", "sinks"))
-        ):
+        if "got " in msg:
+            shown = ""  # the message shows the value already
+        if _is_secret_key(_loc(loc)) or any(w in _loc(loc).lower() for w in ("url", "sinks")):
             shown = ""  # secrets and webhook URLs (which often carry tokens) are never echoed
         lines.append(f"{_loc(loc)}: {msg}{shown}")
     return lines
