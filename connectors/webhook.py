@@ -107,7 +107,7 @@ class UrllibTransport:
                 status: int = response.status
                 left = self.max_response_bytes
                 while left > 0 and time.monotonic() < deadline:
-                    chunk = response.read(min(left, 8192))
+                    chunk = response.read1(min(left, 8192))  # what has arrived, no waiting for more
                     if not chunk:
                         break
                     left -= len(chunk)
