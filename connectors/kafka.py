@@ -56,7 +56,7 @@ class RateLimitFilter(logging.Filter):
     >>> [f.filter(rec(f"connect to :{p} failed")) for p in (1, 2)]
     [True, False]
     >>> r = rec("another problem"); f.filter(r), r.getMessage()
-    (True, 'another problem (1 similar line(s) suppressed)')
+    (True, 'another problem (1 earlier line(s) suppressed)')
     """
 
     def __init__(
@@ -89,7 +89,7 @@ class RateLimitFilter(logging.Filter):
             self._last_seen[key] = now
             self._passed += 1
             if self._pending:
-                record.msg = f"{record.getMessage()} ({self._pending} similar line(s) suppressed)"
+                record.msg = f"{record.getMessage()} ({self._pending} earlier line(s) suppressed)"
                 record.args = None
                 self._pending = 0
         return True
