@@ -139,7 +139,8 @@ def exported_families() -> dict[str, Family]:
     """Every family ``Metrics`` registers on a fresh registry, by name."""
     metrics = Metrics(CollectorRegistry())
     out: dict[str, Family] = {}
-    for value in vars(metrics).values():
+    # every collector on the registry, attribute of Metrics or not
+    for value in list(metrics.registry._collector_to_names):
         if isinstance(value, MetricWrapperBase):
             name = value._name
             kind = value._type or "untyped"

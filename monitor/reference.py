@@ -297,7 +297,8 @@ def render_configuration() -> str:
 
 def _families() -> list[MetricWrapperBase]:
     metrics = Metrics(CollectorRegistry())
-    found = [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]
+    collectors = list(metrics.registry._collector_to_names)
+    found = [c for c in collectors if isinstance(c, MetricWrapperBase)]
     return sorted(found, key=lambda m: m._name)
 
 

@@ -135,3 +135,52 @@ def test_metric_name_parser() -> None:
         "/ on (stream) group_left clamp_min(sum without (b) (y), 1e-9) or vector(0)"
     )
     assert metric_names(expr) == {"x_bucket", "y"}
+
+
+def test_new_fleet_and_model_families_land_on_their_dashboards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the lead sees after merging the fleet and model metrics and regenerating."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+    from monitor.metrics import Metrics
+
+    class WithNewFamilies(Metrics):
+        def __init__(self, registry: CollectorRegistry | None = None) -> None:
+            super().__init__(registry)
+            r = self.registry
+            Gauge(
+                "driftwarden_fleet_unhealthy_devices",
+                "Unhealthy devices",
+                ["stream", "condition"],
+                registry=r,
+            )
+            Counter("driftwarden_fleet_evictions", "Devices evicted", ["stream"], registry=r)
+            Gauge("driftwarden_model_quality", "Realized quality", ["model", "metric"], registry=r)
+            Histogram("driftwarden_label_delay_seconds", "Label delay", ["model"], registry=r)
+            Counter(
+                "driftwarden_field_violations",
+                "Field violations",
+                ["stream", "field", "reason"],
+                registry=r,
+            )
+
+    monkeypatch.setattr(mixin, "Metrics", WithNewFamilies)
+    exprs: dict[str, list[str]] = {}
+    for spec in mixin.DASHBOARDS:
+        raw = json.loads(generate.render_dashboard(spec))
+        assert json.loads(json.dumps(Dashboard.from_json(raw), cls=JSONEncoder)) == raw
+        exprs[spec.uid] = [t["expr"] for p in panels(raw) for t in p.get("targets", [])]
+        if spec.uid in ("driftwarden-fleet", "driftwarden-models"):
+            assert not any(p["type"] == "text" for p in panels(raw)), "the note must go"
+    used = {uid: {n for e in es for n in metric_names(e)} for uid, es in exprs.items()}
+    assert {"driftwarden_fleet_unhealthy_devices", "driftwarden_fleet_evictions_total"} <= used[
+        "driftwarden-fleet"
+    ]
+    assert {"driftwarden_model_quality", "driftwarden_label_delay_seconds_bucket"} <= used[
+        "driftwarden-models"
+    ]
+    assert "driftwarden_field_violations_total" in used["driftwarden-data-quality"]
+    everything = set().union(*used.values())
+    for family in mixin.exported_families().values():
+        assert set(family.samples) & everything, family.name
