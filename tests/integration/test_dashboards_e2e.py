@@ -34,11 +34,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TOTAL, DRIFT_AT = 32_000, 12_000  # ADWIN needs 10k values on both sides of a cut
 
-# The one list of panels allowed to show no data here, with the reason. Panels drawn
-# automatically from fleet/model families (``provisional``) are allowed too until those
-# features run in this test.
+# The one list of panels allowed to show no data here, with the reason. DRAWN stands for
+# every panel drawn automatically from a routed metric family on that dashboard (fleet,
+# model, label, field-violation ... families whose features this test does not drive
+# yet); drop a line once the test drives the feature.
+DRAWN = "<drawn from a routed family>"
 MAY_BE_EMPTY: dict[tuple[str, str], str] = {
     ("driftwarden-service-health", "Kafka client errors per second"): "no client error occurs",
+    ("driftwarden-fleet", DRAWN): "fleet stage: not driven by this test yet",
+    ("driftwarden-models", DRAWN): "model stage and labels: not driven by this test yet",
+    ("driftwarden-data-quality", DRAWN): "field violations, truncated dead letters",
+    ("driftwarden-service-health", DRAWN): "decode fallback, rebalance counters",
 }
 
 
@@ -117,8 +123,14 @@ def test_every_panel_query_parses_and_returns_data(
     by_panel: dict[tuple[str, str], list[Target]] = {}
     for t in all_targets:
         by_panel.setdefault((t.dashboard, t.panel), []).append(t)
-    provisional = {k for k, ts in by_panel.items() if all(t.provisional for t in ts)}
-    assert set(MAY_BE_EMPTY) <= set(by_panel), "MAY_BE_EMPTY names a panel that does not exist"
+    allowed = {
+        (uid, title)
+        for (uid, title), ts in by_panel.items()
+        if (uid, title) in MAY_BE_EMPTY
+        or ((uid, DRAWN) in MAY_BE_EMPTY and all(t.provisional for t in ts))
+    }
+    named = {k for k in MAY_BE_EMPTY if k[1] != DRAWN}
+    assert named <= set(by_panel), "MAY_BE_EMPTY names a panel that does not exist"
 
     with receiver() as rx:
         dead = f"http://127.0.0.1:{free_port()}/refused"
@@ -143,7 +155,7 @@ def test_every_panel_query_parses_and_returns_data(
             runner = threading.Thread(target=service.run, kwargs={"max_seconds": 60})
             runner.start()
             try:
-                waiting = set(by_panel) - set(MAY_BE_EMPTY) - provisional
+                waiting = set(by_panel) - allowed
                 deadline = time.monotonic() + 45
                 while waiting and time.monotonic() < deadline:
                     waiting = {k for k in waiting if not _has_data(prom, by_panel[k])}
