@@ -260,3 +260,20 @@ def test_dockerfile() -> None:
         for src in ln.split()[1:-1]
     }
     assert copied <= allowed, copied - allowed
+
+
+def test_promtool_checks_every_generated_rules_file() -> None:
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed; run deploy/local-stack/install-prometheus.sh")
+    files = sorted(str(p.relative_to(DEPLOY)) for p in (DEPLOY / "prometheus/rules").glob("*.yml"))
+    assert len(files) >= 2
+    proc = subprocess.run(
+        ["promtool", "check", "rules", *files],
+        cwd=DEPLOY,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("SUCCESS") == len(files)
