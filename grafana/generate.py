@@ -21,6 +21,7 @@ from grafana_foundation_sdk.builders import common as gcb
 from grafana_foundation_sdk.builders import dashboard as gdb
 from grafana_foundation_sdk.builders import prometheus as gprom
 from grafana_foundation_sdk.builders import stat as gstat
+from grafana_foundation_sdk.builders import statetimeline as gstl
 from grafana_foundation_sdk.builders import table as gtable
 from grafana_foundation_sdk.builders import text as gtext
 from grafana_foundation_sdk.builders import timeseries as gts
@@ -117,6 +118,25 @@ def _panel(spec: PanelSpec, pid: int, pos: gdm.GridPos) -> Any:
             .reduce_options(gcb.ReduceDataOptions().calcs(["lastNotNull"]))
             .graph_mode(gcommon.BigValueGraphMode.AREA)
         )
+    elif spec.kind == "state-timeline":
+        # 0/1 verdicts as coloured bands: green no drift, red drift
+        builder = (
+            gstl.Panel()
+            .show_value(gcommon.VisibilityMode.NEVER)
+            .merge_values(True)
+            .row_height(0.8)
+            .fill_opacity(80)
+            .mappings(
+                [
+                    gdm.ValueMap(
+                        options={
+                            "0": gdm.ValueMappingResult(text="no drift", color="green"),
+                            "1": gdm.ValueMappingResult(text="drift", color="red"),
+                        },
+                    )
+                ]
+            )
+        )
     elif spec.kind == "table":
         builder = gtable.Panel().align(gcommon.FieldTextAlignment.AUTO).inspect(False)
         builder = builder.with_transformation(
@@ -140,8 +160,6 @@ def _panel(spec: PanelSpec, pid: int, pos: gdm.GridPos) -> Any:
                 .sort(gcommon.SortOrder.DESCENDING)
             )
         )
-        if spec.kind == "state-timeline":
-            builder = builder.draw_style(gcommon.GraphDrawStyle.BARS)
     builder = builder.id(pid).title(spec.title).datasource(DATASOURCE).unit(spec.unit).grid_pos(pos)
     if desc:
         builder = builder.description(desc)
@@ -171,8 +189,7 @@ def build_dashboard(spec: DashboardSpec) -> gdm.Dashboard:
     )
     for name in spec.variables:
         board = board.with_variable(_variable(name))
-    for title in (s.title for s in DASHBOARDS if s.uid != spec.uid):
-        del title  # links below list every other dashboard by tag
+    # every driftwarden dashboard, by tag, keeping time range and variables
     board = board.link(
         gdb.DashboardLink("driftwarden")
         .type(gdm.DashboardLinkType.DASHBOARDS)

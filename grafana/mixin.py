@@ -386,13 +386,17 @@ DRIFT = DashboardSpec(
                     "the threshold.",
                     width=12,
                 ),
-                _ts(
+                PanelSpec(
                     "Verdicts over time",
-                    Query(
-                        f"driftwarden_drift_detected{{{SFD}}}", "{{stream}} {{field}} {{detector}}"
+                    (
+                        Query(
+                            f"driftwarden_drift_detected{{{SFD}}}",
+                            "{{stream}} {{field}} {{detector}}",
+                        ),
                     ),
-                    desc="1 while the latest verdict is drift.",
-                    w=12,
+                    "state-timeline",
+                    description="Red while the latest verdict is drift.",
+                    width=12,
                 ),
             ),
         ),
