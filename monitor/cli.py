@@ -76,10 +76,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
+    from monitor.console import StatusLine
+
     service = Service(config)
     _install_stop(service.stop)
-    stats = service.run(max_seconds=args.max_seconds, on_summary=print if not args.quiet else None)
-    print(
+    line = StatusLine(every=0.0)
+    stats = service.run(
+        max_seconds=args.max_seconds, on_summary=line.update if not args.quiet else None
+    )
+    line.close(
         f"stopped: events={stats.events} accepted={stats.accepted} invalid={stats.invalid} "
         f"batches={stats.batches}"
     )

@@ -448,26 +448,16 @@ def replay_command(args: argparse.Namespace) -> int:
     import sys
 
     from monitor.config import load_config
+    from monitor.console import StatusLine
 
     config = load_config(args.config)
-    tty = sys.stderr.isatty()
-    last = [0.0]
+    line = StatusLine(sys.stderr, every=10.0)
 
     def progress(events: int, seconds: float) -> None:
-        if tty:
-            print(
-                f"\rreplayed {events:,} events ({events / max(seconds, 1e-9):,.0f}/s)",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-        elif seconds - last[0] >= 10:
-            last[0] = seconds
-            print(f"replayed {events:,} events", file=sys.stderr, flush=True)
+        line.update(f"replayed {events:,} events ({events / max(seconds, 1e-9):,.0f}/s)")
 
     report = replay(config, args.file, stream=args.stream, chunk=args.chunk, on_progress=progress)
-    if tty:
-        print(file=sys.stderr)
+    line.close(f"replayed {report.events:,} events in {report.seconds:.1f} s")
     write_report(report, args.report, args.json)
     fired = [a for a in report.alerts if a.status == "firing"]
     print(
