@@ -414,10 +414,15 @@ def render_report_html(report: ReplayReport) -> bytes:
         out.append("</section>")
 
     out.append("<h2>Data quality</h2>")
-    out.append(
-        line_chart(report.quality_positions, report.invalid_rate, label="invalid rate per chunk")
-    )
-    out.append("<div class=muted>share of events rejected per chunk</div>")
+    if any(r > 0 for r in report.invalid_rate):
+        out.append(
+            line_chart(
+                report.quality_positions, report.invalid_rate, label="invalid rate per chunk"
+            )
+        )
+        out.append("<div class=muted>share of events rejected per chunk</div>")
+    else:
+        out.append("<p class=muted>No event was rejected.</p>")
     for name, rates in report.null_rates:
         if any(r > 0 for r in rates):
             out.append(f"<div>null rate of {e(name)}</div>")
