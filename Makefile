@@ -20,6 +20,7 @@ demo: $(VENV)/.installed
 # Debian's prometheus and alertmanager for the real-services tests (needs root or sudo).
 services:
 	bash deploy/local-stack/install-prometheus.sh
+	bash deploy/local-stack/install-chromium.sh
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -31,7 +32,7 @@ unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -m "not integration" $(PYTEST_ARGS)
 
 test: $(VENV)/.installed services lint typecheck
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	DRIFTWARDEN_REQUIRE_BROWSER=1 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) bench/throughput.py

@@ -141,10 +141,11 @@ class StreamPipeline:
         self._slot_base = {t: np.int32(i << 20) for i, t in enumerate(spec.all_topics)}
         # Per (topic, partition): events seen, checkpointed with the partition's state.
         self.partition_events: dict[tuple[str, int], int] = {}
+        self.last_batch: Batch | None = None  # the latest decoded batch (replay reads it)
 
     def process(self, raw: BatchInput) -> BatchResult:
         t0 = time.perf_counter()
-        batch = self.decoder.decode(raw.values)
+        batch = self.last_batch = self.decoder.decode(raw.values)
         t1 = time.perf_counter()
         out = [
             dead_letter(self.dead_letter_topic, self.spec.name, raw, r.index, r.reason, r.detail)
