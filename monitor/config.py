@@ -281,8 +281,11 @@ class SourceConfig(_Model):
     fetch_queue_backoff_ms: int = Field(default=10, ge=0)
     queued_min_messages: int = Field(default=200_000, gt=0)
     commit_every_batch: bool = True
-    # how long `run` waits for the cluster to answer at start before giving up
-    connect_timeout: Duration = 30.0
+    connect_timeout: Duration = Field(
+        default=30.0,
+        description="How long `run` waits at start for the cluster to answer before it "
+        "stops with one line naming `bootstrap.servers` and librdkafka's reason.",
+    )
 
 
 class StateConfig(_Model):
@@ -303,7 +306,11 @@ class MetricsConfig(_Model):
 
     listen: str = "127.0.0.1:9108"
     enabled: bool = True
-    token: SecretStr | None = None
+    token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token required for every path but `/metrics`, `/healthz` and "
+        "`/readyz` (e.g. `/status`, `/status.json`); also `DRIFTWARDEN_HTTP_TOKEN`.",
+    )
 
     @field_validator("listen")
     @classmethod

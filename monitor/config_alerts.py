@@ -125,9 +125,11 @@ class _SinkBase(_Strict):
     name: str = ""  # metric label and state key; defaults to "<type>-<index>"
     min_severity: Severity = "info"
     timeout: Duration = 5.0
-    # PEM bundle of the CAs that sign the receiver's certificate (default: the system
-    # store); relative paths resolve against the configuration file's directory.
-    tls_ca_file: str | None = None
+    tls_ca_file: str | None = Field(
+        default=None,
+        description="PEM bundle of the CAs that sign the receiver's certificate (default: "
+        "the system store); relative to the configuration file's directory.",
+    )
 
     @field_validator("timeout")
     @classmethod
@@ -158,7 +160,10 @@ class WebhookSink(_SinkBase):
     type: Literal["webhook"]
     url: SecretStr
     secret: SecretStr | None = None
-    unsigned: bool = False
+    unsigned: bool = Field(
+        default=False,
+        description="Send without a signature; required when the sink has no `secret`.",
+    )
 
     @model_validator(mode="after")
     def _signed_unless_told(self) -> WebhookSink:

@@ -7,14 +7,15 @@ entity ids or free text. Metrics are updated once per batch, never per event.
 
 The HTTP endpoint serves ``/metrics`` (text exposition), ``/healthz`` (the
 process is alive), ``/readyz`` (assigned partitions and a reachable broker) and
-``/status.json`` (counters of the run; behind the optional bearer token).
+extra pages such as ``/status`` and ``/status.json`` (behind the optional bearer
+token).
 """
 
 from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -212,10 +213,11 @@ class Metrics:
 
 
 class MetricsServer:
-    """/metrics, /healthz, /readyz and /status.json on a background thread.
+    """/metrics, /healthz, /readyz and extra ``pages`` on a background thread.
 
-    ``ready`` is called on each /readyz request; a true answer gives 200. ``status``
-    renders /status.json. With a ``token``, every path but /metrics, /healthz and
+    ``ready`` is called on each /readyz request; a true answer gives 200. ``pages``
+    maps further paths (/status, /status.json) to their renderers. With a ``token``,
+    every path but /metrics, /healthz and
     /readyz needs ``Authorization: Bearer <token>`` (401 otherwise). Binding happens
     in the constructor, so a port in use fails before anything else starts: the
     ``OSError`` is turned into a :class:`~monitor.errors.ConfigError` naming the
@@ -230,14 +232,15 @@ class MetricsServer:
         host: str,
         port: int,
         ready: Callable[[], bool] = lambda: True,
+        pages: Mapping[str, Callable[[], tuple[bytes, str]]] | None = None,
         *,
-        status: Callable[[], bytes] | None = None,
         token: str | None = None,
         setting: str = "metrics.listen",
     ) -> None:
         self.metrics = metrics
         self._ready = ready
-        self._status = status
+        # Extra GET paths (e.g. /status): path -> () -> (body, content type).
+        self.pages = dict(pages or {})
         expected = f"Bearer {token}".encode() if token else None
         server = self
 
@@ -256,8 +259,9 @@ class MetricsServer:
                 elif path == "/readyz":
                     ok = server._ready()
                     self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
-                elif path == "/status.json" and server._status is not None:
-                    self._reply(200, server._status(), "application/json")
+                elif path in server.pages:
+                    body, ctype = server.pages[path]()
+                    self._reply(200, body, ctype)
                 else:
                     self._reply(404, b"not found\n")
 

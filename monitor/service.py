@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
 from connectors.base import MessageSink
 from connectors.kafka import ensure_topics, wait_for_cluster
-from monitor.alerting import build_findings_handler
+from monitor.alerting import AlertingHandler, build_findings_handler
 from monitor.config import Config
 from monitor.drift import drift_stages
 from monitor.metrics import Metrics, MetricsServer
 from monitor.pipeline import output_topics
 from monitor.runner import BatchSource, FindingsHandler, Runner, RunStats
+from monitor.status import StatusBoard, render_html, render_json
 
 __all__ = ["Service"]
 
@@ -32,6 +31,9 @@ def _is_loopback(host: str) -> bool:
 
 
 log = logging.getLogger("driftwarden.service")
+
+_HTML = "text/html; charset=utf-8"
+_JSON = "application/json"
 
 
 class Service:
@@ -48,7 +50,7 @@ class Service:
     ) -> None:
         self.config = config
         self.metrics = Metrics(registry)
-        self.started_at = time.time()
+        self.board = StatusBoard()
         self.server: MetricsServer | None = None
         if config.metrics.enabled:
             # Bind first: a port in use is a one-line error before any client exists.
@@ -58,14 +60,17 @@ class Service:
                 config.metrics.host,
                 config.metrics.port,
                 ready=self._ready,
-                status=self.status_json,
+                pages={
+                    "/status": lambda: (render_html(self.board.snapshot()), _HTML),
+                    "/status.json": lambda: (render_json(self.board.snapshot()), _JSON),
+                },
                 token=token.get_secret_value() if token is not None else None,
                 setting="metrics.listen (or DRIFTWARDEN_METRICS_LISTEN)",
             )
             if token is None and not _is_loopback(config.metrics.host):
                 log.warning(
-                    "metrics.listen %s is reachable from the network and /status.json has "
-                    "no bearer token: set metrics.token (DRIFTWARDEN_HTTP_TOKEN)",
+                    "metrics.listen %s is reachable from the network and /status has no "
+                    "bearer token: set metrics.token (DRIFTWARDEN_HTTP_TOKEN)",
                     config.metrics.listen,
                 )
         try:
@@ -74,6 +79,8 @@ class Service:
                 ensure_topics(dict(config.kafka), output_topics(config))
             if findings_handler is None:
                 findings_handler = build_findings_handler(config, self.metrics)
+            if isinstance(findings_handler, AlertingHandler):
+                findings_handler.board = self.board
             self.runner = Runner(
                 config,
                 metrics=self.metrics,
@@ -81,6 +88,7 @@ class Service:
                 sink=sink,
                 stages=drift_stages,
                 findings_handler=findings_handler,
+                board=self.board,
             )
         except BaseException:
             if self.server is not None:
@@ -89,24 +97,6 @@ class Service:
 
     def _ready(self) -> bool:
         return self.runner.ready()
-
-    def status_json(self) -> bytes:
-        """/status.json: what this process is doing (no configuration, no secrets)."""
-        stats = self.runner.stats
-        doc = {
-            "started_at": round(self.started_at, 3),
-            "ready": self.runner.ready(),
-            "group": self.config.group,
-            "streams": [s.name for s in self.config.streams],
-            "assigned_partitions": len(getattr(self.runner.source, "assignment", ())),
-            "events": stats.events,
-            "accepted": stats.accepted,
-            "rejected": dict(sorted(stats.rejected.items())),
-            "batches": stats.batches,
-            "commits": stats.commits,
-            "findings": stats.findings,
-        }
-        return json.dumps(doc, sort_keys=True).encode()
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:

@@ -52,9 +52,8 @@ def _get(url: str, token: str | None = None) -> tuple[int, dict[str, str], bytes
 
 @pytest.fixture
 def server() -> Iterator[MetricsServer]:
-    s = MetricsServer(
-        Metrics(), "127.0.0.1", 0, status=lambda: b'{"events": 1}', token=TOKEN
-    ).start()
+    pages = {"/status.json": lambda: (b'{"events": 1}', "application/json")}
+    s = MetricsServer(Metrics(), "127.0.0.1", 0, pages=pages, token=TOKEN).start()
     yield s
     s.stop()
 
@@ -79,7 +78,8 @@ def test_bearer_token_guards_everything_but_metrics_and_probes(server: MetricsSe
 
 
 def test_without_a_token_status_is_open() -> None:
-    s = MetricsServer(Metrics(), "127.0.0.1", 0, status=lambda: b"{}").start()
+    pages = {"/status.json": lambda: (b"{}", "application/json")}
+    s = MetricsServer(Metrics(), "127.0.0.1", 0, pages=pages).start()
     try:
         host, port = s.address
         assert _get(f"http://{host}:{port}/status.json")[0] == 200

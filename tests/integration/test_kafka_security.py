@@ -346,8 +346,10 @@ def test_secrets_never_appear_in_any_output(
             return False
         code, body = _get(status_url, secrets["DRIFTWARDEN_HTTP_TOKEN"])
         seen["status"] = (code, json.loads(body))
+        seen["html"] = _get(status_url.removesuffix(".json"), secrets["DRIFTWARDEN_HTTP_TOKEN"])
         seen["no token"] = _get(status_url)[0]
         seen["wrong token"] = _get(status_url, "wrong")[0]
+        seen["html no token"] = _get(status_url.removesuffix(".json"))[0]
         seen["metrics"] = _get(f"http://127.0.0.1:{metrics_port}/metrics")
         return True
 
@@ -357,10 +359,13 @@ def test_secrets_never_appear_in_any_output(
     finally:
         receiver.close()
     assert seen, "the service did not process every event and deliver a webhook in time"
-    assert seen["status"][0] == 200 and seen["status"][1]["events"] == len(events.values)
-    assert seen["no token"] == 401 and seen["wrong token"] == 401
+    assert seen["status"][0] == 200
+    assert sum(s["events"] for s in seen["status"][1]["streams"]) == len(events.values)
+    assert seen["html"][0] == 200
+    assert seen["no token"] == seen["wrong token"] == seen["html no token"] == 401
     assert seen["metrics"][0] == 200  # /metrics stays open
-    outputs["status"] = json.dumps(seen["status"][1])
+    outputs["status.json"] = json.dumps(seen["status"][1])
+    outputs["status"] = seen["html"][1].decode()
     outputs["metrics"] = seen["metrics"][1].decode()
     assert 'driftwarden_sink_failed_total{reason="http 500",sink="hook"}' in outputs["metrics"]
     captured = capsys.readouterr()
