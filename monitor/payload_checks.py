@@ -1,0 +1,151 @@
+"""Cheap checks on raw payloads before the JSON parser sees them, and the lenient
+per-row parse that tells a bad row's problems apart.
+
+Pre-checks run over a whole batch with one join and a few C scans
+(``bytes.isascii``, ``in``, a numpy count); only rows that could fail one are looked
+at one by one:
+
+* ``invalid_utf8``: the bytes are not UTF-8;
+* ``too_deep``: arrays/objects nested deeper than ``max_depth``;
+* ``too_many_fields``: more than ``max_fields`` object members, counted at every
+  depth (duplicates included).
+
+Depth and members are counted on the payload with its strings blanked out, so
+brackets and colons inside strings do not count.
+
+>>> structure(b'{"a": [1, {"b": "[[[:"}], "c": {}}')
+(3, 3)
+>>> for failed in precheck([b'{"a": 1}', b'\\xff', b'[[[[1]]]]'], max_depth=3, max_fields=10):
+...     print(failed)
+(1, 'invalid_utf8', 'the payload is not UTF-8 (byte 0)')
+(2, 'too_deep', 'nesting depth 4 > max_depth 3')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+
+__all__ = ["NonFinite", "TooLarge", "lenient_parse", "precheck", "structure"]
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_OPEN = np.zeros(256, dtype=np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+# More digits than this cannot be a float64 (whose largest value has 309 digits).
+_MAX_INT_DIGITS = 400
+
+
+def structure(payload: bytes) -> tuple[int, int]:
+    """(nesting depth, object members at every depth) of a JSON payload.
+
+    Exact for valid JSON; for invalid JSON an upper-bound-like estimate that is
+    still a deterministic function of the bytes.
+    """
+    blank = _STRING.sub(b'""', payload)
+    buf = np.frombuffer(blank, dtype=np.uint8)
+    steps = _OPEN[buf]
+    depth = int(np.cumsum(steps, dtype=np.int64).max()) if len(steps) else 0
+    members = blank.count(b":")
+    return max(depth, 0), members
+
+
+def precheck(
+    payloads: Sequence[bytes], *, max_depth: int, max_fields: int
+) -> list[tuple[int, str, str]]:
+    """``(position, reason, detail)`` for each payload failing a pre-check, in order."""
+    n = len(payloads)
+    if n == 0:
+        return []
+    joined = b"".join(payloads)
+    failed: dict[int, tuple[str, str]] = {}
+    if not joined.isascii():
+        ascii_ = np.fromiter(map(bytes.isascii, payloads), dtype=np.bool_, count=n)
+        for pos in np.flatnonzero(~ascii_).tolist():
+            try:
+                payloads[pos].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                failed[pos] = ("invalid_utf8", f"the payload is not UTF-8 (byte {exc.start})")
+    # A batch of flat objects has no '[' and exactly one '{' per row: nothing to count.
+    nested = b"[" in joined or (
+        int(np.count_nonzero(np.frombuffer(joined, dtype=np.uint8) == ord("{"))) > n
+    )
+    sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=n)
+    # A member takes at least 5 bytes ('"":0,'), so small payloads cannot have too many.
+    check_members = (sizes - 1) // 5 > max_fields
+    suspects = np.zeros(n, dtype=np.bool_)
+    if nested:
+        # Depth d needs d opening brackets; count them only where that is possible.
+        deep_enough = sizes >= 2 * (max_depth + 1)
+        if deep_enough.any():
+            pos_deep = np.flatnonzero(deep_enough)
+            cands = [payloads[i] for i in pos_deep.tolist()]
+            opens = np.fromiter(map(bytes.count, cands, repeat(b"[")), np.int64, len(cands))
+            opens += np.fromiter(map(bytes.count, cands, repeat(b"{")), np.int64, len(cands))
+            suspects[pos_deep[opens > max_depth]] = True
+    if check_members.any():
+        pos_big = np.flatnonzero(check_members)
+        cands = [payloads[i] for i in pos_big.tolist()]
+        colons = np.fromiter(map(bytes.count, cands, repeat(b":")), np.int64, len(cands))
+        suspects[pos_big[colons > max_fields]] = True
+    for pos in np.flatnonzero(suspects).tolist():
+        if pos in failed:
+            continue
+        depth, members = structure(payloads[pos])
+        if depth > max_depth:
+            failed[pos] = ("too_deep", f"nesting depth {depth} > max_depth {max_depth}")
+        elif members > max_fields:
+            failed[pos] = ("too_many_fields", f"{members} object members > max_fields {max_fields}")
+    return [(pos, *failed[pos]) for pos in sorted(failed)]
+
+
+@dataclass(frozen=True, slots=True)
+class TooLarge:
+    """A number literal whose value does not fit a float64 (or an int beyond 400 digits)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class NonFinite:
+    """A ``NaN``, ``Infinity`` or ``-Infinity`` literal (not JSON, but common)."""
+
+    text: str
+
+
+def _parse_int(text: str) -> int | TooLarge:
+    if len(text) - text.startswith("-") > _MAX_INT_DIGITS:
+        return TooLarge(text[:20] + "...")
+    return int(text)
+
+
+def _parse_float(text: str) -> float | TooLarge:
+    value = float(text)
+    if math.isinf(value):
+        return TooLarge(text[:40])
+    return value
+
+
+def lenient_parse(payload: bytes) -> tuple[Any, bool]:
+    """Python's JSON parser, with numbers that do not fit and NaN/Infinity literals
+    kept as markers; returns the value and whether any NaN/Infinity literal was seen.
+
+    Raises ``UnicodeDecodeError``, ``ValueError`` (not JSON) or ``RecursionError``.
+    """
+    seen: list[bool] = []
+
+    def constant(text: str) -> NonFinite:
+        seen.append(True)
+        return NonFinite(text)
+
+    value = json.loads(
+        payload, parse_int=_parse_int, parse_float=_parse_float, parse_constant=constant
+    )
+    return value, bool(seen)
