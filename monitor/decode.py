@@ -448,7 +448,7 @@ class StreamDecoder:
             if entity is not None:
                 entity = entity[ok]
             if found:
-                shift = np.cumsum(drop) - drop
+                shift: npt.NDArray[np.int64] = np.cumsum(drop) - drop
                 found = [(p - int(shift[p]), f, r, d) for p, f, r, d in found if ok[p]]
         columns, valid = self._columns(rows, lenient, hits)
         violations = self._violations(rows, index, columns, valid, found)
