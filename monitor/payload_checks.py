@@ -145,7 +145,9 @@ def lenient_parse(payload: bytes) -> tuple[Any, bool]:
         seen.append(True)
         return NonFinite(text)
 
+    # Decode as UTF-8 first: given bytes, json.loads guesses UTF-16/32 from NUL bytes.
+    text = payload.decode("utf-8")
     value = json.loads(
-        payload, parse_int=_parse_int, parse_float=_parse_float, parse_constant=constant
+        text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=constant
     )
     return value, bool(seen)

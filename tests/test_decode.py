@@ -49,6 +49,7 @@ CASES: list[tuple[bytes | None, str]] = [
     # Binary starting with a digit was not_an_object.
     (b"1\x00\xff\xfe binary", "invalid_utf8"),
     (b"12 trailing garbage", "invalid_json"),
+    (_enc().replace(b"{", b"{\x00", 1), "invalid_json"),  # not UTF-16, whatever the NULs
     (b"[1, 2]", "not_an_object"),
     (b'"a string"', "not_an_object"),
     (msgspec.json.encode({k: v for k, v in GOOD.items() if k != "temperature"}), "missing_field"),
