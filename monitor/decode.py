@@ -369,7 +369,12 @@ class StreamDecoder:
                     )
             index = index[keep]
             candidates = list(compress(payloads, keep.tolist()))  # type: ignore[arg-type]
-        failed_pre = precheck(candidates, max_depth=spec.max_depth, max_fields=spec.max_fields)
+        failed_pre = precheck(
+            candidates,
+            max_depth=spec.max_depth,
+            max_fields=spec.max_fields,
+            sizes=sizes if len(candidates) == n else None,
+        )
         if failed_pre:
             keep = np.ones(len(candidates), dtype=np.bool_)
             for pos, reason, detail in failed_pre:

@@ -32,6 +32,7 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["NonFinite", "TooLarge", "lenient_parse", "precheck", "structure"]
 
@@ -39,6 +40,8 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _OPEN = np.zeros(256, dtype=np.int8)
 _OPEN[[ord("["), ord("{")]] = 1
 _OPEN[[ord("]"), ord("}")]] = -1
+_BRACE = ord("{")
+_CHUNK_BYTES = 65_536
 # More digits than this cannot be a float64 (whose largest value has 309 digits).
 _MAX_INT_DIGITS = 400
 
@@ -58,38 +61,53 @@ def structure(payload: bytes) -> tuple[int, int]:
 
 
 def precheck(
-    payloads: Sequence[bytes], *, max_depth: int, max_fields: int
+    payloads: Sequence[bytes],
+    *,
+    max_depth: int,
+    max_fields: int,
+    sizes: npt.NDArray[np.int64] | None = None,
 ) -> list[tuple[int, str, str]]:
-    """``(position, reason, detail)`` for each payload failing a pre-check, in order."""
+    """``(position, reason, detail)`` for each payload failing a pre-check, in order.
+
+    ``sizes`` (the payloads' lengths) saves recounting them when the caller has them.
+    """
     n = len(payloads)
     if n == 0:
         return []
-    joined = b"".join(payloads)
+    if sizes is None:
+        sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=n)
     failed: dict[int, tuple[str, str]] = {}
-    if not joined.isascii():
-        ascii_ = np.fromiter(map(bytes.isascii, payloads), dtype=np.bool_, count=n)
-        for pos in np.flatnonzero(~ascii_).tolist():
-            try:
-                payloads[pos].decode("utf-8")
-            except UnicodeDecodeError as exc:
-                failed[pos] = ("invalid_utf8", f"the payload is not UTF-8 (byte {exc.start})")
-    # A batch of flat objects has no '[' and exactly one '{' per row: nothing to count.
-    nested = b"[" in joined or (
-        int(np.count_nonzero(np.frombuffer(joined, dtype=np.uint8) == ord("{"))) > n
-    )
-    sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=n)
+    # Scan in chunks of about 64 KiB: small enough to be reused heap memory (a fresh
+    # multi-megabyte buffer per batch costs more in page faults than the scan itself).
+    step = max(1, int(_CHUNK_BYTES * n // max(int(sizes.sum()), 1)))
+    nested = np.zeros(n, dtype=np.bool_)
+    for start in range(0, n, step):
+        chunk = payloads[start : start + step]
+        joined = b"".join(chunk)
+        if not joined.isascii():
+            for pos in range(start, start + len(chunk)):
+                if payloads[pos].isascii():
+                    continue
+                try:
+                    payloads[pos].decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    failed[pos] = ("invalid_utf8", f"the payload is not UTF-8 (byte {exc.start})")
+        # Flat objects have no '[' and one '{' each: only other chunks need a closer look.
+        if b"[" in joined or (
+            int(np.count_nonzero(np.frombuffer(joined, dtype=np.uint8) == _BRACE)) > len(chunk)
+        ):
+            nested[start : start + len(chunk)] = True
+    suspects = np.zeros(n, dtype=np.bool_)
+    # Depth d needs d opening brackets (2d bytes); count them only where that is possible.
+    deep_enough = nested & (sizes >= 2 * (max_depth + 1))
+    if deep_enough.any():
+        pos_deep = np.flatnonzero(deep_enough)
+        cands = [payloads[i] for i in pos_deep.tolist()]
+        opens = np.fromiter(map(bytes.count, cands, repeat(b"[")), np.int64, len(cands))
+        opens += np.fromiter(map(bytes.count, cands, repeat(b"{")), np.int64, len(cands))
+        suspects[pos_deep[opens > max_depth]] = True
     # A member takes at least 5 bytes ('"":0,'), so small payloads cannot have too many.
     check_members = (sizes - 1) // 5 > max_fields
-    suspects = np.zeros(n, dtype=np.bool_)
-    if nested:
-        # Depth d needs d opening brackets; count them only where that is possible.
-        deep_enough = sizes >= 2 * (max_depth + 1)
-        if deep_enough.any():
-            pos_deep = np.flatnonzero(deep_enough)
-            cands = [payloads[i] for i in pos_deep.tolist()]
-            opens = np.fromiter(map(bytes.count, cands, repeat(b"[")), np.int64, len(cands))
-            opens += np.fromiter(map(bytes.count, cands, repeat(b"{")), np.int64, len(cands))
-            suspects[pos_deep[opens > max_depth]] = True
     if check_members.any():
         pos_big = np.flatnonzero(check_members)
         cands = [payloads[i] for i in pos_big.tolist()]
