@@ -36,6 +36,7 @@ decodes normally.
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Sequence
@@ -304,6 +305,8 @@ class StreamDecoder:
         self._decoder = msgspec.json.Decoder(self._struct)
         self._getters = [operator.attrgetter(f"f{i}") for i in range(len(self._names))]
         self._known = set(rename.values())
+        self._required = [n for n, fs in zip(self._names, self._specs, strict=True) if fs.required]
+        self._required += [k for k in (spec.entity, spec.event_time) if k is not None]
         self.vocabularies: dict[str, _Vocabulary] = {}
         rules = []
         for name, fs in zip(self._names, self._specs, strict=True):
@@ -618,9 +621,7 @@ class StreamDecoder:
                     return Reject(
                         -1, "unknown_field", f"Object contains unknown field `{key}`"[:_MAX_DETAIL]
                     )
-        required = [n for n, fs in zip(self._names, self._specs, strict=True) if fs.required]
-        required += [k for k in (spec.entity, spec.event_time) if k is not None]
-        for key in required:
+        for key in self._required:
             if key not in value:
                 return Reject(-1, "missing_field", f"Object missing required field `{key}`")
         kwargs: dict[str, Any] = {}
@@ -718,6 +719,11 @@ def _show(value: Any) -> str:
 
 def _check_value(name: str, fs: FieldSpec, value: Any) -> tuple[Any, str | None, str]:
     """The value to keep (None when excluded), the field-level reason, a detail."""
+    kind = type(value)
+    if kind is float and fs.type is FieldType.FLOAT and not math.isinf(value):
+        return value, None, ""  # the common case, first
+    if kind is str and fs.type in (FieldType.CATEGORY, FieldType.STRING) and _unicode_ok(value):
+        return value, None, ""
     if value is None:
         if fs.nullable or not fs.required:
             return None, None, ""
@@ -728,6 +734,8 @@ def _check_value(name: str, fs: FieldSpec, value: Any) -> tuple[Any, str | None,
         )
     wrong = f"Expected `{_TYPE_NAMES[fs.type]}`, got `{_json_type(value)}` - at `$.{name}`"
     if fs.type in NUMERIC_TYPES:
+        if kind is float and math.isinf(value):  # a literal beyond float64 (1e999)
+            return None, "number_too_large", f"{name} does not fit a float64"
         if isinstance(value, NonFinite):
             return None, "non_finite", f"{name}={value.text} is not finite"
         if isinstance(value, TooLarge):

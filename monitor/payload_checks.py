@@ -24,7 +24,6 @@ brackets and colons inside strings do not count.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,7 +125,7 @@ def precheck(
 
 @dataclass(frozen=True, slots=True)
 class TooLarge:
-    """A number literal whose value does not fit a float64 (or an int beyond 400 digits)."""
+    """An integer literal of more than 400 digits (far beyond any float64)."""
 
     text: str
 
@@ -144,16 +143,11 @@ def _parse_int(text: str) -> int | TooLarge:
     return int(text)
 
 
-def _parse_float(text: str) -> float | TooLarge:
-    value = float(text)
-    if math.isinf(value):
-        return TooLarge(text[:40])
-    return value
-
-
 def lenient_parse(payload: bytes) -> tuple[Any, bool]:
-    """Python's JSON parser, with numbers that do not fit and NaN/Infinity literals
-    kept as markers; returns the value and whether any NaN/Infinity literal was seen.
+    """Python's JSON parser, with integers of more than 400 digits and NaN/Infinity
+    literals kept as markers; returns the value and whether any NaN/Infinity literal
+    was seen. A float literal too large for a float64 parses as ``inf`` (a NaN/Infinity
+    literal never does: it is a ``NonFinite``), so an ``inf`` means too large.
 
     Raises ``UnicodeDecodeError``, ``ValueError`` (not JSON) or ``RecursionError``.
     """
@@ -165,7 +159,5 @@ def lenient_parse(payload: bytes) -> tuple[Any, bool]:
 
     # Decode as UTF-8 first: given bytes, json.loads guesses UTF-16/32 from NUL bytes.
     text = payload.decode("utf-8")
-    value = json.loads(
-        text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=constant
-    )
+    value = json.loads(text, parse_int=_parse_int, parse_constant=constant)
     return value, bool(seen)
