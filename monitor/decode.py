@@ -519,6 +519,9 @@ class StreamDecoder:
                     full = int(np.count_nonzero(codes == _UNKNOWN))
                     if full:
                         _hit(hits, "max_categories", full)
+                    long = int(np.count_nonzero(codes == _TOO_LONG))
+                    if long:
+                        _hit(hits, "max_string_length", long)
         return columns, valid
 
     def _violations(

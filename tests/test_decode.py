@@ -266,3 +266,37 @@ def test_any_bytes_are_decoded_or_rejected_with_a_reason(batch_values: list[byte
     assert all(r.reason in FIELD_REASONS and r.detail for r in batch.violations)
     # Excluded values are masked: every value that counts is finite.
     assert np.isfinite(batch.columns["temperature"][batch.valid["temperature"]]).all()
+
+
+def test_limits_are_counted_when_hit() -> None:
+    stream_fields = copy.deepcopy(DEMO_STREAM["fields"])
+    stream_fields["status"] = {"type": "category"}
+    d = _decoder(
+        fields=stream_fields, max_categories=3, max_entities=2, max_string_length=8, max_depth=3
+    )
+    batch = d.decode(
+        [
+            _enc(status="a", device_id="d1"),
+            _enc(status="b", device_id="d2"),
+            _enc(status="c", device_id="d3"),  # third entity: over max_entities
+            _enc(status="d"),  # fourth category: over max_categories
+            _enc(status="much-too-long"),  # value excluded: string_too_long
+            _enc(device_id="much-too-long"),  # entity too long: event rejected
+            _raw("temperature", b"[[[[1]]]]"),  # depth 5 > 3
+        ]
+    )
+    assert [(r.index, r.reason) for r in batch.rejects] == [
+        (5, "string_too_long"),
+        (6, "too_deep"),
+    ]
+    assert [(v.index, v.field, v.reason) for v in batch.violations] == [
+        (4, "status", "string_too_long")
+    ]
+    assert batch.columns["status"].tolist() == [0, 1, 2, -1, -3]
+    assert batch.valid["status"].tolist() == [True, True, True, True, False]
+    assert dict(batch.limit_hits) == {
+        "max_categories": 1,
+        "max_depth": 1,
+        "max_entities": 1,
+        "max_string_length": 2,
+    }
