@@ -76,10 +76,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
+    from monitor.console import StatusLine
+
     service = Service(config)
     _install_stop(service.stop)
-    stats = service.run(max_seconds=args.max_seconds, on_summary=print if not args.quiet else None)
-    print(
+    line = StatusLine(every=0.0)
+    stats = service.run(
+        max_seconds=args.max_seconds, on_summary=line.update if not args.quiet else None
+    )
+    line.close(
         f"stopped: events={stats.events} accepted={stats.accepted} invalid={stats.invalid} "
         f"batches={stats.batches}"
     )
@@ -125,6 +130,18 @@ def _cmd_baseline_build(args: argparse.Namespace) -> int:
     return build_baseline_command(args)
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from monitor.replay import replay_command
+
+    return replay_command(args)
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from monitor.tail import tail_command
+
+    return tail_command(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftwarden", description=__doc__)
     p.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -157,6 +174,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     src.add_argument("--first-events", type=int, help="the first N events of the stream's topic")
     bb.set_defaults(func=_cmd_baseline_build)
+
+    rp = sub.add_parser("replay", help="run the engine over a CSV/JSONL/Parquet file, offline")
+    rp.add_argument("file", type=Path)
+    rp.add_argument("--config", type=Path, required=True)
+    rp.add_argument("--stream", default=None, help="the stream to replay as (default: the only)")
+    rp.add_argument("--report", type=Path, default=None, help="write an HTML report here")
+    rp.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    rp.add_argument("--chunk", type=int, default=None, help="events per batch (default: step)")
+    rp.set_defaults(func=_cmd_replay)
+
+    t = sub.add_parser("tail", help="read a dead-letter, alerts or retrain topic, readably")
+    t.add_argument("topic")
+    t.add_argument("--bootstrap", default=None, help="bootstrap servers (or take --config's)")
+    t.add_argument("--config", type=Path, default=None)
+    t.add_argument("--max", type=int, default=None, help="stop after this many records")
+    t.add_argument("--idle", type=float, default=5.0, help="stop after this long without one")
+    t.add_argument("--new-only", action="store_true", help="only records produced from now on")
+    t.set_defaults(func=_cmd_tail)
 
     d = sub.add_parser("dev", help="local development helpers")
     dsub = d.add_subparsers(dest="dev_command", required=True)

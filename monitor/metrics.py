@@ -12,7 +12,7 @@ process is alive) and ``/readyz`` (assigned partitions and a reachable broker).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -35,7 +35,7 @@ class Metrics:
         )
         self.invalid_events = Counter(
             "driftwarden_invalid_events",
-            "Events rejected and dead-lettered, by reason code",
+            "Events dead-lettered (rejected, or with excluded values), by (first) reason code",
             ["stream", "reason"],
             registry=r,
         )
@@ -238,10 +238,17 @@ class MetricsServer:
     """
 
     def __init__(
-        self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool] = lambda: True
+        self,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        ready: Callable[[], bool] = lambda: True,
+        pages: Mapping[str, Callable[[], tuple[bytes, str]]] | None = None,
     ) -> None:
         self.metrics = metrics
         self._ready = ready
+        # Extra GET paths (e.g. /status): path -> () -> (body, content type).
+        self.pages = dict(pages or {})
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -254,6 +261,9 @@ class MetricsServer:
                 elif path == "/readyz":
                     ok = server._ready()
                     self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                elif path in server.pages:
+                    body, ctype = server.pages[path]()
+                    self._reply(200, body, ctype)
                 else:
                     self._reply(404, b"not found\n")
 

@@ -204,6 +204,7 @@ class StreamPipeline:
         self._last_event_time = metrics.last_event_time.labels(name)
         self._entities = metrics.entities.labels(name)
         self._entity_overflow = metrics.entity_overflow.labels(name)
+        self._baseline_ready = metrics.baseline_ready.labels(name)
         self._violations = {
             (f, r): metrics.field_violations.labels(name, f, r)
             for f in spec.fields
@@ -224,10 +225,11 @@ class StreamPipeline:
         self._slot_base = {t: np.int32(i << 20) for i, t in enumerate(spec.all_topics)}
         # Per (topic, partition): events seen, checkpointed with the partition's state.
         self.partition_events: dict[tuple[str, int], int] = {}
+        self.last_batch: Batch | None = None  # the latest decoded batch (replay reads it)
 
     def process(self, raw: BatchInput) -> BatchResult:
         t0 = time.perf_counter()
-        batch = self.decoder.decode(raw.values)
+        batch = self.last_batch = self.decoder.decode(raw.values)
         t1 = time.perf_counter()
         topic, name, cap = self.dead_letter_topic, self.spec.name, self.dead_letter_max_bytes
         out = [
@@ -277,6 +279,8 @@ class StreamPipeline:
             partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
             for stage in self.stages:
                 findings.extend(stage.update(batch, partitions))
+        # driftwarden_baseline_ready: 1 once every stage with a baseline has it
+        self._baseline_ready.set(int(all(getattr(s, "ready", True) for s in self.stages)))
         t3 = time.perf_counter()
         self._last.set(time.time())
         rejected = sum(counts.values())

@@ -9,16 +9,20 @@ from prometheus_client import CollectorRegistry
 
 from connectors.base import MessageSink
 from connectors.kafka import ensure_topics
-from monitor.alerting import build_findings_handler
+from monitor.alerting import AlertingHandler, build_findings_handler
 from monitor.config import Config
 from monitor.drift import drift_stages
 from monitor.metrics import Metrics, MetricsServer
 from monitor.pipeline import output_topics
 from monitor.runner import BatchSource, FindingsHandler, Runner, RunStats
+from monitor.status import StatusBoard, render_html, render_json
 
 __all__ = ["Service"]
 
 log = logging.getLogger("driftwarden.service")
+
+_HTML = "text/html; charset=utf-8"
+_JSON = "application/json"
 
 
 class Service:
@@ -39,6 +43,9 @@ class Service:
             ensure_topics(dict(config.kafka), output_topics(config))
         if findings_handler is None:
             findings_handler = build_findings_handler(config, self.metrics)
+        self.board = StatusBoard()
+        if isinstance(findings_handler, AlertingHandler):
+            findings_handler.board = self.board
         self.runner = Runner(
             config,
             metrics=self.metrics,
@@ -46,11 +53,19 @@ class Service:
             sink=sink,
             stages=drift_stages,
             findings_handler=findings_handler,
+            board=self.board,
         )
         self.server: MetricsServer | None = None
         if config.metrics.enabled:
             self.server = MetricsServer(
-                self.metrics, config.metrics.host, config.metrics.port, ready=self.runner.ready
+                self.metrics,
+                config.metrics.host,
+                config.metrics.port,
+                ready=self.runner.ready,
+                pages={
+                    "/status": lambda: (render_html(self.board.snapshot()), _HTML),
+                    "/status.json": lambda: (render_json(self.board.snapshot()), _JSON),
+                },
             )
 
     @property
