@@ -140,6 +140,19 @@ def _consumer_options(bootstrap: str) -> dict[str, Any]:
     }
 
 
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. ``ru_maxrss`` is not: Linux carries the parent's
+    peak over ``fork`` + ``exec``, so every child would report the producer's memory."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _child(args: argparse.Namespace) -> None:
     from confluent_kafka import Consumer, Message, TopicPartition
 
@@ -224,7 +237,7 @@ def _child(args: argparse.Namespace) -> None:
             stages=stages,
             total=stats.events,
         )
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = _peak_rss_mb()
     print(json.dumps(result))
 
 

@@ -158,6 +158,8 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("driftwarden_prediction_", "driftwarden-models"),
     ("driftwarden_field_violations", "driftwarden-data-quality"),
     ("driftwarden_dead_letters_truncated", "driftwarden-data-quality"),
+    ("driftwarden_limit_hits", "driftwarden-data-quality"),
+    ("driftwarden_produce_failures", "driftwarden-service-health"),
     ("driftwarden_quality_", "driftwarden-data-quality"),
     ("driftwarden_decode_fallback", "driftwarden-service-health"),
     ("driftwarden_rebalance", "driftwarden-service-health"),
