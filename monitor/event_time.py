@@ -170,13 +170,14 @@ def _fixed_width_seconds(texts: list[str]) -> npt.NDArray[np.float64] | None:
         for col in range(20, 19 + frac):
             fraction = fraction * 10 + d[:, col]
         micros += fraction * scale
-    seconds = micros.astype(np.float64) / 1e6
+    seconds: npt.NDArray[np.float64] = micros.astype(np.float64) / 1e6
     if zone == 6:
         minutes = (d[:, width - 5] * 10 + d[:, width - 4]) * 60.0 + (
             d[:, width - 2] * 10 + d[:, width - 1]
         )
-        offset = np.where(m[:, width - 6] == ord("-"), -minutes, minutes) * 60.0
-        return seconds - offset
+        offset: npt.NDArray[np.float64] = np.where(m[:, width - 6] == ord("-"), -minutes, minutes)
+        # The general path subtracts an offset (0.0 without one): the same rounding here.
+        return seconds - offset * 60.0
     return seconds - np.zeros(n, dtype=np.float64)
 
 
