@@ -396,6 +396,12 @@ class KafkaSink:
                 if time.monotonic() > deadline:
                     raise SinkError("the producer queue stayed full for 60 s") from None
                 self._producer.poll(0.1)
+            except KafkaException as exc:  # e.g. a record over message.max.bytes
+                raise SinkError(
+                    f"cannot produce {len(message.value)} bytes to {message.topic}: "
+                    f"{exc.args[0].str() if exc.args else exc} (dead letters are cut to "
+                    "dead_letter_max_bytes; keep kafka message.max.bytes above it)"
+                ) from None
         self._producer.poll(0)
 
     def flush(self, timeout: float) -> int:

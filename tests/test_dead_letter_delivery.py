@@ -172,3 +172,12 @@ def test_size_settings_are_consistent() -> None:
     assert producer["message.max.bytes"] >= 900_000 + 16_384  # value, key and headers fit
     assert consumer["fetch.max.bytes"] >= producer["message.max.bytes"]
     assert consumer["queued.max.messages.kbytes"] * 1024 >= consumer["fetch.max.bytes"]
+
+
+def test_a_record_over_the_producer_limit_is_a_clear_error() -> None:
+    sink = KafkaSink({"bootstrap.servers": "127.0.0.1:1", "message.max.bytes": 2_000})
+    try:
+        with pytest.raises(SinkError, match="message.max.bytes"):
+            sink.send(OutMessage("dlq", b"x" * 5_000))
+    finally:
+        sink._producer.purge()
