@@ -155,3 +155,47 @@ def test_atheris_finds_nothing_in_a_brief_run(tmp_path: Path) -> None:
     )
     crashes = [p.name for p in tmp_path.iterdir() if p.name.startswith(("crash-", "timeout-"))]
     assert run.returncode == 0 and not crashes, (crashes, run.stderr[-3000:])
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.integers(min_value=-3, max_value=5),
+            st.booleans(),
+            st.booleans(),
+        ),
+        max_size=50,
+    )
+)
+def test_field_reasons_agree_with_the_first_failing_rule(
+    rows: list[tuple[float, int, bool, bool]],
+) -> None:
+    """Every field judged on its own (field_reasons) gives, per row, the same first
+    failure as the row-level check, and nothing where a value is not valid."""
+    import numpy as np
+
+    from detectors.schema import ColumnRule, SchemaCheck
+
+    check = SchemaCheck(
+        [
+            ColumnRule("x", numeric=True, low=-1.0, high=1.0),
+            ColumnRule("c", numeric=False, n_categories=3),
+        ]
+    )
+    columns = {
+        "x": np.array([r[0] for r in rows], dtype=np.float64),
+        "c": np.array([r[1] for r in rows], dtype=np.int64),
+    }
+    valid = {
+        "x": np.array([r[2] for r in rows], dtype=np.bool_),
+        "c": np.array([r[3] for r in rows], dtype=np.bool_),
+    }
+    first, _ = check.check(columns, valid)
+    per_field = check.field_reasons(columns, valid)
+    n = len(rows)
+    x = per_field.get("x", np.zeros(n, dtype=np.int8))
+    c = per_field.get("c", np.zeros(n, dtype=np.int8))
+    assert np.array_equal(np.where(x > 0, x, c), first)
+    assert not x[~valid["x"]].any() and not c[~valid["c"]].any()
