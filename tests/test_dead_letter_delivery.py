@@ -177,7 +177,7 @@ def test_size_settings_are_consistent() -> None:
 def test_a_record_over_the_producer_limit_is_a_clear_error() -> None:
     sink = KafkaSink({"bootstrap.servers": "127.0.0.1:1", "message.max.bytes": 2_000})
     try:
-        with pytest.raises(SinkError, match="message.max.bytes"):
+        with pytest.raises(SinkError, match=r"message\.max\.bytes"):
             sink.send(OutMessage("dlq", b"x" * 5_000))
     finally:
         sink._producer.purge()
