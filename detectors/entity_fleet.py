@@ -1,7 +1,7 @@
 """Drift from the fleet: a device's recent mean far from the fleet's at the same time.
 
 For every field the fleet's robust center and scale are the median and
-1.4826 x MAD of the devices' EWMA means (devices past warm-up), computed by
+1.4826 x MAD of the devices' recent EWMA means (devices past warm-up), computed by
 :func:`fleet_center` over every table of the stream at evaluation time. A device
 drifts from the fleet when, for any field, ``|mean - center| / scale > z`` (only
 while it is current: seen within ``stale`` typical gaps, so a silent device's
@@ -16,7 +16,7 @@ Threshold from the budget: each evaluation checks every device and field, so
 >>> import numpy as np
 >>> from detectors.entity_base import AlarmBudget, FleetContext
 >>> from detectors.entity_table import EntityTable, TableParams
->>> t = EntityTable(("x",), TableParams(alpha=0.1, warmup=5))
+>>> t = EntityTable(("x",), TableParams(recent_alpha=0.1, warmup=5))
 >>> rng = np.random.default_rng(3)
 >>> codes = np.tile(np.arange(50), 40)
 >>> x = rng.normal(20.0, 1.0, (2000, 1)) + (codes == 7)[:, None] * 5.0
@@ -56,7 +56,7 @@ def fresh(table: EntityTable, now: float, stale: float = 3.0) -> npt.NDArray[np.
 def fleet_center(
     tables: Sequence[EntityTable], nows: Sequence[float] | None = None, stale: float = 3.0
 ) -> tuple[F8, F8]:
-    """Per field: median and 1.4826 x MAD of the warmed-up devices' EWMA means.
+    """Per field: median and 1.4826 x MAD of the warmed-up devices' recent means.
 
     With ``nows`` (each table's current time) only devices seen within ``stale``
     typical gaps count: a silent device's frozen mean is not the fleet's present.
@@ -76,7 +76,7 @@ def fleet_center(
         for t, cur in zip(tables, current, strict=True):
             h = t.high_water
             ok = (t.nval[:h, f] >= t.params.warmup) & cur
-            parts.append(t.mean[:h, f][ok])
+            parts.append(t.recent[:h, f][ok])
         means = np.concatenate(parts)
         if len(means) >= 3:
             c = float(np.median(means))
@@ -115,7 +115,7 @@ class FleetDrift:
         h = table.high_water
         scale = np.maximum(context.scale, self.min_scale)
         with np.errstate(divide="ignore", invalid="ignore"):
-            dev = np.abs(table.mean[:h] - context.center) / scale
+            dev = np.abs(table.recent[:h] - context.center) / scale
         warm = (table.nval[:h] >= self.budget.warmup) & fresh(table, context.now, self.stale)[
             :, None
         ]

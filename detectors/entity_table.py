@@ -9,7 +9,8 @@ gap and of its absolute deviation, invalid-event count (an event with a null
 tracked field), out-of-range count and an EWMA of the out-of-range indicator, and
 the latest spike (event number, z-score, field and value). Per entity and numeric
 field: last value, run length of that value and the event time the run started,
-EWMA mean and variance, in-range value count and the z-score of the last value.
+EWMA mean and variance, a shorter-memory *recent* EWMA mean, in-range value count
+and the z-score of the last value.
 
 ``update`` folds a whole batch of one partition in with one compiled loop, event by
 event in arrival order (so per-entity order is the partition's order):
@@ -29,7 +30,7 @@ event in arrival order (so per-entity order is the partition's order):
   running mean and population variance until ``k = 1/alpha``, then an EWMA.
 
 Memory: ``bytes_per_entity()`` reports what one slot costs (about 300 bytes for 5
-fields: 83 + 44 per field); the code-to-slot index adds 4 bytes per entity of the stream vocabulary.
+fields: 83 + 52 per field); the code-to-slot index adds 4 bytes per entity of the stream vocabulary.
 
 >>> import numpy as np
 >>> t = EntityTable(fields=("temp",), params=TableParams(alpha=0.5, warmup=2, spike_z=5.0))
@@ -88,6 +89,7 @@ _FIELD_ARRAYS: tuple[tuple[str, str], ...] = (
     ("run_start", "f8"),
     ("mean", "f8"),
     ("var", "f8"),
+    ("recent", "f8"),
     ("nval", "i4"),
     ("last_z", "f4"),
 )
@@ -97,18 +99,20 @@ _FIELD_ARRAYS: tuple[tuple[str, str], ...] = (
 class TableParams:
     """How the per-entity statistics are kept.
 
-    ``alpha``: EWMA weight of a new value for mean and variance (about ``2/alpha``
-    values of memory); ``gap_alpha``: EWMA weight of a new inter-arrival gap;
-    ``oor_alpha``: EWMA weight of the out-of-range indicator (the "recent events"
-    the out-of-range rate is over, about ``1/oor_alpha`` events); ``spike_z``: the
-    z-score at which a value is a spike; ``warmup``: in-range values an entity needs
-    before its z-scores count; ``lateness``: seconds of event time an event may lag
-    its partition's watermark and still be folded in.
+        ``alpha``: EWMA weight of a new value for mean and variance (about ``2/alpha``
+        values of memory); ``gap_alpha``: EWMA weight of a new inter-arrival gap;
+        ``oor_alpha``: EWMA weight of the out-of-range indicator (the "recent events"
+        the out-of-range rate is over, about ``1/oor_alpha`` events); ``spike_z``: the
+        z-score at which a value is a spike; ``warmup``: in-range values an entity needs
+        before its z-scores count; ``lateness``: seconds of event time an event may lag
+        its partition's watermark and still be folded in; ``recent_alpha``: EWMA weight
+    of the *recent* mean (the one compared with the fleet's, a shorter memory than
+    ``alpha``'s).
 
-    >>> TableParams(alpha=2.0)
-    Traceback (most recent call last):
-    ...
-    detectors.base.DetectorError: alpha must be in (0, 1], got 2.0
+        >>> TableParams(alpha=2.0)
+        Traceback (most recent call last):
+        ...
+        detectors.base.DetectorError: alpha must be in (0, 1], got 2.0
     """
 
     alpha: float = 0.02
@@ -117,9 +121,10 @@ class TableParams:
     spike_z: float = 8.0
     warmup: int = 30
     lateness: float = 60.0
+    recent_alpha: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "gap_alpha", "oor_alpha"):
+        for name in ("alpha", "gap_alpha", "oor_alpha", "recent_alpha"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise DetectorError(f"{name} must be in (0, 1], got {value}")
@@ -232,6 +237,7 @@ class EntityTable:
     run_start: F8
     mean: F8
     var: F8
+    recent: F8
     nval: npt.NDArray[np.int32]
     last_z: npt.NDArray[np.float32]
 
@@ -256,7 +262,7 @@ class EntityTable:
         """(bytes per entity independent of fields, bytes per entity and field).
 
         >>> EntityTable.bytes_per_entity(5)
-        (83, 44)
+        (83, 52)
         """
         base = sum(np.dtype(d).itemsize for _, d in _ENTITY_ARRAYS)
         per_field = sum(np.dtype(d).itemsize for _, d in _FIELD_ARRAYS)
@@ -349,7 +355,15 @@ class EntityTable:
             valid = np.ones(values.shape, dtype=np.bool_)
         p = self.params
         scalars = np.array(
-            [p.alpha, p.gap_alpha, p.oor_alpha, p.spike_z, float(p.warmup), p.lateness]
+            [
+                p.alpha,
+                p.gap_alpha,
+                p.oor_alpha,
+                p.spike_z,
+                float(p.warmup),
+                p.lateness,
+                p.recent_alpha,
+            ]
         )
         wm = np.array([self.watermark, 0.0])
         _fold(
@@ -379,6 +393,7 @@ class EntityTable:
             self.run_start,
             self.mean,
             self.var,
+            self.recent,
             self.nval,
             self.last_z,
         )
@@ -499,11 +514,13 @@ def _fold(
     run_start: Any,
     mean: Any,
     var: Any,
+    recent: Any,
     nval: Any,
     last_z: Any,
 ) -> None:
     alpha, gap_alpha, oor_alpha = scalars[0], scalars[1], scalars[2]
     zmax, warmup, lateness = scalars[3], scalars[4], scalars[5]
+    recent_alpha = scalars[6]
     watermark = wm[0]
     late = 0
     n_fields = values.shape[1]
@@ -557,6 +574,7 @@ def _fold(
             k = nval[s, f]
             if k == 0:
                 mean[s, f] = x
+                recent[s, f] = x
                 var[s, f] = 0.0
                 last_z[s, f] = 0.0
             else:
@@ -569,7 +587,10 @@ def _fold(
                 else:
                     z = math.copysign(math.inf, d)
                 last_z[s, f] = z
+                dr = x - recent[s, f]
                 if k >= warmup and abs(z) > zmax:
+                    lim = zmax * sd
+                    dr = min(max(dr, -lim), lim)
                     spike_at[s] = c
                     spike_z[s] = z
                     spike_field[s] = f
@@ -581,6 +602,7 @@ def _fold(
                 a = max(alpha, 1.0 / (k + 1.0))
                 mean[s, f] += a * d
                 var[s, f] = (1.0 - a) * (var[s, f] + a * d * d)
+                recent[s, f] += max(recent_alpha, 1.0 / (k + 1.0)) * dr
             nval[s, f] = k + 1
         if any_invalid:
             invalid[s] += 1

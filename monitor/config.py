@@ -242,6 +242,7 @@ class FleetSpec(_Model):
     alpha: float = Field(default=0.02, gt=0, le=1)
     gap_alpha: float = Field(default=0.1, gt=0, le=1)
     oor_alpha: float = Field(default=0.05, gt=0, le=1)
+    recent_alpha: float = Field(default=0.1, gt=0, le=1)
     warmup: int = Field(default=30, ge=1)
     top_k: int = Field(default=20, ge=1, le=1000)
     # entity detector name -> its parameters; a list of names means defaults; None: all.

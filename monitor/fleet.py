@@ -175,6 +175,7 @@ class FleetStage:
             spike_z=float(getattr(spike, "z", 1e300)),
             warmup=cfg.warmup,
             lateness=cfg.allowed_lateness,
+            recent_alpha=cfg.recent_alpha,
         )
         self.tables: dict[int, EntityTable] = {}
         self.aggregating = True
@@ -545,7 +546,7 @@ def _details(
         out.append((f"value.{f}", float(table.last[slot, j])))
         out.append((f"run_length.{f}", float(table.run[slot, j])))
         out.append((f"z.{f}", float(table.last_z[slot, j])))
-        out.append((f"mean.{f}", float(table.mean[slot, j])))
+        out.append((f"mean.{f}", float(table.recent[slot, j])))
     return tuple(out)
 
 

@@ -16,7 +16,8 @@ Failures (``Failure``: a condition, devices and a start time):
 * ``fleet_drift``: ``f3`` ramps to ``+drift_shift`` noise sds over ten events
   from ``at`` (a miscalibrated sensor).
 
-Events come in time order, in chunks of ``chunk_seconds``; deterministic per seed.
+Events come in time order, in chunks of ``chunk_seconds``; deterministic per seed
+and the same whatever the chunking.
 
 >>> s = FleetScenario(devices=4, period=10.0, seed=1)
 >>> chunk = next(s.chunks(0.0, 60.0))
@@ -94,6 +95,7 @@ class FleetScenario:
     drift_shift: float = 5.0
     failures: tuple[Failure, ...] = ()
     seed: int = 7
+    block_seconds: float = 3600.0
     _phase: npt.NDArray[np.float64] = field(init=False, repr=False)
     _offset: npt.NDArray[np.float64] = field(init=False, repr=False)
 
@@ -108,16 +110,32 @@ class FleetScenario:
         return {d for f in self.failures if f.condition == condition for d in f.devices}
 
     def chunks(self, t0: float, t1: float, chunk_seconds: float = 3600.0) -> Iterator[FleetChunk]:
-        """Events with ``start + t0 <= time < start + t1`` (seconds after ``start``)."""
+        """Events with ``start + t0 <= time < start + t1`` (seconds after ``start``).
+
+        Events are generated in fixed blocks of ``block_seconds`` and cut into
+        chunks, so the events do not depend on ``chunk_seconds``.
+        """
+        cache: dict[int, FleetChunk] = {}
         a = t0
-        index = 0
         while a < t1:
             b = min(a + chunk_seconds, t1)
-            yield self._chunk(self.start + a, self.start + b, index + int(a // chunk_seconds))
+            pieces = []
+            for blk in range(math.floor(a / self.block_seconds), math.ceil(b / self.block_seconds)):
+                if blk not in cache:
+                    cache.clear()
+                    lo = self.start + blk * self.block_seconds
+                    cache[blk] = self._chunk(lo, lo + self.block_seconds, blk)
+                data = cache[blk]
+                i, j = np.searchsorted(data.times, [self.start + a, self.start + b])
+                pieces.append((data.codes[i:j], data.times[i:j], data.values[i:j]))
+            yield FleetChunk(
+                np.concatenate([p[0] for p in pieces]),
+                np.concatenate([p[1] for p in pieces]),
+                np.concatenate([p[2] for p in pieces]),
+            )
             a = b
 
     def _chunk(self, a: float, b: float, index: int) -> FleetChunk:
-        rng = np.random.default_rng((self.seed, index))
         P = self.period
         k0 = math.floor((a - self.start) / P) - 1
         k1 = math.ceil((b - self.start) / P) + 1
@@ -131,6 +149,7 @@ class FleetScenario:
         order = np.lexsort((dev, times))
         dev, k, times = dev[order], k[order], times[order]
         n = len(dev)
+        rng = np.random.default_rng((self.seed, index))
         values = _LEVELS + self._offset[dev] + rng.normal(0.0, self.noise_sd, (n, 5))
         if self.fleet_shift_at is not None:
             ramp = np.clip((times - self.start - self.fleet_shift_at) / 21600.0, 0.0, 1.0)

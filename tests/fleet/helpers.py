@@ -52,13 +52,19 @@ def feed(
     t1: float,
     partitions: int = 4,
     chunk_seconds: float = 3600.0,
+    timed: list[tuple[Finding, float]] | None = None,
 ) -> list[Finding]:
+    """Feed ``[t0, t1)`` in chunks; ``timed`` collects (finding, event time it came at)."""
     findings: list[Finding] = []
     for chunk in scenario.chunks(t0, t1, chunk_seconds):
         if len(chunk.codes) == 0:
             continue
         parts = (chunk.codes % partitions).astype(np.int32)
-        findings.extend(stage.update(to_batch(chunk), parts))
+        out = stage.update(to_batch(chunk), parts)
+        findings.extend(out)
+        if timed is not None:
+            now = float(chunk.times.max()) - scenario.start
+            timed.extend((f, now) for f in out)
     return findings
 
 
