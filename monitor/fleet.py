@@ -183,6 +183,8 @@ class FleetStage:
         self._next_eval = -math.inf
         self._names: list[Any] = []
         self._pending: list[Finding] = []
+        # The worst-devices view as of the last evaluation (read by the HTTP thread).
+        self.last_status: FleetStatus | None = None
         self.rejected = 0
         self._metrics = metrics
         name = spec.name
@@ -379,6 +381,7 @@ class FleetStage:
                 self._m_unhealthy[name].set(n)
             self._m_healthy.set(healthy)
             self._m_tracked.set(self.tracked)
+        self.last_status = self.status(wall=wall)
         return findings
 
     def _finding(
@@ -427,11 +430,15 @@ class FleetStage:
         return out
 
     # -- the worst-devices view ---------------------------------------------------------
-    def status(self, k: int | None = None) -> FleetStatus:
+    def status(self, k: int | None = None, wall: float | None = None) -> FleetStatus:
         """Per condition the ``k`` (default ``fleet.top_k``) worst devices with evidence,
-        as of the last evaluation (scores recomputed now)."""
+        among the devices unhealthy at the last evaluation (scores recomputed now).
+
+        Not thread-safe (it reads the tables); other threads read ``last_status``,
+        which every evaluation refreshes.
+        """
         k = self.config.top_k if k is None else k
-        contexts = self._contexts(self.clock())
+        contexts = self._contexts(self.clock() if wall is None else wall)
         names = self.names()
         worst: list[tuple[str, tuple[DeviceEvidence, ...]]] = []
         unhealthy: list[tuple[str, int]] = []

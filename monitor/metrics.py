@@ -11,6 +11,7 @@ process is alive) and ``/readyz`` (assigned partitions and a reachable broker).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -254,13 +255,20 @@ class MetricsServer:
     """/metrics, /healthz and /readyz on a background thread.
 
     ``ready`` is called on each /readyz request; a true answer gives 200.
+    ``status`` (optional) answers /status.json (the fleet's worst devices).
     """
 
     def __init__(
-        self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool] = lambda: True
+        self,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        ready: Callable[[], bool] = lambda: True,
+        status: Callable[[], Any] | None = None,
     ) -> None:
         self.metrics = metrics
         self._ready = ready
+        self._status = status
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -273,6 +281,9 @@ class MetricsServer:
                 elif path == "/readyz":
                     ok = server._ready()
                     self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                elif path == "/status.json" and server._status is not None:
+                    body = json.dumps(server._status(), allow_nan=False).encode()
+                    self._reply(200, body, "application/json")
                 else:
                     self._reply(404, b"not found\n")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -11,7 +12,7 @@ from connectors.base import MessageSink
 from connectors.kafka import ensure_topics
 from monitor.alerting import build_findings_handler
 from monitor.config import Config
-from monitor.drift import drift_stages
+from monitor.fleet import FleetStage, all_stages
 from monitor.metrics import Metrics, MetricsServer
 from monitor.pipeline import output_topics
 from monitor.runner import BatchSource, FindingsHandler, Runner, RunStats
@@ -44,14 +45,27 @@ class Service:
             metrics=self.metrics,
             source=source,
             sink=sink,
-            stages=drift_stages,
+            stages=all_stages,
             findings_handler=findings_handler,
         )
         self.server: MetricsServer | None = None
         if config.metrics.enabled:
             self.server = MetricsServer(
-                self.metrics, config.metrics.host, config.metrics.port, ready=self.runner.ready
+                self.metrics,
+                config.metrics.host,
+                config.metrics.port,
+                ready=self.runner.ready,
+                status=self.fleet_status,
             )
+
+    def fleet_status(self) -> dict[str, Any]:
+        """The worst devices per condition of every stream with a fleet section."""
+        streams = {}
+        for pipeline in dict.fromkeys(self.runner.pipelines.values()):
+            for stage in pipeline.stages:
+                if isinstance(stage, FleetStage) and stage.last_status is not None:
+                    streams[pipeline.spec.name] = stage.last_status.to_dict()
+        return {"streams": streams}
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
