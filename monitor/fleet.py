@@ -183,8 +183,10 @@ class FleetStage:
         self._next_eval = -math.inf
         self._names: list[Any] = []
         self._pending: list[Finding] = []
-        # The worst-devices view as of the last evaluation (read by the HTTP thread).
+        # The worst-devices view as of the last evaluation (read by the HTTP thread),
+        # kept when ``publish_status`` is set (the service sets it).
         self.last_status: FleetStatus | None = None
+        self.publish_status = False
         self.rejected = 0
         self._metrics = metrics
         name = spec.name
@@ -381,7 +383,8 @@ class FleetStage:
                 self._m_unhealthy[name].set(n)
             self._m_healthy.set(healthy)
             self._m_tracked.set(self.tracked)
-        self.last_status = self.status(wall=wall)
+        if self.publish_status:
+            self.last_status = self.status(wall=wall)
         return findings
 
     def _finding(

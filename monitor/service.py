@@ -50,6 +50,10 @@ class Service:
         )
         self.server: MetricsServer | None = None
         if config.metrics.enabled:
+            for pipeline in dict.fromkeys(self.runner.pipelines.values()):
+                for stage in pipeline.stages:
+                    if isinstance(stage, FleetStage):
+                        stage.publish_status = True
             self.server = MetricsServer(
                 self.metrics,
                 config.metrics.host,

@@ -84,6 +84,7 @@ def test_status_json_is_served_next_to_metrics() -> None:
 
     scenario = FleetScenario(devices=30, period=60.0, failures=(Failure("silent", (4,), 7200.0),))
     stage = make_stage(fleet_spec(evaluate_every="60s"), 30)
+    stage.publish_status = True
     feed(stage, scenario, 0.0, 3 * 3600.0, chunk_seconds=300.0)
     assert stage.last_status is not None
     server = MetricsServer(
