@@ -30,6 +30,8 @@ True
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -37,7 +39,16 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FLEET_FIELDS", "Failure", "FleetChunk", "FleetScenario", "fleet_stream"]
+__all__ = [
+    "FLEET_FIELDS",
+    "Failure",
+    "FleetChunk",
+    "FleetScenario",
+    "demo_failures",
+    "demo_fleet_stream",
+    "fleet_stream",
+    "produce_demo_fleet",
+]
 
 FLEET_FIELDS = ("f0", "f1", "f2", "f3", "f4")
 CONDITIONS = ("silent", "stuck", "out_of_range", "spike", "fleet_drift")
@@ -203,3 +214,81 @@ def fleet_stream(topic: str = "iot.fleet", **fleet: object) -> dict[str, object]
             **fleet,
         },
     }
+
+
+# -- make demo ------------------------------------------------------------------------
+
+DEMO_DEVICES = 200
+DEMO_PERIOD = 2.0
+
+
+def demo_failures(seconds: float) -> tuple[Failure, ...]:
+    """Devices failing in each way at known times (seconds after the demo starts)."""
+    at = max(seconds * 0.5, 25.0)
+    return (
+        Failure("silent", tuple(range(0, 30)), at),  # a whole site goes dark together
+        Failure("stuck", (50,), at),
+        Failure("out_of_range", (60,), at + 3.0),
+        Failure("spike", (70,), at + 5.0),
+        Failure("fleet_drift", (80,), at + 2.0),
+    )
+
+
+def demo_fleet_stream(topic: str = "iot.fleet") -> dict[str, object]:
+    """The demo's fleet stream: 200 devices every 2 s, thresholds for a one-minute run."""
+    stream = fleet_stream(
+        topic,
+        warmup=8,
+        oor_alpha=0.3,
+        recent_alpha=0.3,
+        evaluate_every="2s",
+        allowed_lateness="5s",
+        quiet_after="10s",
+        events_per_day=DEMO_DEVICES * 86400.0 / DEMO_PERIOD,
+        detectors={
+            "silent": {},
+            "stuck": {"events": 6},
+            "out_of_range": {},
+            "spike": {},
+            "fleet_drift": {},
+        },
+    )
+    stream["baseline"] = {"first_events": 1000}
+    stream["fields"] = {f: {"type": "float", "detectors": {}} for f in FLEET_FIELDS}
+    return stream
+
+
+def produce_demo_fleet(
+    bootstrap: str,
+    topic: str,
+    seconds: float,
+    stop: threading.Event,
+    partitions: int = 3,
+) -> int:
+    """Produce the demo fleet in real time (event time = wall clock), failures included."""
+    from confluent_kafka import Producer
+
+    start = time.time()
+    scenario = FleetScenario(
+        devices=DEMO_DEVICES,
+        period=DEMO_PERIOD,
+        start=start,
+        failures=demo_failures(seconds),
+        drift_shift=12.0,
+        seed=3,
+    )
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
+    produced = 0
+    try:
+        for chunk in scenario.chunks(0.0, seconds, 1.0):
+            if stop.is_set():
+                break
+            for code, value in zip(chunk.codes.tolist(), chunk.payloads(), strict=True):
+                producer.produce(topic, value=value, key=f"dev-{code:05d}".encode())
+            producer.poll(0)
+            produced += len(chunk.codes)
+            if len(chunk.times):
+                stop.wait(max(0.0, float(chunk.times.max()) - time.time()))
+    finally:
+        producer.flush(30)
+    return produced
