@@ -41,7 +41,7 @@ def _spec(devices: int) -> Any:
     return parse_config(raw, env={}).streams[0]
 
 
-def _payloads(devices: int, minutes: float, period: float) -> list[bytes]:
+def _payloads(devices: int, minutes: float, period: float) -> tuple[list[bytes], list[int]]:
     from monitor.fleet_demo import Failure, FleetScenario
 
     failures = (
@@ -51,9 +51,11 @@ def _payloads(devices: int, minutes: float, period: float) -> list[bytes]:
     )
     scenario = FleetScenario(devices=devices, period=period, failures=failures)
     out: list[bytes] = []
+    codes: list[int] = []
     for chunk in scenario.chunks(0.0, minutes * 60.0, 60.0):
         out.extend(chunk.payloads())
-    return out
+        codes.extend(chunk.codes.tolist())
+    return out, codes
 
 
 def _stage(spec: Any) -> Any:
@@ -99,8 +101,10 @@ def _run(
     return {**best, "stage": stage}
 
 
-def _broker(spec: Any, payloads: list[bytes], batch: int, partitions: int) -> dict[str, float]:
-    from confluent_kafka import Consumer, Producer, TopicPartition
+def _broker(
+    spec: Any, payloads: list[bytes], codes: list[int], batch: int, partitions: int, args: Any
+) -> dict[str, float]:
+    from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
     from connectors.embedded import EmbeddedBroker
     from monitor.decode import StreamDecoder
@@ -114,12 +118,13 @@ def _broker(spec: Any, payloads: list[bytes], batch: int, partitions: int) -> di
         for i, value in enumerate(payloads):
             while True:
                 try:
-                    producer.produce(topic, value, partition=i % partitions)
+                    # keyed by device, as IoT topics are: a device stays in its partition
+                    producer.produce(topic, value, partition=codes[i] % partitions)
                     break
                 except BufferError:
                     producer.poll(0.01)
         producer.flush(120)
-        for mode in ("consume+decode", "consume+decode+fleet") * 2:
+        for mode in ("consume+decode", "consume+decode+fleet") * max(args.repeats - 1, 1):
             consumer = Consumer(
                 {
                     "bootstrap.servers": broker.bootstrap,
@@ -140,10 +145,11 @@ def _broker(spec: Any, payloads: list[bytes], batch: int, partitions: int) -> di
                 msgs = consumer.consume(batch, 1.0)
                 if not msgs:
                     continue
-                values = [m.value() for m in msgs]
+                # as the service's source builds a batch (connectors.kafka._split_by_topic)
+                values = list(map(Message.value, msgs))
+                p = np.fromiter(map(Message.partition, msgs), dtype=np.int32, count=len(msgs))
                 b = decoder.decode(values)
                 if mode.endswith("fleet") and b.n:
-                    p = np.fromiter((m.partition() for m in msgs), np.int32, len(msgs))
                     stage.update(b, p[b.rows])
                 seen += len(msgs)
             secs = time.perf_counter() - t0
@@ -162,10 +168,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--broker", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     spec = _spec(args.devices)
     t0 = time.perf_counter()
-    payloads = _payloads(args.devices, args.minutes, args.period)
+    payloads, codes = _payloads(args.devices, args.minutes, args.period)
     n = len(payloads)
     print(
         f"fleet bench: {args.devices:,} devices, 5 fields, {n:,} events "
@@ -173,7 +180,7 @@ def main() -> None:
         f"{args.partitions} partitions; cpu {cpu_model()}"
     )
     _run(spec, payloads[: min(n, 20_000)], args.batch, args.partitions, 1)  # numba warm-up
-    res = _run(spec, payloads, args.batch, args.partitions)
+    res = _run(spec, payloads, args.batch, args.partitions, args.repeats)
     stage = res.pop("stage")
     print(f"\n{'mode':<22}{'events/s':>12}{'us/event':>10}")
     for mode, secs in res.items():
@@ -181,7 +188,7 @@ def main() -> None:
     ratio = res["decode"] / res["decode+fleet"]
     print(f"decode+fleet runs at {ratio:.0%} of decode alone")
     if args.broker:
-        br = _broker(spec, payloads, args.batch, args.partitions)
+        br = _broker(spec, payloads, codes, args.batch, args.partitions, args)
         for mode in ("consume+decode", "consume+decode+fleet"):
             ev = br[mode + ":events"]
             print(f"{mode:<22}{ev / br[mode]:>12,.0f}{br[mode] / ev * 1e6:>10.2f}")

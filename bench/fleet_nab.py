@@ -151,7 +151,7 @@ def main() -> None:
         f"NAB series as devices; detectors {', '.join(DETECTORS)}; budget "
         f"{FALSE_ALERTS_PER_DAY} false device-alerts/day over the set\n"
     )
-    print(f"{'series':<36}{'win':>4}  {'window (UTC)':<36}{'fired':<7}first detection")
+    print(f"{'series':<36}{'win':>4}  {'window (UTC)':<38}{'fired':<7}first detection")
     for r in results:
         if r.first is None:
             hit = "no"
@@ -161,7 +161,7 @@ def main() -> None:
             delay = (r.first.at - r.start) / 3600.0
             first = f"{r.first.detector} +{delay:.1f} h ({_iso(r.first.at)})"
         span = f"{_iso(r.start)} .. {_iso(r.end)}"
-        print(f"{r.series:<36}{r.window:>4}  {span:<36}{hit:<7}{first}")
+        print(f"{r.series:<36}{r.window:>4}  {span:<38}{hit:<7}{first}")
     outside = [d for d in detections if d.window is None]
     print(f"\ndetections outside every window: {len(outside)}")
     for d in outside:
