@@ -181,6 +181,7 @@ class FleetStage:
         self.aggregating = True
         self._wall: dict[int, float] = {}  # wall-clock time of each partition's last event
         self._next_eval = -math.inf
+        self._last_tick = -math.inf
         self._names: list[Any] = []
         self._pending: list[Finding] = []
         # The worst-devices view as of the last evaluation (read by the HTTP thread),
@@ -283,11 +284,14 @@ class FleetStage:
         return findings
 
     def tick(self, wall: float | None = None) -> list[Finding]:
-        """Judge quiet partitions by wall clock (call when no batch arrives)."""
+        """Judge quiet partitions by wall clock (the runner calls it when idle); at
+        most once per ``evaluate_every`` of wall-clock time."""
         wall = self.clock() if wall is None else wall
         quiet = any(wall - w >= self.config.quiet_after for w in self._wall.values())
-        if not quiet and not self._pending:
-            return []
+        if not quiet or wall - self._last_tick < self.config.evaluate_every:
+            findings, self._pending = self._pending, []
+            return findings
+        self._last_tick = wall
         findings, self._pending = self._pending, []
         return findings + self.evaluate(wall)
 

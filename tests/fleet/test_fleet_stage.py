@@ -222,6 +222,8 @@ def test_a_quiet_partition_is_judged_by_wall_clock() -> None:
     wall[0] += 600.0  # ten minutes without any event, by the wall clock
     silent = {device(f) for f in stage.tick() if f.drift and f.detector == "silent"}
     assert silent == set(range(20))
+    wall[0] += 10.0  # ticks are at most one per evaluate_every of wall-clock time
+    assert stage.tick() == []
 
 
 def test_status_is_a_bounded_typed_top_k() -> None:
