@@ -146,7 +146,7 @@ class EntityTableState:
     """
 
     fields: tuple[str, ...]
-    ids: tuple[str, ...]
+    ids: tuple[str | int, ...]  # as they appear in events (JSON strings or integers)
     arrays: dict[str, npt.NDArray[Any]]
     watermark: float
     late: int
@@ -170,7 +170,7 @@ class EntityTableState:
             raise DetectorError(f"entity table state version {d.get('version')!r} is not 1")
         return cls(
             fields=tuple(d["fields"]),
-            ids=tuple(str(i) for i in d["ids"]),
+            ids=tuple(i if isinstance(i, int) else str(i) for i in d["ids"]),
             arrays={k: np.asarray(v) for k, v in d["arrays"].items()},
             watermark=float(d["watermark"]),
             late=int(d["late"]),
@@ -414,7 +414,7 @@ class EntityTable:
         }
         return EntityTableState(
             fields=self.fields,
-            ids=tuple(str(names[c]) for c in codes.tolist()),
+            ids=tuple(names[c] for c in codes.tolist()),
             arrays=arrays,
             watermark=self.watermark,
             late=self.late,

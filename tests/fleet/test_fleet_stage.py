@@ -270,3 +270,22 @@ def test_fleet_config_is_validated(
     raw = {"kafka": {"bootstrap.servers": "x:1"}, "streams": [stream]}
     with pytest.raises(ConfigError, match=message):
         parse_config(raw, env={})
+
+
+def test_integer_device_ids_survive_a_restore() -> None:
+    spec = fleet_spec()
+    decoder = StreamDecoder(spec)
+    assert decoder.entities is not None
+    decoder.entities.add([1000 + i for i in range(10)])  # ids sent as JSON integers
+    stage = FleetStage(spec, decoder, clock=lambda: CLOCK)
+    chunk = FleetChunk(np.arange(10, dtype=np.int64), np.arange(10.0), np.ones((10, 5)))
+    stage.update(to_batch(chunk), np.zeros(10, dtype=np.int32))
+    blob = encode_state(stage.partition_state(0) or {})
+    other_decoder = StreamDecoder(spec)
+    other = FleetStage(spec, other_decoder, clock=lambda: CLOCK)
+    other.restore_partition(0, decode_state(blob))
+    assert other.tracked == 10
+    assert other_decoder.entities is not None
+    assert sorted(k for k in other_decoder.entities.codes if k is not None) == list(
+        range(1000, 1010)
+    )
