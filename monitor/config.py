@@ -235,6 +235,9 @@ class FleetSpec(_Model):
     fields: dict[str, FleetFieldSpec] | None = None
     max_entities: int = Field(default=100_000, gt=0)
     allowed_lateness: Duration = 60.0
+    # Events stamped further than this ahead of the wall clock are dropped (counted
+    # late): one bad clock must not move a partition's watermark into the future.
+    max_future: Duration = 86400.0
     evaluate_every: Duration = 60.0
     quiet_after: Duration = 300.0
     false_alerts_per_day: float = Field(default=1.0, gt=0)

@@ -22,6 +22,9 @@ it has seen. An event more than ``fleet.allowed_lateness`` behind it is late:
 counted (``driftwarden_fleet_late_events_total``) and not folded into its device
 (the rest of the pipeline still sees it). Other out-of-order events are folded in
 arrival order (last-seen time only moves forward; backward steps are not gaps).
+Events stamped more than ``fleet.max_future`` ahead of the wall clock are dropped
+and counted late too, so one device with a wrong clock cannot move its partition's
+watermark (and silence every other device).
 
 Silence by wall clock: a partition from which no event arrived for
 ``fleet.quiet_after`` seconds of wall-clock time is judged at ``watermark +``
@@ -265,6 +268,9 @@ class FleetStage:
             times = batch.event_time if rows is None else batch.event_time[rows]
             vals = values if rows is None else values[rows]
             ok = valid if rows is None else valid[rows]
+            future = times > wall + self.config.max_future
+            if future.any():  # NaN times are counted late and not folded in
+                times = np.where(future, np.nan, times)
             table = self._table(partition)
             slots = self._assign(partition, table, codes)
             rejected += int(np.count_nonzero(slots < 0))

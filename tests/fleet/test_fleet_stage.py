@@ -204,9 +204,12 @@ def test_late_events_are_counted_and_not_folded() -> None:
     stage.update(to_batch(lateb), np.zeros(5, dtype=np.int32))
     assert stage.late == 3 and int(stage.tables[0].count[0]) == count + 2
     assert stage.tables[0].last_time[0] == chunk.times[-1]
-    assert (
-        registry.get_sample_value("driftwarden_fleet_late_events_total", {"stream": "fleet"}) == 3
-    )
+    # a clock far in the future: dropped and counted, the watermark stays
+    ahead = type(chunk)(chunk.codes[:1], np.array([CLOCK + 10 * 86400.0]), chunk.values[:1])
+    stage.update(to_batch(ahead), np.zeros(1, dtype=np.int32))
+    assert stage.late == 4 and stage.tables[0].watermark == chunk.times[-1]
+    late = registry.get_sample_value("driftwarden_fleet_late_events_total", {"stream": "fleet"})
+    assert late == 4
 
 
 def test_a_quiet_partition_is_judged_by_wall_clock() -> None:
