@@ -34,6 +34,10 @@ the quiet time, so a whole partition going dark is reported too (by
 State: each partition's table (device ids and arrays) is its checkpoint, so a
 device's state follows its partition on a rebalance and survives restarts. The
 fleet's center (for ``fleet_drift``) is computed over this process's partitions.
+With several replicas each judges the devices of the partitions it owns and sends
+its own findings (devices are keyed to partitions, so none is judged twice);
+grouping then happens per replica. Condition bits are part of the checkpoint, so a
+restart does not page again for a device that was already unhealthy.
 
 >>> from monitor.config import StreamSpec
 >>> spec = StreamSpec.model_validate({"name": "s", "topic": "t", "entity": "id",
