@@ -57,8 +57,14 @@ def _epoch(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
 
 
+def _path(name: str) -> Path:
+    # the machine-temperature series already ships with the package (monitor/data)
+    bundled = DATA.parents[2] / "monitor" / "data" / f"nab_{name}.csv"
+    return bundled if bundled.exists() else DATA / f"{name}.csv"
+
+
 def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
-    with (DATA / f"{name}.csv").open(encoding="utf-8") as fh:
+    with _path(name).open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return (
         np.array([_epoch(r["timestamp"]) for r in rows]),
