@@ -17,6 +17,11 @@ with the same alert ``resolved``. A key that resolved is in cooldown for
 (drift if any drifts; the strongest statistic is kept), so per-partition findings
 may be passed as they come, though the merged (global) verdict is what should be fed.
 
+Entities (``kind="entity"``, devices judged by the fleet stage): the stage reports
+a condition's onset and its end once each, so one clean finding resolves; a
+grouped entity alert lists at most ``MAX_LISTED_ENTITIES`` devices in ``subjects``
+(its summary gives the full count) and its top subjects carry per-device details.
+
 Grouping. When ``grouping.min_subjects`` or more subjects of one stream and detector
 start firing in the same call, they share one alert (subject ``"*"``) whose evidence
 lists the top subjects by statistic; later subjects of that stream and detector join
@@ -73,6 +78,7 @@ Status = Literal["firing", "resolved"]
 SCHEMA_VERSION = 1
 _STATE_VERSION = 1
 GROUP_SUBJECT = "*"
+MAX_LISTED_ENTITIES = 100  # devices named in one grouped entity alert's ``subjects``
 
 
 def _finite(x: float | None) -> float | None:
@@ -129,14 +135,18 @@ class SubjectScore:
     statistic: float
     threshold: float
     p_value: float | None = None
+    details: tuple[tuple[str, float], ...] = ()  # per-device evidence (entity alerts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "subject": self.subject,
             "statistic": _finite(self.statistic),
             "threshold": _finite(self.threshold),
             "p_value": _finite(self.p_value),
         }
+        if self.details:
+            out["details"] = {k: _finite(v) for k, v in self.details}
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +182,13 @@ class Evidence:
             window=window_from_dict(d["window"]),
             baseline_id=d["baseline_id"],
             top_subjects=tuple(
-                SubjectScore(s["subject"], num(s["statistic"]), num(s["threshold"]), s["p_value"])
+                SubjectScore(
+                    s["subject"],
+                    num(s["statistic"]),
+                    num(s["threshold"]),
+                    s["p_value"],
+                    _details(s.get("details")),
+                )
                 for s in d["top_subjects"]
             ),
         )
@@ -309,7 +325,11 @@ class _Incident:
 
         members = {
             m["subject"]: SubjectScore(
-                m["subject"], num(m["statistic"]), num(m["threshold"]), m["p_value"]
+                m["subject"],
+                num(m["statistic"]),
+                num(m["threshold"]),
+                m["p_value"],
+                _details(m.get("details")),
             )
             for m in s["members"]
         }
@@ -379,7 +399,8 @@ class AlertEngine:
                     episode.clean = 0
                     continue
                 episode.clean += 1
-                if episode.clean < self.config.resolve_after:
+                need = 1 if finding.kind == "entity" else self.config.resolve_after
+                if episode.clean < need:
                     continue
                 del self._episodes[key]
                 self._cooldown_until[key] = now + self.config.cooldown
@@ -486,6 +507,9 @@ class AlertEngine:
         else:
             evidence = _evidence(latest, tuple(top))
         subjects = tuple(sorted(incident.members))
+        summary = _summary(incident, status, subjects, evidence)
+        if incident.kind == "entity":
+            subjects = subjects[:MAX_LISTED_ENTITIES]
         return Alert(
             id=incident.id,
             status=status,
@@ -494,7 +518,7 @@ class AlertEngine:
             subject=incident.subject,
             detector=incident.detector,
             kind=incident.kind,
-            summary=_summary(incident, status, subjects, evidence),
+            summary=summary,
             evidence=evidence,
             started_at=incident.started_at,
             ended_at=now if status == "resolved" else None,
@@ -595,7 +619,14 @@ def _sort_stat(x: float) -> float:
 
 
 def _score(f: Finding) -> SubjectScore:
-    return SubjectScore(f.subject, f.statistic, f.threshold, f.p_value)
+    details = f.details if f.kind == "entity" else ()
+    return SubjectScore(f.subject, f.statistic, f.threshold, f.p_value, details)
+
+
+def _details(raw: Mapping[str, float | None] | None) -> tuple[tuple[str, float], ...]:
+    if not raw:
+        return ()
+    return tuple((k, math.nan if v is None else float(v)) for k, v in raw.items())
 
 
 def _evidence(f: Finding, top: tuple[SubjectScore, ...] = ()) -> Evidence:
@@ -621,6 +652,8 @@ def _fmt(x: float | None) -> str:
 
 
 def _summary(incident: _Incident, status: Status, subjects: tuple[str, ...], ev: Evidence) -> str:
+    if incident.kind == "entity":
+        return _entity_summary(incident, status, subjects, ev)
     what = (
         f"{len(subjects)} subjects of {incident.stream}"
         if incident.subject == GROUP_SUBJECT
@@ -634,6 +667,25 @@ def _summary(incident: _Incident, status: Status, subjects: tuple[str, ...], ev:
         head += f" (p={_fmt(ev.p_value)})"
     if incident.subject == GROUP_SUBJECT:
         head += "; top: " + ", ".join(s.subject for s in ev.top_subjects)
+    return head
+
+
+def _entity_summary(
+    incident: _Incident, status: Status, subjects: tuple[str, ...], ev: Evidence
+) -> str:
+    """``silent: 500 devices of sensors (first 100 listed); top: ...``"""
+    if incident.subject == GROUP_SUBJECT:
+        what = f"{len(subjects)} devices of {incident.stream}"
+        if len(subjects) > MAX_LISTED_ENTITIES:
+            what += f" (first {MAX_LISTED_ENTITIES} listed)"
+    else:
+        what = f"device {incident.subject} of {incident.stream}"
+    if status == "resolved":
+        return f"{incident.detector} on {what} resolved"
+    head = f"{incident.detector} on {what}: score {_fmt(ev.statistic)}"
+    head += f" (threshold {_fmt(ev.threshold)})"
+    if incident.subject == GROUP_SUBJECT:
+        head += "; worst: " + ", ".join(s.subject for s in ev.top_subjects)
     return head
 
 

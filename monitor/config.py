@@ -56,6 +56,8 @@ __all__ = [
     "Config",
     "FieldSpec",
     "FieldType",
+    "FleetFieldSpec",
+    "FleetSpec",
     "MetricsConfig",
     "ModelSpec",
     "SourceConfig",
@@ -237,6 +239,88 @@ class ModelSpec(_Model):
     labels: dict[str, Any] | None = None
 
 
+class FleetFieldSpec(_Model):
+    """One numeric field as the fleet stage tracks it per device."""
+
+    # Plausible values for a healthy device (out_of_range counts values outside).
+    range: tuple[float, float] | None = None
+    # Smallest standard deviation a spike z-score divides by (the readings' resolution).
+    min_sd: float = Field(default=0.0, ge=0)
+
+    @field_validator("range")
+    @classmethod
+    def _ordered_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] <= value[1]:
+            raise ValueError(f"range must be [low, high] with low <= high, got {list(value)}")
+        return value
+
+
+class FleetSpec(_Model):
+    """Per-device health of a stream with an ``entity`` (see monitor/fleet.py)."""
+
+    # numeric field -> how it is tracked; default: every numeric field of the stream.
+    fields: dict[str, FleetFieldSpec] | None = None
+    max_entities: int = Field(default=100_000, gt=0)
+    allowed_lateness: Duration = 60.0
+    # Events stamped further than this ahead of the wall clock are dropped (counted
+    # late): one bad clock must not move a partition's watermark into the future.
+    max_future: Duration = 86400.0
+    evaluate_every: Duration = 60.0
+    quiet_after: Duration = 300.0
+    false_alerts_per_day: float = Field(default=1.0, gt=0)
+    events_per_day: float = Field(default=1e8, gt=0)
+    alpha: float = Field(default=0.02, gt=0, le=1)
+    gap_alpha: float = Field(default=0.1, gt=0, le=1)
+    oor_alpha: float = Field(default=0.05, gt=0, le=1)
+    recent_alpha: float = Field(default=0.1, gt=0, le=1)
+    warmup: int = Field(default=30, ge=1)
+    top_k: int = Field(default=20, ge=1, le=1000)
+    # entity detector name -> its parameters; a list of names means defaults; None: all.
+    detectors: dict[str, dict[str, Any]] | None = None
+
+    @field_validator("detectors", mode="before")
+    @classmethod
+    def _names_to_mapping(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            return {str(name): {} for name in value}
+        return value
+
+    @field_validator("detectors")
+    @classmethod
+    def _known_detectors(
+        cls, value: dict[str, dict[str, Any]] | None
+    ) -> dict[str, dict[str, Any]] | None:
+        from detectors import entity_registry
+
+        for name, params in (value or {}).items():
+            if name not in entity_registry.names():
+                raise ValueError(
+                    f"unknown entity detector {name!r}; "
+                    f"allowed: {', '.join(entity_registry.names())}"
+                )
+            cls_ = entity_registry.detector_class(name)
+            accepted = {
+                p.name
+                for p in inspect.signature(cls_).parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "budget"
+            }
+            unknown = sorted(set(params) - accepted)
+            if unknown:
+                raise ValueError(
+                    f"entity detector {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                    f"allowed: {', '.join(sorted(accepted)) or 'none'}"
+                )
+        return value
+
+    def detector_specs(self) -> dict[str, dict[str, Any]]:
+        """The entity detectors to run, in status-bit order, with their parameters."""
+        from detectors import entity_registry
+
+        chosen = self.detectors if self.detectors is not None else {}
+        every = self.detectors is None
+        return {n: dict(chosen.get(n, {})) for n in entity_registry.names() if every or n in chosen}
+
+
 class StreamSpec(_Model):
     """One monitored stream: a topic (or several) of JSON events with declared fields."""
 
@@ -276,6 +360,7 @@ class StreamSpec(_Model):
     baseline: BaselineSpec = BaselineSpec(first_events=10_000)
     window: WindowSpec = WindowSpec()
     model: ModelSpec | None = None
+    fleet: FleetSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> StreamSpec:
@@ -287,11 +372,24 @@ class StreamSpec(_Model):
             name = getattr(self, key)
             if name is not None and name in self.fields:
                 raise ValueError(f"{key} field {name!r} must not also be declared under fields")
+        if self.fleet is not None:
+            _check_fleet(self)
         return self
 
     @property
     def all_topics(self) -> tuple[str, ...]:
         return (self.topic,) if self.topic is not None else tuple(self.topics or ())
+
+
+def _check_fleet(stream: StreamSpec) -> None:
+    if stream.entity is None or stream.event_time is None:
+        raise ValueError("fleet needs the stream's entity and event_time")
+    numeric = [n for n, f in stream.fields.items() if f.type in NUMERIC_TYPES]
+    for name in (stream.fleet.fields or {}) if stream.fleet is not None else {}:
+        if name not in numeric:
+            raise ValueError(f"fleet.fields: {name!r} is not a numeric field of the stream")
+    if not numeric:
+        raise ValueError("fleet needs at least one numeric field")
 
 
 class SourceConfig(_Model):

@@ -14,6 +14,7 @@ import yaml
 from connectors.kafka import ensure_topics
 from monitor.config import Config, parse_config
 from monitor.errors import DriftwardenError
+from monitor.fleet_demo import demo_failures, demo_fleet_stream, produce_demo_fleet
 from monitor.synthetic import DEMO_STREAM, generate_fleet
 
 __all__ = ["WebhookReceiver", "create_topic", "demo_config", "produce_fleet", "run_demo"]
@@ -101,7 +102,8 @@ def demo_config(
                 "baseline": {"first_events": baseline_events},
                 "window": {"events": 5000, "step": 1000},
                 "model": {"name": "sensor-anomaly", "version": "3"},
-            }
+            },
+            demo_fleet_stream(),
         ],
         "alerts": {
             "topic": "driftwarden.alerts",
@@ -151,6 +153,19 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
             daemon=True,
         )
         producer.start()
+        create_topic(broker.bootstrap, "iot.fleet", 3)
+        fleet_producer = threading.Thread(
+            target=produce_demo_fleet,
+            args=(broker.bootstrap, "iot.fleet", seconds, stop),
+            name="fleet-producer",
+            daemon=True,
+        )
+        fleet_producer.start()
+        for f in demo_failures(seconds):
+            print(
+                f"fleet: {len(f.devices)} device(s) of 200 go {f.condition} at +{f.at:.0f}s",
+                flush=True,
+            )
         print(
             f"producer: 100 devices, {rate:,.0f} events/s for {seconds:.0f}s, ~3% bad records, "
             f"vibration and status drift from event {drift_at:,} to {drift_until:,}",
@@ -172,6 +187,8 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
         )
         stop.set()
         producer.join(10)
+        fleet_producer.join(10)
+        fleet_status = service.fleet_status()
         alerts = _read_all(broker.bootstrap, "driftwarden.alerts")
         retrains = _read_all(broker.bootstrap, "ml.retrain.requests")
     receiver.stop()
@@ -187,6 +204,15 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
     for r in retrains:
         print(f"  model {r['model']} v{r['version']}: {r['reason']}", flush=True)
     print(f"webhook receiver: {len(receiver.received)} signed delivery(ies)", flush=True)
+    for stream, doc in fleet_status["streams"].items():
+        print(
+            f"fleet {stream}: {doc['tracked']} devices, {doc['healthy']} healthy, "
+            f"unhealthy by condition {doc['unhealthy']}",
+            flush=True,
+        )
+        for condition, worst in doc["worst"].items():
+            names = ", ".join(d["entity"] for d in worst[:10])
+            print(f"  {condition:<13} worst: {names or '-'}", flush=True)
     return 0
 
 

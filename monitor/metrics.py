@@ -224,6 +224,49 @@ class Metrics:
         self.ready = Gauge(
             "driftwarden_ready", "1 when the service is consuming, 0 when not ready", registry=r
         )
+        # Fleet health (monitor/fleet.py): per stream and condition, never per device.
+        self.fleet_unhealthy = Gauge(
+            "driftwarden_fleet_unhealthy_devices",
+            "Devices for which a condition (silent, stuck, ...) holds at the last evaluation",
+            ["stream", "condition"],
+            registry=r,
+        )
+        self.fleet_healthy = Gauge(
+            "driftwarden_fleet_healthy_devices",
+            "Tracked devices with no condition at the last evaluation",
+            ["stream"],
+            registry=r,
+        )
+        self.fleet_tracked = Gauge(
+            "driftwarden_fleet_tracked_devices",
+            "Devices whose state this process keeps",
+            ["stream"],
+            registry=r,
+        )
+        self.fleet_detections = Counter(
+            "driftwarden_fleet_detections",
+            "Onsets of a device condition",
+            ["stream", "condition"],
+            registry=r,
+        )
+        self.fleet_evicted = Counter(
+            "driftwarden_fleet_evicted_devices",
+            "Devices evicted (longest silent first) to stay within fleet.max_entities",
+            ["stream"],
+            registry=r,
+        )
+        self.fleet_rejected = Counter(
+            "driftwarden_fleet_rejected_events",
+            "Events of devices that could not be tracked (no room, or no entity code)",
+            ["stream"],
+            registry=r,
+        )
+        self.fleet_late = Counter(
+            "driftwarden_fleet_late_events",
+            "Events older than their partition's watermark minus the allowed lateness",
+            ["stream"],
+            registry=r,
+        )
         self.kafka_errors = Counter(
             "driftwarden_kafka_errors",
             "Errors reported by the Kafka client",

@@ -386,6 +386,8 @@ def record_findings(metrics: Metrics, findings: Sequence[Finding]) -> None:
     """The drift gauges and ADWIN's change counter, from a batch's findings."""
     m = metrics
     for f in findings:
+        if f.kind == "entity":  # per-device: the fleet stage keeps its own metrics
+            continue
         labels = (f.stream, f.subject, f.detector)
         m.drift_statistic.labels(*labels).set(f.statistic)
         m.drift_threshold.labels(*labels).set(f.threshold)

@@ -423,6 +423,7 @@ class Runner:
                     log.warning("the broker did not answer within %.0fs", self.probe_interval)
             if self._broker_ok and self._events_since_checkpoint:
                 self._maybe_checkpoint()  # a quiet stream still gets its last batch saved
+            self._tick_stages()
             self._refresh_ready()
             return 0
         self._broker_ok = True
@@ -451,6 +452,23 @@ class Runner:
         self._maybe_checkpoint()
         self._account(results, out, time.perf_counter() - t0)
         return sum(r.events for r in results)
+
+    def _tick_stages(self) -> None:
+        """Let stages judge by wall clock while no event arrives (fleet: a quiet
+        partition's devices go silent); their findings are handled like a batch's."""
+        findings: list[Finding] = []
+        for pipeline in dict.fromkeys(self.pipelines.values()):
+            for stage in pipeline.stages:
+                tick = getattr(stage, "tick", None)
+                if tick is not None:
+                    findings.extend(tick())
+        if not findings:
+            return
+        self._record_findings(findings)
+        if self.findings_handler is not None:
+            for message in self.findings_handler.handle(findings, time.time()):
+                self.sink.send(message)
+            self._flush()
 
     def _flush(self) -> None:
         # Offsets must not be committed before every outgoing message is durable.

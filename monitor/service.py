@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -12,11 +13,11 @@ from connectors.base import MessageSink
 from connectors.kafka import ensure_topics, wait_for_cluster
 from monitor.alerting import AlertingHandler, build_findings_handler
 from monitor.config import Config
-from monitor.drift import drift_stages
+from monitor.fleet import FleetStage, FleetStatus, all_stages
 from monitor.metrics import Metrics, MetricsServer
 from monitor.pipeline import output_topics
 from monitor.runner import BatchSource, FindingsHandler, Runner, RunStats
-from monitor.status import StatusBoard, render_html, render_json
+from monitor.status import StatusBoard, StatusSection, render_html, render_json
 
 __all__ = ["Service"]
 
@@ -86,7 +87,7 @@ class Service:
                 metrics=self.metrics,
                 source=source,
                 sink=sink,
-                stages=drift_stages,
+                stages=all_stages,
                 findings_handler=findings_handler,
                 board=self.board,
             )
@@ -94,9 +95,35 @@ class Service:
             if self.server is not None:
                 self.server.stop()
             raise
+        fleet = [
+            stage
+            for pipeline in dict.fromkeys(self.runner.pipelines.values())
+            for stage in pipeline.stages
+            if isinstance(stage, FleetStage)
+        ]
+        if fleet and config.metrics.enabled:
+            for stage in fleet:
+                stage.publish_status = True
+            self.board.add_section(self._fleet_sections)
+            self.board.add_detail("fleet", self.fleet_status)
 
     def _ready(self) -> bool:
         return self.runner.ready()
+
+    def _fleet_sections(self) -> list[StatusSection]:
+        return [_fleet_section(status) for status in self._fleet_statuses()]
+
+    def _fleet_statuses(self) -> list[FleetStatus]:
+        return [
+            stage.last_status
+            for pipeline in dict.fromkeys(self.runner.pipelines.values())
+            for stage in pipeline.stages
+            if isinstance(stage, FleetStage) and stage.last_status is not None
+        ]
+
+    def fleet_status(self) -> dict[str, Any]:
+        """The worst devices per condition of every stream with a fleet section."""
+        return {"streams": {s.stream: s.to_dict() for s in self._fleet_statuses()}}
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -127,3 +154,34 @@ class Service:
         finally:
             if self.server is not None:
                 self.server.stop()
+
+
+def _fleet_section(status: FleetStatus) -> StatusSection:
+    """The worst devices of one stream, as a table of the status page."""
+    rows = []
+    for condition, devices in status.worst:
+        for d in devices:
+            values = ", ".join(f"{k}={v:.4g}" for k, v in d.values)
+            rows.append(
+                (
+                    condition,
+                    d.entity,
+                    str(d.partition),
+                    f"{d.score:.4g}",
+                    f"{d.threshold:.4g}",
+                    f"{d.run_length:,}",
+                    f"{d.z:.3g}",
+                    values,
+                )
+            )
+    unhealthy = ", ".join(f"{c}: {n:,}" for c, n in status.unhealthy if n) or "none"
+    return StatusSection(
+        title=f"Devices of stream {status.stream}",
+        columns=("condition", "device", "partition", "score", "threshold", "run", "z", "values"),
+        rows=tuple(rows),
+        note=(
+            f"{status.tracked:,} tracked, {status.healthy:,} healthy; unhealthy by condition: "
+            f"{unhealthy}; evicted {status.evicted:,}, rejected {status.rejected:,}, "
+            f"late {status.late:,}"
+        ),
+    )

@@ -124,9 +124,12 @@ class StatusSnapshot:
     alerts: tuple[AlertRow, ...]
     sections: tuple[StatusSection, ...] = ()
     alerts_total: int = 0
+    # Stage-specific detail for machines (e.g. "fleet": the worst devices), raw JSON.
+    details: tuple[tuple[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["details"] = dict(self.details)
         for stream, s in zip(out["streams"], self.streams, strict=True):
             stream["invalid_ratio"] = s.invalid_ratio
             for f, fs in zip(stream["fields"], s.fields, strict=True):
@@ -172,6 +175,7 @@ class StatusBoard:
         self._series: dict[str, dict[tuple[str, str], _Series]] = {}
         self._alerts: dict[str, AlertRow] = {}
         self._sections: list[Callable[[], Sequence[StatusSection]]] = []
+        self._details: list[tuple[str, Callable[[], Any]]] = []
 
     def record_batch(
         self,
@@ -223,6 +227,10 @@ class StatusBoard:
         """Register a stage's tables (called at snapshot time, on the HTTP thread)."""
         self._sections.append(provider)
 
+    def add_detail(self, name: str, provider: Callable[[], Any]) -> None:
+        """Register a stage's machine-readable detail, served under ``details.<name>``."""
+        self._details.append((name, provider))
+
     def snapshot(self, now: float | None = None) -> StatusSnapshot:
         """A consistent copy of the board, bounded as described above."""
         now = time.time() if now is None else now
@@ -247,7 +255,8 @@ class StatusBoard:
                 sections.append(
                     StatusSection(sec.title, sec.columns, sec.rows[: self.max_rows], sec.note)
                 )
-        return StatusSnapshot(now, streams, alerts, tuple(sections), alerts_total)
+        details = tuple((name, provider()) for name, provider in self._details)
+        return StatusSnapshot(now, streams, alerts, tuple(sections), alerts_total, details)
 
     def _stream_status(self, name: str, counts: _StreamCounts) -> StreamStatus:
         fields = []
