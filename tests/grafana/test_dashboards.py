@@ -149,12 +149,7 @@ def test_new_fleet_and_model_families_land_on_their_dashboards(
         def __init__(self, registry: CollectorRegistry | None = None) -> None:
             super().__init__(registry)
             r = self.registry
-            Gauge(
-                "driftwarden_fleet_unhealthy_devices",
-                "Unhealthy devices",
-                ["stream", "condition"],
-                registry=r,
-            )
+            # driftwarden_fleet_unhealthy_devices is a real family now (monitor/metrics.py).
             Counter("driftwarden_fleet_evictions", "Devices evicted", ["stream"], registry=r)
             Gauge("driftwarden_model_quality", "Realized quality", ["model", "metric"], registry=r)
             Histogram("driftwarden_label_delay_seconds", "Label delay", ["model"], registry=r)
