@@ -13,6 +13,9 @@ realised false-alert rate is below the budget).
   (``scipy.stats.binomtest(k, n, p0, alternative="less")``) when the reference
   accuracy is taken as exact (``n0=None``). A drop also needs to reach
   ``min_drop`` (effect size), so a huge window does not page on 0.1 points.
+* :class:`MeanShift`: a z-test (Welch, both variances) of a per-event loss mean
+  (absolute error for MAE, squared error for RMSE, log loss, signed error for
+  bias) against the reference mean: one-sided "increase" or two-sided.
 * :class:`AUCDrop`: DeLong's variance of the window's ROC AUC (DeLong, DeLong and
   Clarke-Pearson 1988, via midranks, O(n log n)) plus the reference's, and a
   one-sided z-test of the difference.
@@ -34,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import binomtest, norm, rankdata
 
-__all__ = ["AUCDrop", "AccuracyDrop", "DropTest", "delong_auc_variance"]
+__all__ = ["AUCDrop", "AccuracyDrop", "DropTest", "MeanShift", "delong_auc_variance"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,3 +179,54 @@ class AUCDrop:
             p_value,
             p_value < self.alpha and drop >= self.min_drop,
         )
+
+
+class MeanShift:
+    """Has the mean of a per-event loss grown (or, two-sided, moved) from the reference?
+
+    ``reference_mean``/``reference_var``/``reference_n`` describe the reference's
+    per-event values; a window is judged from its ``mean``, ``var`` and ``n``.
+    ``statistic`` is the signed change (window - reference; its absolute value
+    when two-sided).
+
+    >>> t = MeanShift(1.0, 0.25, 50_000, step=500)
+    >>> t.test(1.1, 0.25, 5000).drift, t.test(1.01, 0.25, 5000).drift
+    (True, False)
+    """
+
+    def __init__(
+        self,
+        reference_mean: float,
+        reference_var: float,
+        reference_n: int,
+        two_sided: bool = False,
+        false_alerts: float = 1.0,
+        per_events: int = 1_000_000,
+        step: int = 500,
+        min_change: float = 0.0,
+    ) -> None:
+        self.reference_mean = reference_mean
+        self.reference_var = reference_var
+        self.reference_n = reference_n
+        self.two_sided = two_sided
+        self.false_alerts = false_alerts
+        self.per_events = per_events
+        self.step = step
+        self.min_change = min_change
+        self.alpha = _alpha(false_alerts, per_events, step)
+        self._z = float(norm.isf(self.alpha / 2 if two_sided else self.alpha))
+
+    def test(self, mean: float, var: float, n: int) -> DropTest:
+        """Judge a window whose per-event values have this ``mean``, ``var``, ``n``."""
+        if n < 2 or not math.isfinite(mean):
+            return DropTest(mean, self.reference_mean, math.nan, math.nan, 1.0, False)
+        change = mean - self.reference_mean
+        se = math.sqrt(var / n + self.reference_var / max(self.reference_n, 1))
+        stat = abs(change) if self.two_sided else change
+        if se > 0:
+            p_value = float(norm.sf(stat / se)) * (2 if self.two_sided else 1)
+        else:
+            p_value = 0.0 if stat > 0 else 1.0
+        threshold = max(self.min_change, self._z * se)
+        drift = p_value < self.alpha and stat >= self.min_change
+        return DropTest(mean, self.reference_mean, stat, threshold, min(p_value, 1.0), drift)

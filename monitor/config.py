@@ -36,6 +36,7 @@ from pydantic import (
 
 from detectors.registry import detector_class, names
 from monitor.config_alerts import AlertsConfig, Duration, parse_duration
+from monitor.config_model import ModelSpec
 from monitor.errors import ConfigError
 
 __all__ = [
@@ -200,16 +201,6 @@ class BaselineSpec(_Model):
         return self
 
 
-class ModelSpec(_Model):
-    """An ML model whose inference events a stream carries (quality: later work)."""
-
-    name: str = Field(pattern=_NAME)
-    version: str | None = None
-    version_field: str | None = None
-    prediction: str | None = None
-    labels: dict[str, Any] | None = None
-
-
 class StreamSpec(_Model):
     """One monitored stream: a topic (or several) of JSON events with declared fields."""
 
@@ -238,11 +229,26 @@ class StreamSpec(_Model):
             name = getattr(self, key)
             if name is not None and name in self.fields:
                 raise ValueError(f"{key} field {name!r} must not also be declared under fields")
+        if self.model is not None and self.model.labels is not None:
+            if self.topic is None:
+                raise ValueError("a stream with model.labels reads one inference topic (topic:)")
+            if self.model.labels.topic == self.topic:
+                raise ValueError("model.labels.topic must differ from the inference topic")
+            if self.event_time is None:
+                raise ValueError("a stream with model.labels needs event_time (expiry is by it)")
         return self
 
     @property
-    def all_topics(self) -> tuple[str, ...]:
+    def inference_topics(self) -> tuple[str, ...]:
+        """The topics of the stream's own events (without a model's label topic)."""
         return (self.topic,) if self.topic is not None else tuple(self.topics or ())
+
+    @property
+    def all_topics(self) -> tuple[str, ...]:
+        """Every topic the stream reads; a model's label topic comes last (its slots are
+        ``len(inference_topics) << 20 | partition``)."""
+        labels = self.model.labels if self.model is not None else None
+        return self.inference_topics + ((labels.topic,) if labels is not None else ())
 
 
 class SourceConfig(_Model):

@@ -20,13 +20,14 @@ from connectors.base import OutMessage
 from connectors.kafka import RawBatch
 from detectors.base import Finding
 from monitor.config import Config, StreamSpec
-from monitor.decode import REASONS, Batch, StreamDecoder
+from monitor.decode import REASONS, Batch, Reject, StreamDecoder
 from monitor.metrics import Metrics
 
 __all__ = [
     "BatchInput",
     "BatchResult",
     "FindingStage",
+    "RawAwareStage",
     "StreamPipeline",
     "account_batch",
     "build_pipelines",
@@ -56,6 +57,19 @@ class FindingStage(Protocol):
     def set_remote(self, states: dict[int, dict[str, Any]]) -> None: ...
 
     aggregating: bool
+
+
+class RawAwareStage(FindingStage, Protocol):
+    """A stage that also reads the raw payloads and Kafka coordinates (the model stage:
+    request ids, offsets), and consumes the events of a label topic of the stream."""
+
+    def update_raw(
+        self, raw: BatchInput, batch: Batch, partitions: npt.NDArray[np.int32]
+    ) -> list[Finding]: ...
+
+    def update_labels(
+        self, raw: BatchInput, partitions: npt.NDArray[np.int32]
+    ) -> tuple[list[Finding], list[Reject]]: ...
 
 
 @dataclass
@@ -140,8 +154,13 @@ class StreamPipeline:
         self._slot_base = {t: np.int32(i << 20) for i, t in enumerate(spec.all_topics)}
         # Per (topic, partition): events seen, checkpointed with the partition's state.
         self.partition_events: dict[tuple[str, int], int] = {}
+        labels = spec.model.labels if spec.model is not None else None
+        # A model's label topic: its events go to the stages' update_labels, not the decoder.
+        self.label_topic = labels.topic if labels is not None else None
 
     def process(self, raw: BatchInput) -> BatchResult:
+        if raw.topic == self.label_topic:
+            return self._process_labels(raw)
         t0 = time.perf_counter()
         batch = self.decoder.decode(raw.values)
         t1 = time.perf_counter()
@@ -171,7 +190,10 @@ class StreamPipeline:
         if self.stages and batch.n:
             partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
             for stage in self.stages:
-                findings.extend(stage.update(batch, partitions))
+                if hasattr(stage, "update_raw"):
+                    findings.extend(stage.update_raw(raw, batch, partitions))
+                else:
+                    findings.extend(stage.update(batch, partitions))
         t3 = time.perf_counter()
         self._last.set(time.time())
         rejected = sum(counts.values())
@@ -188,6 +210,42 @@ class StreamPipeline:
             findings=findings,
             next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
             stage_seconds={"decode": t1 - t0, "checks": t2 - t1, "detectors": t3 - t2},
+        )
+
+    def _process_labels(self, raw: BatchInput) -> BatchResult:
+        """A batch of the label topic: joined by the stages that read labels."""
+        t0 = time.perf_counter()
+        n = len(raw.values)
+        self._events[raw.topic].inc(n)
+        partitions = raw.partitions + self._slot_base[raw.topic]
+        findings: list[Finding] = []
+        rejects: dict[int, Reject] = {}
+        for stage in self.stages:
+            if hasattr(stage, "update_labels"):
+                found, bad = stage.update_labels(raw, partitions)
+                findings.extend(found)
+                rejects.update((r.index, r) for r in bad)
+        out = [
+            dead_letter(self.dead_letter_topic, self.spec.name, raw, r.index, r.reason, r.detail)
+            for r in sorted(rejects.values(), key=lambda r: r.index)
+        ]
+        counts: dict[str, int] = {}
+        for r in rejects.values():
+            counts[r.reason] = counts.get(r.reason, 0) + 1
+            self._invalid[r.reason].inc()
+        self._count_partitions(raw)
+        self.totals["events"] += n
+        self.totals["accepted"] += n - len(rejects)
+        self.totals["rejected"] += len(rejects)
+        return BatchResult(
+            stream=self.spec.name,
+            events=n,
+            accepted=n - len(rejects),
+            rejected=counts,
+            out=out,
+            findings=findings,
+            next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
+            stage_seconds={"labels": time.perf_counter() - t0},
         )
 
     def _count_partitions(self, raw: BatchInput) -> None:

@@ -1,0 +1,205 @@
+"""The ``model:`` section of a stream: an ML model whose inference events the stream carries.
+
+Every key is typed and validated (unknown keys are errors)::
+
+    model:
+      name: loans
+      version_field: model_version        # or version: "7" (a fixed version)
+      request_id: request_id              # the join key in inference events
+      prediction:
+        task: classification              # or regression
+        score: p_default                  # positive-class probability (a float field)
+        class_field: y_pred               # the predicted class (optional with score)
+        positive_class: "1"
+        threshold: 0.5                    # score >= threshold -> positive, without class_field
+      labels:
+        topic: ml.loans.labels            # co-partitioned with the inference topic
+        key: request_id                   # the join key in label events
+        value: defaulted                  # the label (class, or a number for regression)
+        time: ts                          # the label's event time
+        max_delay: 7d
+        max_pending: 100000               # pending predictions per partition (bounded)
+      quality:
+        metrics: [accuracy, roc_auc, f1]
+        window: {events: 5000, step: 500}
+        false_alerts: 1.0                 # expected false quality alerts ...
+        per_events: 1000000               # ... per this many joined events
+        min_drop: 0.01
+        estimate: {method: isotonic}      # CBPE before labels; method: isotonic | histogram
+      reference: {file: ref/loans.jsonl}  # features, predictions and labels
+      deploy_topic: ml.deploys            # optional: deploy events switch the version
+
+Prediction fields that are also declared under the stream's ``fields`` are watched
+for drift by the drift stage like any feature (same detectors, same false-alarm
+budget): that is prediction drift. Class values (predicted and labelled) are
+compared as strings (JSON ``true`` reads ``"True"``, ``1`` reads ``"1"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from detectors.quality import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from monitor.config_alerts import Duration
+
+__all__ = [
+    "LabelsSpec",
+    "ModelSpec",
+    "ModelVersionSpec",
+    "PredictionSpec",
+    "QualitySpec",
+    "QualityWindowSpec",
+    "ReferenceSpec",
+]
+
+_NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
+QualityMetric = Literal[
+    "accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece", "mae", "rmse", "bias"
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PredictionSpec(_Model):
+    """Where the prediction is in an inference event."""
+
+    task: Literal["classification", "regression"] = "classification"
+    score: str | None = None
+    class_field: str | None = None
+    positive_class: str | None = None
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    value: str | None = None
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> PredictionSpec:
+        if self.task == "classification":
+            if self.score is None and self.class_field is None:
+                raise ValueError("a classifier needs prediction.score or prediction.class_field")
+            if self.positive_class is None:
+                raise ValueError("a classifier needs prediction.positive_class")
+            if self.value is not None:
+                raise ValueError("prediction.value is for regression models")
+        else:
+            if self.value is None:
+                raise ValueError("a regression model needs prediction.value")
+            if self.score is not None or self.class_field is not None:
+                raise ValueError("prediction.score and class_field are for classifiers")
+        return self
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(f for f in (self.score, self.class_field, self.value) if f is not None)
+
+
+class LabelsSpec(_Model):
+    """The label topic and how a label finds its prediction."""
+
+    topic: str
+    key: str
+    value: str
+    time: str
+    time_unit: Literal["s", "ms", "us", "ns"] = "s"
+    max_delay: Duration = 86_400.0
+    max_pending: int = Field(default=100_000, gt=0, le=50_000_000)
+
+    @model_validator(mode="after")
+    def _positive_delay(self) -> LabelsSpec:
+        if not self.max_delay > 0:
+            raise ValueError(f"labels.max_delay must be > 0, got {self.max_delay}")
+        return self
+
+
+class QualityWindowSpec(_Model):
+    """Joined events per quality window and between verdicts."""
+
+    events: int = Field(default=5_000, gt=0)
+    step: int = Field(default=500, gt=0)
+
+    @model_validator(mode="after")
+    def _step_fits(self) -> QualityWindowSpec:
+        if self.step > self.events or self.events % self.step:
+            raise ValueError(
+                f"window.events ({self.events}) must be a multiple of step ({self.step})"
+            )
+        return self
+
+
+class EstimateSpec(_Model):
+    """Confidence-based performance estimation before labels (binary classifiers)."""
+
+    enabled: bool = True
+    method: Literal["isotonic", "histogram"] = "isotonic"
+    bins: int = Field(default=20, ge=2, le=1000)
+
+
+class QualitySpec(_Model):
+    """Which quality metrics are watched, over which windows, with which alarm budget."""
+
+    metrics: tuple[QualityMetric, ...] = ("accuracy", "roc_auc")
+    window: QualityWindowSpec = QualityWindowSpec()
+    false_alerts: float = Field(default=1.0, gt=0)
+    per_events: int = Field(default=1_000_000, gt=0)
+    min_drop: float = Field(default=0.01, ge=0)
+    estimate: EstimateSpec = EstimateSpec()
+
+
+class ReferenceSpec(_Model):
+    """A file (JSONL, CSV, Parquet) of reference events: features, predictions, labels."""
+
+    file: Path
+    id: str | None = None
+
+
+class ModelVersionSpec(_Model):
+    """A version that brings its own reference."""
+
+    version: str
+    reference: ReferenceSpec
+
+
+class ModelSpec(_Model):
+    """An ML model whose inference events a stream carries."""
+
+    name: str = Field(pattern=_NAME)
+    version: str | None = None
+    version_field: str | None = None
+    request_id: str | None = None
+    prediction: PredictionSpec | None = None
+    labels: LabelsSpec | None = None
+    quality: QualitySpec = QualitySpec()
+    reference: ReferenceSpec | None = None
+    versions: tuple[ModelVersionSpec, ...] = ()
+    deploy_topic: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if self.labels is not None:
+            if self.prediction is None:
+                raise ValueError("model.labels needs model.prediction")
+            if self.request_id is None:
+                raise ValueError("model.labels needs model.request_id (the join key)")
+        if self.prediction is not None:
+            allowed = (
+                CLASSIFICATION_METRICS
+                if self.prediction.task == "classification"
+                else REGRESSION_METRICS
+            )
+            wrong = [m for m in self.quality.metrics if m not in allowed]
+            if wrong:
+                raise ValueError(
+                    f"quality metrics {wrong} do not apply to {self.prediction.task}; "
+                    f"allowed: {', '.join(allowed)}"
+                )
+            if self.prediction.task == "classification" and self.prediction.score is None:
+                needs_score = {"roc_auc", "log_loss", "ece"} & set(self.quality.metrics)
+                if needs_score:
+                    raise ValueError(f"quality metrics {sorted(needs_score)} need prediction.score")
+        versions = [v.version for v in self.versions]
+        if len(set(versions)) != len(versions):
+            raise ValueError(f"model.versions must be distinct, got {versions}")
+        return self

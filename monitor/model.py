@@ -1,0 +1,864 @@
+"""The model stage: delayed labels joined to predictions, quality windows, CBPE, per version.
+
+A stream whose ``model:`` has ``labels`` reads two co-partitioned topics: the
+inference topic (slots ``p``) and the label topic (slots ``1 << 20 | p``), with
+the same partition count and the request id as the message key on both sides, so
+a request's prediction and label land in the same partition number ``p``. The
+stage keeps one :class:`_Part` per partition number: the join table
+(``detectors.label_join``), the quality windows and the estimate windows per model
+version, and the next offset of *both* topics that its state covers.
+
+Checkpoints. The runner checkpoints each (topic, partition) under its own key with
+its own offset. The stage returns the same part state for ``p`` and ``1 << 20 | p``
+(written in the same checkpoint call: the join table is stored twice, the cost of
+this design), and on restore keeps the newer of the two (the larger offsets). The
+runner seeks each topic to its own checkpoint's offset; events before the offsets
+the kept state covers are replayed by Kafka and skipped here by offset. So a
+restart loses no pending prediction and counts no label twice, whichever of the
+two records a crash left newer.
+
+Topics that are not co-partitioned (different partition counts, or keyed by
+something else) cannot join locally: a request's label may be read by another
+replica. The strategy then is to repartition one side by the request id into a
+co-partitioned topic first (a small Kafka Streams / Faust job, or driftwarden's
+producer), at the cost of writing every label once more and one more hop of
+latency; joining across replicas through the state topic would cost a lookup per
+label and break the exact-restart contract, so it is not done.
+
+Per batch of predictions: request ids, scores, classes and versions are decoded
+from the accepted rows' raw payloads with a small msgspec struct (a second parse
+of those payloads; the stream decoder keeps no string columns), hashed, and added
+to the join table in one numba call; the joined ones enter the version's quality
+window (a ring of the last ``window.events`` joined events), and every prediction
+enters the version's estimate window (a ring of the last ``window.events``
+predictions). At every ``step`` joined events (predictions) of a version, counted
+over the stream's partitions, the windows of all partitions are judged against
+the version's reference: realized quality with the drop tests of
+``detectors.quality_drop``, and the CBPE estimate. Findings have kind ``model``,
+subject ``MODEL@VERSION:METRIC`` and detector ``quality`` (realized) or ``cbpe``
+(estimated, marked with the detail ``estimate = 1``).
+
+Multiple testing: the quality metrics of a version share the budget
+``false_alerts`` per ``per_events`` joined events (each of the ``k`` tested
+metrics gets ``false_alerts / k``); the estimate has its own equal budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from connectors.kafka import RawBatch
+from detectors.base import Finding, WindowBounds
+from detectors.baseline import Baseline
+from detectors.cbpe import CBPE
+from detectors.label_join import COUNTERS, Joined, LabelJoin, hash_ids
+from detectors.quality import (
+    ClassificationQuality,
+    RegressionQuality,
+    classification_quality,
+    regression_quality,
+)
+from detectors.quality_drop import AccuracyDrop, AUCDrop, DropTest, MeanShift, delong_auc_variance
+from monitor.config import StreamSpec
+from monitor.config_model import ModelSpec, ReferenceSpec
+from monitor.decode import Batch, Reject
+from monitor.errors import ConfigError
+from monitor.metrics import Metrics
+
+__all__ = ["ModelReference", "ModelStage", "model_stages"]
+
+log = logging.getLogger("driftwarden.model")
+
+LABEL_SLOT = 1 << 20
+_PART_MASK = LABEL_SLOT - 1
+_TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+_UNVERSIONED = "unversioned"
+_TESTED = frozenset(
+    {"accuracy", "precision", "recall", "roc_auc", "log_loss", "mae", "rmse", "bias"}
+)
+
+
+def _norm(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+class _Vocab:
+    """Strings to stable int codes (class values, versions); part of the stage state."""
+
+    def __init__(self, names: Sequence[str] = ()) -> None:
+        self.names: list[str] = []
+        self.codes: dict[str, int] = {}
+        for n in names:
+            self.code(n)
+
+    def code(self, name: str) -> int:
+        found = self.codes.get(name)
+        if found is None:
+            found = self.codes[name] = len(self.names)
+            self.names.append(name)
+        return found
+
+    def encode(self, values: list[str]) -> npt.NDArray[np.int64]:
+        """Codes of ``values`` (a loop over the distinct values only)."""
+        if not values:
+            return np.empty(0, np.int64)
+        uniq, inverse = np.unique(np.asarray(values, dtype=np.str_), return_inverse=True)
+        lut = np.array([self.code(str(u)) for u in uniq.tolist()], np.int64)
+        codes: npt.NDArray[np.int64] = lut[inverse.reshape(-1)]
+        return codes
+
+
+@dataclasses.dataclass
+class _Ring:
+    """The last ``size`` rows of (score, class, label, value); ``count`` rows ever added."""
+
+    size: int
+    score: npt.NDArray[np.float64]
+    klass: npt.NDArray[np.int64]
+    label: npt.NDArray[np.float64]
+    value: npt.NDArray[np.float64]
+    count: int = 0
+
+    @classmethod
+    def empty(cls, size: int) -> _Ring:
+        return cls(size, np.zeros(size), np.zeros(size, np.int64), np.zeros(size), np.zeros(size))
+
+    def add(
+        self,
+        score: npt.NDArray[np.float64],
+        klass: npt.NDArray[np.int64],
+        label: npt.NDArray[np.float64],
+        value: npt.NDArray[np.float64],
+    ) -> None:
+        n = score.size
+        if n == 0:
+            return
+        take = min(n, self.size)
+        idx = (self.count + (n - take) + np.arange(take)) % self.size
+        for ring, new in (
+            (self.score, score),
+            (self.klass, klass),
+            (self.label, label),
+            (self.value, value),
+        ):
+            ring[idx] = new[n - take :]
+        self.count += n
+
+    def rows(self) -> tuple[npt.NDArray[np.float64], ...]:
+        k = min(self.count, self.size)
+        return (
+            self.score[:k],
+            self.klass[:k].astype(np.float64),
+            self.label[:k],
+            self.value[:k],
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "klass": self.klass,
+            "label": self.label,
+            "value": self.value,
+            "count": self.count,
+        }
+
+    @classmethod
+    def from_state(cls, size: int, s: dict[str, Any]) -> _Ring:
+        ring = cls.empty(size)
+        if np.asarray(s["score"]).size != size:
+            raise ValueError("checkpointed quality window does not match window.events")
+        ring.score[:] = s["score"]
+        ring.klass[:] = s["klass"]
+        ring.label[:] = s["label"]
+        ring.value[:] = s["value"]
+        ring.count = int(s["count"])
+        return ring
+
+
+@dataclasses.dataclass
+class _Part:
+    """One partition number's model state (see the module docstring)."""
+
+    join: LabelJoin
+    next_offsets: list[int]  # [inference topic, label topic]; -1: none seen
+    joined: dict[str, _Ring]
+    predicted: dict[str, _Ring]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelReference:
+    """A version's reference quality, built from a file of predictions with labels."""
+
+    id: str
+    n: int
+    quality: ClassificationQuality | RegressionQuality
+    tests: dict[str, AccuracyDrop | AUCDrop | MeanShift]
+    cbpe: CBPE | None
+
+
+class ModelStage:
+    """Joins labels to predictions and judges quality per model version (a FindingStage)."""
+
+    def __init__(
+        self,
+        spec: StreamSpec,
+        metrics: Metrics | None = None,
+        references: dict[str, ModelReference] | None = None,
+    ) -> None:
+        if spec.model is None or spec.model.labels is None or spec.model.prediction is None:
+            raise ConfigError(f"stream {spec.name!r}: the model stage needs model.labels")
+        self.spec = spec
+        self.model: ModelSpec = spec.model
+        self.labels = spec.model.labels
+        self.prediction = spec.model.prediction
+        self.quality = spec.model.quality
+        self.aggregating = True
+        self.window = self.quality.window.events
+        self.step = self.quality.window.step
+        self.classes = _Vocab()
+        self.versions = _Vocab()
+        self.classification = self.prediction.task == "classification"
+        self.positive = self.classes.code(self.prediction.positive_class or "")
+        self.references: dict[str, ModelReference] = dict(references or {})
+        self._parts: dict[int, _Part] = {}
+        self._owned: set[int] = set()
+        self._remote: dict[int, _Part] = {}
+        self._judged: dict[tuple[str, str], int] = {}  # (kind, version) -> judged count
+        self.last_estimate: dict[str, float] = {}
+        self.findings_log: list[Finding] = []
+        self._build_decoders()
+        self._metrics = metrics
+        self._reported: dict[int, npt.NDArray[np.int64]] = {}
+
+    # -- decoding ------------------------------------------------------------------
+    def _build_decoders(self) -> None:
+        p, m = self.prediction, self.model
+        fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [("rid", str | int)]
+        rename = {"rid": m.request_id or "request_id"}
+        for attr, name, typ in (
+            ("version", m.version_field, str | int | None),
+            ("score", p.score, float | None),
+            ("cls", p.class_field, str | int | bool | None),
+            ("value", p.value, float | None),
+        ):
+            if name is not None:
+                fields.append((attr, typ, None))
+                rename[attr] = name
+        self._inference = msgspec.json.Decoder(
+            msgspec.defstruct("InferenceKeys", fields, rename=rename, gc=False)
+        )
+        self._has = {f[0] for f in fields}
+        lb = self.labels
+        self._label_decoder = msgspec.json.Decoder(
+            msgspec.defstruct(
+                "LabelEvent",
+                [("key", str | int), ("value", str | int | float | bool), ("time", float)],
+                rename={"key": lb.key, "value": lb.value, "time": lb.time},
+                gc=False,
+            )
+        )
+        self._label_scale = _TIME_SCALE[lb.time_unit]
+
+    @staticmethod
+    def _decode(
+        decoder: msgspec.json.Decoder[Any], payloads: Sequence[bytes | None]
+    ) -> tuple[list[Any], list[tuple[int, str, str]]]:
+        rows: list[Any] = []
+        failed: list[tuple[int, str, str]] = []
+        it = iter(payloads)
+        while True:
+            try:
+                rows.extend(map(decoder.decode, it))  # type: ignore[arg-type]  # None raises TypeError
+                return rows, failed
+            except (msgspec.DecodeError, TypeError) as exc:
+                msg = str(exc)
+                reason = (
+                    "missing_field"
+                    if "missing required field" in msg
+                    else "wrong_type"
+                    if msg.startswith("Expected")
+                    else "invalid_json"
+                )
+                failed.append((len(rows), reason, msg[:300]))
+                rows.append(None)  # keeps rows aligned with payloads
+
+    # -- parts ---------------------------------------------------------------------
+    def _part(self, p: int) -> _Part:
+        part = self._parts.get(p)
+        if part is None:
+            part = self._parts[p] = _Part(
+                LabelJoin(self.labels.max_pending, self.labels.max_delay), [-1, -1], {}, {}
+            )
+            self._reported[p] = np.zeros(len(COUNTERS), np.int64)
+        return part
+
+    def _ring(self, rings: dict[str, _Ring], version: str) -> _Ring:
+        ring = rings.get(version)
+        if ring is None:
+            ring = rings[version] = _Ring.empty(self.window)
+        return ring
+
+    # -- processing ----------------------------------------------------------------
+    def update(self, batch: Batch, partitions: npt.NDArray[np.int32]) -> list[Finding]:
+        """The pipeline calls ``update_raw`` instead (request ids are in the payloads)."""
+        return []
+
+    def update_raw(
+        self, raw: RawBatch, batch: Batch, partitions: npt.NDArray[np.int32]
+    ) -> list[Finding]:
+        """Fold a batch of accepted inference events in."""
+        if batch.n == 0 or batch.event_time is None:
+            return []
+        offsets = raw.offsets[batch.rows]
+        payloads = [raw.values[i] for i in batch.rows.tolist()]
+        rows, failed = self._decode(self._inference, payloads)
+        ok = np.ones(len(rows), np.bool_)
+        for i, _, _ in failed:
+            ok[i] = False
+        touched: set[str] = set()
+        parts = partitions & _PART_MASK
+        for p in np.unique(parts).tolist():
+            part = self._part(int(p))
+            self._owned.add(int(p))
+            sel = (parts == p) & ok & (offsets >= part.next_offsets[0])
+            if (parts == p).any():
+                part.next_offsets[0] = max(part.next_offsets[0], int(offsets[parts == p].max()) + 1)
+            if not sel.any():
+                continue
+            chosen = [rows[i] for i in np.flatnonzero(sel).tolist()]
+            touched |= self._add_predictions(part, chosen, batch.event_time[sel])
+        return self._after(touched)
+
+    def _add_predictions(
+        self, part: _Part, rows: list[Any], times: npt.NDArray[np.float64]
+    ) -> set[str]:
+        n = len(rows)
+        keys = hash_ids([r.rid for r in rows])
+        if "version" in self._has:
+            names = [_norm(r.version) or _UNVERSIONED for r in rows]
+        else:
+            names = [self.model.version or _UNVERSIONED] * n
+        version = self.versions.encode(names).astype(np.int32)
+        score = (
+            np.array([math.nan if r.score is None else r.score for r in rows], np.float64)
+            if "score" in self._has
+            else np.full(n, math.nan)
+        )
+        if "cls" in self._has:
+            klass = self.classes.encode([_norm(r.cls) for r in rows])
+        elif self.classification:
+            klass = np.where(score >= self.prediction.threshold, self.positive, -1).astype(np.int64)
+        else:
+            klass = np.full(n, -1, np.int64)
+        value = (
+            np.array([math.nan if r.value is None else r.value for r in rows], np.float64)
+            if "value" in self._has
+            else np.full(n, math.nan)
+        )
+        joined = part.join.add_predictions(keys, times, score, klass, value, version)
+        touched = self._add_joined(part, joined)
+        for code in np.unique(version).tolist():
+            name = self.versions.names[code]
+            sel = version == code
+            self._ring(part.predicted, name).add(
+                score[sel], klass[sel], np.zeros(int(sel.sum())), value[sel]
+            )
+            touched.add(name)
+        part.join.expire()
+        return touched
+
+    def update_labels(
+        self, raw: RawBatch, partitions: npt.NDArray[np.int32]
+    ) -> tuple[list[Finding], list[Reject]]:
+        """Fold a batch of label events in; undecodable ones are returned as rejects."""
+        rows, failed = self._decode(self._label_decoder, raw.values)
+        rejects = [Reject(i, reason, detail) for i, reason, detail in failed]
+        ok = np.ones(len(rows), np.bool_)
+        for r in rejects:
+            ok[r.index] = False
+        touched: set[str] = set()
+        parts = partitions & _PART_MASK
+        for p in np.unique(parts).tolist():
+            part = self._part(int(p))
+            self._owned.add(int(p) | LABEL_SLOT)
+            here = parts == p
+            sel = here & ok & (raw.offsets >= part.next_offsets[1])
+            part.next_offsets[1] = max(part.next_offsets[1], int(raw.offsets[here].max()) + 1)
+            if not sel.any():
+                continue
+            chosen = [rows[i] for i in np.flatnonzero(sel).tolist()]
+            keys = hash_ids([r.key for r in chosen])
+            times = np.array([r.time for r in chosen], np.float64) * self._label_scale
+            if self.classification:
+                label = self._label_codes([_norm(r.value) for r in chosen])
+            else:
+                label = np.array([float(r.value) for r in chosen], np.float64)
+            touched |= self._add_joined(part, part.join.add_labels(keys, times, label))
+            part.join.expire()
+        return self._after(touched), rejects
+
+    def _label_codes(self, values: list[str]) -> npt.NDArray[np.float64]:
+        """Class codes of labels; without a class field, positive or not (-1)."""
+        codes = self.classes.encode(values)
+        if "cls" not in self._has:
+            codes = np.where(codes == self.positive, self.positive, -1)
+        return codes.astype(np.float64)
+
+    def _add_joined(self, part: _Part, joined: Joined) -> set[str]:
+        touched: set[str] = set()
+        if joined.n == 0:
+            return touched
+        for code in np.unique(joined.version).tolist():
+            sel = joined.version == code
+            name = self.versions.names[code]
+            self._ring(part.joined, name).add(
+                joined.score[sel], joined.klass[sel], joined.label[sel], joined.value[sel]
+            )
+            touched.add(name)
+        return touched
+
+    # -- judging -------------------------------------------------------------------
+    def _all_parts(self) -> list[_Part]:
+        return list(self._parts.values()) + [
+            p for k, p in self._remote.items() if k not in self._parts
+        ]
+
+    def _after(self, touched: set[str]) -> list[Finding]:
+        self._record_join_metrics()
+        if not self.aggregating:
+            return []
+        findings: list[Finding] = []
+        parts = self._all_parts()
+        for version in sorted(touched):
+            for kind, attr in (("quality", "joined"), ("cbpe", "predicted")):
+                total = sum(
+                    getattr(p, attr)[version].count for p in parts if version in getattr(p, attr)
+                )
+                key = (kind, version)
+                last = self._judged.get(key, 0)
+                if total // self.step > last // self.step:
+                    self._judged[key] = total
+                    rings = [
+                        getattr(p, attr)[version] for p in parts if version in getattr(p, attr)
+                    ]
+                    if kind == "quality":
+                        findings.extend(self._judge_quality(version, rings))
+                    else:
+                        findings.extend(self._judge_estimate(version, rings))
+        out = [dataclasses.replace(f, stream=self.spec.name) for f in findings]
+        self.findings_log.extend(out)
+        return out
+
+    def evaluate(self) -> list[Finding]:
+        """Verdicts on every version's windows as they are now (not only at steps)."""
+        parts = self._all_parts()
+        versions = sorted({v for p in parts for v in (*p.joined, *p.predicted)})
+        findings: list[Finding] = []
+        for version in versions:
+            joined = [p.joined[version] for p in parts if version in p.joined]
+            predicted = [p.predicted[version] for p in parts if version in p.predicted]
+            if joined:
+                findings.extend(self._judge_quality(version, joined))
+            if predicted:
+                findings.extend(self._judge_estimate(version, predicted))
+        return [dataclasses.replace(f, stream=self.spec.name) for f in findings]
+
+    def _reference(self, version: str) -> ModelReference | None:
+        return self.references.get(version) or self.references.get("*")
+
+    def _finding(
+        self, version: str, metric: str, detector: str, t: DropTest, n: int, ref: ModelReference,
+        details: tuple[tuple[str, float], ...] = (),
+    ) -> Finding:  # fmt: skip
+        return Finding(
+            detector=detector,
+            subject=f"{self.model.name}@{version}:{metric}",
+            statistic=t.statistic,
+            threshold=t.threshold,
+            drift=t.drift,
+            p_value=t.p_value,
+            kind="model",
+            window=WindowBounds(events=n),
+            baseline_id=ref.id,
+            details=(("value", t.value), ("reference", t.reference), *details),
+        )
+
+    def _judge_quality(self, version: str, rings: list[_Ring]) -> list[Finding]:
+        cols = [r.rows() for r in rings]
+        score, klass, label, value = (np.concatenate([c[i] for c in cols]) for i in range(4))
+        n = int(score.size)
+        ref = self._reference(version)
+        out: list[Finding] = []
+        if self.classification:
+            truth = label.astype(np.int64)
+            pred = klass.astype(np.int64)
+            q: ClassificationQuality | RegressionQuality = classification_quality(
+                truth, pred, self.positive, score if self.prediction.score else None
+            )
+        else:
+            q = regression_quality(label, value)
+        self._record_quality(version, q, "realized")
+        if ref is None:
+            return out
+        positive = label.astype(np.int64) == self.positive
+        said = klass.astype(np.int64) == self.positive
+        estimate_error: tuple[tuple[str, float], ...] = ()
+        if ref.cbpe is not None and self.classification and self.prediction.score and n:
+            est = ref.cbpe.estimate(score, said)
+            err = est.accuracy - q.get("accuracy")
+            estimate_error = (("estimate_error", err),)
+            self._set_gauge("model_estimate_error", version, "accuracy", err)
+        for metric in self.quality.metrics:
+            test = ref.tests.get(metric)
+            if test is None:
+                continue
+            t: DropTest
+            if isinstance(test, AccuracyDrop):
+                if metric == "accuracy":
+                    k, m = int(np.count_nonzero(klass == label)), n
+                elif metric == "precision":
+                    k, m = int(np.count_nonzero(said & positive)), int(np.count_nonzero(said))
+                else:
+                    k, m = int(np.count_nonzero(said & positive)), int(np.count_nonzero(positive))
+                t = test.test(k, m)
+            elif isinstance(test, AUCDrop):
+                t = test.test(positive, score)
+            else:
+                per = _per_event(metric, positive, score, label, value)
+                t = test.test(
+                    float(per.mean()) if per.size else math.nan,
+                    float(per.var(ddof=1)) if per.size > 1 else math.nan,
+                    per.size,
+                )
+            extra = estimate_error if metric == "accuracy" else ()
+            out.append(self._finding(version, metric, "quality", t, n, ref, extra))
+        return out
+
+    def _judge_estimate(self, version: str, rings: list[_Ring]) -> list[Finding]:
+        ref = self._reference(version)
+        if ref is None or ref.cbpe is None or not self.quality.estimate.enabled:
+            return []
+        cols = [r.rows() for r in rings]
+        score = np.concatenate([c[0] for c in cols])
+        klass = np.concatenate([c[1] for c in cols]).astype(np.int64)
+        ok = np.isfinite(score)
+        est = ref.cbpe.estimate(score[ok], klass[ok] == self.positive)
+        self.last_estimate[version] = est.accuracy
+        self._set_gauge("model_quality", version, "accuracy", est.accuracy, "estimated")
+        test = ref.tests.get("estimated_accuracy")
+        if not isinstance(test, AccuracyDrop) or est.n == 0:
+            return []
+        t = test.test(round(est.accuracy * est.n), est.n)
+        return [self._finding(version, "accuracy", "cbpe", t, est.n, ref, (("estimate", 1.0),))]
+
+    # -- metrics -------------------------------------------------------------------
+    def _set_gauge(
+        self, name: str, version: str, metric: str, value: float, source: str | None = None
+    ) -> None:
+        if self._metrics is None or not math.isfinite(value):
+            return
+        family = getattr(self._metrics, name)
+        labels = (self.spec.name, self.model.name, version, metric)
+        family.labels(*labels, *(() if source is None else (source,))).set(value)
+
+    def _record_quality(
+        self, version: str, q: ClassificationQuality | RegressionQuality, src: str
+    ) -> None:
+        for metric in self.quality.metrics:
+            self._set_gauge("model_quality", version, metric, q.get(metric), src)
+
+    def _record_join_metrics(self) -> None:
+        m = self._metrics
+        if m is None:
+            return
+        total = np.zeros(len(COUNTERS), np.int64)
+        for p, part in self._parts.items():
+            counts = part.join._counts
+            total += counts - self._reported[p]
+            self._reported[p] = counts.copy()
+        for name, delta in zip(COUNTERS, total.tolist(), strict=True):
+            if delta > 0:
+                m.model_labels.labels(self.spec.name, self.model.name, name).inc(delta)
+        parts = list(self._parts.values())
+        m.model_pending.labels(self.spec.name, self.model.name).set(
+            sum(p.join.pending for p in parts)
+        )
+        m.model_held_labels.labels(self.spec.name, self.model.name).set(
+            sum(p.join.held_labels for p in parts)
+        )
+        m.model_state_bytes.labels(self.spec.name, self.model.name).set(
+            sum(p.join.nbytes for p in parts)
+        )
+
+    # -- counts for tests, /status and the console -----------------------------------
+    def join_counts(self) -> dict[str, int]:
+        """The join counters summed over this process's partitions."""
+        total = dict.fromkeys(COUNTERS, 0)
+        for part in self._parts.values():
+            for k, v in part.join.counts().items():
+                total[k] += v
+        return total
+
+    # -- state ---------------------------------------------------------------------
+    def partition_state(self, slot: int) -> dict[str, Any] | None:
+        """Partition number ``slot & (2**20 - 1)``'s whole state (same for both topics)."""
+        part = self._parts.get(slot & _PART_MASK)
+        if part is None:
+            return None
+        return {
+            "join": part.join.state(),
+            "offsets": list(part.next_offsets),
+            "classes": list(self.classes.names),
+            "versions": list(self.versions.names),
+            "joined": {v: r.state() for v, r in part.joined.items()},
+            "predicted": {v: r.state() for v, r in part.predicted.items()},
+            "judged": [[k, v, n] for (k, v), n in sorted(self._judged.items())],
+        }
+
+    def _part_from_state(self, state: dict[str, Any]) -> _Part:
+        # Codes in the checkpoint are the checkpointing process's: map them to ours.
+        class_map = np.array([self.classes.code(n) for n in state["classes"]] or [0], np.int64)
+        version_map = np.array([self.versions.code(n) for n in state["versions"]] or [0], np.int32)
+        join_state = dict(state["join"])
+        status = np.asarray(join_state["status"])
+        klass = np.asarray(join_state["klass"], np.int64).copy()
+        has_class = klass >= 0
+        klass[has_class] = class_map[klass[has_class]]
+        join_state["klass"] = klass
+        version = np.asarray(join_state["version"], np.int32).copy()
+        has_version = (version >= 0) & (status != 2)
+        version[has_version] = version_map[version[has_version]]
+        join_state["version"] = version
+        if self.classification:
+            lab = np.asarray(join_state["label"], np.float64).copy()
+            held = np.isfinite(lab) & (lab >= 0)
+            lab[held] = class_map[lab[held].astype(np.int64)]
+            join_state["label"] = lab
+        join = LabelJoin(self.labels.max_pending, self.labels.max_delay)
+        join.restore(join_state)
+        rings: list[dict[str, _Ring]] = [{}, {}]
+        for out, key in zip(rings, ("joined", "predicted"), strict=True):
+            for v, s in state[key].items():
+                ring = _Ring.from_state(self.window, s)
+                ok = ring.klass >= 0
+                ring.klass[ok] = class_map[ring.klass[ok]]
+                if self.classification and key == "joined":
+                    lab = ring.label[: min(ring.count, ring.size)]
+                    coded = lab >= 0
+                    lab[coded] = class_map[lab[coded].astype(np.int64)]
+                out[v] = ring
+        return _Part(join, [int(o) for o in state["offsets"]], rings[0], rings[1])
+
+    def restore_partition(self, slot: int, state: dict[str, Any]) -> None:
+        p = slot & _PART_MASK
+        current = self._parts.get(p)
+        offsets = [int(o) for o in state["offsets"]]
+        if current is not None and sum(current.next_offsets) >= sum(offsets):
+            self._owned.add(slot)
+            return  # the other topic's checkpoint of this part was newer: keep it
+        self._parts[p] = self._part_from_state(state)
+        self._reported[p] = self._parts[p].join._counts.copy()
+        for kind, version, n in state.get("judged", []):
+            key = (str(kind), str(version))
+            self._judged[key] = max(self._judged.get(key, 0), int(n))
+        self._owned.add(slot)
+
+    def drop_partition(self, slot: int) -> None:
+        self._owned.discard(slot)
+        p = slot & _PART_MASK
+        if p not in self._owned and (p | LABEL_SLOT) not in self._owned:
+            self._parts.pop(p, None)
+            self._reported.pop(p, None)
+
+    def set_remote(self, states: dict[int, dict[str, Any]]) -> None:
+        """Quality windows of partitions other replicas own (from their checkpoints)."""
+        self._remote = {}
+        for slot, state in states.items():
+            p = slot & _PART_MASK
+            if state is None or p in self._parts or p in self._remote:
+                continue
+            try:
+                self._remote[p] = self._part_from_state(state)
+            except (KeyError, ValueError) as exc:
+                log.warning(
+                    "stream %s: remote model state of slot %d unusable: %s",
+                    self.spec.name,
+                    slot,
+                    exc,
+                )
+
+
+def _per_event(
+    metric: str,
+    positive: npt.NDArray[np.bool_],
+    score: npt.NDArray[np.float64],
+    label: npt.NDArray[np.float64],
+    value: npt.NDArray[np.float64],
+) -> npt.NDArray[np.float64]:
+    """Per-event values whose mean is the metric (MSE for RMSE)."""
+    if metric == "log_loss":
+        p = np.clip(score, np.finfo(np.float64).eps, 1 - np.finfo(np.float64).eps)
+        out: npt.NDArray[np.float64] = -np.where(positive, np.log(p), np.log1p(-p))
+        return out
+    err = value - label
+    if metric == "mae":
+        return np.abs(err)
+    if metric == "rmse":
+        return err * err
+    return err  # bias
+
+
+# -- references -------------------------------------------------------------------
+
+
+def build_reference(
+    stage: ModelStage,
+    score: npt.NDArray[np.float64],
+    klass: npt.NDArray[np.int64],
+    label: npt.NDArray[np.float64],
+    value: npt.NDArray[np.float64],
+    reference_id: str,
+) -> ModelReference:
+    """A reference from arrays of predictions and labels (codes in ``stage``'s vocabulary)."""
+    qs = stage.quality
+    n = int(label.size)
+    if n < 2:
+        raise ConfigError(f"model {stage.model.name}: the reference needs at least 2 labelled rows")
+    tested = [m for m in qs.metrics if m in _TESTED]
+    budget = qs.false_alerts / max(len(tested), 1)
+    common = {"false_alerts": budget, "per_events": qs.per_events, "step": qs.window.step}
+    tests: dict[str, AccuracyDrop | AUCDrop | MeanShift] = {}
+    positive = label.astype(np.int64) == stage.positive
+    said = klass == stage.positive
+    if stage.classification:
+        has_score = stage.prediction.score is not None
+        q: ClassificationQuality | RegressionQuality = classification_quality(
+            label.astype(np.int64), klass, stage.positive, score if has_score else None
+        )
+        for metric, k, m in (
+            ("accuracy", int(np.count_nonzero(klass == label.astype(np.int64))), n),
+            ("precision", int(np.count_nonzero(said & positive)), int(np.count_nonzero(said))),
+            ("recall", int(np.count_nonzero(said & positive)), int(np.count_nonzero(positive))),
+        ):
+            if metric in tested and m > 0:
+                tests[metric] = AccuracyDrop(k, m, min_drop=qs.min_drop, **common)  # type: ignore[arg-type]
+        if "roc_auc" in tested and has_score:
+            auc, var = delong_auc_variance(positive, score)
+            if math.isfinite(var):
+                tests["roc_auc"] = AUCDrop(auc, var, min_drop=qs.min_drop, **common)  # type: ignore[arg-type]
+        cbpe = None
+        if has_score and qs.estimate.enabled:
+            cbpe = CBPE(
+                score, positive, stage.prediction.threshold, qs.estimate.method, qs.estimate.bins
+            )
+            correct = int(np.count_nonzero(klass == label.astype(np.int64)))
+            tests["estimated_accuracy"] = AccuracyDrop(
+                correct, n, min_drop=qs.min_drop, false_alerts=qs.false_alerts,
+                per_events=qs.per_events, step=qs.window.step,
+            )  # fmt: skip
+    else:
+        q = regression_quality(label, value)
+        cbpe = None
+    for metric in ("log_loss", "mae", "rmse", "bias"):
+        if metric in tested and (metric != "log_loss" or stage.classification):
+            per = _per_event(metric, positive, score, label, value)
+            tests[metric] = MeanShift(
+                float(per.mean()), float(per.var(ddof=1)), n, two_sided=metric == "bias",
+                min_change=qs.min_drop, **common,  # type: ignore[arg-type]
+            )  # fmt: skip
+    return ModelReference(reference_id, n, q, tests, cbpe)
+
+
+def reference_from_file(stage: ModelStage, ref: ReferenceSpec) -> ModelReference:
+    """Read a reference file (JSONL, CSV or Parquet rows with predictions and labels)."""
+    from monitor.baselines import read_file_payloads
+
+    try:
+        digest = hashlib.sha256(Path(ref.file).read_bytes()).hexdigest()[:12]
+        payloads = [p for chunk in read_file_payloads(Path(ref.file), stage.spec) for p in chunk]
+    except OSError as exc:
+        raise ConfigError(
+            f"model {stage.model.name}: cannot read reference {ref.file}: {exc}"
+        ) from exc
+    rows, failed = stage._decode(stage._inference, payloads)
+    labels, lfailed = stage._decode(
+        msgspec.json.Decoder(
+            msgspec.defstruct("RefLabel", [("value", str | int | float | bool)],
+                              rename={"value": stage.labels.value}, gc=False)
+        ),
+        payloads,
+    )  # fmt: skip
+    bad = {i for i, _, _ in failed} | {i for i, _, _ in lfailed}
+    keep = [i for i in range(len(rows)) if i not in bad]
+    if bad:
+        log.warning(
+            "model %s: %d reference rows skipped (no prediction or label)",
+            stage.model.name,
+            len(bad),
+        )
+    r = [rows[i] for i in keep]
+    lab = [labels[i] for i in keep]
+    n = len(r)
+    score = np.array(
+        [math.nan if getattr(x, "score", None) is None else x.score for x in r], np.float64
+    )
+    if "cls" in stage._has:
+        klass = stage.classes.encode([_norm(x.cls) for x in r])
+    elif stage.classification:
+        klass = np.where(score >= stage.prediction.threshold, stage.positive, -1).astype(np.int64)
+    else:
+        klass = np.full(n, -1, np.int64)
+    value = np.array(
+        [math.nan if getattr(x, "value", None) is None else x.value for x in r], np.float64
+    )
+    if stage.classification:
+        label = stage._label_codes([_norm(x.value) for x in lab])
+    else:
+        label = np.array([float(x.value) for x in lab], np.float64)
+    return build_reference(
+        stage, score, klass, label, value, ref.id or f"{Path(ref.file).stem}-{digest}"
+    )
+
+
+def model_stages(pipeline: Any) -> list[Any]:
+    """The service's stage factory: the drift stage (its baseline built from the model's
+    reference file when the stream names no baseline file) and the model stage."""
+    from monitor.baselines import baseline_from_batches, read_file_payloads
+    from monitor.drift import DriftStage, drift_stages
+
+    spec: StreamSpec = pipeline.spec
+    model = spec.model
+    if model is None or model.labels is None:
+        return drift_stages(pipeline)
+    stage = ModelStage(spec, pipeline.metrics)
+    references: dict[str, ModelReference] = {}
+    if model.reference is not None:
+        references["*"] = reference_from_file(stage, model.reference)
+    for v in model.versions:
+        references[v.version] = reference_from_file(stage, v.reference)
+    stage.references = references
+    stages: list[Any] = []
+    baseline: Baseline | None = None
+    if spec.baseline.file is None and model.reference is not None:
+        baseline, _, _ = baseline_from_batches(
+            spec,
+            read_file_payloads(Path(model.reference.file), spec),
+            None,
+            str(model.reference.file),
+        )
+        baseline = dataclasses.replace(baseline, id=references["*"].id)
+    drift = DriftStage(spec, pipeline.decoder, baseline)
+    if drift.fields:
+        stages.append(drift)
+    stages.append(stage)
+    return stages
