@@ -72,6 +72,7 @@ from detectors.quality_drop import AccuracyDrop, AUCDrop, DropTest, MeanShift, d
 from monitor.config import StreamSpec
 from monitor.config_model import ModelSpec, ReferenceSpec
 from monitor.decode import Batch, Reject
+from monitor.drift import DriftStage
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 
@@ -239,6 +240,8 @@ class ModelStage:
         self._build_decoders()
         self._metrics = metrics
         self._reported: dict[int, npt.NDArray[np.int64]] = {}
+        # The stream's drift stage, for the per-model ranking of drifting features.
+        self.drift: DriftStage | None = None
 
     # -- decoding ------------------------------------------------------------------
     def _build_decoders(self) -> None:
@@ -455,9 +458,42 @@ class ModelStage:
                         findings.extend(self._judge_quality(version, rings))
                     else:
                         findings.extend(self._judge_estimate(version, rings))
+                        if (ranking := self._feature_ranking(version)) is not None:
+                            findings.append(ranking)
         out = [dataclasses.replace(f, stream=self.spec.name) for f in findings]
         self.findings_log.extend(out)
         return out
+
+    def _feature_ranking(self, version: str) -> Finding | None:
+        """The model's input features ranked by drift (statistic / threshold, the
+        strongest detector of each), from the drift stage's stream-level windows.
+
+        Informational (``drift`` is False: the features' own findings alert); the
+        ranking rides in ``details`` as ``(field, score)`` pairs, strongest first, and
+        becomes the evidence of retrain requests. ``statistic`` counts drifting fields.
+        """
+        if self.drift is None:
+            return None
+        skip = set(self.prediction.fields)
+        scores: dict[str, float] = {}
+        for f in self.drift.evaluate():
+            if f.subject in skip or not math.isfinite(f.statistic):
+                continue
+            score = f.statistic / f.threshold if f.threshold > 0 else 0.0
+            scores[f.subject] = max(scores.get(f.subject, 0.0), score)
+        if not scores:
+            return None
+        ranked = tuple(sorted(scores.items(), key=lambda kv: (-kv[1], kv[0])))
+        return Finding(
+            detector="feature_drift",
+            subject=f"{self.model.name}@{version}:features",
+            statistic=float(sum(1 for _, v in ranked if v >= 1.0)),
+            threshold=1.0,
+            drift=False,
+            kind="model",
+            baseline_id=self.drift.baseline.id if self.drift.baseline is not None else None,
+            details=ranked,
+        )
 
     def evaluate(self) -> list[Finding]:
         """Verdicts on every version's windows as they are now (not only at steps)."""
@@ -834,7 +870,7 @@ def model_stages(pipeline: Any) -> list[Any]:
     """The service's stage factory: the drift stage (its baseline built from the model's
     reference file when the stream names no baseline file) and the model stage."""
     from monitor.baselines import baseline_from_batches, read_file_payloads
-    from monitor.drift import DriftStage, drift_stages
+    from monitor.drift import drift_stages
 
     spec: StreamSpec = pipeline.spec
     model = spec.model
@@ -860,5 +896,6 @@ def model_stages(pipeline: Any) -> list[Any]:
     drift = DriftStage(spec, pipeline.decoder, baseline)
     if drift.fields:
         stages.append(drift)
+        stage.drift = drift
     stages.append(stage)
     return stages

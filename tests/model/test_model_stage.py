@@ -164,8 +164,13 @@ def test_restart_with_pending_predictions_equals_uninterrupted_run(tmp_path: Pat
     # so only the model's findings are compared)
     got += _run(second, [batches[cut - 1], *batches[cut:]])
     assert _model(second).join_counts() == _model(whole).join_counts()
-    model_got = [_key(f) for f in got if f.kind == "model"]
-    assert model_got == [_key(f) for f in want if f.kind == "model"]
+
+    def model_keys(findings: list[Finding]) -> list[tuple[Any, ...]]:
+        # the feature ranking reads the drift stage's windows, which the extra replay changes
+        return [_key(f) for f in findings if f.kind == "model" and f.detector != "feature_drift"]
+
+    model_got = model_keys(got)
+    assert model_got == model_keys(want)
     assert len(model_got) > 20
 
 
@@ -211,6 +216,9 @@ def test_covariate_shift_estimated_then_realized_drop(tmp_path: Path) -> None:
         dict(f.details)["estimate_error"] for f in findings if "estimate_error" in dict(f.details)
     ]
     assert max(abs(e) for e in err) < 0.03  # CBPE vs realized on the same window
+    ranking = [f for f in findings if f.detector == "feature_drift"][-1]
+    assert [name for name, _ in ranking.details][:2] in (["x1", "x2"], ["x2", "x1"])
+    assert ranking.statistic == 2.0
 
 
 def test_bad_labels_are_dead_lettered(tmp_path: Path) -> None:
