@@ -242,6 +242,11 @@ class ModelStage:
         self._reported: dict[int, npt.NDArray[np.int64]] = {}
         # The stream's drift stage, for the per-model ranking of drifting features.
         self.drift: DriftStage | None = None
+        # Drift baselines of versions that bring their own reference; the first event
+        # of such a version is its deployment: the drift stage switches to its
+        # baseline and starts fresh windows. ``current`` is checkpointed.
+        self.baselines: dict[str, Baseline] = {}
+        self.current: str | None = None
 
     # -- decoding ------------------------------------------------------------------
     def _build_decoders(self) -> None:
@@ -351,7 +356,11 @@ class ModelStage:
             names = [_norm(r.version) or _UNVERSIONED for r in rows]
         else:
             names = [self.model.version or _UNVERSIONED] * n
+        known = len(self.versions.names)
         version = self.versions.encode(names).astype(np.int32)
+        if len(self.versions.names) > known:
+            for name in self.versions.names[known:]:
+                self._deployed(name)
         score = (
             np.array([math.nan if r.score is None else r.score for r in rows], np.float64)
             if "score" in self._has
@@ -379,6 +388,21 @@ class ModelStage:
             touched.add(name)
         part.join.expire()
         return touched
+
+    def _deployed(self, version: str) -> None:
+        """A version seen for the first time: switch the drift baseline if it has one."""
+        baseline = self.baselines.get(version)
+        if baseline is None or self.drift is None or version == self.current:
+            return
+        log.info(
+            "stream %s: model %s version %s deployed: drift baseline %s, fresh windows",
+            self.spec.name,
+            self.model.name,
+            version,
+            baseline.id,
+        )
+        self.current = version
+        self.drift._start(baseline)  # the drift stage has no public switch yet
 
     def update_labels(
         self, raw: RawBatch, partitions: npt.NDArray[np.int32]
@@ -659,6 +683,7 @@ class ModelStage:
             "joined": {v: r.state() for v, r in part.joined.items()},
             "predicted": {v: r.state() for v, r in part.predicted.items()},
             "judged": [[k, v, n] for (k, v), n in sorted(self._judged.items())],
+            "current": self.current,
         }
 
     def _part_from_state(self, state: dict[str, Any]) -> _Part:
@@ -702,6 +727,10 @@ class ModelStage:
         if current is not None and sum(current.next_offsets) >= sum(offsets):
             self._owned.add(slot)
             return  # the other topic's checkpoint of this part was newer: keep it
+        current_version = state.get("current")
+        if isinstance(current_version, str) and current_version != self.current:
+            # before the drift stage restores its windows (this stage comes first)
+            self._deployed(current_version)
         self._parts[p] = self._part_from_state(state)
         self._reported[p] = self._parts[p].join._counts.copy()
         for kind, version, n in state.get("judged", []):
@@ -883,19 +912,23 @@ def model_stages(pipeline: Any) -> list[Any]:
     for v in model.versions:
         references[v.version] = reference_from_file(stage, v.reference)
     stage.references = references
-    stages: list[Any] = []
+
+    def drift_baseline(ref: ReferenceSpec, ref_id: str) -> Baseline:
+        built, _, _ = baseline_from_batches(
+            spec, read_file_payloads(Path(ref.file), spec), None, str(ref.file)
+        )
+        return dataclasses.replace(built, id=ref_id)
+
     baseline: Baseline | None = None
     if spec.baseline.file is None and model.reference is not None:
-        baseline, _, _ = baseline_from_batches(
-            spec,
-            read_file_payloads(Path(model.reference.file), spec),
-            None,
-            str(model.reference.file),
-        )
-        baseline = dataclasses.replace(baseline, id=references["*"].id)
+        baseline = drift_baseline(model.reference, references["*"].id)
     drift = DriftStage(spec, pipeline.decoder, baseline)
+    # The model stage comes first: a deployment switches the drift baseline before
+    # the drift stage sees the batch (and before it restores its windows).
+    stages: list[Any] = [stage]
     if drift.fields:
         stages.append(drift)
         stage.drift = drift
-    stages.append(stage)
+        for v in model.versions:
+            stage.baselines[v.version] = drift_baseline(v.reference, references[v.version].id)
     return stages

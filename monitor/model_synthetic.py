@@ -87,17 +87,20 @@ def _draw(
     return x1, x2, score, truth.astype(np.float64)
 
 
-def reference_rows(n: int, seed: int = 0, start: float = 1.7e9) -> list[bytes]:
-    """JSONL rows of the reference: features, the model's score and the label."""
+def reference_rows(
+    n: int, seed: int = 0, start: float = 1.7e9, shifted: bool = False, version: str = "1"
+) -> list[bytes]:
+    """JSONL rows of the reference: features, the model's score and the label
+    (``shifted``: drawn from the shifted inputs, the reference of a retrained version)."""
     rng = np.random.default_rng(seed)
-    x1, x2, score, truth = _draw(rng, n, np.zeros(n, np.bool_))
+    x1, x2, score, truth = _draw(rng, n, np.full(n, shifted, np.bool_))
     enc = msgspec.json.encode
     return [
         enc(
             {
                 "request_id": f"ref-{i}",
                 "ts": start + i,
-                "model_version": "1",
+                "model_version": version,
                 "x1": round(float(x1[i]), 4),
                 "x2": round(float(x2[i]), 4),
                 "p_default": round(float(score[i]), 6),

@@ -18,7 +18,12 @@ from monitor.config import parse_config
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.model import ModelStage, model_stages
-from monitor.model_synthetic import MODEL_STREAM, generate_model_events, reference_rows
+from monitor.model_synthetic import (
+    MODEL_STREAM,
+    ModelEvents,
+    generate_model_events,
+    reference_rows,
+)
 from monitor.pipeline import BatchResult, StreamPipeline
 
 PARTS = 2
@@ -53,8 +58,11 @@ def _pipeline(stream: dict[str, Any], registry: CollectorRegistry | None = None)
 
 
 def _batches(n: int, seed: int, size: int = 700, drift_at: int | None = None) -> list[RawBatch]:
+    return _batches_of(generate_model_events(n, seed=seed, drift_at=drift_at), size)
+
+
+def _batches_of(ev: ModelEvents, size: int = 700) -> list[RawBatch]:
     """Both topics cut into batches per partition (key hash = partition), interleaved."""
-    ev = generate_model_events(n, seed=seed, drift_at=drift_at)
     out: list[RawBatch] = []
     streams = []
     for topic, values, keys in (
@@ -87,7 +95,7 @@ def _batches(n: int, seed: int, size: int = 700, drift_at: int | None = None) ->
 
 
 def _model(p: StreamPipeline) -> ModelStage:
-    stage = p.stages[-1]
+    stage = p.stages[0]
     assert isinstance(stage, ModelStage)
     return stage
 
@@ -260,3 +268,45 @@ def test_config_is_typed_and_validated(tmp_path: Path) -> None:
     assert spec.model is not None and spec.model.labels is not None
     assert spec.model.labels.max_delay == 3600.0
     assert math.isclose(spec.model.quality.min_drop, 0.02)
+
+
+def test_a_new_version_switches_baseline_and_reference_and_starts_fresh(tmp_path: Path) -> None:
+    stream = _stream(tmp_path)
+    ref2 = tmp_path / "ref-v2.jsonl"
+    ref2.write_bytes(b"\n".join(reference_rows(20_000, seed=6, shifted=True, version="2")))
+    stream["model"]["versions"] = [{"version": "2", "reference": {"file": str(ref2), "id": "v2"}}]
+    # version 1 on its own inputs, then version 2 (trained on the shifted inputs) serving them
+    v1 = generate_model_events(8000, seed=1)
+    v2 = generate_model_events(8000, seed=2, drift_at=0, start=1.8e9 + 100, version="2")
+    both = ModelEvents(
+        v1.inference + v2.inference,
+        v1.inference_keys + v2.inference_keys,
+        v1.labels + v2.labels,
+        v1.label_keys + v2.label_keys,
+        np.concatenate([v1.label_time, v2.label_time]),
+        np.concatenate([v1.truth, v2.truth]),
+        np.concatenate([v1.score, v2.score]),
+    )
+    batches = _batches_of(both, 1000)
+    pipeline = _pipeline(stream)
+    stage = _model(pipeline)
+    assert stage.drift is not None and stage.drift.baseline is not None
+    first_id = stage.drift.baseline.id
+    cut = len(batches) // 2 + 4
+    findings = _run(pipeline, batches[:cut])
+    assert stage.current == "2" and stage.drift.baseline.id == "v2" != first_id
+    restarted = _pipeline(stream)
+    for topic in ("ml.loans.inference", "ml.loans.labels"):
+        for p in range(PARTS):
+            restarted.restore_partition(topic, p, pipeline.partition_state(topic, p))
+    again = _model(restarted)
+    assert again.current == "2" and again.drift is not None and again.drift.baseline is not None
+    assert again.drift.baseline.id == "v2"
+    findings += _run(restarted, batches[cut:])
+    v2_quality = [f for f in findings if f.subject.startswith("loans@2:")]
+    assert v2_quality and {f.baseline_id for f in v2_quality} == {"v2"}
+    assert {f.baseline_id for f in findings if f.subject.startswith("loans@1:")} == {first_id}
+    # version 2's inputs match its own reference: no input drift after the switch
+    late_input = [f for f in findings[len(findings) // 2 :] if f.kind == "field" and f.drift]
+    assert not late_input
+    assert not any(f.drift for f in v2_quality)
