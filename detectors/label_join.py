@@ -5,8 +5,9 @@ dense columns, never a Python object: ``key`` (uint64 hash of the request id),
 ``status`` (int8), ``time`` (float64 event time), ``score`` (float64), ``klass``
 (int64 predicted class code, or -1), ``value`` (float64 label value or regression
 prediction), ``label`` (float64) and ``version`` (int32 model version code).
-That is 8+1+8+8+8+8+8+4 = 53 bytes per row; the table keeps at most half its
-rows used, so about 106 bytes per pending prediction (``bytes_per_pending``).
+That is 8+1+8+8+8+8+8+4 = 53 bytes per row; the table has the power of two
+rows at or above twice ``capacity``, so 106-212 bytes per pending prediction at
+capacity (139 for ``capacity`` 10^5: 2^18 rows; ``bytes_per_pending``).
 Probing is linear; inserts and lookups run in a numba kernel over a whole batch.
 
 The request id is hashed to 64 bits (FNV-1a over the id's code points): two ids

@@ -49,6 +49,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import operator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,15 @@ _TESTED = frozenset(
 )
 
 
+_RID = operator.attrgetter("rid")
+_KEY = operator.attrgetter("key")
+_TIME = operator.attrgetter("time")
+_VERSION = operator.attrgetter("version")
+_SCORE = operator.attrgetter("score")
+_CLS = operator.attrgetter("cls")
+_VALUE = operator.attrgetter("value")
+
+
 def _norm(value: object) -> str:
     return "" if value is None else str(value)
 
@@ -109,12 +119,14 @@ class _Vocab:
             self.names.append(name)
         return found
 
-    def encode(self, values: list[str]) -> npt.NDArray[np.int64]:
-        """Codes of ``values`` (a loop over the distinct values only)."""
+    def encode(self, values: list[str], none_as: str | None = None) -> npt.NDArray[np.int64]:
+        """Codes of ``values`` (a loop over the distinct values only); the string
+        ``"None"`` (a JSON null) is read as ``none_as`` when given."""
         if not values:
             return np.empty(0, np.int64)
         uniq, inverse = np.unique(np.asarray(values, dtype=np.str_), return_inverse=True)
-        lut = np.array([self.code(str(u)) for u in uniq.tolist()], np.int64)
+        names = [none_as if none_as is not None and u == "None" else u for u in uniq.tolist()]
+        lut = np.array([self.code(str(u)) for u in names], np.int64)
         codes: npt.NDArray[np.int64] = lut[inverse.reshape(-1)]
         return codes
 
@@ -328,7 +340,7 @@ class ModelStage:
         if batch.n == 0 or batch.event_time is None:
             return []
         offsets = raw.offsets[batch.rows]
-        payloads = [raw.values[i] for i in batch.rows.tolist()]
+        payloads = list(map(raw.values.__getitem__, batch.rows.tolist()))
         rows, failed = self._decode(self._inference, payloads)
         ok = np.ones(len(rows), np.bool_)
         for i, _, _ in failed:
@@ -343,7 +355,7 @@ class ModelStage:
                 part.next_offsets[0] = max(part.next_offsets[0], int(offsets[parts == p].max()) + 1)
             if not sel.any():
                 continue
-            chosen = [rows[i] for i in np.flatnonzero(sel).tolist()]
+            chosen = list(map(rows.__getitem__, np.flatnonzero(sel).tolist()))
             touched |= self._add_predictions(part, chosen, batch.event_time[sel])
         return self._after(touched)
 
@@ -351,29 +363,29 @@ class ModelStage:
         self, part: _Part, rows: list[Any], times: npt.NDArray[np.float64]
     ) -> set[str]:
         n = len(rows)
-        keys = hash_ids([r.rid for r in rows])
+        keys = hash_ids(list(map(_RID, rows)))
         if "version" in self._has:
-            names = [_norm(r.version) or _UNVERSIONED for r in rows]
+            names = list(map(str, map(_VERSION, rows)))
         else:
             names = [self.model.version or _UNVERSIONED] * n
         known = len(self.versions.names)
-        version = self.versions.encode(names).astype(np.int32)
+        version = self.versions.encode(names, none_as=_UNVERSIONED).astype(np.int32)
         if len(self.versions.names) > known:
             for name in self.versions.names[known:]:
                 self._deployed(name)
         score = (
-            np.array([math.nan if r.score is None else r.score for r in rows], np.float64)
+            np.array(list(map(_SCORE, rows)), np.float64)  # None -> nan
             if "score" in self._has
             else np.full(n, math.nan)
         )
         if "cls" in self._has:
-            klass = self.classes.encode([_norm(r.cls) for r in rows])
+            klass = self.classes.encode(list(map(str, map(_CLS, rows))))
         elif self.classification:
             klass = np.where(score >= self.prediction.threshold, self.positive, -1).astype(np.int64)
         else:
             klass = np.full(n, -1, np.int64)
         value = (
-            np.array([math.nan if r.value is None else r.value for r in rows], np.float64)
+            np.array(list(map(_VALUE, rows)), np.float64)
             if "value" in self._has
             else np.full(n, math.nan)
         )
@@ -423,13 +435,13 @@ class ModelStage:
             part.next_offsets[1] = max(part.next_offsets[1], int(raw.offsets[here].max()) + 1)
             if not sel.any():
                 continue
-            chosen = [rows[i] for i in np.flatnonzero(sel).tolist()]
-            keys = hash_ids([r.key for r in chosen])
-            times = np.array([r.time for r in chosen], np.float64) * self._label_scale
+            chosen = list(map(rows.__getitem__, np.flatnonzero(sel).tolist()))
+            keys = hash_ids(list(map(_KEY, chosen)))
+            times = np.array(list(map(_TIME, chosen)), np.float64) * self._label_scale
             if self.classification:
-                label = self._label_codes([_norm(r.value) for r in chosen])
+                label = self._label_codes(list(map(str, map(_VALUE, chosen))))
             else:
-                label = np.array([float(r.value) for r in chosen], np.float64)
+                label = np.array(list(map(float, map(_VALUE, chosen))), np.float64)
             touched |= self._add_joined(part, part.join.add_labels(keys, times, label))
             part.join.expire()
         return self._after(touched), rejects

@@ -122,4 +122,5 @@ def test_rehash_keeps_rows_under_churn() -> None:
 
 def test_memory_per_pending_prediction() -> None:
     join = LabelJoin(capacity=100_000)
-    assert 100 <= join.bytes_per_pending <= 150  # 53 bytes a row, half the rows used
+    # 53 bytes a row, 2^18 rows for 10^5 pending predictions
+    assert join.bytes_per_pending == pytest.approx(53 * 2**18 / 100_000)
