@@ -385,6 +385,9 @@ class AlertEngine:
         default_factory=dict, init=False, repr=False
     )
     _sequence: dict[Key, int] = field(default_factory=dict, init=False, repr=False)
+    # Per stream: which alerts ask for a retrain ("drift": field alerts, "estimated":
+    # CBPE, "realized": quality) and the least severity; streams not listed: any alert.
+    retrain_on: Mapping[str, tuple[tuple[str, ...], Severity | None]] = field(default_factory=dict)
     # Per stream: the latest ranking of a model's input features by drift (from the
     # model stage's informational ``feature_drift`` findings), for retrain evidence.
     _features: dict[str, tuple[SubjectScore, ...]] = field(
@@ -574,11 +577,13 @@ class AlertEngine:
             if model is not None and a.kind == "model" and "@" in a.subject:
                 # a model alert names its version: "MODEL@VERSION:METRIC"
                 model = (model[0], a.subject.partition("@")[2].rpartition(":")[0] or model[1])
+            on, least = self.retrain_on.get(a.stream, ((), None))
             if (
                 model is None
                 or a.status != "firing"
-                or severity_rank(a.severity) < severity_rank(policy.min_severity)
+                or severity_rank(a.severity) < severity_rank(least or policy.min_severity)
                 or (policy.detectors and a.detector not in policy.detectors)
+                or (on and _retrain_cause(a) not in on)
             ):
                 continue
             by_model.setdefault(model, []).append(a)
@@ -661,6 +666,13 @@ class AlertEngine:
         self._cooldown_until = {(s, sub, d): float(u) for s, sub, d, u in state["cooldowns"]}
         self._retrain_until = {(m, v): float(u) for m, v, u in state["retrain_cooldowns"]}
         self._sequence = {(s, sub, d): int(n) for s, sub, d, n in state.get("sequence", [])}
+
+
+def _retrain_cause(a: Alert) -> str:
+    """What kind of retrain cause an alert is: drift, estimated or realized (quality)."""
+    if a.kind == "model":
+        return {"cbpe": "estimated", "quality": "realized"}.get(a.detector, "other")
+    return "drift" if a.kind == "field" else "other"
 
 
 def _sort_stat(x: float) -> float:

@@ -27,7 +27,13 @@ Every key is typed and validated (unknown keys are errors)::
         min_drop: 0.01
         estimate: {method: isotonic}      # CBPE before labels; method: isotonic | histogram
       reference: {file: ref/loans.jsonl}  # features, predictions and labels
-      deploy_topic: ml.deploys            # optional: deploy events switch the version
+      versions:                           # versions with their own reference
+        - {version: "8", reference: {file: ref/loans-v8.jsonl}}
+      retrain_on: [estimated, realized]   # of drift, estimated, realized
+      retrain_severity: warning
+
+A version's first inference event is its deployment: the drift baseline switches to
+that version's reference (fresh windows) and its quality is judged against it.
 
 Prediction fields that are also declared under the stream's ``fields`` are watched
 for drift by the drift stage like any feature (same detectors, same false-alarm
@@ -174,7 +180,14 @@ class ModelSpec(_Model):
     quality: QualitySpec = QualitySpec()
     reference: ReferenceSpec | None = None
     versions: tuple[ModelVersionSpec, ...] = ()
-    deploy_topic: str | None = None
+    # Which alerts on this stream ask for a retrain: input drift (field alerts), the
+    # CBPE estimate, realized quality; and the least severity (default: alerts.retrain).
+    retrain_on: tuple[Literal["drift", "estimated", "realized"], ...] = (
+        "drift",
+        "estimated",
+        "realized",
+    )
+    retrain_severity: Literal["info", "warning", "critical"] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
