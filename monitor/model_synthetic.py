@@ -36,7 +36,7 @@ MODEL_STREAM: dict[str, Any] = {
         "x2": {"type": "float", "detectors": ["psi", "ks"]},
         "p_default": {"type": "float", "range": [0, 1], "detectors": ["psi", "ks"]},
     },
-    "window": {"events": 4000, "step": 1000},
+    "window": {"events": 2000, "step": 500},
     "model": {
         "name": "loans",
         "version_field": "model_version",
