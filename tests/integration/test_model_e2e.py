@@ -1,0 +1,114 @@
+"""The model stage on the broker: a crash with pending predictions, then a restart from
+the checkpoints, ends with the same joins and quality windows as an uninterrupted run."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from monitor.config import parse_config
+from monitor.model import ModelStage
+from monitor.model_synthetic import MODEL_STREAM, generate_model_events, reference_rows
+from monitor.service import Service
+from tests.kafka_utils import create_topics, produce
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N = 8_000
+
+
+def _config(bootstrap: str, unique: str, group: str, reference: Path) -> Any:
+    stream = copy.deepcopy(MODEL_STREAM)
+    stream["topic"] = f"inf.{unique}"
+    stream["model"]["labels"]["topic"] = f"lab.{unique}"
+    stream["model"]["reference"] = {"file": str(reference)}
+    # one window holds every joined event: its content does not depend on the order
+    # in which the two topics' batches interleave
+    stream["model"]["quality"]["window"] = {"events": 20_000, "step": 1000}
+    return parse_config(
+        {
+            "kafka": {"bootstrap.servers": bootstrap, "session.timeout.ms": 6000},
+            "group": group,
+            "metrics": {"enabled": False},
+            "dead_letter_topic": f"dlq.{unique}",
+            "source": {"max_batch_events": 1500, "max_wait": "100ms"},
+            "state": {"topic": f"state.{group}", "every_events": 3000, "every_seconds": "1h"},
+            "streams": [stream],
+        },
+        env={},
+    )
+
+
+def _stage(service: Service) -> ModelStage:
+    (pipeline,) = set(service.runner.pipelines.values())
+    stage = pipeline.stages[0]
+    assert isinstance(stage, ModelStage)
+    return stage
+
+
+def _done(service: Service) -> int:
+    (pipeline,) = set(service.runner.pipelines.values())
+    return sum(pipeline.partition_events.values())
+
+
+def _snapshot(service: Service) -> dict[str, Any]:
+    stage = _stage(service)
+    rings = [r.rows() for p in stage._parts.values() for r in p.joined.values()]
+    pairs = np.concatenate([np.stack([c[0], c[2]], axis=1) for c in rings])
+    values = {
+        (f.detector, f.subject): round(dict(f.details)["value"], 12)
+        for f in stage.evaluate()
+        if "value" in dict(f.details)
+    }
+    return {
+        "counts": stage.join_counts(),
+        "pending": sum(p.join.pending for p in stage._parts.values()),
+        "window": sorted(map(tuple, pairs.round(12).tolist())),
+        "values": values,
+    }
+
+
+def _run_until(service: Service, events: int) -> dict[str, Any]:
+    taken: dict[str, Any] = {}
+
+    def until(stats: Any) -> bool:
+        if _done(service) >= events:
+            taken.update(_snapshot(service))  # before close() drops the partitions
+            return True
+        return False
+
+    service.run(max_seconds=120, until=until)
+    return taken
+
+
+def test_crash_with_pending_predictions_resumes_exactly(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    reference = tmp_path / "ref.jsonl"
+    reference.write_bytes(b"\n".join(reference_rows(5000, seed=5)))
+    create_topics(kafka_bootstrap, {f"inf.{unique}": 2, f"lab.{unique}": 2, f"dlq.{unique}": 1})
+    ev = generate_model_events(N, seed=21, label_delay=30.0)
+    produce(kafka_bootstrap, f"inf.{unique}", ev.inference, ev.inference_keys)
+    produce(kafka_bootstrap, f"lab.{unique}", ev.labels, ev.label_keys)
+    total = N + len(ev.labels)
+
+    def service(group: str) -> Service:
+        return Service(
+            _config(kafka_bootstrap, unique, group, reference), registry=CollectorRegistry()
+        )
+
+    whole = _run_until(service(f"whole-{unique}"), total)
+    assert whole["counts"]["joined"] == len(set(ev.label_keys))
+    assert whole["counts"]["duplicate_labels"] == len(ev.labels) - len(set(ev.label_keys))
+
+    first = service(f"split-{unique}")
+    first.runner.final_checkpoint = False  # as if killed: no checkpoint on the way out
+    crashed = _run_until(first, total // 2)
+    assert crashed["pending"] > 0 and crashed["counts"]["joined"] < whole["counts"]["joined"]
+    resumed = _run_until(service(f"split-{unique}"), total)
+    assert resumed == whole
