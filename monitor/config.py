@@ -234,6 +234,8 @@ class StreamSpec(_Model):
                 raise ValueError("a stream with model.labels reads one inference topic (topic:)")
             if self.model.labels.topic == self.topic:
                 raise ValueError("model.labels.topic must differ from the inference topic")
+            if self.model.deploy_topic in (self.topic, self.model.labels.topic):
+                raise ValueError("model.deploy_topic must differ from the stream's other topics")
             if self.event_time is None:
                 raise ValueError("a stream with model.labels needs event_time (expiry is by it)")
         return self
@@ -245,10 +247,15 @@ class StreamSpec(_Model):
 
     @property
     def all_topics(self) -> tuple[str, ...]:
-        """Every topic the stream reads; a model's label topic comes last (its slots are
-        ``len(inference_topics) << 20 | partition``)."""
+        """Every topic the stream reads; a model's label topic (slots ``1 << 20 | p``) and
+        deploy topic (``2 << 20 | p``) come after the one inference topic."""
         labels = self.model.labels if self.model is not None else None
-        return self.inference_topics + ((labels.topic,) if labels is not None else ())
+        deploys = self.model.deploy_topic if self.model is not None else None
+        return (
+            self.inference_topics
+            + ((labels.topic,) if labels is not None else ())
+            + ((deploys,) if deploys is not None and labels is not None else ())
+        )
 
 
 class SourceConfig(_Model):

@@ -33,7 +33,12 @@ Every key is typed and validated (unknown keys are errors)::
       retrain_severity: warning
 
 A version's first inference event is its deployment: the drift baseline switches to
-that version's reference (fresh windows) and its quality is judged against it.
+that version's reference (fresh windows) and its quality is judged against it. A
+deploy event on ``deploy_topic`` (``driftwarden model deploy CONFIG --stream S
+--version V``) does the same ahead of the first event (and restarts the drift windows
+even for a version without its own reference). With several replicas, only the one
+that owns the deploy topic's partition sees the event; the others switch at the
+version's first inference event in their partitions.
 
 Prediction fields that are also declared under the stream's ``fields`` are watched
 for drift by the drift stage like any feature (same detectors, same false-alarm
@@ -188,6 +193,9 @@ class ModelSpec(_Model):
         "realized",
     )
     retrain_severity: Literal["info", "warning", "critical"] | None = None
+    # Deploy events ({"model": NAME, "version": V}, `driftwarden model deploy`) on a
+    # one-partition topic the stream also reads.
+    deploy_topic: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:

@@ -82,6 +82,7 @@ __all__ = ["ModelReference", "ModelStage", "model_stages"]
 log = logging.getLogger("driftwarden.model")
 
 LABEL_SLOT = 1 << 20
+DEPLOY_SLOT = 2 << 20
 _PART_MASK = LABEL_SLOT - 1
 _TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _UNVERSIONED = "unversioned"
@@ -288,6 +289,10 @@ class ModelStage:
             )
         )
         self._label_scale = _TIME_SCALE[lb.time_unit]
+        self._deploy_decoder = msgspec.json.Decoder(
+            msgspec.defstruct("DeployEvent", [("model", str), ("version", str | int)], gc=False)
+        )
+        self._deploy_next: dict[int, int] = {}
 
     @staticmethod
     def _decode(
@@ -401,10 +406,16 @@ class ModelStage:
         part.join.expire()
         return touched
 
-    def _deployed(self, version: str) -> None:
-        """A version seen for the first time: switch the drift baseline if it has one."""
+    def _deployed(self, version: str, explicit: bool = False) -> None:
+        """A version seen for the first time (or named by a deploy event): switch the
+        drift baseline to its own, if it has one; a deploy event also restarts the
+        drift windows of a version without one."""
+        if version == self.current or self.drift is None:
+            return
         baseline = self.baselines.get(version)
-        if baseline is None or self.drift is None or version == self.current:
+        if baseline is None and explicit and self.drift.baseline is not None:
+            baseline = self.drift.baseline
+        if baseline is None:
             return
         log.info(
             "stream %s: model %s version %s deployed: drift baseline %s, fresh windows",
@@ -415,6 +426,25 @@ class ModelStage:
         )
         self.current = version
         self.drift._start(baseline)  # the drift stage has no public switch yet
+
+    def update_deploys(
+        self, raw: RawBatch, partitions: npt.NDArray[np.int32]
+    ) -> tuple[list[Finding], list[Reject]]:
+        """Deploy events ``{"model": NAME, "version": V}``: switch to the version."""
+        rows, failed = self._decode(self._deploy_decoder, raw.values)
+        bad = {i for i, _, _ in failed}
+        for i, row in enumerate(rows):
+            p = int(partitions[i]) & _PART_MASK
+            self._owned.add(p | DEPLOY_SLOT)
+            offset = int(raw.offsets[i])
+            if i in bad or offset < self._deploy_next.get(p, -1):
+                continue
+            self._deploy_next[p] = offset + 1
+            if row.model == self.model.name:
+                version = str(row.version)
+                self.versions.code(version)
+                self._deployed(version, explicit=True)
+        return [], [Reject(i, reason, detail) for i, reason, detail in failed]
 
     def update_labels(
         self, raw: RawBatch, partitions: npt.NDArray[np.int32]
@@ -683,7 +713,11 @@ class ModelStage:
 
     # -- state ---------------------------------------------------------------------
     def partition_state(self, slot: int) -> dict[str, Any] | None:
-        """Partition number ``slot & (2**20 - 1)``'s whole state (same for both topics)."""
+        """Partition number ``slot & (2**20 - 1)``'s whole state (same for both topics);
+        for the deploy topic's slot, the current version and the next deploy offset."""
+        if slot & DEPLOY_SLOT:
+            p = slot & _PART_MASK
+            return {"deploy": True, "current": self.current, "next": self._deploy_next.get(p, -1)}
         part = self._parts.get(slot & _PART_MASK)
         if part is None:
             return None
@@ -734,6 +768,12 @@ class ModelStage:
 
     def restore_partition(self, slot: int, state: dict[str, Any]) -> None:
         p = slot & _PART_MASK
+        if state.get("deploy"):
+            self._owned.add(slot)
+            self._deploy_next[p] = max(self._deploy_next.get(p, -1), int(state["next"]))
+            if isinstance(state.get("current"), str):
+                self._deployed(state["current"], explicit=True)
+            return
         current = self._parts.get(p)
         offsets = [int(o) for o in state["offsets"]]
         if current is not None and sum(current.next_offsets) >= sum(offsets):
@@ -752,6 +792,8 @@ class ModelStage:
 
     def drop_partition(self, slot: int) -> None:
         self._owned.discard(slot)
+        if slot & DEPLOY_SLOT:
+            return
         p = slot & _PART_MASK
         if p not in self._owned and (p | LABEL_SLOT) not in self._owned:
             self._parts.pop(p, None)
@@ -762,7 +804,7 @@ class ModelStage:
         self._remote = {}
         for slot, state in states.items():
             p = slot & _PART_MASK
-            if state is None or p in self._parts or p in self._remote:
+            if state is None or state.get("deploy") or p in self._parts or p in self._remote:
                 continue
             try:
                 self._remote[p] = self._part_from_state(state)

@@ -155,12 +155,16 @@ class StreamPipeline:
         # Per (topic, partition): events seen, checkpointed with the partition's state.
         self.partition_events: dict[tuple[str, int], int] = {}
         labels = spec.model.labels if spec.model is not None else None
-        # A model's label topic: its events go to the stages' update_labels, not the decoder.
+        # A model's label and deploy topics: their events go to the stages'
+        # update_labels / update_deploys, not to the stream decoder.
         self.label_topic = labels.topic if labels is not None else None
+        self.deploy_topic = spec.model.deploy_topic if spec.model is not None else None
 
     def process(self, raw: BatchInput) -> BatchResult:
         if raw.topic == self.label_topic:
             return self._process_labels(raw)
+        if raw.topic == self.deploy_topic:
+            return self._process_labels(raw, "update_deploys")
         t0 = time.perf_counter()
         batch = self.decoder.decode(raw.values)
         t1 = time.perf_counter()
@@ -212,8 +216,8 @@ class StreamPipeline:
             stage_seconds={"decode": t1 - t0, "checks": t2 - t1, "detectors": t3 - t2},
         )
 
-    def _process_labels(self, raw: BatchInput) -> BatchResult:
-        """A batch of the label topic: joined by the stages that read labels."""
+    def _process_labels(self, raw: BatchInput, method: str = "update_labels") -> BatchResult:
+        """A batch of the label (or deploy) topic, for the stages that read it."""
         t0 = time.perf_counter()
         n = len(raw.values)
         self._events[raw.topic].inc(n)
@@ -221,8 +225,8 @@ class StreamPipeline:
         findings: list[Finding] = []
         rejects: dict[int, Reject] = {}
         for stage in self.stages:
-            if hasattr(stage, "update_labels"):
-                found, bad = stage.update_labels(raw, partitions)
+            if hasattr(stage, method):
+                found, bad = getattr(stage, method)(raw, partitions)
                 findings.extend(found)
                 rejects.update((r.index, r) for r in bad)
         out = [

@@ -15,7 +15,7 @@ from monitor.config import parse_config
 from monitor.model import ModelStage
 from monitor.model_synthetic import MODEL_STREAM, generate_model_events, reference_rows
 from monitor.service import Service
-from tests.kafka_utils import create_topics, produce
+from tests.kafka_utils import create_topics, produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -112,3 +112,29 @@ def test_crash_with_pending_predictions_resumes_exactly(
     assert crashed["pending"] > 0 and crashed["counts"]["joined"] < whole["counts"]["joined"]
     resumed = _run_until(service(f"split-{unique}"), total)
     assert resumed == whole
+
+
+def test_model_deploy_command_produces_the_deploy_event(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    import json
+
+    import yaml
+
+    from monitor.cli import main
+
+    reference = tmp_path / "ref.jsonl"
+    reference.write_bytes(b"\n".join(reference_rows(100, seed=5)))
+    stream = copy.deepcopy(MODEL_STREAM)
+    stream["model"]["reference"] = {"file": str(reference)}
+    stream["model"]["deploy_topic"] = f"deploys.{unique}"
+    create_topics(kafka_bootstrap, {f"deploys.{unique}": 1})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"kafka": {"bootstrap.servers": kafka_bootstrap},
+                                    "streams": [stream]}))  # fmt: skip
+    argv = ["model", "deploy", str(path), "--stream", "loans-model", "--version", "2"]
+    assert main(argv) == 0
+    (msg,) = read_topic(kafka_bootstrap, f"deploys.{unique}", 1)
+    event = json.loads(msg.value() or b"{}")
+    assert (event["model"], event["version"], msg.key()) == ("loans", "2", b"loans")
+    assert main(["model", "deploy", str(path), "--stream", "nope", "--version", "2"]) == 1

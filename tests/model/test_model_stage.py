@@ -310,3 +310,53 @@ def test_a_new_version_switches_baseline_and_reference_and_starts_fresh(tmp_path
     late_input = [f for f in findings[len(findings) // 2 :] if f.kind == "field" and f.drift]
     assert not late_input
     assert not any(f.drift for f in v2_quality)
+
+
+def test_deploy_event_switches_before_the_first_event_and_survives_restart(
+    tmp_path: Path,
+) -> None:
+    from monitor.model_deploy import deploy_event
+
+    stream = _stream(tmp_path)
+    ref2 = tmp_path / "ref-v2.jsonl"
+    ref2.write_bytes(b"\n".join(reference_rows(5000, seed=6, shifted=True, version="2")))
+    stream["model"]["versions"] = [{"version": "2", "reference": {"file": str(ref2), "id": "v2"}}]
+    stream["model"]["deploy_topic"] = "ml.deploys"
+    pipeline = _pipeline(stream)
+    assert pipeline.spec.all_topics[-1] == "ml.deploys"
+    _run(pipeline, _batches(3000, seed=1)[:6])
+    stage = _model(pipeline)
+    assert stage.drift is not None and stage.drift.baseline is not None
+    assert stage.drift._partitions  # windows filling
+    events = [deploy_event("other", "9", 0.0), b"not json", deploy_event("loans", "2", 1.0)]
+    deploys = RawBatch(
+        topic="ml.deploys",
+        messages=[_Msg(b"loans")] * 3,  # type: ignore[list-item]
+        values=list(events),
+        partitions=np.zeros(3, np.int32),
+        offsets=np.arange(3, dtype=np.int64),
+    )
+    result = pipeline.process(deploys)
+    assert result.rejected == {"invalid_json": 1}
+    assert stage.current == "2" and stage.drift.baseline.id == "v2"
+    assert not stage.drift._partitions  # fresh windows
+    state = pipeline.partition_state("ml.deploys", 0)
+    restarted = _pipeline(stream)
+    restarted.restore_partition("ml.deploys", 0, state)
+    again = _model(restarted)
+    assert again.current == "2" and again.drift is not None and again.drift.baseline is not None
+    assert again.drift.baseline.id == "v2"
+    restarted.process(deploys)  # a replay of the same offsets changes nothing
+    assert again.current == "2"
+    # a deploy of a version without its own reference restarts the windows on the baseline
+    _run(pipeline, _batches(3000, seed=1)[6:10])
+    assert stage.drift._partitions
+    redeploy = RawBatch(
+        topic="ml.deploys",
+        messages=[_Msg(b"loans")],  # type: ignore[list-item]
+        values=[deploy_event("loans", "3", 2.0)],
+        partitions=np.zeros(1, np.int32),
+        offsets=np.array([3], np.int64),
+    )
+    pipeline.process(redeploy)
+    assert stage.current == "3" and stage.drift.baseline.id == "v2" and not stage.drift._partitions
