@@ -57,6 +57,7 @@ from detectors.quality import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from monitor.config_alerts import Duration
 
 __all__ = [
+    "ClassProbability",
     "LabelsSpec",
     "ModelSpec",
     "ModelVersionSpec",
@@ -76,11 +77,25 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ClassProbability(_Model):
+    """One class's probability field: ``{class: "approved", field: p_approved}``."""
+
+    class_: str = Field(alias="class")
+    field: str
+
+
 class PredictionSpec(_Model):
-    """Where the prediction is in an inference event."""
+    """Where the prediction is in an inference event.
+
+    A classifier gives a positive-class ``score``, or ``probabilities`` per class (the
+    positive class's is the score; without ``class_field`` the predicted class is the
+    most probable), and/or the predicted ``class_field``. With a score only, the
+    prediction is positive when ``score >= threshold``.
+    """
 
     task: Literal["classification", "regression"] = "classification"
     score: str | None = None
+    probabilities: tuple[ClassProbability, ...] = ()
     class_field: str | None = None
     positive_class: str | None = None
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -89,22 +104,50 @@ class PredictionSpec(_Model):
     @model_validator(mode="after")
     def _fits_task(self) -> PredictionSpec:
         if self.task == "classification":
-            if self.score is None and self.class_field is None:
-                raise ValueError("a classifier needs prediction.score or prediction.class_field")
+            if self.score is None and self.class_field is None and not self.probabilities:
+                raise ValueError(
+                    "a classifier needs prediction.score, probabilities or class_field"
+                )
             if self.positive_class is None:
                 raise ValueError("a classifier needs prediction.positive_class")
             if self.value is not None:
                 raise ValueError("prediction.value is for regression models")
+            if self.probabilities:
+                classes = [p.class_ for p in self.probabilities]
+                if self.score is not None:
+                    raise ValueError("give prediction.score or probabilities, not both")
+                if len(classes) < 2 or len(set(classes)) != len(classes):
+                    raise ValueError(
+                        "prediction.probabilities must name 2 or more distinct classes"
+                    )
+                if self.positive_class not in classes:
+                    raise ValueError(
+                        f"positive_class {self.positive_class!r} is not among the probabilities' "
+                        f"classes {classes}"
+                    )
         else:
             if self.value is None:
                 raise ValueError("a regression model needs prediction.value")
-            if self.score is not None or self.class_field is not None:
-                raise ValueError("prediction.score and class_field are for classifiers")
+            if self.score is not None or self.class_field is not None or self.probabilities:
+                raise ValueError(
+                    "prediction.score, probabilities and class_field are for classifiers"
+                )
         return self
 
     @property
+    def has_score(self) -> bool:
+        """Whether a positive-class probability is known (score or probabilities)."""
+        return self.score is not None or bool(self.probabilities)
+
+    @property
+    def binary(self) -> bool:
+        """Two classes known (CBPE estimates binary classifiers only)."""
+        return len(self.probabilities) in (0, 2)
+
+    @property
     def fields(self) -> tuple[str, ...]:
-        return tuple(f for f in (self.score, self.class_field, self.value) if f is not None)
+        named = (self.score, self.class_field, self.value, *(p.field for p in self.probabilities))
+        return tuple(f for f in named if f is not None)
 
 
 class LabelsSpec(_Model):
@@ -216,10 +259,13 @@ class ModelSpec(_Model):
                     f"quality metrics {wrong} do not apply to {self.prediction.task}; "
                     f"allowed: {', '.join(allowed)}"
                 )
-            if self.prediction.task == "classification" and self.prediction.score is None:
+            if self.prediction.task == "classification" and not self.prediction.has_score:
                 needs_score = {"roc_auc", "log_loss", "ece"} & set(self.quality.metrics)
                 if needs_score:
-                    raise ValueError(f"quality metrics {sorted(needs_score)} need prediction.score")
+                    raise ValueError(
+                        f"quality metrics {sorted(needs_score)} need prediction.score "
+                        "or probabilities"
+                    )
         versions = [v.version for v in self.versions]
         if len(set(versions)) != len(versions):
             raise ValueError(f"model.versions must be distinct, got {versions}")

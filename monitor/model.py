@@ -275,6 +275,19 @@ class ModelStage:
             if name is not None:
                 fields.append((attr, typ, None))
                 rename[attr] = name
+        for i, prob in enumerate(p.probabilities):
+            fields.append((f"p{i}", float | None, None))
+            rename[f"p{i}"] = prob.field
+        self._probs = operator.attrgetter(
+            *[f"p{i}" for i in range(len(p.probabilities))] or ["rid"]
+        )
+        # class codes of the probability columns, and the positive class's column
+        self._prob_codes = np.array(
+            [self.classes.code(c.class_) for c in p.probabilities], np.int64
+        )
+        self._prob_positive = next(
+            (i for i, c in enumerate(p.probabilities) if c.class_ == p.positive_class), -1
+        )
         self._inference = msgspec.json.Decoder(
             msgspec.defstruct("InferenceKeys", fields, rename=rename, gc=False)
         )
@@ -378,22 +391,7 @@ class ModelStage:
         if len(self.versions.names) > known:
             for name in self.versions.names[known:]:
                 self._deployed(name)
-        score = (
-            np.array(list(map(_SCORE, rows)), np.float64)  # None -> nan
-            if "score" in self._has
-            else np.full(n, math.nan)
-        )
-        if "cls" in self._has:
-            klass = self.classes.encode(list(map(str, map(_CLS, rows))))
-        elif self.classification:
-            klass = np.where(score >= self.prediction.threshold, self.positive, -1).astype(np.int64)
-        else:
-            klass = np.full(n, -1, np.int64)
-        value = (
-            np.array(list(map(_VALUE, rows)), np.float64)
-            if "value" in self._has
-            else np.full(n, math.nan)
-        )
+        score, klass, value = self._predictions(rows)
         joined = part.join.add_predictions(keys, times, score, klass, value, version)
         touched = self._add_joined(part, joined)
         for code in np.unique(version).tolist():
@@ -405,6 +403,32 @@ class ModelStage:
             touched.add(name)
         part.join.expire()
         return touched
+
+    def _predictions(
+        self, rows: list[Any]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Positive-class score, predicted class code and regression value per row."""
+        n = len(rows)
+        score = np.full(n, math.nan)
+        if "score" in self._has:
+            score = np.array(list(map(_SCORE, rows)), np.float64)  # None -> nan
+        probs = None
+        if self._prob_codes.size:
+            probs = np.array(list(map(self._probs, rows)), np.float64).reshape(n, -1)
+            score = probs[:, self._prob_positive].copy()
+        if "cls" in self._has:
+            klass = self.classes.encode(list(map(str, map(_CLS, rows))))
+        elif probs is not None:
+            best = np.argmax(np.where(np.isnan(probs), -np.inf, probs), axis=1)
+            klass = self._prob_codes[best] if n else np.empty(0, np.int64)
+        elif self.classification:
+            klass = np.where(score >= self.prediction.threshold, self.positive, -1).astype(np.int64)
+        else:
+            klass = np.full(n, -1, np.int64)
+        value = np.full(n, math.nan)
+        if "value" in self._has:
+            value = np.array(list(map(_VALUE, rows)), np.float64)
+        return score, klass, value
 
     def _deployed(self, version: str, explicit: bool = False) -> None:
         """A version seen for the first time (or named by a deploy event): switch the
@@ -479,7 +503,7 @@ class ModelStage:
     def _label_codes(self, values: list[str]) -> npt.NDArray[np.float64]:
         """Class codes of labels; without a class field, positive or not (-1)."""
         codes = self.classes.encode(values)
-        if "cls" not in self._has:
+        if "cls" not in self._has and not self._prob_codes.size:
             codes = np.where(codes == self.positive, self.positive, -1)
         return codes.astype(np.float64)
 
@@ -605,7 +629,7 @@ class ModelStage:
             truth = label.astype(np.int64)
             pred = klass.astype(np.int64)
             q: ClassificationQuality | RegressionQuality = classification_quality(
-                truth, pred, self.positive, score if self.prediction.score else None
+                truth, pred, self.positive, score if self.prediction.has_score else None
             )
         else:
             q = regression_quality(label, value)
@@ -615,7 +639,7 @@ class ModelStage:
         positive = label.astype(np.int64) == self.positive
         said = klass.astype(np.int64) == self.positive
         estimate_error: tuple[tuple[str, float], ...] = ()
-        if ref.cbpe is not None and self.classification and self.prediction.score and n:
+        if ref.cbpe is not None and self.classification and self.prediction.has_score and n:
             est = ref.cbpe.estimate(score, said)
             err = est.accuracy - q.get("accuracy")
             estimate_error = (("estimate_error", err),)
@@ -860,7 +884,7 @@ def build_reference(
     positive = label.astype(np.int64) == stage.positive
     said = klass == stage.positive
     if stage.classification:
-        has_score = stage.prediction.score is not None
+        has_score = stage.prediction.has_score
         q: ClassificationQuality | RegressionQuality = classification_quality(
             label.astype(np.int64), klass, stage.positive, score if has_score else None
         )
@@ -876,7 +900,7 @@ def build_reference(
             if math.isfinite(var):
                 tests["roc_auc"] = AUCDrop(auc, var, min_drop=qs.min_drop, **common)  # type: ignore[arg-type]
         cbpe = None
-        if has_score and qs.estimate.enabled:
+        if has_score and qs.estimate.enabled and stage.prediction.binary:
             cbpe = CBPE(
                 score, positive, stage.prediction.threshold, qs.estimate.method, qs.estimate.bins
             )
@@ -927,19 +951,7 @@ def reference_from_file(stage: ModelStage, ref: ReferenceSpec) -> ModelReference
         )
     r = [rows[i] for i in keep]
     lab = [labels[i] for i in keep]
-    n = len(r)
-    score = np.array(
-        [math.nan if getattr(x, "score", None) is None else x.score for x in r], np.float64
-    )
-    if "cls" in stage._has:
-        klass = stage.classes.encode([_norm(x.cls) for x in r])
-    elif stage.classification:
-        klass = np.where(score >= stage.prediction.threshold, stage.positive, -1).astype(np.int64)
-    else:
-        klass = np.full(n, -1, np.int64)
-    value = np.array(
-        [math.nan if getattr(x, "value", None) is None else x.value for x in r], np.float64
-    )
+    score, klass, value = stage._predictions(r)
     if stage.classification:
         label = stage._label_codes([_norm(x.value) for x in lab])
     else:

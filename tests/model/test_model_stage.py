@@ -360,3 +360,89 @@ def test_deploy_event_switches_before_the_first_event_and_survives_restart(
     )
     pipeline.process(redeploy)
     assert stage.current == "3" and stage.drift.baseline.id == "v2" and not stage.drift._partitions
+
+
+def _multiclass(n: int, seed: int) -> tuple[list[bytes], list[bytes], np.ndarray, np.ndarray]:
+    import msgspec
+
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.5, (n, 3))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(3, p=p) for p in probs])
+    names = np.array(["a", "b", "c"])
+    enc = msgspec.json.encode
+    inference = [
+        enc(
+            {
+                "rid": f"r{seed}-{i}",
+                "ts": float(i),
+                "f": float(logits[i, 0]),
+                "pa": float(probs[i, 0]),
+                "pb": float(probs[i, 1]),
+                "pc": float(probs[i, 2]),
+                "y": str(names[y[i]]),
+            }
+        )
+        for i in range(n)
+    ]
+    labels = [
+        enc({"rid": f"r{seed}-{i}", "ts": float(i) + 5, "y": str(names[y[i]])}) for i in range(n)
+    ]
+    return inference, labels, probs, y
+
+
+def test_per_class_probabilities_equal_sklearn(tmp_path: Path) -> None:
+    ref_inf, _, _, _ = _multiclass(3000, seed=1)
+    reference = tmp_path / "ref3.jsonl"
+    reference.write_bytes(b"\n".join(ref_inf))
+    stream = {
+        "name": "clf",
+        "topic": "inf3",
+        "event_time": "ts",
+        "fields": {"f": {"type": "float", "detectors": ["psi"]}},
+        "window": {"events": 2000, "step": 500},
+        "model": {
+            "name": "m",
+            "request_id": "rid",
+            "prediction": {
+                "probabilities": [
+                    {"class": "a", "field": "pa"},
+                    {"class": "b", "field": "pb"},
+                    {"class": "c", "field": "pc"},
+                ],
+                "positive_class": "a",
+            },
+            "labels": {"topic": "lab3", "key": "rid", "value": "y", "time": "ts"},
+            "quality": {
+                "metrics": ["accuracy", "precision", "recall", "roc_auc", "log_loss"],
+                "window": {"events": 10_000, "step": 1000},
+            },
+            "reference": {"file": str(reference)},
+        },
+    }
+    pipeline = _pipeline(stream)
+    inference, labels, probs, y = _multiclass(4000, seed=2)
+    for topic, values in (("inf3", inference), ("lab3", labels)):
+        pipeline.process(
+            RawBatch(
+                topic=topic,
+                messages=[],
+                values=list(values),
+                partitions=np.zeros(len(values), np.int32),
+                offsets=np.arange(len(values), dtype=np.int64),
+            )
+        )
+    stage = _model(pipeline)
+    assert stage.join_counts()["joined"] == 4000
+    got = {f.subject.rpartition(":")[2]: dict(f.details)["value"] for f in stage.evaluate()
+           if f.detector == "quality"}  # fmt: skip
+    pred = probs.argmax(axis=1)
+    is_a = y == 0
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
+    assert got["precision"] == pytest.approx(skm.precision_score(is_a, pred == 0), abs=1e-12)
+    assert got["recall"] == pytest.approx(skm.recall_score(is_a, pred == 0), abs=1e-12)
+    assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(is_a, probs[:, 0]), abs=1e-12)
+    # log loss is reported as a per-event mean: one-vs-rest on the positive class
+    assert got["log_loss"] == pytest.approx(skm.log_loss(is_a, probs[:, 0]), abs=1e-9)
+    ref = stage.references["*"]
+    assert ref.cbpe is None  # CBPE estimates binary classifiers only
