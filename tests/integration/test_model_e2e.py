@@ -11,15 +11,19 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from connectors.kafka import RawBatch
 from monitor.config import parse_config
-from monitor.model import ModelStage
+from monitor.metrics import Metrics
+from monitor.model import ModelStage, model_stages
 from monitor.model_synthetic import MODEL_STREAM, generate_model_events, reference_rows
+from monitor.pipeline import StreamPipeline
 from monitor.service import Service
 from tests.kafka_utils import create_topics, produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N = 8_000
+N_KILL = 4_000
 
 
 def _config(bootstrap: str, unique: str, group: str, reference: Path) -> Any:
@@ -57,7 +61,10 @@ def _done(service: Service) -> int:
 
 
 def _snapshot(service: Service) -> dict[str, Any]:
-    stage = _stage(service)
+    return _snapshot_stage(_stage(service))
+
+
+def _snapshot_stage(stage: ModelStage) -> dict[str, Any]:
     rings = [r.rows() for p in stage._parts.values() for r in p.joined.values()]
     pairs = np.concatenate([np.stack([c[0], c[2]], axis=1) for c in rings])
     values = {
@@ -138,3 +145,81 @@ def test_model_deploy_command_produces_the_deploy_event(
     event = json.loads(msg.value() or b"{}")
     assert (event["model"], event["version"], msg.key()) == ("loans", "2", b"loans")
     assert main(["model", "deploy", str(path), "--stream", "nope", "--version", "2"]) == 1
+
+
+def test_kill_9_with_pending_predictions_then_restart_equals_uninterrupted(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    """A ``driftwarden run`` process holding pending predictions is SIGKILLed; the labels
+    come afterwards; a restart from its checkpoints ends like an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from confluent_kafka import Consumer, TopicPartition
+
+    root = Path(__file__).resolve().parents[2]
+    reference = tmp_path / "ref.jsonl"
+    reference.write_bytes(b"\n".join(reference_rows(2000, seed=5)))
+    create_topics(kafka_bootstrap, {f"inf.{unique}": 2, f"lab.{unique}": 2, f"dlq.{unique}": 1})
+    ev = generate_model_events(N_KILL, seed=22, label_delay=30.0)
+    produce(kafka_bootstrap, f"inf.{unique}", ev.inference, ev.inference_keys)
+    group = f"killed-{unique}"
+    config = _config(kafka_bootstrap, unique, group, reference)
+    raw = yaml.safe_load(config.model_dump_json(by_alias=True))
+    raw["state"]["every_events"] = 1500
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))  # detector order is state order
+    log = open(tmp_path / "run.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor.cli", "run", str(path), "--quiet"],
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    log.close()
+    watcher = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    try:
+        deadline = time.monotonic() + 60
+        committed = 0
+        parts = [TopicPartition(f"inf.{unique}", p) for p in range(2)]
+        while time.monotonic() < deadline and committed < N_KILL // 2:
+            time.sleep(0.3)
+            committed = sum(max(tp.offset, 0) for tp in watcher.committed(parts, timeout=5))
+        assert committed >= N_KILL // 2, (tmp_path / "run.log").read_text()[-2000:]
+        proc.send_signal(signal.SIGKILL)  # predictions pending, no label read yet
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        watcher.close()
+        if proc.poll() is None:
+            proc.kill()
+    produce(kafka_bootstrap, f"lab.{unique}", ev.labels, ev.label_keys)
+    total = N_KILL + len(ev.labels)
+
+    def service(group: str) -> Service:
+        return Service(
+            _config(kafka_bootstrap, unique, group, reference), registry=CollectorRegistry()
+        )
+
+    resumed = _run_until(service(group), total)
+    # the uninterrupted run, in process (the snapshot does not depend on partitioning)
+    pipeline = StreamPipeline(config.streams[0], Metrics(CollectorRegistry()), "dlq")
+    pipeline.stages.extend(model_stages(pipeline))
+    for topic, values in ((f"inf.{unique}", ev.inference), (f"lab.{unique}", ev.labels)):
+        raw_batch = RawBatch(
+            topic=topic,
+            messages=[],
+            values=list(values),
+            partitions=np.zeros(len(values), np.int32),
+            offsets=np.arange(len(values), dtype=np.int64),
+        )
+        pipeline.process(raw_batch)
+    stage = pipeline.stages[0]
+    assert isinstance(stage, ModelStage)
+    whole = _snapshot_stage(stage)
+    assert whole["counts"]["joined"] == len(set(ev.label_keys))
+    assert resumed == whole
