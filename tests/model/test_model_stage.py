@@ -446,3 +446,29 @@ def test_per_class_probabilities_equal_sklearn(tmp_path: Path) -> None:
     assert got["log_loss"] == pytest.approx(skm.log_loss(is_a, probs[:, 0]), abs=1e-9)
     ref = stage.references["*"]
     assert ref.cbpe is None  # CBPE estimates binary classifiers only
+
+
+def test_two_replicas_judge_like_one(tmp_path: Path) -> None:
+    """Replica b owns partition 1 and reports nothing; replica a judges the stream with
+    b's windows from its checkpoint: the same verdicts as one process owning both."""
+    stream = _stream(tmp_path, window={"events": 10_000, "step": 1000})
+    batches = _batches(6000, seed=9)
+    one, a, b = _pipeline(stream), _pipeline(stream), _pipeline(stream)
+    _run(one, batches)
+    b.set_ownership({("ml.loans.inference", 1)})
+    assert not _model(b).aggregating
+    findings_b = _run(b, [x for x in batches if x.partitions[0] == 1])
+    assert not [f for f in findings_b if f.kind == "model"]
+    _run(a, [x for x in batches if x.partitions[0] == 0])
+    a.set_remote(
+        {(t, 1): b.partition_state(t, 1) for t in ("ml.loans.inference", "ml.loans.labels")}
+    )
+
+    def values(p: StreamPipeline) -> list[tuple[str, float]]:
+        return sorted(
+            (f.subject, round(dict(f.details)["value"], 12))
+            for f in _model(p).evaluate()
+            if f.detector == "quality"
+        )
+
+    assert values(a) == values(one)
