@@ -38,9 +38,24 @@ the version's reference: realized quality with the drop tests of
 subject ``MODEL@VERSION:METRIC`` and detector ``quality`` (realized) or ``cbpe``
 (estimated, marked with the detail ``estimate = 1``).
 
+Tests: accuracy, precision and recall are proportions (two-proportion z-test
+against the reference's counts), ROC AUC has DeLong's interval, log loss, MAE,
+RMSE (as MSE) and bias are per-event means (Welch z-test); F1 and ECE are reported
+(gauges, ``driftwarden_model_quality``) but not tested. The CBPE accuracy estimate
+is tested like a realized accuracy of the same size, whose binomial variance is at
+least CBPE's own (sum of c(1 - c)), so the estimate's test is conservative. At every
+realized verdict CBPE is also run on the joined window's own predictions and its
+error against the realized accuracy is reported (detail ``estimate_error``, gauge
+``driftwarden_model_estimate_error``).
+
 Multiple testing: the quality metrics of a version share the budget
 ``false_alerts`` per ``per_events`` joined events (each of the ``k`` tested
 metrics gets ``false_alerts / k``); the estimate has its own equal budget.
+
+Windows are per partition (the last ``window.events`` joined events of each); the
+stream's verdict judges their union, which is exactly the stream's last window for
+one partition. Which events a window holds depends on the order in which the two
+topics' batches were joined; the join counts do not (decisions use event times).
 """
 
 from __future__ import annotations
