@@ -40,6 +40,12 @@ even for a version without its own reference). With several replicas, only the o
 that owns the deploy topic's partition sees the event; the others switch at the
 version's first inference event in their partitions.
 
+>>> spec = ModelSpec.model_validate({"name": "loans", "prediction": {
+...     "probabilities": [{"class": "no", "field": "p_no"}, {"class": "yes", "field": "p_yes"}],
+...     "positive_class": "yes"}})
+>>> spec.prediction.fields, spec.prediction.binary
+(('p_no', 'p_yes'), True)
+
 Prediction fields that are also declared under the stream's ``fields`` are watched
 for drift by the drift stage like any feature (same detectors, same false-alarm
 budget): that is prediction drift. Class values (predicted and labelled) are

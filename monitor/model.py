@@ -236,7 +236,21 @@ class ModelReference:
 
 
 class ModelStage:
-    """Joins labels to predictions and judges quality per model version (a FindingStage)."""
+    """Joins labels to predictions and judges quality per model version (a FindingStage).
+
+    >>> from connectors.kafka import RawBatch
+    >>> from monitor.config import parse_config
+    >>> from monitor.model_synthetic import MODEL_STREAM
+    >>> config = {"kafka": {"bootstrap.servers": "x:1"}, "streams": [MODEL_STREAM]}
+    >>> spec = parse_config(config, env={}).streams[0]
+    >>> stage = ModelStage(spec)
+    >>> labels = RawBatch("ml.loans.labels", [], [b'{"request_id":"a","ts":1,"defaulted":1}'],
+    ...                   np.array([LABEL_SLOT], np.int32), np.zeros(1, np.int64))
+    >>> stage.update_labels(labels, labels.partitions)
+    ([], [])
+    >>> stage.join_counts()["joined"], stage.partition_state(0)["offsets"]
+    (0, [-1, 1])
+    """
 
     def __init__(
         self,
