@@ -1018,6 +1018,10 @@ def model_stages(pipeline: Any) -> list[Any]:
     if spec.baseline.file is None and model.reference is not None:
         baseline = drift_baseline(model.reference, references["*"].id)
     drift = DriftStage(spec, pipeline.decoder, baseline)
+    if baseline is not None:
+        # rebuilt from the reference file at every start, like a baseline file: the
+        # runner need not checkpoint it (nor restore an older one over a deployment)
+        drift.baseline_source = "file"
     # The model stage comes first: a deployment switches the drift baseline before
     # the drift stage sees the batch (and before it restores its windows).
     stages: list[Any] = [stage]
