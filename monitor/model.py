@@ -149,18 +149,27 @@ class _Vocab:
 
 @dataclasses.dataclass
 class _Ring:
-    """The last ``size`` rows of (score, class, label, value); ``count`` rows ever added."""
+    """The last ``size`` rows of (score, class, label, value, prediction event time);
+    ``count`` rows ever added."""
 
     size: int
     score: npt.NDArray[np.float64]
     klass: npt.NDArray[np.int64]
     label: npt.NDArray[np.float64]
     value: npt.NDArray[np.float64]
+    time: npt.NDArray[np.float64]
     count: int = 0
 
     @classmethod
     def empty(cls, size: int) -> _Ring:
-        return cls(size, np.zeros(size), np.zeros(size, np.int64), np.zeros(size), np.zeros(size))
+        return cls(
+            size,
+            np.zeros(size),
+            np.zeros(size, np.int64),
+            np.zeros(size),
+            np.zeros(size),
+            np.zeros(size),
+        )
 
     def add(
         self,
@@ -168,6 +177,7 @@ class _Ring:
         klass: npt.NDArray[np.int64],
         label: npt.NDArray[np.float64],
         value: npt.NDArray[np.float64],
+        time: npt.NDArray[np.float64],
     ) -> None:
         n = score.size
         if n == 0:
@@ -179,6 +189,7 @@ class _Ring:
             (self.klass, klass),
             (self.label, label),
             (self.value, value),
+            (self.time, time),
         ):
             ring[idx] = new[n - take :]
         self.count += n
@@ -190,6 +201,7 @@ class _Ring:
             self.klass[:k].astype(np.float64),
             self.label[:k],
             self.value[:k],
+            self.time[:k],
         )
 
     def state(self) -> dict[str, Any]:
@@ -198,6 +210,7 @@ class _Ring:
             "klass": self.klass,
             "label": self.label,
             "value": self.value,
+            "time": self.time,
             "count": self.count,
         }
 
@@ -210,6 +223,7 @@ class _Ring:
         ring.klass[:] = s["klass"]
         ring.label[:] = s["label"]
         ring.value[:] = s["value"]
+        ring.time[:] = s["time"]
         ring.count = int(s["count"])
         return ring
 
@@ -427,7 +441,7 @@ class ModelStage:
             name = self.versions.names[code]
             sel = version == code
             self._ring(part.predicted, name).add(
-                score[sel], klass[sel], np.zeros(int(sel.sum())), value[sel]
+                score[sel], klass[sel], np.zeros(int(sel.sum())), value[sel], times[sel]
             )
             touched.add(name)
         part.join.expire()
@@ -544,7 +558,11 @@ class ModelStage:
             sel = joined.version == code
             name = self.versions.names[code]
             self._ring(part.joined, name).add(
-                joined.score[sel], joined.klass[sel], joined.label[sel], joined.value[sel]
+                joined.score[sel],
+                joined.klass[sel],
+                joined.label[sel],
+                joined.value[sel],
+                joined.prediction_time[sel],
             )
             touched.add(name)
         return touched
@@ -632,8 +650,8 @@ class ModelStage:
         return self.references.get(version) or self.references.get("*")
 
     def _finding(
-        self, version: str, metric: str, detector: str, t: DropTest, n: int, ref: ModelReference,
-        details: tuple[tuple[str, float], ...] = (),
+        self, version: str, metric: str, detector: str, t: DropTest, window: WindowBounds,
+        ref: ModelReference, details: tuple[tuple[str, float], ...] = (),
     ) -> Finding:  # fmt: skip
         return Finding(
             detector=detector,
@@ -643,15 +661,16 @@ class ModelStage:
             drift=t.drift,
             p_value=t.p_value,
             kind="model",
-            window=WindowBounds(events=n),
+            window=window,
             baseline_id=ref.id,
             details=(("value", t.value), ("reference", t.reference), *details),
         )
 
     def _judge_quality(self, version: str, rings: list[_Ring]) -> list[Finding]:
         cols = [r.rows() for r in rings]
-        score, klass, label, value = (np.concatenate([c[i] for c in cols]) for i in range(4))
+        score, klass, label, value, times = (np.concatenate([c[i] for c in cols]) for i in range(5))
         n = int(score.size)
+        window = _bounds(n, times)
         ref = self._reference(version)
         out: list[Finding] = []
         if self.classification:
@@ -696,7 +715,7 @@ class ModelStage:
                     per.size,
                 )
             extra = estimate_error if metric == "accuracy" else ()
-            out.append(self._finding(version, metric, "quality", t, n, ref, extra))
+            out.append(self._finding(version, metric, "quality", t, window, ref, extra))
         return out
 
     def _judge_estimate(self, version: str, rings: list[_Ring]) -> list[Finding]:
@@ -706,6 +725,7 @@ class ModelStage:
         cols = [r.rows() for r in rings]
         score = np.concatenate([c[0] for c in cols])
         klass = np.concatenate([c[1] for c in cols]).astype(np.int64)
+        times = np.concatenate([c[4] for c in cols])
         ok = np.isfinite(score)
         est = ref.cbpe.estimate(score[ok], klass[ok] == self.positive)
         self.last_estimate[version] = est.accuracy
@@ -714,7 +734,8 @@ class ModelStage:
         if not isinstance(test, AccuracyDrop) or est.n == 0:
             return []
         t = test.test(round(est.accuracy * est.n), est.n)
-        return [self._finding(version, "accuracy", "cbpe", t, est.n, ref, (("estimate", 1.0),))]
+        window = _bounds(est.n, times[ok])
+        return [self._finding(version, "accuracy", "cbpe", t, window, ref, (("estimate", 1.0),))]
 
     # -- metrics -------------------------------------------------------------------
     def _set_gauge(
@@ -868,6 +889,13 @@ class ModelStage:
                     slot,
                     exc,
                 )
+
+
+def _bounds(n: int, times: npt.NDArray[np.float64]) -> WindowBounds:
+    """A window of ``n`` events whose predictions' event times are ``times``."""
+    if times.size == 0:
+        return WindowBounds(events=n)
+    return WindowBounds(events=n, start_time=float(times.min()), end_time=float(times.max()))
 
 
 def _per_event(

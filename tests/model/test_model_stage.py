@@ -119,6 +119,9 @@ def test_joins_quality_and_metrics_equal_sklearn(tmp_path: Path) -> None:
     now = stage.evaluate()
     acc = [f for f in now if f.subject.endswith(":accuracy") and f.detector == "quality"]
     assert acc[-1].window.events == len(joined)
+    # the window's event-time bounds are its predictions' (1.8e9 + index / 100 s)
+    assert acc[-1].window.start_time == pytest.approx(1.8e9 + joined[0] / 100)
+    assert acc[-1].window.end_time == pytest.approx(1.8e9 + joined[-1] / 100)
     details = dict(acc[-1].details)
     assert details["value"] == pytest.approx(skm.accuracy_score(truth, score >= 0.5), abs=1e-12)
     auc = [f for f in now if f.subject.endswith(":roc_auc")][-1]
