@@ -12,6 +12,8 @@ any size costs no Python bytecode per message.
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,18 +24,122 @@ import numpy.typing as npt
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from connectors.base import OutMessage
-from monitor.errors import SinkError
+from monitor.errors import DriftwardenError, SinkError
 
 __all__ = [
+    "BrokerUnreachableError",
     "KafkaSink",
     "KafkaSource",
+    "RateLimitFilter",
     "RawBatch",
     "TopicPartitionKey",
     "client_options",
     "ensure_topics",
+    "librdkafka_logger",
+    "wait_for_cluster",
 ]
 
 log = logging.getLogger("driftwarden.kafka")
+
+
+class BrokerUnreachableError(DriftwardenError):
+    """The cluster did not answer at start; the message names the servers and why."""
+
+
+class RateLimitFilter(logging.Filter):
+    """Drops repeats of a log line (digits ignored) within ``window`` seconds and
+    lets at most ``burst`` lines through per window; the next line that passes says
+    how many were dropped. librdkafka repeats a connection failure every retry.
+
+    >>> f = RateLimitFilter(window=10.0, burst=5, clock=lambda: 0.0)
+    >>> rec = lambda m: logging.LogRecord("x", 30, "", 0, m, None, None)
+    >>> [f.filter(rec(f"connect to :{p} failed")) for p in (1, 2)]
+    [True, False]
+    >>> r = rec("another problem"); f.filter(r), r.getMessage()
+    (True, 'another problem (1 earlier line(s) suppressed)')
+    """
+
+    def __init__(
+        self, window: float = 10.0, burst: int = 5, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.window = window
+        self.burst = burst
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_seen: dict[str, float] = {}
+        self._window_start = -float("inf")
+        self._passed = 0
+        self.suppressed = 0
+        self._pending = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "#", record.getMessage())
+        now = self._clock()
+        with self._lock:
+            if now - self._window_start >= self.window:
+                self._window_start, self._passed = now, 0
+            last = self._last_seen.get(key)
+            if (last is not None and now - last < self.window) or self._passed >= self.burst:
+                self.suppressed += 1
+                self._pending += 1
+                return False
+            if len(self._last_seen) > 1000:
+                self._last_seen.clear()
+            self._last_seen[key] = now
+            self._passed += 1
+            if self._pending:
+                record.msg = f"{record.getMessage()} ({self._pending} earlier line(s) suppressed)"
+                record.args = None
+                self._pending = 0
+        return True
+
+
+_LIBRDKAFKA_LOG = logging.getLogger("driftwarden.librdkafka")
+_LIBRDKAFKA_LOG.addFilter(RateLimitFilter())
+
+
+def librdkafka_logger() -> logging.Logger:
+    """The logger every client hands librdkafka (``logger=``): its lines go through
+    Python logging, de-duplicated and rate-limited, instead of raw to stderr."""
+    return _LIBRDKAFKA_LOG
+
+
+def _with_logger(conf: Mapping[str, Any]) -> dict[str, Any]:
+    return {"logger": librdkafka_logger(), **conf}
+
+
+def wait_for_cluster(options: Mapping[str, Any], timeout: float) -> None:
+    """Return once the cluster answers a metadata request; after ``timeout`` seconds
+    raise :class:`BrokerUnreachableError` naming ``bootstrap.servers`` and the last
+    reason librdkafka gave (connection refused, name resolution, TLS, SASL...)."""
+    from confluent_kafka.admin import AdminClient
+
+    reasons: list[str] = []
+
+    def on_error(err: KafkaError) -> None:
+        reasons.append(err.str())
+
+    admin = AdminClient(_with_logger({**client_options(options), "error_cb": on_error}))
+    deadline = time.monotonic() + timeout
+    last: str = ""
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            admin.list_topics(timeout=max(0.1, min(left, 2.0)))
+            return
+        except KafkaException as exc:
+            last = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        admin.poll(0)  # serve error callbacks and log lines
+        if time.monotonic() >= deadline:
+            break
+    reason = reasons[-1] if reasons else last
+    reason = " ".join(reason.split())
+    raise BrokerUnreachableError(
+        f"Kafka is unreachable at bootstrap.servers={options.get('bootstrap.servers')} "
+        f"after {timeout:g} s: {reason}"
+    )
+
 
 TopicPartitionKey = tuple[str, int]
 
@@ -51,8 +157,9 @@ _CONSUMER_ONLY = (
 
 def client_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The connection and security options of a config, without consumer tuning,
-    for producers and admin clients."""
-    return {k: v for k, v in options.items() if not k.startswith(_CONSUMER_ONLY)}
+    for producers and admin clients; librdkafka's log lines go to
+    :func:`librdkafka_logger`."""
+    return _with_logger({k: v for k, v in options.items() if not k.startswith(_CONSUMER_ONLY)})
 
 
 def ensure_topics(
@@ -71,7 +178,7 @@ def ensure_topics(
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    admin = AdminClient(client_options(options))
+    admin = AdminClient(_with_logger(client_options(options)))
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [t for t in dict.fromkeys(topics) if t and t not in existing]
     if not missing:
@@ -163,7 +270,7 @@ class KafkaSource:
         }
         # cooperative-sticky hands partitions over incrementally (no stop-the-world).
         self._cooperative = "cooperative" in str(conf.get("partition.assignment.strategy", ""))
-        self._consumer = Consumer(conf)
+        self._consumer = Consumer(_with_logger(conf))
         self.assignment: set[TopicPartitionKey] = set()
         self.errors: list[str] = []
         self._partition_counts: dict[str, int] = {}
@@ -295,7 +402,7 @@ class KafkaSink:
             "enable.idempotence": True,
             "acks": "all",
         }
-        self._producer = Producer(conf)
+        self._producer = Producer(_with_logger(conf))
         self._failures: list[str] = []
         self.sent = 0
         self.acknowledged = 0

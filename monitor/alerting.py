@@ -20,6 +20,7 @@ from monitor.alerts import AlertEngine, to_out_messages
 from monitor.config import Config
 from monitor.config_alerts import AlertsConfig, Severity
 from monitor.metrics import Metrics
+from monitor.status import StatusBoard
 
 __all__ = ["AlertingHandler", "PrometheusWebhookObserver", "build_findings_handler"]
 
@@ -70,12 +71,15 @@ class AlertingHandler:
             ),
         )
         self.dispatcher.start()
+        self.board: StatusBoard | None = None  # the /status page's view of firing alerts
 
     def handle(self, findings: list[Finding], now: float) -> list[OutMessage]:
         outcome = self.engine.observe(findings, now)
         if not outcome:
             return []
         m = self.metrics
+        if self.board is not None:
+            self.board.record_alerts(outcome.alerts)
         for alert in outcome.alerts:
             m.alerts.labels(alert.stream, alert.detector, alert.severity, alert.status).inc()
             log.info(

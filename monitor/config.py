@@ -5,9 +5,19 @@ environment in, both before validation:
 
 * ``${VAR}`` and ``${VAR:-default}`` inside any YAML string are replaced by the
   variable's value (a missing variable without default is an error naming the key);
-* a few well-known variables override endpoints: ``KAFKA_BOOTSTRAP_SERVERS``
-  (``kafka."bootstrap.servers"``), ``DRIFTWARDEN_GROUP`` (``group``) and
-  ``DRIFTWARDEN_METRICS_LISTEN`` (``metrics.listen``).
+* a few well-known variables override endpoints and credentials:
+  ``KAFKA_BOOTSTRAP_SERVERS`` (``kafka."bootstrap.servers"``),
+  ``KAFKA_SECURITY_PROTOCOL`` (``kafka."security.protocol"``),
+  ``KAFKA_SASL_MECHANISM`` (``kafka."sasl.mechanism"``),
+  ``KAFKA_SASL_USERNAME`` / ``KAFKA_SASL_PASSWORD`` (``kafka."sasl.username"`` /
+  ``kafka."sasl.password"``), ``KAFKA_SSL_CA_LOCATION`` (``kafka."ssl.ca.location"``),
+  ``DRIFTWARDEN_GROUP`` (``group``), ``DRIFTWARDEN_METRICS_LISTEN``
+  (``metrics.listen``) and ``DRIFTWARDEN_HTTP_TOKEN`` (``metrics.token``).
+
+``load_config`` resolves relative paths (baseline files, librdkafka ``*.location``
+files, webhook ``tls_ca_file``) against the configuration file's directory.
+Secrets never show in ``repr``: Kafka options whose names hold ``password``,
+``secret``, ``key`` or ``token`` are masked, the HTTP token is a ``SecretStr``.
 
 Every model forbids unknown keys, so a typo is an error, not a silently ignored
 setting. ``load_config`` raises ``ConfigError`` whose message lists every problem
@@ -29,6 +39,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -40,6 +51,8 @@ from monitor.config_model import ModelSpec
 from monitor.errors import ConfigError
 
 __all__ = [
+    "DETECTOR_TYPES",
+    "KAFKA_ENV_OVERRIDES",
     "BaselineSpec",
     "Config",
     "FieldSpec",
@@ -78,6 +91,14 @@ class FieldType(StrEnum):
 
 
 NUMERIC_TYPES = frozenset({FieldType.FLOAT, FieldType.INT})
+# Which field types each detector can judge: KS and ADWIN need numbers (a numeric
+# baseline, a running mean); chi-square needs categories; PSI works on both.
+DETECTOR_TYPES: dict[str, frozenset[FieldType]] = {
+    "ks": NUMERIC_TYPES,
+    "adwin": NUMERIC_TYPES,
+    "psi": NUMERIC_TYPES | {FieldType.CATEGORY, FieldType.BOOL},
+    "chi2": frozenset({FieldType.CATEGORY, FieldType.BOOL}),
+}
 # The detectors a field runs when its spec does not say.
 DEFAULT_DETECTORS: dict[FieldType, tuple[str, ...]] = {
     FieldType.FLOAT: ("ks", "psi", "adwin"),
@@ -137,6 +158,12 @@ class FieldSpec(_Model):
                         f"unknown detector {name!r}; allowed: {', '.join(sorted(known))}"
                     )
                 _check_detector_params(name, params)
+                fits = DETECTOR_TYPES.get(name)
+                if fits is not None and self.type not in fits:
+                    raise ValueError(
+                        f"detector {name!r} does not fit a {self.type} field; it runs on "
+                        f"{', '.join(sorted(fits))} fields"
+                    )
         return self
 
     def detector_specs(self) -> dict[str, dict[str, Any]]:
@@ -267,6 +294,11 @@ class SourceConfig(_Model):
     fetch_queue_backoff_ms: int = Field(default=10, ge=0)
     queued_min_messages: int = Field(default=200_000, gt=0)
     commit_every_batch: bool = True
+    connect_timeout: Duration = Field(
+        default=30.0,
+        description="How long `run` waits at start for the cluster to answer before it "
+        "stops with one line naming `bootstrap.servers` and librdkafka's reason.",
+    )
 
 
 class StateConfig(_Model):
@@ -279,10 +311,19 @@ class StateConfig(_Model):
 
 
 class MetricsConfig(_Model):
-    """Where /metrics, /healthz and /readyz are served."""
+    """Where /metrics, /healthz, /readyz and /status.json are served.
+
+    ``token``: when set, every path but /metrics, /healthz and /readyz needs
+    ``Authorization: Bearer <token>``.
+    """
 
     listen: str = "127.0.0.1:9108"
     enabled: bool = True
+    token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token required for every path but `/metrics`, `/healthz` and "
+        "`/readyz` (e.g. `/status`, `/status.json`); also `DRIFTWARDEN_HTTP_TOKEN`.",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -352,10 +393,20 @@ class Config(_Model):
 
     def redacted_kafka(self) -> dict[str, str]:
         """The Kafka options with secrets masked, for logs."""
-        return {
-            k: ("***" if any(w in k for w in ("password", "secret", "key", "token")) else str(v))
-            for k, v in self.kafka.items()
-        }
+        return {k: ("***" if _is_secret_key(k) else str(v)) for k, v in self.kafka.items()}
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, (self.redacted_kafka() if name == "kafka" else value)
+
+
+_SECRET_WORDS = ("password", "secret", "key", "token", "jaas")
+
+
+def _is_secret_key(name: str) -> bool:
+    """Whether an option name (``sasl.password``, ``ssl.key.pem``...) holds a secret."""
+    lowered = name.lower()
+    return any(w in lowered for w in _SECRET_WORDS) and not lowered.endswith(".location")
 
 
 def _interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
@@ -384,17 +435,58 @@ def _interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[st
     return node
 
 
+# environment variable -> librdkafka option it overrides
+KAFKA_ENV_OVERRIDES: dict[str, str] = {
+    "KAFKA_BOOTSTRAP_SERVERS": "bootstrap.servers",
+    "KAFKA_SECURITY_PROTOCOL": "security.protocol",
+    "KAFKA_SASL_MECHANISM": "sasl.mechanism",
+    "KAFKA_SASL_USERNAME": "sasl.username",
+    "KAFKA_SASL_PASSWORD": "sasl.password",
+    "KAFKA_SSL_CA_LOCATION": "ssl.ca.location",
+}
+
+
 def _apply_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
-    if bootstrap := env.get("KAFKA_BOOTSTRAP_SERVERS"):
-        kafka = raw.setdefault("kafka", {})
-        if isinstance(kafka, dict):
-            kafka["bootstrap.servers"] = bootstrap
+    for var, option in KAFKA_ENV_OVERRIDES.items():
+        if value := env.get(var):
+            kafka = raw.setdefault("kafka", {})
+            if isinstance(kafka, dict):
+                kafka[option] = value
     if group := env.get("DRIFTWARDEN_GROUP"):
         raw["group"] = group
     if listen := env.get("DRIFTWARDEN_METRICS_LISTEN"):
         metrics = raw.setdefault("metrics", {})
         if isinstance(metrics, dict):
             metrics["listen"] = listen
+    if token := env.get("DRIFTWARDEN_HTTP_TOKEN"):
+        metrics = raw.setdefault("metrics", {})
+        if isinstance(metrics, dict):
+            metrics["token"] = token
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make relative file paths absolute against ``base`` (the config's directory)."""
+
+    def resolve(value: object) -> object:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(base / value)
+        return value
+
+    kafka = raw.get("kafka")
+    if isinstance(kafka, dict):
+        for k, v in kafka.items():
+            if isinstance(k, str) and (k.endswith(".location") or k.endswith(".keytab")):
+                kafka[k] = resolve(v)
+    streams = raw.get("streams")
+    for stream in streams if isinstance(streams, list) else ():
+        baseline = stream.get("baseline") if isinstance(stream, dict) else None
+        if isinstance(baseline, dict) and "file" in baseline:
+            baseline["file"] = resolve(baseline["file"])
+    alerts = raw.get("alerts")
+    sinks = alerts.get("sinks") if isinstance(alerts, dict) else None
+    for sink in sinks if isinstance(sinks, list) else ():
+        if isinstance(sink, dict) and "tls_ca_file" in sink:
+            sink["tls_ca_file"] = resolve(sink["tls_ca_file"])
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -418,22 +510,27 @@ def _format_errors(err: ValidationError) -> list[str]:
             msg = "unknown key (not allowed here; check the spelling)"
         value = e.get("input")
         shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {value!r})"
-        if isinstance(value, str) and any(
-            w in _loc(loc).lower() for w in ("password", "secret", "key", "token")
-        ):
-            shown = ""
+        if "got " in msg:
+            shown = ""  # the message shows the value already
+        if _is_secret_key(_loc(loc)) or any(w in _loc(loc).lower() for w in ("url", "sinks")):
+            shown = ""  # secrets and webhook URLs (which often carry tokens) are never echoed
         lines.append(f"{_loc(loc)}: {msg}{shown}")
     return lines
 
 
-def parse_config(raw: object, env: Mapping[str, str] | None = None) -> Config:
-    """Validate an already-parsed YAML document (``env`` defaults to ``os.environ``)."""
+def parse_config(
+    raw: object, env: Mapping[str, str] | None = None, base_dir: Path | None = None
+) -> Config:
+    """Validate an already-parsed YAML document (``env`` defaults to ``os.environ``);
+    relative paths resolve against ``base_dir`` when given."""
     env = os.environ if env is None else env
     if not isinstance(raw, dict):
         raise ConfigError("the configuration must be a YAML mapping at the top level")
     problems: list[str] = []
     doc: dict[str, Any] = _interpolate(raw, env, "", problems)
     _apply_overrides(doc, env)
+    if base_dir is not None:
+        _resolve_paths(doc, base_dir)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     try:
@@ -451,5 +548,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_config(raw, env)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
+    return parse_config(raw, env, base_dir=Path(path).resolve().parent)

@@ -41,7 +41,7 @@ that owns the deploy topic's partition sees the event; the others switch at the
 version's first inference event in their partitions.
 
 >>> spec = ModelSpec.model_validate({"name": "loans", "prediction": {
-...     "probabilities": [{"class": "no", "field": "p_no"}, {"class": "yes", "field": "p_yes"}],
+...     "probabilities": [{"name": "no", "field": "p_no"}, {"name": "yes", "field": "p_yes"}],
 ...     "positive_class": "yes"}})
 >>> spec.prediction.fields, spec.prediction.binary
 (('p_no', 'p_yes'), True)
@@ -84,10 +84,10 @@ class _Model(BaseModel):
 
 
 class ClassProbability(_Model):
-    """One class's probability field: ``{class: "approved", field: p_approved}``."""
+    """One class's probability field: ``{name: approved, field: p_approved}``."""
 
-    class_: str = Field(alias="class")
-    field: str
+    name: str = Field(description="The class (compared as a string with labels).")
+    field: str = Field(description="Field holding that class's probability.")
 
 
 class PredictionSpec(_Model):
@@ -99,13 +99,37 @@ class PredictionSpec(_Model):
     prediction is positive when ``score >= threshold``.
     """
 
-    task: Literal["classification", "regression"] = "classification"
-    score: str | None = None
-    probabilities: tuple[ClassProbability, ...] = ()
-    class_field: str | None = None
-    positive_class: str | None = None
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-    value: str | None = None
+    task: Literal["classification", "regression"] = Field(
+        default="classification", description="What the model predicts."
+    )
+    score: str | None = Field(
+        default=None, description="Field holding the positive class's probability."
+    )
+    probabilities: tuple[ClassProbability, ...] = Field(
+        default=(),
+        description=(
+            "Per-class probability fields (instead of `score`); the positive class's is the score."
+        ),
+    )
+    class_field: str | None = Field(
+        default=None,
+        description=(
+            "Field holding the predicted class (else: score >= threshold, or the most probable "
+            "class)."
+        ),
+    )
+    positive_class: str | None = Field(
+        default=None, description="The positive class (precision, recall, F1, AUC, CBPE)."
+    )
+    threshold: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="A score at or above it predicts the positive class (without `class_field`).",
+    )
+    value: str | None = Field(
+        default=None, description="Field holding a regression model's prediction."
+    )
 
     @model_validator(mode="after")
     def _fits_task(self) -> PredictionSpec:
@@ -119,7 +143,7 @@ class PredictionSpec(_Model):
             if self.value is not None:
                 raise ValueError("prediction.value is for regression models")
             if self.probabilities:
-                classes = [p.class_ for p in self.probabilities]
+                classes = [p.name for p in self.probabilities]
                 if self.score is not None:
                     raise ValueError("give prediction.score or probabilities, not both")
                 if len(classes) < 2 or len(set(classes)) != len(classes):
@@ -159,13 +183,33 @@ class PredictionSpec(_Model):
 class LabelsSpec(_Model):
     """The label topic and how a label finds its prediction."""
 
-    topic: str
-    key: str
-    value: str
-    time: str
-    time_unit: Literal["s", "ms", "us", "ns"] = "s"
-    max_delay: Duration = 86_400.0
-    max_pending: int = Field(default=100_000, gt=0, le=50_000_000)
+    topic: str = Field(
+        description=(
+            "Label topic, co-partitioned with the inference topic (same partition count, "
+            "keyed by request id)."
+        )
+    )
+    key: str = Field(description="Field of label events holding the request id (the join key).")
+    value: str = Field(
+        description="Field of label events holding the label (a class, or a number for regression)."
+    )
+    time: str = Field(description="Field of label events holding their event time.")
+    time_unit: Literal["s", "ms", "us", "ns"] = Field(
+        default="s", description="Unit of `time` since the epoch."
+    )
+    max_delay: Duration = Field(
+        default=86_400.0,
+        description="Event time a label may come after its prediction; older predictions expire.",
+    )
+    max_pending: int = Field(
+        default=100_000,
+        gt=0,
+        le=50_000_000,
+        description=(
+            "Pending predictions and early labels kept per partition (about 139 bytes each at "
+            "10^5)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _positive_delay(self) -> LabelsSpec:
@@ -177,8 +221,16 @@ class LabelsSpec(_Model):
 class QualityWindowSpec(_Model):
     """Joined events per quality window and between verdicts."""
 
-    events: int = Field(default=5_000, gt=0)
-    step: int = Field(default=500, gt=0)
+    events: int = Field(
+        default=5_000,
+        gt=0,
+        description="Joined events (predictions, for the estimate) per window and partition.",
+    )
+    step: int = Field(
+        default=500,
+        gt=0,
+        description="A verdict every `step` joined events (a multiple of it makes `events`).",
+    )
 
     @model_validator(mode="after")
     def _step_fits(self) -> QualityWindowSpec:
@@ -192,34 +244,73 @@ class QualityWindowSpec(_Model):
 class EstimateSpec(_Model):
     """Confidence-based performance estimation before labels (binary classifiers)."""
 
-    enabled: bool = True
-    method: Literal["isotonic", "histogram"] = "isotonic"
-    bins: int = Field(default=20, ge=2, le=1000)
+    enabled: bool = Field(
+        default=True,
+        description="Estimate quality before labels (CBPE; binary classifiers with a score).",
+    )
+    method: Literal["isotonic", "histogram"] = Field(
+        default="isotonic", description="Calibration of the scores on the reference."
+    )
+    bins: int = Field(
+        default=20,
+        ge=2,
+        le=1000,
+        description="Equal-frequency bins of the `histogram` calibration.",
+    )
 
 
 class QualitySpec(_Model):
     """Which quality metrics are watched, over which windows, with which alarm budget."""
 
-    metrics: tuple[QualityMetric, ...] = ("accuracy", "roc_auc")
-    window: QualityWindowSpec = QualityWindowSpec()
-    false_alerts: float = Field(default=1.0, gt=0)
-    per_events: int = Field(default=1_000_000, gt=0)
-    min_drop: float = Field(default=0.01, ge=0)
-    estimate: EstimateSpec = EstimateSpec()
+    metrics: tuple[QualityMetric, ...] = Field(
+        default=("accuracy", "roc_auc"),
+        description=(
+            "Quality metrics watched; accuracy, precision, recall, roc_auc, log_loss, mae, rmse "
+            "and bias are tested against the reference, f1 and ece reported."
+        ),
+    )
+    window: QualityWindowSpec = Field(
+        default=QualityWindowSpec(), description="Windows of joined events."
+    )
+    false_alerts: float = Field(
+        default=1.0, gt=0, description="Expected false quality alerts on a stationary stream..."
+    )
+    per_events: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="...per this many joined events (shared by the tested metrics).",
+    )
+    min_drop: float = Field(
+        default=0.01,
+        ge=0,
+        description="Smallest degradation that alerts (effect size, in the metric's units).",
+    )
+    estimate: EstimateSpec = Field(
+        default=EstimateSpec(), description="Quality estimate before labels."
+    )
 
 
 class ReferenceSpec(_Model):
     """A file (JSONL, CSV, Parquet) of reference events: features, predictions, labels."""
 
-    file: Path
-    id: str | None = None
+    file: Path = Field(
+        description="JSONL, CSV or Parquet rows with features, predictions and labels."
+    )
+    id: str | None = Field(
+        default=None,
+        description=(
+            "Reference id in findings, alerts and retrain requests (default: file name and hash)."
+        ),
+    )
 
 
 class ModelVersionSpec(_Model):
     """A version that brings its own reference."""
 
-    version: str
-    reference: ReferenceSpec
+    version: str = Field(description="The version (as in `version_field`).")
+    reference: ReferenceSpec = Field(
+        description="That version's reference (its drift baseline and quality)."
+    )
 
 
 class ModelSpec(_Model):
@@ -228,23 +319,43 @@ class ModelSpec(_Model):
     name: str = Field(pattern=_NAME)
     version: str | None = None
     version_field: str | None = None
-    request_id: str | None = None
+    request_id: str | None = Field(
+        default=None, description="Field of inference events holding the request id (the join key)."
+    )
     prediction: PredictionSpec | None = None
     labels: LabelsSpec | None = None
-    quality: QualitySpec = QualitySpec()
-    reference: ReferenceSpec | None = None
-    versions: tuple[ModelVersionSpec, ...] = ()
+    quality: QualitySpec = Field(
+        default=QualitySpec(), description="Quality windows, metrics and false-alarm budget."
+    )
+    reference: ReferenceSpec | None = Field(
+        default=None, description="The reference of every version without its own."
+    )
+    versions: tuple[ModelVersionSpec, ...] = Field(
+        default=(), description="Versions that bring their own reference."
+    )
     # Which alerts on this stream ask for a retrain: input drift (field alerts), the
     # CBPE estimate, realized quality; and the least severity (default: alerts.retrain).
-    retrain_on: tuple[Literal["drift", "estimated", "realized"], ...] = (
-        "drift",
-        "estimated",
-        "realized",
+    retrain_on: tuple[Literal["drift", "estimated", "realized"], ...] = Field(
+        default=(
+            "drift",
+            "estimated",
+            "realized",
+        ),
+        description=(
+            "Alerts that ask for a retrain: input `drift`, `estimated` (CBPE) or `realized` "
+            "quality."
+        ),
     )
-    retrain_severity: Literal["info", "warning", "critical"] | None = None
+    retrain_severity: Literal["info", "warning", "critical"] | None = Field(
+        default=None,
+        description="Least severity of those alerts (default: `alerts.retrain.min_severity`).",
+    )
     # Deploy events ({"model": NAME, "version": V}, `driftwarden model deploy`) on a
     # one-partition topic the stream also reads.
-    deploy_topic: str | None = None
+    deploy_topic: str | None = Field(
+        default=None,
+        description="One-partition topic of deploy events (`driftwarden model deploy`).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:

@@ -6,18 +6,23 @@ detector, model, severity, status, reason, sink, topic, partition, stage. Never
 entity ids or free text. Metrics are updated once per batch, never per event.
 
 The HTTP endpoint serves ``/metrics`` (text exposition), ``/healthz`` (the
-process is alive) and ``/readyz`` (assigned partitions and a reachable broker).
+process is alive), ``/readyz`` (assigned partitions and a reachable broker) and
+extra pages such as ``/status`` and ``/status.json`` (behind the optional bearer
+token).
 """
 
 from __future__ import annotations
 
+import hmac
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from monitor.errors import ConfigError
 
 __all__ = ["Metrics", "MetricsServer"]
 
@@ -247,21 +252,45 @@ class Metrics:
 
 
 class MetricsServer:
-    """/metrics, /healthz and /readyz on a background thread.
+    """/metrics, /healthz, /readyz and extra ``pages`` on a background thread.
 
-    ``ready`` is called on each /readyz request; a true answer gives 200.
+    ``ready`` is called on each /readyz request; a true answer gives 200. ``pages``
+    maps further paths (/status, /status.json) to their renderers. With a ``token``,
+    every path but /metrics, /healthz and
+    /readyz needs ``Authorization: Bearer <token>`` (401 otherwise). Binding happens
+    in the constructor, so a port in use fails before anything else starts: the
+    ``OSError`` is turned into a :class:`~monitor.errors.ConfigError` naming the
+    address and ``setting`` (the configuration key to change).
     """
 
+    OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+
     def __init__(
-        self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool] = lambda: True
+        self,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        ready: Callable[[], bool] = lambda: True,
+        pages: Mapping[str, Callable[[], tuple[bytes, str]]] | None = None,
+        *,
+        token: str | None = None,
+        setting: str = "metrics.listen",
     ) -> None:
         self.metrics = metrics
         self._ready = ready
+        # Extra GET paths (e.g. /status): path -> () -> (body, content type).
+        self.pages = dict(pages or {})
+        expected = f"Bearer {token}".encode() if token else None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
+                if path not in server.OPEN_PATHS and expected is not None:
+                    given = self.headers.get("Authorization", "").encode("latin-1", "replace")
+                    if not hmac.compare_digest(given, expected):
+                        self._reply(401, b"unauthorized\n", www_authenticate=True)
+                        return
                 if path == "/metrics":
                     self._reply(200, server.metrics.render(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
@@ -269,22 +298,38 @@ class MetricsServer:
                 elif path == "/readyz":
                     ok = server._ready()
                     self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                elif path in server.pages:
+                    body, ctype = server.pages[path]()
+                    self._reply(200, body, ctype)
                 else:
                     self._reply(404, b"not found\n")
 
             def _reply(
-                self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8"
+                self,
+                code: int,
+                body: bytes,
+                ctype: str = "text/plain; charset=utf-8",
+                www_authenticate: bool = False,
             ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
+                if www_authenticate:
+                    self.send_header("WWW-Authenticate", 'Bearer realm="driftwarden"')
                 self.end_headers()
                 self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return  # scrapes every few seconds would flood the log
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port}: {reason}; "
+                f"choose another address or port with {setting}"
+            ) from None
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="metrics", daemon=True

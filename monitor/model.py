@@ -91,6 +91,7 @@ from monitor.decode import Batch, Reject
 from monitor.drift import DriftStage
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
+from monitor.status import StatusSection
 
 __all__ = ["ModelReference", "ModelStage", "model_stages"]
 
@@ -296,6 +297,8 @@ class ModelStage:
         self._build_decoders()
         self._metrics = metrics
         self._reported: dict[int, npt.NDArray[np.int64]] = {}
+        # Latest values by (version, metric, realized|estimated|reference|error).
+        self._latest: dict[tuple[str, str, str], float] = {}
         # The stream's drift stage, for the per-model ranking of drifting features.
         self.drift: DriftStage | None = None
         # Drift baselines of versions that bring their own reference; the first event
@@ -325,11 +328,9 @@ class ModelStage:
             *[f"p{i}" for i in range(len(p.probabilities))] or ["rid"]
         )
         # class codes of the probability columns, and the positive class's column
-        self._prob_codes = np.array(
-            [self.classes.code(c.class_) for c in p.probabilities], np.int64
-        )
+        self._prob_codes = np.array([self.classes.code(c.name) for c in p.probabilities], np.int64)
         self._prob_positive = next(
-            (i for i, c in enumerate(p.probabilities) if c.class_ == p.positive_class), -1
+            (i for i, c in enumerate(p.probabilities) if c.name == p.positive_class), -1
         )
         self._inference = msgspec.json.Decoder(
             msgspec.defstruct("InferenceKeys", fields, rename=rename, gc=False)
@@ -741,7 +742,10 @@ class ModelStage:
     def _set_gauge(
         self, name: str, version: str, metric: str, value: float, source: str | None = None
     ) -> None:
-        if self._metrics is None or not math.isfinite(value):
+        if not math.isfinite(value):
+            return
+        self._latest[(version, metric, source or "error")] = value  # for /status
+        if self._metrics is None:
             return
         family = getattr(self._metrics, name)
         labels = (self.spec.name, self.model.name, version, metric)
@@ -775,6 +779,51 @@ class ModelStage:
         m.model_state_bytes.labels(self.spec.name, self.model.name).set(
             sum(p.join.nbytes for p in parts)
         )
+
+    def publish_references(self) -> None:
+        """The references' quality as gauges (``source="reference"``) and on /status."""
+        for version, ref in self.references.items():
+            name = "all" if version == "*" else version
+            self._record_quality(name, ref.quality, "reference")
+
+    def status_sections(self) -> list[StatusSection]:
+        """The model's tables on /status: quality per version (realized from joined labels,
+        estimated by CBPE before labels, reference, estimate error) and the label join."""
+        latest = dict(self._latest)  # read on the HTTP thread: take a copy first
+        versions = sorted({v for v, _, _ in latest if v != "all"})
+        rows = []
+        for version in versions[-10:]:
+            for metric in self.quality.metrics:
+                cells = [
+                    latest.get((version, metric, src), latest.get(("all", metric, src)))
+                    if src == "reference"
+                    else latest.get((version, metric, src))
+                    for src in ("realized", "estimated", "reference", "error")
+                ]
+                rows.append((version, metric, *("-" if c is None else f"{c:.4g}" for c in cells)))
+        counts = self.join_counts()
+        pending = sum(p.join.pending for p in list(self._parts.values()))
+        join_rows = ((k, f"{v:,}") for k, v in (*counts.items(), ("pending", pending)))
+        title = f"model {self.model.name} ({self.spec.name})"
+        return [
+            StatusSection(
+                title=f"{title}: quality",
+                columns=(
+                    "version",
+                    "metric",
+                    "realized",
+                    "estimated (CBPE)",
+                    "reference",
+                    "estimate error",
+                ),
+                rows=tuple(rows[:50]),
+                note="estimated: CBPE from calibrated scores, before labels arrive; "
+                "realized: from joined labels",
+            ),
+            StatusSection(
+                title=f"{title}: label join", columns=("outcome", "count"), rows=tuple(join_rows)
+            ),
+        ]
 
     # -- counts for tests, /status and the console -----------------------------------
     def join_counts(self) -> dict[str, int]:
@@ -1035,6 +1084,7 @@ def model_stages(pipeline: Any) -> list[Any]:
     for v in model.versions:
         references[v.version] = reference_from_file(stage, v.reference)
     stage.references = references
+    stage.publish_references()
 
     def drift_baseline(ref: ReferenceSpec, ref_id: str) -> Baseline:
         built, _, _ = baseline_from_batches(

@@ -146,6 +146,7 @@ class StreamPipeline:
         self._last_event_time = metrics.last_event_time.labels(name)
         self._entities = metrics.entities.labels(name)
         self._entity_overflow = metrics.entity_overflow.labels(name)
+        self._baseline_ready = metrics.baseline_ready.labels(name)
         for child in self._invalid.values():  # so rate() sees a zero before the first reject
             child.inc(0)
         self.totals = {"events": 0, "accepted": 0, "rejected": 0}
@@ -159,6 +160,7 @@ class StreamPipeline:
         # update_labels / update_deploys, not to the stream decoder.
         self.label_topic = labels.topic if labels is not None else None
         self.deploy_topic = spec.model.deploy_topic if spec.model is not None else None
+        self.last_batch: Batch | None = None  # the latest decoded batch (replay reads it)
 
     def process(self, raw: BatchInput) -> BatchResult:
         if raw.topic == self.label_topic:
@@ -166,7 +168,7 @@ class StreamPipeline:
         if raw.topic == self.deploy_topic:
             return self._process_labels(raw, "update_deploys")
         t0 = time.perf_counter()
-        batch = self.decoder.decode(raw.values)
+        batch = self.last_batch = self.decoder.decode(raw.values)
         t1 = time.perf_counter()
         out = [
             dead_letter(self.dead_letter_topic, self.spec.name, raw, r.index, r.reason, r.detail)
@@ -198,6 +200,8 @@ class StreamPipeline:
                     findings.extend(stage.update_raw(raw, batch, partitions))
                 else:
                     findings.extend(stage.update(batch, partitions))
+        # driftwarden_baseline_ready: 1 once every stage with a baseline has it
+        self._baseline_ready.set(int(all(getattr(s, "ready", True) for s in self.stages)))
         t3 = time.perf_counter()
         self._last.set(time.time())
         rejected = sum(counts.values())

@@ -36,6 +36,7 @@ from monitor.pipeline import (
     record_findings,
 )
 from monitor.state import StateStore, partition_key
+from monitor.status import StatusBoard
 
 __all__ = ["FindingsHandler", "RunStats", "Runner"]
 
@@ -111,8 +112,10 @@ class Runner:
         stages: Callable[[StreamPipeline], list[FindingStage]] | None = None,
         findings_handler: FindingsHandler | None = None,
         state_store: StateStore | None = None,
+        board: StatusBoard | None = None,
     ) -> None:
         self.config = config
+        self.board = board
         self.metrics = metrics if metrics is not None else Metrics()
         self.pipelines = build_pipelines(config, self.metrics, stages)
         self.findings_handler = findings_handler
@@ -447,6 +450,8 @@ class Runner:
 
     def _record_findings(self, findings: list[Finding]) -> None:
         record_findings(self.metrics, findings)
+        if self.board is not None and findings:
+            self.board.record_findings(findings, time.time())
         for f in findings:
             labels = (f.stream, f.subject, f.detector)
             if f.drift:
@@ -456,9 +461,14 @@ class Runner:
 
     def _account(self, results: list[BatchResult], out: list[OutMessage], seconds: float) -> None:
         m, s = self.metrics, self.stats
+        now = time.time()
         for r in results:
             s.add(r)
             account_batch(m, r)
+            if self.board is not None:
+                self.board.record_batch(
+                    r.stream, events=r.events, accepted=r.accepted, rejected=r.rejected, now=now
+                )
         s.batches += 1
         s.commits += 1
         s.messages_out += len(out)

@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
 from connectors.base import MessageSink
-from connectors.kafka import ensure_topics
-from monitor.alerting import build_findings_handler
+from connectors.kafka import ensure_topics, wait_for_cluster
+from monitor.alerting import AlertingHandler, build_findings_handler
 from monitor.config import Config
 from monitor.metrics import Metrics, MetricsServer
 from monitor.model import model_stages
 from monitor.pipeline import output_topics
 from monitor.runner import BatchSource, FindingsHandler, Runner, RunStats
+from monitor.status import StatusBoard, render_html, render_json
 
 __all__ = ["Service"]
 
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 log = logging.getLogger("driftwarden.service")
+
+_HTML = "text/html; charset=utf-8"
+_JSON = "application/json"
 
 
 class Service:
@@ -35,23 +50,57 @@ class Service:
     ) -> None:
         self.config = config
         self.metrics = Metrics(registry)
-        if source is None:
-            ensure_topics(dict(config.kafka), output_topics(config))
-        if findings_handler is None:
-            findings_handler = build_findings_handler(config, self.metrics)
-        self.runner = Runner(
-            config,
-            metrics=self.metrics,
-            source=source,
-            sink=sink,
-            stages=model_stages,
-            findings_handler=findings_handler,
-        )
+        self.board = StatusBoard()
         self.server: MetricsServer | None = None
         if config.metrics.enabled:
+            # Bind first: a port in use is a one-line error before any client exists.
+            token = config.metrics.token
             self.server = MetricsServer(
-                self.metrics, config.metrics.host, config.metrics.port, ready=self.runner.ready
+                self.metrics,
+                config.metrics.host,
+                config.metrics.port,
+                ready=self._ready,
+                pages={
+                    "/status": lambda: (render_html(self.board.snapshot()), _HTML),
+                    "/status.json": lambda: (render_json(self.board.snapshot()), _JSON),
+                },
+                token=token.get_secret_value() if token is not None else None,
+                setting="metrics.listen (or DRIFTWARDEN_METRICS_LISTEN)",
             )
+            if token is None and not _is_loopback(config.metrics.host):
+                log.warning(
+                    "metrics.listen %s is reachable from the network and /status has no "
+                    "bearer token: set metrics.token (DRIFTWARDEN_HTTP_TOKEN)",
+                    config.metrics.listen,
+                )
+        try:
+            if source is None:
+                wait_for_cluster(dict(config.kafka), config.source.connect_timeout)
+                ensure_topics(dict(config.kafka), output_topics(config))
+            if findings_handler is None:
+                findings_handler = build_findings_handler(config, self.metrics)
+            if isinstance(findings_handler, AlertingHandler):
+                findings_handler.board = self.board
+            self.runner = Runner(
+                config,
+                metrics=self.metrics,
+                source=source,
+                sink=sink,
+                stages=model_stages,
+                findings_handler=findings_handler,
+                board=self.board,
+            )
+        except BaseException:
+            if self.server is not None:
+                self.server.stop()
+            raise
+        for pipeline in dict.fromkeys(self.runner.pipelines.values()):
+            for stage in pipeline.stages:  # stages' own tables on /status (models)
+                if hasattr(stage, "status_sections"):
+                    self.board.add_section(stage.status_sections)
+
+    def _ready(self) -> bool:
+        return self.runner.ready()
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:

@@ -409,9 +409,9 @@ def test_per_class_probabilities_equal_sklearn(tmp_path: Path) -> None:
             "request_id": "rid",
             "prediction": {
                 "probabilities": [
-                    {"class": "a", "field": "pa"},
-                    {"class": "b", "field": "pb"},
-                    {"class": "c", "field": "pc"},
+                    {"name": "a", "field": "pa"},
+                    {"name": "b", "field": "pb"},
+                    {"name": "c", "field": "pc"},
                 ],
                 "positive_class": "a",
             },
@@ -475,3 +475,20 @@ def test_two_replicas_judge_like_one(tmp_path: Path) -> None:
         )
 
     assert values(a) == values(one)
+
+
+def test_status_tables_mark_the_estimate(tmp_path: Path) -> None:
+    from monitor.status import StatusBoard, render_html
+
+    pipeline = _pipeline(_stream(tmp_path))
+    _run(pipeline, _batches(6000, seed=3))
+    stage = _model(pipeline)
+    quality, join = stage.status_sections()
+    assert "estimated (CBPE)" in quality.columns and "before labels" in quality.note
+    row = next(r for r in quality.rows if r[:2] == ("1", "accuracy"))
+    assert all(cell != "-" for cell in row[2:])  # realized, estimated, reference, error
+    counts = {row[0]: row[1] for row in join.rows}
+    assert counts["joined"] == f"{stage.join_counts()['joined']:,}"
+    board = StatusBoard()
+    board.add_section(stage.status_sections)
+    assert b"estimated (CBPE)" in render_html(board.snapshot())
