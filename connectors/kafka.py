@@ -27,6 +27,7 @@ from connectors.base import OutMessage
 from monitor.errors import DriftwardenError, SinkError
 
 __all__ = [
+    "RECORD_OVERHEAD_BYTES",
     "BrokerUnreachableError",
     "KafkaSink",
     "KafkaSource",
@@ -34,8 +35,10 @@ __all__ = [
     "RawBatch",
     "TopicPartitionKey",
     "client_options",
+    "consumer_limits",
     "ensure_topics",
     "librdkafka_logger",
+    "producer_limits",
     "wait_for_cluster",
 ]
 
@@ -153,6 +156,53 @@ _CONSUMER_ONLY = (
     "partition.assignment",
     "group.",
 )
+
+
+# Room for a dead letter's key (cut to 16 KiB), headers and record framing.
+RECORD_OVERHEAD_BYTES = 32_768
+
+
+def producer_limits(max_value_bytes: int) -> dict[str, Any]:
+    """Producer size settings for records whose value is at most ``max_value_bytes``.
+
+    ``message.max.bytes`` fits the largest record the service produces (a dead
+    letter cut to ``dead_letter_max_bytes``, plus key and headers); the default
+    900,000 bytes keeps records under the broker's default limit (1,048,588).
+    The send queue is bounded in bytes (64 MiB) so a stalled broker cannot grow it
+    without bound (``send`` then waits for room).
+    """
+    return {
+        "message.max.bytes": max(max_value_bytes + RECORD_OVERHEAD_BYTES, 1_000_000),
+        "queue.buffering.max.kbytes": 65_536,
+    }
+
+
+def consumer_limits() -> dict[str, Any]:
+    """Consumer memory bounds, in bytes rather than messages.
+
+    librdkafka pre-fetches into a local queue: at most ``queued.max.messages.kbytes``
+    (32 MiB) whatever the message count, from fetches of at most ``fetch.max.bytes``
+    (16 MiB per request, ``max.partition.fetch.bytes`` 1 MiB per partition). A
+    record larger than these is still fetched whole (Kafka returns the first record
+    even when over the limit), so huge records slow consumption but never block it;
+    the decoder rejects those over ``max_event_bytes`` without copying them.
+    ``receive.message.max.bytes`` keeps librdkafka's default (100 MB, a bound on
+    one response, not an allocation), so a record up to that size cannot wedge
+    the consumer.
+    """
+    return {
+        "queued.max.messages.kbytes": 32_768,
+        "fetch.max.bytes": 16 * 1_048_576,
+        "max.partition.fetch.bytes": 1_048_576,
+    }
+
+
+def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    """A consumed or delivered message's headers as (name, bytes) pairs."""
+    if not raw:
+        return ()
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return tuple((str(k), v if isinstance(v, bytes) else (v or "").encode()) for k, v in pairs)
 
 
 def client_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -394,7 +444,13 @@ class KafkaSink:
     then must not commit the batch that produced it).
     """
 
-    def __init__(self, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        options: Mapping[str, Any],
+        *,
+        retry_failed: bool = False,
+        on_failure: Callable[[str, str], None] | None = None,
+    ) -> None:
         conf: dict[str, Any] = {
             "linger.ms": 5,
             "compression.type": "lz4",
@@ -404,12 +460,29 @@ class KafkaSink:
         }
         self._producer = Producer(_with_logger(conf))
         self._failures: list[str] = []
+        self._failed: list[OutMessage] = []
+        # True: a refused record is sent again on the next flush, which reports it as
+        # still unacknowledged (the caller keeps waiting) instead of raising.
+        self.retry_failed = retry_failed
+        self._on_failure = on_failure
         self.sent = 0
         self.acknowledged = 0
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self._failures.append(f"{msg.topic()}: {err.str()}")
+            topic = str(msg.topic())
+            self._failures.append(f"{topic}: {err.str()}")
+            if self._on_failure is not None:
+                self._on_failure(topic, err.name() if hasattr(err, "name") else str(err.code()))
+            if self.retry_failed:
+                self._failed.append(
+                    OutMessage(
+                        topic=topic,
+                        value=msg.value() or b"",
+                        key=msg.key(),
+                        headers=_headers(msg.headers()),
+                    )
+                )
         else:
             self.acknowledged += 1
 
@@ -430,10 +503,26 @@ class KafkaSink:
                 if time.monotonic() > deadline:
                     raise SinkError("the producer queue stayed full for 60 s") from None
                 self._producer.poll(0.1)
+            except KafkaException as exc:  # e.g. a record over message.max.bytes
+                raise SinkError(
+                    f"cannot produce {len(message.value)} bytes to {message.topic}: "
+                    f"{exc.args[0].str() if exc.args else exc} (dead letters are cut to "
+                    "dead_letter_max_bytes; keep kafka message.max.bytes above it)"
+                ) from None
         self._producer.poll(0)
 
     def flush(self, timeout: float) -> int:
         remaining = int(self._producer.flush(timeout))
+        if self._failed:  # retry_failed: send again, still owed
+            failed, self._failed = self._failed, []
+            log.warning(
+                "%d record(s) refused, sending again; first: %s", len(failed), self._failures[0]
+            )
+            self._failures = []
+            time.sleep(min(timeout, 1.0))  # do not spin against a broker that says no
+            for message in failed:
+                self.send(message)
+            return remaining + len(failed)
         if self._failures:
             failures, self._failures = self._failures, []
             raise SinkError(f"{len(failures)} message(s) not delivered, first: {failures[0]}")

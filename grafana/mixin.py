@@ -158,6 +158,8 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("driftwarden_prediction_", "driftwarden-models"),
     ("driftwarden_field_violations", "driftwarden-data-quality"),
     ("driftwarden_dead_letters_truncated", "driftwarden-data-quality"),
+    ("driftwarden_limit_hits", "driftwarden-data-quality"),
+    ("driftwarden_produce_failures", "driftwarden-service-health"),
     ("driftwarden_quality_", "driftwarden-data-quality"),
     ("driftwarden_decode_fallback", "driftwarden-service-health"),
     ("driftwarden_rebalance", "driftwarden-service-health"),
@@ -819,6 +821,15 @@ ALERT_RULES: tuple[AlertRule, ...] = (
         "critical",
         "driftwarden {{ $labels.instance }} not ready for 5 minutes",
         "The service reports driftwarden_ready 0 (restoring, or failing to consume).",
+    ),
+    AlertRule(
+        "DriftwardenProduceFailing",
+        "sum by (instance, topic) (increase(driftwarden_produce_failures_total[5m])) > 0",
+        "1m",
+        "critical",
+        "The broker refuses records for {{ $labels.topic }}",
+        "Dead letters or alerts are refused and retried; the batch's offsets are not "
+        "committed until they are taken, so consumption stands still.",
     ),
     AlertRule(
         "DriftwardenDown",

@@ -241,6 +241,28 @@ class StreamSpec(_Model):
     strict: bool = False
     max_event_bytes: int = Field(default=1_048_576, gt=0)
     max_entities: int = Field(default=100_000, gt=0)
+    # Hostile-input limits (README "Limits"); each hit is counted in driftwarden_limit_hits_total.
+    max_depth: int = Field(
+        default=64,
+        gt=0,
+        le=512,
+        description="Deepest array/object nesting accepted; deeper events are `too_deep`.",
+    )
+    max_fields: int = Field(
+        default=1_000,
+        gt=0,
+        description="Most object members (at any depth) in one event; more is `too_many_fields`.",
+    )
+    max_string_length: int = Field(
+        default=1_024,
+        gt=0,
+        description="Longest entity id or new category value kept; longer is `string_too_long`.",
+    )
+    max_categories: int = Field(
+        default=10_000,
+        gt=0,
+        description="Distinct values tracked per open category field; further ones get code -1.",
+    )
     fields: dict[str, FieldSpec]
     baseline: BaselineSpec = BaselineSpec(first_events=10_000)
     window: WindowSpec = WindowSpec()
@@ -354,6 +376,13 @@ class Config(_Model):
     metrics: MetricsConfig = MetricsConfig()
     streams: tuple[StreamSpec, ...]
     dead_letter_topic: str = "driftwarden.dlq"
+    dead_letter_max_bytes: int = Field(
+        default=900_000,
+        ge=1_024,
+        le=100_000_000,
+        description="Dead-letter values above this are cut to it; headers keep the original "
+        "size and sha256. Also sizes the producer's message.max.bytes.",
+    )
     state: StateConfig = StateConfig()
     alerts: AlertsConfig | None = None
     summary_interval: Duration = 5.0

@@ -40,7 +40,7 @@ class Metrics:
         )
         self.invalid_events = Counter(
             "driftwarden_invalid_events",
-            "Events rejected and dead-lettered, by reason code",
+            "Events dead-lettered (rejected, or with excluded values), by (first) reason code",
             ["stream", "reason"],
             registry=r,
         )
@@ -48,6 +48,30 @@ class Metrics:
             "driftwarden_dead_letters",
             "Dead-letter records acknowledged by the broker",
             ["stream"],
+            registry=r,
+        )
+        self.dead_letters_truncated = Counter(
+            "driftwarden_dead_letters_truncated",
+            "Dead letters cut to dead_letter_max_bytes (headers keep original size and sha256)",
+            ["stream"],
+            registry=r,
+        )
+        self.field_violations = Counter(
+            "driftwarden_field_violations",
+            "Values excluded from a field's statistics (the rest of the event counts), by reason",
+            ["stream", "field", "reason"],
+            registry=r,
+        )
+        self.limit_hits = Counter(
+            "driftwarden_limit_hits",
+            "Events or values that hit a configured limit (max_depth, max_fields, ...)",
+            ["stream", "limit"],
+            registry=r,
+        )
+        self.produce_failures = Counter(
+            "driftwarden_produce_failures",
+            "Outgoing records (dead letters, alerts) the broker refused; retried, the commit waits",
+            ["topic", "reason"],
             registry=r,
         )
         self.field_nulls = Counter(

@@ -8,6 +8,7 @@ batch with pre-bound children.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from connectors.base import OutMessage
 from connectors.kafka import RawBatch
 from detectors.base import Finding
 from monitor.config import Config, StreamSpec
-from monitor.decode import REASONS, Batch, Reject, StreamDecoder
+from monitor.decode import FIELD_REASONS, LIMITS, REASONS, Batch, Reject, StreamDecoder, Violation
 from monitor.metrics import Metrics
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "dead_letter",
     "output_topics",
     "record_findings",
+    "violations_dead_letter",
 ]
 
 
@@ -74,7 +76,13 @@ class RawAwareStage(FindingStage, Protocol):
 
 @dataclass
 class BatchResult:
-    """What processing one batch produced."""
+    """What processing one batch produced.
+
+    Accounting: ``events == accepted + sum(rejected.values())``. ``rejected`` counts
+    the events excluded as a whole, by reason; ``violations`` the accepted events
+    with at least one excluded value, by their first violation's reason. Each of
+    both is dead-lettered once (``out``).
+    """
 
     stream: str
     events: int
@@ -84,12 +92,36 @@ class BatchResult:
     findings: list[Finding] = field(default_factory=list)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    violations: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(self.rejected.values()) + sum(self.violations.values())
+
+
+# A dead letter's key is kept up to this size (keys are not limited by max_event_bytes).
+_MAX_KEY_BYTES = 16_384
+_TRUNCATED = ("driftwarden.truncated", b"true")
 
 
 def dead_letter(
-    topic: str, stream: str, raw: BatchInput, index: int, reason: str, detail: str
+    topic: str,
+    stream: str,
+    raw: BatchInput,
+    index: int,
+    reason: str,
+    detail: str,
+    *,
+    max_bytes: int | None = None,
+    extra: tuple[tuple[str, bytes], ...] = (),
 ) -> OutMessage:
-    """A dead-letter record: the original bytes and key, the reason in headers."""
+    """A dead-letter record: the original bytes and key, the reason in headers.
+
+    A value over ``max_bytes`` is cut to its first ``max_bytes`` bytes; the headers
+    ``driftwarden.truncated``, ``driftwarden.original_size`` and
+    ``driftwarden.original_sha256`` (hex, of the whole original) say so. Keys over
+    16 KiB are cut the same way (``driftwarden.original_key_size``).
+    """
     msg = raw.messages[index]
     value = raw.values[index]
     key = msg.key()
@@ -102,9 +134,47 @@ def dead_letter(
         ("driftwarden.partition", str(int(raw.partitions[index])).encode()),
         ("driftwarden.offset", str(int(raw.offsets[index])).encode()),
         ("driftwarden.timestamp", str(ts).encode()),
+        *extra,
     )
-    return OutMessage(
-        topic=topic, value=value if value is not None else b"", key=key, headers=headers
+    body = value if value is not None else b""
+    if max_bytes is not None and len(body) > max_bytes:
+        headers += (
+            _TRUNCATED,
+            ("driftwarden.original_size", str(len(body)).encode()),
+            ("driftwarden.original_sha256", hashlib.sha256(body).hexdigest().encode()),
+        )
+        body = body[:max_bytes]
+    if key is not None and len(key) > _MAX_KEY_BYTES:
+        headers += (("driftwarden.original_key_size", str(len(key)).encode()),)
+        key = key[:_MAX_KEY_BYTES]
+    return OutMessage(topic=topic, value=body, key=key, headers=headers)
+
+
+def violations_dead_letter(
+    topic: str,
+    stream: str,
+    raw: BatchInput,
+    violations: Sequence[Violation],
+    *,
+    max_bytes: int | None = None,
+) -> OutMessage:
+    """The one dead letter of an accepted event with excluded values: the first
+    violation's reason, every ``field:reason`` in ``driftwarden.violations`` and
+    every detail (``; ``-separated) in ``driftwarden.detail``."""
+    first = violations[0]
+    listed = ",".join(f"{v.field}:{v.reason}" for v in violations)
+    return dead_letter(
+        topic,
+        stream,
+        raw,
+        first.index,
+        first.reason,
+        "; ".join(v.detail for v in violations),
+        max_bytes=max_bytes,
+        extra=(
+            ("driftwarden.level", b"field"),
+            ("driftwarden.violations", listed.encode("utf-8", "replace")[:1000]),
+        ),
     )
 
 
@@ -131,10 +201,12 @@ class StreamPipeline:
         metrics: Metrics,
         dead_letter_topic: str,
         stages: Sequence[FindingStage] = (),
+        dead_letter_max_bytes: int | None = None,
     ) -> None:
         self.spec = spec
         self.metrics = metrics
         self.dead_letter_topic = dead_letter_topic
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self.decoder = StreamDecoder(spec)
         self.stages = list(stages)
         name = spec.name
@@ -147,9 +219,21 @@ class StreamPipeline:
         self._entities = metrics.entities.labels(name)
         self._entity_overflow = metrics.entity_overflow.labels(name)
         self._baseline_ready = metrics.baseline_ready.labels(name)
-        for child in self._invalid.values():  # so rate() sees a zero before the first reject
+        self._violations = {
+            (f, r): metrics.field_violations.labels(name, f, r)
+            for f in spec.fields
+            for r in sorted(FIELD_REASONS)
+        }
+        self._limits = {lim: metrics.limit_hits.labels(name, lim) for lim in LIMITS}
+        self._truncated = metrics.dead_letters_truncated.labels(name)
+        for child in (  # so rate() sees a zero before the first reject
+            *self._invalid.values(),
+            *self._violations.values(),
+            *self._limits.values(),
+            self._truncated,
+        ):
             child.inc(0)
-        self.totals = {"events": 0, "accepted": 0, "rejected": 0}
+        self.totals = {"events": 0, "accepted": 0, "rejected": 0, "violated": 0}
         # Stages key their state by slot = topic index << 20 | partition (= the partition
         # for a one-topic stream), so the partitions of a stream's topics stay apart.
         self._slot_base = {t: np.int32(i << 20) for i, t in enumerate(spec.all_topics)}
@@ -170,21 +254,42 @@ class StreamPipeline:
         t0 = time.perf_counter()
         batch = self.last_batch = self.decoder.decode(raw.values)
         t1 = time.perf_counter()
+        topic, name, cap = self.dead_letter_topic, self.spec.name, self.dead_letter_max_bytes
         out = [
-            dead_letter(self.dead_letter_topic, self.spec.name, raw, r.index, r.reason, r.detail)
+            dead_letter(topic, name, raw, r.index, r.reason, r.detail, max_bytes=cap)
             for r in batch.rejects
         ]
+        order = [r.index for r in batch.rejects]
         counts = batch.reason_counts()
+        violated: dict[str, int] = {}
+        excluded: dict[str, int] = {}
+        if batch.violations:
+            for index, vs in batch.violated_events().items():
+                out.append(violations_dead_letter(topic, name, raw, vs, max_bytes=cap))
+                order.append(index)
+                violated[vs[0].reason] = violated.get(vs[0].reason, 0) + 1
+            for (fld, reason), count in batch.violation_counts().items():
+                self._violations[(fld, reason)].inc(count)
+                excluded[fld] = excluded.get(fld, 0) + count
+            out = [m for _, m in sorted(zip(order, out, strict=True), key=lambda p: p[0])]
         for reason, count in counts.items():
             self._invalid[reason].inc(count)
+        for reason, count in violated.items():  # dead-lettered events, by their first reason
+            self._invalid[reason].inc(count)
+        for limit, count in batch.limit_hits:
+            self._limits[limit].inc(count)
+        if cap is not None:
+            cut = sum(_TRUNCATED in m.headers for m in out)
+            if cut:
+                self._truncated.inc(cut)
         n = len(raw.values)
         self._events[raw.topic].inc(n)
         if batch.n:
-            for name, ok in batch.valid.items():
-                nulls = batch.n - int(np.count_nonzero(ok))
+            for fld, ok in batch.valid.items():
+                nulls = batch.n - int(np.count_nonzero(ok)) - excluded.get(fld, 0)
                 if nulls:
-                    self._nulls[name].inc(nulls)
-                self._null_ratio[name].set(nulls / batch.n)
+                    self._nulls[fld].inc(nulls)
+                self._null_ratio[fld].set(nulls / batch.n)
         if batch.event_time is not None and batch.n:
             self._last_event_time.set(float(batch.event_time.max()))
         if self.decoder.entities is not None:
@@ -209,6 +314,7 @@ class StreamPipeline:
         self.totals["events"] += n
         self.totals["accepted"] += batch.n
         self.totals["rejected"] += rejected
+        self.totals["violated"] += sum(violated.values())
         return BatchResult(
             stream=self.spec.name,
             events=n,
@@ -218,6 +324,7 @@ class StreamPipeline:
             findings=findings,
             next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
             stage_seconds={"decode": t1 - t0, "checks": t2 - t1, "detectors": t3 - t2},
+            violations=violated,
         )
 
     def _process_labels(self, raw: BatchInput, method: str = "update_labels") -> BatchResult:
@@ -234,7 +341,15 @@ class StreamPipeline:
                 findings.extend(found)
                 rejects.update((r.index, r) for r in bad)
         out = [
-            dead_letter(self.dead_letter_topic, self.spec.name, raw, r.index, r.reason, r.detail)
+            dead_letter(
+                self.dead_letter_topic,
+                self.spec.name,
+                raw,
+                r.index,
+                r.reason,
+                r.detail,
+                max_bytes=self.dead_letter_max_bytes,
+            )
             for r in sorted(rejects.values(), key=lambda r: r.index)
         ]
         counts: dict[str, int] = {}
@@ -315,7 +430,12 @@ def build_pipelines(
     """One pipeline per configured stream, keyed by each of its topics."""
     pipelines: dict[str, StreamPipeline] = {}
     for spec in config.streams:
-        pipeline = StreamPipeline(spec, metrics, config.dead_letter_topic)
+        pipeline = StreamPipeline(
+            spec,
+            metrics,
+            config.dead_letter_topic,
+            dead_letter_max_bytes=config.dead_letter_max_bytes,
+        )
         if stages is not None:
             pipeline.stages.extend(stages(pipeline))
         for topic in spec.all_topics:
@@ -350,6 +470,6 @@ def account_batch(metrics: Metrics, result: BatchResult) -> None:
     """Stage times and dead-letter counts of one processed batch."""
     for stage, secs in result.stage_seconds.items():
         metrics.stage_seconds.labels(stage).inc(secs)
-    dead = sum(result.rejected.values())
+    dead = result.dead_letters
     if dead:
         metrics.dead_letters.labels(result.stream).inc(dead)

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from connectors.base import MessageSink, OutMessage
-from connectors.kafka import KafkaSink, KafkaSource, RawBatch, TopicPartitionKey
+from connectors.kafka import (
+    KafkaSink,
+    KafkaSource,
+    RawBatch,
+    TopicPartitionKey,
+    consumer_limits,
+    producer_limits,
+)
 from detectors.base import Finding
 from monitor.config import Config
 from monitor.errors import DriftwardenError, SinkError
@@ -80,6 +87,8 @@ class RunStats:
     events: int = 0
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    # Accepted events with excluded values (dead-lettered too), by first reason.
+    violated: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     commits: int = 0
     messages_out: int = 0
@@ -96,6 +105,8 @@ class RunStats:
         self.accepted += result.accepted
         for reason, count in result.rejected.items():
             self.rejected[reason] = self.rejected.get(reason, 0) + count
+        for reason, count in result.violations.items():
+            self.violated[reason] = self.violated.get(reason, 0) + count
         self.findings += len(result.findings)
 
 
@@ -135,16 +146,26 @@ class Runner:
         self._broker_ok = True
         self._last_broker_error = 0.0
         self.source: BatchSource = source if source is not None else self._make_source()
-        self.sink: MessageSink = sink if sink is not None else KafkaSink(config.kafka)
+        self.sink: MessageSink = sink if sink is not None else self._make_sink()
         self.positions: dict[TopicPartitionKey, int] = {}
         self.stats = RunStats()
         self.stop_event = threading.Event()
         self._ready_gauge = self.metrics.ready
         self._ready_gauge.set(0)
 
+    def _make_sink(self) -> KafkaSink:
+        # A refused dead letter or alert is sent again until the broker takes it: the
+        # commit waits (nothing is skipped), readiness drops, the failure is counted.
+        def failed(topic: str, reason: str) -> None:
+            self.metrics.produce_failures.labels(topic, reason.lstrip("_").lower()).inc()
+
+        options = {**producer_limits(self.config.dead_letter_max_bytes), **self.config.kafka}
+        return KafkaSink(options, retry_failed=True, on_failure=failed)
+
     def _make_source(self) -> KafkaSource:
         c = self.config
         options: dict[str, Any] = {
+            **consumer_limits(),
             "fetch.queue.backoff.ms": c.source.fetch_queue_backoff_ms,
             "queued.min.messages": c.source.queued_min_messages,
             # Incremental rebalances: a joining replica takes partitions without the
@@ -444,6 +465,8 @@ class Runner:
                 if remaining == 0:
                     return
                 self._ready_gauge.set(0)
+                if self.stop_event.is_set():  # stopping: leave the batch uncommitted
+                    raise SinkError(f"stopped with {remaining} outgoing message(s) unacknowledged")
                 log.warning("waiting for the broker to acknowledge %d message(s)", remaining)
         finally:
             self._waiting_since = None
