@@ -18,7 +18,7 @@ from detectors.base import Finding
 from monitor.alert_formats import deliveries_for, endpoints_from_config
 from monitor.alerts import AlertEngine, to_out_messages
 from monitor.config import Config
-from monitor.config_alerts import AlertsConfig
+from monitor.config_alerts import AlertsConfig, Severity
 from monitor.metrics import Metrics
 from monitor.status import StatusBoard
 
@@ -52,11 +52,16 @@ class AlertingHandler:
     """The runner's findings handler: alert lifecycle, topics, webhooks, metrics."""
 
     def __init__(
-        self, config: AlertsConfig, metrics: Metrics, retrain_models: dict[str, tuple[str, str]]
+        self,
+        config: AlertsConfig,
+        metrics: Metrics,
+        retrain_models: dict[str, tuple[str, str]],
+        retrain_on: dict[str, tuple[tuple[str, ...], Severity | None]] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.engine = AlertEngine(config, retrain_models=retrain_models)
+        self.engine.retrain_on = dict(retrain_on or {})
         delivery = config.delivery
         self.dispatcher = WebhookDispatcher(
             endpoints_from_config(config),
@@ -127,4 +132,9 @@ def build_findings_handler(config: Config, metrics: Metrics) -> AlertingHandler 
     models = {
         s.name: (s.model.name, s.model.version or "unversioned") for s in config.streams if s.model
     }
-    return AlertingHandler(alerts, metrics, models)
+    retrain_on: dict[str, tuple[tuple[str, ...], Severity | None]] = {
+        s.name: (tuple(s.model.retrain_on), s.model.retrain_severity)
+        for s in config.streams
+        if s.model
+    }
+    return AlertingHandler(alerts, metrics, models, retrain_on)

@@ -68,6 +68,7 @@ __all__ = [
     "AlertEngine",
     "AlertOutcome",
     "Evidence",
+    "RetrainEvidence",
     "RetrainRequest",
     "SubjectScore",
     "alert_id_for",
@@ -239,6 +240,30 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
+class RetrainEvidence:
+    """Why a model should be retrained: the triggering detector and metric (for a
+    quality alert; ``estimate`` when it was CBPE's estimate, not realized quality),
+    the model's input features ranked by drift, the window and the reference id."""
+
+    detector: str
+    metric: str | None
+    estimate: bool
+    features: tuple[SubjectScore, ...]
+    window: WindowBounds
+    reference_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "metric": self.metric,
+            "estimate": self.estimate,
+            "features": [f.to_dict() for f in self.features],
+            "window": window_to_dict(self.window),
+            "reference_id": self.reference_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class RetrainRequest:
     """Ask a training pipeline to retrain ``model`` (at ``version``) because of alerts."""
 
@@ -251,8 +276,15 @@ class RetrainRequest:
     window: WindowBounds
     baseline_id: str | None
     created_at: float
+    evidence: RetrainEvidence | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        out = self._base_dict()
+        if self.evidence is not None:
+            out["evidence"] = self.evidence.to_dict()
+        return out
+
+    def _base_dict(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
             "trigger_id": self.trigger_id,
@@ -373,6 +405,14 @@ class AlertEngine:
         default_factory=dict, init=False, repr=False
     )
     _sequence: dict[Key, int] = field(default_factory=dict, init=False, repr=False)
+    # Per stream: which alerts ask for a retrain ("drift": field alerts, "estimated":
+    # CBPE, "realized": quality) and the least severity; streams not listed: any alert.
+    retrain_on: Mapping[str, tuple[tuple[str, ...], Severity | None]] = field(default_factory=dict)
+    # Per stream: the latest ranking of a model's input features by drift (from the
+    # model stage's informational ``feature_drift`` findings), for retrain evidence.
+    _features: dict[str, tuple[SubjectScore, ...]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def set_model(self, stream: str, model: str, version: str) -> None:
         """Point ``stream`` at a (new) model version, e.g. after a deployment."""
@@ -385,6 +425,12 @@ class AlertEngine:
 
     def observe(self, findings: Iterable[Finding], now: float) -> AlertOutcome:
         """Fold one batch's findings in; return the alerts and retrain requests due."""
+        findings = list(findings)
+        for f in findings:
+            if f.detector == "feature_drift":
+                self._features[f.stream] = tuple(
+                    SubjectScore(name, score, 1.0) for name, score in f.details
+                )
         combined = _combine(findings)
         alerts: list[Alert] = []
         suppressed = 0
@@ -552,11 +598,16 @@ class AlertEngine:
         by_model: dict[tuple[str, str], list[Alert]] = {}
         for a in alerts:
             model = self.retrain_models.get(a.stream)
+            if model is not None and a.kind == "model" and "@" in a.subject:
+                # a model alert names its version: "MODEL@VERSION:METRIC"
+                model = (model[0], a.subject.partition("@")[2].rpartition(":")[0] or model[1])
+            on, least = self.retrain_on.get(a.stream, ((), None))
             if (
                 model is None
                 or a.status != "firing"
-                or severity_rank(a.severity) < severity_rank(policy.min_severity)
+                or severity_rank(a.severity) < severity_rank(least or policy.min_severity)
                 or (policy.detectors and a.detector not in policy.detectors)
+                or (on and _retrain_cause(a) not in on)
             ):
                 continue
             by_model.setdefault(model, []).append(a)
@@ -580,9 +631,36 @@ class AlertEngine:
                     window=first.evidence.window,
                     baseline_id=first.evidence.baseline_id,
                     created_at=now,
+                    evidence=self._retrain_evidence(first, causes),
                 )
             )
         return requests
+
+    def _retrain_evidence(self, first: Alert, causes: Sequence[Alert]) -> RetrainEvidence:
+        """The evidence of a retrain request: a quality alert's metric (preferred over a
+        field alert as the trigger) and the stream's features ranked by drift."""
+        model_alerts = [a for a in causes if a.kind == "model"]
+        trigger = min(model_alerts, key=lambda a: a.id) if model_alerts else first
+        metric = None
+        if trigger.kind == "model" and ":" in trigger.subject:
+            metric = trigger.subject.rpartition(":")[2]
+        features = self._features.get(trigger.stream)
+        if not features:  # no ranking yet: the causes' and open incidents' fields
+            scores = [
+                s
+                for i in self._incidents.values()
+                if i.stream == trigger.stream and i.kind == "field"
+                for s in i.members.values()
+            ]
+            features = tuple(sorted(scores, key=lambda s: (-_sort_stat(s.statistic), s.subject)))
+        return RetrainEvidence(
+            detector=trigger.detector,
+            metric=metric,
+            estimate=trigger.detector == "cbpe",
+            features=features[: self.config.grouping.top],
+            window=trigger.evidence.window,
+            reference_id=trigger.evidence.baseline_id,
+        )
 
     # -- checkpointing --------------------------------------------------------------
 
@@ -612,6 +690,13 @@ class AlertEngine:
         self._cooldown_until = {(s, sub, d): float(u) for s, sub, d, u in state["cooldowns"]}
         self._retrain_until = {(m, v): float(u) for m, v, u in state["retrain_cooldowns"]}
         self._sequence = {(s, sub, d): int(n) for s, sub, d, n in state.get("sequence", [])}
+
+
+def _retrain_cause(a: Alert) -> str:
+    """What kind of retrain cause an alert is: drift, estimated or realized (quality)."""
+    if a.kind == "model":
+        return {"cbpe": "estimated", "quality": "realized"}.get(a.detector, "other")
+    return "drift" if a.kind == "field" else "other"
 
 
 def _sort_stat(x: float) -> float:

@@ -152,6 +152,12 @@ def _cmd_baseline_build(args: argparse.Namespace) -> int:
     return build_baseline_command(args)
 
 
+def _cmd_model_deploy(args: argparse.Namespace) -> int:
+    from monitor.model_deploy import deploy_command
+
+    return deploy_command(args)
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from monitor.replay import replay_command
 
@@ -206,6 +212,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     src.add_argument("--first-events", type=int, help="the first N events of the stream's topic")
     bb.set_defaults(func=_cmd_baseline_build)
+
+    m = sub.add_parser("model", help="model monitoring")
+    msub = m.add_subparsers(dest="model_command", required=True)
+    md = msub.add_parser("deploy", help="announce a model version on the deploy topic")
+    md.add_argument("config", type=Path)
+    md.add_argument("--stream", required=True)
+    md.add_argument("--version", required=True)
+    md.set_defaults(func=_cmd_model_deploy)
 
     rp = sub.add_parser("replay", help="run the engine over a CSV/JSONL/Parquet file, offline")
     rp.add_argument("file", type=Path)

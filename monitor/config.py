@@ -47,6 +47,7 @@ from pydantic import (
 
 from detectors.registry import detector_class, names
 from monitor.config_alerts import AlertsConfig, Duration, parse_duration
+from monitor.config_model import ModelSpec
 from monitor.errors import ConfigError
 
 __all__ = [
@@ -229,16 +230,6 @@ class BaselineSpec(_Model):
         return self
 
 
-class ModelSpec(_Model):
-    """An ML model whose inference events a stream carries (quality: later work)."""
-
-    name: str = Field(pattern=_NAME)
-    version: str | None = None
-    version_field: str | None = None
-    prediction: str | None = None
-    labels: dict[str, Any] | None = None
-
-
 class FleetFieldSpec(_Model):
     """One numeric field as the fleet stage tracks it per device."""
 
@@ -374,11 +365,33 @@ class StreamSpec(_Model):
                 raise ValueError(f"{key} field {name!r} must not also be declared under fields")
         if self.fleet is not None:
             _check_fleet(self)
+        if self.model is not None and self.model.labels is not None:
+            if self.topic is None:
+                raise ValueError("a stream with model.labels reads one inference topic (topic:)")
+            if self.model.labels.topic == self.topic:
+                raise ValueError("model.labels.topic must differ from the inference topic")
+            if self.model.deploy_topic in (self.topic, self.model.labels.topic):
+                raise ValueError("model.deploy_topic must differ from the stream's other topics")
+            if self.event_time is None:
+                raise ValueError("a stream with model.labels needs event_time (expiry is by it)")
         return self
 
     @property
-    def all_topics(self) -> tuple[str, ...]:
+    def inference_topics(self) -> tuple[str, ...]:
+        """The topics of the stream's own events (without a model's label topic)."""
         return (self.topic,) if self.topic is not None else tuple(self.topics or ())
+
+    @property
+    def all_topics(self) -> tuple[str, ...]:
+        """Every topic the stream reads; a model's label topic (slots ``1 << 20 | p``) and
+        deploy topic (``2 << 20 | p``) come after the one inference topic."""
+        labels = self.model.labels if self.model is not None else None
+        deploys = self.model.deploy_topic if self.model is not None else None
+        return (
+            self.inference_topics
+            + ((labels.topic,) if labels is not None else ())
+            + ((deploys,) if deploys is not None and labels is not None else ())
+        )
 
 
 def _check_fleet(stream: StreamSpec) -> None:

@@ -273,6 +273,45 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        # -- model monitoring (monitor/model.py) --
+        self.model_labels = Counter(
+            "driftwarden_model_labels",
+            "Label join outcomes: joined, expired, orphan, late, duplicate_labels, "
+            "duplicate_predictions, dropped",
+            ["stream", "model", "outcome"],
+            registry=r,
+        )
+        self.model_pending = Gauge(
+            "driftwarden_model_pending_predictions",
+            "Predictions waiting for their label in this process",
+            ["stream", "model"],
+            registry=r,
+        )
+        self.model_held_labels = Gauge(
+            "driftwarden_model_held_labels",
+            "Labels that arrived before their prediction, waiting in this process",
+            ["stream", "model"],
+            registry=r,
+        )
+        self.model_state_bytes = Gauge(
+            "driftwarden_model_join_bytes",
+            "Bytes of the label join tables in this process",
+            ["stream", "model"],
+            registry=r,
+        )
+        self.model_quality = Gauge(
+            "driftwarden_model_quality",
+            "Model quality of the latest window; source is realized (labels), estimated "
+            "(CBPE, before labels) or reference",
+            ["stream", "model", "version", "metric", "source"],
+            registry=r,
+        )
+        self.model_estimate_error = Gauge(
+            "driftwarden_model_estimate_error",
+            "CBPE estimate minus realized quality on the latest joined window",
+            ["stream", "model", "version", "metric"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition of every metric in the registry."""

@@ -21,13 +21,14 @@ from connectors.base import OutMessage
 from connectors.kafka import RawBatch
 from detectors.base import Finding
 from monitor.config import Config, StreamSpec
-from monitor.decode import FIELD_REASONS, LIMITS, REASONS, Batch, StreamDecoder, Violation
+from monitor.decode import FIELD_REASONS, LIMITS, REASONS, Batch, Reject, StreamDecoder, Violation
 from monitor.metrics import Metrics
 
 __all__ = [
     "BatchInput",
     "BatchResult",
     "FindingStage",
+    "RawAwareStage",
     "StreamPipeline",
     "account_batch",
     "build_pipelines",
@@ -58,6 +59,19 @@ class FindingStage(Protocol):
     def set_remote(self, states: dict[int, dict[str, Any]]) -> None: ...
 
     aggregating: bool
+
+
+class RawAwareStage(FindingStage, Protocol):
+    """A stage that also reads the raw payloads and Kafka coordinates (the model stage:
+    request ids, offsets), and consumes the events of a label topic of the stream."""
+
+    def update_raw(
+        self, raw: BatchInput, batch: Batch, partitions: npt.NDArray[np.int32]
+    ) -> list[Finding]: ...
+
+    def update_labels(
+        self, raw: BatchInput, partitions: npt.NDArray[np.int32]
+    ) -> tuple[list[Finding], list[Reject]]: ...
 
 
 @dataclass
@@ -225,9 +239,18 @@ class StreamPipeline:
         self._slot_base = {t: np.int32(i << 20) for i, t in enumerate(spec.all_topics)}
         # Per (topic, partition): events seen, checkpointed with the partition's state.
         self.partition_events: dict[tuple[str, int], int] = {}
+        labels = spec.model.labels if spec.model is not None else None
+        # A model's label and deploy topics: their events go to the stages'
+        # update_labels / update_deploys, not to the stream decoder.
+        self.label_topic = labels.topic if labels is not None else None
+        self.deploy_topic = spec.model.deploy_topic if spec.model is not None else None
         self.last_batch: Batch | None = None  # the latest decoded batch (replay reads it)
 
     def process(self, raw: BatchInput) -> BatchResult:
+        if raw.topic == self.label_topic:
+            return self._process_labels(raw)
+        if raw.topic == self.deploy_topic:
+            return self._process_labels(raw, "update_deploys")
         t0 = time.perf_counter()
         batch = self.last_batch = self.decoder.decode(raw.values)
         t1 = time.perf_counter()
@@ -278,7 +301,10 @@ class StreamPipeline:
         if self.stages and batch.n:
             partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
             for stage in self.stages:
-                findings.extend(stage.update(batch, partitions))
+                if hasattr(stage, "update_raw"):
+                    findings.extend(stage.update_raw(raw, batch, partitions))
+                else:
+                    findings.extend(stage.update(batch, partitions))
         # driftwarden_baseline_ready: 1 once every stage with a baseline has it
         self._baseline_ready.set(int(all(getattr(s, "ready", True) for s in self.stages)))
         t3 = time.perf_counter()
@@ -299,6 +325,50 @@ class StreamPipeline:
             next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
             stage_seconds={"decode": t1 - t0, "checks": t2 - t1, "detectors": t3 - t2},
             violations=violated,
+        )
+
+    def _process_labels(self, raw: BatchInput, method: str = "update_labels") -> BatchResult:
+        """A batch of the label (or deploy) topic, for the stages that read it."""
+        t0 = time.perf_counter()
+        n = len(raw.values)
+        self._events[raw.topic].inc(n)
+        partitions = raw.partitions + self._slot_base[raw.topic]
+        findings: list[Finding] = []
+        rejects: dict[int, Reject] = {}
+        for stage in self.stages:
+            if hasattr(stage, method):
+                found, bad = getattr(stage, method)(raw, partitions)
+                findings.extend(found)
+                rejects.update((r.index, r) for r in bad)
+        out = [
+            dead_letter(
+                self.dead_letter_topic,
+                self.spec.name,
+                raw,
+                r.index,
+                r.reason,
+                r.detail,
+                max_bytes=self.dead_letter_max_bytes,
+            )
+            for r in sorted(rejects.values(), key=lambda r: r.index)
+        ]
+        counts: dict[str, int] = {}
+        for r in rejects.values():
+            counts[r.reason] = counts.get(r.reason, 0) + 1
+            self._invalid[r.reason].inc()
+        self._count_partitions(raw)
+        self.totals["events"] += n
+        self.totals["accepted"] += n - len(rejects)
+        self.totals["rejected"] += len(rejects)
+        return BatchResult(
+            stream=self.spec.name,
+            events=n,
+            accepted=n - len(rejects),
+            rejected=counts,
+            out=out,
+            findings=findings,
+            next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
+            stage_seconds={"labels": time.perf_counter() - t0},
         )
 
     def _count_partitions(self, raw: BatchInput) -> None:

@@ -140,9 +140,8 @@ KEY_DOCS: dict[str, str] = {
     "ModelSpec.name": "Model name (`model` label, retrain requests).",
     "ModelSpec.version": "Model version, when fixed.",
     "ModelSpec.version_field": "Field carrying the model version per event.",
-    "ModelSpec.prediction": "Field holding the prediction.",
-    "ModelSpec.labels": "Where labels (ground truth) arrive; provisional: checked by the "
-    "model-quality stage once it ships.",
+    "ModelSpec.prediction": "Where the prediction is in an inference event.",
+    "ModelSpec.labels": "Where labels (ground truth) arrive and how they join predictions.",
     "StateConfig.enabled": "Checkpoint state (restarts and rebalances resume exactly).",
     "StateConfig.topic": "Compacted checkpoint topic (created if missing).",
     "StateConfig.every_events": "Checkpoint after this many events per partition...",

@@ -13,13 +13,25 @@ from connectors.base import MessageSink
 from connectors.kafka import ensure_topics, wait_for_cluster
 from monitor.alerting import AlertingHandler, build_findings_handler
 from monitor.config import Config
-from monitor.fleet import FleetStage, FleetStatus, all_stages
+from monitor.fleet import FleetStage, FleetStatus, fleet_stages
 from monitor.metrics import Metrics, MetricsServer
+from monitor.model import model_stages
 from monitor.pipeline import output_topics
 from monitor.runner import BatchSource, FindingsHandler, Runner, RunStats
-from monitor.status import StatusBoard, StatusSection, render_html, render_json
+from monitor.status import (
+    StatusBoard,
+    StatusSection,
+    StatusSource,
+    render_html,
+    render_json,
+)
 
 __all__ = ["Service"]
+
+
+def _stages(pipeline: Any) -> list[Any]:
+    """The stages the service builds per stream: drift (and model), then fleet health."""
+    return model_stages(pipeline) + fleet_stages(pipeline)
 
 
 def _is_loopback(host: str) -> bool:
@@ -87,7 +99,7 @@ class Service:
                 metrics=self.metrics,
                 source=source,
                 sink=sink,
-                stages=all_stages,
+                stages=_stages,
                 findings_handler=findings_handler,
                 board=self.board,
             )
@@ -106,6 +118,10 @@ class Service:
                 stage.publish_status = True
             self.board.add_section(self._fleet_sections)
             self.board.add_detail("fleet", self.fleet_status)
+        for pipeline in dict.fromkeys(self.runner.pipelines.values()):
+            for each in pipeline.stages:  # stages' own tables on /status (models)
+                if isinstance(each, StatusSource):
+                    self.board.add_section(each.status_sections)
 
     def _ready(self) -> bool:
         return self.runner.ready()

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from detectors.base import Finding
 from monitor.charts import sparkline
@@ -42,6 +42,7 @@ __all__ = [
     "StatusBoard",
     "StatusSection",
     "StatusSnapshot",
+    "StatusSource",
     "StreamStatus",
     "render_html",
     "render_json",
@@ -113,6 +114,13 @@ class StatusSection:
     columns: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     note: str = ""
+
+
+@runtime_checkable
+class StatusSource(Protocol):
+    """A stage that adds its own tables to /status (models' quality, for example)."""
+
+    def status_sections(self) -> Sequence[StatusSection]: ...
 
 
 @dataclass(frozen=True, slots=True)
