@@ -92,18 +92,31 @@ def ensure_topics(
 class RawBatch:
     """One consumed batch of one topic, fields as parallel sequences.
 
-    ``messages`` keeps the client's objects so keys, headers and timestamps of the
-    few rejected rows can be read lazily.
+    ``timestamps`` are the records' timestamps in ms since the epoch (-1 where the
+    record has none). Nothing downstream of the source sees a client's message
+    objects: a Faust batch or a test builds the same value.
+
+    >>> import numpy as np
+    >>> b = RawBatch("t", [b"{}"], np.zeros(1, np.int32), np.arange(1), [None], np.full(1, -1))
+    >>> len(b), b.keys
+    (1, [None])
     """
 
     topic: str
-    messages: Sequence[Message]
     values: list[bytes | None]
     partitions: npt.NDArray[np.int32]
     offsets: npt.NDArray[np.int64]
+    keys: list[bytes | None]
+    timestamps: npt.NDArray[np.int64]
 
     def __len__(self) -> int:
-        return len(self.messages)
+        return len(self.values)
+
+
+def _timestamps(msgs: list[Message]) -> npt.NDArray[np.int64]:
+    pairs = np.array(list(map(Message.timestamp, msgs)), dtype=np.int64).reshape(-1, 2)
+    # type 0 = TIMESTAMP_NOT_AVAILABLE
+    return np.where(pairs[:, 0] == 0, np.int64(-1), pairs[:, 1])
 
 
 def _split_by_topic(messages: list[Message]) -> list[RawBatch]:
@@ -121,10 +134,11 @@ def _split_by_topic(messages: list[Message]) -> list[RawBatch]:
         out.append(
             RawBatch(
                 topic=str(topic),
-                messages=msgs,
                 values=list(map(Message.value, msgs)),
                 partitions=np.fromiter(map(Message.partition, msgs), dtype=np.int32, count=n),
                 offsets=np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=n),
+                keys=list(map(Message.key, msgs)),
+                timestamps=_timestamps(msgs),
             )
         )
     return out

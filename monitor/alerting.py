@@ -10,13 +10,13 @@ consumption, and retries with backoff until it answers.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from connectors.base import OutMessage
 from connectors.webhook import RetryPolicy, WebhookDispatcher, WebhookObserver
 from detectors.base import Finding
 from monitor.alert_formats import deliveries_for, endpoints_from_config
 from monitor.alerts import AlertEngine, to_out_messages
+from monitor.checkpoints import AlertState
 from monitor.config import Config
 from monitor.config_alerts import AlertsConfig
 from monitor.metrics import Metrics
@@ -90,10 +90,7 @@ class AlertingHandler:
                 request.reason,
                 request.trigger_id[:12],
             )
-        firing: dict[tuple[str, str], int] = {}
-        for inc in self.engine.state().get("incidents", []):
-            key = (str(inc.get("stream", "")), str(inc.get("severity", "")))
-            firing[key] = firing.get(key, 0) + 1
+        firing = self.engine.firing_counts()
         for (stream, severity), count in firing.items():
             m.alerts_firing.labels(stream, severity).set(count)
         for alert in outcome.alerts:
@@ -102,14 +99,14 @@ class AlertingHandler:
         self.dispatcher.submit_all(deliveries_for(outcome.alerts, self.config, now))
         return to_out_messages(outcome, self.config)
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> AlertState:
         """The alert episodes and the pending webhook queue, for the checkpoint."""
-        return {"engine": self.engine.state(), "webhooks": self.dispatcher.state()}
+        return AlertState(self.engine.state(), self.dispatcher.state())
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: AlertState) -> None:
         """Continue open episodes and redeliver what was still queued."""
-        self.engine.restore(state["engine"])
-        self.dispatcher.restore(state["webhooks"])
+        self.engine.restore(state.engine)
+        self.dispatcher.restore(state.webhooks)
 
     def close(self) -> None:
         self.dispatcher.stop()

@@ -363,6 +363,13 @@ class AlertEngine:
         """Alerts currently firing."""
         return len(self._incidents)
 
+    def firing_counts(self) -> dict[tuple[str, str], int]:
+        """Alerts currently firing per (stream, severity)."""
+        out: dict[tuple[str, str], int] = {}
+        for inc in self._incidents.values():
+            out[(inc.stream, inc.severity)] = out.get((inc.stream, inc.severity), 0) + 1
+        return out
+
     def observe(self, findings: Iterable[Finding], now: float) -> AlertOutcome:
         """Fold one batch's findings in; return the alerts and retrain requests due."""
         combined = _combine(findings)

@@ -62,7 +62,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,71 +89,6 @@ __all__ = ["FaustMonitor", "FaustStats", "attach"]
 
 log = logging.getLogger("driftwarden.faust")
 
-_NO_TIMESTAMP = 0  # confluent-kafka's TIMESTAMP_NOT_AVAILABLE
-
-
-class _MessageShim:
-    """The two confluent-kafka ``Message`` methods a dead letter reads."""
-
-    __slots__ = ("_key", "_ts", "_ts_type")
-
-    def __init__(self, key: bytes | None, ts_ms: int, ts_type: int) -> None:
-        self._key = key
-        self._ts = ts_ms
-        self._ts_type = ts_type
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def timestamp(self) -> tuple[int, int]:
-        return self._ts_type, self._ts
-
-
-class _EventMessages(Sequence[Any]):
-    """``RawBatch.messages`` over Faust events; a shim is built only for rows read."""
-
-    __slots__ = ("_events",)
-
-    def __init__(self, events: Sequence[Any]) -> None:
-        self._events = events
-
-    def __len__(self) -> int:
-        return len(self._events)
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        m = self._events[index].message
-        ts = m.timestamp
-        if ts is None or ts < 0:
-            return _MessageShim(m.key, -1, _NO_TIMESTAMP)
-        # Faust keeps seconds as a float; Kafka and the dead-letter header use ms.
-        return _MessageShim(m.key, round(ts * 1000.0), int(m.timestamp_type) + 1)
-
-    def __iter__(self) -> Iterator[Any]:
-        return (self[i] for i in range(len(self)))
-
-
-class _TupleMessages(Sequence[Any]):
-    __slots__ = ("_rows",)
-
-    def __init__(self, rows: Sequence[Sequence[Any]]) -> None:
-        self._rows = rows
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        row = self._rows[index]
-        if len(row) > 4 and row[4] is not None and row[4] >= 0:
-            return _MessageShim(row[2], int(row[4]), 1)
-        return _MessageShim(row[2], -1, _NO_TIMESTAMP)
-
-    def __iter__(self) -> Iterator[Any]:
-        return (self[i] for i in range(len(self)))
-
 
 def _is_event(item: Any) -> bool:
     return hasattr(item, "message") and hasattr(item, "ack")
@@ -163,6 +98,11 @@ def _abandon(events: Sequence[Any]) -> None:
     """Make Faust forget these messages without committing them (see the module doc)."""
     for e in events:
         e.message.acked = True
+
+
+def _ms(seconds: float | None) -> int:
+    # Faust keeps seconds as a float; Kafka and the dead-letter header use ms.
+    return -1 if seconds is None or seconds < 0 else round(seconds * 1000.0)
 
 
 def to_raw_batch(topic: str, events: Sequence[Any]) -> RawBatch:
@@ -175,17 +115,26 @@ def to_raw_batch(topic: str, events: Sequence[Any]) -> RawBatch:
                 raise ValueError(f"an event of topic {m.topic!r} in a batch of {topic!r}")
         return RawBatch(
             topic=topic,
-            messages=_EventMessages(events),
             values=[m.value for m in messages],
             partitions=np.fromiter((m.partition for m in messages), dtype=np.int32, count=n),
             offsets=np.fromiter((m.offset for m in messages), dtype=np.int64, count=n),
+            keys=[m.key for m in messages],
+            timestamps=np.fromiter((_ms(m.timestamp) for m in messages), np.int64, count=n),
         )
     return RawBatch(
         topic=topic,
-        messages=_TupleMessages(events),
         values=[row[3] for row in events],
         partitions=np.fromiter((row[0] for row in events), dtype=np.int32, count=n),
         offsets=np.fromiter((row[1] for row in events), dtype=np.int64, count=n),
+        keys=[row[2] for row in events],
+        timestamps=np.fromiter(
+            (
+                row[4] if len(row) > 4 and row[4] is not None and row[4] >= 0 else -1
+                for row in events
+            ),
+            np.int64,
+            count=n,
+        ),
     )
 
 

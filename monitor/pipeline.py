@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -19,14 +18,15 @@ import numpy.typing as npt
 from connectors.base import OutMessage
 from connectors.kafka import RawBatch
 from detectors.base import Finding
+from monitor.checkpoints import PartitionState, StageDecoder, StageState
 from monitor.config import Config, StreamSpec
-from monitor.decode import REASONS, Batch, StreamDecoder
+from monitor.decode import REASONS, StreamDecoder
 from monitor.metrics import Metrics
+from monitor.stage import Stage
 
 __all__ = [
     "BatchInput",
     "BatchResult",
-    "FindingStage",
     "StreamPipeline",
     "account_batch",
     "build_pipelines",
@@ -37,25 +37,6 @@ __all__ = [
 
 
 BatchInput = RawBatch
-
-
-class FindingStage(Protocol):
-    """Something that turns accepted batches into findings (drift, entities, models).
-
-    State is kept per partition so it can be checkpointed with the offsets it covers.
-    """
-
-    def update(self, batch: Batch, partitions: npt.NDArray[np.int32]) -> list[Finding]: ...
-
-    def partition_state(self, partition: int) -> dict[str, Any] | None: ...
-
-    def restore_partition(self, partition: int, state: dict[str, Any]) -> None: ...
-
-    def drop_partition(self, partition: int) -> None: ...
-
-    def set_remote(self, states: dict[int, dict[str, Any]]) -> None: ...
-
-    aggregating: bool
 
 
 @dataclass
@@ -76,10 +57,9 @@ def dead_letter(
     topic: str, stream: str, raw: BatchInput, index: int, reason: str, detail: str
 ) -> OutMessage:
     """A dead-letter record: the original bytes and key, the reason in headers."""
-    msg = raw.messages[index]
     value = raw.values[index]
-    key = msg.key()
-    _, ts = msg.timestamp()
+    key = raw.keys[index]
+    ts = int(raw.timestamps[index])
     headers = (
         ("driftwarden.reason", reason.encode()),
         ("driftwarden.detail", detail.encode("utf-8", "replace")[:1000]),
@@ -116,7 +96,7 @@ class StreamPipeline:
         spec: StreamSpec,
         metrics: Metrics,
         dead_letter_topic: str,
-        stages: Sequence[FindingStage] = (),
+        stages: Sequence[Stage] = (),
     ) -> None:
         self.spec = spec
         self.metrics = metrics
@@ -134,7 +114,6 @@ class StreamPipeline:
         self._entity_overflow = metrics.entity_overflow.labels(name)
         for child in self._invalid.values():  # so rate() sees a zero before the first reject
             child.inc(0)
-        self.totals = {"events": 0, "accepted": 0, "rejected": 0}
         # Stages key their state by slot = topic index << 20 | partition (= the partition
         # for a one-topic stream), so the partitions of a stream's topics stay apart.
         self._slot_base = {t: np.int32(i << 20) for i, t in enumerate(spec.all_topics)}
@@ -174,11 +153,7 @@ class StreamPipeline:
                 findings.extend(stage.update(batch, partitions))
         t3 = time.perf_counter()
         self._last.set(time.time())
-        rejected = sum(counts.values())
         self._count_partitions(raw)
-        self.totals["events"] += n
-        self.totals["accepted"] += batch.n
-        self.totals["rejected"] += rejected
         return BatchResult(
             stream=self.spec.name,
             events=n,
@@ -202,16 +177,22 @@ class StreamPipeline:
             self.partition_events[key] = self.partition_events.get(key, 0) + int(c)
 
     # -- state ---------------------------------------------------------------------
-    def partition_state(self, topic: str, partition: int) -> dict[str, Any]:
+    def partition_state(self, topic: str, partition: int) -> PartitionState:
         """Everything that continues ``(topic, partition)`` exactly."""
-        return {
-            "events": self.partition_events.get((topic, partition), 0),
-            "stages": [s.partition_state(self._slot(topic, partition)) for s in self.stages],
-        }
+        slot = self._slot(topic, partition)
+        return PartitionState(
+            self.partition_events.get((topic, partition), 0),
+            tuple(s.partition_state(slot) for s in self.stages),
+        )
 
-    def restore_partition(self, topic: str, partition: int, state: dict[str, Any]) -> None:
-        self.partition_events[(topic, partition)] = int(state.get("events", 0))
-        for stage, st in zip(self.stages, state.get("stages", []), strict=False):
+    @property
+    def state_decoders(self) -> tuple[StageDecoder, ...]:
+        """One decoder per stage, to type a checkpointed ``PartitionState``."""
+        return tuple(s.decode_state for s in self.stages)
+
+    def restore_partition(self, topic: str, partition: int, state: PartitionState) -> None:
+        self.partition_events[(topic, partition)] = state.events
+        for stage, st in zip(self.stages, state.stages, strict=False):
             if st is not None:
                 stage.restore_partition(self._slot(topic, partition), st)
 
@@ -220,22 +201,30 @@ class StreamPipeline:
         for stage in self.stages:
             stage.drop_partition(self._slot(topic, partition))
 
+    @property
+    def judge_partition(self) -> tuple[str, int]:
+        """The partition whose owner judges the stream (and keeps its alert state)."""
+        return (self.spec.all_topics[0], 0)
+
+    def judges(self, owned: set[tuple[str, int]]) -> bool:
+        return self.judge_partition in owned
+
     def set_ownership(self, owned: set[tuple[str, int]]) -> None:
         """This process judges the stream when it owns the stream's first partition."""
-        first = (self.spec.all_topics[0], 0)
+        judge = self.judges(owned)
         for stage in self.stages:
-            stage.aggregating = first in owned
+            stage.judge = judge
 
-    def set_remote(self, states: dict[tuple[str, int], dict[str, Any]]) -> None:
+    def set_remote(self, states: dict[tuple[str, int], PartitionState]) -> None:
         """Checkpointed pipeline states of partitions other processes own."""
         for index, stage in enumerate(self.stages):
-            stage.set_remote(
-                {
-                    self._slot(t, p): st["stages"][index]
-                    for (t, p), st in states.items()
-                    if t in self._slot_base and len(st.get("stages", [])) > index
-                }
-            )
+            remote: dict[int, StageState] = {}
+            for (t, p), st in states.items():
+                if t in self._slot_base and len(st.stages) > index:
+                    found = st.stages[index]
+                    if found is not None:
+                        remote[self._slot(t, p)] = found
+            stage.set_remote(remote)
 
     def _slot(self, topic: str, partition: int) -> int:
         return int(self._slot_base[topic]) + partition
@@ -244,7 +233,7 @@ class StreamPipeline:
 def build_pipelines(
     config: Config,
     metrics: Metrics,
-    stages: Callable[[StreamPipeline], list[FindingStage]] | None,
+    stages: Callable[[StreamPipeline], list[Stage]] | None,
 ) -> dict[str, StreamPipeline]:
     """One pipeline per configured stream, keyed by each of its topics."""
     pipelines: dict[str, StreamPipeline] = {}

@@ -24,18 +24,25 @@ from typing import Any, Protocol
 from connectors.base import MessageSink, OutMessage
 from connectors.kafka import KafkaSink, KafkaSource, RawBatch, TopicPartitionKey
 from detectors.base import Finding
+from monitor.checkpoints import (
+    AlertState,
+    CheckpointKey,
+    PartitionCheckpoint,
+    PartitionState,
+    StreamCheckpoint,
+)
 from monitor.config import Config
 from monitor.errors import DriftwardenError, SinkError
 from monitor.metrics import Metrics
 from monitor.pipeline import (
     BatchResult,
-    FindingStage,
     StreamPipeline,
     account_batch,
     build_pipelines,
     record_findings,
 )
-from monitor.state import StateStore, partition_key
+from monitor.stage import Stage
+from monitor.state import StateStore
 
 __all__ = ["FindingsHandler", "RunStats", "Runner"]
 
@@ -65,9 +72,9 @@ class FindingsHandler(Protocol):
 
     def handle(self, findings: list[Finding], now: float) -> list[OutMessage]: ...
 
-    def state(self) -> dict[str, Any]: ...
+    def state(self) -> AlertState: ...
 
-    def restore(self, state: dict[str, Any]) -> None: ...
+    def restore(self, state: AlertState) -> None: ...
 
     def close(self) -> None: ...
 
@@ -108,7 +115,7 @@ class Runner:
         metrics: Metrics | None = None,
         source: BatchSource | None = None,
         sink: MessageSink | None = None,
-        stages: Callable[[StreamPipeline], list[FindingStage]] | None = None,
+        stages: Callable[[StreamPipeline], list[Stage]] | None = None,
         findings_handler: FindingsHandler | None = None,
         state_store: StateStore | None = None,
     ) -> None:
@@ -180,17 +187,17 @@ class Runner:
                 time.sleep(1.0)
         group = self.config.group
         for pipeline in dict.fromkeys(self.pipelines.values()):
-            saved = self.state.get(f"{group}/{pipeline.spec.name}/baseline")
+            baseline = self.state.baseline(CheckpointKey.for_baseline(group, pipeline.spec.name))
             for stage in pipeline.stages:
-                if saved is not None and hasattr(stage, "restore_baseline"):
-                    stage.restore_baseline(saved["json"])
+                if baseline is not None:
+                    stage.restore_baseline(baseline)
                     self._baselines_saved.add(pipeline.spec.name)
         leading = self._leads(set(self.source.assignment) | set(partitions))
         if leading and not self._alerts_restored and self.findings_handler is not None:
             # The new leader continues the alert episodes and the webhook queue.
-            saved = self.state.get(f"{group}/alerts")
-            if saved is not None:
-                self.findings_handler.restore(saved)
+            kept = self.state.stream(CheckpointKey.for_alerts(group, self._alerts_stream))
+            if kept is not None:
+                self.findings_handler.restore(kept.alerts)
         self._alerts_restored = leading
         owned = set(self.source.assignment) | set(partitions)
         for pipeline in dict.fromkeys(self.pipelines.values()):
@@ -198,18 +205,19 @@ class Runner:
         for topic, partition in partitions:
             pipeline = self.pipelines[topic]
             pipeline.drop_partition(topic, partition)
-            saved = self.state.get(partition_key(group, pipeline.spec.name, topic, partition))
+            key = CheckpointKey.for_partition(group, pipeline.spec.name, topic, partition)
+            saved = self.state.partition(key, pipeline.state_decoders)
             if saved is None:
                 continue
-            pipeline.restore_partition(topic, partition, saved["pipeline"])
-            starts[(topic, partition)] = int(saved["offset"])
-            self.positions[(topic, partition)] = int(saved["offset"])
+            pipeline.restore_partition(topic, partition, saved.state)
+            starts[(topic, partition)] = saved.offset
+            self.positions[(topic, partition)] = saved.offset
             self._checkpointed_at[(topic, partition)] = time.monotonic()
             log.info(
                 "partition %s/%d restored from its checkpoint at offset %d",
                 topic,
                 partition,
-                saved["offset"],
+                saved.offset,
             )
         return starts
 
@@ -235,6 +243,10 @@ class Runner:
         first = self.config.streams[0].all_topics[0]
         return (first, 0) in owned
 
+    @property
+    def _alerts_stream(self) -> str:
+        return self.config.streams[0].name
+
     def _share_windows(self) -> None:
         """Give each stream the latest windows of the partitions other replicas own."""
         if self.state is None:
@@ -244,7 +256,7 @@ class Runner:
         refreshed = False
         for pipeline in dict.fromkeys(self.pipelines.values()):
             pipeline.set_ownership(owned)
-            if not any(getattr(s, "aggregating", False) for s in pipeline.stages):
+            if not any(s.judge for s in pipeline.stages):
                 continue
             topics = pipeline.spec.all_topics
             if all((t, p) in owned for t in topics for p in range(self.source.partition_count(t))):
@@ -252,15 +264,13 @@ class Runner:
             if not refreshed:
                 self.state.refresh()
                 refreshed = True
-            remote: dict[TopicPartitionKey, dict[str, Any]] = {}
-            prefix = f"{group}/{pipeline.spec.name}/"
-            for key in self.state.keys(prefix):
-                topic, _, part = key[len(prefix) :].rpartition("/")
-                if not part.isdigit() or (topic, int(part)) in owned:
+            remote: dict[TopicPartitionKey, PartitionState] = {}
+            for key in self.state.partition_keys(group, pipeline.spec.name):
+                if key.topic_partition in owned or key.topic not in pipeline.spec.all_topics:
                     continue
-                saved = self.state.get(key)
-                if saved is not None and topic in pipeline.spec.all_topics:
-                    remote[(topic, int(part))] = saved["pipeline"]
+                saved = self.state.partition(key, pipeline.state_decoders)
+                if saved is not None:
+                    remote[key.topic_partition] = saved.state
             pipeline.set_remote(remote)
 
     # -- checkpoints ---------------------------------------------------------------
@@ -277,23 +287,25 @@ class Runner:
         now = time.monotonic()
         for topic, partition in keys:
             pipeline = self.pipelines[topic]
-            state = {
-                "offset": self.positions[(topic, partition)],
-                "pipeline": pipeline.partition_state(topic, partition),
-                "at": time.time(),
-            }
-            self.state.put(partition_key(group, pipeline.spec.name, topic, partition), state)
+            checkpoint = PartitionCheckpoint(
+                self.positions[(topic, partition)], pipeline.partition_state(topic, partition)
+            )
+            ckey = CheckpointKey.for_partition(group, pipeline.spec.name, topic, partition)
+            self.state.put_partition(ckey, checkpoint)
         for pipeline in dict.fromkeys(self.pipelines.values()):
             name = pipeline.spec.name
             if name in self._baselines_saved:
                 continue
             for stage in pipeline.stages:
-                text = stage.baseline_state() if hasattr(stage, "baseline_state") else None
-                if text is not None:
-                    self.state.put(f"{group}/{name}/baseline", {"json": text})
+                baseline = stage.baseline_checkpoint()
+                if baseline is not None:
+                    self.state.put_baseline(CheckpointKey.for_baseline(group, name), baseline)
                     self._baselines_saved.add(name)
         if self.findings_handler is not None and self._leads(set(self.source.assignment)):
-            self.state.put(f"{group}/alerts", self.findings_handler.state())
+            self.state.put_stream(
+                CheckpointKey.for_alerts(group, self._alerts_stream),
+                StreamCheckpoint(self.findings_handler.state()),
+            )
         self._waiting_since = time.monotonic()
         try:
             self.state.flush()
