@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from detectors.base import WindowParams
 from detectors.registry import detector_class, names
 from monitor.config_alerts import AlertsConfig, Duration, parse_duration
 from monitor.errors import ConfigError
@@ -180,7 +181,7 @@ class WindowSpec(_Model):
             raise ValueError(f"step ({self.step}) must be <= events ({self.events})")
         return self
 
-    def detector_params(self) -> dict[str, Any]:
+    def detector_params(self) -> WindowParams:
         """The window as detector constructor parameters."""
         if self.seconds is not None:
             return {"window_seconds": self.seconds, "step_seconds": self.step_seconds}

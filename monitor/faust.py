@@ -73,17 +73,11 @@ from connectors.base import MessageSink, OutMessage
 from connectors.kafka import RawBatch
 from monitor.alerting import build_findings_handler
 from monitor.config import Config
-from monitor.drift import drift_stages
 from monitor.errors import ConfigError, SinkError
 from monitor.metrics import Metrics, MetricsServer
-from monitor.pipeline import (
-    BatchResult,
-    account_batch,
-    build_pipelines,
-    output_topics,
-    record_findings,
-)
-from monitor.runner import RunStats
+from monitor.pipeline import BatchResult, build_pipelines, output_topics
+from monitor.stage import registered_stages
+from monitor.transaction import BatchTransaction, RunStats, send_all
 
 __all__ = ["FaustMonitor", "FaustStats", "attach"]
 
@@ -163,9 +157,12 @@ class FaustMonitor:
         self.sink = sink
         self.app = app
         self.flush_timeout = flush_timeout
-        self.pipelines = build_pipelines(config, self.metrics, drift_stages if drift else None)
+        self.pipelines = build_pipelines(config, self.metrics, registered_stages if drift else None)
         self.findings_handler = build_findings_handler(config, self.metrics)
         self.stats = FaustStats()
+        self.transaction = BatchTransaction(
+            self.pipelines, self.metrics, self.findings_handler, self.stats
+        )
         self.server: MetricsServer | None = None
         self._declared = False
         self._healthy = True
@@ -190,12 +187,8 @@ class FaustMonitor:
         if not events:
             return BatchResult(stream=pipeline.spec.name, events=0, accepted=0, rejected={})
         try:
-            raw = to_raw_batch(topic, events)
-            result = pipeline.process(raw)
-            out = list(result.out)
-            if self.findings_handler is not None:
-                out.extend(self.findings_handler.handle(result.findings, time.time()))
-            await self._deliver(out)
+            prepared = self.transaction.prepare([to_raw_batch(topic, events)], t0)
+            await self._deliver(list(prepared.out))
         except BaseException:
             if _is_event(events[0]):
                 _abandon(events)
@@ -204,7 +197,10 @@ class FaustMonitor:
             self.metrics.ready.set(0)
             raise
         self._healthy = True
-        self._account(result, len(out), time.perf_counter() - t0)
+        # Faust commits the offsets once the events are acked (after this returns).
+        self.transaction.complete(prepared, committed=False)
+        self.metrics.ready.set(1)
+        (result,) = prepared.results
         return result
 
     async def _deliver(self, out: list[OutMessage]) -> None:
@@ -220,8 +216,7 @@ class FaustMonitor:
             )
 
     async def _deliver_sink(self, sink: MessageSink, out: list[OutMessage]) -> None:
-        for message in out:
-            sink.send(message)
+        send_all(sink, out)
         deadline = time.monotonic() + self.flush_timeout
         while True:
             remaining = await asyncio.to_thread(sink.flush, 1.0)
@@ -251,17 +246,6 @@ class FaustMonitor:
             raise
         except Exception as exc:
             raise SinkError(f"delivery failed: {exc!r}") from exc
-
-    # -- metrics ---------------------------------------------------------------------
-    def _account(self, r: BatchResult, out: int, seconds: float) -> None:
-        record_findings(self.metrics, r.findings)
-        account_batch(self.metrics, r)
-        self.stats.add(r)
-        self.stats.batches += 1
-        self.stats.messages_out += out
-        self.metrics.batch_duration.observe(seconds)
-        self.metrics.batch_events.observe(r.events)
-        self.metrics.ready.set(1)
 
     # -- lifecycle -------------------------------------------------------------------
     def start_metrics_server(self) -> MetricsServer | None:

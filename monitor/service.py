@@ -11,10 +11,10 @@ from connectors.base import MessageSink
 from connectors.kafka import ensure_topics
 from monitor.alerting import build_findings_handler
 from monitor.config import Config
-from monitor.drift import drift_stages
 from monitor.metrics import Metrics, MetricsServer
 from monitor.pipeline import output_topics
 from monitor.runner import BatchSource, FindingsHandler, Runner, RunStats
+from monitor.stage import registered_stages
 
 __all__ = ["Service"]
 
@@ -44,7 +44,7 @@ class Service:
             metrics=self.metrics,
             source=source,
             sink=sink,
-            stages=drift_stages,
+            stages=registered_stages,
             findings_handler=findings_handler,
         )
         self.server: MetricsServer | None = None

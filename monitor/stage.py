@@ -26,14 +26,24 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.base import Finding
-from monitor.checkpoints import BaselineCheckpoint, StageState
+from monitor.checkpoints import BaselineCheckpoint, PlainStageState, StageState
 from monitor.errors import ConfigError
 
 if TYPE_CHECKING:
     from monitor.config import StreamSpec
     from monitor.decode import Batch, StreamDecoder
+    from monitor.pipeline import StreamPipeline
 
-__all__ = ["STAGES", "SlotArray", "Stage", "StageFactory", "stage_class", "stages_for"]
+__all__ = [
+    "STAGES",
+    "LegacyStage",
+    "SlotArray",
+    "Stage",
+    "StageFactory",
+    "registered_stages",
+    "stage_class",
+    "stages_for",
+]
 
 SlotArray = npt.NDArray[np.int32]
 
@@ -117,3 +127,64 @@ def stages_for(
         if stage is not None:
             out.append(stage)
     return out
+
+
+def registered_stages(pipeline: StreamPipeline) -> list[Stage]:
+    """The stage factory the service uses: every registered stage that applies."""
+    return stages_for(pipeline.spec, pipeline.decoder)
+
+
+class LegacyStage:
+    """A ``Stage`` over an object written to the earlier, untyped contract.
+
+    That contract: ``update(batch, partitions)``, ``partition_state(slot) -> dict |
+    None``, ``restore_partition(slot, dict)``, ``drop_partition(slot)``,
+    ``set_remote(dict[slot, dict])`` and an ``aggregating`` flag. States cross as
+    ``PlainStageState``; ``evaluate`` is the wrapped object's when it has one.
+    """
+
+    def __init__(self, inner: Any, name: str) -> None:
+        self.inner = inner
+        self.name = name
+
+    @property
+    def judge(self) -> bool:
+        return bool(self.inner.aggregating)
+
+    @judge.setter
+    def judge(self, value: bool) -> None:
+        self.inner.aggregating = value
+
+    def update(self, batch: Batch, slots: SlotArray) -> list[Finding]:
+        found: list[Finding] = self.inner.update(batch, slots)
+        return found
+
+    def evaluate(self) -> list[Finding]:
+        evaluate = getattr(self.inner, "evaluate", None)
+        return [] if evaluate is None else list(evaluate())
+
+    def partition_state(self, slot: int) -> StageState | None:
+        plain = self.inner.partition_state(slot)
+        return None if plain is None else PlainStageState(plain)
+
+    def decode_state(self, plain: Mapping[str, Any]) -> StageState:
+        return PlainStageState(plain)
+
+    def restore_partition(self, slot: int, state: StageState) -> None:
+        self.inner.restore_partition(slot, dict(state.to_plain()))
+
+    def drop_partition(self, slot: int) -> None:
+        self.inner.drop_partition(slot)
+
+    def set_remote(self, states: Mapping[int, StageState]) -> None:
+        self.inner.set_remote({slot: dict(st.to_plain()) for slot, st in states.items()})
+
+    @property
+    def ready(self) -> bool:
+        return bool(getattr(self.inner, "ready", True))
+
+    def baseline_checkpoint(self) -> BaselineCheckpoint | None:
+        return None
+
+    def restore_baseline(self, checkpoint: BaselineCheckpoint) -> None:
+        return None
