@@ -22,7 +22,7 @@ import numpy.typing as npt
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from connectors.base import OutMessage
-from monitor.errors import SinkError
+from connectors.errors import SinkError
 
 __all__ = [
     "KafkaSink",

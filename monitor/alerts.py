@@ -66,6 +66,7 @@ __all__ = [
     "RetrainRequest",
     "SubjectScore",
     "alert_id_for",
+    "canonical_json",
     "to_out_messages",
 ]
 
@@ -266,8 +267,12 @@ class AlertOutcome:
         return bool(self.alerts or self.retrain_requests)
 
 
-def _dumps(obj: Any) -> bytes:
+def canonical_json(obj: Any) -> bytes:
+    """Compact JSON with sorted keys (NaN refused): the bytes of every alert payload."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+_dumps = canonical_json
 
 
 # -- engine state ------------------------------------------------------------------

@@ -78,6 +78,7 @@ class Assignment:
             if baseline is not None:
                 for stage in pipeline.stages:
                     stage.restore_baseline(baseline)
+                pipeline.refresh_ready()
                 self.checkpointer.baselines_saved.add(pipeline.spec.name)
         owned = set(source.assignment) | set(partitions)
         self._continue_alerts(owned)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 from monitor.errors import ConfigError, DriftwardenError
+from monitor.signals import install_stop as _install_stop
 
 __all__ = ["main"]
 
@@ -56,15 +54,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     fields = sum(len(s.fields) for s in config.streams)
     print(f"{args.config}: ok ({len(config.streams)} stream(s), {fields} field(s))")
     return 0
-
-
-def _install_stop(stop: Any) -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s: finishing the current batch", signal.Signals(signum).name)
-        stop()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -26,8 +26,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -37,6 +35,7 @@ from pydantic import (
 from detectors.base import WindowParams
 from detectors.registry import detector_class, names
 from monitor.config_alerts import AlertsConfig, Duration, parse_duration
+from monitor.config_base import StrictModel, error_lines
 from monitor.errors import ConfigError
 
 __all__ = [
@@ -63,8 +62,8 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    """Frozen; unknown keys are errors (see monitor.config_base)."""
 
 
 class FieldType(StrEnum):
@@ -254,7 +253,6 @@ class SourceConfig(_Model):
     # librdkafka idles a busy consumer for fetch.queue.backoff.ms once its queue is full.
     fetch_queue_backoff_ms: int = Field(default=10, ge=0)
     queued_min_messages: int = Field(default=200_000, gt=0)
-    commit_every_batch: bool = True
 
 
 class StateConfig(_Model):
@@ -385,35 +383,6 @@ def _apply_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             metrics["listen"] = listen
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif "." in part or not part.isidentifier():
-            out += f'."{part}"' if out else f'"{part}"'
-        else:
-            out += f".{part}" if out else part
-    return out or "(top level)"
-
-
-def _format_errors(err: ValidationError) -> list[str]:
-    lines = []
-    for e in err.errors(include_url=False):
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (not allowed here; check the spelling)"
-        value = e.get("input")
-        shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {value!r})"
-        if isinstance(value, str) and any(
-            w in _loc(loc).lower() for w in ("password", "secret", "key", "token")
-        ):
-            shown = ""
-        lines.append(f"{_loc(loc)}: {msg}{shown}")
-    return lines
-
-
 def parse_config(raw: object, env: Mapping[str, str] | None = None) -> Config:
     """Validate an already-parsed YAML document (``env`` defaults to ``os.environ``)."""
     env = os.environ if env is None else env
@@ -427,7 +396,7 @@ def parse_config(raw: object, env: Mapping[str, str] | None = None) -> Config:
     try:
         return Config.model_validate(doc)
     except ValidationError as err:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_format_errors(err))) from None
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(error_lines(err))) from None
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:

@@ -112,6 +112,7 @@ class StreamPipeline:
         self._last_event_time = metrics.last_event_time.labels(name)
         self._entities = metrics.entities.labels(name)
         self._entity_overflow = metrics.entity_overflow.labels(name)
+        self._baseline_ready = metrics.baseline_ready.labels(name)
         for child in self._invalid.values():  # so rate() sees a zero before the first reject
             child.inc(0)
         # Stages key their state by slot = topic index << 20 | partition (= the partition
@@ -151,6 +152,7 @@ class StreamPipeline:
             partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
             for stage in self.stages:
                 findings.extend(stage.update(batch, partitions))
+            self.refresh_ready()
         t3 = time.perf_counter()
         self._last.set(time.time())
         self._count_partitions(raw)
@@ -164,6 +166,10 @@ class StreamPipeline:
             next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
             stage_seconds={"decode": t1 - t0, "checks": t2 - t1, "detectors": t3 - t2},
         )
+
+    def refresh_ready(self) -> None:
+        """``driftwarden_baseline_ready``: 1 once every stage has its baseline."""
+        self._baseline_ready.set(1 if all(s.ready for s in self.stages) else 0)
 
     def _count_partitions(self, raw: BatchInput) -> None:
         parts = raw.partitions
@@ -241,6 +247,7 @@ def build_pipelines(
         pipeline = StreamPipeline(spec, metrics, config.dead_letter_topic)
         if stages is not None:
             pipeline.stages.extend(stages(pipeline))
+        pipeline.refresh_ready()
         for topic in spec.all_topics:
             pipelines[topic] = pipeline
     return pipelines

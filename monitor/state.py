@@ -42,7 +42,7 @@ from monitor.checkpoints import (
 )
 from monitor.errors import DriftwardenError, SinkError
 
-__all__ = ["CHUNK_BYTES", "StateStore", "decode_state", "encode_state"]
+__all__ = ["CHUNK_BYTES", "MemoryStateStore", "StateStore", "decode_state", "encode_state"]
 
 log = logging.getLogger("driftwarden.state")
 
@@ -265,3 +265,40 @@ class StateStore:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+
+
+class MemoryStateStore(StateStore):
+    """A ``StateStore`` over a dict shared by its instances (the "topic"), for tests.
+
+    Records are encoded, chunked and read back exactly as with Kafka; ``flush``
+    publishes what was put, ``refresh`` reads what any instance published.
+
+    >>> topic: dict[str, bytes] = {}
+    >>> a, b = MemoryStateStore(topic), MemoryStateStore(topic)
+    >>> key = CheckpointKey.for_baseline("g", "s")
+    >>> _ = a.put_baseline(key, BaselineCheckpoint("{}")); a.flush(); b.refresh()
+    >>> b.baseline(key)
+    BaselineCheckpoint(json='{}')
+    """
+
+    def __init__(self, topic: dict[str, bytes] | None = None) -> None:
+        self.topic = "memory"
+        self.shared: dict[str, bytes] = {} if topic is None else topic
+        self._records: dict[str, bytes] = {}
+        self._pending: list[tuple[str, bytes]] = []
+        self.flushes = 0
+
+    def _produce(self, key: str, value: bytes) -> None:
+        self._records[key] = value
+        self._pending.append((key, value))
+
+    def flush(self, timeout: float = 30.0) -> None:
+        self.shared.update(self._pending)
+        self._pending.clear()
+        self.flushes += 1
+
+    def refresh(self, timeout: float = 30.0) -> None:
+        self._records.update(self.shared)
+
+    def close(self) -> None:
+        self.flush()
