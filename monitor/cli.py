@@ -65,8 +65,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
+    # A stop request while connecting (topics, state store) must not kill the process.
+    early_stop = threading.Event()
+    _install_stop(early_stop.set)
     service = Service(config)
     _install_stop(service.stop)
+    if early_stop.is_set():
+        service.stop()
     stats = service.run(max_seconds=args.max_seconds, on_summary=print if not args.quiet else None)
     print(
         f"stopped: events={stats.events} accepted={stats.accepted} invalid={stats.invalid} "

@@ -103,6 +103,19 @@ class Replica:
         )
         log.close()
 
+    def log_text(self) -> str:
+        """This start's log so far."""
+        return (self.log_dir / f"{self.name}-{self.starts}.log").read_text(errors="replace")
+
+    def wait_assigned(self, timeout: float = 60.0) -> bool:
+        """Until this start was assigned partitions (logged by the rebalance callback)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "assigned partitions=[(" in self.log_text():  # not an empty assignment
+                return True
+            time.sleep(0.2)
+        return False
+
     def signal(self, sig: int, wait: float = 30.0) -> int | None:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -267,7 +280,7 @@ def test_kill_9_ten_times_loses_and_duplicates_nothing(
     rng = random.Random(5)
 
     def chaos(replicas: list[Replica], producer: LiveProducer) -> None:
-        time.sleep(6)  # both replicas joined and consuming
+        assert replicas[0].wait_assigned() and replicas[1].wait_assigned()  # both consuming
         for _ in range(10):
             time.sleep(rng.uniform(1.0, 4.0))
             victim = replicas[rng.randrange(2)]
@@ -286,6 +299,7 @@ def test_a_third_replica_joins_and_leaves_mid_stream(
         time.sleep(8)
         replicas[2].start()
         time.sleep(12)
+        assert replicas[2].wait_assigned()  # it joined and took partitions over
         assert replicas[2].signal(signal.SIGTERM) == 0
 
     _scenario(kafka_bootstrap, unique, tmp_path, total=300_000, rate=10_000, chaos=chaos)
