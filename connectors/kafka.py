@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -113,10 +114,12 @@ class RawBatch:
         return len(self.values)
 
 
+_SECOND = itemgetter(1)
+
+
 def _timestamps(msgs: list[Message]) -> npt.NDArray[np.int64]:
-    pairs = np.array(list(map(Message.timestamp, msgs)), dtype=np.int64).reshape(-1, 2)
-    # type 0 = TIMESTAMP_NOT_AVAILABLE
-    return np.where(pairs[:, 0] == 0, np.int64(-1), pairs[:, 1])
+    """Each message's timestamp in ms (librdkafka gives -1 where there is none)."""
+    return np.fromiter(map(_SECOND, map(Message.timestamp, msgs)), np.int64, len(msgs))
 
 
 def _split_by_topic(messages: list[Message]) -> list[RawBatch]:
