@@ -15,8 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +34,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("driftwarden.kafka")
+
+_T = TypeVar("_T")
 
 TopicPartitionKey = tuple[str, int]
 
@@ -93,33 +94,59 @@ def ensure_topics(
 class RawBatch:
     """One consumed batch of one topic, fields as parallel sequences.
 
-    ``timestamps`` are the records' timestamps in ms since the epoch (-1 where the
-    record has none). Nothing downstream of the source sees a client's message
-    objects: a Faust batch or a test builds the same value.
+    ``keys`` and ``timestamps`` (ms since the epoch, -1 where the record has none)
+    are read by the few rows that are dead-lettered: the Kafka source reads them
+    from its messages on access, nothing after the source sees a client's message
+    object, and a Faust batch or a test passes plain lists.
 
     >>> import numpy as np
-    >>> b = RawBatch("t", [b"{}"], np.zeros(1, np.int32), np.arange(1), [None], np.full(1, -1))
-    >>> len(b), b.keys
-    (1, [None])
+    >>> b = RawBatch("t", [b"{}"], np.zeros(1, np.int32), np.arange(1), [None], [-1])
+    >>> len(b), b.keys[0], b.timestamps[0]
+    (1, None, -1)
     """
 
     topic: str
     values: list[bytes | None]
     partitions: npt.NDArray[np.int32]
     offsets: npt.NDArray[np.int64]
-    keys: list[bytes | None]
-    timestamps: npt.NDArray[np.int64]
+    keys: Sequence[bytes | None]
+    timestamps: Sequence[int]
 
     def __len__(self) -> int:
         return len(self.values)
 
 
-_SECOND = itemgetter(1)
+class _Column(Sequence[_T]):
+    """One field of a batch's messages, read from a message only when asked for."""
+
+    __slots__ = ("_get", "_msgs")
+
+    def __init__(self, msgs: list[Message], get: Callable[[Message], _T]) -> None:
+        self._msgs = msgs
+        self._get = get
+
+    def __len__(self) -> int:
+        return len(self._msgs)
+
+    @overload
+    def __getitem__(self, index: int) -> _T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[_T]: ...
+
+    def __getitem__(self, index: int | slice) -> _T | list[_T]:
+        if isinstance(index, slice):
+            return [self._get(m) for m in self._msgs[index]]
+        return self._get(self._msgs[index])
 
 
-def _timestamps(msgs: list[Message]) -> npt.NDArray[np.int64]:
-    """Each message's timestamp in ms (librdkafka gives -1 where there is none)."""
-    return np.fromiter(map(_SECOND, map(Message.timestamp, msgs)), np.int64, len(msgs))
+def _key(msg: Message) -> bytes | None:
+    key: bytes | None = msg.key()
+    return key
+
+
+def _timestamp(msg: Message) -> int:
+    return int(msg.timestamp()[1])  # librdkafka gives -1 where there is none
 
 
 def _split_by_topic(messages: list[Message]) -> list[RawBatch]:
@@ -140,8 +167,8 @@ def _split_by_topic(messages: list[Message]) -> list[RawBatch]:
                 values=list(map(Message.value, msgs)),
                 partitions=np.fromiter(map(Message.partition, msgs), dtype=np.int32, count=n),
                 offsets=np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=n),
-                keys=list(map(Message.key, msgs)),
-                timestamps=_timestamps(msgs),
+                keys=_Column(msgs, _key),
+                timestamps=_Column(msgs, _timestamp),
             )
         )
     return out

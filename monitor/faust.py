@@ -99,6 +99,11 @@ def _ms(seconds: float | None) -> int:
     return -1 if seconds is None or seconds < 0 else round(seconds * 1000.0)
 
 
+def _row_ms(row: Sequence[Any]) -> int:
+    ts = row[4] if len(row) > 4 else None
+    return -1 if ts is None or ts < 0 else int(ts)
+
+
 def to_raw_batch(topic: str, events: Sequence[Any]) -> RawBatch:
     """A ``RawBatch`` of ``topic`` from Faust events or ``(partition, offset, key, value)``."""
     n = len(events)
@@ -113,7 +118,7 @@ def to_raw_batch(topic: str, events: Sequence[Any]) -> RawBatch:
             partitions=np.fromiter((m.partition for m in messages), dtype=np.int32, count=n),
             offsets=np.fromiter((m.offset for m in messages), dtype=np.int64, count=n),
             keys=[m.key for m in messages],
-            timestamps=np.fromiter((_ms(m.timestamp) for m in messages), np.int64, count=n),
+            timestamps=[_ms(m.timestamp) for m in messages],
         )
     return RawBatch(
         topic=topic,
@@ -121,14 +126,7 @@ def to_raw_batch(topic: str, events: Sequence[Any]) -> RawBatch:
         partitions=np.fromiter((row[0] for row in events), dtype=np.int32, count=n),
         offsets=np.fromiter((row[1] for row in events), dtype=np.int64, count=n),
         keys=[row[2] for row in events],
-        timestamps=np.fromiter(
-            (
-                row[4] if len(row) > 4 and row[4] is not None and row[4] >= 0 else -1
-                for row in events
-            ),
-            np.int64,
-            count=n,
-        ),
+        timestamps=[_row_ms(row) for row in events],
     )
 
 
