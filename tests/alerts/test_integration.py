@@ -158,6 +158,7 @@ def _am_notifications(receiver: Receiver, alertname: str, status: str) -> list[d
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_prometheus_rule_reaches_receiver_through_alertmanager(
     stack: dict[str, Any], metrics: _Metrics, receiver: Receiver, finding: MakeFinding
 ) -> None:
