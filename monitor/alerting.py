@@ -136,11 +136,12 @@ class AlertingHandler:
         """Continue ``stream``'s open episodes and redeliver what was still queued."""
         model = self.engine.retrain_models.get(stream)
         current = self.engine.state()
-        ids = self._ids(stream, current) | alert_ids(state.engine)
+        part = engine_part(state.engine, stream, model)  # also from a whole engine's state
+        ids = self._ids(stream, current) | alert_ids(part)
         for sink in state.webhooks.get("sinks", {}).values():
             ids |= {d["alert_id"] for d in sink["pending"]}
             ids |= {key.rpartition(":")[0] for key in sink["delivered"]}
-        self.engine.restore(merge_engine(current, stream, state.engine, model))
+        self.engine.restore(merge_engine(current, stream, part, model))
         self.dispatcher.restore(merge_webhooks(self.dispatcher.state(), state.webhooks, ids))
         for i in ids:
             self._streams[i] = stream

@@ -112,8 +112,9 @@ class Assignment:
             return
         for name in sorted(judged - self.judging):
             kept = store.stream(CheckpointKey.for_alerts(self.config.group, name))
-            if kept is not None:
-                self.findings_handler.restore(name, kept.alerts)
+            alerts = kept.alerts if kept is not None else store.legacy_alerts(self.config.group)
+            if alerts is not None:
+                self.findings_handler.restore(name, alerts)
                 log.info("stream %s: alert episodes continued from the checkpoint", name)
         self.judging = judged
 

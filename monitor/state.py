@@ -34,6 +34,7 @@ import numpy as np
 
 from connectors.kafka import client_options, ensure_topics
 from monitor.checkpoints import (
+    AlertState,
     BaselineCheckpoint,
     CheckpointKey,
     PartitionCheckpoint,
@@ -229,6 +230,12 @@ class StateStore:
     def stream(self, key: CheckpointKey) -> StreamCheckpoint | None:
         plain = self._get(key.format())
         return None if plain is None else StreamCheckpoint.from_plain(plain)
+
+    def legacy_alerts(self, group: str) -> AlertState | None:
+        """The alert state earlier versions kept for every stream under ``GROUP/alerts``
+        (read once after an upgrade, until each stream's judge wrote its own)."""
+        plain = self._get(f"{group}/alerts")
+        return None if plain is None else AlertState.from_plain(plain)
 
     def partition_keys(self, group: str, stream: str) -> list[CheckpointKey]:
         """The keys of every partition checkpoint of ``stream`` (as last refreshed)."""
