@@ -30,6 +30,7 @@ __all__ = [
     "PartitionCheckpoint",
     "PartitionState",
     "PlainStageState",
+    "StageDecoder",
     "StageState",
     "StreamCheckpoint",
 ]

@@ -47,6 +47,7 @@ PINNED: dict[str, list[str]] = {
         "PartitionCheckpoint",
         "PartitionState",
         "PlainStageState",
+        "StageDecoder",
         "StageState",
         "StreamCheckpoint",
     ],
