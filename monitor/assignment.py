@@ -131,6 +131,8 @@ class Assignment:
             self.pipelines[key[0]].drop_partition(*key)
             self.metrics.consumer_lag.remove(key[0], str(key[1]))
         remaining = set(self._source().assignment) - set(partitions)
+        for pipeline in unique_pipelines(self.pipelines):
+            pipeline.set_ownership(remaining)  # a stream judged elsewhere now: no verdicts here
         judged = {p.spec.name for p in judged_streams(self.pipelines, remaining)}
         if self.findings_handler is not None:
             for name in sorted(self.judging - judged):

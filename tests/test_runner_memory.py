@@ -287,3 +287,20 @@ def test_first_events_baseline_is_checkpointed_and_restored(
     assert restored.ready
     assert registry.get_sample_value("driftwarden_baseline_ready", {"stream": "sensors"}) == 1
     assert getattr(restored, "baseline").id == getattr(built, "baseline").id  # noqa: B009
+
+
+def test_losing_the_first_partition_stops_judging_at_once(
+    data: tuple[dict[int, list[bytes]], Path],
+) -> None:
+    values, baseline = data
+    source = MemorySource(values)
+    runner, _ = _runner(_config(baseline), source, MemoryStateStore())
+    source.assign([(TOPIC, 0), (TOPIC, 1)])
+    runner.step()
+    (stage,) = runner.pipelines[TOPIC].stages
+    assert stage.judge and runner.assignment.judging == {"sensors"}
+    source.revoke([(TOPIC, 0)])
+    assert not stage.judge and runner.assignment.judging == set()
+    source.assign([(TOPIC, 0)])
+    assert stage.judge and runner.assignment.judging == {"sensors"}
+    runner.close()
