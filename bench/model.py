@@ -118,10 +118,11 @@ def bench_stage(tmp: Path) -> list[tuple[str, str]]:
     def raw(topic: str, values: Sequence[bytes | None], start: int) -> RawBatch:
         return RawBatch(
             topic=topic,
-            messages=[],
             values=list(values),
             partitions=np.zeros(len(values), np.int32),
             offsets=np.arange(start, start + len(values), dtype=np.int64),
+            keys=(_keys := [None] * len(values)),
+            timestamps=[1_700_000_000_000] * len(_keys),
         )
 
     rows = []

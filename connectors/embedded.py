@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from monitor.errors import DriftwardenError
+from connectors.errors import DriftwardenError
 
 __all__ = ["DEV_CONSUMER_OPTIONS", "EmbeddedBroker", "free_port"]
 

@@ -17,14 +17,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from connectors.base import OutMessage
-from monitor.errors import DriftwardenError, SinkError
+from connectors.errors import DriftwardenError, SinkError
 
 __all__ = [
     "RECORD_OVERHEAD_BYTES",
@@ -143,6 +143,7 @@ def wait_for_cluster(options: Mapping[str, Any], timeout: float) -> None:
         f"after {timeout:g} s: {reason}"
     )
 
+_T = TypeVar("_T")
 
 TopicPartitionKey = tuple[str, int]
 
@@ -249,18 +250,59 @@ def ensure_topics(
 class RawBatch:
     """One consumed batch of one topic, fields as parallel sequences.
 
-    ``messages`` keeps the client's objects so keys, headers and timestamps of the
-    few rejected rows can be read lazily.
+    ``keys`` and ``timestamps`` (ms since the epoch, -1 where the record has none)
+    are read by the few rows that are dead-lettered: the Kafka source reads them
+    from its messages on access, nothing after the source sees a client's message
+    object, and a Faust batch or a test passes plain lists.
+
+    >>> import numpy as np
+    >>> b = RawBatch("t", [b"{}"], np.zeros(1, np.int32), np.arange(1), [None], [-1])
+    >>> len(b), b.keys[0], b.timestamps[0]
+    (1, None, -1)
     """
 
     topic: str
-    messages: Sequence[Message]
     values: list[bytes | None]
     partitions: npt.NDArray[np.int32]
     offsets: npt.NDArray[np.int64]
+    keys: Sequence[bytes | None]
+    timestamps: Sequence[int]
 
     def __len__(self) -> int:
-        return len(self.messages)
+        return len(self.values)
+
+
+class _Column(Sequence[_T]):
+    """One field of a batch's messages, read from a message only when asked for."""
+
+    __slots__ = ("_get", "_msgs")
+
+    def __init__(self, msgs: list[Message], get: Callable[[Message], _T]) -> None:
+        self._msgs = msgs
+        self._get = get
+
+    def __len__(self) -> int:
+        return len(self._msgs)
+
+    @overload
+    def __getitem__(self, index: int) -> _T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[_T]: ...
+
+    def __getitem__(self, index: int | slice) -> _T | list[_T]:
+        if isinstance(index, slice):
+            return [self._get(m) for m in self._msgs[index]]
+        return self._get(self._msgs[index])
+
+
+def _key(msg: Message) -> bytes | None:
+    key: bytes | None = msg.key()
+    return key
+
+
+def _timestamp(msg: Message) -> int:
+    return int(msg.timestamp()[1])  # librdkafka gives -1 where there is none
 
 
 def _split_by_topic(messages: list[Message]) -> list[RawBatch]:
@@ -278,10 +320,11 @@ def _split_by_topic(messages: list[Message]) -> list[RawBatch]:
         out.append(
             RawBatch(
                 topic=str(topic),
-                messages=msgs,
                 values=list(map(Message.value, msgs)),
                 partitions=np.fromiter(map(Message.partition, msgs), dtype=np.int32, count=n),
                 offsets=np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=n),
+                keys=_Column(msgs, _key),
+                timestamps=_Column(msgs, _timestamp),
             )
         )
     return out

@@ -63,9 +63,24 @@ How to trade:
 
 from __future__ import annotations
 
-__all__ = ["SERVICE_DEFAULTS"]
+from typing import TypedDict
 
-SERVICE_DEFAULTS: dict[str, object] = {
+__all__ = ["SERVICE_DEFAULTS", "AdwinParams"]
+
+
+class AdwinParams(TypedDict, total=False):
+    """Constructor arguments of :class:`detectors.adwin.ADWIN` a configuration may set."""
+
+    delta: float
+    clock: int
+    max_buckets: int
+    min_window_length: int
+    grace_period: int
+    mode: str
+    subwindow: int
+
+
+SERVICE_DEFAULTS: AdwinParams = {
     "mode": "subwindow",
     "subwindow": 1000,
     "delta": 1e-7,

@@ -21,23 +21,42 @@ example while a window is still filling).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, TypedDict, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "BinnedDetector",
+    "ChangeDetector",
     "Detector",
     "DetectorError",
+    "DetectorState",
     "Finding",
     "FloatArray",
     "IntArray",
     "Mergeable",
     "WindowBounds",
+    "WindowParams",
 ]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+
+
+DetectorState = dict[str, Any]
+"""A detector's own ``state()``: plain scalars, lists, strings and numpy arrays."""
+
+
+class WindowParams(TypedDict, total=False):
+    """Window and false-alarm arguments every binned detector takes (see window.py)."""
+
+    window_events: int | None
+    step_events: int | None
+    window_seconds: float | None
+    step_seconds: float | None
+    ert: float | None
+    family_size: int
 
 
 class DetectorError(ValueError):
@@ -113,4 +132,41 @@ class Mergeable(Protocol):
 
     def merge(self, other: Any) -> None:
         """Add ``other``'s window state to this one (same construction arguments)."""
+        ...
+
+
+@runtime_checkable
+class BinnedDetector(Detector, Protocol):
+    """A detector over a sliding window of baseline-bin counts (KS, PSI, chi-square).
+
+    Its window state adds exactly across partitions: the stream's verdict is taken
+    on ``clear()`` + ``merge()`` of every partition's detector, then ``evaluate()``.
+    """
+
+    def accumulate(
+        self, bins: IntArray, times: FloatArray | None = None, values: Any = None
+    ) -> bool:
+        """Fold pre-binned values in without judging; True when a verdict is due."""
+        ...
+
+    def evaluate(self) -> Finding | None:
+        """The verdict on the current window, or None while it is filling."""
+        ...
+
+    def merge(self, other: Self) -> None:
+        """Add ``other``'s window (same class and construction arguments)."""
+        ...
+
+    def clear(self) -> None:
+        """Forget the window (construction arguments and baseline stay)."""
+        ...
+
+
+@runtime_checkable
+class ChangeDetector(Detector, Protocol):
+    """A detector over raw values that reports change points (ADWIN)."""
+
+    @property
+    def n_detections(self) -> int:
+        """Change points detected since construction (kept in ``state()``)."""
         ...

@@ -29,6 +29,7 @@ from typing import Any
 
 from connectors.webhook import Delivery, Endpoint, Finalize, UrllibTransport
 from monitor.alerts import GROUP_SUBJECT, Alert, iso_time
+from monitor.alerts import canonical_json as _dumps
 from monitor.config_alerts import (
     AlertmanagerSink,
     AlertsConfig,
@@ -64,10 +65,6 @@ _SLACK_EMOJI = {
     "warning": ":warning:",
     "critical": ":rotating_light:",
 }
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
 def render_generic(alert: Alert) -> bytes:

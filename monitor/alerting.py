@@ -10,13 +10,22 @@ consumption, and retries with backoff until it answers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from connectors.base import OutMessage
 from connectors.webhook import RetryPolicy, WebhookDispatcher, WebhookObserver
 from detectors.base import Finding
 from monitor.alert_formats import deliveries_for, endpoints_from_config
+from monitor.alert_state import (
+    alert_ids,
+    engine_part,
+    merge_engine,
+    merge_webhooks,
+    webhooks_part,
+)
 from monitor.alerts import AlertEngine, to_out_messages
+from monitor.checkpoints import AlertState
 from monitor.config import Config
 from monitor.config_alerts import AlertsConfig, Severity
 from monitor.metrics import Metrics
@@ -72,6 +81,7 @@ class AlertingHandler:
         )
         self.dispatcher.start()
         self.board: StatusBoard | None = None  # the /status page's view of firing alerts
+        self._streams: dict[str, str] = {}  # alert id -> stream, for per-stream state
 
     def handle(self, findings: list[Finding], now: float) -> list[OutMessage]:
         outcome = self.engine.observe(findings, now)
@@ -99,26 +109,57 @@ class AlertingHandler:
                 request.reason,
                 request.trigger_id[:12],
             )
-        firing: dict[tuple[str, str], int] = {}
-        for inc in self.engine.state().get("incidents", []):
-            key = (str(inc.get("stream", "")), str(inc.get("severity", "")))
-            firing[key] = firing.get(key, 0) + 1
+        firing = self.engine.firing_counts()
         for (stream, severity), count in firing.items():
             m.alerts_firing.labels(stream, severity).set(count)
         for alert in outcome.alerts:
             if (alert.stream, alert.severity) not in firing:
                 m.alerts_firing.labels(alert.stream, alert.severity).set(0)
+        for alert in outcome.alerts:
+            self._streams[alert.id] = alert.stream
         self.dispatcher.submit_all(deliveries_for(outcome.alerts, self.config, now))
         return to_out_messages(outcome, self.config)
 
-    def state(self) -> dict[str, Any]:
-        """The alert episodes and the pending webhook queue, for the checkpoint."""
-        return {"engine": self.engine.state(), "webhooks": self.dispatcher.state()}
+    def _ids(self, stream: str, engine: Mapping[str, Any]) -> set[str]:
+        ids = {i for i, s in self._streams.items() if s == stream}
+        return ids | alert_ids(engine_part(engine, stream, None))
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continue open episodes and redeliver what was still queued."""
-        self.engine.restore(state["engine"])
-        self.dispatcher.restore(state["webhooks"])
+    def state(self, stream: str) -> AlertState:
+        """``stream``'s alert episodes and pending webhook deliveries, for its checkpoint."""
+        engine = self.engine.state()
+        webhooks = self.dispatcher.state()
+        # Forget the streams of alerts neither open nor remembered by the dispatcher.
+        known = alert_ids(engine) | {
+            key.rpartition(":")[0]
+            for s in webhooks["sinks"].values()
+            for key in [*s["delivered"], *(d["key"] for d in s["pending"])]
+        }
+        self._streams = {i: s for i, s in self._streams.items() if i in known}
+        ids = self._ids(stream, engine)
+        return AlertState(
+            engine_part(engine, stream, self.engine.retrain_models.get(stream)),
+            webhooks_part(webhooks, ids),
+        )
+
+    def restore(self, stream: str, state: AlertState) -> None:
+        """Continue ``stream``'s open episodes and redeliver what was still queued."""
+        model = self.engine.retrain_models.get(stream)
+        current = self.engine.state()
+        part = engine_part(state.engine, stream, model)  # also from a whole engine's state
+        ids = self._ids(stream, current) | alert_ids(part)
+        for sink in state.webhooks.get("sinks", {}).values():
+            ids |= {d["alert_id"] for d in sink["pending"]}
+            ids |= {key.rpartition(":")[0] for key in sink["delivered"]}
+        self.engine.restore(merge_engine(current, stream, part, model))
+        self.dispatcher.restore(merge_webhooks(self.dispatcher.state(), state.webhooks, ids))
+        for i in ids:
+            self._streams[i] = stream
+
+    def release(self, stream: str) -> None:
+        """Forget ``stream``'s alert state: another process judges it now."""
+        empty = engine_part({}, stream, None)
+        self.restore(stream, AlertState(empty, {"sinks": {}}))
+        self._streams = {i: s for i, s in self._streams.items() if s != stream}
 
     def close(self) -> None:
         self.dispatcher.stop()

@@ -72,6 +72,7 @@ __all__ = [
     "RetrainRequest",
     "SubjectScore",
     "alert_id_for",
+    "canonical_json",
     "to_out_messages",
 ]
 
@@ -314,8 +315,12 @@ class AlertOutcome:
         return bool(self.alerts or self.retrain_requests)
 
 
-def _dumps(obj: Any) -> bytes:
+def canonical_json(obj: Any) -> bytes:
+    """Compact JSON with sorted keys (NaN refused): the bytes of every alert payload."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+_dumps = canonical_json
 
 
 # -- engine state ------------------------------------------------------------------
@@ -422,6 +427,13 @@ class AlertEngine:
     def firing(self) -> int:
         """Alerts currently firing."""
         return len(self._incidents)
+
+    def firing_counts(self) -> dict[tuple[str, str], int]:
+        """Alerts currently firing per (stream, severity)."""
+        out: dict[tuple[str, str], int] = {}
+        for inc in self._incidents.values():
+            out[(inc.stream, inc.severity)] = out.get((inc.stream, inc.severity), 0) + 1
+        return out
 
     def observe(self, findings: Iterable[Finding], now: float) -> AlertOutcome:
         """Fold one batch's findings in; return the alerts and retrain requests due."""

@@ -5,19 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from confluent_kafka import KafkaException
 
 from monitor.errors import ConfigError, DriftwardenError
+from monitor.signals import install_stop as _install_stop
 
 __all__ = ["main"]
 
@@ -71,15 +70,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _install_stop(stop: Any) -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s: finishing the current batch", signal.Signals(signum).name)
-        stop()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from monitor.service import Service
 
@@ -90,8 +80,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     from monitor.console import StatusLine
 
+    # A stop request while connecting (topics, state store) must not kill the process.
+    early_stop = threading.Event()
+    _install_stop(early_stop.set)
     service = Service(config)
     _install_stop(service.stop)
+    if early_stop.is_set():
+        service.stop()
     line = StatusLine(every=0.0)
     stats = service.run(
         max_seconds=args.max_seconds, on_summary=line.update if not args.quiet else None

@@ -36,8 +36,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -45,8 +43,10 @@ from pydantic import (
     model_validator,
 )
 
+from detectors.base import WindowParams
 from detectors.registry import detector_class, names
 from monitor.config_alerts import AlertsConfig, Duration, parse_duration
+from monitor.config_base import StrictModel, error_lines, is_secret_key
 from monitor.config_model import ModelSpec
 from monitor.errors import ConfigError
 
@@ -78,8 +78,8 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    """Frozen; unknown keys are errors (see monitor.config_base)."""
 
 
 class FieldType(StrEnum):
@@ -210,7 +210,7 @@ class WindowSpec(_Model):
             raise ValueError(f"step ({self.step}) must be <= events ({self.events})")
         return self
 
-    def detector_params(self) -> dict[str, Any]:
+    def detector_params(self) -> WindowParams:
         """The window as detector constructor parameters."""
         if self.seconds is not None:
             return {"window_seconds": self.seconds, "step_seconds": self.step_seconds}
@@ -413,7 +413,6 @@ class SourceConfig(_Model):
     # librdkafka idles a busy consumer for fetch.queue.backoff.ms once its queue is full.
     fetch_queue_backoff_ms: int = Field(default=10, ge=0)
     queued_min_messages: int = Field(default=200_000, gt=0)
-    commit_every_batch: bool = True
     connect_timeout: Duration = Field(
         default=30.0,
         description="How long `run` waits at start for the cluster to answer before it "
@@ -520,20 +519,11 @@ class Config(_Model):
 
     def redacted_kafka(self) -> dict[str, str]:
         """The Kafka options with secrets masked, for logs."""
-        return {k: ("***" if _is_secret_key(k) else str(v)) for k, v in self.kafka.items()}
+        return {k: ("***" if is_secret_key(k) else str(v)) for k, v in self.kafka.items()}
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             yield name, (self.redacted_kafka() if name == "kafka" else value)
-
-
-_SECRET_WORDS = ("password", "secret", "key", "token", "jaas")
-
-
-def _is_secret_key(name: str) -> bool:
-    """Whether an option name (``sasl.password``, ``ssl.key.pem``...) holds a secret."""
-    lowered = name.lower()
-    return any(w in lowered for w in _SECRET_WORDS) and not lowered.endswith(".location")
 
 
 def _interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
@@ -616,35 +606,6 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
             sink["tls_ca_file"] = resolve(sink["tls_ca_file"])
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif "." in part or not part.isidentifier():
-            out += f'."{part}"' if out else f'"{part}"'
-        else:
-            out += f".{part}" if out else part
-    return out or "(top level)"
-
-
-def _format_errors(err: ValidationError) -> list[str]:
-    lines = []
-    for e in err.errors(include_url=False):
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (not allowed here; check the spelling)"
-        value = e.get("input")
-        shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {value!r})"
-        if "got " in msg:
-            shown = ""  # the message shows the value already
-        if _is_secret_key(_loc(loc)) or any(w in _loc(loc).lower() for w in ("url", "sinks")):
-            shown = ""  # secrets and webhook URLs (which often carry tokens) are never echoed
-        lines.append(f"{_loc(loc)}: {msg}{shown}")
-    return lines
-
-
 def parse_config(
     raw: object, env: Mapping[str, str] | None = None, base_dir: Path | None = None
 ) -> Config:
@@ -663,7 +624,7 @@ def parse_config(
     try:
         return Config.model_validate(doc)
     except ValidationError as err:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_format_errors(err))) from None
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(error_lines(err))) from None
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:

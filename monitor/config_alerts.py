@@ -26,12 +26,10 @@ import re
 import string
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -39,6 +37,8 @@ from pydantic import (
     model_validator,
 )
 
+from connectors.webhook import SEVERITY_ORDER
+from monitor.config_base import StrictModel, error_lines
 from monitor.errors import ConfigError
 
 __all__ = [
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 Severity = Literal["info", "warning", "critical"]
-SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
+SEVERITIES = cast(tuple[Severity, ...], SEVERITY_ORDER)  # one order, the webhook sinks'
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -102,10 +102,8 @@ def parse_duration(value: object) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
-class _Strict(BaseModel):
+class _Strict(StrictModel):
     """Frozen, unknown keys rejected with the list of allowed keys."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -154,7 +152,7 @@ class WebhookSink(_SinkBase):
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    monitor.errors.ConfigError: alerts.sinks.0.webhook: a webhook sink needs a secret ...
+    connectors.errors.ConfigError: alerts.sinks[0].webhook: a webhook sink needs a secret ...
     """
 
     type: Literal["webhook"]
@@ -316,10 +314,10 @@ class AlertsConfig(_Strict):
 def load_alerts_config(data: Mapping[str, Any], where: str = "alerts") -> AlertsConfig:
     """Validate a plain mapping; raise ``ConfigError`` naming each bad key.
 
-    >>> load_alerts_config({"resolve_after": 0})
+    >>> load_alerts_config({"resolve_after": 0})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    monitor.errors.ConfigError: alerts.resolve_after: Input should be greater than or equal to 1
+    connectors.errors.ConfigError: alerts.resolve_after: Input should be greater than or equal...
     """
     try:
         return AlertsConfig.model_validate(data)
@@ -328,10 +326,5 @@ def load_alerts_config(data: Mapping[str, Any], where: str = "alerts") -> Alerts
 
 
 def format_validation_error(error: ValidationError, where: str) -> str:
-    """One line per problem: ``alerts.sinks.0.min_severity: Input should be ...``."""
-    lines = []
-    for err in error.errors(include_url=False, include_input=False):
-        loc = ".".join([where, *(str(p) for p in err["loc"])])
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}")
-    return "\n".join(lines)
+    """One line per problem: ``alerts.sinks[0].min_severity: Input should be ...``."""
+    return "\n".join(error_lines(error, where))

@@ -57,10 +57,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from detectors.quality import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from monitor.config_alerts import Duration
+from monitor.config_base import StrictModel
 
 __all__ = [
     "ClassProbability",
@@ -79,8 +80,8 @@ QualityMetric = Literal[
 ]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    """The strict base of every model configuration class."""
 
 
 class ClassProbability(_Model):

@@ -128,9 +128,9 @@ def demo_config(
 def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 9108) -> int:
     """Run the whole demo for ``seconds`` and print what happened."""
     from connectors.embedded import EmbeddedBroker
-    from monitor.cli import _install_stop
     from monitor.model_demo import model_demo_stream, produce_model, write_reference
     from monitor.service import Service
+    from monitor.signals import install_stop
 
     total = int(seconds * rate)
     drift_at, drift_until = int(total * 0.4), int(total * 0.7)
@@ -210,7 +210,7 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
             stop.set()
             service.stop()
 
-        _install_stop(stop_all)
+        install_stop(stop_all)
         stats = service.run(
             max_seconds=seconds + 10, on_summary=lambda s: print("monitor:", s, flush=True)
         )

@@ -24,22 +24,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from detectors.adwin_defaults import SERVICE_DEFAULTS
-from detectors.base import Detector, Finding, WindowBounds
+from detectors.base import BinnedDetector, ChangeDetector, Finding, WindowBounds
 from detectors.baseline import Baseline, CategoricalBaseline, NumericBaseline, load_baseline
 from detectors.registry import create
 from monitor.baselines import BaselineAccumulator
+from monitor.checkpoints import BaselineCheckpoint, StageState
 from monitor.config import NUMERIC_TYPES, FieldType, StreamSpec
 from monitor.decode import Batch, StreamDecoder
+from monitor.drift_state import DriftState, as_drift_state
 from monitor.errors import ConfigError
 
-__all__ = ["DriftStage", "drift_stages"]
+if TYPE_CHECKING:
+    from monitor.pipeline import StreamPipeline
+    from monitor.stage import Stage
+
+__all__ = ["DriftStage", "DriftState", "drift_stages"]
 
 log = logging.getLogger("driftwarden.drift")
 
@@ -53,9 +59,9 @@ class _FieldPlan:
     name: str
     numeric: bool
     baseline: NumericBaseline | CategoricalBaseline
-    binned: list[tuple[str, Callable[[], Any]]]  # (detector name, factory)
-    raw: list[tuple[str, Callable[[], Detector]]]
-    merged: list[Any]  # one scratch detector per binned detector, for stream verdicts
+    binned: list[tuple[str, Callable[[], BinnedDetector]]]  # (detector name, factory)
+    raw: list[tuple[str, Callable[[], ChangeDetector]]]
+    merged: list[BinnedDetector]  # one scratch detector per binned detector, for verdicts
     lut: npt.NDArray[np.int64]
 
     def category_bins(
@@ -77,16 +83,18 @@ class _PartitionDetectors:
         self.binned = {p.name: [make() for _, make in p.binned] for p in plans}
         self.raw = {p.name: [make() for _, make in p.raw] for p in plans}
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "binned": {f: [d.state() for d in ds] for f, ds in self.binned.items()},
-            "raw": {f: [d.state() for d in ds] for f, ds in self.raw.items()},
-        }
+    def state(self) -> DriftState:
+        return DriftState(
+            {f: tuple(d.state() for d in ds) for f, ds in self.binned.items()},
+            {f: tuple(d.state() for d in ds) for f, ds in self.raw.items()},
+        )
 
-    def restore(self, state: dict[str, Any]) -> None:
-        for kind, dets in (("binned", self.binned), ("raw", self.raw)):
+    def restore(self, state: DriftState) -> None:
+        binned: dict[str, list[BinnedDetector]] = self.binned
+        raw: dict[str, list[ChangeDetector]] = self.raw
+        for kind, dets in ((state.binned, binned), (state.raw, raw)):
             for name, ds in dets.items():
-                saved = state[kind].get(name, [])
+                saved = kind.get(name, ())
                 if len(saved) != len(ds):
                     raise ConfigError(
                         f"checkpointed detectors of field {name!r} do not match the configuration"
@@ -97,6 +105,14 @@ class _PartitionDetectors:
 
 class DriftStage:
     """Runs a stream's drift detectors over accepted batches, per partition."""
+
+    name = "drift"
+
+    @classmethod
+    def for_stream(cls, spec: StreamSpec, decoder: StreamDecoder) -> DriftStage | None:
+        """The stream's drift stage, or None when no field has a detector."""
+        stage = cls(spec, decoder)
+        return stage if stage.fields else None
 
     def __init__(
         self, spec: StreamSpec, decoder: StreamDecoder, baseline: Baseline | None = None
@@ -115,7 +131,7 @@ class DriftStage:
         # Other replicas' partitions, as of their latest checkpoints (see set_remote).
         self._remote: dict[int, _PartitionDetectors] = {}
         # Whether this process judges the stream (it owns the stream's first slot).
-        self.aggregating = True
+        self.judge = True
         # Change points other replicas' partitions reported since they were last seen.
         self._remote_findings: list[Finding] = []
         self._remote_changes: dict[tuple[int, str, int], int] = {}
@@ -238,11 +254,11 @@ class DriftStage:
                 for i, det in enumerate(dets.binned[plan.name]):
                     if det.accumulate(bins, times, values):
                         due.add((plan.name, i))
-                for det in dets.raw[plan.name]:
-                    for f in det.update(values, times):
+                for change in dets.raw[plan.name]:
+                    for f in change.update(values, times):
                         window = dataclasses.replace(f.window, partition=partition)
                         findings.append(dataclasses.replace(f, window=window))
-        if not self.aggregating:
+        if not self.judge:
             findings = []  # the stream's judge reports this replica's changes from checkpoints
         else:
             findings.extend(self._remote_findings)
@@ -256,7 +272,7 @@ class DriftStage:
             dataclasses.replace(f, stream=self.spec.name, baseline_id=baseline_id) for f in findings
         ]
 
-    def _judge(self, plan: _FieldPlan, index: int, merged: Any) -> Finding | None:
+    def _judge(self, plan: _FieldPlan, index: int, merged: BinnedDetector) -> Finding | None:
         """The stream-level verdict: all partitions' windows added, then judged."""
         parts = [p.binned[plan.name][index] for p in self._partitions.values()]
         parts += [p.binned[plan.name][index] for p in self._remote.values()]
@@ -279,20 +295,23 @@ class DriftStage:
         return out
 
     # -- state ---------------------------------------------------------------------
-    def partition_state(self, partition: int) -> dict[str, Any] | None:
+    def partition_state(self, partition: int) -> DriftState | None:
         """What continues ``partition``'s detectors exactly (None before the baseline)."""
         if self.baseline is None:
             return None
         return self._partition(partition).state()
 
-    def restore_partition(self, partition: int, state: dict[str, Any]) -> None:
-        self._partition(partition).restore(state)
+    def decode_state(self, plain: Mapping[str, Any]) -> DriftState:
+        return DriftState.from_plain(plain)
+
+    def restore_partition(self, partition: int, state: StageState) -> None:
+        self._partition(partition).restore(as_drift_state(state))
 
     def drop_partition(self, partition: int) -> None:
         """Forget a partition this process no longer owns."""
         self._partitions.pop(partition, None)
 
-    def set_remote(self, states: dict[int, dict[str, Any]]) -> None:
+    def set_remote(self, states: Mapping[int, StageState]) -> None:
         """Windows of partitions other replicas own, from their latest checkpoints.
 
         The stream's verdicts then merge every partition of the stream, whoever owns
@@ -307,7 +326,7 @@ class DriftStage:
                 continue
             dets = _PartitionDetectors(self._plans)
             try:
-                dets.restore(state)
+                dets.restore(as_drift_state(state))
             except (ConfigError, ValueError) as exc:
                 log.warning(
                     "stream %s: remote state of slot %d unusable: %s", self.spec.name, slot, exc
@@ -325,7 +344,7 @@ class DriftStage:
         """
         for field_name, raw in dets.raw.items():
             for i, det in enumerate(raw):
-                count = int(getattr(det, "n_detections", 0))
+                count = det.n_detections
                 key = (slot, field_name, i)
                 new = count - self._remote_changes.get(key, count)
                 self._remote_changes[key] = count
@@ -341,24 +360,26 @@ class DriftStage:
                     )
                 )
 
-    def baseline_state(self) -> str | None:
-        """The baseline built from first events, as JSON (None for a file baseline)."""
+    def baseline_checkpoint(self) -> BaselineCheckpoint | None:
+        """The baseline built from first events (None for a file baseline)."""
         if self.baseline is None or self.baseline_source == "file":
             return None
-        return self.baseline.to_json()
+        return BaselineCheckpoint(self.baseline.to_json())
 
-    def restore_baseline(self, text: str) -> None:
+    def restore_baseline(self, checkpoint: BaselineCheckpoint) -> None:
         """Adopt a checkpointed baseline instead of building one."""
         if self.baseline is not None and self.baseline_source == "file":
             return
-        baseline = Baseline.from_json(text)
+        baseline = Baseline.from_json(checkpoint.json)
         if self.baseline is not None and self.baseline.id == baseline.id:
             return
         self._accumulator = None
         self._start(baseline)
 
 
-def _factory(name: str, baseline: Any, subject: str, kwargs: dict[str, Any]) -> Callable[[], Any]:
+def _factory(
+    name: str, baseline: Any, subject: str, kwargs: Mapping[str, Any]
+) -> Callable[[], Any]:
     def make() -> Any:
         return create(name, baseline=baseline, subject=subject, **kwargs)
 
@@ -378,7 +399,7 @@ def _tail(batch: Batch, start: int) -> Batch:
     )
 
 
-def drift_stages(pipeline: Any) -> list[Any]:
-    """The stage factory the service uses: one drift stage per stream pipeline."""
-    stage = DriftStage(pipeline.spec, pipeline.decoder)
-    return [stage] if stage.fields else []
+def drift_stages(pipeline: StreamPipeline) -> list[Stage]:
+    """One drift stage per stream pipeline (when a field has a detector)."""
+    stage = DriftStage.for_stream(pipeline.spec, pipeline.decoder)
+    return [] if stage is None else [stage]

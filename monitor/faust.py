@@ -62,7 +62,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,86 +73,15 @@ from connectors.base import MessageSink, OutMessage
 from connectors.kafka import RawBatch
 from monitor.alerting import build_findings_handler
 from monitor.config import Config
-from monitor.drift import drift_stages
 from monitor.errors import ConfigError, SinkError
 from monitor.metrics import Metrics, MetricsServer
-from monitor.pipeline import (
-    BatchResult,
-    account_batch,
-    build_pipelines,
-    output_topics,
-    record_findings,
-)
-from monitor.runner import RunStats
+from monitor.pipeline import BatchResult, build_pipelines, output_topics
+from monitor.stage import registered_stages
+from monitor.transaction import BatchTransaction, RunStats, send_all
 
 __all__ = ["FaustMonitor", "FaustStats", "attach"]
 
 log = logging.getLogger("driftwarden.faust")
-
-_NO_TIMESTAMP = 0  # confluent-kafka's TIMESTAMP_NOT_AVAILABLE
-
-
-class _MessageShim:
-    """The two confluent-kafka ``Message`` methods a dead letter reads."""
-
-    __slots__ = ("_key", "_ts", "_ts_type")
-
-    def __init__(self, key: bytes | None, ts_ms: int, ts_type: int) -> None:
-        self._key = key
-        self._ts = ts_ms
-        self._ts_type = ts_type
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def timestamp(self) -> tuple[int, int]:
-        return self._ts_type, self._ts
-
-
-class _EventMessages(Sequence[Any]):
-    """``RawBatch.messages`` over Faust events; a shim is built only for rows read."""
-
-    __slots__ = ("_events",)
-
-    def __init__(self, events: Sequence[Any]) -> None:
-        self._events = events
-
-    def __len__(self) -> int:
-        return len(self._events)
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        m = self._events[index].message
-        ts = m.timestamp
-        if ts is None or ts < 0:
-            return _MessageShim(m.key, -1, _NO_TIMESTAMP)
-        # Faust keeps seconds as a float; Kafka and the dead-letter header use ms.
-        return _MessageShim(m.key, round(ts * 1000.0), int(m.timestamp_type) + 1)
-
-    def __iter__(self) -> Iterator[Any]:
-        return (self[i] for i in range(len(self)))
-
-
-class _TupleMessages(Sequence[Any]):
-    __slots__ = ("_rows",)
-
-    def __init__(self, rows: Sequence[Sequence[Any]]) -> None:
-        self._rows = rows
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        row = self._rows[index]
-        if len(row) > 4 and row[4] is not None and row[4] >= 0:
-            return _MessageShim(row[2], int(row[4]), 1)
-        return _MessageShim(row[2], -1, _NO_TIMESTAMP)
-
-    def __iter__(self) -> Iterator[Any]:
-        return (self[i] for i in range(len(self)))
 
 
 def _is_event(item: Any) -> bool:
@@ -165,6 +94,16 @@ def _abandon(events: Sequence[Any]) -> None:
         e.message.acked = True
 
 
+def _ms(seconds: float | None) -> int:
+    # Faust keeps seconds as a float; Kafka and the dead-letter header use ms.
+    return -1 if seconds is None or seconds < 0 else round(seconds * 1000.0)
+
+
+def _row_ms(row: Sequence[Any]) -> int:
+    ts = row[4] if len(row) > 4 else None
+    return -1 if ts is None or ts < 0 else int(ts)
+
+
 def to_raw_batch(topic: str, events: Sequence[Any]) -> RawBatch:
     """A ``RawBatch`` of ``topic`` from Faust events or ``(partition, offset, key, value)``."""
     n = len(events)
@@ -175,17 +114,19 @@ def to_raw_batch(topic: str, events: Sequence[Any]) -> RawBatch:
                 raise ValueError(f"an event of topic {m.topic!r} in a batch of {topic!r}")
         return RawBatch(
             topic=topic,
-            messages=_EventMessages(events),
             values=[m.value for m in messages],
             partitions=np.fromiter((m.partition for m in messages), dtype=np.int32, count=n),
             offsets=np.fromiter((m.offset for m in messages), dtype=np.int64, count=n),
+            keys=[m.key for m in messages],
+            timestamps=[_ms(m.timestamp) for m in messages],
         )
     return RawBatch(
         topic=topic,
-        messages=_TupleMessages(events),
         values=[row[3] for row in events],
         partitions=np.fromiter((row[0] for row in events), dtype=np.int32, count=n),
         offsets=np.fromiter((row[1] for row in events), dtype=np.int64, count=n),
+        keys=[row[2] for row in events],
+        timestamps=[_row_ms(row) for row in events],
     )
 
 
@@ -214,9 +155,12 @@ class FaustMonitor:
         self.sink = sink
         self.app = app
         self.flush_timeout = flush_timeout
-        self.pipelines = build_pipelines(config, self.metrics, drift_stages if drift else None)
+        self.pipelines = build_pipelines(config, self.metrics, registered_stages if drift else None)
         self.findings_handler = build_findings_handler(config, self.metrics)
         self.stats = FaustStats()
+        self.transaction = BatchTransaction(
+            self.pipelines, self.metrics, self.findings_handler, self.stats
+        )
         self.server: MetricsServer | None = None
         self._declared = False
         self._healthy = True
@@ -241,12 +185,8 @@ class FaustMonitor:
         if not events:
             return BatchResult(stream=pipeline.spec.name, events=0, accepted=0, rejected={})
         try:
-            raw = to_raw_batch(topic, events)
-            result = pipeline.process(raw)
-            out = list(result.out)
-            if self.findings_handler is not None:
-                out.extend(self.findings_handler.handle(result.findings, time.time()))
-            await self._deliver(out)
+            prepared = self.transaction.prepare([to_raw_batch(topic, events)], t0)
+            await self._deliver(list(prepared.out))
         except BaseException:
             if _is_event(events[0]):
                 _abandon(events)
@@ -255,7 +195,10 @@ class FaustMonitor:
             self.metrics.ready.set(0)
             raise
         self._healthy = True
-        self._account(result, len(out), time.perf_counter() - t0)
+        # Faust commits the offsets once the events are acked (after this returns).
+        self.transaction.complete(prepared, committed=False)
+        self.metrics.ready.set(1)
+        (result,) = prepared.results
         return result
 
     async def _deliver(self, out: list[OutMessage]) -> None:
@@ -271,8 +214,7 @@ class FaustMonitor:
             )
 
     async def _deliver_sink(self, sink: MessageSink, out: list[OutMessage]) -> None:
-        for message in out:
-            sink.send(message)
+        send_all(sink, out)
         deadline = time.monotonic() + self.flush_timeout
         while True:
             remaining = await asyncio.to_thread(sink.flush, 1.0)
@@ -302,17 +244,6 @@ class FaustMonitor:
             raise
         except Exception as exc:
             raise SinkError(f"delivery failed: {exc!r}") from exc
-
-    # -- metrics ---------------------------------------------------------------------
-    def _account(self, r: BatchResult, out: int, seconds: float) -> None:
-        record_findings(self.metrics, r.findings)
-        account_batch(self.metrics, r)
-        self.stats.add(r)
-        self.stats.batches += 1
-        self.stats.messages_out += out
-        self.metrics.batch_duration.observe(seconds)
-        self.metrics.batch_events.observe(r.events)
-        self.metrics.ready.set(1)
 
     # -- lifecycle -------------------------------------------------------------------
     def start_metrics_server(self) -> MetricsServer | None:

@@ -259,8 +259,8 @@ class ModelStage:
     >>> config = {"kafka": {"bootstrap.servers": "x:1"}, "streams": [MODEL_STREAM]}
     >>> spec = parse_config(config, env={}).streams[0]
     >>> stage = ModelStage(spec)
-    >>> labels = RawBatch("ml.loans.labels", [], [b'{"request_id":"a","ts":1,"defaulted":1}'],
-    ...                   np.array([LABEL_SLOT], np.int32), np.zeros(1, np.int64))
+    >>> labels = RawBatch("ml.loans.labels", [b'{"request_id":"a","ts":1,"defaulted":1}'],
+    ...                   np.array([LABEL_SLOT], np.int32), np.zeros(1, np.int64), [None], [-1])
     >>> stage.update_labels(labels, labels.partitions)
     ([], [])
     >>> stage.join_counts()["joined"], stage.partition_state(0)["offsets"]

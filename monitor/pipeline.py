@@ -12,7 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -20,17 +20,19 @@ import numpy.typing as npt
 from connectors.base import OutMessage
 from connectors.kafka import RawBatch
 from detectors.base import Finding
+from monitor.checkpoints import PartitionState, StageDecoder, StageState
 from monitor.config import Config, StreamSpec
 from monitor.decode import FIELD_REASONS, LIMITS, REASONS, Batch, Reject, StreamDecoder, Violation
 from monitor.metrics import Metrics
+from monitor.stage import LegacyStage, Stage
 
 __all__ = [
     "BatchInput",
     "BatchResult",
-    "FindingStage",
     "RawAwareStage",
     "StreamPipeline",
     "account_batch",
+    "as_stage",
     "build_pipelines",
     "dead_letter",
     "output_topics",
@@ -42,26 +44,8 @@ __all__ = [
 BatchInput = RawBatch
 
 
-class FindingStage(Protocol):
-    """Something that turns accepted batches into findings (drift, entities, models).
-
-    State is kept per partition so it can be checkpointed with the offsets it covers.
-    """
-
-    def update(self, batch: Batch, partitions: npt.NDArray[np.int32]) -> list[Finding]: ...
-
-    def partition_state(self, partition: int) -> dict[str, Any] | None: ...
-
-    def restore_partition(self, partition: int, state: dict[str, Any]) -> None: ...
-
-    def drop_partition(self, partition: int) -> None: ...
-
-    def set_remote(self, states: dict[int, dict[str, Any]]) -> None: ...
-
-    aggregating: bool
-
-
-class RawAwareStage(FindingStage, Protocol):
+@runtime_checkable
+class RawAwareStage(Protocol):
     """A stage that also reads the raw payloads and Kafka coordinates (the model stage:
     request ids, offsets), and consumes the events of a label topic of the stream."""
 
@@ -122,10 +106,9 @@ def dead_letter(
     ``driftwarden.original_sha256`` (hex, of the whole original) say so. Keys over
     16 KiB are cut the same way (``driftwarden.original_key_size``).
     """
-    msg = raw.messages[index]
     value = raw.values[index]
-    key = msg.key()
-    _, ts = msg.timestamp()
+    key = raw.keys[index]
+    ts = int(raw.timestamps[index])
     headers = (
         ("driftwarden.reason", reason.encode()),
         ("driftwarden.detail", detail.encode("utf-8", "replace")[:1000]),
@@ -200,7 +183,7 @@ class StreamPipeline:
         spec: StreamSpec,
         metrics: Metrics,
         dead_letter_topic: str,
-        stages: Sequence[FindingStage] = (),
+        stages: Sequence[Any] = (),
         dead_letter_max_bytes: int | None = None,
     ) -> None:
         self.spec = spec
@@ -208,7 +191,9 @@ class StreamPipeline:
         self.dead_letter_topic = dead_letter_topic
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.decoder = StreamDecoder(spec)
-        self.stages = list(stages)
+        # What the stage factories built: ``Stage``s, or objects of the earlier untyped
+        # contract (``typed_stages`` views both as ``Stage``).
+        self.stages: list[Any] = list(stages)
         name = spec.name
         self._invalid = {r: metrics.invalid_events.labels(name, r) for r in REASONS}
         self._events = {t: metrics.events.labels(name, t) for t in spec.all_topics}
@@ -233,7 +218,6 @@ class StreamPipeline:
             self._truncated,
         ):
             child.inc(0)
-        self.totals = {"events": 0, "accepted": 0, "rejected": 0, "violated": 0}
         # Stages key their state by slot = topic index << 20 | partition (= the partition
         # for a one-topic stream), so the partitions of a stream's topics stay apart.
         self._slot_base = {t: np.int32(i << 20) for i, t in enumerate(spec.all_topics)}
@@ -301,20 +285,15 @@ class StreamPipeline:
         if self.stages and batch.n:
             partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
             for stage in self.stages:
-                if hasattr(stage, "update_raw"):
-                    findings.extend(stage.update_raw(raw, batch, partitions))
+                aware = _raw_aware(stage)
+                if aware is not None:
+                    findings.extend(aware.update_raw(raw, batch, partitions))
                 else:
                     findings.extend(stage.update(batch, partitions))
-        # driftwarden_baseline_ready: 1 once every stage with a baseline has it
-        self._baseline_ready.set(int(all(getattr(s, "ready", True) for s in self.stages)))
+            self.refresh_ready()
         t3 = time.perf_counter()
         self._last.set(time.time())
-        rejected = sum(counts.values())
         self._count_partitions(raw)
-        self.totals["events"] += n
-        self.totals["accepted"] += batch.n
-        self.totals["rejected"] += rejected
-        self.totals["violated"] += sum(violated.values())
         return BatchResult(
             stream=self.spec.name,
             events=n,
@@ -336,8 +315,9 @@ class StreamPipeline:
         findings: list[Finding] = []
         rejects: dict[int, Reject] = {}
         for stage in self.stages:
-            if hasattr(stage, method):
-                found, bad = getattr(stage, method)(raw, partitions)
+            aware = _raw_aware(stage)
+            if aware is not None and hasattr(aware, method):
+                found, bad = getattr(aware, method)(raw, partitions)
                 findings.extend(found)
                 rejects.update((r.index, r) for r in bad)
         out = [
@@ -357,9 +337,6 @@ class StreamPipeline:
             counts[r.reason] = counts.get(r.reason, 0) + 1
             self._invalid[r.reason].inc()
         self._count_partitions(raw)
-        self.totals["events"] += n
-        self.totals["accepted"] += n - len(rejects)
-        self.totals["rejected"] += len(rejects)
         return BatchResult(
             stream=self.spec.name,
             events=n,
@@ -383,16 +360,31 @@ class StreamPipeline:
             self.partition_events[key] = self.partition_events.get(key, 0) + int(c)
 
     # -- state ---------------------------------------------------------------------
-    def partition_state(self, topic: str, partition: int) -> dict[str, Any]:
-        """Everything that continues ``(topic, partition)`` exactly."""
-        return {
-            "events": self.partition_events.get((topic, partition), 0),
-            "stages": [s.partition_state(self._slot(topic, partition)) for s in self.stages],
-        }
+    @property
+    def typed_stages(self) -> list[Stage]:
+        """The stages as ``Stage`` (untyped ones wrapped in ``LegacyStage``)."""
+        return [as_stage(s) for s in self.stages]
 
-    def restore_partition(self, topic: str, partition: int, state: dict[str, Any]) -> None:
-        self.partition_events[(topic, partition)] = int(state.get("events", 0))
-        for stage, st in zip(self.stages, state.get("stages", []), strict=False):
+    def refresh_ready(self) -> None:
+        """``driftwarden_baseline_ready``: 1 once every stage has its baseline."""
+        self._baseline_ready.set(1 if all(s.ready for s in self.typed_stages) else 0)
+
+    def partition_state(self, topic: str, partition: int) -> PartitionState:
+        """Everything that continues ``(topic, partition)`` exactly."""
+        slot = self._slot(topic, partition)
+        return PartitionState(
+            self.partition_events.get((topic, partition), 0),
+            tuple(s.partition_state(slot) for s in self.typed_stages),
+        )
+
+    @property
+    def state_decoders(self) -> tuple[StageDecoder, ...]:
+        """One decoder per stage, to type a checkpointed ``PartitionState``."""
+        return tuple(s.decode_state for s in self.typed_stages)
+
+    def restore_partition(self, topic: str, partition: int, state: PartitionState) -> None:
+        self.partition_events[(topic, partition)] = state.events
+        for stage, st in zip(self.typed_stages, state.stages, strict=False):
             if st is not None:
                 stage.restore_partition(self._slot(topic, partition), st)
 
@@ -401,31 +393,50 @@ class StreamPipeline:
         for stage in self.stages:
             stage.drop_partition(self._slot(topic, partition))
 
+    @property
+    def judge_partition(self) -> tuple[str, int]:
+        """The partition whose owner judges the stream (and keeps its alert state)."""
+        return (self.spec.all_topics[0], 0)
+
+    def judges(self, owned: set[tuple[str, int]]) -> bool:
+        return self.judge_partition in owned
+
     def set_ownership(self, owned: set[tuple[str, int]]) -> None:
         """This process judges the stream when it owns the stream's first partition."""
-        first = (self.spec.all_topics[0], 0)
-        for stage in self.stages:
-            stage.aggregating = first in owned
+        judge = self.judges(owned)
+        for stage in self.typed_stages:
+            stage.judge = judge
 
-    def set_remote(self, states: dict[tuple[str, int], dict[str, Any]]) -> None:
+    def set_remote(self, states: dict[tuple[str, int], PartitionState]) -> None:
         """Checkpointed pipeline states of partitions other processes own."""
-        for index, stage in enumerate(self.stages):
-            stage.set_remote(
-                {
-                    self._slot(t, p): st["stages"][index]
-                    for (t, p), st in states.items()
-                    if t in self._slot_base and len(st.get("stages", [])) > index
-                }
-            )
+        for index, stage in enumerate(self.typed_stages):
+            remote: dict[int, StageState] = {}
+            for (t, p), st in states.items():
+                if t in self._slot_base and len(st.stages) > index:
+                    found = st.stages[index]
+                    if found is not None:
+                        remote[self._slot(t, p)] = found
+            stage.set_remote(remote)
 
     def _slot(self, topic: str, partition: int) -> int:
         return int(self._slot_base[topic]) + partition
 
 
+def as_stage(stage: Any) -> Stage:
+    """``stage`` itself when it implements ``Stage``; else wrapped (the untyped contract)."""
+    if isinstance(stage, Stage):
+        return stage
+    return LegacyStage(stage, type(stage).__name__)
+
+
+def _raw_aware(stage: Any) -> RawAwareStage | None:
+    return stage if isinstance(stage, RawAwareStage) else None
+
+
 def build_pipelines(
     config: Config,
     metrics: Metrics,
-    stages: Callable[[StreamPipeline], list[FindingStage]] | None,
+    stages: Callable[[StreamPipeline], list[Any]] | None,
 ) -> dict[str, StreamPipeline]:
     """One pipeline per configured stream, keyed by each of its topics."""
     pipelines: dict[str, StreamPipeline] = {}
@@ -438,6 +449,7 @@ def build_pipelines(
         )
         if stages is not None:
             pipeline.stages.extend(stages(pipeline))
+        pipeline.refresh_ready()
         for topic in spec.all_topics:
             pipelines[topic] = pipeline
     return pipelines

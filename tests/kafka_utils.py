@@ -93,8 +93,12 @@ def read_topic(
 
 
 def assert_same(a: Any, b: Any, path: str = "") -> None:
-    """Deep equality of checkpoint-shaped values (dicts, lists, numpy arrays)."""
-    if isinstance(a, dict):
+    """Deep equality of checkpoint-shaped values (dicts, lists, numpy arrays, and the
+    checkpoint values of monitor.checkpoints, compared by their plain form)."""
+    if hasattr(a, "to_plain") or hasattr(b, "to_plain"):
+        assert hasattr(a, "to_plain") and hasattr(b, "to_plain"), path
+        assert_same(a.to_plain(), b.to_plain(), path)
+    elif isinstance(a, dict):
         assert isinstance(b, dict) and set(a) == set(b), path
         for k in a:
             assert_same(a[k], b[k], f"{path}.{k}")

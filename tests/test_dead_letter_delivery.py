@@ -99,10 +99,11 @@ def _batch(values: list[bytes]) -> RawBatch:
     n = len(values)
     return RawBatch(
         topic="iot.sensors",
-        messages=[_Msg() for _ in values],  # type: ignore[misc]
         values=list(values),
         partitions=np.zeros(n, dtype=np.int32),
         offsets=np.arange(n, dtype=np.int64),
+        keys=(_keys := [b"k"] * len(values)),
+        timestamps=[1_700_000_000_000] * len(_keys),
     )
 
 

@@ -14,25 +14,15 @@ from monitor.pipeline import StreamPipeline
 from monitor.synthetic import DEMO_STREAM, FIELD_KINDS, generate_fleet
 
 
-class _Msg:
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    def key(self) -> bytes:
-        return self._key
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 1_700_000_000_000)
-
-
 def _raw(values: list[bytes], keys: list[bytes], topic: str = "iot.sensors") -> RawBatch:
     n = len(values)
     return RawBatch(
         topic=topic,
-        messages=[_Msg(k) for k in keys],
         values=list(values),
         partitions=np.zeros(n, dtype=np.int32),
         offsets=np.arange(n, dtype=np.int64),
+        keys=list(keys),
+        timestamps=np.full(n, 1_700_000_000_000, dtype=np.int64),
     )
 
 

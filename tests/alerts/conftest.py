@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
 from detectors.base import Finding, WindowBounds
+from tests.alerts_utils import Receiver
+from tests.alerts_utils import receiver as receive
 
 MakeFinding = Callable[..., Finding]
 
@@ -94,57 +92,8 @@ def transport(clock: FakeClock) -> FakeTransport:
     return FakeTransport(clock)
 
 
-@dataclass
-class Receiver:
-    """A real HTTP server on 127.0.0.1 recording every POST."""
-
-    url: str
-    requests: list[tuple[str, dict[str, str], bytes]]
-    lock: threading.RLock
-    arrived: threading.Condition
-    status: list[int]
-
-    def bodies(self, path: str) -> list[Any]:
-        with self.lock:
-            return [json.loads(b) for p, _, b in self.requests if p == path]
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        with self.arrived:
-            return self.arrived.wait_for(predicate, timeout)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    requests: list[tuple[str, dict[str, str], bytes]] = []
-    lock = threading.RLock()  # predicates of wait_for read under the same lock
-    arrived = threading.Condition(lock)
-    status = [200]
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            n = int(self.headers.get("Content-Length", "0"))
-            body = self.rfile.read(n)
-            with arrived:
-                code = status[0]
-                if code < 300:
-                    requests.append((self.path, dict(self.headers.items()), body))
-                arrived.notify_all()
-            self.send_response(code)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield Receiver(
-            f"http://127.0.0.1:{server.server_address[1]}", requests, lock, arrived, status
-        )
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    """A real HTTP server on 127.0.0.1 recording every POST (tests.alerts_utils)."""
+    with receive() as r:
+        yield r

@@ -42,6 +42,7 @@ def test_defaults_are_subwindow_mode_with_small_delta() -> None:
     assert 0.0 < delta <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dist", DISTS)
 def test_no_false_change_on_20m_stationary_values(dist: str) -> None:
     """20M stationary values (two fields' worth of 10M events): no change at all."""

@@ -49,14 +49,12 @@ def test_quarter_sd_shift_flagged_within_5000_events(seed: int) -> None:
     assert delay <= 5_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("det_cls", [KS, PSI])
-def test_run_length_at_least_a_third_of_ert(det_cls: type[KS] | type[PSI]) -> None:
-    """With ert = 100k events the mean run between false verdicts is >= ert / 3.
-
-    Bonferroni over overlapping windows is conservative, so the measured run length
-    is larger than ert (by the factor recorded in bench/RESULTS.md); the upper end
-    only checks the calibration is not absurdly loose.
-    """
+def test_run_length_within_a_factor_3_of_ert(det_cls: type[KS] | type[PSI]) -> None:
+    """With ert = 100k events the mean run between false verdicts lies in
+    [ert / 3, 3 * ert], as in alibi-detect's tests (seeded: about 1.1 ert for KS and
+    1.25 ert for PSI over 4M events each)."""
     ert = 100_000.0
     events = 0
     alarms = 0
@@ -71,4 +69,4 @@ def test_run_length_at_least_a_third_of_ert(det_cls: type[KS] | type[PSI]) -> No
             alarms += sum(f.drift for f in det.update_bins(b[i : i + 200]))
         events += x.size
     run_length = events / max(alarms, 1)
-    assert ert / 3 <= run_length <= 100 * ert, (alarms, run_length)
+    assert ert / 3 <= run_length <= 3 * ert, (alarms, run_length)

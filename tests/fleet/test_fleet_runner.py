@@ -75,8 +75,8 @@ def test_an_idle_runner_reports_a_quiet_partition_silent() -> None:
         for i in range(100)
     ]
     batch = RawBatch(
-        "iot.fleet", [None] * 100, list(values), np.zeros(100, np.int32), np.arange(100)
-    )  # type: ignore[arg-type]
+        "iot.fleet", list(values), np.zeros(100, np.int32), np.arange(100), [None] * 100, [-1] * 100
+    )
     runner = Runner(
         config,
         metrics=Metrics(CollectorRegistry()),

@@ -212,10 +212,11 @@ def test_kill_9_with_pending_predictions_then_restart_equals_uninterrupted(
     for topic, values in ((f"inf.{unique}", ev.inference), (f"lab.{unique}", ev.labels)):
         raw_batch = RawBatch(
             topic=topic,
-            messages=[],
             values=list(values),
             partitions=np.zeros(len(values), np.int32),
             offsets=np.arange(len(values), dtype=np.int64),
+            keys=(_keys := [None] * len(values)),
+            timestamps=[1_700_000_000_000] * len(_keys),
         )
         pipeline.process(raw_batch)
     stage = pipeline.stages[0]

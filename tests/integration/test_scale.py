@@ -28,9 +28,10 @@ from prometheus_client import CollectorRegistry
 
 from detectors.baseline import save_baseline
 from monitor.baselines import baseline_from_batches
+from monitor.checkpoints import CheckpointKey, PartitionCheckpoint, PartitionState
 from monitor.config import parse_config
 from monitor.service import Service
-from monitor.state import StateStore, partition_key
+from monitor.state import StateStore
 from monitor.synthetic import DEMO_STREAM, generate_fleet
 from tests.kafka_utils import assert_same, create_topics, read_topic
 
@@ -102,6 +103,19 @@ class Replica:
         )
         log.close()
 
+    def log_text(self) -> str:
+        """This start's log so far."""
+        return (self.log_dir / f"{self.name}-{self.starts}.log").read_text(errors="replace")
+
+    def wait_assigned(self, timeout: float = 60.0) -> bool:
+        """Until this start was assigned partitions (logged by the rebalance callback)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "assigned partitions=[(" in self.log_text():  # not an empty assignment
+                return True
+            time.sleep(0.2)
+        return False
+
     def signal(self, sig: int, wait: float = 30.0) -> int | None:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -157,10 +171,10 @@ def _window_alerts(bootstrap: str, raw: dict[str, Any]) -> set[tuple[str, str, s
     return out
 
 
-def _reference(raw: dict[str, Any], topic: str, total: int) -> dict[int, dict[str, Any]]:
+def _reference(raw: dict[str, Any], topic: str, total: int) -> dict[int, PartitionState]:
     service = Service(parse_config(raw, env={}), registry=CollectorRegistry())
     (pipeline,) = set(service.runner.pipelines.values())
-    taken: dict[int, dict[str, Any]] = {}
+    taken: dict[int, PartitionState] = {}
 
     def until(stats: Any) -> bool:
         if sum(pipeline.partition_events.values()) >= total:
@@ -174,12 +188,14 @@ def _reference(raw: dict[str, Any], topic: str, total: int) -> dict[int, dict[st
     return taken
 
 
-def _checkpoints(store: StateStore, raw: dict[str, Any], topic: str) -> dict[int, dict[str, Any]]:
+def _checkpoints(
+    store: StateStore, raw: dict[str, Any], topic: str
+) -> dict[int, PartitionCheckpoint]:
     """The latest checkpoint of each partition (the store reads only what is new)."""
     store.refresh()
     out = {}
     for p in range(PARTITIONS):
-        found = store.get(partition_key(raw["group"], "sensors", topic, p))
+        found = store.partition(CheckpointKey.for_partition(raw["group"], "sensors", topic, p))
         if found is not None:
             out[p] = found
     return out
@@ -192,7 +208,8 @@ def wait_for_checkpoints(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = _checkpoints(store, raw, topic)
-        if all(done.get(p, {}).get("offset") == produced.get(p) for p in range(PARTITIONS)):
+        offsets = {p: c.offset for p, c in done.items()}
+        if all(offsets.get(p) == produced.get(p) for p in range(PARTITIONS)):
             return
         time.sleep(1.0)
 
@@ -234,14 +251,14 @@ def _scenario(
                 r.proc.wait(10)
     final = _checkpoints(store, raw, topic)
     store.close()
-    assert {p: c["offset"] for p, c in final.items()} == produced
-    assert {p: c["pipeline"]["events"] for p, c in final.items()} == produced
+    assert {p: c.offset for p, c in final.items()} == produced
+    assert {p: c.state.events for p, c in final.items()} == produced
 
     reference_raw = _raw_config(bootstrap, topic, f"ref-{unique}", f"{unique}ref", baseline)
     reference = _reference(reference_raw, topic, total)
-    assert {p: s["events"] for p, s in reference.items()} == produced
+    assert {p: s.events for p, s in reference.items()} == produced
     for p in range(PARTITIONS):
-        assert_same(final[p]["pipeline"], reference[p], f"partition {p}")
+        assert_same(final[p].state, reference[p], f"partition {p}")
     # No alert id is missing, and a replayed alert carries the id it had.
     chaos_alerts = _window_alerts(bootstrap, raw)
     reference_alerts = _window_alerts(bootstrap, reference_raw)
@@ -263,7 +280,7 @@ def test_kill_9_ten_times_loses_and_duplicates_nothing(
     rng = random.Random(5)
 
     def chaos(replicas: list[Replica], producer: LiveProducer) -> None:
-        time.sleep(6)  # both replicas joined and consuming
+        assert replicas[0].wait_assigned() and replicas[1].wait_assigned()  # both consuming
         for _ in range(10):
             time.sleep(rng.uniform(1.0, 4.0))
             victim = replicas[rng.randrange(2)]
@@ -282,6 +299,7 @@ def test_a_third_replica_joins_and_leaves_mid_stream(
         time.sleep(8)
         replicas[2].start()
         time.sleep(12)
+        assert replicas[2].wait_assigned()  # it joined and took partitions over
         assert replicas[2].signal(signal.SIGTERM) == 0
 
     _scenario(kafka_bootstrap, unique, tmp_path, total=300_000, rate=10_000, chaos=chaos)

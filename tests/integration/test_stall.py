@@ -88,8 +88,8 @@ def test_broker_stall_is_survived_without_restart(tmp_path: Path, unique: str) -
                 replica.proc.wait(10)
         final = _checkpoints(store, raw, topic)
         store.close()
-        assert {p: c["offset"] for p, c in final.items()} == produced
+        assert {p: c.offset for p, c in final.items()} == produced
         reference_raw = _raw_config(bootstrap, topic, f"ref-{unique}", f"{unique}ref", baseline)
         reference = _reference(reference_raw, topic, total)
         for p in range(PARTITIONS):
-            assert_same(final[p]["pipeline"], reference[p], f"partition {p}")
+            assert_same(final[p].state, reference[p], f"partition {p}")

@@ -29,17 +29,6 @@ from monitor.pipeline import BatchResult, StreamPipeline
 PARTS = 2
 
 
-class _Msg:
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    def key(self) -> bytes:
-        return self._key
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 1_700_000_000_000)
-
-
 def _stream(tmp_path: Path, **quality: Any) -> dict[str, Any]:
     ref = tmp_path / "ref.jsonl"
     if not ref.exists():
@@ -77,10 +66,11 @@ def _batches_of(ev: ModelEvents, size: int = 700) -> list[RawBatch]:
                 [
                     RawBatch(
                         topic=topic,
-                        messages=[_Msg(keys[i]) for i in c.tolist()],  # type: ignore[misc]
                         values=[values[i] for i in c.tolist()],
                         partitions=np.full(c.size, p, np.int32),
                         offsets=np.arange(start, start + c.size, dtype=np.int64),
+                        keys=(_keys := [keys[i] for i in c.tolist()]),
+                        timestamps=[1_700_000_000_000] * len(_keys),
                     )
                     for start, c in zip(range(0, idx.size, size), chunks, strict=True)
                 ]
@@ -236,7 +226,6 @@ def test_bad_labels_are_dead_lettered(tmp_path: Path) -> None:
     pipeline = _pipeline(_stream(tmp_path))
     raw = RawBatch(
         topic="ml.loans.labels",
-        messages=[_Msg(b"k")] * 3,  # type: ignore[list-item]
         values=[
             b"{nope",
             b'{"request_id": "a", "ts": 1.0}',
@@ -244,6 +233,8 @@ def test_bad_labels_are_dead_lettered(tmp_path: Path) -> None:
         ],
         partitions=np.zeros(3, np.int32),
         offsets=np.arange(3, dtype=np.int64),
+        keys=(_keys := [b"k"] * 3),
+        timestamps=[1_700_000_000_000] * len(_keys),
     )
     result = pipeline.process(raw)
     assert result.rejected == {"invalid_json": 1, "missing_field": 1}
@@ -334,10 +325,11 @@ def test_deploy_event_switches_before_the_first_event_and_survives_restart(
     events = [deploy_event("other", "9", 0.0), b"not json", deploy_event("loans", "2", 1.0)]
     deploys = RawBatch(
         topic="ml.deploys",
-        messages=[_Msg(b"loans")] * 3,  # type: ignore[list-item]
         values=list(events),
         partitions=np.zeros(3, np.int32),
         offsets=np.arange(3, dtype=np.int64),
+        keys=(_keys := [b"loans"] * 3),
+        timestamps=[1_700_000_000_000] * len(_keys),
     )
     result = pipeline.process(deploys)
     assert result.rejected == {"invalid_json": 1}
@@ -356,10 +348,11 @@ def test_deploy_event_switches_before_the_first_event_and_survives_restart(
     assert stage.drift._partitions
     redeploy = RawBatch(
         topic="ml.deploys",
-        messages=[_Msg(b"loans")],  # type: ignore[list-item]
         values=[deploy_event("loans", "3", 2.0)],
         partitions=np.zeros(1, np.int32),
         offsets=np.array([3], np.int64),
+        keys=(_keys := [b"loans"]),
+        timestamps=[1_700_000_000_000] * len(_keys),
     )
     pipeline.process(redeploy)
     assert stage.current == "3" and stage.drift.baseline.id == "v2" and not stage.drift._partitions
@@ -429,10 +422,11 @@ def test_per_class_probabilities_equal_sklearn(tmp_path: Path) -> None:
         pipeline.process(
             RawBatch(
                 topic=topic,
-                messages=[],
                 values=list(values),
                 partitions=np.zeros(len(values), np.int32),
                 offsets=np.arange(len(values), dtype=np.int64),
+                keys=(_keys := [None] * len(values)),
+                timestamps=[1_700_000_000_000] * len(_keys),
             )
         )
     stage = _model(pipeline)
