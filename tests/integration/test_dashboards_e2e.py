@@ -86,8 +86,8 @@ def _config(bootstrap: str, topic: str, name: str, hook: str, dead: str) -> Any:
                 "retrain": {"min_severity": "info", "cooldown": "1s"},
                 "delivery": {"queue_size": 2, "backoff_initial": "50ms", "backoff_max": "100ms"},
                 "sinks": [
-                    {"type": "webhook", "name": "hook", "url": hook},
-                    {"type": "webhook", "name": "down", "url": dead, "timeout": 0.5},
+                    {"type": "webhook", "name": "hook", "url": hook, "secret": "s3cret"},
+                    {"type": "webhook", "name": "down", "url": dead, "timeout": 0.5, "unsigned": True},
                 ],
             },
         },
