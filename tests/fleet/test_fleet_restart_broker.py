@@ -21,6 +21,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from monitor.checkpoints import CheckpointKey
 from monitor.config import parse_config
 from monitor.errors import DriftwardenError
 from monitor.fleet_demo import Failure, FleetScenario, fleet_stream
@@ -62,14 +63,15 @@ def _produce(bootstrap: str, topic: str) -> int:
     return sum(produce(bootstrap, topic, values, keys).values())
 
 
-def _devices(pipeline_states: dict[int, dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
+def _devices(pipeline_states: dict[int, Any]) -> dict[str, tuple[Any, ...]]:
     """Per device id: its partition and every array's value (slot order does not matter).
 
     ``status`` (the condition bits of the last evaluation) is left out: evaluations
     happen when a batch crosses an evaluation tick, so their moments follow batching.
     """
     out: dict[str, tuple[Any, ...]] = {}
-    for p, st in pipeline_states.items():
+    for p, state in pipeline_states.items():
+        st = state if isinstance(state, dict) else state.to_plain()
         table = st["stages"][-1]["table"]
         arrays = table["arrays"]
         names = [k for k in sorted(arrays) if k != "status"]
@@ -122,9 +124,9 @@ def _checkpointed(bootstrap: str, state_topic: str, group: str, topic: str) -> d
             return {}
         states = {}
         for p in range(3):
-            saved = store.get(f"{group}/fleet/{topic}/{p}")
+            saved = store.partition(CheckpointKey.for_partition(group, "fleet", topic, p))
             if saved is not None:
-                states[p] = saved
+                states[p] = saved.to_plain()
         return states
     finally:
         store.close()
