@@ -91,6 +91,7 @@ class Batch:
     rejects: tuple[Reject, ...] = ()
     new_entities: int = 0
     entity_overflow: int = 0
+    fallback_rows: int = 0  # rows the compiled decoder handed to msgspec (monitor.jsonscan)
 
     @property
     def n(self) -> int:
@@ -212,6 +213,10 @@ class StreamDecoder:
             vocab.add(list(categories))
 
     def decode(self, payloads: Sequence[bytes | None]) -> Batch:
+        """Decode one batch; every payload is either in the batch or a reject."""
+        return self.decode_msgspec(payloads)
+
+    def decode_msgspec(self, payloads: Sequence[bytes | None]) -> Batch:
         """Decode one batch; every payload is either in the batch or a reject."""
         n = len(payloads)
         rejects: list[Reject] = []
