@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from detectors.schema import SCHEMA_REASONS, ColumnRule, SchemaCheck
 from monitor.config import NUMERIC_TYPES, FieldType, StreamSpec
+from monitor.jsonscan import CompiledDecoder, compiled_supported
 
 __all__ = ["REASONS", "Batch", "Reject", "StreamDecoder"]
 
@@ -205,6 +206,9 @@ class StreamDecoder:
         self._check = SchemaCheck(rules)
         self.entities = _Vocabulary(limit=spec.max_entities) if spec.entity is not None else None
         self._time_scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[spec.event_time_unit]
+        self._compiled: CompiledDecoder | None = None
+        if spec.decoder == "compiled" and compiled_supported(spec):
+            self._compiled = CompiledDecoder(self)
 
     def seed_categories(self, name: str, categories: Sequence[str]) -> None:
         """Put a baseline's categories first in an open vocabulary (codes 0..K-1)."""
@@ -214,6 +218,8 @@ class StreamDecoder:
 
     def decode(self, payloads: Sequence[bytes | None]) -> Batch:
         """Decode one batch; every payload is either in the batch or a reject."""
+        if self._compiled is not None:
+            return self._compiled.decode(payloads)
         return self.decode_msgspec(payloads)
 
     def decode_msgspec(self, payloads: Sequence[bytes | None]) -> Batch:

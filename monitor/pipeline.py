@@ -132,6 +132,8 @@ class StreamPipeline:
         self._last_event_time = metrics.last_event_time.labels(name)
         self._entities = metrics.entities.labels(name)
         self._entity_overflow = metrics.entity_overflow.labels(name)
+        self._decode_fallback = metrics.decode_fallback.labels(name)
+        self._decode_fallback.inc(0)
         for child in self._invalid.values():  # so rate() sees a zero before the first reject
             child.inc(0)
         self.totals = {"events": 0, "accepted": 0, "rejected": 0}
@@ -149,6 +151,8 @@ class StreamPipeline:
             dead_letter(self.dead_letter_topic, self.spec.name, raw, r.index, r.reason, r.detail)
             for r in batch.rejects
         ]
+        if batch.fallback_rows:
+            self._decode_fallback.inc(batch.fallback_rows)
         counts = batch.reason_counts()
         for reason, count in counts.items():
             self._invalid[reason].inc(count)

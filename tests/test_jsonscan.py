@@ -242,7 +242,7 @@ def test_empty_batch_and_all_strings() -> None:
     _run({"name": "s", "topic": "t", "fields": {"s": {"type": "string"}}}, [[], [b'{"s":"a"}']])
 
 
-def test_unsupported_settings_leave_the_stream_to_msgspec() -> None:
+def test_known_settings_keep_the_compiled_path() -> None:
     spec = _spec({"name": "s", "topic": "t", "fields": {"x": {"type": "float"}}})
     assert compiled_supported(spec)
 
@@ -522,3 +522,54 @@ def test_nan_of_a_null_has_the_same_bits() -> None:
     stream = {"name": "s", "topic": "t", "fields": {"x": {"type": "float", "nullable": True}}}
     [got] = _run(stream, [[b'{"x":null}', b'{"x":1}']])
     assert struct.pack("<d", got.columns["x"][0]) == struct.pack("<d", np.nan)
+
+
+# ---------------------------------------------------------------- the switch and the metric
+
+
+def test_the_stream_switch_picks_the_path() -> None:
+    wide = wide_stream(5, "t")
+    payloads: list[bytes | None] = [*generate_wide(50, fields=5), b'{"f00": "\\u0031"}']
+    compiled = StreamDecoder(_spec(wide))
+    plain = StreamDecoder(_spec({**wide, "decoder": "msgspec"}))
+    got, want = compiled.decode(payloads), plain.decode(payloads)
+    assert_same(got, want)
+    assert (got.fallback_rows, want.fallback_rows) == (1, 0)
+    assert compiled_supported(_spec(wide))
+
+
+def test_pipeline_counts_fallback_rows_per_stream() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from monitor.metrics import Metrics
+    from monitor.pipeline import StreamPipeline
+    from tests.test_metrics import _raw
+
+    registry = CollectorRegistry()
+    spec = _spec(DEMO_STREAM)
+    pipeline = StreamPipeline(spec, Metrics(registry), "dlq")
+    labels = {"stream": "sensors"}
+    assert registry.get_sample_value("driftwarden_decode_fallback_total", labels) == 0
+    events = generate_fleet(2_000, seed=9, bad_rate=0.05)
+    pipeline.process(_raw(events.values[:1000], events.keys[:1000]))
+    pipeline.process(_raw(events.values[1000:], events.keys[1000:]))
+    bad_later = sum(r is not None for r in events.expected[1000:])
+    # the first batch: every row (all devices are new), then only the invalid rows
+    want = 1000 + bad_later
+    assert registry.get_sample_value("driftwarden_decode_fallback_total", labels) == want
+
+
+def test_a_setting_the_kernel_does_not_know_leaves_the_stream_to_msgspec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import monitor.jsonscan as js
+
+    stream = {"name": "s", "topic": "t", "fields": {"x": {"type": "float"}}}
+    monkeypatch.setattr(js, "_KNOWN_STREAM_SETTINGS", js._KNOWN_STREAM_SETTINGS - {"strict"})
+    monkeypatch.setattr(js, "_KNOWN_FIELD_SETTINGS", js._KNOWN_FIELD_SETTINGS - {"range"})
+    assert compiled_supported(_spec(stream))  # both at their defaults
+    assert not compiled_supported(_spec({**stream, "strict": True}))
+    ranged = {**stream, "fields": {"x": {"type": "float", "range": [0, 1]}}}
+    assert not compiled_supported(_spec(ranged))
+    decoder = StreamDecoder(_spec(ranged))
+    assert decoder.decode([b'{"x": 0.5}']).fallback_rows == 0  # msgspec alone: none counted
