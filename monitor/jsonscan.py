@@ -67,8 +67,14 @@ CAUSES = (
     "type",  # null where not allowed, another JSON type, a nested value
     "keys",  # missing, duplicate or (strict) unknown key
     "schema",  # failed the range or category check
+    "unprobed",  # the whole batch went to msgspec: recent batches almost all fell back
 )
-_PRE, _SYNTAX, _NUMBER, _STRING, _NEW, _TYPE, _KEYS, _SCHEMA = range(1, 9)
+_PRE, _SYNTAX, _NUMBER, _STRING, _NEW, _TYPE, _KEYS, _SCHEMA, _UNPROBED = range(1, 10)
+# A batch of at least _PROBE_MIN rows of which _PROBE_SHARE or more fell back for the
+# shape of their bytes (not for values new to a vocabulary, which the next batch knows)
+# sends the next _PROBE_EVERY - 1 batches to msgspec whole: a producer whose payloads
+# defeat the kernel then costs msgspec alone plus one scan in _PROBE_EVERY.
+_PROBE_MIN, _PROBE_SHARE, _PROBE_EVERY = 100, 0.9, 16
 
 # Key kinds of the kernel's key table.
 _K_FLOAT, _K_INT, _K_BOOL, _K_CATEGORY, _K_STRING, _K_ENTITY, _K_TIME = range(7)
@@ -750,6 +756,7 @@ class CompiledDecoder:
         self._vocab = _VocabularyTables(self._sources())
         self._time_scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[spec.event_time_unit]
         self.last_causes = np.zeros(0, dtype=np.int8)
+        self._unprobed = 0  # batches left to send to msgspec whole
 
     def _sources(self) -> list[tuple[int, _Vocabulary]]:
         out = [(tid, self.base.vocabularies[name]) for name, tid in self._table_of.items()]
@@ -763,6 +770,10 @@ class CompiledDecoder:
         from monitor.decode import Batch, Reject
 
         n = len(payloads)
+        if self._unprobed > 0:
+            self._unprobed -= 1
+            self.last_causes = np.full(n, _UNPROBED, dtype=np.int8)
+            return dataclasses.replace(self.base.decode_msgspec(payloads), fallback_rows=n)
         cause = np.zeros(n, dtype=np.int8)
         try:
             sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=n)  # type: ignore[arg-type]
@@ -843,6 +854,12 @@ class CompiledDecoder:
                 event_time=etime if has_time else None,
             )
         back = np.flatnonzero(~ok)
+        if n >= _PROBE_MIN and len(back) >= _PROBE_SHARE * n:
+            per_cause = np.bincount(cause, minlength=len(CAUSES))
+            if len(back) - per_cause[_NEW] - per_cause[_PRE] >= _PROBE_SHARE * n:
+                self._unprobed = _PROBE_EVERY - 1
+        if len(back) == n:
+            return dataclasses.replace(self.base.decode_msgspec(payloads), fallback_rows=n)
         sub = self.base.decode_msgspec(list(map(payloads.__getitem__, back.tolist())))
         merged_rows = np.concatenate([rows, back[sub.rows]])
         order = np.argsort(merged_rows, kind="stable")

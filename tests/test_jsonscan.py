@@ -84,7 +84,7 @@ def test_plain_rows_are_decoded_by_the_kernel_bit_for_bit() -> None:
 
 def test_demo_fleet_with_every_reject_reason() -> None:
     events = generate_fleet(3_000, seed=5, bad_rate=0.05)
-    values = list(events.values)
+    values: list[bytes | None] = list(events.values)
     first, then = _run(DEMO_STREAM, [values[:1000], values[1000:]])
     # a batch's rows with devices new to the vocabulary fall back, then only the bad rows
     assert first.fallback_rows == 1000
@@ -573,3 +573,17 @@ def test_a_setting_the_kernel_does_not_know_leaves_the_stream_to_msgspec(
     assert not compiled_supported(_spec(ranged))
     decoder = StreamDecoder(_spec(ranged))
     assert decoder.decode([b'{"x": 0.5}']).fallback_rows == 0  # msgspec alone: none counted
+
+
+def test_a_stream_that_defeats_the_kernel_is_probed_one_batch_in_sixteen() -> None:
+    stream = {"name": "s", "topic": "t", "fields": {"x": {"type": "float"}}}
+    compiled, reference = _pair(stream)
+    escaped: list[bytes | None] = [b'{"x":1, "\\u0078":%d}' % i for i in range(200)]
+    plain: list[bytes | None] = [b'{"x":%d}' % i for i in range(200)]
+    counts = []
+    for values in [escaped, plain, *[plain] * 14, plain, plain]:
+        got = compiled.decode(values)
+        assert_same(got, reference.decode_msgspec(values))
+        counts.append(got.fallback_rows)
+    assert counts == [200] * 16 + [0, 0]
+    assert CAUSES[compiled.last_causes[0]] == ""
