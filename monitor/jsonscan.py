@@ -318,6 +318,7 @@ def scan_batch(
     kind: Any,
     null_ok: Any,
     required: Any,
+    plain: Any,
     column: Any,
     table: Any,
     kbuf: Any,
@@ -344,12 +345,13 @@ def scan_batch(
     else set the reason it must go to the fallback (index into ``CAUSES``).
 
     Keys ``0..K-1`` have a ``kind`` (``_K_*``), ``null_ok`` and ``required`` flags,
-    an output ``column`` (row of ``fout`` for numbers, of ``iout`` for bool and
-    category codes) and a vocabulary ``table`` id. ``kbuf``/``koff``/``kslots``/``kid``
-    is the hash table of key names; ``tbuf``/``toff``/``ttid``/``tval``/``tslots``
-    the vocabularies' string values and codes, ``ikey``/``ival``/``islots`` the
-    integer entity ids. Missing optional numbers become NaN, missing optional
-    codes -2 (null).
+    ``plain`` (the name is printable ASCII without quote or backslash, so its bytes
+    followed by a quote can only be that key), an output ``column`` (row of ``fout``
+    for numbers, of ``iout`` for bool and category codes) and a vocabulary ``table``
+    id. ``kbuf``/``koff``/``kslots``/``kid`` is the hash table of key names,
+    ``tbuf``/``toff``/``ttid``/``tval``/``tslots`` the vocabularies' string values
+    and codes, ``ikey``/``ival``/``islots`` the integer entity ids. Missing optional
+    numbers become NaN, missing optional codes -2 (null).
     """
     n = len(starts) - 1
     K = len(kind)
@@ -380,10 +382,24 @@ def scan_batch(
                     bad = _SYNTAX
                     break
                 ka = p + 1
-                kb = _string_end(buf, ka, end)
-                if kb < 0:
-                    bad = _STRING
-                    break
+                # The key: first the one that followed the previous key last time (its
+                # bytes then a quote; only for names of plain printable ASCII).
+                k = after[prev]
+                o = koff[k]
+                kb = ka + koff[k + 1] - o
+                hit = plain[k] and kb < end and buf[kb] == 34
+                if hit:
+                    for i in range(kb - ka):
+                        if kbuf[o + i] != buf[ka + i]:
+                            hit = False
+                            break
+                if not hit:
+                    kb = _string_end(buf, ka, end)
+                    if kb < 0:
+                        bad = _STRING
+                        break
+                    e = _find_bytes(buf, ka, kb, 0, kslots, kbuf, koff, kid)
+                    k = e if e >= 0 else -1
                 p = _skip_ws(buf, kb + 1, end)
                 if p >= end or buf[p] != 58:
                     bad = _SYNTAX
@@ -392,20 +408,6 @@ def scan_batch(
                 if p >= end:
                     bad = _SYNTAX
                     break
-                # The key: first the one that followed the previous key last time.
-                k = after[prev]
-                klen = kb - ka
-                hit = False
-                if k < K and koff[k + 1] - koff[k] == klen:
-                    o = koff[k]
-                    hit = True
-                    for i in range(klen):
-                        if kbuf[o + i] != buf[ka + i]:
-                            hit = False
-                            break
-                if not hit:
-                    e = _find_bytes(buf, ka, kb, 0, kslots, kbuf, koff, kid)
-                    k = e if e >= 0 else -1
                 if k < 0:
                     if strict:
                         bad = _KEYS
@@ -750,6 +752,10 @@ class CompiledDecoder:
         self._required = np.asarray(required, dtype=np.bool_)
         self._column = np.asarray(column, dtype=np.int64)
         self._table = np.asarray(table, dtype=np.int64)
+        self._plain = np.array(
+            [all(0x20 <= ord(ch) < 0x7F and ch not in '"\\' for ch in n) for n in names],
+            dtype=np.bool_,
+        )
         self._keys = _ByteTable()
         encoded = [n.encode("utf-8", "surrogatepass") for n in names]
         self._keys.add([0] * len(names), encoded, list(range(len(names))))
@@ -800,6 +806,7 @@ class CompiledDecoder:
             self._kind,
             self._null_ok,
             self._required,
+            self._plain,
             self._column,
             self._table,
             self._keys.buf,
