@@ -195,6 +195,8 @@ def _find_int(key: int, slots: Any, ikey: Any) -> int:  # pragma: no cover - com
 
 @njit(cache=True, nogil=True)
 def _skip_ws(buf: Any, p: int, end: int) -> int:  # pragma: no cover - compiled
+    """Past the JSON whitespace at ``p``. Callers test ``buf[p] <= 32`` first: most
+    payloads have none, and a call per token cost a fifth of the scan."""
     while p < end:
         c = buf[p]
         if c == 32 or c == 10 or c == 13 or c == 9:
@@ -204,7 +206,7 @@ def _skip_ws(buf: Any, p: int, end: int) -> int:  # pragma: no cover - compiled
     return p
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _number(buf: Any, p: int, end: int, pow10: Any) -> Any:  # pragma: no cover - compiled
     """Parse a JSON number at ``p``.
 
@@ -275,7 +277,7 @@ def _number(buf: Any, p: int, end: int, pow10: Any) -> Any:  # pragma: no cover 
     return p, 0, v, integral, w
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _string_end(buf: Any, p: int, end: int) -> int:  # pragma: no cover - compiled
     """Index of the closing quote of a plain string starting at ``p`` (after the
     opening quote), or -1 at an escape, a control or non-ASCII byte, or the end."""
@@ -289,7 +291,7 @@ def _string_end(buf: Any, p: int, end: int) -> int:  # pragma: no cover - compil
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _literal(buf: Any, p: int, end: int) -> int:  # pragma: no cover - compiled
     """0 null, 1 true, 2 false (each followed by its length), -1 none of them."""
     if p + 4 <= end:
@@ -366,11 +368,15 @@ def scan_batch(
             continue
         p = starts[r]
         end = starts[r + 1]
-        p = _skip_ws(buf, p, end)
+        p = p
+        if p < end and buf[p] <= 32:
+            p = _skip_ws(buf, p, end)
         if p >= end or buf[p] != 123:
             cause[r] = _SYNTAX
             continue
-        p = _skip_ws(buf, p + 1, end)
+        p = p + 1
+        if p < end and buf[p] <= 32:
+            p = _skip_ws(buf, p, end)
         matched = 0
         bad = 0
         prev = K
@@ -400,11 +406,15 @@ def scan_batch(
                         break
                     e = _find_bytes(buf, ka, kb, 0, kslots, kbuf, koff, kid)
                     k = e if e >= 0 else -1
-                p = _skip_ws(buf, kb + 1, end)
+                p = kb + 1
+                if p < end and buf[p] <= 32:
+                    p = _skip_ws(buf, p, end)
                 if p >= end or buf[p] != 58:
                     bad = _SYNTAX
                     break
-                p = _skip_ws(buf, p + 1, end)
+                p = p + 1
+                if p < end and buf[p] <= 32:
+                    p = _skip_ws(buf, p, end)
                 if p >= end:
                     bad = _SYNTAX
                     break
@@ -520,12 +530,16 @@ def scan_batch(
                         else:
                             bad = _TYPE
                             break
-                p = _skip_ws(buf, p, end)
+                p = p
+                if p < end and buf[p] <= 32:
+                    p = _skip_ws(buf, p, end)
                 if p >= end:
                     bad = _SYNTAX
                     break
                 if buf[p] == 44:
-                    p = _skip_ws(buf, p + 1, end)
+                    p = p + 1
+                    if p < end and buf[p] <= 32:
+                        p = _skip_ws(buf, p, end)
                     continue
                 if buf[p] == 125:
                     p += 1
