@@ -9,17 +9,19 @@ event.
 Exactness comes first. The kernel accepts a row only when it is sure of every
 byte of it: a flat object of declared keys (each at most once; unknown keys only
 on lenient streams, with scalar values), the four JSON whitespace bytes, numbers
-that follow the JSON grammar and lie on Clinger's fast path (a decimal mantissa
-``w <= 2**53`` and a power of ten ``|e| <= 22``, so ``float(w)`` and ``10.0**|e|``
-are exact and the one IEEE multiply or divide that joins them is correctly
-rounded), strings of printable ASCII without escapes, category and entity values
-already in the vocabulary, and values of the declared JSON type. Every other row
-goes, as it is, to ``StreamDecoder.decode_msgspec`` (the existing decoder) and the
-two results are merged by row index, so the ``Batch`` equals the msgspec decoder's
-output: same columns (bit for bit), masks, codes, vocabulary order, event times,
-rows, and rejects with their reasons and details. Rows that fail the schema check
-(ranges, categories) are also decoded by the fallback, so the reject path and its
-semantics exist once.
+that follow the JSON grammar and are either integer literals within int64 (one
+correctly rounded conversion, as msgspec's and Python's ``float(int)``) or lie on
+Clinger's fast path (a decimal mantissa ``w <= 2**53`` and a power of ten
+``|e| <= 22``, so ``float(w)`` and ``10.0**|e|`` are exact and the one IEEE
+multiply or divide that joins them is correctly rounded), strings of printable
+ASCII without escapes, category and entity values already in the vocabulary, and
+values of the declared JSON type. Every other row goes, as it is, to
+``StreamDecoder.decode_msgspec`` (the existing decoder) and the two results are
+merged by row index, so the ``Batch`` equals the msgspec decoder's output: same
+columns (bit for bit), masks, codes, vocabulary order, event times, rows, and
+rejects with their reasons and details. Rows that fail the schema check (ranges,
+categories) are also decoded by the fallback, so the reject path and its semantics
+exist once.
 
 Vocabularies stay owned by the ``StreamDecoder``: the kernel reads a mirror of them
 (a hash table of UTF-8 bytes to codes, refreshed when a vocabulary grows) and never
@@ -88,6 +90,7 @@ _KIND = {
 # Exact powers of ten: every 10**k for k <= 22 is a double.
 _POW10 = np.array([float(10**k) for k in range(23)], dtype=np.float64)
 _TWO53 = 2**53
+_INT64_TENTH = (2**63 - 1) // 10
 # Settings whose effect the kernel knows; any other setting away from its default
 # turns the compiled path off for the stream (the msgspec path decodes everything).
 _KNOWN_FIELD_SETTINGS = frozenset(
@@ -227,8 +230,9 @@ def _number(buf: Any, p: int, end: int, pow10: Any) -> Any:  # pragma: no cover 
         p += 1
     elif 49 <= c <= 57:
         while p < end and 48 <= buf[p] <= 57:
-            if w < limit:
-                w = w * 10 + np.int64(buf[p] - 48)
+            d = np.int64(buf[p] - 48)
+            if w < _INT64_TENTH or (w == _INT64_TENTH and d <= 7):  # stays <= 2**63 - 1
+                w = w * 10 + d
             else:
                 big = True
             p += 1
@@ -268,7 +272,14 @@ def _number(buf: Any, p: int, end: int, pow10: Any) -> Any:  # pragma: no cover 
             exp = -exp
     e10 = exp - frac
     # -0 is a float -0.0 but an integer 0 (then 0.0): let the fallback say which.
-    if big or w > _TWO53 or (neg and w == 0) or e10 < -22 or e10 > 22:
+    if big or (neg and w == 0):
+        return p, 1, 0.0, integral, np.int64(0)
+    if integral:  # an int64 literal: one correctly rounded conversion, as float(int)
+        v = np.float64(w)
+        if neg:
+            return p, 0, -v, True, -w
+        return p, 0, v, True, w
+    if w > _TWO53 or e10 < -22 or e10 > 22:
         return p, 1, 0.0, integral, np.int64(0)
     v = np.float64(w)
     v = v * pow10[e10] if e10 >= 0 else v / pow10[-e10]
@@ -675,7 +686,7 @@ class _VocabularyTables:
                     tids.append(tid)
                     keys.append(key.encode("utf-8", "surrogatepass"))
                     values.append(code)
-                elif type(key) is int and -_TWO53 <= key <= _TWO53:
+                elif type(key) is int and -(2**63) < key < 2**63:
                     int_keys.append(key)
                     int_values.append(code)
             m.synced = size

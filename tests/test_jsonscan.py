@@ -103,7 +103,14 @@ def test_demo_fleet_with_every_reject_reason() -> None:
         (b"-0.0", "number"),
         (b"-0", "number"),
         (b"1e23", "number"),
-        (b"9007199254740993", "number"),
+        (b"9007199254740993", ""),  # an integer: rounded once, to 2**53
+        (b"9223372036854775807", ""),
+        (b"-9223372036854775807", ""),
+        (b"1700000000123456789", ""),
+        (b"9223372036854775808", "number"),
+        (b"-9223372036854775808", "number"),
+        (b"9007199254740993.0", "number"),
+        (b"9007199254740993e0", "number"),
         (b"0.10000000000000001", "number"),
         (b"1e400", "number"),
         (b"5e-324", "number"),
@@ -587,3 +594,22 @@ def test_a_stream_that_defeats_the_kernel_is_probed_one_batch_in_sixteen() -> No
         counts.append(got.fallback_rows)
     assert counts == [200] * 16 + [0, 0]
     assert CAUSES[compiled.last_causes[0]] == ""
+
+
+def test_nanosecond_times_and_large_integers_stay_on_the_compiled_path() -> None:
+    stream = {
+        "name": "s",
+        "topic": "t",
+        "entity": "id",
+        "event_time": "ts",
+        "event_time_unit": "ns",
+        "fields": {"n": {"type": "int"}, "x": {"type": "float"}},
+    }
+    rng = np.random.default_rng(1)
+    big = rng.integers(-(2**62), 2**62, 300).tolist()
+    values: list[bytes | None] = [
+        b'{"id":%d,"ts":%d,"n":%d,"x":%d}' % (b % 5 * 10**17, 1_790_000_000 * 10**9 + b, b, -b)
+        for b in big
+    ]
+    first, then = _run(stream, [values, values])
+    assert first.fallback_rows == 300 and then.fallback_rows == 0
