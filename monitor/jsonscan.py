@@ -34,10 +34,12 @@ are handed out in exactly the order the msgspec decoder would use.
 ...     "fields": {"x": {"type": "float"}, "k": {"type": "category", "categories": ["a"]}}})
 >>> compiled = CompiledDecoder(StreamDecoder(spec))
 >>> batch = compiled.decode([b'{"x": 0.1, "k": "a"}', b'{"x": 1e400, "k": "a"}', b'{"k": "a"}'])
->>> batch.columns["x"].tolist(), batch.columns["k"].tolist(), batch.rows.tolist()
-([0.1], [0], [0])
->>> [(r.index, r.reason) for r in batch.rejects], batch.fallback_rows
-([(1, 'non_finite'), (2, 'missing_field')], 2)
+>>> batch.rows.tolist(), batch.columns["k"].tolist(), batch.valid["x"].tolist()
+([0, 1], [0, 0], [True, False])
+>>> [(r.index, r.reason) for r in batch.rejects], [(v.index, v.reason) for v in batch.violations]
+([(2, 'missing_field')], [(1, 'number_too_large')])
+>>> batch.fallback_rows
+2
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ CAUSES = (
     "string",  # an escape, a control or non-ASCII byte
     "new_value",  # a category or entity value not yet in the vocabulary
     "type",  # null where not allowed, another JSON type, a nested value
-    "keys",  # missing, duplicate or (strict) unknown key
+    "keys",  # missing, duplicate or (strict) unknown key, more than max_fields
     "schema",  # failed the range or category check
     "unprobed",  # the whole batch went to msgspec: recent batches almost all fell back
 )
@@ -108,10 +110,15 @@ _KNOWN_STREAM_SETTINGS = frozenset(
         "strict",
         "max_event_bytes",
         "max_entities",
+        "max_depth",  # a flat object has depth 1, and max_depth >= 1
+        "max_fields",  # the kernel counts the members of each row
+        "max_string_length",  # only new values are checked, and they fall back
+        "max_categories",  # the vocabulary's bound; new values fall back
         "fields",
         "baseline",
         "window",
         "model",
+        "fleet",
         "decoder",
     }
 )
@@ -347,6 +354,7 @@ def scan_batch(
     ival: Any,
     islots: Any,
     strict: bool,
+    max_fields: int,
     pow10: Any,
     fout: Any,
     iout: Any,
@@ -363,7 +371,8 @@ def scan_batch(
     for numbers, of ``iout`` for bool and category codes) and a vocabulary ``table``
     id. ``kbuf``/``koff``/``kslots``/``kid`` is the hash table of key names,
     ``tbuf``/``toff``/``ttid``/``tval``/``tslots`` the vocabularies' string values
-    and codes, ``ikey``/``ival``/``islots`` the integer entity ids. Missing optional
+    and codes, ``ikey``/``ival``/``islots`` the integer entity ids. A row of more than
+    ``max_fields`` members falls back. Missing optional
     numbers become NaN, missing optional codes -2 (null).
     """
     n = len(starts) - 1
@@ -389,6 +398,7 @@ def scan_batch(
         if p < end and buf[p] <= 32:
             p = _skip_ws(buf, p, end)
         matched = 0
+        members = 0
         bad = 0
         prev = K
         if p < end and buf[p] == 125:
@@ -417,6 +427,10 @@ def scan_batch(
                         break
                     e = _find_bytes(buf, ka, kb, 0, kslots, kbuf, koff, kid)
                     k = e if e >= 0 else -1
+                members += 1
+                if members > max_fields:
+                    bad = _KEYS
+                    break
                 p = kb + 1
                 if p < end and buf[p] <= 32:
                     p = _skip_ws(buf, p, end)
@@ -798,7 +812,7 @@ class CompiledDecoder:
     def decode(self, payloads: Sequence[bytes | None]) -> Batch:
         """Decode one batch; identical to ``StreamDecoder.decode_msgspec(payloads)``
         except that ``fallback_rows`` counts the rows that went through msgspec."""
-        from monitor.decode import Batch, Reject
+        from monitor.decode import Batch, Reject, Violation
 
         n = len(payloads)
         if self._unprobed > 0:
@@ -847,6 +861,7 @@ class CompiledDecoder:
             ints.val,
             ints.slots,
             self.spec.strict,
+            self.spec.max_fields,
             _POW10,
             fout,
             iout,
@@ -910,6 +925,10 @@ class CompiledDecoder:
             rejects=tuple(Reject(int(back[r.index]), r.reason, r.detail) for r in sub.rejects),
             new_entities=sub.new_entities,
             entity_overflow=sub.entity_overflow,
+            violations=tuple(
+                Violation(int(back[v.index]), v.field, v.reason, v.detail) for v in sub.violations
+            ),
+            limit_hits=sub.limit_hits,
             fallback_rows=len(back),
         )
 
@@ -932,5 +951,5 @@ class CompiledDecoder:
             else:
                 codes = iout[col]
                 columns[name] = codes
-                valid[name] = codes != -2
+                valid[name] = codes >= -1  # as the msgspec decoder: -2 null, -3 too long
         return columns, valid

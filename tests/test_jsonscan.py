@@ -48,6 +48,8 @@ def assert_same(got: Batch, want: Batch) -> None:
     assert _bits(got.entity) == _bits(want.entity)
     assert _bits(got.event_time) == _bits(want.event_time)
     assert got.rejects == want.rejects
+    assert got.violations == want.violations
+    assert got.limit_hits == want.limit_hits
     assert (got.new_entities, got.entity_overflow) == (want.new_entities, want.entity_overflow)
 
 
@@ -355,6 +357,10 @@ def streams(draw: st.DrawFn) -> dict[str, Any]:
         "strict": draw(st.booleans()),
         "max_event_bytes": draw(st.sampled_from([1_048_576, 1_048_576, 1_048_576, 90])),
         "max_entities": draw(st.sampled_from([100_000, 3])),
+        "max_fields": draw(st.sampled_from([1_000, 1_000, 3])),
+        "max_depth": draw(st.sampled_from([64, 64, 1])),
+        "max_string_length": draw(st.sampled_from([1_024, 1_024, 1])),
+        "max_categories": draw(st.sampled_from([10_000, 10_000, 2])),
     }
 
 
