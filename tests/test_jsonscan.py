@@ -619,3 +619,32 @@ def test_nanosecond_times_and_large_integers_stay_on_the_compiled_path() -> None
     ]
     first, then = _run(stream, [values, values])
     assert first.fallback_rows == 300 and then.fallback_rows == 0
+
+
+def test_limits_of_the_hostile_input_path_hold_on_the_compiled_path() -> None:
+    stream = {
+        "name": "s",
+        "topic": "t",
+        "entity": "e",
+        "max_fields": 3,
+        "max_string_length": 4,
+        "max_categories": 2,
+        "fields": {"x": {"type": "float", "range": [0, 10]}, "c": {"type": "category"}},
+    }
+    values: list[bytes | None] = [
+        b'{"e":"d1","x":1,"c":"a"}',
+        b'{"e":"d1","x":1,"c":"a","u":1}',  # too many fields
+        b'{"e":"d1","x":11,"c":"a"}',  # out of range: a violation, the row stays
+        b'{"e":"d1","x":1,"c":"longer"}',  # a new category over max_string_length
+        b'{"e":"d1","x":1,"c":"b"}',
+        b'{"e":"d1","x":1,"c":"z"}',  # over max_categories
+        b'{"e":"d12345","x":1,"c":"a"}',  # entity over max_string_length
+    ]
+    compiled, reference = _pair(stream)
+    for _ in range(2):
+        got = compiled.decode(values)
+        assert_same(got, reference.decode_msgspec(values))
+    assert [CAUSES[c] for c in compiled.last_causes] == [
+        "", "keys", "schema", "new_value", "", "new_value", "new_value"
+    ]  # fmt: skip
+    assert got.violations and got.limit_hits
