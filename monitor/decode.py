@@ -568,10 +568,11 @@ class StreamDecoder:
         for f in sorted(codes):
             name, arr = self._names[f], codes[f]
             bad = arr > 0
-            valid[name] = valid[name] & ~bad
-            col = columns[name]
-            if col.dtype == np.float64:
-                col[bad] = np.nan
+            if name in valid:  # string fields have no column
+                valid[name] = valid[name] & ~bad
+                col = columns[name]
+                if col.dtype == np.float64:
+                    col[bad] = np.nan
             for pos in np.flatnonzero(bad).tolist():
                 reason = REASONS[int(arr[pos]) - 1]
                 detail = details.get((pos, f)) or self._detail(reason, f, rows[pos])
