@@ -37,6 +37,7 @@ test: $(VENV)/.installed services lint typecheck
 
 bench: $(VENV)/.installed
 	$(PY) bench/throughput.py
+	$(PY) bench/decode.py
 	$(PY) bench/detectors.py
 	$(PY) bench/adwin.py
 

@@ -347,6 +347,12 @@ class StreamSpec(_Model):
         gt=0,
         description="Distinct values tracked per open category field; further ones get code -1.",
     )
+    decoder: Literal["compiled", "msgspec"] = Field(
+        default="compiled",
+        description="`compiled`: a numba scanner decodes the batch and hands the rows it "
+        "is not sure of to msgspec (identical results, counted in "
+        "driftwarden_decode_fallback_total); `msgspec`: msgspec decodes every row.",
+    )
     fields: dict[str, FieldSpec]
     baseline: BaselineSpec = BaselineSpec(first_events=10_000)
     window: WindowSpec = WindowSpec()

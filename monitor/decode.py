@@ -51,6 +51,7 @@ import numpy.typing as npt
 from detectors.schema import SCHEMA_REASONS, ColumnRule, SchemaCheck
 from monitor.config import NUMERIC_TYPES, FieldSpec, FieldType, StreamSpec
 from monitor.event_time import parse_event_times, valid_time_value
+from monitor.jsonscan import CompiledDecoder, compiled_supported
 from monitor.payload_checks import NonFinite, TooLarge, lenient_parse, precheck
 
 __all__ = ["FIELD_REASONS", "LIMITS", "REASONS", "Batch", "Reject", "StreamDecoder", "Violation"]
@@ -172,6 +173,7 @@ class Batch:
     entity_overflow: int = 0
     violations: tuple[Violation, ...] = ()
     limit_hits: tuple[tuple[str, int], ...] = ()
+    fallback_rows: int = 0  # rows the compiled decoder handed to msgspec (monitor.jsonscan)
 
     @property
     def n(self) -> int:
@@ -332,6 +334,9 @@ class StreamDecoder:
             else None
         )
         self._time_scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[spec.event_time_unit]
+        self._compiled: CompiledDecoder | None = None
+        if spec.decoder == "compiled" and compiled_supported(spec):
+            self._compiled = CompiledDecoder(self)
 
     def seed_categories(self, name: str, categories: Sequence[str]) -> None:
         """Put a baseline's categories first in an open vocabulary (codes 0..K-1)."""
@@ -342,6 +347,12 @@ class StreamDecoder:
     def decode(self, payloads: Sequence[bytes | None]) -> Batch:
         """Decode one batch; every payload is either accepted (in the batch, perhaps
         with excluded values) or a reject. Never raises on any payload."""
+        if self._compiled is not None:
+            return self._compiled.decode(payloads)
+        return self.decode_msgspec(payloads)
+
+    def decode_msgspec(self, payloads: Sequence[bytes | None]) -> Batch:
+        """``decode`` by msgspec alone (the compiled decoder's fallback)."""
         try:
             return self._decode(payloads)
         except Exception:  # something no check foresaw: find the rows that cause it
@@ -557,10 +568,11 @@ class StreamDecoder:
         for f in sorted(codes):
             name, arr = self._names[f], codes[f]
             bad = arr > 0
-            valid[name] = valid[name] & ~bad
-            col = columns[name]
-            if col.dtype == np.float64:
-                col[bad] = np.nan
+            if name in valid:  # string fields have no column
+                valid[name] = valid[name] & ~bad
+                col = columns[name]
+                if col.dtype == np.float64:
+                    col[bad] = np.nan
             for pos in np.flatnonzero(bad).tolist():
                 reason = REASONS[int(arr[pos]) - 1]
                 detail = details.get((pos, f)) or self._detail(reason, f, rows[pos])

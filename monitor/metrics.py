@@ -134,6 +134,13 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        self.decode_fallback = Counter(
+            "driftwarden_decode_fallback",
+            "Events the compiled decoder handed to the msgspec decoder (escapes, numbers "
+            "off the exact path, values new to a vocabulary, invalid events)",
+            ["stream"],
+            registry=r,
+        )
         self.drift_statistic = Gauge(
             "driftwarden_drift_statistic",
             "Latest drift statistic per field and detector",

@@ -203,6 +203,8 @@ class StreamPipeline:
         self._last_event_time = metrics.last_event_time.labels(name)
         self._entities = metrics.entities.labels(name)
         self._entity_overflow = metrics.entity_overflow.labels(name)
+        self._decode_fallback = metrics.decode_fallback.labels(name)
+        self._decode_fallback.inc(0)
         self._baseline_ready = metrics.baseline_ready.labels(name)
         self._violations = {
             (f, r): metrics.field_violations.labels(name, f, r)
@@ -243,6 +245,8 @@ class StreamPipeline:
             dead_letter(topic, name, raw, r.index, r.reason, r.detail, max_bytes=cap)
             for r in batch.rejects
         ]
+        if batch.fallback_rows:
+            self._decode_fallback.inc(batch.fallback_rows)
         order = [r.index for r in batch.rejects]
         counts = batch.reason_counts()
         violated: dict[str, int] = {}

@@ -23,6 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main() -> None:
     import atheris
 
+    # Not instrumented: numba cannot compile bytecode with atheris's branch hooks in it.
+    import monitor.jsonscan
+
     with atheris.instrument_imports():
         import monitor.decode
         import monitor.event_time

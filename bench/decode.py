@@ -1,0 +1,314 @@
+"""Decode cost per event: the compiled batch decoder against the msgspec decoder.
+
+Four tables:
+
+1. decode µs/event for 5, 20 and 100 float fields (``generate_wide``: values with four
+   decimals), compiled vs msgspec, on the same 10,000-event batch;
+2. payload shapes that fall back (escaped strings, nested objects, 17-digit floats off
+   the exact path, 1% escaped rows), to show what the fallback costs;
+3. the compile cost at start-up, in fresh processes: cold (empty numba cache) and warm
+   (``cache=True`` files present);
+4. consume + decode from the embedded broker, 20 float fields, one consumer process
+   per mode (consume only, compiled, msgspec).
+
+Wall times on a shared machine are noisy: every row also gives CPU time per event
+(``time.process_time``; in table 4 it includes librdkafka's threads, and ``dec cpu``
+is the decoding thread's own CPU time, ``time.thread_time``). Each in-process
+figure is the best of ``--repeat`` runs.
+
+Usage: python bench/decode.py [--events 300000] [--batch 10000] [--repeat 7] [--skip-broker]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import cpu_model, produce_wide
+from monitor.config import StreamSpec
+from monitor.decode import Batch, StreamDecoder
+from monitor.synthetic import generate_wide, wide_stream
+
+
+def _spec(stream: dict[str, Any], decoder: str) -> StreamSpec:
+    return StreamSpec.model_validate({**stream, "decoder": decoder})
+
+
+def _time(fn: Callable[[], Batch], events: int, repeat: int) -> tuple[float, float, Batch]:
+    """Best wall and CPU µs per event over ``repeat`` calls, and the last result."""
+    batch = fn()  # warm-up (vocabularies, caches)
+    wall = cpu = float("inf")
+    for _ in range(repeat):
+        w0, c0 = time.perf_counter(), time.process_time()
+        batch = fn()
+        wall = min(wall, time.perf_counter() - w0)
+        cpu = min(cpu, time.process_time() - c0)
+    return 1e6 * wall / events, 1e6 * cpu / events, batch
+
+
+def _compare(
+    name: str, stream: dict[str, Any], payloads: Sequence[bytes | None], repeat: int
+) -> dict[str, Any]:
+    compiled = StreamDecoder(_spec(stream, "compiled"))
+    plain = StreamDecoder(_spec(stream, "msgspec"))
+    n = len(payloads)
+    cw, cc, got = _time(lambda: compiled.decode(payloads), n, repeat)
+    mw, mc, want = _time(lambda: plain.decode(payloads), n, repeat)
+    same = got.rows.tolist() == want.rows.tolist() and all(
+        got.columns[k].tobytes() == want.columns[k].tobytes() for k in want.columns
+    )
+    return {
+        "shape": name,
+        "bytes": sum(map(len, filter(None, payloads))) / n,
+        "compiled_wall": cw,
+        "compiled_cpu": cc,
+        "msgspec_wall": mw,
+        "msgspec_cpu": mc,
+        "fallback": got.fallback_rows / n,
+        "identical": same,
+    }
+
+
+def _fallback_shapes(n: int) -> list[tuple[str, dict[str, Any], list[bytes | None]]]:
+    rng = np.random.default_rng(5)
+    names = [f"f{i:02d}" for i in range(20)]
+    rounded = np.round(rng.normal(50.0, 10.0, size=(n, 20)), 4).tolist()
+    full = rng.normal(50.0, 10.0, size=(n, 20)).tolist()
+    lenient = wide_stream(20, "t")
+    with_note = {**lenient, "fields": {**lenient["fields"], "note": {"type": "string"}}}
+    encode = msgspec.json.encode
+
+    def rows(values: list[list[float]], **extra: Any) -> list[bytes | None]:
+        return [encode({**dict(zip(names, row, strict=True)), **extra}) for row in values]
+
+    escaped = rows(rounded, note='valve "B" \u00e9\ncheck')
+    plain_note = rows(rounded, note="valve B check")
+    one_pct: list[bytes | None] = [escaped[i] if i % 100 == 0 else plain_note[i] for i in range(n)]
+    nested = rows(rounded, meta={"fw": "1.2.3", "tags": ["a", "b"]})
+    return [
+        ("20 floats + plain string", with_note, plain_note),
+        ("20 floats + escaped string", with_note, escaped),
+        ("  1% of rows escaped", with_note, one_pct),
+        ("20 floats + nested object", lenient, nested),
+        ("20 floats, 17 digits", lenient, rows(full)),
+    ]
+
+
+_STARTUP = """
+import time
+t0 = time.perf_counter()
+from monitor.config import StreamSpec
+from monitor.decode import StreamDecoder
+from monitor.synthetic import generate_wide, wide_stream
+t1 = time.perf_counter()
+decoder = StreamDecoder(StreamSpec.model_validate(wide_stream(20, "t")))
+decoder.decode(generate_wide(10, fields=20))
+t2 = time.perf_counter()
+print(f"{t1 - t0:.3f} {t2 - t1:.3f}")
+"""
+
+
+def _startup() -> list[tuple[str, float, float]]:
+    """Import and first-decode seconds in fresh processes, cold then warm cache."""
+    out = []
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "PYTHONPATH": root}
+        for label in ("cold (empty cache)", "warm (cached)", "warm (cached)"):
+            res = subprocess.run(
+                [sys.executable, "-c", _STARTUP],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=True,
+            )
+            imp, first = map(float, res.stdout.split())
+            out.append((label, imp, first))
+    return out
+
+
+def _consumer(args: argparse.Namespace) -> None:
+    import resource
+
+    from confluent_kafka import Consumer, Message, TopicPartition
+
+    decoder = None
+    if args.mode != "consume":
+        decoder = StreamDecoder(_spec(wide_stream(20, args.topic), args.mode))
+        decoder.decode(generate_wide(10, fields=20))  # compile (or load) before the clock
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "group.id": f"bench-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.queue.backoff.ms": 10,
+            "queued.min.messages": 200_000,
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.assign([TopicPartition(args.topic, p, 0) for p in range(args.partitions)])
+    seen = fallback = 0
+    decode_s = decode_cpu = 0.0
+    started = cpu0 = None
+    deadline = time.monotonic() + 300
+    while seen < args.events and time.monotonic() < deadline:
+        msgs = consumer.consume(args.batch, 1.0)
+        if not msgs:
+            continue
+        if started is None:  # the clock starts at the first batch (broker warm-up aside)
+            started = time.perf_counter()
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            cpu0 = ru.ru_utime + ru.ru_stime
+        values = list(map(Message.value, msgs))
+        if decoder is not None:
+            t, c = time.perf_counter(), time.thread_time()
+            fallback += decoder.decode(values).fallback_rows
+            decode_s += time.perf_counter() - t
+            decode_cpu += time.thread_time() - c
+        seen += len(msgs)
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = ru.ru_utime + ru.ru_stime - (cpu0 or 0.0)
+    consumer.close()
+    print(
+        json.dumps(
+            {
+                "mode": args.mode,
+                "events": seen,
+                "seconds": elapsed,
+                "cpu": cpu,
+                "decode": decode_s,
+                "decode_cpu": decode_cpu,
+                "fallback": fallback,
+            }
+        )
+    )
+
+
+def _broker(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from connectors.embedded import EmbeddedBroker
+
+    rows = []
+    topic = f"bench.decode.{time.monotonic_ns()}"
+    with EmbeddedBroker() as broker:
+        produce_s = produce_wide(broker.bootstrap, topic, args.events, 20, args.partitions)
+        print(f"produced {args.events:,} events of 20 fields in {produce_s:.1f}s", flush=True)
+        for mode in ("consume", "compiled", "msgspec"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--mode", mode]
+            cmd += ["--bootstrap", broker.bootstrap, "--topic", topic]
+            cmd += ["--events", str(args.events), "--batch", str(args.batch)]
+            cmd += ["--partitions", str(args.partitions)]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+            if out.returncode != 0 or not lines:
+                print(f"{mode}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+                continue
+            rows.append(json.loads(lines[-1]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=300_000, help="broker events")
+    parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--skip-broker", action="store_true")
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode:
+        _consumer(args)
+        return
+
+    print(f"machine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}")
+    print(f"numba cache: {os.environ.get('NUMBA_CACHE_DIR', 'next to the module')}\n")
+    head = "{:<28} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>5}"
+    cols = ("shape", "bytes", "compiled", "msgspec", "cmp cpu", "msg cpu", "speedup")
+    print(
+        f"1-2. decode µs/event (batch of {args.batch:,}; wall best-of-{args.repeat},"
+        " cpu = process time)"
+    )
+    print(head.format(*cols, "fallback", "same"))
+    results = []
+    for fields in (5, 20, 100):
+        payloads: list[bytes | None] = list(generate_wide(args.batch, fields=fields))
+        results.append(
+            _compare(f"{fields} floats", wide_stream(fields, "t"), payloads, args.repeat)
+        )
+    for name, stream, payloads in _fallback_shapes(args.batch):
+        results.append(_compare(name, stream, payloads, args.repeat))
+    for r in results:
+        print(
+            head.format(
+                r["shape"],
+                f"{r['bytes']:.0f}",
+                f"{r['compiled_wall']:.3f}",
+                f"{r['msgspec_wall']:.3f}",
+                f"{r['compiled_cpu']:.3f}",
+                f"{r['msgspec_cpu']:.3f}",
+                f"{r['msgspec_cpu'] / r['compiled_cpu']:.2f}x",
+                f"{100 * r['fallback']:.1f}%",
+                "yes" if r["identical"] else "NO",
+            )
+        )
+
+    print("\n3. start-up: import, then construct + first decode (fresh process each)")
+    print("{:<22} {:>9} {:>18}".format("numba cache", "import s", "first decode s"))
+    for label, imp, first in _startup():
+        print(f"{label:<22} {imp:>9.2f} {first:>18.2f}")
+
+    if args.skip_broker:
+        return
+    print()
+    rows = _broker(args)
+    print(f"\n4. consume + decode from the embedded broker, 20 floats, batches of {args.batch:,}")
+    print(
+        "{:<10} {:>9} {:>10} {:>9} {:>10} {:>10} {:>10} {:>9}".format(
+            "mode",
+            "events",
+            "events/s",
+            "µs/event",
+            "cpu µs/ev",
+            "decode µs",
+            "dec cpu",
+            "fallback",
+        )
+    )
+    for r in rows:
+        n = r["events"] or 1
+        rate = r["events"] / r["seconds"] if r["seconds"] else 0.0
+        print(
+            "{:<10} {:>9,} {:>10,.0f} {:>9.2f} {:>10.2f} {:>10} {:>10} {:>9}".format(
+                r["mode"],
+                r["events"],
+                rate,
+                1e6 * r["seconds"] / n,
+                1e6 * r["cpu"] / n,
+                f"{1e6 * r['decode'] / n:.2f}" if r["mode"] != "consume" else "-",
+                f"{1e6 * r['decode_cpu'] / n:.2f}" if r["mode"] != "consume" else "-",
+                f"{r['fallback']:,}" if r["mode"] != "consume" else "-",
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
