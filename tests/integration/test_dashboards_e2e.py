@@ -87,7 +87,13 @@ def _config(bootstrap: str, topic: str, name: str, hook: str, dead: str) -> Any:
                 "delivery": {"queue_size": 2, "backoff_initial": "50ms", "backoff_max": "100ms"},
                 "sinks": [
                     {"type": "webhook", "name": "hook", "url": hook, "secret": "s3cret"},
-                    {"type": "webhook", "name": "down", "url": dead, "timeout": 0.5, "unsigned": True},
+                    {
+                        "type": "webhook",
+                        "name": "down",
+                        "url": dead,
+                        "timeout": 0.5,
+                        "unsigned": True,
+                    },
                 ],
             },
         },
