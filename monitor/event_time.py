@@ -29,6 +29,8 @@ import numpy.typing as npt
 
 __all__ = ["parse_event_times", "valid_time_value"]
 
+_NUMBER_TYPES = frozenset({int, float})
+
 
 def valid_time_value(value: Any) -> bool:
     """Whether ``value`` has a type an event time may have (a finite number or text)."""
@@ -48,7 +50,12 @@ def parse_event_times(
     both arrays have ``len(values)`` entries; unparsable entries hold NaN.
     """
     n = len(values)
-    try:  # the common case: every value a number
+    # The common case: every value a number. Text (even "20250") and bools take the
+    # general path whatever the rest of the batch holds, so a value's verdict never
+    # depends on its neighbours.
+    if not set(map(type, values)) <= _NUMBER_TYPES:
+        return _mixed(values, scale)
+    try:
         out = np.fromiter(values, dtype=np.float64, count=n)
     except (TypeError, ValueError, OverflowError):
         return _mixed(values, scale)

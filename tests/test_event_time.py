@@ -72,3 +72,14 @@ def test_epoch_units_and_mixed_batches() -> None:
     seconds, bad = parse_event_times([1.0, "1970-01-01T00:00:02Z", True, None, float("nan")], 1.0)
     assert seconds[:2].tolist() == [1.0, 2.0]
     assert bad.tolist() == [False, False, True, True, True]
+
+
+def test_a_value_verdict_does_not_depend_on_the_rest_of_the_batch() -> None:
+    # Numeric text and bools are not event times, alone or next to valid ones.
+    for odd in ("20250", True):
+        _, alone = parse_event_times([odd], scale=1.0)
+        _, mixed = parse_event_times([odd, "2025-01-01T00:00:00Z"], scale=1.0)
+        _, with_number = parse_event_times([odd, 1.5], scale=1.0)
+        assert alone.tolist() == [True]
+        assert mixed.tolist() == [True, False]
+        assert with_number.tolist() == [True, False]
