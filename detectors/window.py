@@ -107,6 +107,12 @@ class SlidingCounts:
         self._ring_values: list[FloatArray] = [np.empty(0)] * R
         self._open_values: list[FloatArray] = []
         self._cache: IntArray | None = None
+        # Where each slot lies in its partition: first and last Kafka offset (-1: not
+        # known) and earliest and latest event time (NaN: not known); row R of the
+        # count clock is the filling slot.
+        slots = R + 1
+        self._off = np.full((slots, 2), -1, dtype=np.int64)
+        self._tspan = np.full((slots, 2), np.nan, dtype=np.float64)
 
     # ----------------------------------------------------------------- reading
     @property
@@ -150,13 +156,20 @@ class SlidingCounts:
 
     # ----------------------------------------------------------------- writing
     def add(
-        self, bins: IntArray, times: FloatArray | None = None, values: FloatArray | None = None
+        self,
+        bins: IntArray,
+        times: FloatArray | None = None,
+        values: FloatArray | None = None,
+        offsets: IntArray | None = None,
     ) -> bool:
         """Fold in a batch of bin indices (int64, shape ``(m,)``, in ``0..B-1``).
 
         ``times`` (seconds, shape ``(m,)``) is required by the time clock; ``values``
-        (shape ``(m,)``) by ``keep_values``. Returns True when at least one
-        sub-window closed in this batch and the window is ready: a new verdict is due.
+        (shape ``(m,)``) by ``keep_values``. ``offsets`` (the events' Kafka offsets in
+        one partition, ascending) and, on the count clock, ``times`` are optional:
+        with them the window knows where it lies (``span``). Returns True when at
+        least one sub-window closed in this batch and the window is ready: a new
+        verdict is due.
         """
         if bins.size == 0:
             return False
@@ -164,31 +177,89 @@ class SlidingCounts:
         if self.timed:
             if times is None:
                 raise DetectorError("an event-time window needs `times`")
-            return self._add_timed(bins, np.asarray(times, dtype=np.float64))
+            return self._add_timed(bins, np.asarray(times, dtype=np.float64), offsets)
         if self.keep_values and values is None:
             raise DetectorError("keep_values needs `values`")
-        return self._add_counted(bins, values)
+        return self._add_counted(bins, values, offsets, times)
+
+    def span(self) -> tuple[int, int | None, int | None, float | None, float | None]:
+        """Where the window (closed sub-windows) lies: ``(events, first offset, last
+        offset, earliest event time, latest event time)``; None where not known."""
+        if self.timed:
+            if self._head is None:
+                return 0, None, None, None, None
+            R1 = self.ring_size + 1
+            ids = np.arange(self._head - self.ring_size, self._head) % R1
+        else:
+            n = min(self._closed, self.ring_size)
+            if n == 0:
+                return 0, None, None, None, None
+            ids = (self._pos - 1 - np.arange(n)) % self.ring_size
+        events = int(self._ring[ids].sum())
+        off = self._off[ids]
+        known = off[:, 0] >= 0
+        first = int(off[known, 0].min()) if known.any() else None
+        last = int(off[known, 1].max()) if known.any() else None
+        ts = self._tspan[ids]
+        tk = ~np.isnan(ts[:, 0])
+        start = float(ts[tk, 0].min()) if tk.any() else None
+        end = float(ts[tk, 1].max()) if tk.any() else None
+        return events, first, last, start, end
 
     def _bincount_rows(self, rows: IntArray, bins: IntArray, n_rows: int) -> IntArray:
         B = self.bins
         flat = np.bincount(rows * B + bins, minlength=n_rows * B)
         return flat.reshape(n_rows, B).astype(np.int64, copy=False)
 
-    def _push(self, row: IntArray, vals: FloatArray | None) -> None:
+    def _push(self, row: IntArray, vals: FloatArray | None, off: IntArray, ts: FloatArray) -> None:
         self._total += row - self._ring[self._pos]
         self._ring[self._pos] = row
+        self._off[self._pos] = off
+        self._tspan[self._pos] = ts
         if vals is not None:
             self._ring_values[self._pos] = vals
         self._pos = (self._pos + 1) % self.ring_size
         self._closed += 1
 
-    def _add_counted(self, bins: IntArray, values: FloatArray | None) -> bool:
+    def _segment_span(
+        self,
+        offsets: IntArray | None,
+        times: FloatArray | None,
+        a: int,
+        b: int,
+        into: int | None = None,
+    ) -> tuple[IntArray, FloatArray]:
+        """Span of events ``a:b`` of the batch, widened by slot ``into``'s span."""
+        off = np.array([-1, -1], dtype=np.int64)
+        ts = np.array([np.nan, np.nan])
+        if b > a:
+            if offsets is not None:
+                off[:] = offsets[a], offsets[b - 1]
+            if times is not None:
+                seg = times[a:b]
+                ts[:] = seg.min(), seg.max()
+        if into is not None:
+            old_off, old_ts = self._off[into], self._tspan[into]
+            if old_off[0] >= 0:
+                off = old_off.copy() if off[0] < 0 else np.array([old_off[0], off[1]])
+            if not np.isnan(old_ts[0]):
+                ts = np.array([np.fmin(old_ts[0], ts[0]), np.fmax(old_ts[1], ts[1])])
+        return off, ts
+
+    def _add_counted(
+        self,
+        bins: IntArray,
+        values: FloatArray | None,
+        offsets: IntArray | None = None,
+        times: FloatArray | None = None,
+    ) -> bool:
         S, B, R = int(self.step_events or 1), self.bins, self.ring_size
         m = int(bins.size)
         need = max(S - self._open_n, 0)
         if m < need:
             self._open += np.bincount(bins, minlength=B)
             self._open_n += m
+            self._off[R], self._tspan[R] = self._segment_span(offsets, times, 0, m, R)
             if values is not None:
                 self._open_values.append(np.asarray(values, dtype=np.float64))
             return False
@@ -197,7 +268,7 @@ class SlidingCounts:
         first_vals = None
         if values is not None:
             first_vals = np.concatenate([*self._open_values, values[:need]])
-        self._push(self._open, first_vals)
+        self._push(self._open, first_vals, *self._segment_span(offsets, times, 0, need, R))
         rest, rest_vals = bins[need:], None if values is None else values[need:]
         k = int(rest.size) // S
         if k:
@@ -209,14 +280,16 @@ class SlidingCounts:
                 v = None
                 if rest_vals is not None:
                     v = rest_vals[(skip + j) * S : (skip + j + 1) * S].copy()
-                self._push(rows[j].copy(), v)
+                a = need + (skip + j) * S
+                self._push(rows[j].copy(), v, *self._segment_span(offsets, times, a, a + S))
         tail = rest[k * S :]
         self._open = np.bincount(tail, minlength=B).astype(np.int64)
         self._open_n = int(tail.size)
+        self._off[R], self._tspan[R] = self._segment_span(offsets, times, need + k * S, m)
         self._open_values = [] if rest_vals is None else [rest_vals[k * S :].copy()]
         return self.ready
 
-    def _add_timed(self, bins: IntArray, times: FloatArray) -> bool:
+    def _add_timed(self, bins: IntArray, times: FloatArray, offsets: IntArray | None) -> bool:
         R1, dt = self.ring_size + 1, float(self.step_seconds or 1.0)
         slot = np.floor(times / dt).astype(np.int64)
         kmax = int(slot.max())
@@ -231,9 +304,24 @@ class SlidingCounts:
         n_keep = int(np.count_nonzero(keep))
         self._late += int(slot.size) - n_keep
         if n_keep < slot.size:
-            slot, bins = slot[keep], bins[keep]
+            slot, bins, times = slot[keep], bins[keep], times[keep]
+            offsets = None if offsets is None else offsets[keep]
         if n_keep:
-            self._ring += self._bincount_rows(slot % R1, bins, R1)
+            ids = slot % R1
+            self._ring += self._bincount_rows(ids, bins, R1)
+            ts = self._tspan
+            lo = np.where(np.isnan(ts[:, 0]), np.inf, ts[:, 0])
+            hi = np.where(np.isnan(ts[:, 1]), -np.inf, ts[:, 1])
+            np.minimum.at(lo, ids, times)
+            np.maximum.at(hi, ids, times)
+            ts[:, 0] = np.where(np.isinf(lo), np.nan, lo)
+            ts[:, 1] = np.where(np.isinf(hi), np.nan, hi)
+            if offsets is not None:
+                big = np.iinfo(np.int64).max
+                first = np.where(self._off[:, 0] < 0, big, self._off[:, 0])
+                np.minimum.at(first, ids, offsets)
+                np.maximum.at(self._off[:, 1], ids, offsets)
+                self._off[:, 0] = np.where(first == big, -1, first)
         return advanced and self.ready
 
     def _advance(self, new_head: int) -> None:
@@ -241,9 +329,13 @@ class SlidingCounts:
         R1 = self.ring_size + 1
         if new_head - self._head >= R1:
             self._ring[:] = 0
+            self._off[:R1] = -1
+            self._tspan[:R1] = np.nan
         else:
             ids = np.arange(self._head + 1, new_head + 1) % R1
             self._ring[ids] = 0
+            self._off[ids] = -1
+            self._tspan[ids] = np.nan
         self._closed += new_head - self._head
         self._head = new_head
 
@@ -299,6 +391,10 @@ class SlidingCounts:
         self._closed = max(self._closed, other._closed)
 
     # ------------------------------------------------------------------- state
+    def _step(self) -> float:
+        step = self.step_seconds if self.timed else self.step_events
+        return float(step or 0)
+
     def state(self) -> dict[str, Any]:
         """Plain values and numpy arrays; ``restore`` continues exactly."""
         st: dict[str, Any] = {
@@ -311,6 +407,9 @@ class SlidingCounts:
             "head": self._head,
             "first": self._first,
             "late": self._late,
+            "off": self._off.copy(),
+            "tspan": self._tspan.copy(),
+            "step": self._step(),
         }
         if self.keep_values:
             st["ring_values"] = np.concatenate(self._ring_values)
@@ -327,6 +426,11 @@ class SlidingCounts:
             raise DetectorError(
                 f"window state has shape {ring.shape}, this window needs {self._ring.shape}"
             )
+        step = self._step()
+        if "step" in state and float(state["step"]) != step:
+            raise DetectorError(
+                f"window state has sub-windows of {state['step']}, this window needs {step}"
+            )
         self._ring = ring.copy()
         self._total = np.asarray(state["total"], dtype=np.int64).copy()
         self._open = np.asarray(state["open"], dtype=np.int64).copy()
@@ -337,6 +441,12 @@ class SlidingCounts:
         self._first = int(state["first"])
         self._late = int(state["late"])
         self._cache = None
+        if "off" in state:  # states written before windows knew their span lack it
+            self._off = np.asarray(state["off"], dtype=np.int64).reshape(-1, 2).copy()
+            self._tspan = np.asarray(state["tspan"], dtype=np.float64).reshape(-1, 2).copy()
+        else:
+            self._off = np.full((self._ring.shape[0] + (0 if self.timed else 1), 2), -1, np.int64)
+            self._tspan = np.full(self._off.shape, np.nan)
         if self.keep_values:
             vals = np.asarray(state["ring_values"], dtype=np.float64)
             cuts = np.cumsum(np.asarray(state["ring_lengths"], dtype=np.int64))[:-1]
@@ -446,16 +556,25 @@ class WindowedDetector:
         return [] if finding is None else [finding]
 
     def accumulate(
-        self, bins: IntArray, times: FloatArray | None = None, values: Any = None
+        self,
+        bins: IntArray,
+        times: FloatArray | None = None,
+        values: Any = None,
+        offsets: IntArray | None = None,
     ) -> bool:
         """Fold pre-binned values into the window without judging it.
 
         Returns True when a sub-window closed and the window is full: a verdict is
         due. Used where several partitions' windows are merged before judging.
+        ``offsets`` (one partition's Kafka offsets) let the window tell its span.
         """
         keep = self._window.keep_values
         vals = np.asarray(values, dtype=np.float64) if keep else None
-        return self._window.add(np.asarray(bins, dtype=np.int64), times, vals)
+        return self._window.add(np.asarray(bins, dtype=np.int64), times, vals, offsets)
+
+    def span(self) -> tuple[int, int | None, int | None, float | None, float | None]:
+        """``(events, first offset, last offset, start time, end time)`` of the window."""
+        return self._window.span()
 
     def _reset(self) -> None:
         raise NotImplementedError

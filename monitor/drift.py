@@ -1,15 +1,43 @@
 """The drift stage of a stream: a baseline, and per field the configured detectors.
 
-State is kept per Kafka partition, so that it can be checkpointed with the offsets
-it covers and move with the partition on a rebalance: a partition's windows hold
-exactly the events of that partition up to its checkpointed offset, whatever the
-batching or the process. The stream-level verdict of a binned detector (KS, PSI,
-chi-square) judges the merge of the partitions' windows (bin counts add exactly);
-ADWIN watches each partition's mean and reports per partition.
+Windows are the stream's. ``window.events`` and ``step`` count events of the stream,
+whatever its partition count ``P`` (all its topics' partitions, from the topic
+metadata: ``set_partition_count``):
+
+* Each partition keeps its own ring of ``R = window.events / step`` sub-windows of
+  ``ceil(step / P)`` of *its* events. A partition's ring is a function of that
+  partition's events only (not of batching, interleaving or which process reads
+  it), so it is checkpointed with the partition's offset and a restart or a
+  rebalance continues it exactly.
+* The stream's verdict adds the newest ``R`` sub-windows of every partition (bin
+  counts add exactly; partitions other replicas own come from their latest
+  checkpoints, see ``set_remote``). With the partitions read evenly that is the
+  last ``~window.events`` events of the stream (``R * ceil(step / P) * P``, at most
+  ``R * (P - 1)`` more); a partition that gets fewer events contributes an older
+  stretch of its own. The first verdict comes once a partition's ring is full,
+  after about ``window.events`` stream events.
+* A verdict is taken at every ``step`` events this stage folds in, also inside one
+  large batch (the batch is split at the step boundaries), so detection positions
+  do not depend on ``max_batch_events``. The boundaries count the events of this
+  process since it started; they are not part of the checkpoint (a restart can
+  move the verdicts by less than one step, never the windows).
+* Each test keeps the level ``step / (ert * family_size)`` (one test per stream
+  step): per partition ``ert`` is scaled like the step.
+* A change of ``P`` (partitions added to a topic) restarts the windows: states of
+  another sub-window size are not restored (logged).
+* Event-time windows (``window.seconds``) are per partition by time bucket and
+  merge by bucket, so they need no scaling; their verdict comes when a bucket closes.
+* ADWIN runs per partition on the partition's values; its ``min_window_length`` and
+  ``subwindow`` are read as stream events and divided by ``P`` per partition, so a
+  shift is reported after about as many stream events as on one partition (measured
+  in tests/test_drift_windows.py and bench/RESULTS.md); a change reports the old
+  and new mean and where (offset, event time).
 
 Per batch and field the valid values are binned once against the field's baseline
-and the bins feed every binned detector of the field. Findings are completed
-with the stream name and the baseline id.
+and the bins feed every binned detector of the field. Findings are completed with
+the stream name, the baseline id and their evidence: per partition the first and
+last offsets and event times of the window (``Finding.partitions``), and for a
+categorical field the categories contributing most and the unseen rate.
 
 Multiple testing: every binned detector of the stream shares one false-alarm
 budget (``ert``, expected events between false alarms for the whole stream), so
@@ -24,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +63,7 @@ from detectors.adwin_defaults import SERVICE_DEFAULTS
 from detectors.base import Detector, Finding, WindowBounds
 from detectors.baseline import Baseline, CategoricalBaseline, NumericBaseline, load_baseline
 from detectors.registry import create
+from detectors.window import DEFAULT_ERT_EVENTS
 from monitor.baselines import BaselineAccumulator
 from monitor.config import NUMERIC_TYPES, FieldType, StreamSpec
 from monitor.decode import Batch, StreamDecoder
@@ -44,6 +74,7 @@ __all__ = ["DriftStage", "drift_stages"]
 log = logging.getLogger("driftwarden.drift")
 
 _UNBINNED = frozenset({"adwin"})  # detectors that take raw values, not baseline bins
+_RECENT = 1000  # values whose mean an ADWIN change reports as the new mean
 
 
 @dataclasses.dataclass
@@ -121,6 +152,10 @@ class DriftStage:
         self._remote_changes: dict[tuple[int, str, int], int] = {}
         self._accumulator: BaselineAccumulator | None = None
         self._time_window = spec.window.seconds is not None
+        # The stream's partition count (see set_partition_count) and the events this
+        # stage has folded in (it places the step boundaries of the verdicts).
+        self.partition_count = 1
+        self._seen = 0
         if baseline is None and spec.baseline.file is not None:
             try:
                 baseline = load_baseline(spec.baseline.file)
@@ -156,6 +191,7 @@ class DriftStage:
             if d not in _UNBINNED
         )
         window = self.spec.window.detector_params()
+        P = self.partition_count
         self._plans = []
         for name in self.fields:
             fs = self.spec.fields[name]
@@ -175,9 +211,11 @@ class DriftStage:
                     if not numeric:
                         continue  # ADWIN watches a numeric mean
                     kw = {**SERVICE_DEFAULTS, **params} if det_name == "adwin" else dict(params)
+                    if det_name == "adwin":
+                        kw = _adwin_share(kw, P)
                     plan.raw.append((det_name, _factory(det_name, None, name, kw)))
                 else:
-                    kw = {**window, "family_size": binned_pairs, **params}
+                    kw = _partition_share({**window, "family_size": binned_pairs, **params}, P)
                     make = _factory(det_name, fb, name, kw)
                     plan.binned.append((det_name, make))
                     plan.merged.append(make())
@@ -197,8 +235,39 @@ class DriftStage:
         return found
 
     # -- processing ----------------------------------------------------------------
-    def update(self, batch: Batch, partitions: npt.NDArray[np.int32]) -> list[Finding]:
-        """Fold in a batch; ``partitions`` gives each accepted row's partition."""
+    def set_partition_count(self, count: int) -> None:
+        """The stream's partition count ``P`` (all its topics), from the topic metadata.
+
+        Count windows give each partition sub-windows of ``ceil(step / P)`` events, so
+        the stream's verdict (the newest sub-windows of every partition, added) covers
+        about ``window.events`` events of the stream. A change of ``P`` restarts the
+        windows (checkpointed partition states of another ``P`` are not restored).
+        """
+        count = max(int(count), 1)
+        if count == self.partition_count:
+            return
+        log.info("stream %s: %d partitions", self.spec.name, count)
+        self.partition_count = count
+        if self.baseline is not None:
+            self._start(self.baseline)
+
+    def update_located(
+        self,
+        batch: Batch,
+        partitions: npt.NDArray[np.int32],
+        offsets: npt.NDArray[np.int64] | None,
+    ) -> list[Finding]:
+        """``update`` with each accepted row's Kafka offset, for the evidence."""
+        return self.update(batch, partitions, offsets)
+
+    def update(
+        self,
+        batch: Batch,
+        partitions: npt.NDArray[np.int32],
+        offsets: npt.NDArray[np.int64] | None = None,
+    ) -> list[Finding]:
+        """Fold in a batch; ``partitions`` gives each accepted row's partition (slot)
+        and ``offsets`` (optional) its Kafka offset, for the findings' evidence."""
         if self._accumulator is not None:
             target = int(self.spec.baseline.first_events or 0)
             taken = self._accumulator.add(batch, target)
@@ -209,48 +278,83 @@ class DriftStage:
             if taken >= batch.n:
                 return []
             batch, partitions = _tail(batch, taken), partitions[taken:]
+            offsets = None if offsets is None else offsets[taken:]
         if self.baseline is None or batch.n == 0:
             return []
+        n = batch.n
+        # Stream step boundaries inside the batch: a verdict after each.
+        cuts: list[int] = []
+        step = self.spec.window.step
+        if not self._time_window and step:
+            first_cut = step - self._seen % step
+            cuts = list(range(first_cut, n + 1, step))
+        self._seen += n
+        bounds = [0, *cuts]
+        if not cuts or cuts[-1] != n:
+            bounds.append(n)
         first = int(partitions[0])
+        rows_of: dict[int, npt.NDArray[np.intp] | None]
         if (partitions == first).all():
-            split = [(first, None)]
+            rows_of = {first: None}
         else:
-            split = [(int(p), partitions == p) for p in np.unique(partitions)]
-        findings: list[Finding] = []
-        due: set[tuple[str, int]] = set()
+            rows_of = {int(p): np.flatnonzero(partitions == p) for p in np.unique(partitions)}
+        times_all = batch.event_time
+        # Per field, the bins of every row (garbage where the value is not valid).
+        binned: list[tuple[_FieldPlan, npt.NDArray[np.bool_], npt.NDArray[Any], Any]] = []
         for plan in self._plans:
             valid = batch.valid[plan.name]
             column = batch.columns[plan.name]
-            for partition, rows in split:
-                ok = valid if rows is None else valid & rows
-                values = column[ok]
-                if values.size == 0:
-                    continue
-                times = None
-                if batch.event_time is not None and self._time_window:
-                    times = batch.event_time[ok]
-                dets = self._partition(partition)
-                if plan.numeric:
-                    bins = plan.baseline.bin_index(values)
+            if plan.numeric:
+                bins = plan.baseline.bin_index(np.where(valid, column, 0.0))
+            else:
+                names = self.decoder.vocabularies[plan.name].names()
+                bins = plan.category_bins(np.where(valid, column, 0), names)
+            binned.append((plan, valid, bins, column))
+        findings: list[Finding] = []
+        due: set[tuple[str, int]] = set()
+        for j in range(len(bounds) - 1):
+            lo, hi = bounds[j], bounds[j + 1]
+            for partition, rows in rows_of.items():
+                if rows is None:
+                    sel: Any = slice(lo, hi)
                 else:
-                    names = self.decoder.vocabularies[plan.name].names()
-                    bins = plan.category_bins(values, names)
-                for i, det in enumerate(dets.binned[plan.name]):
-                    if det.accumulate(bins, times, values):
-                        due.add((plan.name, i))
-                for det in dets.raw[plan.name]:
-                    for f in det.update(values, times):
-                        window = dataclasses.replace(f.window, partition=partition)
-                        findings.append(dataclasses.replace(f, window=window))
+                    a, b = np.searchsorted(rows, (lo, hi))
+                    if a == b:
+                        continue
+                    sel = rows[a:b]
+                dets = self._partition(partition)
+                for plan, valid, bins, column in binned:
+                    ok = valid[sel]
+                    idx = np.flatnonzero(ok) + lo if isinstance(sel, slice) else sel[ok]
+                    if idx.size == 0:
+                        continue
+                    times = None if times_all is None else times_all[idx]
+                    offs = None if offsets is None else offsets[idx]
+                    b_rows = bins[idx]
+                    values = column[idx]
+                    for i, det in enumerate(dets.binned[plan.name]):
+                        if det.accumulate(b_rows, times, values, offs):
+                            due.add((plan.name, i))
+                    for det in dets.raw[plan.name]:
+                        before = float(getattr(det, "estimation", math.nan))
+                        for f in det.update(values, times):
+                            findings.append(
+                                _locate_change(f, partition, before, values, offs, times)
+                            )
+            at_cut = hi in cuts
+            if self.aggregating and (at_cut or (self._time_window and j == len(bounds) - 2)):
+                for plan in self._plans:
+                    for i, merged in enumerate(plan.merged):
+                        if self._time_window and (plan.name, i) not in due:
+                            continue
+                        if finding := self._judge(plan, i, merged):
+                            findings.append(finding)
+                due.clear()
         if not self.aggregating:
             findings = []  # the stream's judge reports this replica's changes from checkpoints
         else:
             findings.extend(self._remote_findings)
             self._remote_findings = []
-            for plan in self._plans:
-                for i, merged in enumerate(plan.merged):
-                    if (plan.name, i) in due and (finding := self._judge(plan, i, merged)):
-                        findings.append(finding)
         baseline_id = self.baseline.id
         return [
             dataclasses.replace(f, stream=self.spec.name, baseline_id=baseline_id) for f in findings
@@ -258,16 +362,25 @@ class DriftStage:
 
     def _judge(self, plan: _FieldPlan, index: int, merged: Any) -> Finding | None:
         """The stream-level verdict: all partitions' windows added, then judged."""
-        parts = [p.binned[plan.name][index] for p in self._partitions.values()]
-        parts += [p.binned[plan.name][index] for p in self._remote.values()]
-        if len(parts) == 1:
-            finding: Finding | None = parts[0].evaluate()
-            return finding
-        merged.clear()
-        for det in parts:
-            merged.merge(det)
-        finding = merged.evaluate()
-        return finding
+        slots = [(s, p.binned[plan.name][index]) for s, p in self._partitions.items()]
+        slots += [(s, p.binned[plan.name][index]) for s, p in self._remote.items()]
+        if not slots:
+            return None
+        if len(slots) == 1:
+            finding: Finding | None = slots[0][1].evaluate()
+        else:
+            merged.clear()
+            for _, det in slots:
+                merged.merge(det)
+            finding = merged.evaluate()
+        if finding is None:
+            return None
+        return _with_evidence(finding, slots, plan, self._category_names(plan))
+
+    def _category_names(self, plan: _FieldPlan) -> list[str]:
+        if isinstance(plan.baseline, CategoricalBaseline):
+            return [str(c) for c in plan.baseline.categories]
+        return []
 
     def evaluate(self) -> list[Finding]:
         """Stream-level verdicts of every binned detector on the windows as they are now."""
@@ -286,7 +399,18 @@ class DriftStage:
         return self._partition(partition).state()
 
     def restore_partition(self, partition: int, state: dict[str, Any]) -> None:
-        self._partition(partition).restore(state)
+        """Continue ``partition`` from its checkpoint; a state that does not fit this
+        configuration (another partition count, other detectors) restarts its windows."""
+        try:
+            self._partition(partition).restore(state)
+        except (ConfigError, ValueError, KeyError) as exc:
+            log.warning(
+                "stream %s: checkpointed state of slot %d does not fit (%s): its windows restart",
+                self.spec.name,
+                partition,
+                exc,
+            )
+            self._partitions[partition] = _PartitionDetectors(self._plans)
 
     def drop_partition(self, partition: int) -> None:
         """Forget a partition this process no longer owns."""
@@ -356,6 +480,172 @@ class DriftStage:
             return
         self._accumulator = None
         self._start(baseline)
+
+
+def _partition_share(kw: dict[str, Any], partitions: int) -> dict[str, Any]:
+    """A binned detector's arguments for one partition's share of a count window.
+
+    Each of the ``P`` partitions keeps ``R = window / step`` sub-windows of
+    ``ceil(step / P)`` of its own events, so the newest sub-windows of all partitions
+    add up to about ``window`` events of the stream. Verdicts are taken once per
+    ``step`` events of the stream, so each test keeps the level
+    ``step / (ert * family_size)``: ``ert`` is scaled by the same factor as the step.
+    Time windows are left alone (partitions merge by time bucket).
+    """
+    if partitions <= 1 or kw.get("window_seconds") is not None:
+        return kw
+    window, step = kw.get("window_events"), kw.get("step_events")
+    if not window or not step or window % step:
+        return kw  # the detector reports the invalid window itself
+    share = -(-int(step) // partitions)
+    ert = float(kw["ert"]) if kw.get("ert") is not None else DEFAULT_ERT_EVENTS
+    return {
+        **kw,
+        "window_events": window // step * share,
+        "step_events": share,
+        "ert": ert * share / step,
+    }
+
+
+def _adwin_share(kw: dict[str, Any], partitions: int) -> dict[str, Any]:
+    """ADWIN's arguments for one partition's share of the stream.
+
+    ADWIN runs per partition (its histogram is a function of that partition's values,
+    so restarts stay exact). Its configured ``min_window_length`` and ``subwindow``
+    are in events of the stream: each partition uses ``ceil(value / P)``, so a shift
+    is reported after about as many stream events as on one partition (the minimum
+    window dominates ADWIN's delay at the service defaults). The price: the
+    outlier protection of ``min_window_length`` is that of the smaller share.
+    """
+    if partitions <= 1:
+        return kw
+    out = dict(kw)
+    for key in ("min_window_length", "subwindow"):
+        if key in out:
+            out[key] = max(1, -(-int(out[key]) // partitions))
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def _locate_change(
+    f: Finding,
+    slot: int,
+    before: float,
+    values: npt.NDArray[Any],
+    offsets: npt.NDArray[np.int64] | None,
+    times: npt.NDArray[np.float64] | None,
+) -> Finding:
+    """An ADWIN finding with its partition, and for a change where and how much."""
+    window = dataclasses.replace(f.window, partition=slot)
+    if not f.drift:
+        return dataclasses.replace(f, window=window, partitions=(window,))
+    details = dict(f.details)
+    i = int(details.get("first_change_index", 0))
+    recent = values[max(0, i + 1 - _RECENT) : i + 1].astype(np.float64)
+    new = float(recent.mean()) if recent.size else math.nan
+    where = f"partition slot {slot}"
+    extra: list[tuple[str, float]] = [("old_mean", before), ("new_mean", new)]
+    offset = None if offsets is None else int(offsets[i])
+    when = None if times is None else float(times[i])
+    if offset is not None:
+        where += f" at offset {offset}"
+        extra.append(("change_offset", float(offset)))
+    if when is not None:
+        extra.append(("change_time", when))
+    window = dataclasses.replace(
+        window,
+        first_offset=offset,
+        last_offset=None if offsets is None else int(offsets[-1]),
+        end_time=when if when is not None else window.end_time,
+    )
+    summary = (
+        f"ADWIN found a change of the mean of {f.subject} on {where}: window mean before "
+        f"{_fmt(before)}, mean of the last {recent.size} values up to the change {_fmt(new)} "
+        f"({int(f.statistic)} change(s) >= 1)"
+    )
+    return dataclasses.replace(
+        f,
+        window=window,
+        partitions=(window,),
+        details=(*f.details, *extra),
+        summary=summary,
+    )
+
+
+def _with_evidence(
+    finding: Finding, slots: list[tuple[int, Any]], plan: _FieldPlan, categories: list[str]
+) -> Finding:
+    """A stream verdict with the span of each partition's window and, for a
+    categorical field, the categories contributing most and the unseen rate."""
+    parts = []
+    for slot, det in slots:
+        events, first, last, start, end = det.span()
+        if events:
+            parts.append(
+                WindowBounds(
+                    events=events,
+                    first_offset=first,
+                    last_offset=last,
+                    start_time=start,
+                    end_time=end,
+                    partition=slot,
+                )
+            )
+    starts = [p.start_time for p in parts if p.start_time is not None]
+    ends = [p.end_time for p in parts if p.end_time is not None]
+    window = dataclasses.replace(
+        finding.window,
+        start_time=min(starts) if starts else finding.window.start_time,
+        end_time=max(ends) if ends else finding.window.end_time,
+    )
+    if len(parts) == 1:
+        window = dataclasses.replace(
+            window,
+            first_offset=parts[0].first_offset,
+            last_offset=parts[0].last_offset,
+            partition=parts[0].partition,
+        )
+    top: tuple[tuple[str, float], ...] = ()
+    details = finding.details
+    if categories:
+        counts = np.zeros(len(categories) + 1, np.int64)
+        for _, det in slots:
+            counts += det.window_counts
+        top, unseen = _category_contributions(counts, plan.baseline, categories)
+        if "unseen_rate" not in dict(details):
+            details = (*details, ("unseen_rate", unseen))
+    return dataclasses.replace(
+        finding, window=window, partitions=tuple(parts), top=top, details=details
+    )
+
+
+def _category_contributions(
+    counts: npt.NDArray[np.int64], baseline: Any, categories: list[str], k: int = 5
+) -> tuple[tuple[tuple[str, float], ...], float]:
+    """The categories with the largest Pearson terms ``(o - e)^2 / e`` (share of their
+    sum, largest first) and the window's unseen-category rate."""
+    K = len(categories)
+    m = int(counts.sum())
+    if m == 0:
+        return (), 0.0
+    unseen = float(counts[K:].sum()) / m
+    q = np.asarray(baseline.counts, dtype=np.float64)
+    tested = q > 0
+    m_seen = float(counts[:K][tested].sum())
+    if m_seen == 0:
+        return (), unseen
+    e = m_seen * q[tested] / q[tested].sum()
+    o = counts[:K][tested].astype(np.float64)
+    terms = (o - e) ** 2 / e
+    total = float(terms.sum())
+    if total <= 0:
+        return (), unseen
+    names = [c for c, t in zip(categories, tested, strict=True) if t]
+    order = np.argsort(-terms, kind="stable")[:k]
+    return tuple((names[i], float(terms[i] / total)) for i in order), unseen
 
 
 def _factory(name: str, baseline: Any, subject: str, kwargs: dict[str, Any]) -> Callable[[], Any]:

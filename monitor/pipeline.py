@@ -170,8 +170,13 @@ class StreamPipeline:
         findings: list[Finding] = []
         if self.stages and batch.n:
             partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
+            offsets = raw.offsets[batch.rows]
             for stage in self.stages:
-                findings.extend(stage.update(batch, partitions))
+                located = getattr(stage, "update_located", None)  # stages that take offsets
+                if located is not None:
+                    findings.extend(located(batch, partitions, offsets))
+                else:
+                    findings.extend(stage.update(batch, partitions))
         t3 = time.perf_counter()
         self._last.set(time.time())
         rejected = sum(counts.values())
@@ -219,6 +224,14 @@ class StreamPipeline:
         self.partition_events.pop((topic, partition), None)
         for stage in self.stages:
             stage.drop_partition(self._slot(topic, partition))
+
+    def set_partition_count(self, count: int) -> None:
+        """The stream's partition count over all its topics (stages that size their
+        windows by it take it)."""
+        for stage in self.stages:
+            setter = getattr(stage, "set_partition_count", None)
+            if setter is not None:
+                setter(count)
 
     def set_ownership(self, owned: set[tuple[str, int]]) -> None:
         """This process judges the stream when it owns the stream's first partition."""

@@ -195,6 +195,9 @@ class Runner:
         owned = set(self.source.assignment) | set(partitions)
         for pipeline in dict.fromkeys(self.pipelines.values()):
             pipeline.set_ownership(owned)
+            # Windows count events of the stream: stages size them by the partition count.
+            count = sum(self.source.partition_count(t) for t in pipeline.spec.all_topics)
+            pipeline.set_partition_count(count)
         for topic, partition in partitions:
             pipeline = self.pipelines[topic]
             pipeline.drop_partition(topic, partition)
