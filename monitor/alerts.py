@@ -19,8 +19,19 @@ may be passed as they come, though the merged (global) verdict is what should be
 
 Grouping. When ``grouping.min_subjects`` or more subjects of one stream and detector
 start firing in the same call, they share one alert (subject ``"*"``) whose evidence
-lists the top subjects by statistic; later subjects of that stream and detector join
-it silently while it fires; it resolves when its last member resolves.
+lists the top subjects by statistic. A subject of that stream and detector that
+starts drifting while the group fires joins it and is announced: an *update* (the
+same id, status ``firing``, ``revision`` one higher, ``added_subjects`` listing the
+newcomers, ``subjects`` all members), so no subject is hidden behind the group. The
+group resolves when its last member resolves.
+
+Evidence locates the drift: the window of the strongest finding (per partition the
+first and last offsets and event times), the reference id, statistic, threshold and
+p-value, a ``statement`` true as written, for categorical tests the top categories
+and the unseen rate, and named details (ADWIN: old and new mean, change offset).
+``started_at`` is the event time at which the window first crossed (the latest
+event time in the first drifting window) when the stream has event time, else the
+wall-clock time of that verdict.
 
 Alert ids are deterministic: sha256 over stream, subject, detector and the episode's
 number for that key (``e1``, ``e2``, ...; with the member subjects for a grouped
@@ -46,6 +57,7 @@ ids, they had before it, so consumers dedup by id.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -70,7 +82,8 @@ __all__ = [
 ]
 
 Status = Literal["firing", "resolved"]
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # alerts (2: evidence located, group updates)
+RETRAIN_SCHEMA_VERSION = 1
 _STATE_VERSION = 1
 GROUP_SUBJECT = "*"
 
@@ -149,6 +162,11 @@ class Evidence:
     window: WindowBounds
     baseline_id: str | None
     top_subjects: tuple[SubjectScore, ...] = ()
+    partitions: tuple[WindowBounds, ...] = ()  # the window in each partition
+    statement: str = ""  # one sentence, true as written
+    top_categories: tuple[tuple[str, float], ...] = ()  # (category, share of statistic)
+    unseen_rate: float | None = None
+    details: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,8 +174,15 @@ class Evidence:
             "threshold": _finite(self.threshold),
             "p_value": _finite(self.p_value),
             "window": window_to_dict(self.window),
+            "partitions": [window_to_dict(w) for w in self.partitions],
             "baseline_id": self.baseline_id,
             "top_subjects": [s.to_dict() for s in self.top_subjects],
+            "statement": self.statement,
+            "top_categories": [
+                {"category": c, "share": _finite(x)} for c, x in self.top_categories
+            ],
+            "unseen_rate": _finite(self.unseen_rate),
+            "details": {k: _finite(v) for k, v in self.details},
         }
 
     @classmethod
@@ -175,6 +200,13 @@ class Evidence:
                 SubjectScore(s["subject"], num(s["statistic"]), num(s["threshold"]), s["p_value"])
                 for s in d["top_subjects"]
             ),
+            partitions=tuple(window_from_dict(w) for w in d.get("partitions", ())),
+            statement=str(d.get("statement", "")),
+            top_categories=tuple(
+                (str(c["category"]), num(c["share"])) for c in d.get("top_categories", ())
+            ),
+            unseen_rate=d.get("unseen_rate"),
+            details=tuple((str(k), num(v)) for k, v in d.get("details", {}).items()),
         )
 
 
@@ -198,6 +230,8 @@ class Alert:
     ended_at: float | None = None
     subjects: tuple[str, ...] = ()  # every member subject (one for a plain alert)
     links: tuple[tuple[str, str], ...] = ()
+    revision: int = 0  # 0: the first notification; n: the n-th update of a firing group
+    added_subjects: tuple[str, ...] = ()  # subjects that joined the group in this update
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -215,6 +249,8 @@ class Alert:
             "started_at": iso_time(self.started_at),
             "ended_at": None if self.ended_at is None else iso_time(self.ended_at),
             "links": dict(self.links),
+            "revision": self.revision,
+            "added_subjects": list(self.added_subjects),
         }
 
     def to_json(self) -> bytes:
@@ -238,7 +274,7 @@ class RetrainRequest:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": RETRAIN_SCHEMA_VERSION,
             "trigger_id": self.trigger_id,
             "model": self.model,
             "version": self.version,
@@ -287,6 +323,7 @@ class _Incident:
     evidence: Evidence  # at start
     members: dict[str, SubjectScore]  # every member's latest score
     open_members: set[str]
+    revision: int = 0  # updates sent (subjects that joined the open group)
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -300,6 +337,7 @@ class _Incident:
             "evidence": self.evidence.to_dict(),
             "members": [m.to_dict() for m in self.members.values()],
             "open_members": sorted(self.open_members),
+            "revision": self.revision,
         }
 
     @classmethod
@@ -324,6 +362,7 @@ class _Incident:
             evidence=Evidence.from_dict(s["evidence"]),
             members=members,
             open_members=set(s["open_members"]),
+            revision=int(s.get("revision", 0)),
         )
 
 
@@ -414,10 +453,14 @@ class AlertEngine:
             ),
             None,
         )
-        if open_group is not None:  # join silently: the group is already paging
+        if open_group is not None:  # join, and say so: an update of the group's alert
+            added = sorted(f.subject for f in group if f.subject not in open_group.open_members)
             for f in group:
                 self._join(open_group, f)
-            return []
+            if not added:
+                return []
+            open_group.revision += 1
+            return [self._alert(open_group, "firing", now, None, tuple(added))]
         if len(group) < cfg.grouping.min_subjects:
             alerts = []
             for f in group:
@@ -442,6 +485,7 @@ class AlertEngine:
         if subject == GROUP_SUBJECT:
             anchor += "|" + ",".join(f.subject for f in group)
         strongest = max(group, key=lambda f: (_sort_stat(f.statistic), f.subject))
+        crossed = [f.window.end_time for f in group if f.window.end_time is not None]
         severities = [
             self.config.severity_for(f.stream, f.subject, f.detector, f.kind) for f in group
         ]
@@ -453,7 +497,7 @@ class AlertEngine:
             detector=detector,
             kind=first.kind,
             severity=severity,
-            started_at=now,
+            started_at=min(crossed) if crossed else now,
             evidence=_evidence(strongest),
             members={},
             open_members=set(),
@@ -469,20 +513,18 @@ class AlertEngine:
         self._episodes[(f.stream, f.subject, f.detector)] = _Episode(incident.id)
 
     def _alert(
-        self, incident: _Incident, status: Status, now: float, latest: Finding | None
+        self,
+        incident: _Incident,
+        status: Status,
+        now: float,
+        latest: Finding | None,
+        added: tuple[str, ...] = (),
     ) -> Alert:
         top = sorted(
             incident.members.values(), key=lambda s: (-_sort_stat(s.statistic), s.subject)
         )[: self.config.grouping.top]
         if status == "firing" or latest is None:
-            evidence = Evidence(
-                incident.evidence.statistic,
-                incident.evidence.threshold,
-                incident.evidence.p_value,
-                incident.evidence.window,
-                incident.evidence.baseline_id,
-                tuple(top),
-            )
+            evidence = dataclasses.replace(incident.evidence, top_subjects=tuple(top))
         else:
             evidence = _evidence(latest, tuple(top))
         subjects = tuple(sorted(incident.members))
@@ -494,12 +536,14 @@ class AlertEngine:
             subject=incident.subject,
             detector=incident.detector,
             kind=incident.kind,
-            summary=_summary(incident, status, subjects, evidence),
+            summary=_summary(incident, status, subjects, evidence, added),
             evidence=evidence,
             started_at=incident.started_at,
             ended_at=now if status == "resolved" else None,
             subjects=subjects,
             links=self._links(incident),
+            revision=incident.revision if status == "firing" else 0,
+            added_subjects=added,
         )
 
     def _links(self, incident: _Incident) -> tuple[tuple[str, str], ...]:
@@ -599,7 +643,31 @@ def _score(f: Finding) -> SubjectScore:
 
 
 def _evidence(f: Finding, top: tuple[SubjectScore, ...] = ()) -> Evidence:
-    return Evidence(f.statistic, f.threshold, f.p_value, f.window, f.baseline_id, top)
+    details = dict(f.details)
+    unseen = details.pop("unseen_rate", None)
+    return Evidence(
+        f.statistic,
+        f.threshold,
+        f.p_value,
+        f.window,
+        f.baseline_id,
+        top,
+        partitions=f.partitions,
+        statement=f.summary or _statement(f),
+        top_categories=f.top,
+        unseen_rate=unseen,
+        details=tuple(details.items()),
+    )
+
+
+def _statement(f: Finding) -> str:
+    """``statistic >= threshold`` or ``<``, as the numbers are (true as written)."""
+    above = _sort_stat(f.statistic) >= _sort_stat(f.threshold)
+    text = f"{f.detector} statistic {_fmt(f.statistic)} {'>=' if above else '<'}"
+    text += f" threshold {_fmt(f.threshold)}"
+    if f.p_value is not None:
+        text += f" (p={_fmt(f.p_value)})"
+    return text
 
 
 def _combine(findings: Iterable[Finding]) -> dict[Key, Finding]:
@@ -620,7 +688,13 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
 
 
-def _summary(incident: _Incident, status: Status, subjects: tuple[str, ...], ev: Evidence) -> str:
+def _summary(
+    incident: _Incident,
+    status: Status,
+    subjects: tuple[str, ...],
+    ev: Evidence,
+    added: tuple[str, ...] = (),
+) -> str:
     what = (
         f"{len(subjects)} subjects of {incident.stream}"
         if incident.subject == GROUP_SUBJECT
@@ -628,10 +702,17 @@ def _summary(incident: _Incident, status: Status, subjects: tuple[str, ...], ev:
     )
     if status == "resolved":
         return f"{incident.detector} drift on {what} resolved"
-    head = f"{incident.detector} drift on {what}: statistic {_fmt(ev.statistic)}"
-    head += f" >= threshold {_fmt(ev.threshold)}"
-    if ev.p_value is not None:
-        head += f" (p={_fmt(ev.p_value)})"
+    head = f"{incident.detector} drift on {what}: "
+    if added:
+        head += f"now also on {', '.join(added)}; first: "
+    if ev.statement:
+        head += ev.statement
+    else:
+        above = _sort_stat(ev.statistic) >= _sort_stat(ev.threshold)
+        head += f"statistic {_fmt(ev.statistic)} {'>=' if above else '<'}"
+        head += f" threshold {_fmt(ev.threshold)}"
+        if ev.p_value is not None:
+            head += f" (p={_fmt(ev.p_value)})"
     if incident.subject == GROUP_SUBJECT:
         head += "; top: " + ", ".join(s.subject for s in ev.top_subjects)
     return head
