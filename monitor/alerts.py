@@ -14,8 +14,9 @@ drift persists; after ``resolve_after`` consecutive clean findings the episode e
 with the same alert ``resolved``. A key that resolved is in cooldown for
 ``cooldown`` seconds: drift findings then start no episode (they are counted in
 ``AlertOutcome.suppressed``). Findings for the same key within one call are combined
-(drift if any drifts; the strongest statistic is kept), so per-partition findings
-may be passed as they come, though the merged (global) verdict is what should be fed.
+(drift if any drifts; the first drifting finding is kept, else the last), so
+per-partition findings may be passed as they come, though the merged (global)
+verdict is what should be fed.
 
 Grouping. When ``grouping.min_subjects`` or more subjects of one stream and detector
 start firing in the same call, they share one alert (subject ``"*"``) whose evidence
@@ -671,15 +672,13 @@ def _statement(f: Finding) -> str:
 
 
 def _combine(findings: Iterable[Finding]) -> dict[Key, Finding]:
-    """One finding per key: a drifting one beats a clean one, then the larger statistic."""
+    """One finding per key: the first drifting one (where the window first crossed,
+    which the evidence and ``started_at`` report), else the last clean one."""
     out: dict[Key, Finding] = {}
     for f in findings:
         key = (f.stream, f.subject, f.detector)
         seen = out.get(key)
-        if seen is None or (f.drift, _sort_stat(f.statistic)) > (
-            seen.drift,
-            _sort_stat(seen.statistic),
-        ):
+        if seen is None or not seen.drift:
             out[key] = f
     return out
 
