@@ -20,6 +20,7 @@ _REGISTRY: dict[str, str] = {
     "chi2": "detectors.categorical:ChiSquare",
     "ks": "detectors.ks:KS",
     "psi": "detectors.psi:PSI",
+    "quality": "detectors.quality:QualityRates",
 }
 
 

@@ -66,7 +66,7 @@ from detectors.registry import create
 from detectors.window import DEFAULT_ERT_EVENTS
 from monitor.baselines import BaselineAccumulator
 from monitor.config import NUMERIC_TYPES, FieldType, StreamSpec
-from monitor.decode import Batch, StreamDecoder
+from monitor.decode import REASONS, Batch, StreamDecoder
 from monitor.errors import ConfigError
 
 __all__ = ["DriftStage", "drift_stages"]
@@ -88,6 +88,9 @@ class _FieldPlan:
     raw: list[tuple[str, Callable[[], Detector]]]
     merged: list[Any]  # one scratch detector per binned detector, for stream verdicts
     lut: npt.NDArray[np.int64]
+    # Per binned detector: True when it takes data-quality outcome codes of every
+    # event (the quality detector) instead of the bins of the valid values.
+    outcome: list[bool] = dataclasses.field(default_factory=list)
 
     def category_bins(
         self, codes: npt.NDArray[np.int64], vocabulary_names: list[Any]
@@ -216,9 +219,22 @@ class DriftStage:
                     plan.raw.append((det_name, _factory(det_name, None, name, kw)))
                 else:
                     kw = _partition_share({**window, "family_size": binned_pairs, **params}, P)
-                    make = _factory(det_name, fb, name, kw)
+                    reference: Any = fb
+                    if det_name == "quality":
+                        reference = baseline.quality.get(name)
+                        if reference is None:
+                            log.warning(
+                                "stream %s: baseline %s records no data-quality rates of "
+                                "field %s: its quality detector is off (rebuild the baseline)",
+                                self.spec.name,
+                                baseline.id,
+                                name,
+                            )
+                            continue
+                    make = _factory(det_name, reference, name, kw)
                     plan.binned.append((det_name, make))
                     plan.merged.append(make())
+                    plan.outcome.append(det_name == "quality")
             self._plans.append(plan)
         self._partitions.clear()
         log.info(
@@ -299,8 +315,9 @@ class DriftStage:
         else:
             rows_of = {int(p): np.flatnonzero(partitions == p) for p in np.unique(partitions)}
         times_all = batch.event_time
-        # Per field, the bins of every row (garbage where the value is not valid).
-        binned: list[tuple[_FieldPlan, npt.NDArray[np.bool_], npt.NDArray[Any], Any]] = []
+        # Per field, the bins of every row (garbage where the value is not valid) and,
+        # for a quality detector, every row's outcome code.
+        binned: list[tuple[_FieldPlan, Any, Any, Any, Any]] = []
         for plan in self._plans:
             valid = batch.valid[plan.name]
             column = batch.columns[plan.name]
@@ -309,7 +326,10 @@ class DriftStage:
             else:
                 names = self.decoder.vocabularies[plan.name].names()
                 bins = plan.category_bins(np.where(valid, column, 0), names)
-            binned.append((plan, valid, bins, column))
+            codes = None
+            if any(plan.outcome):
+                codes = outcome_codes(batch, plan.name, valid, bins, plan.baseline)
+            binned.append((plan, valid, bins, column, codes))
         findings: list[Finding] = []
         due: set[tuple[str, int]] = set()
         for j in range(len(bounds) - 1):
@@ -323,7 +343,14 @@ class DriftStage:
                         continue
                     sel = rows[a:b]
                 dets = self._partition(partition)
-                for plan, valid, bins, column in binned:
+                for plan, valid, bins, column, codes in binned:
+                    if codes is not None:  # quality: every event of the field counts
+                        every = np.arange(lo, hi) if isinstance(sel, slice) else sel
+                        t_all = None if times_all is None else times_all[every]
+                        o_all = None if offsets is None else offsets[every]
+                        for i, det in enumerate(dets.binned[plan.name]):
+                            if plan.outcome[i] and det.accumulate(codes[every], t_all, None, o_all):
+                                due.add((plan.name, i))
                     ok = valid[sel]
                     idx = np.flatnonzero(ok) + lo if isinstance(sel, slice) else sel[ok]
                     if idx.size == 0:
@@ -333,7 +360,7 @@ class DriftStage:
                     b_rows = bins[idx]
                     values = column[idx]
                     for i, det in enumerate(dets.binned[plan.name]):
-                        if det.accumulate(b_rows, times, values, offs):
+                        if not plan.outcome[i] and det.accumulate(b_rows, times, values, offs):
                             due.add((plan.name, i))
                     for det in dets.raw[plan.name]:
                         before = float(getattr(det, "estimation", math.nan))
@@ -375,7 +402,8 @@ class DriftStage:
             finding = merged.evaluate()
         if finding is None:
             return None
-        return _with_evidence(finding, slots, plan, self._category_names(plan))
+        categories = [] if plan.outcome[index] else self._category_names(plan)
+        return _with_evidence(finding, slots, plan, categories)
 
     def _category_names(self, plan: _FieldPlan) -> list[str]:
         if isinstance(plan.baseline, CategoricalBaseline):
@@ -480,6 +508,45 @@ class DriftStage:
             return
         self._accumulator = None
         self._start(baseline)
+
+
+#: Decode reasons of a field-level violation -> data-quality outcome (QUALITY_KINDS).
+_VIOLATION_KIND = {
+    "null_not_allowed": 1,
+    "missing_field": 1,
+    "unknown_category": 2,
+    "out_of_range": 3,
+    "wrong_type": 4,
+    "non_finite": 5,
+}
+
+
+def outcome_codes(
+    batch: Batch,
+    name: str,
+    valid: npt.NDArray[np.bool_],
+    bins: npt.NDArray[np.int64],
+    baseline: NumericBaseline | CategoricalBaseline,
+) -> npt.NDArray[np.int64]:
+    """Each accepted event's data-quality outcome for field ``name`` (an index into
+    ``QUALITY_KINDS``): ok, null (not valid), unseen category (a valid code outside
+    the baseline's categories), or the field-level violation the decoder reports.
+
+    Violations are read from ``batch.violations[name]`` when the decoder provides it
+    (int codes indexing ``monitor.decode.REASONS``, -1 = none); without it a value
+    that failed a check is simply not valid and counts as null.
+    """
+    codes = np.where(valid, 0, 1).astype(np.int64)
+    if isinstance(baseline, CategoricalBaseline):
+        codes[valid & (bins >= len(baseline.categories))] = 2
+    violations = getattr(batch, "violations", None)
+    reasons = None if violations is None else violations.get(name)
+    if reasons is not None:
+        r = np.asarray(reasons, dtype=np.int64)
+        lut = np.array([_VIOLATION_KIND.get(x, 4) for x in REASONS], dtype=np.int64)
+        bad = r >= 0
+        codes[bad] = lut[r[bad]]
+    return codes
 
 
 def _partition_share(kw: dict[str, Any], partitions: int) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import pytest
 
 from detectors import registry
 from detectors.base import Detector, DetectorError, Finding, Mergeable
-from detectors.baseline import build_categorical, build_numeric
+from detectors.baseline import QualityBaseline, build_categorical, build_numeric
 
 _RNG = np.random.default_rng(20240501)
 _NUMERIC = build_numeric(_RNG.normal(0.0, 1.0, 50_000))
@@ -51,6 +51,16 @@ CASES: dict[str, Case] = {
         params={"baseline": _CATS, "subject": "status", "window_events": 2_000, "step_events": 500},
         calm=lambda r, n: r.choice(3, n, p=[0.8, 0.15, 0.05]),
         shifted=lambda r, n: r.choice(3, n, p=[0.6, 0.25, 0.15]),
+    ),
+    "quality": Case(
+        params={
+            "baseline": QualityBaseline(np.array([9000, 1000, 0, 0, 0, 0])),
+            "subject": "x",
+            "window_events": 2_000,
+            "step_events": 500,
+        },
+        calm=lambda r, n: (r.random(n) < 0.10).astype(np.int64),  # 10% nulls
+        shifted=lambda r, n: np.where(r.random(n) < 0.22, 1, np.where(r.random(n) < 0.03, 2, 0)),
     ),
     "adwin": Case(
         params={"baseline": None, "subject": "x", "mode": "subwindow", "delta": 1e-6},
