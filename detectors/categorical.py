@@ -149,7 +149,7 @@ class ChiSquare(WindowedDetector):
             stat = 0.0
         threshold = max(self.w_min**2 * m_seen, inflation * self._chi2_crit)
         unseen_drift = unseen_rate > self.max_unseen_rate
-        p_value = float(stats.chi2.sf(stat / inflation, self._dof))
+        p_value = float(special.chdtrc(self._dof, stat / inflation))  # = chi2.sf, ~100x cheaper
         test = f"chi-square {stat:.4g} {'>=' if stat >= threshold else '<'} threshold "
         test += f"{threshold:.4g} (p={p_value:.3g})"
         unseen = f"unseen-category rate {unseen_rate:.3%} "

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import special, stats
 
 from detectors.base import DetectorError, Finding, FloatArray, IntArray
 from detectors.baseline import CategoricalBaseline, NumericBaseline
@@ -181,7 +181,7 @@ class PSI(WindowedDetector):
             statistic=value,
             threshold=threshold,
             drift=value >= threshold,
-            p_value=float(stats.chi2.sf(n_eff * value, self._dof)),
+            p_value=float(special.chdtrc(self._dof, n_eff * value)),  # = chi2.sf
             window=self._bounds(m),
             details=(
                 ("n_window", float(m)),

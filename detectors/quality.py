@@ -28,7 +28,7 @@ import math
 from typing import ClassVar
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from detectors.base import DetectorError, Finding
 from detectors.baseline import QUALITY_KINDS, QualityBaseline
@@ -152,7 +152,7 @@ class QualityRates(WindowedDetector):
         best = float(z[best_k])
         drift = bool(enough[best_k]) and best >= self._z_crit
         kind = QUALITY_KINDS[best_k].replace("_", " ")
-        p_value = min(1.0, float(stats.norm.sf(best)) * self._kinds)
+        p_value = min(1.0, float(special.ndtr(-best)) * self._kinds)  # ndtr(-z) = norm.sf(z)
         rise = float(rises[best_k])
         summary = (
             f"{kind} rate {rates[best_k]:.2%} vs baseline {base_rates[best_k]:.2%}; "

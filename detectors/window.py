@@ -107,6 +107,10 @@ class SlidingCounts:
         self._ring_values: list[FloatArray] = [np.empty(0)] * R
         self._open_values: list[FloatArray] = []
         self._cache: IntArray | None = None
+        # When a list: (batch index where a sub-window closed, window total and closed
+        # sub-windows after it), appended by ``add`` (count clock), for verdicts
+        # taken inside a batch; None: not recorded.
+        self.history: list[tuple[int, IntArray, int]] | None = None
         # Where each slot lies in its partition: first and last Kafka offset (-1: not
         # known) and earliest and latest event time (NaN: not known); row R of the
         # count clock is the filling slot.
@@ -269,10 +273,15 @@ class SlidingCounts:
         if values is not None:
             first_vals = np.concatenate([*self._open_values, values[:need]])
         self._push(self._open, first_vals, *self._segment_span(offsets, times, 0, need, R))
+        record = self.history is not None
+        if self.history is not None:
+            self.history.append((need, self._total.copy(), self._closed))
         rest, rest_vals = bins[need:], None if values is None else values[need:]
         k = int(rest.size) // S
         if k:
-            skip = max(k - R, 0)  # these would be overwritten within this batch
+            # Slots that would be overwritten within this batch are skipped, unless
+            # the window's history inside the batch is recorded.
+            skip = 0 if record else max(k - R, 0)
             sub = rest[skip * S : k * S]
             rows = self._bincount_rows(np.arange(sub.size) // S, sub, k - skip)
             self._closed += skip
@@ -282,6 +291,8 @@ class SlidingCounts:
                     v = rest_vals[(skip + j) * S : (skip + j + 1) * S].copy()
                 a = need + (skip + j) * S
                 self._push(rows[j].copy(), v, *self._segment_span(offsets, times, a, a + S))
+                if self.history is not None:
+                    self.history.append((a + S, self._total.copy(), self._closed))
         tail = rest[k * S :]
         self._open = np.bincount(tail, minlength=B).astype(np.int64)
         self._open_n = int(tail.size)
@@ -595,6 +606,32 @@ class WindowedDetector:
     def window_counts(self) -> IntArray:
         """Bin counts of the current window, int64, shape ``(bins,)``."""
         return self._window.counts
+
+    def load_counts(self, total: IntArray, closed: int) -> None:
+        """Make this (scratch) count window hold ``total`` after ``closed`` sub-windows
+        (what a verdict reads), e.g. partitions' windows added up by the caller."""
+        w = self._window
+        if w.timed:
+            raise DetectorError("load_counts needs a count window")
+        w._total, w._closed, w._cache = total, int(closed), None
+
+    def load_sum(self, others: list[Any]) -> bool:
+        """Make this (scratch) detector's window the sum of ``others``' count windows.
+
+        Only what a verdict reads is set (the window's total and how many sub-windows
+        closed), so it costs one addition per partition; False (nothing done) for
+        event-time windows and windows keeping raw values, which need ``merge``.
+        """
+        w = self._window
+        if w.timed or w.keep_values:
+            return False
+        total = others[0]._window._total.copy()
+        closed = others[0]._window._closed
+        for o in others[1:]:
+            total += o._window._total
+            closed = max(closed, o._window._closed)
+        w._total, w._closed, w._cache = total, closed, None
+        return True
 
     def merge(self, other: Any) -> None:
         """Add ``other``'s window (a detector of the same class and arguments)."""

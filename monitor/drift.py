@@ -63,7 +63,7 @@ from detectors.adwin_defaults import SERVICE_DEFAULTS
 from detectors.base import Detector, Finding, WindowBounds
 from detectors.baseline import Baseline, CategoricalBaseline, NumericBaseline, load_baseline
 from detectors.registry import create
-from detectors.window import DEFAULT_ERT_EVENTS
+from detectors.window import DEFAULT_ERT_EVENTS, SlidingCounts
 from monitor.baselines import BaselineAccumulator
 from monitor.config import NUMERIC_TYPES, FieldType, StreamSpec
 from monitor.decode import REASONS, Batch, StreamDecoder
@@ -332,6 +332,9 @@ class DriftStage:
             binned.append((plan, valid, bins, column, codes))
         findings: list[Finding] = []
         due: set[tuple[str, int]] = set()
+        if not self._time_window and not self._keeps_values():
+            findings = self._fold_and_judge(binned, rows_of, cuts, offsets, times_all)
+            bounds = []  # done: skip the sub-batch loop below
         for j in range(len(bounds) - 1):
             lo, hi = bounds[j], bounds[j + 1]
             for partition, rows in rows_of.items():
@@ -362,21 +365,44 @@ class DriftStage:
                     for i, det in enumerate(dets.binned[plan.name]):
                         if not plan.outcome[i] and det.accumulate(b_rows, times, values, offs):
                             due.add((plan.name, i))
-                    for det in dets.raw[plan.name]:
-                        before = float(getattr(det, "estimation", math.nan))
-                        for f in det.update(values, times):
-                            findings.append(
-                                _locate_change(f, partition, before, values, offs, times)
-                            )
             at_cut = hi in cuts
-            if self.aggregating and (at_cut or (self._time_window and j == len(bounds) - 2)):
+            last = j == len(bounds) - 2 or (j == len(bounds) - 3 and bounds[-1] not in cuts)
+            if self.aggregating and (at_cut or (self._time_window and last)):
+                # Every verdict is taken; a clean one is reported only at the batch's
+                # last step boundary (the gauges and the alerts' resolution read it).
                 for plan in self._plans:
                     for i, merged in enumerate(plan.merged):
                         if self._time_window and (plan.name, i) not in due:
                             continue
-                        if finding := self._judge(plan, i, merged):
-                            findings.append(finding)
+                        finding = self._judge(plan, i, merged, evidence=False)
+                        if finding is not None and (finding.drift or last):
+                            findings.append(self._locate(finding, plan, i))
                 due.clear()
+        # ADWIN per partition over the whole batch (its change points carry their own
+        # positions, so it needs no step boundaries).
+        clean: dict[tuple[str, int], Finding] = {}
+        for plan, valid, _, column, _ in binned:
+            if not plan.raw:
+                continue
+            for partition, rows in rows_of.items():
+                idx = np.flatnonzero(valid) if rows is None else rows[valid[rows]]
+                if idx.size == 0:
+                    continue
+                values = column[idx]
+                times = None if times_all is None else times_all[idx]
+                offs = None if offsets is None else offsets[idx]
+                for r, det in enumerate(self._partition(partition).raw[plan.name]):
+                    before = float(getattr(det, "estimation", math.nan))
+                    for f in det.update(values, times):
+                        if f.drift:
+                            findings.append(
+                                _locate_change(f, partition, before, values, offs, times)
+                            )
+                        else:  # one clean finding per field and batch is enough
+                            clean[(plan.name, r)] = _locate_change(
+                                f, partition, before, values, offs, times
+                            )
+        findings.extend(clean.values())
         if not self.aggregating:
             findings = []  # the stream's judge reports this replica's changes from checkpoints
         else:
@@ -387,8 +413,103 @@ class DriftStage:
             dataclasses.replace(f, stream=self.spec.name, baseline_id=baseline_id) for f in findings
         ]
 
-    def _judge(self, plan: _FieldPlan, index: int, merged: Any) -> Finding | None:
-        """The stream-level verdict: all partitions' windows added, then judged."""
+    def _keeps_values(self) -> bool:
+        return any(
+            d._window.keep_values for p in self._plans for d in p.merged if hasattr(d, "_window")
+        )
+
+    def _fold_and_judge(
+        self,
+        binned: list[tuple[_FieldPlan, Any, Any, Any, Any]],
+        rows_of: dict[int, npt.NDArray[np.intp] | None],
+        cuts: list[int],
+        offsets: npt.NDArray[np.int64] | None,
+        times_all: npt.NDArray[np.float64] | None,
+    ) -> list[Finding]:
+        """Count windows: fold each (partition, field) in once, recording the window
+        at every sub-window close, then judge the stream at each step boundary from
+        the partitions' windows as they stood there."""
+        folds: dict[tuple[str, int], list[_Fold]] = {}
+        n = len(next(iter(binned))[1]) if binned else 0
+        for partition, rows in rows_of.items():
+            dets = self._partition(partition)
+            every = np.arange(n) if rows is None else rows
+            for plan, valid, bins, column, codes in binned:
+                idx = every[valid[every]]
+                for i, det in enumerate(dets.binned[plan.name]):
+                    pos = every if plan.outcome[i] else idx
+                    if pos.size == 0:
+                        continue
+                    fold = _Fold(det, pos)
+                    data = codes[pos] if plan.outcome[i] else bins[pos]
+                    values = column[pos] if not plan.outcome[i] else None
+                    det._window.history = fold.history
+                    try:
+                        det.accumulate(
+                            data,
+                            None if times_all is None else times_all[pos],
+                            values,
+                            None if offsets is None else offsets[pos],
+                        )
+                    finally:
+                        det._window.history = None
+                    folds.setdefault((plan.name, i), []).append(fold)
+        findings: list[Finding] = []
+        if not self.aggregating:
+            return findings
+        for c, cut in enumerate(cuts):
+            last = c == len(cuts) - 1
+            for plan in self._plans:
+                for i, merged in enumerate(plan.merged):
+                    here = folds.get((plan.name, i), [])
+                    moved = {f.slot for f in here}
+                    total = None
+                    closed = 0
+                    for f in here:
+                        t, k = f.at(cut)
+                        total = t.copy() if total is None else total + t
+                        closed = max(closed, k)
+                    for _, det in self._slots(plan, i):
+                        if id(det) in moved:
+                            continue
+                        w = det._window
+                        total = w._total.copy() if total is None else total + w._total
+                        closed = max(closed, w._closed)
+                    if total is None:
+                        continue
+                    merged.load_counts(total, closed)
+                    finding = merged.evaluate()
+                    if finding is None or not (finding.drift or last):
+                        continue
+                    findings.append(self._locate_at(finding, plan, i, here, cut))
+        return findings
+
+    def _slots(self, plan: _FieldPlan, index: int) -> list[tuple[int, Any]]:
+        slots = [(s, p.binned[plan.name][index]) for s, p in self._partitions.items()]
+        slots += [(s, p.binned[plan.name][index]) for s, p in self._remote.items()]
+        return slots
+
+    def _locate_at(
+        self, finding: Finding, plan: _FieldPlan, index: int, folds: list[_Fold], cut: int
+    ) -> Finding:
+        """Evidence for a verdict taken inside a batch: partitions the batch moved
+        are located as their windows stood at the step boundary ``cut``."""
+        at = {id(f.det): f.span_at(cut) for f in folds}
+        slots = [
+            (s, _SpanAt(det, at[id(det)]) if id(det) in at else det)
+            for s, det in self._slots(plan, index)
+        ]
+        categories = [] if plan.outcome[index] else self._category_names(plan)
+        return _with_evidence(finding, slots, plan, categories)
+
+    def _judge(
+        self, plan: _FieldPlan, index: int, merged: Any, evidence: bool = True
+    ) -> Finding | None:
+        """The stream-level verdict: all partitions' windows added, then judged.
+
+        ``evidence=False`` leaves out where the window lies (``_locate``), for
+        verdicts that are dropped unless they drift.
+        """
         slots = [(s, p.binned[plan.name][index]) for s, p in self._partitions.items()]
         slots += [(s, p.binned[plan.name][index]) for s, p in self._remote.items()]
         if not slots:
@@ -396,12 +517,19 @@ class DriftStage:
         if len(slots) == 1:
             finding: Finding | None = slots[0][1].evaluate()
         else:
-            merged.clear()
-            for _, det in slots:
-                merged.merge(det)
+            if not merged.load_sum([det for _, det in slots]):
+                merged.clear()
+                for _, det in slots:
+                    merged.merge(det)
             finding = merged.evaluate()
-        if finding is None:
-            return None
+        if finding is None or not evidence:
+            return finding
+        return self._locate(finding, plan, index)
+
+    def _locate(self, finding: Finding, plan: _FieldPlan, index: int) -> Finding:
+        """``finding`` with the evidence of where its window lies, partition by partition."""
+        slots = [(s, p.binned[plan.name][index]) for s, p in self._partitions.items()]
+        slots += [(s, p.binned[plan.name][index]) for s, p in self._remote.items()]
         categories = [] if plan.outcome[index] else self._category_names(plan)
         return _with_evidence(finding, slots, plan, categories)
 
@@ -547,6 +675,85 @@ def outcome_codes(
         bad = r >= 0
         codes[bad] = lut[r[bad]]
     return codes
+
+
+class _Fold:
+    """One partition's binned detector folding a batch in: its window before the
+    batch and at every sub-window it closed (``SlidingCounts.history``)."""
+
+    def __init__(self, det: Any, positions: npt.NDArray[np.intp]) -> None:
+        w: SlidingCounts = det._window
+        self.det = det
+        self.slot = id(det)
+        self.positions = positions  # batch rows this detector took, ascending
+        self.total0 = w._total.copy()
+        self.closed0 = int(w._closed)
+        self._pos0 = int(w._pos)
+        # Where the slots lay before the batch (read only for evidence, lazily).
+        self._off0 = w._off.copy()
+        self._tspan0 = w._tspan.copy()
+        self.history: list[tuple[int, npt.NDArray[np.int64], int]] = []
+        self._ends: npt.NDArray[np.int64] | None = None
+
+    def _index(self, cut: int) -> int:
+        """Index into ``history`` of the window at batch row ``cut`` (-1: as before)."""
+        if self._ends is None:
+            self._ends = np.asarray([h[0] for h in self.history], dtype=np.int64)
+        taken = int(np.searchsorted(self.positions, cut))
+        return int(np.searchsorted(self._ends, taken, side="right")) - 1
+
+    def at(self, cut: int) -> tuple[npt.NDArray[np.int64], int]:
+        """Window total and closed sub-windows at batch row ``cut``."""
+        k = self._index(cut)
+        if k < 0:
+            return self.total0, self.closed0
+        return self.history[k][1], self.history[k][2]
+
+    def span_at(self, cut: int) -> tuple[int, int | None, int | None, float | None, float | None]:
+        """``SlidingCounts.span`` of the window at batch row ``cut``."""
+        w: SlidingCounts = self.det._window
+        ring = w.ring_size
+        k = self._index(cut)
+        pushed = k + 1
+        total, closed = (self.total0, self.closed0) if k < 0 else self.history[k][1:]
+        n_win = min(int(closed), ring)
+        newest_pushed = min(pushed, n_win)
+        old_needed = n_win - newest_pushed
+        # Slots closed before the batch sat at ring positions pos0 - old .. pos0 - 1; the
+        # j-th slot pushed in this batch at (pos0 + j) % ring, still there unless a later
+        # push in the batch overwrote it.
+        old = (self._pos0 - np.arange(old_needed, 0, -1)) % ring
+        j = np.arange(pushed - newest_pushed, pushed)
+        j = j[len(self.history) - j <= ring]
+        new = (self._pos0 + j) % ring
+        off = np.concatenate([self._off0[old], w._off[new]])
+        ts = np.concatenate([self._tspan0[old], w._tspan[new]])
+        known = off[:, 0] >= 0
+        tk = ~np.isnan(ts[:, 0])
+        return (
+            int(total.sum()),
+            int(off[known, 0].min()) if known.any() else None,
+            int(off[known, 1].max()) if known.any() else None,
+            float(ts[tk, 0].min()) if tk.any() else None,
+            float(ts[tk, 1].max()) if tk.any() else None,
+        )
+
+
+class _SpanAt:
+    """A detector seen with the window span it had at a step boundary."""
+
+    def __init__(
+        self, det: Any, span: tuple[int, int | None, int | None, float | None, float | None]
+    ) -> None:
+        self._det = det
+        self._span = span
+
+    def span(self) -> tuple[int, int | None, int | None, float | None, float | None]:
+        return self._span
+
+    @property
+    def window_counts(self) -> Any:
+        return self._det.window_counts
 
 
 def _partition_share(kw: dict[str, Any], partitions: int) -> dict[str, Any]:

@@ -51,11 +51,18 @@ def test_the_detection_position_does_not_depend_on_the_batch_size() -> None:
 
 
 def test_one_verdict_per_step_even_inside_a_large_batch() -> None:
+    # Shifted from the start: every verdict drifts, and every drifting verdict is
+    # reported (a clean one only at a batch's last step boundary).
     stage = numeric_stage(["x"], 2)
-    cols = shifted_stream(30_000, 30_000, 0.0, ["x"], seed=2)
+    cols = shifted_stream(30_000, 0, 1.0, ["x"], seed=2)
     fed = feed(stage, cols, round_robin(30_000, 2), 10_000)
-    ks = [pos for pos, f in fed.findings if f.detector == "ks"]
+    ks = [pos for pos, f in fed.findings if f.detector == "ks" and f.drift]
     assert ks == list(range(10_000, 30_001, 1_000))
+    calm = numeric_stage(["x"], 2)
+    quiet = feed(
+        calm, shifted_stream(30_000, 0, 0.0, ["x"], seed=2), round_robin(30_000, 2), 10_000
+    )
+    assert [pos for pos, f in quiet.findings if f.detector == "ks"] == [10_000, 20_000, 30_000]
 
 
 def test_adwin_fires_with_four_partitions() -> None:

@@ -93,7 +93,7 @@ def _run(
 
 def test_silent_on_a_stationary_stream_with_ten_percent_nulls() -> None:
     found = _run(_stage(), 60_000, null_rate=0.10, unseen_rate=0.0, seed=1)
-    assert len(found) >= 2 * 50  # both fields judged at every step
+    assert len(found) >= 2 * 20  # both fields, a clean verdict per batch
     assert not [f for f in found if f[2]]
 
 
