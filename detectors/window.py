@@ -108,9 +108,10 @@ class SlidingCounts:
         self._open_values: list[FloatArray] = []
         self._cache: IntArray | None = None
         # When a list: (batch index where a sub-window closed, window total and closed
-        # sub-windows after it), appended by ``add`` (count clock), for verdicts
-        # taken inside a batch; None: not recorded.
-        self.history: list[tuple[int, IntArray, int]] | None = None
+        # sub-windows after it, the closed slot's [first offset, last offset, earliest
+        # time, latest time]), appended by ``add`` (count clock), for verdicts taken
+        # inside a batch; None: not recorded.
+        self.history: list[tuple[int, IntArray, int, FloatArray]] | None = None
         # Where each slot lies in its partition: first and last Kafka offset (-1: not
         # known) and earliest and latest event time (NaN: not known); row R of the
         # count clock is the filling slot.
@@ -250,6 +251,13 @@ class SlidingCounts:
                 ts = np.array([np.fmin(old_ts[0], ts[0]), np.fmax(old_ts[1], ts[1])])
         return off, ts
 
+    def _record(self, end: int) -> None:
+        """History entry of the sub-window just closed at batch index ``end``."""
+        assert self.history is not None
+        last = (self._pos - 1) % self.ring_size
+        span = np.concatenate([self._off[last].astype(np.float64), self._tspan[last]])
+        self.history.append((end, self._total.copy(), self._closed, span))
+
     def _add_counted(
         self,
         bins: IntArray,
@@ -275,7 +283,7 @@ class SlidingCounts:
         self._push(self._open, first_vals, *self._segment_span(offsets, times, 0, need, R))
         record = self.history is not None
         if self.history is not None:
-            self.history.append((need, self._total.copy(), self._closed))
+            self._record(need)
         rest, rest_vals = bins[need:], None if values is None else values[need:]
         k = int(rest.size) // S
         if k:
@@ -292,7 +300,7 @@ class SlidingCounts:
                 a = need + (skip + j) * S
                 self._push(rows[j].copy(), v, *self._segment_span(offsets, times, a, a + S))
                 if self.history is not None:
-                    self.history.append((a + S, self._total.copy(), self._closed))
+                    self._record(a + S)
         tail = rest[k * S :]
         self._open = np.bincount(tail, minlength=B).astype(np.int64)
         self._open_n = int(tail.size)

@@ -692,7 +692,7 @@ class _Fold:
         # Where the slots lay before the batch (read only for evidence, lazily).
         self._off0 = w._off.copy()
         self._tspan0 = w._tspan.copy()
-        self.history: list[tuple[int, npt.NDArray[np.int64], int]] = []
+        self.history: list[tuple[int, npt.NDArray[np.int64], int, npt.NDArray[np.float64]]] = []
         self._ends: npt.NDArray[np.int64] | None = None
 
     def _index(self, cut: int) -> int:
@@ -707,7 +707,7 @@ class _Fold:
         k = self._index(cut)
         if k < 0:
             return self.total0, self.closed0
-        return self.history[k][1], self.history[k][2]
+        return self.history[k][1], self.history[k][2]  # total, closed
 
     def span_at(self, cut: int) -> tuple[int, int | None, int | None, float | None, float | None]:
         """``SlidingCounts.span`` of the window at batch row ``cut``."""
@@ -715,27 +715,24 @@ class _Fold:
         ring = w.ring_size
         k = self._index(cut)
         pushed = k + 1
-        total, closed = (self.total0, self.closed0) if k < 0 else self.history[k][1:]
+        total, closed = (self.total0, self.closed0) if k < 0 else self.history[k][1:3]
         n_win = min(int(closed), ring)
         newest_pushed = min(pushed, n_win)
         old_needed = n_win - newest_pushed
-        # Slots closed before the batch sat at ring positions pos0 - old .. pos0 - 1; the
-        # j-th slot pushed in this batch at (pos0 + j) % ring, still there unless a later
-        # push in the batch overwrote it.
+        # Slots closed before the batch sat at ring positions pos0 - old .. pos0 - 1;
+        # those closed in it are in the history.
         old = (self._pos0 - np.arange(old_needed, 0, -1)) % ring
-        j = np.arange(pushed - newest_pushed, pushed)
-        j = j[len(self.history) - j <= ring]
-        new = (self._pos0 + j) % ring
-        off = np.concatenate([self._off0[old], w._off[new]])
-        ts = np.concatenate([self._tspan0[old], w._tspan[new]])
-        known = off[:, 0] >= 0
-        tk = ~np.isnan(ts[:, 0])
+        rows = [np.concatenate([self._off0[old].astype(np.float64), self._tspan0[old]], axis=1)]
+        rows += [h[3][None, :] for h in self.history[pushed - newest_pushed : pushed]]
+        spans = np.concatenate(rows)
+        known = spans[:, 0] >= 0
+        tk = ~np.isnan(spans[:, 2])
         return (
             int(total.sum()),
-            int(off[known, 0].min()) if known.any() else None,
-            int(off[known, 1].max()) if known.any() else None,
-            float(ts[tk, 0].min()) if tk.any() else None,
-            float(ts[tk, 1].max()) if tk.any() else None,
+            int(spans[known, 0].min()) if known.any() else None,
+            int(spans[known, 1].max()) if known.any() else None,
+            float(spans[tk, 2].min()) if tk.any() else None,
+            float(spans[tk, 3].max()) if tk.any() else None,
         )
 
 

@@ -118,13 +118,12 @@ def _read_range(bootstrap: str, topic: str, partition: int, first: int, last: in
     )
     consumer.assign([TopicPartition(topic, partition, first)])
     out: list[Any] = []
+    deadline = time.monotonic() + 30
     try:
-        for _ in range(200):  # bounded
-            for m in consumer.consume(1000, 0.2):
+        while len(out) < last - first + 1 and time.monotonic() < deadline:
+            for m in consumer.consume(1000, 0.5):
                 if m.error() is None and m.offset() <= last:
                     out.append(json.loads(m.value()))
-            if out and len(out) >= last - first + 1:
-                break
     finally:
         consumer.close()
     return out
