@@ -20,7 +20,13 @@ metadata: ``set_partition_count``):
   large batch (the batch is split at the step boundaries), so detection positions
   do not depend on ``max_batch_events``. The boundaries count the events of this
   process since it started; they are not part of the checkpoint (a restart can
-  move the verdicts by less than one step, never the windows).
+  move the verdicts by less than one step, never the windows). Every verdict is
+  taken; a drifting one is reported at each boundary, a clean one once per batch
+  (its last boundary), which is what the gauges and the alerts' resolution read.
+  Count windows fold each partition's share of a batch in once, recording the
+  window at every sub-window it closes, and judge each boundary from the windows
+  as they stood there; windows that keep raw values (exact KS) and event-time
+  windows are folded sub-batch by sub-batch instead (slower, same verdicts).
 * Each test keeps the level ``step / (ert * family_size)`` (one test per stream
   step): per partition ``ert`` is scaled like the step.
 * A change of ``P`` (partitions added to a topic) restarts the windows: states of
