@@ -172,6 +172,20 @@ class KS(WindowedDetector):
         n = self.baseline.n
         return self._crit / math.sqrt(n * m / (n + m))
 
+    def drifts(self) -> bool:
+        """``evaluate().drift`` without building the finding."""
+        if self._exact:
+            return super().drifts()
+        if not self._window.ready:
+            return False
+        counts = self._window.counts
+        m = int(counts.sum())
+        if m == 0:
+            return False
+        n = self.baseline.n
+        d = float(ks_from_counts(self._cdf, counts))
+        return d >= max(self.d_min, self._crit / math.sqrt(n * m / (n + m)))
+
     def evaluate(self) -> Finding | None:
         """KS verdict on the current window, or None while it is filling."""
         if not self._window.ready:

@@ -162,6 +162,18 @@ class PSI(WindowedDetector):
         n = int(self._base.sum())
         return self._chi2_crit / (n * m / (n + m))
 
+    def drifts(self) -> bool:
+        """``evaluate().drift`` without building the finding."""
+        if not self._window.ready:
+            return False
+        counts = self.coarsen(self._window.counts)
+        m = int(counts.sum())
+        if m == 0:
+            return False
+        n = int(self._base.sum())
+        value = float(psi_from_counts(self._base, counts, self.smoothing))
+        return value >= max(self.psi_min, self._chi2_crit / (n * m / (n + m)))
+
     def evaluate(self) -> Finding | None:
         """PSI verdict on the current window, or None while it is filling."""
         if not self._window.ready:

@@ -606,6 +606,12 @@ class WindowedDetector:
         """The verdict on the current window, or None while it is filling."""
         raise NotImplementedError
 
+    def drifts(self) -> bool:
+        """Whether ``evaluate`` would say ``drift`` (detectors override it with the
+        decision alone, cheaper than a whole finding)."""
+        finding = self.evaluate()
+        return finding is not None and finding.drift
+
     def _bounds(self, events: int) -> WindowBounds:
         start, end = self._window.time_bounds()
         return WindowBounds(events=events, start_time=start, end_time=end)

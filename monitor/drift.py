@@ -463,6 +463,10 @@ class DriftStage:
         findings: list[Finding] = []
         if not self.aggregating:
             return findings
+        self._span_cache: dict[tuple[int, int], Any] = {}
+        for fs in folds.values():
+            for f in fs:
+                f.prepare(cuts)
         for c, cut in enumerate(cuts):
             last = c == len(cuts) - 1
             for plan in self._plans:
@@ -484,6 +488,8 @@ class DriftStage:
                     if total is None:
                         continue
                     merged.load_counts(total, closed)
+                    if not last and not merged.drifts():
+                        continue  # a clean verdict inside the batch is not reported
                     finding = merged.evaluate()
                     if finding is None or not (finding.drift or last):
                         continue
@@ -500,7 +506,12 @@ class DriftStage:
     ) -> Finding:
         """Evidence for a verdict taken inside a batch: partitions the batch moved
         are located as their windows stood at the step boundary ``cut``."""
-        at = {id(f.det): f.span_at(cut) for f in folds}
+        at = {}
+        for f in folds:  # detectors of a field that took the same rows share the span
+            key = (id(f.positions), cut)
+            if key not in self._span_cache:
+                self._span_cache[key] = f.span_at(cut)
+            at[id(f.det)] = self._span_cache[key]
         slots = [
             (s, _SpanAt(det, at[id(det)]) if id(det) in at else det)
             for s, det in self._slots(plan, index)
@@ -699,14 +710,18 @@ class _Fold:
         self._off0 = w._off.copy()
         self._tspan0 = w._tspan.copy()
         self.history: list[tuple[int, npt.NDArray[np.int64], int, npt.NDArray[np.float64]]] = []
-        self._ends: npt.NDArray[np.int64] | None = None
+        self._at: dict[int, int] = {}
+
+    def prepare(self, cuts: list[int]) -> None:
+        """Locate every step boundary of the batch in the history at once."""
+        ends = np.asarray([h[0] for h in self.history], dtype=np.int64)
+        taken = np.searchsorted(self.positions, cuts)
+        index = (np.searchsorted(ends, taken, side="right") - 1).tolist()
+        self._at = dict(zip(cuts, index, strict=True))
 
     def _index(self, cut: int) -> int:
         """Index into ``history`` of the window at batch row ``cut`` (-1: as before)."""
-        if self._ends is None:
-            self._ends = np.asarray([h[0] for h in self.history], dtype=np.int64)
-        taken = int(np.searchsorted(self.positions, cut))
-        return int(np.searchsorted(self._ends, taken, side="right")) - 1
+        return self._at[cut]
 
     def at(self, cut: int) -> tuple[npt.NDArray[np.int64], int]:
         """Window total and closed sub-windows at batch row ``cut``."""
