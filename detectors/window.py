@@ -251,6 +251,40 @@ class SlidingCounts:
                 ts = np.array([np.fmin(old_ts[0], ts[0]), np.fmax(old_ts[1], ts[1])])
         return off, ts
 
+    def _push_many(
+        self, rows: IntArray, start: int, offsets: IntArray | None, times: FloatArray | None
+    ) -> None:
+        """Close ``len(rows)`` full sub-windows at once (batch events ``start`` on, ``S``
+        each): the same ring, totals, spans and history as one ``_push`` per row."""
+        S, R = int(self.step_events or 1), self.ring_size
+        kk = int(rows.shape[0])
+        starts = start + np.arange(kk) * S
+        off = np.full((kk, 2), -1, dtype=np.int64)
+        if offsets is not None:
+            off[:, 0], off[:, 1] = offsets[starts], offsets[starts + S - 1]
+        ts = np.full((kk, 2), np.nan)
+        if times is not None:
+            seg = np.asarray(times[start : start + kk * S], dtype=np.float64).reshape(kk, S)
+            ts[:, 0], ts[:, 1] = seg.min(axis=1), seg.max(axis=1)
+        # The window after the j-th push is the R newest of (the ring, oldest first,
+        # then the pushed rows): differences of one cumulative sum.
+        seq = np.concatenate([self._ring[(self._pos + np.arange(R)) % R], rows])
+        csum = np.zeros((R + kk + 1, self.bins), dtype=np.int64)
+        np.cumsum(seq, axis=0, out=csum[1:])
+        totals = csum[R + 1 :] - csum[1 : kk + 1]
+        keep = min(kk, R)  # rows pushed later in the batch overwrite earlier ones
+        where = (self._pos + np.arange(kk - keep, kk)) % R
+        self._ring[where] = rows[kk - keep :]
+        self._off[where] = off[kk - keep :]
+        self._tspan[where] = ts[kk - keep :]
+        self._total = totals[-1].copy()
+        if self.history is not None:
+            spans = np.concatenate([off.astype(np.float64), ts], axis=1)
+            for j in range(kk):
+                self.history.append((int(starts[j]) + S, totals[j], self._closed + j + 1, spans[j]))
+        self._pos = (self._pos + kk) % R
+        self._closed += kk
+
     def _record(self, end: int) -> None:
         """History entry of the sub-window just closed at batch index ``end``."""
         assert self.history is not None
@@ -293,7 +327,12 @@ class SlidingCounts:
             sub = rest[skip * S : k * S]
             rows = self._bincount_rows(np.arange(sub.size) // S, sub, k - skip)
             self._closed += skip
-            for j in range(k - skip):
+            if rest_vals is None:
+                self._push_many(rows, need + skip * S, offsets, times)
+                k_done = True
+            else:
+                k_done = False
+            for j in range(0 if k_done else k - skip):
                 v = None
                 if rest_vals is not None:
                     v = rest_vals[(skip + j) * S : (skip + j + 1) * S].copy()
