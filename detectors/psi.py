@@ -174,6 +174,17 @@ class PSI(WindowedDetector):
         value = float(psi_from_counts(self._base, counts, self.smoothing))
         return value >= max(self.psi_min, self._chi2_crit / (n * m / (n + m)))
 
+    def drifts_many(self, totals: IntArray, closed: IntArray) -> npt.NDArray[np.bool_]:
+        """``drifts()`` of many count windows at once (rows of ``totals``)."""
+        coarse = self.coarsen(totals)
+        m = coarse.sum(axis=-1).astype(np.float64)
+        n = float(self._base.sum())
+        value = psi_from_counts(self._base, coarse, self.smoothing)
+        n_eff = np.where(m > 0, n * m / (n + m), 1.0)
+        threshold = np.maximum(self.psi_min, self._chi2_crit / n_eff)
+        ready = np.asarray(closed) >= self._window.ring_size
+        return np.asarray(ready & (m > 0) & (value >= threshold))
+
     def evaluate(self) -> Finding | None:
         """PSI verdict on the current window, or None while it is filling."""
         if not self._window.ready:

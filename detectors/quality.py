@@ -28,9 +28,10 @@ import math
 from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 from scipy import special, stats
 
-from detectors.base import DetectorError, Finding
+from detectors.base import DetectorError, Finding, IntArray
 from detectors.baseline import QUALITY_KINDS, QualityBaseline
 from detectors.window import WindowedDetector
 
@@ -126,6 +127,22 @@ class QualityRates(WindowedDetector):
         if codes.size and (codes.min() < 0 or codes.max() >= len(QUALITY_KINDS)):
             raise DetectorError("quality outcome codes must be in 0..5")
         return codes
+
+    def drifts_many(self, totals: IntArray, closed: IntArray) -> npt.NDArray[np.bool_]:
+        """``evaluate().drift`` of many count windows at once (rows of ``totals``):
+        some kind rose by ``min_increase`` with ``z >= z_crit``."""
+        c = np.asarray(totals, dtype=np.float64)
+        m = c.sum(axis=-1, keepdims=True)
+        base = self.baseline.counts.astype(np.float64)
+        n = float(base.sum())
+        safe_m = np.where(m > 0, m, 1.0)
+        p = (c + base) / (safe_m + n)
+        var = p * (1.0 - p) * (1.0 / safe_m + 1.0 / n)
+        rise = c / safe_m - base / n
+        z = np.where(var > 0, rise / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
+        hit = (rise >= self.min_increase) & (z >= self._z_crit)
+        ready = np.asarray(closed) >= self._window.ring_size
+        return np.asarray(ready & (m[:, 0] > 0) & hit[:, 1:].any(axis=-1))
 
     def evaluate(self) -> Finding | None:
         """Verdict on the current window, or None while it is filling."""

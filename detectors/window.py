@@ -651,6 +651,16 @@ class WindowedDetector:
         finding = self.evaluate()
         return finding is not None and finding.drift
 
+    def drifts_many(self, totals: IntArray, closed: IntArray) -> npt.NDArray[np.bool_]:
+        """``drifts()`` of count windows holding ``totals[c]`` after ``closed[c]``
+        sub-windows, for every ``c`` (shape ``(C, bins)`` and ``(C,)``); detectors
+        override it with array operations. Leaves this (scratch) window loaded."""
+        out = np.zeros(len(closed), dtype=bool)
+        for c in range(len(closed)):
+            self.load_counts(totals[c], int(closed[c]))
+            out[c] = self.drifts()
+        return out
+
     def _bounds(self, events: int) -> WindowBounds:
         start, end = self._window.time_bounds()
         return WindowBounds(events=events, start_time=start, end_time=end)

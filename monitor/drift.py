@@ -467,33 +467,39 @@ class DriftStage:
         for fs in folds.values():
             for f in fs:
                 f.prepare(cuts)
-        for c, cut in enumerate(cuts):
-            last = c == len(cuts) - 1
-            for plan in self._plans:
-                for i, merged in enumerate(plan.merged):
-                    here = folds.get((plan.name, i), [])
-                    moved = {f.slot for f in here}
-                    total = None
-                    closed = 0
-                    for f in here:
-                        t, k = f.at(cut)
-                        total = t.copy() if total is None else total + t
-                        closed = max(closed, k)
-                    for _, det in self._slots(plan, i):
-                        if id(det) in moved:
-                            continue
-                        w = det._window
-                        total = w._total.copy() if total is None else total + w._total
-                        closed = max(closed, w._closed)
-                    if total is None:
+        n_cuts = len(cuts)
+        for plan in self._plans:
+            for i, merged in enumerate(plan.merged):
+                here = folds.get((plan.name, i), [])
+                moved = {f.slot for f in here}
+                totals: npt.NDArray[np.int64] | None = None  # (cuts, bins), stream windows
+                closed = np.zeros(n_cuts, dtype=np.int64)
+                for f in here:
+                    t, k = f.at_all()
+                    totals = t if totals is None else totals + t
+                    closed = np.maximum(closed, k)
+                for _, det in self._slots(plan, i):
+                    if id(det) in moved:
                         continue
-                    merged.load_counts(total, closed)
-                    if not last and not merged.drifts():
-                        continue  # a clean verdict inside the batch is not reported
+                    w = det._window
+                    totals = (
+                        np.repeat(w._total[None, :], n_cuts, axis=0)
+                        if totals is None
+                        else totals + w._total
+                    )
+                    closed = np.maximum(closed, w._closed)
+                if totals is None:
+                    continue
+                # Every boundary is judged; findings are built where the stream drifts,
+                # and at the batch's last boundary (a clean verdict is reported once).
+                judged = merged.drifts_many(totals, closed)
+                judged[-1] = True
+                for c in np.flatnonzero(judged).tolist():
+                    merged.load_counts(totals[c].copy(), int(closed[c]))
                     finding = merged.evaluate()
-                    if finding is None or not (finding.drift or last):
+                    if finding is None or not (finding.drift or c == n_cuts - 1):
                         continue
-                    findings.append(self._locate_at(finding, plan, i, here, cut))
+                    findings.append(self._locate_at(finding, plan, i, here, cuts[c]))
         return findings
 
     def _slots(self, plan: _FieldPlan, index: int) -> list[tuple[int, Any]]:
@@ -718,6 +724,14 @@ class _Fold:
         taken = np.searchsorted(self.positions, cuts)
         index = (np.searchsorted(ends, taken, side="right") - 1).tolist()
         self._at = dict(zip(cuts, index, strict=True))
+
+    def at_all(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Window totals ``(cuts, bins)`` and closed sub-windows ``(cuts,)`` at every
+        step boundary given to ``prepare``, in order."""
+        rows = np.asarray(list(self._at.values()), dtype=np.int64) + 1
+        stack = np.stack([self.total0, *(h[1] for h in self.history)])
+        closed = np.asarray([self.closed0, *(h[2] for h in self.history)], dtype=np.int64)
+        return stack[rows], closed[rows]
 
     def _index(self, cut: int) -> int:
         """Index into ``history`` of the window at batch row ``cut`` (-1: as before)."""
