@@ -2,7 +2,7 @@
 
 Feeds the stage in process (no broker, no decode) with N(0, 1) columns, rows
 round-robin over P partitions, in batches of B; the default detectors of a float
-field (ks, psi, adwin, quality) with a baseline carrying quality rates; window
+field (ks, psi, adwin, data_quality) with a baseline carrying quality rates; window
 10,000 / step 1,000. A first pass warms up (numba, scipy); the second is timed with
 ``time.process_time`` (CPU of this process, so other load on the machine inflates
 it less than wall time). Prints a table.

@@ -23,7 +23,7 @@ Data-quality rates
 and keep their hash) records per field how the reference events' values fared:
 ``QualityBaseline.counts[k]`` events of kind ``QUALITY_KINDS[k]`` (``ok``, ``null``,
 ``unseen_category``, ``out_of_range``, ``wrong_type``, ``non_finite``) out of
-``events``. The ``quality`` detector compares a window's rates with these.
+``events``. The ``data_quality`` detector compares a window's rates with these.
 
 Categorical bins
 ----------------
@@ -228,7 +228,7 @@ class CategoricalBaseline:
 
 FieldBaseline = NumericBaseline | CategoricalBaseline
 
-#: What can become of a field's value in an accepted event (bin order of ``quality``).
+#: What can become of a field's value in an accepted event (bin order of ``data_quality``).
 QUALITY_KINDS = ("ok", "null", "unseen_category", "out_of_range", "wrong_type", "non_finite")
 
 

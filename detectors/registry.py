@@ -18,9 +18,9 @@ __all__ = ["create", "detector_class", "names"]
 _REGISTRY: dict[str, str] = {
     "adwin": "detectors.adwin:ADWIN",
     "chi2": "detectors.categorical:ChiSquare",
+    "data_quality": "detectors.data_quality:QualityRates",
     "ks": "detectors.ks:KS",
     "psi": "detectors.psi:PSI",
-    "quality": "detectors.quality:QualityRates",
 }
 
 

@@ -79,10 +79,10 @@ class FieldType(StrEnum):
 NUMERIC_TYPES = frozenset({FieldType.FLOAT, FieldType.INT})
 # The detectors a field runs when its spec does not say.
 DEFAULT_DETECTORS: dict[FieldType, tuple[str, ...]] = {
-    FieldType.FLOAT: ("ks", "psi", "adwin", "quality"),
-    FieldType.INT: ("ks", "psi", "adwin", "quality"),
-    FieldType.BOOL: ("chi2", "quality"),
-    FieldType.CATEGORY: ("chi2", "psi", "quality"),
+    FieldType.FLOAT: ("ks", "psi", "adwin", "data_quality"),
+    FieldType.INT: ("ks", "psi", "adwin", "data_quality"),
+    FieldType.BOOL: ("chi2", "data_quality"),
+    FieldType.CATEGORY: ("chi2", "psi", "data_quality"),
     FieldType.STRING: (),
 }
 

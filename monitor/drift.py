@@ -95,7 +95,7 @@ class _FieldPlan:
     merged: list[Any]  # one scratch detector per binned detector, for stream verdicts
     lut: npt.NDArray[np.int64]
     # Per binned detector: True when it takes data-quality outcome codes of every
-    # event (the quality detector) instead of the bins of the valid values.
+    # event (the data_quality detector) instead of the bins of the valid values.
     outcome: list[bool] = dataclasses.field(default_factory=list)
 
     def category_bins(
@@ -226,12 +226,12 @@ class DriftStage:
                 else:
                     kw = _partition_share({**window, "family_size": binned_pairs, **params}, P)
                     reference: Any = fb
-                    if det_name == "quality":
+                    if det_name == "data_quality":
                         reference = baseline.quality.get(name)
                         if reference is None:
                             log.warning(
                                 "stream %s: baseline %s records no data-quality rates of "
-                                "field %s: its quality detector is off (rebuild the baseline)",
+                                "field %s: its data_quality detector is off (rebuild the baseline)",
                                 self.spec.name,
                                 baseline.id,
                                 name,
@@ -240,7 +240,7 @@ class DriftStage:
                     make = _factory(det_name, reference, name, kw)
                     plan.binned.append((det_name, make))
                     plan.merged.append(make())
-                    plan.outcome.append(det_name == "quality")
+                    plan.outcome.append(det_name == "data_quality")
             self._plans.append(plan)
         self._partitions.clear()
         log.info(
@@ -322,7 +322,7 @@ class DriftStage:
             rows_of = {int(p): np.flatnonzero(partitions == p) for p in np.unique(partitions)}
         times_all = batch.event_time
         # Per field, the bins of every row (garbage where the value is not valid) and,
-        # for a quality detector, every row's outcome code.
+        # for a data_quality detector, every row's outcome code.
         binned: list[tuple[_FieldPlan, Any, Any, Any, Any]] = []
         for plan in self._plans:
             valid = batch.valid[plan.name]
@@ -353,7 +353,7 @@ class DriftStage:
                     sel = rows[a:b]
                 dets = self._partition(partition)
                 for plan, valid, bins, column, codes in binned:
-                    if codes is not None:  # quality: every event of the field counts
+                    if codes is not None:  # data_quality: every event of the field counts
                         every = np.arange(lo, hi) if isinstance(sel, slice) else sel
                         t_all = None if times_all is None else times_all[every]
                         o_all = None if offsets is None else offsets[every]

@@ -38,7 +38,7 @@ def test_demo_stream_is_valid() -> None:
         "ks": {},
         "psi": {},
         "adwin": {},
-        "quality": {},
+        "data_quality": {},
     }
     assert config.stream_for_topic()["iot.sensors"].name == "sensors"
 

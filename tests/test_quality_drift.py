@@ -15,7 +15,7 @@ from detectors.baseline import (
     load_baseline,
     save_baseline,
 )
-from detectors.quality import rate_z
+from detectors.data_quality import rate_z
 from monitor.config import parse_config
 from monitor.decode import Batch, StreamDecoder
 from monitor.drift import DriftStage
@@ -35,8 +35,12 @@ def _stage() -> DriftStage:
                     "name": "s",
                     "topic": "t",
                     "fields": {
-                        "h": {"type": "float", "nullable": True, "detectors": ["ks", "quality"]},
-                        "c": {"type": "category", "detectors": ["chi2", "quality"]},
+                        "h": {
+                            "type": "float",
+                            "nullable": True,
+                            "detectors": ["ks", "data_quality"],
+                        },
+                        "c": {"type": "category", "detectors": ["chi2", "data_quality"]},
                     },
                     "baseline": {"first_events": 1},
                     "window": {"events": WINDOW, "step": STEP},
@@ -86,7 +90,7 @@ def _run(
         )
         parts = (np.arange(a, b) % 2).astype(np.int32)
         for f in stage.update(batch, parts, np.arange(a, b) // 2):
-            if f.detector == "quality":
+            if f.detector == "data_quality":
                 out.append((b, f.subject, f.drift))
     return out
 

@@ -52,7 +52,7 @@ CASES: dict[str, Case] = {
         calm=lambda r, n: r.choice(3, n, p=[0.8, 0.15, 0.05]),
         shifted=lambda r, n: r.choice(3, n, p=[0.6, 0.25, 0.15]),
     ),
-    "quality": Case(
+    "data_quality": Case(
         params={
             "baseline": QualityBaseline(np.array([9000, 1000, 0, 0, 0, 0])),
             "subject": "x",
@@ -91,7 +91,7 @@ def _run(det: Detector, batches: list[np.ndarray]) -> list[Finding]:
 
 def test_every_name_is_covered_and_unknown_names_list_the_allowed() -> None:
     assert sorted(CASES) == registry.names()
-    with pytest.raises(DetectorError, match="allowed: adwin, chi2, ks, psi"):
+    with pytest.raises(DetectorError, match="allowed: adwin, chi2, data_quality, ks, psi"):
         registry.detector_class("kswin")
 
 

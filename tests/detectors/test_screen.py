@@ -7,14 +7,14 @@ import pytest
 
 from detectors.baseline import QualityBaseline, build_categorical, build_numeric
 from detectors.categorical import ChiSquare
+from detectors.data_quality import QualityRates
 from detectors.ks import KS
 from detectors.psi import PSI
-from detectors.quality import QualityRates
 
 _RNG = np.random.default_rng(5)
 
 
-@pytest.mark.parametrize("name", ["ks", "psi", "quality", "chi2"])
+@pytest.mark.parametrize("name", ["ks", "psi", "data_quality", "chi2"])
 def test_drifts_many_equals_evaluate(name: str) -> None:
     window = {"window_events": 2_000, "step_events": 500}
     if name in ("ks", "psi"):
@@ -23,7 +23,7 @@ def test_drifts_many_equals_evaluate(name: str) -> None:
         top = 0.3 if name == "ks" else 1.0
         draws = [base.bin_index(_RNG.normal(s, 1.0, 2_000)) for s in np.linspace(0, top, 40)]
         bins = base.bins
-    elif name == "quality":
+    elif name == "data_quality":
         det = QualityRates(QualityBaseline(np.array([900, 100, 0, 0, 0, 0])), "x", **window)
         draws = [(_RNG.random(2_000) < r).astype(np.int64) for r in np.linspace(0.08, 0.2, 40)]
         bins = 6

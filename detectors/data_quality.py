@@ -91,7 +91,7 @@ class QualityRates(WindowedDetector):
     'null rate 12.76% vs baseline 10.00%'
     """
 
-    name: ClassVar[str] = "quality"
+    name: ClassVar[str] = "data_quality"
 
     def __init__(
         self,
