@@ -106,10 +106,15 @@ def _run(bootstrap: str, unique: str, partitions: int, tmp_path: Path) -> dict[s
     return {"topic": topic, "alert": firing, "x": x, "baseline": baseline}
 
 
-def _position(alert: dict[str, Any], partitions: int) -> int:
-    """Stream index just past the judged window (event i sits at i % P, i // P)."""
-    ends = [w["last_offset"] * partitions + w["partition"] for w in alert["evidence"]["partitions"]]
-    return max(ends) + 1
+def _delay(alert: dict[str, Any], partitions: int) -> int:
+    """Shifted events the judged window had taken in when the shift was flagged: per
+    partition the events from its first shifted one (event i sits at i % P, i // P) to
+    the window's last offset. On one partition: the position past the shift."""
+    delay = 0
+    for w in alert["evidence"]["partitions"]:
+        first_shifted = -(-(SHIFT_AT - w["partition"]) // partitions)
+        delay += max(0, w["last_offset"] + 1 - first_shifted)
+    return delay
 
 
 def _read_range(bootstrap: str, topic: str, partition: int, first: int, last: int) -> list[Any]:
@@ -137,7 +142,7 @@ def test_detection_delay_and_evidence_on_one_and_four_partitions(
     for partitions in (1, 4):
         run = _run(kafka_bootstrap, unique, partitions, tmp_path)
         alert, topic = run["alert"], run["topic"]
-        delays[partitions] = _position(alert, partitions) - SHIFT_AT
+        delays[partitions] = _delay(alert, partitions)
         ev = alert["evidence"]
         assert len(ev["partitions"]) == partitions
         # Read the window back from the topic: the offsets bound exactly its events,
