@@ -461,7 +461,7 @@ class DriftStage:
                         det._window.history = None
                     folds.setdefault((plan.name, i), []).append(fold)
         findings: list[Finding] = []
-        if not self.aggregating:
+        if not self.aggregating or not cuts:
             return findings
         self._span_cache: dict[tuple[int, int], Any] = {}
         for fs in folds.values():

@@ -116,3 +116,10 @@ def test_evidence_offsets_bound_the_judged_window_for_any_batching(partitions: i
                 values.append(cols["x"][rows])
             counts = np.bincount(base.bin_index(np.concatenate(values)), minlength=base.bins)
             assert float(ks_from_counts(cdf, counts)) == pytest.approx(f.statistic, abs=1e-12)
+
+
+def test_batches_smaller_than_a_step_fold_in_without_verdicts() -> None:
+    stage = numeric_stage(["x"], 4, window=4_000, step=1_000)
+    cols = shifted_stream(12_000, 12_000, 0.0, ["x"], seed=3)
+    fed = feed(stage, cols, round_robin(12_000, 4), 300)  # most batches hold no boundary
+    assert next(pos for pos, f in fed.findings if f.detector == "ks") == 4_000
