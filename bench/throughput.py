@@ -10,7 +10,15 @@ fresh process per mode (so peak RSS is per mode):
 * pipeline+drift: the same with the default drift detectors on every field
 
 Prints a table (events/s, µs per event, per-stage µs per event, peak RSS).
+
+``--hostile 0.1`` also produces a second topic where 10% of the same events are
+replaced by hostile records (``hostile_wide``: invalid JSON and UTF-8, binary,
+wrong types, NaN, huge numbers, deep nesting, too many fields, out-of-range
+values, and one 2 MB record per 2,000 events) and runs every mode on it as well,
+so each row has a ``[hostile]`` twin: events/s and peak RSS side by side.
+
 Usage: python bench/throughput.py [--events 1000000] [--fields 20] [--batch 10000]
+       [--hostile 0.1]
 """
 
 from __future__ import annotations
@@ -28,8 +36,95 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import cpu_model, produce_wide
+from connectors.kafka import consumer_limits
 
 MODES = ("consume", "consume+decode", "pipeline", "pipeline+drift")
+
+
+HOSTILE_KINDS = (
+    "invalid_json",
+    "invalid_utf8",
+    "binary",
+    "wrong_type",
+    "nan",
+    "huge_number",
+    "too_deep",
+    "too_many_fields",
+    "out_of_range",
+    "unknown_field",
+)
+# One record of this size per BIG_EVERY events of the hostile topic.
+BIG_BYTES, BIG_EVERY = 2_000_000, 2_000
+
+
+def hostile_wide(good: bytes, kind: str, i: int) -> bytes:
+    """A hostile variant of the wide event ``good`` (deterministic in ``i``)."""
+    if kind == "big":
+        return good[:-1] + b',"blob":"' + b"x" * BIG_BYTES + b'"}'
+    if kind == "invalid_json":
+        return good[: -1 - i % 7]
+    if kind == "invalid_utf8":
+        return good[:-1] + b',"note":"\xc3\x28"}'
+    if kind == "binary":
+        return bytes((i * 31 + j * 17) % 256 for j in range(64))
+    if kind == "wrong_type":
+        return good.replace(b'"f00":', b'"f00":"x","_":', 1)
+    if kind == "nan":
+        return good.replace(b'"f01":', b'"f01":NaN,"_":', 1)
+    if kind == "huge_number":
+        return good.replace(b'"f02":', b'"f02":' + b"9" * 5000 + b',"_":', 1)
+    if kind == "too_deep":
+        return good[:-1] + b',"deep":' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    if kind == "too_many_fields":
+        extra = b",".join(b'"k%d":%d' % (j, j) for j in range(1_500))
+        return good[:-1] + b"," + extra + b"}"
+    if kind == "out_of_range":
+        return good.replace(b'"f03":', b'"f03":1e9,"_":', 1)
+    return good[:-1] + b',"firmware":"1.2.3"}'  # unknown_field (lenient stream: accepted)
+
+
+def produce_hostile(
+    bootstrap: str, topic: str, events: int, fields: int, partitions: int, rate: float
+) -> float:
+    """The events of ``produce_wide`` with ``rate`` of them hostile; seconds taken."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from monitor.synthetic import generate_wide
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    new = NewTopic(topic, partitions, 1, config={"max.message.bytes": "10485760"})
+    for future in admin.create_topics([new]).values():
+        future.result(10)
+    payloads = generate_wide(min(events, 200_000), fields=fields)
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.num.messages": 10000,
+            "message.max.bytes": 10_000_000,
+        }
+    )
+    import numpy as np
+
+    bad = np.random.default_rng(5).random(events) < rate
+    t0 = time.perf_counter()
+    k = 0
+    for i in range(events):
+        value = payloads[i % len(payloads)]
+        if i % BIG_EVERY == BIG_EVERY // 2:
+            value = hostile_wide(value, "big", i)
+        elif bad[i]:
+            value = hostile_wide(value, HOSTILE_KINDS[k % len(HOSTILE_KINDS)], i)
+            k += 1
+        while True:
+            try:
+                producer.produce(topic, value)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    producer.flush(120)
+    return time.perf_counter() - t0
 
 
 def _consumer_options(bootstrap: str) -> dict[str, Any]:
@@ -41,7 +136,21 @@ def _consumer_options(bootstrap: str) -> dict[str, Any]:
         "fetch.queue.backoff.ms": 10,
         "queued.min.messages": 200_000,
         "session.timeout.ms": 6000,
+        **consumer_limits(),
     }
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. ``ru_maxrss`` is not: Linux carries the parent's
+    peak over ``fork`` + ``exec``, so every child would report the producer's memory."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -128,7 +237,7 @@ def _child(args: argparse.Namespace) -> None:
             stages=stages,
             total=stats.events,
         )
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = _peak_rss_mb()
     print(json.dumps(result))
 
 
@@ -141,6 +250,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--hostile", type=float, default=0.0, help="hostile share, e.g. 0.1")
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--topic", default="bench.wide", help=argparse.SUPPRESS)
@@ -159,8 +269,29 @@ def main() -> None:
             f"produced {args.events:,} events of {args.fields} fields in {produce_s:.1f}s",
             flush=True,
         )
+        runs = [(mode, args.topic, "") for mode in args.modes.split(",")]
+        if args.hostile > 0:
+            hostile_topic = f"{args.topic}.hostile"
+            hostile_s = produce_hostile(
+                broker.bootstrap,
+                hostile_topic,
+                args.events,
+                args.fields,
+                args.partitions,
+                args.hostile,
+            )
+            print(
+                f"produced the same with {args.hostile:.0%} hostile (and one "
+                f"{BIG_BYTES / 1e6:.0f} MB record per {BIG_EVERY:,}) in {hostile_s:.1f}s",
+                flush=True,
+            )
+            runs = [
+                r
+                for mode, _, _ in runs
+                for r in ((mode, args.topic, ""), (mode, hostile_topic, " [hostile]"))
+            ]
         rows = []
-        for mode in args.modes.split(","):
+        for mode, topic, label in runs:
             cmd = [
                 sys.executable,
                 __file__,
@@ -169,7 +300,7 @@ def main() -> None:
                 "--bootstrap",
                 broker.bootstrap,
                 "--topic",
-                args.topic,
+                topic,
                 "--events",
                 str(args.events),
                 "--fields",
@@ -184,11 +315,13 @@ def main() -> None:
             if out.returncode != 0 or not lines:
                 print(f"{mode}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
-            rows.append(json.loads(lines[-1]))
+            row = json.loads(lines[-1])
+            row["label"] = label
+            rows.append(row)
     cpu = cpu_model()
     print(f"\nmachine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
     head = ("mode", "events", "events/s", "us/event", "decode", "checks", "detect", "peak RSS")
-    print("{:<16} {:>9} {:>10} {:>9} {:>7} {:>7} {:>7} {:>9}".format(*head))
+    print("{:<26} {:>9} {:>10} {:>9} {:>7} {:>7} {:>7} {:>9}".format(*head))
     base = None
     for r in rows:
         rate = r["events"] / r["seconds"] if r["seconds"] else 0.0
@@ -199,12 +332,13 @@ def main() -> None:
             for s in ("decode", "checks", "detectors")
         ]
         rss = r["peak_rss_mb"]
-        row = f"{r['mode']:<16} {r['events']:>9,} {rate:>10,.0f} {per:>9.2f}"
+        name = r["mode"] + r.get("label", "")
+        row = f"{name:<26} {r['events']:>9,} {rate:>10,.0f} {per:>9.2f}"
         print(f"{row} {' '.join(cells)} {rss:>7.0f}MB")
-        if r["mode"] == "consume+decode":
+        if r["mode"] == "consume+decode" and not r.get("label"):
             base = rate
-        elif base and r["mode"].startswith("pipeline"):
-            print(f"{'':<16} {'':>9} {100 * rate / base:>9.0f}% of consume+decode")
+        elif base and r["mode"].startswith("pipeline") and not r.get("label"):
+            print(f"{'':<26} {'':>9} {100 * rate / base:>9.0f}% of consume+decode")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ any size costs no Python bytecode per message.
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,18 +24,125 @@ import numpy.typing as npt
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from connectors.base import OutMessage
-from monitor.errors import SinkError
+from monitor.errors import DriftwardenError, SinkError
 
 __all__ = [
+    "RECORD_OVERHEAD_BYTES",
+    "BrokerUnreachableError",
     "KafkaSink",
     "KafkaSource",
+    "RateLimitFilter",
     "RawBatch",
     "TopicPartitionKey",
     "client_options",
+    "consumer_limits",
     "ensure_topics",
+    "librdkafka_logger",
+    "producer_limits",
+    "wait_for_cluster",
 ]
 
 log = logging.getLogger("driftwarden.kafka")
+
+
+class BrokerUnreachableError(DriftwardenError):
+    """The cluster did not answer at start; the message names the servers and why."""
+
+
+class RateLimitFilter(logging.Filter):
+    """Drops repeats of a log line (digits ignored) within ``window`` seconds and
+    lets at most ``burst`` lines through per window; the next line that passes says
+    how many were dropped. librdkafka repeats a connection failure every retry.
+
+    >>> f = RateLimitFilter(window=10.0, burst=5, clock=lambda: 0.0)
+    >>> rec = lambda m: logging.LogRecord("x", 30, "", 0, m, None, None)
+    >>> [f.filter(rec(f"connect to :{p} failed")) for p in (1, 2)]
+    [True, False]
+    >>> r = rec("another problem"); f.filter(r), r.getMessage()
+    (True, 'another problem (1 earlier line(s) suppressed)')
+    """
+
+    def __init__(
+        self, window: float = 10.0, burst: int = 5, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.window = window
+        self.burst = burst
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_seen: dict[str, float] = {}
+        self._window_start = -float("inf")
+        self._passed = 0
+        self.suppressed = 0
+        self._pending = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "#", record.getMessage())
+        now = self._clock()
+        with self._lock:
+            if now - self._window_start >= self.window:
+                self._window_start, self._passed = now, 0
+            last = self._last_seen.get(key)
+            if (last is not None and now - last < self.window) or self._passed >= self.burst:
+                self.suppressed += 1
+                self._pending += 1
+                return False
+            if len(self._last_seen) > 1000:
+                self._last_seen.clear()
+            self._last_seen[key] = now
+            self._passed += 1
+            if self._pending:
+                record.msg = f"{record.getMessage()} ({self._pending} earlier line(s) suppressed)"
+                record.args = None
+                self._pending = 0
+        return True
+
+
+_LIBRDKAFKA_LOG = logging.getLogger("driftwarden.librdkafka")
+_LIBRDKAFKA_LOG.addFilter(RateLimitFilter())
+
+
+def librdkafka_logger() -> logging.Logger:
+    """The logger every client hands librdkafka (``logger=``): its lines go through
+    Python logging, de-duplicated and rate-limited, instead of raw to stderr."""
+    return _LIBRDKAFKA_LOG
+
+
+def _with_logger(conf: Mapping[str, Any]) -> dict[str, Any]:
+    return {"logger": librdkafka_logger(), **conf}
+
+
+def wait_for_cluster(options: Mapping[str, Any], timeout: float) -> None:
+    """Return once the cluster answers a metadata request; after ``timeout`` seconds
+    raise :class:`BrokerUnreachableError` naming ``bootstrap.servers`` and the last
+    reason librdkafka gave (connection refused, name resolution, TLS, SASL...)."""
+    from confluent_kafka.admin import AdminClient
+
+    reasons: list[str] = []
+
+    def on_error(err: KafkaError) -> None:
+        reasons.append(err.str())
+
+    admin = AdminClient(_with_logger({**client_options(options), "error_cb": on_error}))
+    deadline = time.monotonic() + timeout
+    last: str = ""
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            admin.list_topics(timeout=max(0.1, min(left, 2.0)))
+            return
+        except KafkaException as exc:
+            last = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        admin.poll(0)  # serve error callbacks and log lines
+        if time.monotonic() >= deadline:
+            break
+    reason = reasons[-1] if reasons else last
+    reason = " ".join(reason.split())
+    raise BrokerUnreachableError(
+        f"Kafka is unreachable at bootstrap.servers={options.get('bootstrap.servers')} "
+        f"after {timeout:g} s: {reason}"
+    )
+
 
 TopicPartitionKey = tuple[str, int]
 
@@ -49,10 +158,58 @@ _CONSUMER_ONLY = (
 )
 
 
+# Room for a dead letter's key (cut to 16 KiB), headers and record framing.
+RECORD_OVERHEAD_BYTES = 32_768
+
+
+def producer_limits(max_value_bytes: int) -> dict[str, Any]:
+    """Producer size settings for records whose value is at most ``max_value_bytes``.
+
+    ``message.max.bytes`` fits the largest record the service produces (a dead
+    letter cut to ``dead_letter_max_bytes``, plus key and headers); the default
+    900,000 bytes keeps records under the broker's default limit (1,048,588).
+    The send queue is bounded in bytes (64 MiB) so a stalled broker cannot grow it
+    without bound (``send`` then waits for room).
+    """
+    return {
+        "message.max.bytes": max(max_value_bytes + RECORD_OVERHEAD_BYTES, 1_000_000),
+        "queue.buffering.max.kbytes": 65_536,
+    }
+
+
+def consumer_limits() -> dict[str, Any]:
+    """Consumer memory bounds, in bytes rather than messages.
+
+    librdkafka pre-fetches into a local queue: at most ``queued.max.messages.kbytes``
+    (32 MiB) whatever the message count, from fetches of at most ``fetch.max.bytes``
+    (16 MiB per request, ``max.partition.fetch.bytes`` 1 MiB per partition). A
+    record larger than these is still fetched whole (Kafka returns the first record
+    even when over the limit), so huge records slow consumption but never block it;
+    the decoder rejects those over ``max_event_bytes`` without copying them.
+    ``receive.message.max.bytes`` keeps librdkafka's default (100 MB, a bound on
+    one response, not an allocation), so a record up to that size cannot wedge
+    the consumer.
+    """
+    return {
+        "queued.max.messages.kbytes": 32_768,
+        "fetch.max.bytes": 16 * 1_048_576,
+        "max.partition.fetch.bytes": 1_048_576,
+    }
+
+
+def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    """A consumed or delivered message's headers as (name, bytes) pairs."""
+    if not raw:
+        return ()
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return tuple((str(k), v if isinstance(v, bytes) else (v or "").encode()) for k, v in pairs)
+
+
 def client_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The connection and security options of a config, without consumer tuning,
-    for producers and admin clients."""
-    return {k: v for k, v in options.items() if not k.startswith(_CONSUMER_ONLY)}
+    for producers and admin clients; librdkafka's log lines go to
+    :func:`librdkafka_logger`."""
+    return _with_logger({k: v for k, v in options.items() if not k.startswith(_CONSUMER_ONLY)})
 
 
 def ensure_topics(
@@ -71,7 +228,7 @@ def ensure_topics(
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    admin = AdminClient(client_options(options))
+    admin = AdminClient(_with_logger(client_options(options)))
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [t for t in dict.fromkeys(topics) if t and t not in existing]
     if not missing:
@@ -163,7 +320,7 @@ class KafkaSource:
         }
         # cooperative-sticky hands partitions over incrementally (no stop-the-world).
         self._cooperative = "cooperative" in str(conf.get("partition.assignment.strategy", ""))
-        self._consumer = Consumer(conf)
+        self._consumer = Consumer(_with_logger(conf))
         self.assignment: set[TopicPartitionKey] = set()
         self.errors: list[str] = []
         self._partition_counts: dict[str, int] = {}
@@ -287,7 +444,13 @@ class KafkaSink:
     then must not commit the batch that produced it).
     """
 
-    def __init__(self, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        options: Mapping[str, Any],
+        *,
+        retry_failed: bool = False,
+        on_failure: Callable[[str, str], None] | None = None,
+    ) -> None:
         conf: dict[str, Any] = {
             "linger.ms": 5,
             "compression.type": "lz4",
@@ -295,14 +458,31 @@ class KafkaSink:
             "enable.idempotence": True,
             "acks": "all",
         }
-        self._producer = Producer(conf)
+        self._producer = Producer(_with_logger(conf))
         self._failures: list[str] = []
+        self._failed: list[OutMessage] = []
+        # True: a refused record is sent again on the next flush, which reports it as
+        # still unacknowledged (the caller keeps waiting) instead of raising.
+        self.retry_failed = retry_failed
+        self._on_failure = on_failure
         self.sent = 0
         self.acknowledged = 0
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self._failures.append(f"{msg.topic()}: {err.str()}")
+            topic = str(msg.topic())
+            self._failures.append(f"{topic}: {err.str()}")
+            if self._on_failure is not None:
+                self._on_failure(topic, err.name() if hasattr(err, "name") else str(err.code()))
+            if self.retry_failed:
+                self._failed.append(
+                    OutMessage(
+                        topic=topic,
+                        value=msg.value() or b"",
+                        key=msg.key(),
+                        headers=_headers(msg.headers()),
+                    )
+                )
         else:
             self.acknowledged += 1
 
@@ -323,10 +503,26 @@ class KafkaSink:
                 if time.monotonic() > deadline:
                     raise SinkError("the producer queue stayed full for 60 s") from None
                 self._producer.poll(0.1)
+            except KafkaException as exc:  # e.g. a record over message.max.bytes
+                raise SinkError(
+                    f"cannot produce {len(message.value)} bytes to {message.topic}: "
+                    f"{exc.args[0].str() if exc.args else exc} (dead letters are cut to "
+                    "dead_letter_max_bytes; keep kafka message.max.bytes above it)"
+                ) from None
         self._producer.poll(0)
 
     def flush(self, timeout: float) -> int:
         remaining = int(self._producer.flush(timeout))
+        if self._failed:  # retry_failed: send again, still owed
+            failed, self._failed = self._failed, []
+            log.warning(
+                "%d record(s) refused, sending again; first: %s", len(failed), self._failures[0]
+            )
+            self._failures = []
+            time.sleep(min(timeout, 1.0))  # do not spin against a broker that says no
+            for message in failed:
+                self.send(message)
+            return remaining + len(failed)
         if self._failures:
             failures, self._failures = self._failures, []
             raise SinkError(f"{len(failures)} message(s) not delivered, first: {failures[0]}")

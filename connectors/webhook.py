@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import http.client
 import random
+import ssl
 import threading
 import time
 import urllib.error
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "MAX_RESPONSE_BYTES",
     "SEVERITY_ORDER",
     "Delivery",
     "Endpoint",
@@ -73,25 +75,51 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # a 3xx comes back as its status: a webhook URL that moved is an error
 
 
-class UrllibTransport:
-    """The default transport: ``urllib.request``; redirects are not followed (a POST
-    turned into a GET would lose the body). Honours the usual proxy variables."""
+MAX_RESPONSE_BYTES = 65_536  # what is read of a receiver's answer; the rest is dropped
 
-    def __init__(self) -> None:
-        self._opener = urllib.request.build_opener(_NoRedirect())
+
+class UrllibTransport:
+    """The default transport: ``urllib.request``. Honours the usual proxy variables.
+
+    Defences against a hostile or broken receiver: redirects are never followed (a
+    3xx is a permanent failure; a POST sent on to another host could leak the
+    alert); TLS certificates are verified against ``ca_file`` or the system store;
+    at most ``max_response_bytes`` of the answer are read; ``timeout`` bounds the
+    connection and every read, and the whole exchange is cut at ``2 * timeout``.
+    """
+
+    def __init__(
+        self, ca_file: str | None = None, max_response_bytes: int = MAX_RESPONSE_BYTES
+    ) -> None:
+        context = ssl.create_default_context(cafile=ca_file)  # verifies host and chain
+        self.max_response_bytes = max_response_bytes
+        self._opener = urllib.request.build_opener(
+            _NoRedirect(), urllib.request.HTTPSHandler(context=context)
+        )
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+        if not url.startswith(("https://", "http://")):
+            raise OSError("webhook URLs must be http:// or https://")
         request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+        deadline = time.monotonic() + 2 * timeout
         try:
             with self._opener.open(request, timeout=timeout) as response:
-                response.read()
                 status: int = response.status
+                left = self.max_response_bytes
+                while left > 0 and time.monotonic() < deadline:
+                    chunk = response.read1(min(left, 8192))  # what has arrived, no waiting for more
+                    if not chunk:
+                        break
+                    left -= len(chunk)
                 return status
         except urllib.error.HTTPError as e:
             e.close()
             return e.code
         except (urllib.error.URLError, http.client.HTTPException) as e:
-            raise OSError(str(getattr(e, "reason", e))) from None
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, TimeoutError):
+                raise reason from None
+            raise OSError(type(reason).__name__) from None  # no URL in the message
 
 
 class WebhookObserver:
@@ -123,6 +151,8 @@ class Endpoint:
     timeout: float = 5.0
     max_queue: int = 10000
     finalize: Finalize | None = field(default=None, repr=False)
+    # this endpoint's own transport (e.g. a private CA); None uses the dispatcher's
+    transport: Transport | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.min_severity not in SEVERITY_ORDER:
@@ -291,7 +321,8 @@ class WebhookDispatcher:
         started = self.clock()
         reason: str | None
         try:
-            status = self.transport.post(ep.url, body, headers, ep.timeout)
+            transport = ep.transport if ep.transport is not None else self.transport
+            status = transport.post(ep.url, body, headers, ep.timeout)
         except TimeoutError:
             reason, status = "timeout", 0
         except OSError as e:

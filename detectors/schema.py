@@ -82,6 +82,44 @@ class SchemaCheck:
                 self._mark(reason, field, unknown, _UNKNOWN_CATEGORY, index)
         return reason, field
 
+    def field_reasons(
+        self,
+        columns: Mapping[str, npt.NDArray[np.float64] | npt.NDArray[np.int64]],
+        valid: Mapping[str, npt.NDArray[np.bool_]],
+    ) -> dict[str, npt.NDArray[np.int8]]:
+        """Per field with at least one failing value: per row the reason index into
+        ``SCHEMA_REASONS`` (0 = passes). Every field is judged on its own, so a row
+        can fail several fields; fields that pass everywhere are left out.
+
+        >>> check = SchemaCheck([ColumnRule("t", numeric=True, high=1.0),
+        ...                      ColumnRule("s", numeric=False, n_categories=2)])
+        >>> out = check.field_reasons({"t": np.array([0.5, 2.0]), "s": np.array([1, -1])},
+        ...                           {"t": np.array([True, True]), "s": np.array([True, True])})
+        >>> {k: v.tolist() for k, v in out.items()}
+        {'t': [0, 2], 's': [0, 3]}
+        """
+        out: dict[str, npt.NDArray[np.int8]] = {}
+        for rule in self.rules:
+            col = columns[rule.name]
+            ok = valid[rule.name]
+            reason = np.zeros(len(ok), dtype=np.int8)
+            if rule.numeric:
+                finite = np.isfinite(col)
+                reason[ok & ~finite] = _NON_FINITE
+                if rule.low is not None or rule.high is not None:
+                    with np.errstate(invalid="ignore"):
+                        outside = np.zeros(len(ok), dtype=np.bool_)
+                        if rule.low is not None:
+                            outside |= col < rule.low
+                        if rule.high is not None:
+                            outside |= col > rule.high
+                    reason[ok & finite & outside] = _OUT_OF_RANGE
+            elif rule.n_categories is not None:
+                reason[ok & ((col < 0) | (col >= rule.n_categories))] = _UNKNOWN_CATEGORY
+            if reason.any():
+                out[rule.name] = reason
+        return out
+
     @staticmethod
     def _mark(
         reason: npt.NDArray[np.int8],

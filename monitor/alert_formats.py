@@ -1,8 +1,11 @@
 """Alert bodies for the four webhook formats, and the glue to the dispatcher.
 
-* generic: the alert's own JSON (``Alert.to_json``), signed when the sink has a
-  ``secret``: ``X-Driftwarden-Signature: sha256=<hex HMAC-SHA256 of the body>`` and
-  ``X-Driftwarden-Timestamp: <unix seconds>`` (the time of the POST attempt).
+* generic: the alert's own JSON (``Alert.to_json``), signed with the sink's
+  ``secret`` (a sink without one must say ``unsigned: true``):
+  ``X-Driftwarden-Timestamp: <unix seconds>`` (the time of the POST attempt) and
+  ``X-Driftwarden-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>." + body>``.
+  The timestamp is inside the signed bytes, so a receiver that rejects timestamps
+  older than a few minutes cannot be fed a replayed delivery (see SECURITY.md).
 * slack: an incoming-webhook message ``{"text", "blocks"}``.
 * pagerduty: Events API v2 ``{"event_action": trigger|resolve, "dedup_key": id,
   "routing_key", "payload": {summary, severity, source, ...}}``.
@@ -24,7 +27,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from connectors.webhook import Delivery, Endpoint, Finalize
+from connectors.webhook import Delivery, Endpoint, Finalize, UrllibTransport
 from monitor.alerts import GROUP_SUBJECT, Alert, iso_time
 from monitor.config_alerts import (
     AlertmanagerSink,
@@ -38,6 +41,7 @@ from monitor.config_alerts import (
 
 __all__ = [
     "SIGNATURE_HEADER",
+    "SIGNATURE_TOLERANCE",
     "TIMESTAMP_HEADER",
     "deliveries_for",
     "endpoints_from_config",
@@ -150,34 +154,59 @@ def render_alertmanager(
     return _dumps([item])
 
 
+SIGNATURE_TOLERANCE = 300.0  # seconds a receiver should accept a timestamp either way
+
+
+def _signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    signed = timestamp.encode("ascii") + b"." + body
+    return "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
+
+
 def hmac_signer(secret: bytes) -> Finalize:
-    """A ``finalize`` hook adding the signature and timestamp headers at send time."""
+    """A ``finalize`` hook adding the timestamp and signature headers at send time.
+
+    The signature is HMAC-SHA256 over ``"<timestamp>." + body``; every retry is
+    signed afresh with the time of that attempt.
+    """
 
     def finalize(
         body: bytes, headers: Mapping[str, str], wall_time: float
     ) -> tuple[bytes, Mapping[str, str]]:
-        digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
+        timestamp = str(int(wall_time))
         return body, {
             **headers,
-            SIGNATURE_HEADER: f"sha256={digest}",
-            TIMESTAMP_HEADER: str(int(wall_time)),
+            SIGNATURE_HEADER: _signature(secret, timestamp, body),
+            TIMESTAMP_HEADER: timestamp,
         }
 
     return finalize
 
 
-def verify_signature(secret: bytes, body: bytes, header: str) -> bool:
-    """What a receiver does: constant-time check of ``sha256=<hex>`` over the body.
+def verify_signature(
+    secret: bytes,
+    body: bytes,
+    signature: str,
+    timestamp: str,
+    *,
+    now: float,
+    tolerance: float = SIGNATURE_TOLERANCE,
+) -> bool:
+    """What a receiver does: the timestamp is within ``tolerance`` seconds of ``now``
+    and ``signature`` matches ``"<timestamp>." + body`` (constant-time compare).
 
     >>> sign = hmac_signer(b"s3cret")
-    >>> _, h = sign(b'{"a":1}', {}, 0.0)
-    >>> verify_signature(b"s3cret", b'{"a":1}', h[SIGNATURE_HEADER])
+    >>> _, h = sign(b'{"a":1}', {}, 1000.0)
+    >>> sig, ts = h[SIGNATURE_HEADER], h[TIMESTAMP_HEADER]
+    >>> verify_signature(b"s3cret", b'{"a":1}', sig, ts, now=1010.0)
     True
-    >>> verify_signature(b"s3cret", b'{"a":2}', h[SIGNATURE_HEADER])
+    >>> verify_signature(b"s3cret", b'{"a":2}', sig, ts, now=1010.0)  # body changed
+    False
+    >>> verify_signature(b"s3cret", b'{"a":1}', sig, ts, now=2000.0)  # a replay, too late
     False
     """
-    expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header)
+    if not timestamp.isdigit() or abs(now - int(timestamp)) > tolerance:
+        return False
+    return hmac.compare_digest(_signature(secret, timestamp, body), signature)
 
 
 def pagerduty_key_injector(routing_key: str) -> Finalize:
@@ -213,6 +242,7 @@ def endpoints_from_config(config: AlertsConfig) -> list[Endpoint]:
                 timeout=sink.timeout,
                 max_queue=config.delivery.queue_size,
                 finalize=finalize,
+                transport=UrllibTransport(ca_file=sink.tls_ca_file) if sink.tls_ca_file else None,
             )
         )
     return endpoints

@@ -18,8 +18,9 @@ from detectors.base import Finding
 from monitor.alert_formats import deliveries_for, endpoints_from_config
 from monitor.alerts import AlertEngine, to_out_messages
 from monitor.config import Config
-from monitor.config_alerts import AlertsConfig
+from monitor.config_alerts import AlertsConfig, Severity
 from monitor.metrics import Metrics
+from monitor.status import StatusBoard
 
 __all__ = ["AlertingHandler", "PrometheusWebhookObserver", "build_findings_handler"]
 
@@ -51,11 +52,16 @@ class AlertingHandler:
     """The runner's findings handler: alert lifecycle, topics, webhooks, metrics."""
 
     def __init__(
-        self, config: AlertsConfig, metrics: Metrics, retrain_models: dict[str, tuple[str, str]]
+        self,
+        config: AlertsConfig,
+        metrics: Metrics,
+        retrain_models: dict[str, tuple[str, str]],
+        retrain_on: dict[str, tuple[tuple[str, ...], Severity | None]] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.engine = AlertEngine(config, retrain_models=retrain_models)
+        self.engine.retrain_on = dict(retrain_on or {})
         delivery = config.delivery
         self.dispatcher = WebhookDispatcher(
             endpoints_from_config(config),
@@ -65,12 +71,15 @@ class AlertingHandler:
             ),
         )
         self.dispatcher.start()
+        self.board: StatusBoard | None = None  # the /status page's view of firing alerts
 
     def handle(self, findings: list[Finding], now: float) -> list[OutMessage]:
         outcome = self.engine.observe(findings, now)
         if not outcome:
             return []
         m = self.metrics
+        if self.board is not None:
+            self.board.record_alerts(outcome.alerts)
         for alert in outcome.alerts:
             m.alerts.labels(alert.stream, alert.detector, alert.severity, alert.status).inc()
             log.info(
@@ -123,4 +132,9 @@ def build_findings_handler(config: Config, metrics: Metrics) -> AlertingHandler 
     models = {
         s.name: (s.model.name, s.model.version or "unversioned") for s in config.streams if s.model
     }
-    return AlertingHandler(alerts, metrics, models)
+    retrain_on: dict[str, tuple[tuple[str, ...], Severity | None]] = {
+        s.name: (tuple(s.model.retrain_on), s.model.retrain_severity)
+        for s in config.streams
+        if s.model
+    }
+    return AlertingHandler(alerts, metrics, models, retrain_on)

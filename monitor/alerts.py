@@ -18,13 +18,20 @@ with the same alert ``resolved``. A key that resolved is in cooldown for
 per-partition findings may be passed as they come, though the merged (global)
 verdict is what should be fed.
 
+Entities (``kind="entity"``, devices judged by the fleet stage): the stage reports
+a condition's onset and its end once each, so one clean finding resolves; a
+grouped entity alert lists at most ``MAX_LISTED_ENTITIES`` devices in ``subjects``
+(its summary gives the full count) and its top subjects carry per-device details.
+
 Grouping. When ``grouping.min_subjects`` or more subjects of one stream and detector
 start firing in the same call, they share one alert (subject ``"*"``) whose evidence
 lists the top subjects by statistic. A subject of that stream and detector that
 starts drifting while the group fires joins it and is announced: an *update* (the
 same id, status ``firing``, ``revision`` one higher, ``added_subjects`` listing the
-newcomers, ``subjects`` all members), so no subject is hidden behind the group. The
-group resolves when its last member resolves.
+newcomers, ``subjects`` all members), so no subject is hidden behind the group
+(groups of devices, ``kind="entity"``, take their devices in without an update: a
+fleet event would otherwise page once per device). The group resolves when its last
+member resolves.
 
 Evidence locates the drift: the window of the strongest finding (per partition the
 first and last offsets and event times), the reference id, statistic, threshold and
@@ -76,6 +83,7 @@ __all__ = [
     "AlertEngine",
     "AlertOutcome",
     "Evidence",
+    "RetrainEvidence",
     "RetrainRequest",
     "SubjectScore",
     "alert_id_for",
@@ -87,6 +95,7 @@ SCHEMA_VERSION = 2  # alerts (2: evidence located, group updates)
 RETRAIN_SCHEMA_VERSION = 1
 _STATE_VERSION = 1
 GROUP_SUBJECT = "*"
+MAX_LISTED_ENTITIES = 100  # devices named in one grouped entity alert's ``subjects``
 
 
 def _finite(x: float | None) -> float | None:
@@ -143,14 +152,18 @@ class SubjectScore:
     statistic: float
     threshold: float
     p_value: float | None = None
+    details: tuple[tuple[str, float], ...] = ()  # per-device evidence (entity alerts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "subject": self.subject,
             "statistic": _finite(self.statistic),
             "threshold": _finite(self.threshold),
             "p_value": _finite(self.p_value),
         }
+        if self.details:
+            out["details"] = {k: _finite(v) for k, v in self.details}
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +211,13 @@ class Evidence:
             window=window_from_dict(d["window"]),
             baseline_id=d["baseline_id"],
             top_subjects=tuple(
-                SubjectScore(s["subject"], num(s["statistic"]), num(s["threshold"]), s["p_value"])
+                SubjectScore(
+                    s["subject"],
+                    num(s["statistic"]),
+                    num(s["threshold"]),
+                    s["p_value"],
+                    _details(s.get("details")),
+                )
                 for s in d["top_subjects"]
             ),
             partitions=tuple(window_from_dict(w) for w in d.get("partitions", ())),
@@ -260,6 +279,30 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
+class RetrainEvidence:
+    """Why a model should be retrained: the triggering detector and metric (for a
+    quality alert; ``estimate`` when it was CBPE's estimate, not realized quality),
+    the model's input features ranked by drift, the window and the reference id."""
+
+    detector: str
+    metric: str | None
+    estimate: bool
+    features: tuple[SubjectScore, ...]
+    window: WindowBounds
+    reference_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "metric": self.metric,
+            "estimate": self.estimate,
+            "features": [f.to_dict() for f in self.features],
+            "window": window_to_dict(self.window),
+            "reference_id": self.reference_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class RetrainRequest:
     """Ask a training pipeline to retrain ``model`` (at ``version``) because of alerts."""
 
@@ -272,8 +315,15 @@ class RetrainRequest:
     window: WindowBounds
     baseline_id: str | None
     created_at: float
+    evidence: RetrainEvidence | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        out = self._base_dict()
+        if self.evidence is not None:
+            out["evidence"] = self.evidence.to_dict()
+        return out
+
+    def _base_dict(self) -> dict[str, Any]:
         return {
             "schema_version": RETRAIN_SCHEMA_VERSION,
             "trigger_id": self.trigger_id,
@@ -348,7 +398,11 @@ class _Incident:
 
         members = {
             m["subject"]: SubjectScore(
-                m["subject"], num(m["statistic"]), num(m["threshold"]), m["p_value"]
+                m["subject"],
+                num(m["statistic"]),
+                num(m["threshold"]),
+                m["p_value"],
+                _details(m.get("details")),
             )
             for m in s["members"]
         }
@@ -393,6 +447,14 @@ class AlertEngine:
         default_factory=dict, init=False, repr=False
     )
     _sequence: dict[Key, int] = field(default_factory=dict, init=False, repr=False)
+    # Per stream: which alerts ask for a retrain ("drift": field alerts, "estimated":
+    # CBPE, "realized": quality) and the least severity; streams not listed: any alert.
+    retrain_on: Mapping[str, tuple[tuple[str, ...], Severity | None]] = field(default_factory=dict)
+    # Per stream: the latest ranking of a model's input features by drift (from the
+    # model stage's informational ``feature_drift`` findings), for retrain evidence.
+    _features: dict[str, tuple[SubjectScore, ...]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def set_model(self, stream: str, model: str, version: str) -> None:
         """Point ``stream`` at a (new) model version, e.g. after a deployment."""
@@ -405,6 +467,12 @@ class AlertEngine:
 
     def observe(self, findings: Iterable[Finding], now: float) -> AlertOutcome:
         """Fold one batch's findings in; return the alerts and retrain requests due."""
+        findings = list(findings)
+        for f in findings:
+            if f.detector == "feature_drift":
+                self._features[f.stream] = tuple(
+                    SubjectScore(name, score, 1.0) for name, score in f.details
+                )
         combined = _combine(findings)
         alerts: list[Alert] = []
         suppressed = 0
@@ -419,7 +487,8 @@ class AlertEngine:
                     episode.clean = 0
                     continue
                 episode.clean += 1
-                if episode.clean < self.config.resolve_after:
+                need = 1 if finding.kind == "entity" else self.config.resolve_after
+                if episode.clean < need:
                     continue
                 del self._episodes[key]
                 self._cooldown_until[key] = now + self.config.cooldown
@@ -458,8 +527,8 @@ class AlertEngine:
             added = sorted(f.subject for f in group if f.subject not in open_group.open_members)
             for f in group:
                 self._join(open_group, f)
-            if not added:
-                return []
+            if not added or open_group.kind == "entity":
+                return []  # device groups list their devices without paging per device
             open_group.revision += 1
             return [self._alert(open_group, "firing", now, None, tuple(added))]
         if len(group) < cfg.grouping.min_subjects:
@@ -529,6 +598,9 @@ class AlertEngine:
         else:
             evidence = _evidence(latest, tuple(top))
         subjects = tuple(sorted(incident.members))
+        summary = _summary(incident, status, subjects, evidence, added)
+        if incident.kind == "entity":
+            subjects = subjects[:MAX_LISTED_ENTITIES]
         return Alert(
             id=incident.id,
             status=status,
@@ -537,7 +609,7 @@ class AlertEngine:
             subject=incident.subject,
             detector=incident.detector,
             kind=incident.kind,
-            summary=_summary(incident, status, subjects, evidence, added),
+            summary=summary,
             evidence=evidence,
             started_at=incident.started_at,
             ended_at=now if status == "resolved" else None,
@@ -573,11 +645,16 @@ class AlertEngine:
         by_model: dict[tuple[str, str], list[Alert]] = {}
         for a in alerts:
             model = self.retrain_models.get(a.stream)
+            if model is not None and a.kind == "model" and "@" in a.subject:
+                # a model alert names its version: "MODEL@VERSION:METRIC"
+                model = (model[0], a.subject.partition("@")[2].rpartition(":")[0] or model[1])
+            on, least = self.retrain_on.get(a.stream, ((), None))
             if (
                 model is None
                 or a.status != "firing"
-                or severity_rank(a.severity) < severity_rank(policy.min_severity)
+                or severity_rank(a.severity) < severity_rank(least or policy.min_severity)
                 or (policy.detectors and a.detector not in policy.detectors)
+                or (on and _retrain_cause(a) not in on)
             ):
                 continue
             by_model.setdefault(model, []).append(a)
@@ -601,9 +678,36 @@ class AlertEngine:
                     window=first.evidence.window,
                     baseline_id=first.evidence.baseline_id,
                     created_at=now,
+                    evidence=self._retrain_evidence(first, causes),
                 )
             )
         return requests
+
+    def _retrain_evidence(self, first: Alert, causes: Sequence[Alert]) -> RetrainEvidence:
+        """The evidence of a retrain request: a quality alert's metric (preferred over a
+        field alert as the trigger) and the stream's features ranked by drift."""
+        model_alerts = [a for a in causes if a.kind == "model"]
+        trigger = min(model_alerts, key=lambda a: a.id) if model_alerts else first
+        metric = None
+        if trigger.kind == "model" and ":" in trigger.subject:
+            metric = trigger.subject.rpartition(":")[2]
+        features = self._features.get(trigger.stream)
+        if not features:  # no ranking yet: the causes' and open incidents' fields
+            scores = [
+                s
+                for i in self._incidents.values()
+                if i.stream == trigger.stream and i.kind == "field"
+                for s in i.members.values()
+            ]
+            features = tuple(sorted(scores, key=lambda s: (-_sort_stat(s.statistic), s.subject)))
+        return RetrainEvidence(
+            detector=trigger.detector,
+            metric=metric,
+            estimate=trigger.detector == "cbpe",
+            features=features[: self.config.grouping.top],
+            window=trigger.evidence.window,
+            reference_id=trigger.evidence.baseline_id,
+        )
 
     # -- checkpointing --------------------------------------------------------------
 
@@ -635,12 +739,26 @@ class AlertEngine:
         self._sequence = {(s, sub, d): int(n) for s, sub, d, n in state.get("sequence", [])}
 
 
+def _retrain_cause(a: Alert) -> str:
+    """What kind of retrain cause an alert is: drift, estimated or realized (quality)."""
+    if a.kind == "model":
+        return {"cbpe": "estimated", "quality": "realized"}.get(a.detector, "other")
+    return "drift" if a.kind == "field" else "other"
+
+
 def _sort_stat(x: float) -> float:
     return x if math.isfinite(x) else (math.inf if x > 0 else -math.inf)
 
 
 def _score(f: Finding) -> SubjectScore:
-    return SubjectScore(f.subject, f.statistic, f.threshold, f.p_value)
+    details = f.details if f.kind == "entity" else ()
+    return SubjectScore(f.subject, f.statistic, f.threshold, f.p_value, details)
+
+
+def _details(raw: Mapping[str, float | None] | None) -> tuple[tuple[str, float], ...]:
+    if not raw:
+        return ()
+    return tuple((k, math.nan if v is None else float(v)) for k, v in raw.items())
 
 
 def _evidence(f: Finding, top: tuple[SubjectScore, ...] = ()) -> Evidence:
@@ -694,6 +812,8 @@ def _summary(
     ev: Evidence,
     added: tuple[str, ...] = (),
 ) -> str:
+    if incident.kind == "entity":
+        return _entity_summary(incident, status, subjects, ev)
     what = (
         f"{len(subjects)} subjects of {incident.stream}"
         if incident.subject == GROUP_SUBJECT
@@ -714,6 +834,25 @@ def _summary(
             head += f" (p={_fmt(ev.p_value)})"
     if incident.subject == GROUP_SUBJECT:
         head += "; top: " + ", ".join(s.subject for s in ev.top_subjects)
+    return head
+
+
+def _entity_summary(
+    incident: _Incident, status: Status, subjects: tuple[str, ...], ev: Evidence
+) -> str:
+    """``silent: 500 devices of sensors (first 100 listed); top: ...``"""
+    if incident.subject == GROUP_SUBJECT:
+        what = f"{len(subjects)} devices of {incident.stream}"
+        if len(subjects) > MAX_LISTED_ENTITIES:
+            what += f" (first {MAX_LISTED_ENTITIES} listed)"
+    else:
+        what = f"device {incident.subject} of {incident.stream}"
+    if status == "resolved":
+        return f"{incident.detector} on {what} resolved"
+    head = f"{incident.detector} on {what}: score {_fmt(ev.statistic)}"
+    head += f" (threshold {_fmt(ev.threshold)})"
+    if incident.subject == GROUP_SUBJECT:
+        head += "; worst: " + ", ".join(s.subject for s in ev.top_subjects)
     return head
 
 

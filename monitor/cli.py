@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from confluent_kafka import KafkaException
 
 from monitor.errors import ConfigError, DriftwardenError
 
@@ -45,11 +48,21 @@ def _setup_logging(fmt: str, level: str) -> None:
     root.setLevel(level.upper())
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
+def _load_checked(path: Path) -> Any:
+    """The validated config, with the files it names checked; ConfigError otherwise."""
     from monitor.config import load_config
+    from monitor.config_check import file_problems
 
+    config = load_config(path)
+    problems = file_problems(config)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return config
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        config = _load_checked(args.config)
     except ConfigError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
@@ -68,18 +81,22 @@ def _install_stop(stop: Any) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from monitor.config import load_config
     from monitor.service import Service
 
     try:
-        config = load_config(args.config)
+        config = _load_checked(args.config)
     except ConfigError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
+    from monitor.console import StatusLine
+
     service = Service(config)
     _install_stop(service.stop)
-    stats = service.run(max_seconds=args.max_seconds, on_summary=print if not args.quiet else None)
-    print(
+    line = StatusLine(every=0.0)
+    stats = service.run(
+        max_seconds=args.max_seconds, on_summary=line.update if not args.quiet else None
+    )
+    line.close(
         f"stopped: events={stats.events} accepted={stats.accepted} invalid={stats.invalid} "
         f"batches={stats.batches}"
     )
@@ -116,6 +133,16 @@ def _cmd_dev_produce(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monitor.demo import run_demo
 
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:  # before the broker and producer start: a port in use is one line
+            probe.bind(("127.0.0.1", args.metrics_port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on 127.0.0.1:{args.metrics_port}: "
+                f"{exc.strerror or type(exc).__name__}; choose another port with "
+                f"--metrics-port (make demo METRICS_PORT=...)"
+            ) from None
+
     return run_demo(seconds=args.seconds, rate=args.rate, metrics_port=args.metrics_port)
 
 
@@ -125,8 +152,36 @@ def _cmd_baseline_build(args: argparse.Namespace) -> int:
     return build_baseline_command(args)
 
 
+def _cmd_model_deploy(args: argparse.Namespace) -> int:
+    from monitor.model_deploy import deploy_command
+
+    return deploy_command(args)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from monitor.replay import replay_command
+
+    return replay_command(args)
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from monitor.tail import tail_command
+
+    return tail_command(args)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("driftwarden")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftwarden", description=__doc__)
+    p.add_argument("--version", action="version", version=f"driftwarden {_version()}")
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True)
@@ -157,6 +212,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     src.add_argument("--first-events", type=int, help="the first N events of the stream's topic")
     bb.set_defaults(func=_cmd_baseline_build)
+
+    m = sub.add_parser("model", help="model monitoring")
+    msub = m.add_subparsers(dest="model_command", required=True)
+    md = msub.add_parser("deploy", help="announce a model version on the deploy topic")
+    md.add_argument("config", type=Path)
+    md.add_argument("--stream", required=True)
+    md.add_argument("--version", required=True)
+    md.set_defaults(func=_cmd_model_deploy)
+
+    rp = sub.add_parser("replay", help="run the engine over a CSV/JSONL/Parquet file, offline")
+    rp.add_argument("file", type=Path)
+    rp.add_argument("--config", type=Path, required=True)
+    rp.add_argument("--stream", default=None, help="the stream to replay as (default: the only)")
+    rp.add_argument("--report", type=Path, default=None, help="write an HTML report here")
+    rp.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    rp.add_argument("--chunk", type=int, default=None, help="events per batch (default: step)")
+    rp.set_defaults(func=_cmd_replay)
+
+    t = sub.add_parser("tail", help="read a dead-letter, alerts or retrain topic, readably")
+    t.add_argument("topic")
+    t.add_argument("--bootstrap", default=None, help="bootstrap servers (or take --config's)")
+    t.add_argument("--config", type=Path, default=None)
+    t.add_argument("--max", type=int, default=None, help="stop after this many records")
+    t.add_argument("--idle", type=float, default=5.0, help="stop after this long without one")
+    t.add_argument("--new-only", action="store_true", help="only records produced from now on")
+    t.set_defaults(func=_cmd_tail)
 
     d = sub.add_parser("dev", help="local development helpers")
     dsub = d.add_subparsers(dest="dev_command", required=True)
@@ -192,6 +273,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except KafkaException as exc:  # librdkafka gave up; its reason is the message
+        err = exc.args[0] if exc.args else exc
+        log.error("Kafka error: %s", err.str() if hasattr(err, "str") else err)
+        log.debug("traceback", exc_info=True)
+        return 1
+    except Exception as exc:  # a bug: one line, the traceback at --log-level debug
+        log.error(
+            "unexpected %s: %s (run with --log-level debug for the traceback)",
+            type(exc).__name__,
+            " ".join(str(exc).split())[:500],
+        )
+        log.debug("traceback", exc_info=True)
+        return 1
 
 
 if __name__ == "__main__":

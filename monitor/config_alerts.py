@@ -125,6 +125,11 @@ class _SinkBase(_Strict):
     name: str = ""  # metric label and state key; defaults to "<type>-<index>"
     min_severity: Severity = "info"
     timeout: Duration = 5.0
+    tls_ca_file: str | None = Field(
+        default=None,
+        description="PEM bundle of the CAs that sign the receiver's certificate (default: "
+        "the system store); relative to the configuration file's directory.",
+    )
 
     @field_validator("timeout")
     @classmethod
@@ -142,11 +147,34 @@ class _SinkBase(_Strict):
 
 
 class WebhookSink(_SinkBase):
-    """Generic JSON (the alert document itself), signed with HMAC-SHA256 if ``secret``."""
+    """Generic JSON (the alert document itself), signed with HMAC-SHA256 over
+    ``"<timestamp>." + body``. A sink without ``secret`` must say ``unsigned: true``.
+
+    >>> load_alerts_config({"sinks": [{"type": "webhook", "url": "https://h.test/x"}]})
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    monitor.errors.ConfigError: alerts.sinks.0.webhook: a webhook sink needs a secret ...
+    """
 
     type: Literal["webhook"]
     url: SecretStr
     secret: SecretStr | None = None
+    unsigned: bool = Field(
+        default=False,
+        description="Send without a signature; required when the sink has no `secret`.",
+    )
+
+    @model_validator(mode="after")
+    def _signed_unless_told(self) -> WebhookSink:
+        if self.secret is None and not self.unsigned:
+            raise ValueError(
+                "a webhook sink needs a secret (deliveries are signed with HMAC-SHA256); "
+                "set unsigned: true to send unsigned deliveries"
+            )
+        if self.secret is not None and self.unsigned:
+            raise ValueError("a webhook sink with a secret cannot also be unsigned: true")
+        return self
 
 
 class SlackSink(_SinkBase):

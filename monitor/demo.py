@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -14,6 +16,7 @@ import yaml
 from connectors.kafka import ensure_topics
 from monitor.config import Config, parse_config
 from monitor.errors import DriftwardenError
+from monitor.fleet_demo import demo_failures, demo_fleet_stream, produce_demo_fleet
 from monitor.synthetic import DEMO_STREAM, generate_fleet
 
 __all__ = ["WebhookReceiver", "create_topic", "demo_config", "produce_fleet", "run_demo"]
@@ -83,7 +86,11 @@ def produce_fleet(
 
 
 def demo_config(
-    bootstrap: str, metrics_port: int, baseline_events: int = 20_000, webhook_url: str | None = None
+    bootstrap: str,
+    metrics_port: int,
+    baseline_events: int = 20_000,
+    webhook_url: str | None = None,
+    extra_streams: list[dict[str, Any]] | None = None,
 ) -> Config:
     """The demo's configuration (the same shape as deploy/examples/sensors.yaml)."""
     sinks = []
@@ -101,7 +108,9 @@ def demo_config(
                 "baseline": {"first_events": baseline_events},
                 "window": {"events": 5000, "step": 1000},
                 "model": {"name": "sensor-anomaly", "version": "3"},
-            }
+            },
+            demo_fleet_stream(),
+            *(extra_streams or []),
         ],
         "alerts": {
             "topic": "driftwarden.alerts",
@@ -120,12 +129,15 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
     """Run the whole demo for ``seconds`` and print what happened."""
     from connectors.embedded import EmbeddedBroker
     from monitor.cli import _install_stop
+    from monitor.model_demo import model_demo_stream, produce_model, write_reference
     from monitor.service import Service
 
     total = int(seconds * rate)
     drift_at, drift_until = int(total * 0.4), int(total * 0.7)
+    model_rate = 1000.0
+    model_events = int(seconds * model_rate)
     receiver = WebhookReceiver().start()
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         print(f"broker: embedded Kafka-protocol broker on {broker.bootstrap}", flush=True)
         print(f"on-call: a local webhook receiver on {receiver.url}", flush=True)
         config = demo_config(
@@ -133,6 +145,7 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
             metrics_port,
             baseline_events=min(20_000, drift_at // 2),
             webhook_url=receiver.url,
+            extra_streams=[model_demo_stream(write_reference(Path(tmp)))],
         )
         stop = threading.Event()
         create_topic(broker.bootstrap, "iot.sensors", 3)
@@ -151,6 +164,37 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
             daemon=True,
         )
         producer.start()
+        create_topic(broker.bootstrap, "iot.fleet", 3)
+        fleet_producer = threading.Thread(
+            target=produce_demo_fleet,
+            args=(broker.bootstrap, "iot.fleet", seconds, stop),
+            name="fleet-producer",
+            daemon=True,
+        )
+        fleet_producer.start()
+        for f in demo_failures(seconds):
+            print(
+                f"fleet: {len(f.devices)} device(s) of 200 go {f.condition} at +{f.at:.0f}s",
+                flush=True,
+            )
+        model_producer = threading.Thread(
+            target=produce_model,
+            kwargs={
+                "bootstrap": broker.bootstrap,
+                "events": model_events,
+                "rate": model_rate,
+                "drift_at": model_events // 2,
+                "stop": stop,
+            },
+            name="model-producer",
+            daemon=True,
+        )
+        model_producer.start()
+        print(
+            f"producer: model 'loans', {model_rate:,.0f} predictions/s, labels ~8s later, "
+            f"inputs drift from prediction {model_events // 2:,}",
+            flush=True,
+        )
         print(
             f"producer: 100 devices, {rate:,.0f} events/s for {seconds:.0f}s, ~3% bad records, "
             f"vibration and status drift from event {drift_at:,} to {drift_until:,}",
@@ -172,6 +216,9 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
         )
         stop.set()
         producer.join(10)
+        fleet_producer.join(10)
+        fleet_status = service.fleet_status()
+        model_producer.join(10)
         alerts = _read_all(broker.bootstrap, "driftwarden.alerts")
         retrains = _read_all(broker.bootstrap, "ml.retrain.requests")
     receiver.stop()
@@ -183,10 +230,38 @@ def run_demo(seconds: float = 60.0, rate: float = 5000.0, metrics_port: int = 91
     print(f"alerts topic: {len(alerts)} message(s)", flush=True)
     for a in alerts:
         print(f"  {a['status']:<8} {a['severity']:<8} {a['summary']}", flush=True)
+    outcomes = ("joined", "expired", "late", "duplicate_labels", "orphan", "dropped")
+    counts = {
+        k: int(
+            service.metrics.registry.get_sample_value(
+                "driftwarden_model_labels_total",
+                {"stream": "loans-model", "model": "loans", "outcome": k},
+            )
+            or 0
+        )
+        for k in outcomes
+    }
+    print(f"model loans: label join {counts}", flush=True)
     print(f"retrain topic: {len(retrains)} request(s)", flush=True)
     for r in retrains:
         print(f"  model {r['model']} v{r['version']}: {r['reason']}", flush=True)
+        if evidence := r.get("evidence"):
+            features = ", ".join(f["subject"] for f in evidence["features"]) or "none"
+            print(
+                f"    evidence: {evidence['detector']} {evidence['metric'] or ''}; "
+                f"features by drift: {features}",
+                flush=True,
+            )
     print(f"webhook receiver: {len(receiver.received)} signed delivery(ies)", flush=True)
+    for stream, doc in fleet_status["streams"].items():
+        print(
+            f"fleet {stream}: {doc['tracked']} devices, {doc['healthy']} healthy, "
+            f"unhealthy by condition {doc['unhealthy']}",
+            flush=True,
+        )
+        for condition, worst in doc["worst"].items():
+            names = ", ".join(d["entity"] for d in worst[:10])
+            print(f"  {condition:<13} worst: {names or '-'}", flush=True)
     return 0
 
 

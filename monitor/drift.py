@@ -72,7 +72,7 @@ from detectors.registry import create
 from detectors.window import DEFAULT_ERT_EVENTS, SlidingCounts
 from monitor.baselines import BaselineAccumulator
 from monitor.config import NUMERIC_TYPES, FieldType, StreamSpec
-from monitor.decode import REASONS, Batch, StreamDecoder
+from monitor.decode import Batch, StreamDecoder
 from monitor.errors import ConfigError
 
 __all__ = ["DriftStage", "drift_stages"]
@@ -324,6 +324,7 @@ class DriftStage:
         # Per field, the bins of every row (garbage where the value is not valid) and,
         # for a data_quality detector, every row's outcome code.
         binned: list[tuple[_FieldPlan, Any, Any, Any, Any]] = []
+        violations = None
         for plan in self._plans:
             valid = batch.valid[plan.name]
             column = batch.columns[plan.name]
@@ -334,7 +335,9 @@ class DriftStage:
                 bins = plan.category_bins(np.where(valid, column, 0), names)
             codes = None
             if any(plan.outcome):
-                codes = outcome_codes(batch, plan.name, valid, bins, plan.baseline)
+                if violations is None:
+                    violations = violation_kinds(batch)
+                codes = outcome_codes(batch, plan.name, valid, bins, plan.baseline, violations)
             binned.append((plan, valid, bins, column, codes))
         findings: list[Finding] = []
         due: set[tuple[str, int]] = set()
@@ -661,7 +664,8 @@ class DriftStage:
         self._start(baseline)
 
 
-#: Decode reasons of a field-level violation -> data-quality outcome (QUALITY_KINDS).
+#: Decode reasons of a field-level violation -> data-quality outcome (QUALITY_KINDS);
+#: others (number_too_large, string_too_long, ...) count as wrong_type.
 _VIOLATION_KIND = {
     "null_not_allowed": 1,
     "missing_field": 1,
@@ -672,31 +676,49 @@ _VIOLATION_KIND = {
 }
 
 
+def violation_kinds(batch: Batch) -> dict[str, tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]]:
+    """Per field, the accepted rows (positions in the batch) whose value the decoder
+    excluded for a field-level violation, and its data-quality kind."""
+    found = getattr(batch, "violations", ())
+    if not found:
+        return {}
+    grouped: dict[str, tuple[list[int], list[int]]] = {}
+    for v in found:
+        rows, kinds = grouped.setdefault(v.field, ([], []))
+        rows.append(int(v.index))
+        kinds.append(_VIOLATION_KIND.get(v.reason, 4))
+    out = {}
+    accepted = batch.rows
+    for name, (rows, kinds) in grouped.items():
+        index = np.asarray(rows, dtype=np.int64)
+        pos = np.searchsorted(accepted, index)
+        ok = pos < accepted.size
+        ok[ok] = accepted[pos[ok]] == index[ok]
+        out[name] = (pos[ok], np.asarray(kinds, dtype=np.int64)[ok])
+    return out
+
+
 def outcome_codes(
     batch: Batch,
     name: str,
     valid: npt.NDArray[np.bool_],
     bins: npt.NDArray[np.int64],
     baseline: NumericBaseline | CategoricalBaseline,
+    violations: dict[str, tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]] | None = None,
 ) -> npt.NDArray[np.int64]:
     """Each accepted event's data-quality outcome for field ``name`` (an index into
     ``QUALITY_KINDS``): ok, null (not valid), unseen category (a valid code outside
-    the baseline's categories), or the field-level violation the decoder reports.
-
-    Violations are read from ``batch.violations[name]`` when the decoder provides it
-    (int codes indexing ``monitor.decode.REASONS``, -1 = none); without it a value
-    that failed a check is simply not valid and counts as null.
+    the baseline's categories), or the kind of the field-level violation the decoder
+    reports for it (``violation_kinds``: ``null_not_allowed`` -> null,
+    ``unknown_category`` -> unseen category, ``out_of_range``, ``non_finite``, any
+    other -> wrong type).
     """
     codes = np.where(valid, 0, 1).astype(np.int64)
     if isinstance(baseline, CategoricalBaseline):
         codes[valid & (bins >= len(baseline.categories))] = 2
-    violations = getattr(batch, "violations", None)
-    reasons = None if violations is None else violations.get(name)
-    if reasons is not None:
-        r = np.asarray(reasons, dtype=np.int64)
-        lut = np.array([_VIOLATION_KIND.get(x, 4) for x in REASONS], dtype=np.int64)
-        bad = r >= 0
-        codes[bad] = lut[r[bad]]
+    if violations and name in violations:
+        pos, kinds = violations[name]
+        codes[pos] = kinds
     return codes
 
 

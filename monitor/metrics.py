@@ -6,18 +6,23 @@ detector, model, severity, status, reason, sink, topic, partition, stage. Never
 entity ids or free text. Metrics are updated once per batch, never per event.
 
 The HTTP endpoint serves ``/metrics`` (text exposition), ``/healthz`` (the
-process is alive) and ``/readyz`` (assigned partitions and a reachable broker).
+process is alive), ``/readyz`` (assigned partitions and a reachable broker) and
+extra pages such as ``/status`` and ``/status.json`` (behind the optional bearer
+token).
 """
 
 from __future__ import annotations
 
+import hmac
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from monitor.errors import ConfigError
 
 __all__ = ["Metrics", "MetricsServer"]
 
@@ -35,7 +40,7 @@ class Metrics:
         )
         self.invalid_events = Counter(
             "driftwarden_invalid_events",
-            "Events rejected and dead-lettered, by reason code",
+            "Events dead-lettered (rejected, or with excluded values), by (first) reason code",
             ["stream", "reason"],
             registry=r,
         )
@@ -43,6 +48,30 @@ class Metrics:
             "driftwarden_dead_letters",
             "Dead-letter records acknowledged by the broker",
             ["stream"],
+            registry=r,
+        )
+        self.dead_letters_truncated = Counter(
+            "driftwarden_dead_letters_truncated",
+            "Dead letters cut to dead_letter_max_bytes (headers keep original size and sha256)",
+            ["stream"],
+            registry=r,
+        )
+        self.field_violations = Counter(
+            "driftwarden_field_violations",
+            "Values excluded from a field's statistics (the rest of the event counts), by reason",
+            ["stream", "field", "reason"],
+            registry=r,
+        )
+        self.limit_hits = Counter(
+            "driftwarden_limit_hits",
+            "Events or values that hit a configured limit (max_depth, max_fields, ...)",
+            ["stream", "limit"],
+            registry=r,
+        )
+        self.produce_failures = Counter(
+            "driftwarden_produce_failures",
+            "Outgoing records (dead letters, alerts) the broker refused; retried, the commit waits",
+            ["topic", "reason"],
             registry=r,
         )
         self.field_nulls = Counter(
@@ -195,10 +224,92 @@ class Metrics:
         self.ready = Gauge(
             "driftwarden_ready", "1 when the service is consuming, 0 when not ready", registry=r
         )
+        # Fleet health (monitor/fleet.py): per stream and condition, never per device.
+        self.fleet_unhealthy = Gauge(
+            "driftwarden_fleet_unhealthy_devices",
+            "Devices for which a condition (silent, stuck, ...) holds at the last evaluation",
+            ["stream", "condition"],
+            registry=r,
+        )
+        self.fleet_healthy = Gauge(
+            "driftwarden_fleet_healthy_devices",
+            "Tracked devices with no condition at the last evaluation",
+            ["stream"],
+            registry=r,
+        )
+        self.fleet_tracked = Gauge(
+            "driftwarden_fleet_tracked_devices",
+            "Devices whose state this process keeps",
+            ["stream"],
+            registry=r,
+        )
+        self.fleet_detections = Counter(
+            "driftwarden_fleet_detections",
+            "Onsets of a device condition",
+            ["stream", "condition"],
+            registry=r,
+        )
+        self.fleet_evicted = Counter(
+            "driftwarden_fleet_evicted_devices",
+            "Devices evicted (longest silent first) to stay within fleet.max_entities",
+            ["stream"],
+            registry=r,
+        )
+        self.fleet_rejected = Counter(
+            "driftwarden_fleet_rejected_events",
+            "Events of devices that could not be tracked (no room, or no entity code)",
+            ["stream"],
+            registry=r,
+        )
+        self.fleet_late = Counter(
+            "driftwarden_fleet_late_events",
+            "Events older than their partition's watermark minus the allowed lateness",
+            ["stream"],
+            registry=r,
+        )
         self.kafka_errors = Counter(
             "driftwarden_kafka_errors",
             "Errors reported by the Kafka client",
             ["kind"],
+            registry=r,
+        )
+        # -- model monitoring (monitor/model.py) --
+        self.model_labels = Counter(
+            "driftwarden_model_labels",
+            "Label join outcomes: joined, expired, orphan, late, duplicate_labels, "
+            "duplicate_predictions, dropped",
+            ["stream", "model", "outcome"],
+            registry=r,
+        )
+        self.model_pending = Gauge(
+            "driftwarden_model_pending_predictions",
+            "Predictions waiting for their label in this process",
+            ["stream", "model"],
+            registry=r,
+        )
+        self.model_held_labels = Gauge(
+            "driftwarden_model_held_labels",
+            "Labels that arrived before their prediction, waiting in this process",
+            ["stream", "model"],
+            registry=r,
+        )
+        self.model_state_bytes = Gauge(
+            "driftwarden_model_join_bytes",
+            "Bytes of the label join tables in this process",
+            ["stream", "model"],
+            registry=r,
+        )
+        self.model_quality = Gauge(
+            "driftwarden_model_quality",
+            "Model quality of the latest window; source is realized (labels), estimated "
+            "(CBPE, before labels) or reference",
+            ["stream", "model", "version", "metric", "source"],
+            registry=r,
+        )
+        self.model_estimate_error = Gauge(
+            "driftwarden_model_estimate_error",
+            "CBPE estimate minus realized quality on the latest joined window",
+            ["stream", "model", "version", "metric"],
             registry=r,
         )
 
@@ -208,21 +319,45 @@ class Metrics:
 
 
 class MetricsServer:
-    """/metrics, /healthz and /readyz on a background thread.
+    """/metrics, /healthz, /readyz and extra ``pages`` on a background thread.
 
-    ``ready`` is called on each /readyz request; a true answer gives 200.
+    ``ready`` is called on each /readyz request; a true answer gives 200. ``pages``
+    maps further paths (/status, /status.json) to their renderers. With a ``token``,
+    every path but /metrics, /healthz and
+    /readyz needs ``Authorization: Bearer <token>`` (401 otherwise). Binding happens
+    in the constructor, so a port in use fails before anything else starts: the
+    ``OSError`` is turned into a :class:`~monitor.errors.ConfigError` naming the
+    address and ``setting`` (the configuration key to change).
     """
 
+    OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+
     def __init__(
-        self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool] = lambda: True
+        self,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        ready: Callable[[], bool] = lambda: True,
+        pages: Mapping[str, Callable[[], tuple[bytes, str]]] | None = None,
+        *,
+        token: str | None = None,
+        setting: str = "metrics.listen",
     ) -> None:
         self.metrics = metrics
         self._ready = ready
+        # Extra GET paths (e.g. /status): path -> () -> (body, content type).
+        self.pages = dict(pages or {})
+        expected = f"Bearer {token}".encode() if token else None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
+                if path not in server.OPEN_PATHS and expected is not None:
+                    given = self.headers.get("Authorization", "").encode("latin-1", "replace")
+                    if not hmac.compare_digest(given, expected):
+                        self._reply(401, b"unauthorized\n", www_authenticate=True)
+                        return
                 if path == "/metrics":
                     self._reply(200, server.metrics.render(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
@@ -230,22 +365,38 @@ class MetricsServer:
                 elif path == "/readyz":
                     ok = server._ready()
                     self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                elif path in server.pages:
+                    body, ctype = server.pages[path]()
+                    self._reply(200, body, ctype)
                 else:
                     self._reply(404, b"not found\n")
 
             def _reply(
-                self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8"
+                self,
+                code: int,
+                body: bytes,
+                ctype: str = "text/plain; charset=utf-8",
+                www_authenticate: bool = False,
             ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
+                if www_authenticate:
+                    self.send_header("WWW-Authenticate", 'Bearer realm="driftwarden"')
                 self.end_headers()
                 self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return  # scrapes every few seconds would flood the log
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port}: {reason}; "
+                f"choose another address or port with {setting}"
+            ) from None
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="metrics", daemon=True

@@ -8,6 +8,7 @@ batch with pre-bound children.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,19 +21,21 @@ from connectors.base import OutMessage
 from connectors.kafka import RawBatch
 from detectors.base import Finding
 from monitor.config import Config, StreamSpec
-from monitor.decode import REASONS, Batch, StreamDecoder
+from monitor.decode import FIELD_REASONS, LIMITS, REASONS, Batch, Reject, StreamDecoder, Violation
 from monitor.metrics import Metrics
 
 __all__ = [
     "BatchInput",
     "BatchResult",
     "FindingStage",
+    "RawAwareStage",
     "StreamPipeline",
     "account_batch",
     "build_pipelines",
     "dead_letter",
     "output_topics",
     "record_findings",
+    "violations_dead_letter",
 ]
 
 
@@ -58,9 +61,28 @@ class FindingStage(Protocol):
     aggregating: bool
 
 
+class RawAwareStage(FindingStage, Protocol):
+    """A stage that also reads the raw payloads and Kafka coordinates (the model stage:
+    request ids, offsets), and consumes the events of a label topic of the stream."""
+
+    def update_raw(
+        self, raw: BatchInput, batch: Batch, partitions: npt.NDArray[np.int32]
+    ) -> list[Finding]: ...
+
+    def update_labels(
+        self, raw: BatchInput, partitions: npt.NDArray[np.int32]
+    ) -> tuple[list[Finding], list[Reject]]: ...
+
+
 @dataclass
 class BatchResult:
-    """What processing one batch produced."""
+    """What processing one batch produced.
+
+    Accounting: ``events == accepted + sum(rejected.values())``. ``rejected`` counts
+    the events excluded as a whole, by reason; ``violations`` the accepted events
+    with at least one excluded value, by their first violation's reason. Each of
+    both is dead-lettered once (``out``).
+    """
 
     stream: str
     events: int
@@ -70,12 +92,36 @@ class BatchResult:
     findings: list[Finding] = field(default_factory=list)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    violations: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(self.rejected.values()) + sum(self.violations.values())
+
+
+# A dead letter's key is kept up to this size (keys are not limited by max_event_bytes).
+_MAX_KEY_BYTES = 16_384
+_TRUNCATED = ("driftwarden.truncated", b"true")
 
 
 def dead_letter(
-    topic: str, stream: str, raw: BatchInput, index: int, reason: str, detail: str
+    topic: str,
+    stream: str,
+    raw: BatchInput,
+    index: int,
+    reason: str,
+    detail: str,
+    *,
+    max_bytes: int | None = None,
+    extra: tuple[tuple[str, bytes], ...] = (),
 ) -> OutMessage:
-    """A dead-letter record: the original bytes and key, the reason in headers."""
+    """A dead-letter record: the original bytes and key, the reason in headers.
+
+    A value over ``max_bytes`` is cut to its first ``max_bytes`` bytes; the headers
+    ``driftwarden.truncated``, ``driftwarden.original_size`` and
+    ``driftwarden.original_sha256`` (hex, of the whole original) say so. Keys over
+    16 KiB are cut the same way (``driftwarden.original_key_size``).
+    """
     msg = raw.messages[index]
     value = raw.values[index]
     key = msg.key()
@@ -88,9 +134,47 @@ def dead_letter(
         ("driftwarden.partition", str(int(raw.partitions[index])).encode()),
         ("driftwarden.offset", str(int(raw.offsets[index])).encode()),
         ("driftwarden.timestamp", str(ts).encode()),
+        *extra,
     )
-    return OutMessage(
-        topic=topic, value=value if value is not None else b"", key=key, headers=headers
+    body = value if value is not None else b""
+    if max_bytes is not None and len(body) > max_bytes:
+        headers += (
+            _TRUNCATED,
+            ("driftwarden.original_size", str(len(body)).encode()),
+            ("driftwarden.original_sha256", hashlib.sha256(body).hexdigest().encode()),
+        )
+        body = body[:max_bytes]
+    if key is not None and len(key) > _MAX_KEY_BYTES:
+        headers += (("driftwarden.original_key_size", str(len(key)).encode()),)
+        key = key[:_MAX_KEY_BYTES]
+    return OutMessage(topic=topic, value=body, key=key, headers=headers)
+
+
+def violations_dead_letter(
+    topic: str,
+    stream: str,
+    raw: BatchInput,
+    violations: Sequence[Violation],
+    *,
+    max_bytes: int | None = None,
+) -> OutMessage:
+    """The one dead letter of an accepted event with excluded values: the first
+    violation's reason, every ``field:reason`` in ``driftwarden.violations`` and
+    every detail (``; ``-separated) in ``driftwarden.detail``."""
+    first = violations[0]
+    listed = ",".join(f"{v.field}:{v.reason}" for v in violations)
+    return dead_letter(
+        topic,
+        stream,
+        raw,
+        first.index,
+        first.reason,
+        "; ".join(v.detail for v in violations),
+        max_bytes=max_bytes,
+        extra=(
+            ("driftwarden.level", b"field"),
+            ("driftwarden.violations", listed.encode("utf-8", "replace")[:1000]),
+        ),
     )
 
 
@@ -117,10 +201,12 @@ class StreamPipeline:
         metrics: Metrics,
         dead_letter_topic: str,
         stages: Sequence[FindingStage] = (),
+        dead_letter_max_bytes: int | None = None,
     ) -> None:
         self.spec = spec
         self.metrics = metrics
         self.dead_letter_topic = dead_letter_topic
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self.decoder = StreamDecoder(spec)
         self.stages = list(stages)
         name = spec.name
@@ -132,34 +218,78 @@ class StreamPipeline:
         self._last_event_time = metrics.last_event_time.labels(name)
         self._entities = metrics.entities.labels(name)
         self._entity_overflow = metrics.entity_overflow.labels(name)
-        for child in self._invalid.values():  # so rate() sees a zero before the first reject
+        self._baseline_ready = metrics.baseline_ready.labels(name)
+        self._violations = {
+            (f, r): metrics.field_violations.labels(name, f, r)
+            for f in spec.fields
+            for r in sorted(FIELD_REASONS)
+        }
+        self._limits = {lim: metrics.limit_hits.labels(name, lim) for lim in LIMITS}
+        self._truncated = metrics.dead_letters_truncated.labels(name)
+        for child in (  # so rate() sees a zero before the first reject
+            *self._invalid.values(),
+            *self._violations.values(),
+            *self._limits.values(),
+            self._truncated,
+        ):
             child.inc(0)
-        self.totals = {"events": 0, "accepted": 0, "rejected": 0}
+        self.totals = {"events": 0, "accepted": 0, "rejected": 0, "violated": 0}
         # Stages key their state by slot = topic index << 20 | partition (= the partition
         # for a one-topic stream), so the partitions of a stream's topics stay apart.
         self._slot_base = {t: np.int32(i << 20) for i, t in enumerate(spec.all_topics)}
         # Per (topic, partition): events seen, checkpointed with the partition's state.
         self.partition_events: dict[tuple[str, int], int] = {}
+        labels = spec.model.labels if spec.model is not None else None
+        # A model's label and deploy topics: their events go to the stages'
+        # update_labels / update_deploys, not to the stream decoder.
+        self.label_topic = labels.topic if labels is not None else None
+        self.deploy_topic = spec.model.deploy_topic if spec.model is not None else None
+        self.last_batch: Batch | None = None  # the latest decoded batch (replay reads it)
 
     def process(self, raw: BatchInput) -> BatchResult:
+        if raw.topic == self.label_topic:
+            return self._process_labels(raw)
+        if raw.topic == self.deploy_topic:
+            return self._process_labels(raw, "update_deploys")
         t0 = time.perf_counter()
-        batch = self.decoder.decode(raw.values)
+        batch = self.last_batch = self.decoder.decode(raw.values)
         t1 = time.perf_counter()
+        topic, name, cap = self.dead_letter_topic, self.spec.name, self.dead_letter_max_bytes
         out = [
-            dead_letter(self.dead_letter_topic, self.spec.name, raw, r.index, r.reason, r.detail)
+            dead_letter(topic, name, raw, r.index, r.reason, r.detail, max_bytes=cap)
             for r in batch.rejects
         ]
+        order = [r.index for r in batch.rejects]
         counts = batch.reason_counts()
+        violated: dict[str, int] = {}
+        excluded: dict[str, int] = {}
+        if batch.violations:
+            for index, vs in batch.violated_events().items():
+                out.append(violations_dead_letter(topic, name, raw, vs, max_bytes=cap))
+                order.append(index)
+                violated[vs[0].reason] = violated.get(vs[0].reason, 0) + 1
+            for (fld, reason), count in batch.violation_counts().items():
+                self._violations[(fld, reason)].inc(count)
+                excluded[fld] = excluded.get(fld, 0) + count
+            out = [m for _, m in sorted(zip(order, out, strict=True), key=lambda p: p[0])]
         for reason, count in counts.items():
             self._invalid[reason].inc(count)
+        for reason, count in violated.items():  # dead-lettered events, by their first reason
+            self._invalid[reason].inc(count)
+        for limit, count in batch.limit_hits:
+            self._limits[limit].inc(count)
+        if cap is not None:
+            cut = sum(_TRUNCATED in m.headers for m in out)
+            if cut:
+                self._truncated.inc(cut)
         n = len(raw.values)
         self._events[raw.topic].inc(n)
         if batch.n:
-            for name, ok in batch.valid.items():
-                nulls = batch.n - int(np.count_nonzero(ok))
+            for fld, ok in batch.valid.items():
+                nulls = batch.n - int(np.count_nonzero(ok)) - excluded.get(fld, 0)
                 if nulls:
-                    self._nulls[name].inc(nulls)
-                self._null_ratio[name].set(nulls / batch.n)
+                    self._nulls[fld].inc(nulls)
+                self._null_ratio[fld].set(nulls / batch.n)
         if batch.event_time is not None and batch.n:
             self._last_event_time.set(float(batch.event_time.max()))
         if self.decoder.entities is not None:
@@ -173,10 +303,14 @@ class StreamPipeline:
             offsets = raw.offsets[batch.rows]
             for stage in self.stages:
                 located = getattr(stage, "update_located", None)  # stages that take offsets
-                if located is not None:
+                if hasattr(stage, "update_raw"):
+                    findings.extend(stage.update_raw(raw, batch, partitions))
+                elif located is not None:
                     findings.extend(located(batch, partitions, offsets))
                 else:
                     findings.extend(stage.update(batch, partitions))
+        # driftwarden_baseline_ready: 1 once every stage with a baseline has it
+        self._baseline_ready.set(int(all(getattr(s, "ready", True) for s in self.stages)))
         t3 = time.perf_counter()
         self._last.set(time.time())
         rejected = sum(counts.values())
@@ -184,6 +318,7 @@ class StreamPipeline:
         self.totals["events"] += n
         self.totals["accepted"] += batch.n
         self.totals["rejected"] += rejected
+        self.totals["violated"] += sum(violated.values())
         return BatchResult(
             stream=self.spec.name,
             events=n,
@@ -193,6 +328,51 @@ class StreamPipeline:
             findings=findings,
             next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
             stage_seconds={"decode": t1 - t0, "checks": t2 - t1, "detectors": t3 - t2},
+            violations=violated,
+        )
+
+    def _process_labels(self, raw: BatchInput, method: str = "update_labels") -> BatchResult:
+        """A batch of the label (or deploy) topic, for the stages that read it."""
+        t0 = time.perf_counter()
+        n = len(raw.values)
+        self._events[raw.topic].inc(n)
+        partitions = raw.partitions + self._slot_base[raw.topic]
+        findings: list[Finding] = []
+        rejects: dict[int, Reject] = {}
+        for stage in self.stages:
+            if hasattr(stage, method):
+                found, bad = getattr(stage, method)(raw, partitions)
+                findings.extend(found)
+                rejects.update((r.index, r) for r in bad)
+        out = [
+            dead_letter(
+                self.dead_letter_topic,
+                self.spec.name,
+                raw,
+                r.index,
+                r.reason,
+                r.detail,
+                max_bytes=self.dead_letter_max_bytes,
+            )
+            for r in sorted(rejects.values(), key=lambda r: r.index)
+        ]
+        counts: dict[str, int] = {}
+        for r in rejects.values():
+            counts[r.reason] = counts.get(r.reason, 0) + 1
+            self._invalid[r.reason].inc()
+        self._count_partitions(raw)
+        self.totals["events"] += n
+        self.totals["accepted"] += n - len(rejects)
+        self.totals["rejected"] += len(rejects)
+        return BatchResult(
+            stream=self.spec.name,
+            events=n,
+            accepted=n - len(rejects),
+            rejected=counts,
+            out=out,
+            findings=findings,
+            next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
+            stage_seconds={"labels": time.perf_counter() - t0},
         )
 
     def _count_partitions(self, raw: BatchInput) -> None:
@@ -262,7 +442,12 @@ def build_pipelines(
     """One pipeline per configured stream, keyed by each of its topics."""
     pipelines: dict[str, StreamPipeline] = {}
     for spec in config.streams:
-        pipeline = StreamPipeline(spec, metrics, config.dead_letter_topic)
+        pipeline = StreamPipeline(
+            spec,
+            metrics,
+            config.dead_letter_topic,
+            dead_letter_max_bytes=config.dead_letter_max_bytes,
+        )
         if stages is not None:
             pipeline.stages.extend(stages(pipeline))
         for topic in spec.all_topics:
@@ -283,6 +468,8 @@ def record_findings(metrics: Metrics, findings: Sequence[Finding]) -> None:
     """The drift gauges and ADWIN's change counter, from a batch's findings."""
     m = metrics
     for f in findings:
+        if f.kind == "entity":  # per-device: the fleet stage keeps its own metrics
+            continue
         labels = (f.stream, f.subject, f.detector)
         m.drift_statistic.labels(*labels).set(f.statistic)
         m.drift_threshold.labels(*labels).set(f.threshold)
@@ -297,6 +484,6 @@ def account_batch(metrics: Metrics, result: BatchResult) -> None:
     """Stage times and dead-letter counts of one processed batch."""
     for stage, secs in result.stage_seconds.items():
         metrics.stage_seconds.labels(stage).inc(secs)
-    dead = sum(result.rejected.values())
+    dead = result.dead_letters
     if dead:
         metrics.dead_letters.labels(result.stream).inc(dead)

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from connectors.base import MessageSink, OutMessage
-from connectors.kafka import KafkaSink, KafkaSource, RawBatch, TopicPartitionKey
+from connectors.kafka import (
+    KafkaSink,
+    KafkaSource,
+    RawBatch,
+    TopicPartitionKey,
+    consumer_limits,
+    producer_limits,
+)
 from detectors.base import Finding
 from monitor.config import Config
 from monitor.errors import DriftwardenError, SinkError
@@ -36,6 +43,7 @@ from monitor.pipeline import (
     record_findings,
 )
 from monitor.state import StateStore, partition_key
+from monitor.status import StatusBoard
 
 __all__ = ["FindingsHandler", "RunStats", "Runner"]
 
@@ -79,6 +87,8 @@ class RunStats:
     events: int = 0
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    # Accepted events with excluded values (dead-lettered too), by first reason.
+    violated: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     commits: int = 0
     messages_out: int = 0
@@ -95,6 +105,8 @@ class RunStats:
         self.accepted += result.accepted
         for reason, count in result.rejected.items():
             self.rejected[reason] = self.rejected.get(reason, 0) + count
+        for reason, count in result.violations.items():
+            self.violated[reason] = self.violated.get(reason, 0) + count
         self.findings += len(result.findings)
 
 
@@ -111,8 +123,10 @@ class Runner:
         stages: Callable[[StreamPipeline], list[FindingStage]] | None = None,
         findings_handler: FindingsHandler | None = None,
         state_store: StateStore | None = None,
+        board: StatusBoard | None = None,
     ) -> None:
         self.config = config
+        self.board = board
         self.metrics = metrics if metrics is not None else Metrics()
         self.pipelines = build_pipelines(config, self.metrics, stages)
         self.findings_handler = findings_handler
@@ -132,16 +146,26 @@ class Runner:
         self._broker_ok = True
         self._last_broker_error = 0.0
         self.source: BatchSource = source if source is not None else self._make_source()
-        self.sink: MessageSink = sink if sink is not None else KafkaSink(config.kafka)
+        self.sink: MessageSink = sink if sink is not None else self._make_sink()
         self.positions: dict[TopicPartitionKey, int] = {}
         self.stats = RunStats()
         self.stop_event = threading.Event()
         self._ready_gauge = self.metrics.ready
         self._ready_gauge.set(0)
 
+    def _make_sink(self) -> KafkaSink:
+        # A refused dead letter or alert is sent again until the broker takes it: the
+        # commit waits (nothing is skipped), readiness drops, the failure is counted.
+        def failed(topic: str, reason: str) -> None:
+            self.metrics.produce_failures.labels(topic, reason.lstrip("_").lower()).inc()
+
+        options = {**producer_limits(self.config.dead_letter_max_bytes), **self.config.kafka}
+        return KafkaSink(options, retry_failed=True, on_failure=failed)
+
     def _make_source(self) -> KafkaSource:
         c = self.config
         options: dict[str, Any] = {
+            **consumer_limits(),
             "fetch.queue.backoff.ms": c.source.fetch_queue_backoff_ms,
             "queued.min.messages": c.source.queued_min_messages,
             # Incremental rebalances: a joining replica takes partitions without the
@@ -402,6 +426,7 @@ class Runner:
                     log.warning("the broker did not answer within %.0fs", self.probe_interval)
             if self._broker_ok and self._events_since_checkpoint:
                 self._maybe_checkpoint()  # a quiet stream still gets its last batch saved
+            self._tick_stages()
             self._refresh_ready()
             return 0
         self._broker_ok = True
@@ -431,6 +456,23 @@ class Runner:
         self._account(results, out, time.perf_counter() - t0)
         return sum(r.events for r in results)
 
+    def _tick_stages(self) -> None:
+        """Let stages judge by wall clock while no event arrives (fleet: a quiet
+        partition's devices go silent); their findings are handled like a batch's."""
+        findings: list[Finding] = []
+        for pipeline in dict.fromkeys(self.pipelines.values()):
+            for stage in pipeline.stages:
+                tick = getattr(stage, "tick", None)
+                if tick is not None:
+                    findings.extend(tick())
+        if not findings:
+            return
+        self._record_findings(findings)
+        if self.findings_handler is not None:
+            for message in self.findings_handler.handle(findings, time.time()):
+                self.sink.send(message)
+            self._flush()
+
     def _flush(self) -> None:
         # Offsets must not be committed before every outgoing message is durable.
         self._waiting_since = time.monotonic()
@@ -444,12 +486,16 @@ class Runner:
                 if remaining == 0:
                     return
                 self._ready_gauge.set(0)
+                if self.stop_event.is_set():  # stopping: leave the batch uncommitted
+                    raise SinkError(f"stopped with {remaining} outgoing message(s) unacknowledged")
                 log.warning("waiting for the broker to acknowledge %d message(s)", remaining)
         finally:
             self._waiting_since = None
 
     def _record_findings(self, findings: list[Finding]) -> None:
         record_findings(self.metrics, findings)
+        if self.board is not None and findings:
+            self.board.record_findings(findings, time.time())
         for f in findings:
             labels = (f.stream, f.subject, f.detector)
             if f.drift:
@@ -459,9 +505,14 @@ class Runner:
 
     def _account(self, results: list[BatchResult], out: list[OutMessage], seconds: float) -> None:
         m, s = self.metrics, self.stats
+        now = time.time()
         for r in results:
             s.add(r)
             account_batch(m, r)
+            if self.board is not None:
+                self.board.record_batch(
+                    r.stream, events=r.events, accepted=r.accepted, rejected=r.rejected, now=now
+                )
         s.batches += 1
         s.commits += 1
         s.messages_out += len(out)

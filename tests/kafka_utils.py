@@ -11,15 +11,23 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
-def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+def create_topics(
+    bootstrap: str, topics: dict[str, int], config: dict[str, str] | None = None
+) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()])
+    futures = admin.create_topics(
+        [NewTopic(t, n, 1, config=dict(config or {})) for t, n in topics.items()]
+    )
     for future in futures.values():
         future.result(10)
 
 
 def produce(
-    bootstrap: str, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes] | None = None
+    bootstrap: str,
+    topic: str,
+    values: Sequence[bytes | None],
+    keys: Sequence[bytes] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[int, int]:
     """Produce in order; return how many messages each partition acknowledged."""
     per_partition: dict[int, int] = {}
@@ -32,7 +40,12 @@ def produce(
             per_partition[msg.partition()] = per_partition.get(msg.partition(), 0) + 1
 
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "enable.idempotence": True,
+            **(options or {}),
+        }
     )
     for i, value in enumerate(values):
         key = keys[i] if keys is not None else None

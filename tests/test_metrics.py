@@ -11,7 +11,7 @@ from connectors.kafka import RawBatch
 from monitor.config import parse_config
 from monitor.metrics import Metrics, MetricsServer
 from monitor.pipeline import StreamPipeline
-from monitor.synthetic import DEMO_STREAM, generate_fleet
+from monitor.synthetic import DEMO_STREAM, FIELD_KINDS, generate_fleet
 
 
 class _Msg:
@@ -43,7 +43,25 @@ def test_pipeline_counts_and_dead_letters_on_an_injected_registry() -> None:
     events = generate_fleet(3_000, seed=2, bad_rate=0.05)
     result = pipeline.process(_raw(events.values, events.keys))
     want = {k: v for k, v in events.counts().items() if k != "good"}
-    assert result.rejected == want
+    # Events with a bad value are accepted (that value excluded) and dead-lettered too.
+    assert result.rejected == {k: v for k, v in want.items() if k not in FIELD_KINDS}
+    assert result.violations == {k: v for k, v in want.items() if k in FIELD_KINDS}
+    assert result.accepted == events.accepted()
+    assert result.accepted + sum(result.rejected.values()) == result.events == 3_000
+    for kind in ("out_of_range", "wrong_type"):
+        assert (
+            registry.get_sample_value(
+                "driftwarden_field_violations_total",
+                {"stream": "sensors", "field": "temperature", "reason": kind},
+            )
+            == want[kind]
+        )
+    assert (
+        registry.get_sample_value(
+            "driftwarden_limit_hits_total", {"stream": "sensors", "limit": "max_depth"}
+        )
+        == want["too_deep"]
+    )
     assert result.next_offsets == {("iot.sensors", 0): 3_000}
     for reason, count in want.items():
         value = registry.get_sample_value(
@@ -65,6 +83,35 @@ def test_pipeline_counts_and_dead_letters_on_an_injected_registry() -> None:
     headers = dict(first.headers)
     assert headers["driftwarden.reason"].decode() in want
     assert first.key is not None and first.key.startswith(b"dev-")
+    offsets = [int(dict(m.headers)["driftwarden.offset"]) for m in result.out]
+    assert offsets == sorted(offsets)  # one per dead-lettered event, in input order
+    assert len(set(offsets)) == len(offsets)
+
+
+def test_oversized_dead_letters_are_truncated_with_size_and_hash() -> None:
+    import hashlib
+
+    stream = {**DEMO_STREAM, "max_event_bytes": 10_000_000}
+    config = parse_config({"kafka": {"bootstrap.servers": "x:1"}, "streams": [stream]}, env={})
+    registry = CollectorRegistry()
+    pipeline = StreamPipeline(
+        config.streams[0], Metrics(registry), "dlq", dead_letter_max_bytes=1_000
+    )
+    huge = b'{"device_id": "d", "blob": "' + b"x" * 50_000 + b'"}'
+    small = b"{bad"
+    result = pipeline.process(_raw([huge, small], [b"k" * 20_000, b"k2"]))
+    big, little = result.out
+    assert len(big.value) == 1_000 and big.value == huge[:1_000]
+    headers = dict(big.headers)
+    assert headers["driftwarden.original_size"] == str(len(huge)).encode()
+    assert headers["driftwarden.original_sha256"] == hashlib.sha256(huge).hexdigest().encode()
+    assert headers["driftwarden.original_key_size"] == b"20000"
+    assert big.key is not None and len(big.key) == 16_384
+    assert little.value == small and "driftwarden.truncated" not in dict(little.headers)
+    assert (
+        registry.get_sample_value("driftwarden_dead_letters_truncated_total", {"stream": "sensors"})
+        == 1
+    )
 
 
 def test_no_entity_ids_or_free_text_in_labels() -> None:

@@ -19,10 +19,11 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 REQUIRED = ("trigger_id", "model", "version", "reason", "alert_ids", "created_at")
 
@@ -52,16 +53,36 @@ class SeenTriggers:
 
 
 def handle(request: dict[str, Any]) -> None:
-    """Start a retrain; here: print it."""
+    """Start a retrain; here: print it, with the evidence when the request carries it."""
     print(
         f"retrain {request['model']}@{request['version']} "
         f"(trigger {request['trigger_id']}, alerts {', '.join(request['alert_ids'])}): "
         f"{request['reason']}",
         flush=True,
     )
+    evidence = request.get("evidence")
+    if evidence:
+        what = evidence["metric"] or evidence["detector"]
+        kind = "estimated" if evidence["estimate"] else "realized"
+        features = ", ".join(f["subject"] for f in evidence["features"]) or "none"
+        print(
+            f"  evidence: {kind} {what} over {evidence['window']['events']} events "
+            f"vs reference {evidence['reference_id']}; features by drift: {features}",
+            flush=True,
+        )
 
 
-def process(msg: Message, seen: SeenTriggers) -> str:
+def acknowledgement(request: dict[str, Any]) -> bytes:
+    """The record sent to --ack-topic once a request is handled (keyed by trigger id)."""
+    return json.dumps(
+        {"trigger_id": request["trigger_id"], "model": request["model"], "status": "accepted"},
+        sort_keys=True,
+    ).encode()
+
+
+def process(
+    msg: Message, seen: SeenTriggers, ack: Callable[[str, bytes], None] | None = None
+) -> str:
     """Handle one message; returns 'handled', 'duplicate' or 'invalid'."""
     try:
         value = msg.value()
@@ -80,6 +101,8 @@ def process(msg: Message, seen: SeenTriggers) -> str:
     if request["trigger_id"] in seen:
         return "duplicate"
     handle(request)
+    if ack is not None:
+        ack(request["trigger_id"], acknowledgement(request))
     seen.add(request["trigger_id"])
     return "handled"
 
@@ -91,7 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", default="driftwarden-retrainer")
     p.add_argument("--seen", type=Path, default=None, help="file of handled trigger ids")
     p.add_argument("--max-messages", type=int, default=0, help="stop after N (0: run forever)")
+    p.add_argument("--ack-topic", default=None, help="acknowledge handled requests here")
     args = p.parse_args(argv)
+    producer = Producer({"bootstrap.servers": args.bootstrap}) if args.ack_topic else None
+
+    def ack(trigger_id: str, record: bytes) -> None:
+        assert producer is not None
+        producer.produce(args.ack_topic, record, key=trigger_id.encode())
+        if producer.flush(10.0):  # acknowledged before the offset is committed
+            raise RuntimeError("acknowledgement not delivered")
 
     consumer = Consumer(
         {
@@ -123,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 if error.code() != KafkaError._PARTITION_EOF:
                     print(f"consumer error: {error}", file=sys.stderr)
                 continue
-            process(msg, seen)
+            process(msg, seen, ack if producer is not None else None)
             consumer.commit(message=msg, asynchronous=False)  # after handling: at least once
             count += 1
     finally:

@@ -129,7 +129,11 @@ def test_deliveries_sign_and_inject_secrets_at_send_time(pair: tuple[Alert, Aler
         assert b"s3cret" not in d.body
         assert "s3cret" not in repr(d)
     ((body, headers),) = _finalized([firing])["webhook-0"]
-    assert verify_signature(b"s3cret", body, headers[SIGNATURE_HEADER])
+    sig, ts = headers[SIGNATURE_HEADER], headers[TIMESTAMP_HEADER]
+    assert verify_signature(b"s3cret", body, sig, ts, now=1700000001.0)
+    # the timestamp is signed: moving it, or the body, breaks the signature
+    assert not verify_signature(b"s3cret", body, sig, "1700000002", now=1700000001.0)
+    assert not verify_signature(b"s3cret", body + b" ", sig, ts, now=1700000001.0)
     assert headers[TIMESTAMP_HEADER] == "1700000001"
 
 

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from connectors.webhook import RetryPolicy, WebhookDispatcher
 from monitor.alert_formats import (
     SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     deliveries_for,
     endpoints_from_config,
     verify_signature,
@@ -73,7 +74,9 @@ def test_four_formats_reach_a_real_http_server(receiver: Receiver, finding: Make
 
     hooks = [(h, b) for p, h, b in receiver.requests if p == "/hook"]
     for headers, body in hooks:
-        assert verify_signature(b"s3cret", body, headers[SIGNATURE_HEADER])
+        assert verify_signature(
+            b"s3cret", body, headers[SIGNATURE_HEADER], headers[TIMESTAMP_HEADER], now=time.time()
+        )
     generic = [json.loads(b) for _, b in hooks]
     assert [g["status"] for g in generic] == ["firing", "resolved"]
     alert_id = generic[0]["id"]

@@ -63,3 +63,32 @@ def test_idempotent_by_trigger_id(
     out = capsys.readouterr().out
     assert out.count("retrain m@1") == 1
     assert json.loads((tmp_path / "seen.json").read_text()) == [request.trigger_id]
+
+
+def test_model_retrain_request_carries_evidence_and_is_acknowledged(
+    example: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from detectors.base import Finding, WindowBounds
+
+    engine = AlertEngine(AlertsConfig(), retrain_models={"loans-model": ("loans", "1")})
+    ranking = Finding(
+        "feature_drift", "loans@2:features", 2.0, 1.0, False, kind="model",
+        stream="loans-model", details=(("x1", 4.0), ("x2", 2.5)),
+    )  # fmt: skip
+    drop = Finding(
+        "cbpe", "loans@2:accuracy", 0.08, 0.02, True, 1e-9, kind="model",
+        stream="loans-model", window=WindowBounds(events=4000), baseline_id="ref-1",
+    )  # fmt: skip
+    (request,) = engine.observe([ranking, drop], now=0.0).retrain_requests
+    assert (request.model, request.version) == ("loans", "2")
+    assert request.evidence is not None and request.evidence.estimate
+    assert [f.subject for f in request.evidence.features] == ["x1", "x2"]
+    acks: list[tuple[str, bytes]] = []
+    seen = example.SeenTriggers(None)
+    msg = FakeMessage(request.to_json())
+    assert example.process(msg, seen, lambda k, v: acks.append((k, v))) == "handled"
+    assert example.process(msg, seen, lambda k, v: acks.append((k, v))) == "duplicate"
+    assert [json.loads(v)["status"] for _, v in acks] == ["accepted"]
+    out = capsys.readouterr().out
+    assert "evidence: estimated accuracy over 4000 events vs reference ref-1" in out
+    assert "features by drift: x1, x2" in out

@@ -24,7 +24,7 @@ import jsonschema
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.alert_formats import SIGNATURE_HEADER, verify_signature
+from monitor.alert_formats import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from monitor.alerts import alert_id_for
 from monitor.config import parse_config
 from monitor.service import Service
@@ -187,7 +187,8 @@ def _received(rx: Receiver) -> dict[str, list[Pair]]:
     out: dict[str, list[Pair]] = {}
     hooks = rx.at(PATHS["hook"])
     for r in hooks:
-        assert verify_signature(SECRET.encode(), r.body, r.headers[SIGNATURE_HEADER]), r.headers
+        signature, timestamp = r.headers[SIGNATURE_HEADER], r.headers[TIMESTAMP_HEADER]
+        assert verify_signature(SECRET.encode(), r.body, signature, timestamp, now=time.time())
     out["hook"] = [(b["id"], b["status"]) for b in (r.json() for r in hooks)]
     actions = {"trigger": "firing", "resolve": "resolved"}
     pds = rx.bodies(PATHS["pd"])

@@ -20,7 +20,7 @@ from connectors.base import MemorySink
 from connectors.kafka import KafkaSource
 from monitor.config import parse_config
 from monitor.errors import SinkError
-from monitor.synthetic import BAD_KINDS, DEMO_STREAM, generate_fleet
+from monitor.synthetic import BAD_KINDS, DEMO_STREAM, FIELD_KINDS, generate_fleet
 from tests.kafka_utils import create_topics, produce, read_topic
 
 faust = pytest.importorskip("faust")
@@ -106,8 +106,11 @@ def test_faust_adapter_counts_and_dead_letters_exactly(
     monitor.close()
 
     assert monitor.stats.events == total
-    assert monitor.stats.accepted == good
-    assert monitor.stats.rejected == expected
+    # Events with one bad value are accepted (that value excluded) and dead-lettered.
+    assert monitor.stats.accepted == events.accepted()
+    assert monitor.stats.accepted == good + sum(expected.get(k, 0) for k in FIELD_KINDS)
+    assert monitor.stats.rejected == {k: v for k, v in expected.items() if k not in FIELD_KINDS}
+    assert monitor.stats.violated == {k: v for k, v in expected.items() if k in FIELD_KINDS}
     assert monitor.stats.failures == 0
     assert _sample(registry, "driftwarden_events_total", stream="sensors", topic=topic) == total
     for reason, count in expected.items():
@@ -117,7 +120,7 @@ def test_faust_adapter_counts_and_dead_letters_exactly(
         ), reason
     assert _sample(registry, "driftwarden_dead_letters_total", stream="sensors") == bad
     assert _sample(registry, "driftwarden_entities", stream="sensors") == 100
-    # Accepted = consumed - rejected, per the metrics.
+    # Good = consumed - dead-lettered, per the metrics.
     invalid = sum(
         _sample(registry, "driftwarden_invalid_events_total", stream="sensors", reason=r)
         for r in BAD_KINDS
@@ -230,4 +233,4 @@ def test_failed_delivery_is_never_acked_to_the_consumer() -> None:
     tuples = FaustMonitor(config, registry=CollectorRegistry(), sink=MemorySink(), drift=False)
     result = asyncio.run(tuples.process(topic, rows))
     assert result.next_offsets == {(topic, 1): 210}
-    assert result.accepted == fleet.counts()["good"]
+    assert result.accepted == fleet.accepted()

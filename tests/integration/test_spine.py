@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from connectors.kafka import KafkaSource
 from monitor.config import parse_config
 from monitor.service import Service
-from monitor.synthetic import BAD_KINDS, DEMO_STREAM, generate_fleet
+from monitor.synthetic import BAD_KINDS, DEMO_STREAM, FIELD_KINDS, generate_fleet
 from tests.kafka_utils import create_topics, produce, read_topic
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,11 @@ def test_known_mix_counts_dead_letters_and_offsets_exactly(
 
     stats = service.run(max_seconds=90, until=until)
     assert stats.events == total
-    assert stats.accepted == good
+    # Events with one bad value are accepted (that value excluded) and dead-lettered.
+    assert (
+        stats.accepted == events.accepted() == good + sum(expected.get(k, 0) for k in FIELD_KINDS)
+    )
+    assert stats.accepted + stats.invalid == total
 
     def sample(name: str, **labels: str) -> float:
         value = registry.get_sample_value(name, labels)

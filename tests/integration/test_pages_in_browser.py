@@ -1,0 +1,115 @@
+"""The status page of a running service and the replay report, opened in Chromium."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from monitor.config import parse_config
+from monitor.replay import replay, write_report
+from monitor.service import Service
+from monitor.synthetic import DEMO_STREAM, generate_fleet
+from tests.browser import dump_dom, screenshot
+from tests.kafka_utils import create_topics, produce
+
+pytestmark = pytest.mark.integration
+
+DOCS = Path(__file__).parents[2] / "docs"
+# Screenshots are copied into docs/ only when asked (DRIFTWARDEN_UPDATE_DOCS=1).
+UPDATE_DOCS = os.environ.get("DRIFTWARDEN_UPDATE_DOCS") == "1"
+
+
+def _stream() -> dict[str, Any]:
+    return copy.deepcopy(DEMO_STREAM) | {
+        "baseline": {"first_events": 8000},
+        "window": {"events": 4000, "step": 1000},
+    }
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        body: bytes = resp.read()
+        return body
+
+
+def test_status_page_renders_drift_charts_in_a_browser(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    total, drift_at = 30_000, 15_000
+    events = generate_fleet(total, seed=5, bad_rate=0.02, drift_at=drift_at)
+    topic = f"iot.{unique}"
+    create_topics(kafka_bootstrap, {topic: 2, f"dlq.{unique}": 1, f"alerts.{unique}": 1})
+    produce(kafka_bootstrap, topic, events.values, events.keys)
+    raw = {
+        "kafka": {"bootstrap.servers": kafka_bootstrap, "session.timeout.ms": 6000},
+        "group": f"dw-{unique}",
+        "metrics": {"listen": "127.0.0.1:0"},
+        "dead_letter_topic": f"dlq.{unique}",
+        "source": {"max_batch_events": 2000, "max_wait": "200ms"},
+        "streams": [_stream() | {"topic": topic}],
+        "alerts": {"topic": f"alerts.{unique}"},
+        "state": {"enabled": False},
+    }
+    service = Service(parse_config(raw, env={}), registry=CollectorRegistry())
+    address = service.metrics_address
+    assert address is not None
+    base = f"http://127.0.0.1:{address[1]}"
+    runner = threading.Thread(target=service.run, kwargs={"max_seconds": 90}, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = json.loads(_get(base + "/status.json"))
+            streams = status.get("streams", [])
+            if streams and streams[0]["events"] >= total and status["alerts"]:
+                break
+            time.sleep(0.5)
+        stream = status["streams"][0]
+        assert stream["events"] == total
+        top = stream["fields"][0]
+        assert top["drift"] and top["subject"] in {"vibration", "status"}, top
+        assert len(top["history"]) >= 3
+        assert status["alerts"], "an alert is open"
+
+        dom = dump_dom(base + "/status")
+        assert "driftwarden status" in dom and "Stream sensors" in dom
+        assert dom.count('class="spark"') >= 4 and "<polyline" in dom
+        assert "Open alerts" in dom and "drift" in dom
+        shot = screenshot(base + "/status", tmp_path / "status.png")
+        if UPDATE_DOCS:
+            (DOCS / "status-page.png").write_bytes(shot.read_bytes())
+    finally:
+        service.stop()
+        runner.join(30)
+
+
+def test_replay_report_renders_in_a_browser(tmp_path: Path) -> None:
+    events = generate_fleet(30_000, seed=3, bad_rate=0.01, drift_at=15_000)
+    data = tmp_path / "fleet.jsonl"
+    data.write_bytes(b"\n".join(events.values) + b"\n")
+    raw = {
+        "kafka": {"bootstrap.servers": "127.0.0.1:9"},
+        "group": "g",
+        "dead_letter_topic": "dlq",
+        "streams": [_stream()],
+    }
+    report = replay(parse_config(raw, env={}), data)
+    out = tmp_path / "report.html"
+    write_report(report, out, None)
+    dom = dump_dom(out.as_uri())
+    assert "Replay of fleet.jsonl" in dom
+    assert dom.count('class="chart"') >= 6 and dom.count('class="bars"') >= 3
+    assert "drift from event" in dom
+    shot = screenshot(out.as_uri(), tmp_path / "report.png")
+    if UPDATE_DOCS:
+        (DOCS / "replay-report.png").write_bytes(shot.read_bytes())
