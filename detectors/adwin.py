@@ -491,7 +491,11 @@ class ADWIN:
         ]
 
     def state(self) -> dict[str, Any]:
-        """Plain-typed state: scalars, lists and the live rows of the histogram."""
+        """Plain-typed state: scalars, lists and the live rows of the histogram.
+
+        The change points of the latest ``update`` are not state: they depend on how
+        the values were batched, and continuing needs only the histogram.
+        """
         levels = int(self._is[_NLEVELS])
         return {
             "fs": self._fs.tolist(),
@@ -499,7 +503,6 @@ class ADWIN:
             "counts": self._counts[:levels].copy(),
             "totals": self._totals[:levels].copy(),
             "variances": self._variances[:levels].copy(),
-            "last": self._last.copy(),
             "n_detections": self._n_detections,
             "n_seen": self._n_seen,
         }
@@ -518,6 +521,6 @@ class ADWIN:
         self._counts[:levels] = np.asarray(state["counts"], dtype=np.int64)
         self._totals[:levels] = totals
         self._variances[:levels] = np.asarray(state["variances"], dtype=np.float64)
-        self._last = np.asarray(state["last"], dtype=np.int64).copy()
+        self._last = np.zeros(0, dtype=np.int64)
         self._n_detections = int(state["n_detections"])
         self._n_seen = int(state["n_seen"])

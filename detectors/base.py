@@ -101,6 +101,15 @@ class Finding:
     window: WindowBounds = field(default_factory=WindowBounds)
     baseline_id: str | None = None
     details: tuple[tuple[str, float], ...] = ()  # extra named statistics
+    # Where the window lies in each partition it merges (first/last offsets, event
+    # times, events), filled by the pipeline; ``window`` is then their union.
+    partitions: tuple[WindowBounds, ...] = ()
+    # The largest contributions to the statistic, e.g. categories of a chi-square
+    # test: (name, share of the statistic), largest first.
+    top: tuple[tuple[str, float], ...] = ()
+    # One sentence, true as written, saying what the verdict rests on ("" = the
+    # generic "statistic >= threshold" reading applies).
+    summary: str = ""
 
 
 @runtime_checkable

@@ -17,6 +17,14 @@ land in it; binned CDFs are then exact at every atom. A constant field gets two
 bins, ``[-inf, c)`` (empty) and ``[c, +inf)``. Values outside the baseline's range
 fall in the open-ended first or last bin.
 
+Data-quality rates
+------------------
+``Baseline.quality`` (optional; artifacts written before it existed load without it
+and keep their hash) records per field how the reference events' values fared:
+``QualityBaseline.counts[k]`` events of kind ``QUALITY_KINDS[k]`` (``ok``, ``null``,
+``unseen_category``, ``out_of_range``, ``wrong_type``, ``non_finite``) out of
+``events``. The ``data_quality`` detector compares a window's rates with these.
+
 Categorical bins
 ----------------
 Codes ``0..K-1`` are the baseline's categories in baseline order; codes ``>= K``
@@ -41,10 +49,12 @@ from detectors.binning import EdgeIndex
 
 __all__ = [
     "FORMAT_VERSION",
+    "QUALITY_KINDS",
     "Baseline",
     "CategoricalBaseline",
     "FieldBaseline",
     "NumericBaseline",
+    "QualityBaseline",
     "build_categorical",
     "build_numeric",
     "load_baseline",
@@ -218,14 +228,64 @@ class CategoricalBaseline:
 
 FieldBaseline = NumericBaseline | CategoricalBaseline
 
+#: What can become of a field's value in an accepted event (bin order of ``data_quality``).
+QUALITY_KINDS = ("ok", "null", "unseen_category", "out_of_range", "wrong_type", "non_finite")
+
+
+@dataclass(frozen=True, eq=False)
+class QualityBaseline:
+    """Reference data-quality counts of one field: ``counts[k]`` of the ``events``
+    reference events were of kind ``QUALITY_KINDS[k]`` (int64, shape ``(6,)``).
+
+    >>> q = QualityBaseline(np.array([90, 10, 0, 0, 0, 0]))
+    >>> q.events, float(q.rates()[1])
+    (100, 0.1)
+    """
+
+    counts: IntArray
+
+    def __post_init__(self) -> None:
+        counts = np.asarray(self.counts, dtype=np.int64)
+        if counts.shape != (len(QUALITY_KINDS),) or np.any(counts < 0) or counts.sum() < 1:
+            raise DetectorError(
+                f"quality counts must be {len(QUALITY_KINDS)} non-negative numbers, not all 0"
+            )
+        object.__setattr__(self, "counts", _frozen(counts))
+
+    @property
+    def events(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def bins(self) -> int:
+        return len(QUALITY_KINDS)
+
+    def rates(self) -> FloatArray:
+        """Share of the reference events of each kind, shape ``(6,)``."""
+        return np.asarray(self.counts / self.counts.sum(), dtype=np.float64)
+
+    def content(self) -> dict[str, Any]:
+        return {"kinds": list(QUALITY_KINDS), "counts": self.counts.tolist()}
+
+    @classmethod
+    def from_content(cls, c: Mapping[str, Any]) -> QualityBaseline:
+        kinds = list(c.get("kinds", QUALITY_KINDS))
+        by_kind = dict(zip(kinds, c["counts"], strict=True))
+        return cls(np.asarray([int(by_kind.get(k, 0)) for k in QUALITY_KINDS], dtype=np.int64))
+
 
 def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
-def content_hash(fields: Mapping[str, FieldBaseline]) -> str:
-    """sha256 (hex) of the canonical JSON of the fields' content."""
-    doc = {name: fb.content() for name, fb in fields.items()}
+def content_hash(
+    fields: Mapping[str, FieldBaseline], quality: Mapping[str, QualityBaseline] | None = None
+) -> str:
+    """sha256 (hex) of the canonical JSON of the fields' content (and of the quality
+    records when there are any, so artifacts without them keep their hash)."""
+    doc: dict[str, Any] = {name: fb.content() for name, fb in fields.items()}
+    if quality:
+        doc = {"fields": doc, "quality": {n: q.content() for n, q in quality.items()}}
     return hashlib.sha256(_canonical(doc)).hexdigest()
 
 
@@ -243,10 +303,12 @@ class Baseline:
     fields: Mapping[str, FieldBaseline]
     version: int = FORMAT_VERSION
     content_hash: str = field(default="")
+    quality: Mapping[str, QualityBaseline] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", dict(self.fields))
-        digest = content_hash(self.fields)
+        object.__setattr__(self, "quality", dict(self.quality))
+        digest = content_hash(self.fields, self.quality)
         if self.content_hash and self.content_hash != digest:
             raise DetectorError(
                 f"baseline {self.id!r}: content hash {self.content_hash} does not match "
@@ -264,6 +326,8 @@ class Baseline:
             "content_hash": self.content_hash,
             "fields": {name: fb.content() for name, fb in self.fields.items()},
         }
+        if self.quality:
+            doc["quality"] = {name: q.content() for name, q in self.quality.items()}
         return json.dumps(doc, sort_keys=True, allow_nan=False)
 
     @classmethod
@@ -290,6 +354,9 @@ class Baseline:
             fields=fields,
             version=int(version),
             content_hash=str(doc["content_hash"]),
+            quality={
+                name: QualityBaseline.from_content(c) for name, c in doc.get("quality", {}).items()
+            },
         )
 
 

@@ -149,14 +149,21 @@ class ChiSquare(WindowedDetector):
             stat = 0.0
         threshold = max(self.w_min**2 * m_seen, inflation * self._chi2_crit)
         unseen_drift = unseen_rate > self.max_unseen_rate
+        p_value = float(special.chdtrc(self._dof, stat / inflation))  # = chi2.sf, ~100x cheaper
+        test = f"chi-square {stat:.4g} {'>=' if stat >= threshold else '<'} threshold "
+        test += f"{threshold:.4g} (p={p_value:.3g})"
+        unseen = f"unseen-category rate {unseen_rate:.3%} "
+        unseen += f"{'>' if unseen_drift else '<='} max {self.max_unseen_rate:.3%}"
+        summary = f"{unseen}; {test}" if unseen_drift else f"{test}; {unseen}"
         return Finding(
             detector=self.name,
             subject=self.subject,
             statistic=stat,
             threshold=threshold,
             drift=stat >= threshold or unseen_drift,
-            p_value=float(stats.chi2.sf(stat / inflation, self._dof)),
+            p_value=p_value,
             window=self._bounds(m),
+            summary=summary,
             details=(
                 ("n_window", float(m)),
                 ("n_baseline", float(n)),

@@ -172,6 +172,32 @@ class KS(WindowedDetector):
         n = self.baseline.n
         return self._crit / math.sqrt(n * m / (n + m))
 
+    def drifts(self) -> bool:
+        """``evaluate().drift`` without building the finding."""
+        if self._exact:
+            return super().drifts()
+        if not self._window.ready:
+            return False
+        counts = self._window.counts
+        m = int(counts.sum())
+        if m == 0:
+            return False
+        n = self.baseline.n
+        d = float(ks_from_counts(self._cdf, counts))
+        return d >= max(self.d_min, self._crit / math.sqrt(n * m / (n + m)))
+
+    def drifts_many(self, totals: IntArray, closed: IntArray) -> npt.NDArray[np.bool_]:
+        """``drifts()`` of many count windows at once (rows of ``totals``)."""
+        if self._exact:
+            return super().drifts_many(totals, closed)
+        m = totals.sum(axis=-1).astype(np.float64)
+        n = float(self.baseline.n)
+        d = ks_from_counts(self._cdf, totals)
+        n_eff = n * m / (n + m)
+        threshold = np.maximum(self.d_min, self._crit / np.sqrt(np.where(m > 0, n_eff, 1.0)))
+        ready = np.asarray(closed) >= self._window.ring_size
+        return np.asarray(ready & (m > 0) & (d >= threshold))
+
     def evaluate(self) -> Finding | None:
         """KS verdict on the current window, or None while it is filling."""
         if not self._window.ready:

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import special, stats
 
 from detectors.base import DetectorError, Finding, FloatArray, IntArray
 from detectors.baseline import CategoricalBaseline, NumericBaseline
@@ -162,6 +162,29 @@ class PSI(WindowedDetector):
         n = int(self._base.sum())
         return self._chi2_crit / (n * m / (n + m))
 
+    def drifts(self) -> bool:
+        """``evaluate().drift`` without building the finding."""
+        if not self._window.ready:
+            return False
+        counts = self.coarsen(self._window.counts)
+        m = int(counts.sum())
+        if m == 0:
+            return False
+        n = int(self._base.sum())
+        value = float(psi_from_counts(self._base, counts, self.smoothing))
+        return value >= max(self.psi_min, self._chi2_crit / (n * m / (n + m)))
+
+    def drifts_many(self, totals: IntArray, closed: IntArray) -> npt.NDArray[np.bool_]:
+        """``drifts()`` of many count windows at once (rows of ``totals``)."""
+        coarse = self.coarsen(totals)
+        m = coarse.sum(axis=-1).astype(np.float64)
+        n = float(self._base.sum())
+        value = psi_from_counts(self._base, coarse, self.smoothing)
+        n_eff = np.where(m > 0, n * m / (n + m), 1.0)
+        threshold = np.maximum(self.psi_min, self._chi2_crit / n_eff)
+        ready = np.asarray(closed) >= self._window.ring_size
+        return np.asarray(ready & (m > 0) & (value >= threshold))
+
     def evaluate(self) -> Finding | None:
         """PSI verdict on the current window, or None while it is filling."""
         if not self._window.ready:
@@ -181,7 +204,7 @@ class PSI(WindowedDetector):
             statistic=value,
             threshold=threshold,
             drift=value >= threshold,
-            p_value=float(stats.chi2.sf(n_eff * value, self._dof)),
+            p_value=float(special.chdtrc(self._dof, n_eff * value)),  # = chi2.sf
             window=self._bounds(m),
             details=(
                 ("n_window", float(m)),

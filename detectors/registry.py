@@ -18,6 +18,7 @@ __all__ = ["create", "detector_class", "names"]
 _REGISTRY: dict[str, str] = {
     "adwin": "detectors.adwin:ADWIN",
     "chi2": "detectors.categorical:ChiSquare",
+    "data_quality": "detectors.data_quality:QualityRates",
     "ks": "detectors.ks:KS",
     "psi": "detectors.psi:PSI",
 }

@@ -260,7 +260,8 @@ def deliveries_for(alerts: Iterable[Alert], config: AlertsConfig, now: float) ->
     """Every (alert, sink) delivery, severity-filtered by each sink's ``min_severity``.
 
     A resolved alert goes wherever its firing went (same severity, same filter). The
-    dedup key is ``"<alert id>:<status>"``.
+    dedup key is ``"<alert id>:<status>"`` (``":<revision>"`` appended for an update
+    of a grouped alert, so it is delivered too).
     """
     out = []
     for alert in alerts:
@@ -271,7 +272,8 @@ def deliveries_for(alerts: Iterable[Alert], config: AlertsConfig, now: float) ->
                 Delivery(
                     sink=sink.name,
                     alert_id=alert.id,
-                    key=f"{alert.id}:{alert.status}",
+                    key=f"{alert.id}:{alert.status}"
+                    + (f":{alert.revision}" if alert.revision else ""),
                     severity=alert.severity,
                     body=render_for_sink(alert, sink, now),
                     headers=_JSON,

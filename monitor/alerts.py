@@ -14,8 +14,9 @@ drift persists; after ``resolve_after`` consecutive clean findings the episode e
 with the same alert ``resolved``. A key that resolved is in cooldown for
 ``cooldown`` seconds: drift findings then start no episode (they are counted in
 ``AlertOutcome.suppressed``). Findings for the same key within one call are combined
-(drift if any drifts; the strongest statistic is kept), so per-partition findings
-may be passed as they come, though the merged (global) verdict is what should be fed.
+(drift if any drifts; the first drifting finding is kept, else the last), so
+per-partition findings may be passed as they come, though the merged (global)
+verdict is what should be fed.
 
 Entities (``kind="entity"``, devices judged by the fleet stage): the stage reports
 a condition's onset and its end once each, so one clean finding resolves; a
@@ -24,8 +25,21 @@ grouped entity alert lists at most ``MAX_LISTED_ENTITIES`` devices in ``subjects
 
 Grouping. When ``grouping.min_subjects`` or more subjects of one stream and detector
 start firing in the same call, they share one alert (subject ``"*"``) whose evidence
-lists the top subjects by statistic; later subjects of that stream and detector join
-it silently while it fires; it resolves when its last member resolves.
+lists the top subjects by statistic. A subject of that stream and detector that
+starts drifting while the group fires joins it and is announced: an *update* (the
+same id, status ``firing``, ``revision`` one higher, ``added_subjects`` listing the
+newcomers, ``subjects`` all members), so no subject is hidden behind the group
+(groups of devices, ``kind="entity"``, take their devices in without an update: a
+fleet event would otherwise page once per device). The group resolves when its last
+member resolves.
+
+Evidence locates the drift: the window of the strongest finding (per partition the
+first and last offsets and event times), the reference id, statistic, threshold and
+p-value, a ``statement`` true as written, for categorical tests the top categories
+and the unseen rate, and named details (ADWIN: old and new mean, change offset).
+``started_at`` is the event time at which the window first crossed (the latest
+event time in the first drifting window) when the stream has event time, else the
+wall-clock time of that verdict.
 
 Alert ids are deterministic: sha256 over stream, subject, detector and the episode's
 number for that key (``e1``, ``e2``, ...; with the member subjects for a grouped
@@ -51,6 +65,7 @@ ids, they had before it, so consumers dedup by id.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -77,7 +92,8 @@ __all__ = [
 ]
 
 Status = Literal["firing", "resolved"]
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # alerts (2: evidence located, group updates)
+RETRAIN_SCHEMA_VERSION = 1
 _STATE_VERSION = 1
 GROUP_SUBJECT = "*"
 MAX_LISTED_ENTITIES = 100  # devices named in one grouped entity alert's ``subjects``
@@ -161,6 +177,11 @@ class Evidence:
     window: WindowBounds
     baseline_id: str | None
     top_subjects: tuple[SubjectScore, ...] = ()
+    partitions: tuple[WindowBounds, ...] = ()  # the window in each partition
+    statement: str = ""  # one sentence, true as written
+    top_categories: tuple[tuple[str, float], ...] = ()  # (category, share of statistic)
+    unseen_rate: float | None = None
+    details: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -168,8 +189,15 @@ class Evidence:
             "threshold": _finite(self.threshold),
             "p_value": _finite(self.p_value),
             "window": window_to_dict(self.window),
+            "partitions": [window_to_dict(w) for w in self.partitions],
             "baseline_id": self.baseline_id,
             "top_subjects": [s.to_dict() for s in self.top_subjects],
+            "statement": self.statement,
+            "top_categories": [
+                {"category": c, "share": _finite(x)} for c, x in self.top_categories
+            ],
+            "unseen_rate": _finite(self.unseen_rate),
+            "details": {k: _finite(v) for k, v in self.details},
         }
 
     @classmethod
@@ -193,6 +221,13 @@ class Evidence:
                 )
                 for s in d["top_subjects"]
             ),
+            partitions=tuple(window_from_dict(w) for w in d.get("partitions", ())),
+            statement=str(d.get("statement", "")),
+            top_categories=tuple(
+                (str(c["category"]), num(c["share"])) for c in d.get("top_categories", ())
+            ),
+            unseen_rate=d.get("unseen_rate"),
+            details=tuple((str(k), num(v)) for k, v in d.get("details", {}).items()),
         )
 
 
@@ -216,6 +251,8 @@ class Alert:
     ended_at: float | None = None
     subjects: tuple[str, ...] = ()  # every member subject (one for a plain alert)
     links: tuple[tuple[str, str], ...] = ()
+    revision: int = 0  # 0: the first notification; n: the n-th update of a firing group
+    added_subjects: tuple[str, ...] = ()  # subjects that joined the group in this update
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -233,6 +270,8 @@ class Alert:
             "started_at": iso_time(self.started_at),
             "ended_at": None if self.ended_at is None else iso_time(self.ended_at),
             "links": dict(self.links),
+            "revision": self.revision,
+            "added_subjects": list(self.added_subjects),
         }
 
     def to_json(self) -> bytes:
@@ -287,7 +326,7 @@ class RetrainRequest:
 
     def _base_dict(self) -> dict[str, Any]:
         return {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": RETRAIN_SCHEMA_VERSION,
             "trigger_id": self.trigger_id,
             "model": self.model,
             "version": self.version,
@@ -340,6 +379,7 @@ class _Incident:
     evidence: Evidence  # at start
     members: dict[str, SubjectScore]  # every member's latest score
     open_members: set[str]
+    revision: int = 0  # updates sent (subjects that joined the open group)
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -353,6 +393,7 @@ class _Incident:
             "evidence": self.evidence.to_dict(),
             "members": [m.to_dict() for m in self.members.values()],
             "open_members": sorted(self.open_members),
+            "revision": self.revision,
         }
 
     @classmethod
@@ -381,6 +422,7 @@ class _Incident:
             evidence=Evidence.from_dict(s["evidence"]),
             members=members,
             open_members=set(s["open_members"]),
+            revision=int(s.get("revision", 0)),
         )
 
 
@@ -493,10 +535,14 @@ class AlertEngine:
             ),
             None,
         )
-        if open_group is not None:  # join silently: the group is already paging
+        if open_group is not None:  # join, and say so: an update of the group's alert
+            added = sorted(f.subject for f in group if f.subject not in open_group.open_members)
             for f in group:
                 self._join(open_group, f)
-            return []
+            if not added or open_group.kind == "entity":
+                return []  # device groups list their devices without paging per device
+            open_group.revision += 1
+            return [self._alert(open_group, "firing", now, None, tuple(added))]
         if len(group) < cfg.grouping.min_subjects:
             alerts = []
             for f in group:
@@ -521,6 +567,7 @@ class AlertEngine:
         if subject == GROUP_SUBJECT:
             anchor += "|" + ",".join(f.subject for f in group)
         strongest = max(group, key=lambda f: (_sort_stat(f.statistic), f.subject))
+        crossed = [f.window.end_time for f in group if f.window.end_time is not None]
         severities = [
             self.config.severity_for(f.stream, f.subject, f.detector, f.kind) for f in group
         ]
@@ -532,7 +579,7 @@ class AlertEngine:
             detector=detector,
             kind=first.kind,
             severity=severity,
-            started_at=now,
+            started_at=min(crossed) if crossed else now,
             evidence=_evidence(strongest),
             members={},
             open_members=set(),
@@ -548,24 +595,22 @@ class AlertEngine:
         self._episodes[(f.stream, f.subject, f.detector)] = _Episode(incident.id)
 
     def _alert(
-        self, incident: _Incident, status: Status, now: float, latest: Finding | None
+        self,
+        incident: _Incident,
+        status: Status,
+        now: float,
+        latest: Finding | None,
+        added: tuple[str, ...] = (),
     ) -> Alert:
         top = sorted(
             incident.members.values(), key=lambda s: (-_sort_stat(s.statistic), s.subject)
         )[: self.config.grouping.top]
         if status == "firing" or latest is None:
-            evidence = Evidence(
-                incident.evidence.statistic,
-                incident.evidence.threshold,
-                incident.evidence.p_value,
-                incident.evidence.window,
-                incident.evidence.baseline_id,
-                tuple(top),
-            )
+            evidence = dataclasses.replace(incident.evidence, top_subjects=tuple(top))
         else:
             evidence = _evidence(latest, tuple(top))
         subjects = tuple(sorted(incident.members))
-        summary = _summary(incident, status, subjects, evidence)
+        summary = _summary(incident, status, subjects, evidence, added)
         if incident.kind == "entity":
             subjects = subjects[:MAX_LISTED_ENTITIES]
         return Alert(
@@ -582,6 +627,8 @@ class AlertEngine:
             ended_at=now if status == "resolved" else None,
             subjects=subjects,
             links=self._links(incident),
+            revision=incident.revision if status == "firing" else 0,
+            added_subjects=added,
         )
 
     def _links(self, incident: _Incident) -> tuple[tuple[str, str], ...]:
@@ -727,19 +774,41 @@ def _details(raw: Mapping[str, float | None] | None) -> tuple[tuple[str, float],
 
 
 def _evidence(f: Finding, top: tuple[SubjectScore, ...] = ()) -> Evidence:
-    return Evidence(f.statistic, f.threshold, f.p_value, f.window, f.baseline_id, top)
+    details = dict(f.details)
+    unseen = details.pop("unseen_rate", None)
+    return Evidence(
+        f.statistic,
+        f.threshold,
+        f.p_value,
+        f.window,
+        f.baseline_id,
+        top,
+        partitions=f.partitions,
+        statement=f.summary or _statement(f),
+        top_categories=f.top,
+        unseen_rate=unseen,
+        details=tuple(details.items()),
+    )
+
+
+def _statement(f: Finding) -> str:
+    """``statistic >= threshold`` or ``<``, as the numbers are (true as written)."""
+    above = _sort_stat(f.statistic) >= _sort_stat(f.threshold)
+    text = f"{f.detector} statistic {_fmt(f.statistic)} {'>=' if above else '<'}"
+    text += f" threshold {_fmt(f.threshold)}"
+    if f.p_value is not None:
+        text += f" (p={_fmt(f.p_value)})"
+    return text
 
 
 def _combine(findings: Iterable[Finding]) -> dict[Key, Finding]:
-    """One finding per key: a drifting one beats a clean one, then the larger statistic."""
+    """One finding per key: the first drifting one (where the window first crossed,
+    which the evidence and ``started_at`` report), else the last clean one."""
     out: dict[Key, Finding] = {}
     for f in findings:
         key = (f.stream, f.subject, f.detector)
         seen = out.get(key)
-        if seen is None or (f.drift, _sort_stat(f.statistic)) > (
-            seen.drift,
-            _sort_stat(seen.statistic),
-        ):
+        if seen is None or not seen.drift:
             out[key] = f
     return out
 
@@ -748,7 +817,13 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
 
 
-def _summary(incident: _Incident, status: Status, subjects: tuple[str, ...], ev: Evidence) -> str:
+def _summary(
+    incident: _Incident,
+    status: Status,
+    subjects: tuple[str, ...],
+    ev: Evidence,
+    added: tuple[str, ...] = (),
+) -> str:
     if incident.kind == "entity":
         return _entity_summary(incident, status, subjects, ev)
     what = (
@@ -758,10 +833,17 @@ def _summary(incident: _Incident, status: Status, subjects: tuple[str, ...], ev:
     )
     if status == "resolved":
         return f"{incident.detector} drift on {what} resolved"
-    head = f"{incident.detector} drift on {what}: statistic {_fmt(ev.statistic)}"
-    head += f" >= threshold {_fmt(ev.threshold)}"
-    if ev.p_value is not None:
-        head += f" (p={_fmt(ev.p_value)})"
+    head = f"{incident.detector} drift on {what}: "
+    if added:
+        head += f"now also on {', '.join(added)}; first: "
+    if ev.statement:
+        head += ev.statement
+    else:
+        above = _sort_stat(ev.statistic) >= _sort_stat(ev.threshold)
+        head += f"statistic {_fmt(ev.statistic)} {'>=' if above else '<'}"
+        head += f" threshold {_fmt(ev.threshold)}"
+        if ev.p_value is not None:
+            head += f" (p={_fmt(ev.p_value)})"
     if incident.subject == GROUP_SUBJECT:
         head += "; top: " + ", ".join(s.subject for s in ev.top_subjects)
     return head

@@ -84,6 +84,10 @@ class Assignment:
         self._continue_alerts(owned)
         for pipeline in unique_pipelines(self.pipelines):
             pipeline.set_ownership(owned)
+            # Windows count events of the stream: stages size them by the partition
+            # count of the stream's own events (a model's label topic does not count).
+            count = sum(source.partition_count(t) for t in pipeline.spec.inference_topics)
+            pipeline.set_partition_count(count)
         for topic, partition in partitions:
             pipeline = self.pipelines[topic]
             pipeline.drop_partition(topic, partition)

@@ -20,9 +20,11 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.baseline import (
+    QUALITY_KINDS,
     Baseline,
     FieldBaseline,
     NumericBaseline,
+    QualityBaseline,
     build_categorical,
     build_numeric,
     save_baseline,
@@ -59,6 +61,8 @@ class BaselineAccumulator:
         self.fields = list(fields)
         self.events = 0
         self._parts: dict[str, list[npt.NDArray[Any]]] = {f: [] for f in self.fields}
+        # Per field, events of each data-quality kind (QUALITY_KINDS), for the baseline.
+        self._quality = {f: np.zeros(len(QUALITY_KINDS), np.int64) for f in self.fields}
 
     def add(self, batch: Batch, limit: int | None = None) -> int:
         """Take up to ``limit`` more events of ``batch``; return how many were taken."""
@@ -67,6 +71,9 @@ class BaselineAccumulator:
             col = batch.columns[name][:take]
             ok = batch.valid[name][:take]
             self._parts[name].append(col[ok])
+            nulls = int(take - np.count_nonzero(ok))
+            self._quality[name][0] += take - nulls
+            self._quality[name][1] += nulls
         self.events += take
         return take
 
@@ -94,12 +101,18 @@ class BaselineAccumulator:
                     categories=names,
                 )
         # The id ends with the content hash, so equal content gets an equal id.
-        draft = Baseline(id=baseline_id, created_at=_now_iso(), source=source, fields=fields)
+        quality = {
+            name: QualityBaseline(q) for name, q in self._quality.items() if int(q.sum()) > 0
+        }
+        draft = Baseline(
+            id=baseline_id, created_at=_now_iso(), source=source, fields=fields, quality=quality
+        )
         return Baseline(
             id=f"{baseline_id}-{draft.content_hash[:12]}",
             created_at=draft.created_at,
             source=source,
             fields=fields,
+            quality=quality,
         )
 
 

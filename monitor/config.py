@@ -100,13 +100,15 @@ DETECTOR_TYPES: dict[str, frozenset[FieldType]] = {
     "adwin": NUMERIC_TYPES,
     "psi": NUMERIC_TYPES | {FieldType.CATEGORY, FieldType.BOOL},
     "chi2": frozenset({FieldType.CATEGORY, FieldType.BOOL}),
+    # data_quality: null / unseen / out-of-range / invalid rates of any judged field
+    "data_quality": NUMERIC_TYPES | {FieldType.CATEGORY, FieldType.BOOL},
 }
 # The detectors a field runs when its spec does not say.
 DEFAULT_DETECTORS: dict[FieldType, tuple[str, ...]] = {
-    FieldType.FLOAT: ("ks", "psi", "adwin"),
-    FieldType.INT: ("ks", "psi", "adwin"),
-    FieldType.BOOL: ("chi2",),
-    FieldType.CATEGORY: ("chi2", "psi"),
+    FieldType.FLOAT: ("ks", "psi", "adwin", "data_quality"),
+    FieldType.INT: ("ks", "psi", "adwin", "data_quality"),
+    FieldType.BOOL: ("chi2", "data_quality"),
+    FieldType.CATEGORY: ("chi2", "psi", "data_quality"),
     FieldType.STRING: (),
 }
 

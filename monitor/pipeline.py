@@ -288,10 +288,14 @@ class StreamPipeline:
         findings: list[Finding] = []
         if self.stages and batch.n:
             partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
+            offsets = raw.offsets[batch.rows]
             for stage in self.stages:
                 aware = _raw_aware(stage)
+                located = getattr(stage, "update_located", None)  # stages that take offsets
                 if aware is not None:
                     findings.extend(aware.update_raw(raw, batch, partitions))
+                elif located is not None:
+                    findings.extend(located(batch, partitions, offsets))
                 else:
                     findings.extend(stage.update(batch, partitions))
             self.refresh_ready()
@@ -404,6 +408,14 @@ class StreamPipeline:
 
     def judges(self, owned: set[tuple[str, int]]) -> bool:
         return self.judge_partition in owned
+
+    def set_partition_count(self, count: int) -> None:
+        """The stream's partition count over all its topics (stages that size their
+        windows by it take it)."""
+        for stage in self.stages:
+            setter = getattr(stage, "set_partition_count", None)
+            if setter is not None:
+                setter(count)
 
     def set_ownership(self, owned: set[tuple[str, int]]) -> None:
         """This process judges the stream when it owns the stream's first partition."""

@@ -35,7 +35,12 @@ def test_demo_stream_is_valid() -> None:
     config = parse_config(_cfg(), env={})
     stream = config.streams[0]
     assert stream.fields["status"].type is FieldType.CATEGORY
-    assert stream.fields["temperature"].detector_specs() == {"ks": {}, "psi": {}, "adwin": {}}
+    assert stream.fields["temperature"].detector_specs() == {
+        "ks": {},
+        "psi": {},
+        "adwin": {},
+        "data_quality": {},
+    }
     assert config.stream_for_topic()["iot.sensors"].name == "sensors"
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from detectors.base import BinnedDetector, ChangeDetector
-from detectors.baseline import build_categorical, build_numeric
+from detectors.baseline import QualityBaseline, build_categorical, build_numeric
 from detectors.registry import create, names
 from monitor.checkpoints import PartitionState, PlainStageState
 from monitor.config import parse_config
@@ -31,6 +31,8 @@ def test_every_registered_detector_meets_one_contract(name: str) -> None:
     rng = np.random.default_rng(1)
     if name == "chi2":
         baseline: object = build_categorical(rng.choice(["a", "b", "c"], 1000), ["a", "b", "c"])
+    elif name == "data_quality":
+        baseline = QualityBaseline(np.array([9000, 1000, 0, 0, 0, 0]))
     else:
         baseline = build_numeric(rng.normal(0, 1, 1000))
     det = create(name, baseline=None if name == "adwin" else baseline, subject="x")

@@ -33,7 +33,7 @@ def test_one_firing_per_episode_then_resolved(finding: MakeFinding) -> None:
     (resolved,) = engine.observe([finding(False, 9999)], now=113.0).alerts
     assert resolved.status == "resolved"
     assert resolved.id == fired.id
-    assert resolved.started_at == 100.0
+    assert resolved.started_at == 1.7e9 + 999  # the event time the window first crossed at
     assert resolved.ended_at == 113.0
     assert engine.firing == 0
 
@@ -92,8 +92,14 @@ def test_grouping_many_subjects_one_alert(finding: MakeFinding) -> None:
     assert [s.subject for s in group.evidence.top_subjects] == ["b", "d"]
     assert group.evidence.statistic == 0.9
     assert "4 subjects of sensors" in group.summary
-    # a latecomer joins silently; the group resolves when its last member resolves
-    assert engine.observe([finding(True, subject="e", statistic=0.95)], now=1.0).alerts == ()
+    # a latecomer joins with an update of the group's alert (same id, listing it);
+    # the group resolves when its last member resolves
+    (update,) = engine.observe([finding(True, subject="e", statistic=0.95)], now=1.0).alerts
+    assert (update.id, update.status, update.revision) == (group.id, "firing", 1)
+    assert update.added_subjects == ("e",)
+    assert update.subjects == ("a", "b", "c", "d", "e")
+    assert "now also on e" in update.summary
+    assert engine.observe([finding(True, subject="e", statistic=0.95)], now=1.5).alerts == ()
     for t in (2.0, 3.0):
         quiet = engine.observe(
             [finding(False, subject=s) for s in "abcd"] + [finding(True, subject="e")], now=t

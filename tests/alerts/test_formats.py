@@ -50,13 +50,17 @@ def test_generic_alert_document(pair: tuple[Alert, Alert]) -> None:
     assert set(doc) == {
         "schema_version", "id", "status", "severity", "stream", "subject", "subjects",
         "detector", "kind", "summary", "evidence", "started_at", "ended_at", "links",
+        "revision", "added_subjects",
     }  # fmt: skip
     assert doc["status"] == "firing"
     assert doc["ended_at"] is None
-    assert doc["started_at"] == "2023-11-14T22:13:20.000Z"
+    # The event time at which the window first crossed: its latest event (1.7e9 + 999).
+    assert doc["started_at"] == "2023-11-14T22:29:59.000Z"
     assert set(doc["evidence"]) == {
         "statistic", "threshold", "p_value", "window", "baseline_id", "top_subjects",
+        "partitions", "statement", "top_categories", "unseen_rate", "details",
     }  # fmt: skip
+    assert doc["evidence"]["statement"] == "ks statistic 0.3 >= threshold 0.1 (p=0.001)"
     assert doc["evidence"]["window"]["last_offset"] == 999
     assert doc["links"] == {"dashboard": "http://grafana.local/d/drift?var-stream=sensors"}
     done = json.loads(resolved.to_json())
@@ -93,7 +97,7 @@ def test_alertmanager_shape(pair: tuple[Alert, Alert]) -> None:
     assert set(item) == {"labels", "annotations", "startsAt", "endsAt", "generatorURL"}
     assert item["labels"]["alertname"] == "DriftwardenDrift"
     assert item["labels"]["alert_id"] == firing.id
-    assert item["endsAt"] == "2023-11-14T23:13:20.000Z"  # held open for an hour
+    assert item["endsAt"] == "2023-11-14T23:29:59.000Z"  # held open for an hour from its start
     assert item["generatorURL"].startswith("http://grafana.local/")
     (done,) = json.loads(render_alertmanager(resolved, now=1_700_000_060.0))
     assert done["endsAt"] == "2023-11-14T22:14:20.000Z"

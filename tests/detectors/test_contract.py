@@ -20,7 +20,7 @@ import pytest
 
 from detectors import registry
 from detectors.base import Detector, DetectorError, Finding, Mergeable
-from detectors.baseline import build_categorical, build_numeric
+from detectors.baseline import QualityBaseline, build_categorical, build_numeric
 
 _RNG = np.random.default_rng(20240501)
 _NUMERIC = build_numeric(_RNG.normal(0.0, 1.0, 50_000))
@@ -52,6 +52,16 @@ CASES: dict[str, Case] = {
         calm=lambda r, n: r.choice(3, n, p=[0.8, 0.15, 0.05]),
         shifted=lambda r, n: r.choice(3, n, p=[0.6, 0.25, 0.15]),
     ),
+    "data_quality": Case(
+        params={
+            "baseline": QualityBaseline(np.array([9000, 1000, 0, 0, 0, 0])),
+            "subject": "x",
+            "window_events": 2_000,
+            "step_events": 500,
+        },
+        calm=lambda r, n: (r.random(n) < 0.10).astype(np.int64),  # 10% nulls
+        shifted=lambda r, n: np.where(r.random(n) < 0.22, 1, np.where(r.random(n) < 0.03, 2, 0)),
+    ),
     "adwin": Case(
         params={"baseline": None, "subject": "x", "mode": "subwindow", "delta": 1e-6},
         calm=lambda r, n: r.normal(0.0, 1.0, n),
@@ -81,7 +91,7 @@ def _run(det: Detector, batches: list[np.ndarray]) -> list[Finding]:
 
 def test_every_name_is_covered_and_unknown_names_list_the_allowed() -> None:
     assert sorted(CASES) == registry.names()
-    with pytest.raises(DetectorError, match="allowed: adwin, chi2, ks, psi"):
+    with pytest.raises(DetectorError, match="allowed: adwin, chi2, data_quality, ks, psi"):
         registry.detector_class("kswin")
 
 

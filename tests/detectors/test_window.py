@@ -98,3 +98,39 @@ def test_bad_arguments_name_the_bound() -> None:
         SlidingCounts(3, window_seconds=10.0)
     with pytest.raises(DetectorError, match="bins must be >= 1"):
         SlidingCounts(0, window_events=10, step_events=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 70), min_size=1, max_size=30),
+    step=st.integers(1, 9),
+    ring=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+    record=st.booleans(),
+)
+def test_count_window_span_and_history_equal_recount(
+    sizes: list[int], step: int, ring: int, seed: int, record: bool
+) -> None:
+    """Without raw values (sub-windows closed many at a time): counts, the span of
+    the window (offsets = event index) and the recorded history inside each batch."""
+    allbins, batches = _batches(sizes, seed)
+    w = SlidingCounts(B, window_events=step * ring, step_events=step)
+    seen = 0
+    for b in batches:
+        w.history = [] if record else None
+        offsets = np.arange(seen, seen + b.size, dtype=np.int64)
+        w.add(b, times=offsets.astype(np.float64) + 0.5, offsets=offsets)
+        for end, total, closed, span in w.history or []:
+            stop = seen + end  # the sub-window closed with event `stop - 1`
+            assert stop % step == 0 and closed == stop // step
+            lo = max(stop - step * ring, 0)
+            np.testing.assert_array_equal(total, np.bincount(allbins[lo:stop], minlength=B))
+            assert list(span) == [stop - step, stop - 1, stop - step + 0.5, stop - 0.5]
+        seen += b.size
+        if w.ready:
+            end = seen // step * step
+            want = np.bincount(allbins[end - step * ring : end], minlength=B)
+            np.testing.assert_array_equal(w.counts, want)
+            events, first, last, start, stop_t = w.span()
+            assert (events, first, last) == (step * ring, end - step * ring, end - 1)
+            assert (start, stop_t) == (end - step * ring + 0.5, end - 0.5)

@@ -1,0 +1,125 @@
+"""Stream windows whatever the partition count, and a verdict at every step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monitor.drift import DriftStage
+from tests.drift_utils import feed, numeric_stage, round_robin, shifted_stream
+
+N, SHIFT_AT = 50_000, 25_000
+
+
+def _delay(partitions: int, detector: str, batch: int = 1_000, seed: int = 3) -> int:
+    stage = numeric_stage(["x"], partitions, detectors=(detector,))
+    cols = shifted_stream(N, SHIFT_AT, 0.25, ["x"], seed=seed)
+    fed = feed(stage, cols, round_robin(N, partitions), batch)
+    first = fed.first_drift("x", detector)
+    assert first is not None, f"{detector} silent with {partitions} partitions"
+    assert first > SHIFT_AT, "flagged before the shift"
+    return first - SHIFT_AT
+
+
+@pytest.mark.slow
+def test_a_quarter_sd_shift_is_flagged_as_early_with_16_partitions_as_with_one() -> None:
+    one = _delay(1, "ks")
+    for partitions in (4, 16):
+        assert _delay(partitions, "ks") <= 1.5 * one
+
+
+def test_the_stream_window_covers_window_events_of_the_stream() -> None:
+    for partitions in (1, 3, 16):
+        stage = numeric_stage(["x"], partitions)
+        cols = shifted_stream(12_000, 12_000, 0.0, ["x"], seed=1)
+        fed = feed(stage, cols, round_robin(12_000, partitions), 1_000)
+        verdicts = [(pos, f) for pos, f in fed.findings if f.detector == "ks"]
+        first_pos, first = verdicts[0]
+        # The first verdict after about window.events stream events, on about that many.
+        assert 10_000 <= first_pos <= 10_000 + 1_000
+        assert 10_000 <= first.window.events <= 10_000 + 10 * partitions  # R * ceil(step / P) * P
+        assert len(first.partitions) == partitions
+        assert sum(w.events for w in first.partitions) == first.window.events
+
+
+def test_the_detection_position_does_not_depend_on_the_batch_size() -> None:
+    for partitions in (1, 4):
+        positions = {
+            batch: _delay(partitions, "ks", batch=batch) for batch in (1_000, 10_000, 3_333)
+        }
+        assert max(positions.values()) - min(positions.values()) <= 1_000, positions
+
+
+def test_one_verdict_per_step_even_inside_a_large_batch() -> None:
+    # Shifted from the start: every verdict drifts, and every drifting verdict is
+    # reported (a clean one only at a batch's last step boundary).
+    stage = numeric_stage(["x"], 2)
+    cols = shifted_stream(30_000, 0, 1.0, ["x"], seed=2)
+    fed = feed(stage, cols, round_robin(30_000, 2), 10_000)
+    ks = [pos for pos, f in fed.findings if f.detector == "ks" and f.drift]
+    assert ks == list(range(10_000, 30_001, 1_000))
+    calm = numeric_stage(["x"], 2)
+    quiet = feed(
+        calm, shifted_stream(30_000, 0, 0.0, ["x"], seed=2), round_robin(30_000, 2), 10_000
+    )
+    assert [pos for pos, f in quiet.findings if f.detector == "ks"] == [10_000, 20_000, 30_000]
+
+
+def test_adwin_fires_with_four_partitions() -> None:
+    stage = numeric_stage(["x"], 4, detectors=("adwin",))
+    cols = shifted_stream(N, SHIFT_AT, 0.5, ["x"], seed=5)
+    fed = feed(stage, cols, round_robin(N, 4), 1_000)
+    first = fed.first_drift("x", "adwin")
+    assert first is not None and SHIFT_AT < first < SHIFT_AT + 15_000
+    change = next(f for _, f in fed.findings if f.drift)
+    details = dict(change.details)
+    assert details["new_mean"] - details["old_mean"] > 0.25
+    assert change.window.partition is not None and change.window.first_offset is not None
+    assert f"at offset {change.window.first_offset}" in change.summary
+
+
+def test_windows_of_another_partition_count_restart_instead_of_failing() -> None:
+    four = numeric_stage(["x"], 4)
+    cols = shifted_stream(4_000, 4_000, 0.0, ["x"], seed=1)
+    feed(four, cols, round_robin(4_000, 4), 1_000)
+    state = four.partition_state(0)
+    assert state is not None
+    two: DriftStage = numeric_stage(["x"], 2)
+    two.restore_partition(0, state)  # logged, windows restart
+    restored = two.partition_state(0)
+    assert restored is not None
+    ring = restored.binned["x"][0]["window"]["ring"]
+    assert int(np.asarray(ring).sum()) == 0
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+def test_evidence_offsets_bound_the_judged_window_for_any_batching(partitions: int) -> None:
+    """Every finding's per-partition offsets hold exactly its events, and the
+    statistic recomputed from the events at those offsets is the reported one."""
+    from detectors.ks import ks_from_counts
+
+    n = 24_000
+    cols = shifted_stream(n, 10_000, 0.25, ["x"], seed=7)
+    parts = round_robin(n, partitions)
+    for batch in (1_000, 5_000, 7_777):
+        stage = numeric_stage(["x"], partitions, detectors=("ks",), window=4_000, step=500)
+        base = stage.baseline.fields["x"]  # type: ignore[union-attr]
+        cdf = np.cumsum(base.counts[:-1].astype(np.float64)) / base.n
+        fed = feed(stage, cols, parts, batch)
+        assert fed.findings
+        for _, f in fed.findings:
+            values = []
+            for w in f.partitions:
+                assert w.first_offset is not None and w.last_offset is not None
+                assert w.events == w.last_offset - w.first_offset + 1
+                rows = np.flatnonzero(parts == w.partition)[w.first_offset : w.last_offset + 1]
+                values.append(cols["x"][rows])
+            counts = np.bincount(base.bin_index(np.concatenate(values)), minlength=base.bins)
+            assert float(ks_from_counts(cdf, counts)) == pytest.approx(f.statistic, abs=1e-12)
+
+
+def test_batches_smaller_than_a_step_fold_in_without_verdicts() -> None:
+    stage = numeric_stage(["x"], 4, window=4_000, step=1_000)
+    cols = shifted_stream(12_000, 12_000, 0.0, ["x"], seed=3)
+    fed = feed(stage, cols, round_robin(12_000, 4), 300)  # most batches hold no boundary
+    assert next(pos for pos, f in fed.findings if f.detector == "ks") == 4_000
