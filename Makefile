@@ -48,7 +48,7 @@ dashboards: $(VENV)/.installed
 	$(PY) -m grafana.generate
 
 docs: $(VENV)/.installed
-	$(PY) -m monitor.reference
+	$(PY) -m monitor.dev.reference
 
 generate: dashboards docs
 

@@ -21,12 +21,12 @@ def cpu_model() -> str:
 def produce_wide(
     bootstrap: str, topic: str, events: int, fields: int, partitions: int, *, keyed: bool = False
 ) -> float:
-    """Produce ``events`` all-good events of ``fields`` floats (``monitor.synthetic``);
+    """Produce ``events`` all-good events of ``fields`` floats (``monitor.dev.synthetic``);
     return the seconds it took. ``keyed`` spreads them over 1,000 keys."""
     from confluent_kafka import Producer
 
-    from monitor.demo import create_topic
-    from monitor.synthetic import generate_wide
+    from monitor.dev.demo import create_topic
+    from monitor.dev.synthetic import generate_wide
 
     create_topic(bootstrap, topic, partitions)
     payloads = generate_wide(min(events, 200_000), fields=fields)

@@ -38,9 +38,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import cpu_model, produce_wide
-from monitor.config import StreamSpec
-from monitor.decode import Batch, StreamDecoder
-from monitor.synthetic import generate_wide, wide_stream
+from monitor.config.schema import StreamSpec
+from monitor.dev.synthetic import generate_wide, wide_stream
+from monitor.pipeline.decode import Batch, StreamDecoder
 
 
 def _spec(stream: dict[str, Any], decoder: str) -> StreamSpec:
@@ -110,9 +110,9 @@ def _fallback_shapes(n: int) -> list[tuple[str, dict[str, Any], list[bytes | Non
 _STARTUP = """
 import time
 t0 = time.perf_counter()
-from monitor.config import StreamSpec
-from monitor.decode import StreamDecoder
-from monitor.synthetic import generate_wide, wide_stream
+from monitor.config.schema import StreamSpec
+from monitor.pipeline.decode import StreamDecoder
+from monitor.dev.synthetic import generate_wide, wide_stream
 t1 = time.perf_counter()
 decoder = StreamDecoder(StreamSpec.model_validate(wide_stream(20, "t")))
 decoder.decode(generate_wide(10, fields=20))

@@ -22,9 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 
 from detectors.baseline import Baseline, QualityBaseline, build_numeric
-from monitor.config import parse_config
-from monitor.decode import Batch, StreamDecoder
-from monitor.drift import DriftStage
+from monitor.config.schema import parse_config
+from monitor.pipeline.decode import Batch, StreamDecoder
+from monitor.pipeline.drift import DriftStage
 
 
 def _stage(fields: list[str], partitions: int) -> DriftStage:

@@ -1,4 +1,4 @@
-"""Throughput of the Faust adapter (``monitor/faust.py``) against the embedded broker.
+"""Throughput of the Faust adapter (``monitor/runtime/faust.py``) against the embedded broker.
 
 Produces N events of the 20-field wide stream once (``generate_wide``, 4
 partitions), then consumes them from the start with a fresh Faust app per mode,
@@ -6,7 +6,7 @@ each in its own process:
 
 * noop-stream:    the trivial Faust agent, ``async for value in stream: pass``
 * noop-take:      ``async for events in stream.take_events(B, within)``, nothing else
-* adapter:        ``monitor.faust.attach``: take_events + FaustMonitor.process
+* adapter:        ``monitor.runtime.faust.attach``: take_events + FaustMonitor.process
                   (decode, schema checks, dead letters, metrics), no drift detectors
 * adapter+drift:  the same with the default drift detectors on every field
 
@@ -43,8 +43,8 @@ def _child(args: argparse.Namespace) -> None:
     import faust
     from prometheus_client import CollectorRegistry
 
-    from monitor.config import parse_config
-    from monitor.synthetic import wide_stream
+    from monitor.config.schema import parse_config
+    from monitor.dev.synthetic import wide_stream
 
     mode, topic, total = args.mode, args.topic, args.events
     app = faust.App(
@@ -85,7 +85,7 @@ def _child(args: argparse.Namespace) -> None:
                     mark(len(events))
 
     else:
-        from monitor.faust import attach
+        from monitor.runtime.faust import attach
 
         stream = wide_stream(args.fields, topic)
         if mode == "adapter":

@@ -1,6 +1,6 @@
 """Fleet health cost: 100,000 devices, 5 numeric fields, every entity detector on.
 
-In one process, over the same JSON payloads (``monitor.fleet_demo``: devices
+In one process, over the same JSON payloads (``monitor.dev.fleet_demo``: devices
 reporting every ``--period`` seconds), in batches of ``--batch``:
 
 * decode:        ``StreamDecoder.decode`` (msgspec to numpy columns)
@@ -31,8 +31,8 @@ from bench.common import cpu_model
 
 
 def _spec(devices: int) -> Any:
-    from monitor.config import parse_config
-    from monitor.fleet_demo import fleet_stream
+    from monitor.config.schema import parse_config
+    from monitor.dev.fleet_demo import fleet_stream
 
     stream = fleet_stream(max_entities=devices)
     stream["max_entities"] = devices  # the decoder's entity vocabulary
@@ -42,7 +42,7 @@ def _spec(devices: int) -> Any:
 
 
 def _payloads(devices: int, minutes: float, period: float) -> tuple[list[bytes], list[int]]:
-    from monitor.fleet_demo import Failure, FleetScenario
+    from monitor.dev.fleet_demo import Failure, FleetScenario
 
     failures = (
         Failure("silent", tuple(range(0, devices, 1000)), 300.0),
@@ -59,8 +59,8 @@ def _payloads(devices: int, minutes: float, period: float) -> tuple[list[bytes],
 
 
 def _stage(spec: Any) -> Any:
-    from monitor.decode import StreamDecoder
-    from monitor.fleet import FleetStage
+    from monitor.pipeline.decode import StreamDecoder
+    from monitor.pipeline.fleet import FleetStage
 
     return FleetStage(spec, StreamDecoder(spec), clock=lambda: 2e9)
 
@@ -69,7 +69,7 @@ def _run(
     spec: Any, payloads: list[bytes], batch: int, partitions: int, repeats: int = 2
 ) -> dict[str, Any]:
     """Best of ``repeats`` alternating passes per mode (the machine is shared)."""
-    from monitor.decode import StreamDecoder
+    from monitor.pipeline.decode import StreamDecoder
 
     n = len(payloads)
     best: dict[str, float] = {}
@@ -107,8 +107,8 @@ def _broker(
     from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
     from connectors.embedded import EmbeddedBroker
-    from monitor.decode import StreamDecoder
-    from monitor.demo import create_topic
+    from monitor.dev.demo import create_topic
+    from monitor.pipeline.decode import StreamDecoder
 
     out: dict[str, float] = {}
     with EmbeddedBroker() as broker:

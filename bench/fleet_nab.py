@@ -58,8 +58,8 @@ def _epoch(text: str) -> float:
 
 
 def _path(name: str) -> Path:
-    # the machine-temperature series already ships with the package (monitor/data)
-    bundled = DATA.parents[2] / "monitor" / "data" / f"nab_{name}.csv"
+    # the machine-temperature series already ships with the package (monitor/dev/data)
+    bundled = DATA.parents[2] / "monitor" / "dev" / "data" / f"nab_{name}.csv"
     return bundled if bundled.exists() else DATA / f"{name}.csv"
 
 
@@ -84,9 +84,9 @@ def _windows() -> dict[str, list[tuple[int, float, float]]]:
 
 
 def _stage(name: str, events_per_day: float) -> object:
-    from monitor.config import parse_config
-    from monitor.decode import StreamDecoder
-    from monitor.fleet import FleetStage
+    from monitor.config.schema import parse_config
+    from monitor.pipeline.decode import StreamDecoder
+    from monitor.pipeline.fleet import FleetStage
 
     stream = {
         "name": name.replace("_", "-"),
@@ -111,7 +111,7 @@ def _stage(name: str, events_per_day: float) -> object:
 
 def nab_report() -> tuple[list[WindowResult], list[Detection]]:
     """Per window the first detection in it; and every detection (onsets)."""
-    from monitor.decode import Batch
+    from monitor.pipeline.decode import Batch
 
     windows = _windows()
     loaded = {name: _load(name) for name in SERIES}

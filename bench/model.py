@@ -74,7 +74,7 @@ def bench_join(rounds: int) -> list[tuple[str, str]]:
 
 def bench_memory() -> list[tuple[str, str]]:
     from detectors.label_join import LabelJoin, hash_ids
-    from monitor.state import encode_state
+    from monitor.runtime.state import encode_state
 
     join = LabelJoin(capacity=PENDING)
     keys = hash_ids([f"req-{i}" for i in range(PENDING)])
@@ -90,7 +90,7 @@ def bench_memory() -> list[tuple[str, str]]:
 
 
 def _stream(tmp: Path, drift: bool) -> dict[str, Any]:
-    from monitor.model_synthetic import MODEL_STREAM, reference_rows
+    from monitor.dev.model_synthetic import MODEL_STREAM, reference_rows
 
     ref = tmp / "ref.jsonl"
     if not ref.exists():
@@ -106,11 +106,11 @@ def _stream(tmp: Path, drift: bool) -> dict[str, Any]:
 
 def bench_stage(tmp: Path) -> list[tuple[str, str]]:
     from connectors.kafka import RawBatch
-    from monitor.config import parse_config
+    from monitor.config.schema import parse_config
+    from monitor.dev.model_synthetic import generate_model_events
     from monitor.metrics import Metrics
-    from monitor.model import ModelStage, model_stages
-    from monitor.model_synthetic import generate_model_events
-    from monitor.pipeline import StreamPipeline
+    from monitor.pipeline.model import ModelStage, model_stages
+    from monitor.pipeline.stream import StreamPipeline
 
     n = 200_000
     ev = generate_model_events(n, seed=3, label_delay=PENDING / 100.0, missing=0.0, duplicated=0.0)
@@ -174,11 +174,11 @@ def bench_broker(tmp: Path, events: int) -> list[tuple[str, str]]:
     from prometheus_client import CollectorRegistry
 
     from connectors.embedded import EmbeddedBroker
-    from monitor.config import parse_config
-    from monitor.demo import create_topic
-    from monitor.model import ModelStage
-    from monitor.model_synthetic import generate_model_events
-    from monitor.service import Service
+    from monitor.config.schema import parse_config
+    from monitor.dev.demo import create_topic
+    from monitor.dev.model_synthetic import generate_model_events
+    from monitor.pipeline.model import ModelStage
+    from monitor.runtime.service import Service
 
     ev = generate_model_events(events + PENDING, seed=4, missing=0.0, duplicated=0.0)
     labels = [(v, k) for v, k in zip(ev.labels, ev.label_keys, strict=True)]

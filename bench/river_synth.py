@@ -12,7 +12,7 @@ is fed in batches of ``STEP`` events to the service-like configuration:
   ADWIN with ``SERVICE_DEFAULTS`` (raw values, as the service feeds it);
 * categorical feature, ``label``, ``prediction``, ``error``: chi2 and PSI;
 * ``family_size`` = the stream's binned (field, detector) pairs, as in
-  ``monitor/drift.py``.
+  ``monitor/pipeline/drift.py``.
 
 ``prediction`` is a river ``HoeffdingTreeClassifier`` trained on the baseline events
 (frozen afterwards), ``error`` is ``prediction != label``: the fields a deployed

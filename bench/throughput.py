@@ -90,7 +90,7 @@ def produce_hostile(
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from monitor.synthetic import generate_wide
+    from monitor.dev.synthetic import generate_wide
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     new = NewTopic(topic, partitions, 1, config={"max.message.bytes": "10485760"})
@@ -159,9 +159,9 @@ def _child(args: argparse.Namespace) -> None:
     mode, bootstrap, topic, total = args.mode, args.bootstrap, args.topic, args.events
     result: dict[str, Any] = {"mode": mode}
     if mode in ("consume", "consume+decode"):
-        from monitor.config import parse_config
-        from monitor.decode import StreamDecoder
-        from monitor.synthetic import wide_stream
+        from monitor.config.schema import parse_config
+        from monitor.dev.synthetic import wide_stream
+        from monitor.pipeline.decode import StreamDecoder
 
         config = parse_config(
             {
@@ -195,9 +195,9 @@ def _child(args: argparse.Namespace) -> None:
     else:
         from prometheus_client import CollectorRegistry
 
-        from monitor.config import parse_config
-        from monitor.service import Service
-        from monitor.synthetic import wide_stream
+        from monitor.config.schema import parse_config
+        from monitor.dev.synthetic import wide_stream
+        from monitor.runtime.service import Service
 
         stream = wide_stream(args.fields, topic)
         if mode == "pipeline":

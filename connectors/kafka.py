@@ -143,6 +143,7 @@ def wait_for_cluster(options: Mapping[str, Any], timeout: float) -> None:
         f"after {timeout:g} s: {reason}"
     )
 
+
 _T = TypeVar("_T")
 
 TopicPartitionKey = tuple[str, int]

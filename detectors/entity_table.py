@@ -153,7 +153,7 @@ class EntityTableState:
     evicted: int
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values and numpy arrays (what ``monitor.state.encode_state`` stores)."""
+        """Plain values and numpy arrays (what ``monitor.runtime.state.encode_state`` stores)."""
         return {
             "version": _STATE_VERSION,
             "fields": list(self.fields),

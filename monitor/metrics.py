@@ -231,7 +231,7 @@ class Metrics:
         self.ready = Gauge(
             "driftwarden_ready", "1 when the service is consuming, 0 when not ready", registry=r
         )
-        # Fleet health (monitor/fleet.py): per stream and condition, never per device.
+        # Fleet health (monitor/pipeline/fleet.py): per stream and condition, never per device.
         self.fleet_unhealthy = Gauge(
             "driftwarden_fleet_unhealthy_devices",
             "Devices for which a condition (silent, stuck, ...) holds at the last evaluation",
@@ -280,7 +280,7 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        # -- model monitoring (monitor/model.py) --
+        # -- model monitoring (monitor/pipeline/model.py) --
         self.model_labels = Counter(
             "driftwarden_model_labels",
             "Label join outcomes: joined, expired, orphan, late, duplicate_labels, "

@@ -221,7 +221,7 @@ class StatusBoard:
                 s.p_value = f.p_value
 
     def record_alerts(self, alerts: Iterable[Any]) -> None:
-        """Track firing alerts (objects with the fields of ``monitor.alerts.Alert``)."""
+        """Track firing alerts (objects with the fields of ``monitor.alerting.engine.Alert``)."""
         with self._lock:
             for a in alerts:
                 if a.status == "resolved":

@@ -9,9 +9,9 @@ import numpy.typing as npt
 
 from detectors.base import Finding
 from detectors.baseline import Baseline, build_numeric
-from monitor.config import parse_config
-from monitor.decode import Batch, StreamDecoder
-from monitor.drift import DriftStage
+from monitor.config.schema import parse_config
+from monitor.pipeline.decode import Batch, StreamDecoder
+from monitor.pipeline.drift import DriftStage
 
 
 def numeric_stage(

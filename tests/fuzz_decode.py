@@ -24,12 +24,12 @@ def main() -> None:
     import atheris
 
     # Not instrumented: numba cannot compile bytecode with atheris's branch hooks in it.
-    import monitor.jsonscan
+    import monitor.pipeline.jsonscan
 
     with atheris.instrument_imports():
-        import monitor.decode
-        import monitor.event_time
-        import monitor.payload_checks  # noqa: F401
+        import monitor.pipeline.decode
+        import monitor.pipeline.event_time
+        import monitor.pipeline.payload_checks  # noqa: F401
         from tests.fuzz_targets import check_payload
 
     def one(data: bytes) -> None:

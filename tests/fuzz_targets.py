@@ -18,9 +18,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from monitor.config import parse_config
-from monitor.decode import FIELD_REASONS, REASONS, Batch, StreamDecoder
-from monitor.synthetic import DEMO_STREAM
+from monitor.config.schema import parse_config
+from monitor.dev.synthetic import DEMO_STREAM
+from monitor.pipeline.decode import FIELD_REASONS, REASONS, Batch, StreamDecoder
 
 # A decode of one small batch taking longer than this is a hang.
 MAX_SECONDS = 5.0

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from monitor.cli import main
-from monitor.config import FieldType, load_config, parse_config, parse_duration
+from monitor.config.schema import FieldType, load_config, parse_config, parse_duration
+from monitor.dev.synthetic import DEMO_STREAM
 from monitor.errors import ConfigError
-from monitor.synthetic import DEMO_STREAM
 
 BASE: dict[str, Any] = {
     "kafka": {"bootstrap.servers": "127.0.0.1:9092"},

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from connectors.kafka import RateLimitFilter, client_options, librdkafka_logger
-from monitor.config import (
+from monitor.config.schema import (
     DEFAULT_DETECTORS,
     DETECTOR_TYPES,
     KAFKA_ENV_OVERRIDES,

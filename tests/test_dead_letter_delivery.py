@@ -12,11 +12,11 @@ from prometheus_client import CollectorRegistry
 
 from connectors.base import OutMessage
 from connectors.kafka import KafkaSink, RawBatch, consumer_limits, producer_limits
-from monitor.config import parse_config
+from monitor.config.schema import parse_config
+from monitor.dev.synthetic import DEMO_STREAM
 from monitor.errors import SinkError
 from monitor.metrics import Metrics
-from monitor.runner import Runner
-from monitor.synthetic import DEMO_STREAM
+from monitor.runtime.runner import Runner
 
 TopicPartitionKey = tuple[str, int]
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.config import parse_config
-from monitor.decode import FIELD_REASONS, REASONS, StreamDecoder
-from monitor.synthetic import BAD_KINDS, DEMO_STREAM, generate_fleet
+from monitor.config.schema import parse_config
+from monitor.dev.synthetic import BAD_KINDS, DEMO_STREAM, generate_fleet
+from monitor.pipeline.decode import FIELD_REASONS, REASONS, StreamDecoder
 
 
 def _decoder(**changes: Any) -> StreamDecoder:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.drift import DriftStage
+from monitor.pipeline.drift import DriftStage
 from tests.drift_utils import feed, numeric_stage, round_robin, shifted_stream
 
 N, SHIFT_AT = 50_000, 25_000

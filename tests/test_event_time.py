@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.event_time import _fixed_width_seconds, _general_seconds, parse_event_times
+from monitor.pipeline.event_time import _fixed_width_seconds, _general_seconds, parse_event_times
 
 UTC = dt.UTC
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.decode import StreamDecoder
+from monitor.pipeline.decode import StreamDecoder
 from tests.fuzz_targets import GOOD_LENIENT, check_payload, decoders, hostile_examples
 
 CORPUS = Path(__file__).parent / "corpus" / "decode"
@@ -48,9 +48,9 @@ def test_deep_nesting_is_too_deep_not_a_crash(levels: int) -> None:
 
 def test_the_parsers_recursion_error_is_caught_too(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the depth pre-check, msgspec's RecursionError still becomes a reject."""
-    import monitor.decode
+    import monitor.pipeline.decode
 
-    monkeypatch.setattr(monitor.decode, "precheck", lambda *a, **k: [])
+    monkeypatch.setattr(monitor.pipeline.decode, "precheck", lambda *a, **k: [])
     deep = b'{"id":"e","at":1,"x":1,"kind":"a","d":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     spec = decoders()[0][0].spec.model_copy(update={"max_event_bytes": 1 << 20})
     batch = StreamDecoder(spec).decode([GOOD_LENIENT, deep, GOOD_LENIENT])

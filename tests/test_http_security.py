@@ -22,14 +22,14 @@ from typing import Any
 import pytest
 
 from connectors.webhook import MAX_RESPONSE_BYTES, UrllibTransport
-from monitor.alert_formats import (
+from monitor.alerting.formats import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     endpoints_from_config,
     hmac_signer,
 )
-from monitor.config import MetricsConfig
-from monitor.config_alerts import load_alerts_config
+from monitor.config.alerts import load_alerts_config
+from monitor.config.schema import MetricsConfig
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics, MetricsServer
 

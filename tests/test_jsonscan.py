@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.config import StreamSpec, parse_config
-from monitor.decode import Batch, StreamDecoder
-from monitor.jsonscan import CAUSES, CompiledDecoder, compiled_supported
-from monitor.synthetic import DEMO_STREAM, generate_fleet, generate_wide, wide_stream
+from monitor.config.schema import StreamSpec, parse_config
+from monitor.dev.synthetic import DEMO_STREAM, generate_fleet, generate_wide, wide_stream
+from monitor.pipeline.decode import Batch, StreamDecoder
+from monitor.pipeline.jsonscan import CAUSES, CompiledDecoder, compiled_supported
 
 CORPUS = Path(__file__).parent / "corpus" / "decode"
 
@@ -555,7 +555,7 @@ def test_pipeline_counts_fallback_rows_per_stream() -> None:
     from prometheus_client import CollectorRegistry
 
     from monitor.metrics import Metrics
-    from monitor.pipeline import StreamPipeline
+    from monitor.pipeline.stream import StreamPipeline
     from tests.test_metrics import _raw
 
     registry = CollectorRegistry()
@@ -575,7 +575,7 @@ def test_pipeline_counts_fallback_rows_per_stream() -> None:
 def test_a_setting_the_kernel_does_not_know_leaves_the_stream_to_msgspec(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import monitor.jsonscan as js
+    import monitor.pipeline.jsonscan as js
 
     stream = {"name": "s", "topic": "t", "fields": {"x": {"type": "float"}}}
     monkeypatch.setattr(js, "_KNOWN_STREAM_SETTINGS", js._KNOWN_STREAM_SETTINGS - {"strict"})

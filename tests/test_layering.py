@@ -118,3 +118,36 @@ def _stdlib(name: str) -> bool:
 @pytest.mark.parametrize("package", OURS)
 def test_packages_import_cleanly(package: str) -> None:
     __import__(package)
+
+
+# Inside monitor/: which sub-packages each may import (besides the shared leaf
+# modules errors, metrics, status, charts and checkpoints). Arrows point one way:
+# cli -> runtime -> pipeline -> detectors; runtime -> alerting; all -> config.
+_SHARED = {"errors", "metrics", "status", "charts", "checkpoints"}
+_ARROWS = {
+    "config": {"config"},
+    "pipeline": {"config", "pipeline"},
+    "alerting": {"config", "alerting"},
+    "runtime": {"config", "pipeline", "alerting", "runtime"},
+    "cli": {"config", "pipeline", "alerting", "runtime", "cli", "dev"},
+    "dev": {"config", "pipeline", "alerting", "runtime", "dev"},
+}
+
+
+def test_monitor_sub_packages_import_only_downstream() -> None:
+    assert {p.name for p in (ROOT / "monitor").iterdir() if (p / "__init__.py").exists()} == set(
+        _ARROWS
+    )
+    for where, name in _imports("monitor"):
+        parts = where.split("/")
+        if len(parts) < 3 or not name.startswith("monitor."):
+            continue  # a shared module (monitor/x.py) or not ours
+        target = name.split(".")[1]
+        if target not in _SHARED:
+            assert target in _ARROWS[parts[1]], f"{where} imports {name}"
+
+
+def test_shared_modules_import_no_sub_package() -> None:
+    for where, name in _imports("monitor"):
+        if where.count("/") == 1 and name.startswith("monitor."):
+            assert name.split(".")[1] in _SHARED, f"{where} imports {name}"

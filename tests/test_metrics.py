@@ -8,10 +8,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connectors.kafka import RawBatch
-from monitor.config import parse_config
+from monitor.config.schema import parse_config
+from monitor.dev.synthetic import DEMO_STREAM, FIELD_KINDS, generate_fleet
 from monitor.metrics import Metrics, MetricsServer
-from monitor.pipeline import StreamPipeline
-from monitor.synthetic import DEMO_STREAM, FIELD_KINDS, generate_fleet
+from monitor.pipeline.stream import StreamPipeline
 
 
 def _raw(values: list[bytes], keys: list[bytes], topic: str = "iot.sensors") -> RawBatch:

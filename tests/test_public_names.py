@@ -44,8 +44,8 @@ PINNED: dict[str, list[str]] = {
         "WindowParams",
     ],
     "detectors.registry": ["create", "detector_class", "names"],
-    "monitor.assignment": ["Assignment", "kafka_source"],
-    "monitor.checkpointer": ["Checkpointer", "judged_streams", "unique_pipelines"],
+    "monitor.runtime.assignment": ["Assignment", "kafka_source"],
+    "monitor.runtime.checkpointer": ["Checkpointer", "judged_streams", "unique_pipelines"],
     "monitor.checkpoints": [
         "AlertState",
         "BaselineCheckpoint",
@@ -59,7 +59,7 @@ PINNED: dict[str, list[str]] = {
         "StreamCheckpoint",
     ],
     "monitor.errors": ["ConfigError", "DriftwardenError", "SinkError"],
-    "monitor.pipeline": [
+    "monitor.pipeline.stream": [
         "BatchInput",
         "BatchResult",
         "RawAwareStage",
@@ -72,9 +72,9 @@ PINNED: dict[str, list[str]] = {
         "record_findings",
         "violations_dead_letter",
     ],
-    "monitor.readiness": ["BROKER_DOWN", "Readiness"],
-    "monitor.runner": ["BatchSource", "FindingsHandler", "RunStats", "Runner"],
-    "monitor.stage": [
+    "monitor.runtime.readiness": ["BROKER_DOWN", "Readiness"],
+    "monitor.runtime.runner": ["BatchSource", "FindingsHandler", "RunStats", "Runner"],
+    "monitor.pipeline.stage": [
         "STAGES",
         "LegacyStage",
         "SlotArray",
@@ -85,14 +85,14 @@ PINNED: dict[str, list[str]] = {
         "stage_class",
         "stages_for",
     ],
-    "monitor.state": [
+    "monitor.runtime.state": [
         "CHUNK_BYTES",
         "MemoryStateStore",
         "StateStore",
         "decode_state",
         "encode_state",
     ],
-    "monitor.transaction": [
+    "monitor.runtime.transaction": [
         "BatchSource",
         "BatchTransaction",
         "FindingsHandler",
@@ -100,8 +100,8 @@ PINNED: dict[str, list[str]] = {
         "RunStats",
         "send_all",
     ],
-    "monitor.service": ["Service"],
-    "monitor.drift_state": ["DriftState", "as_drift_state"],
+    "monitor.runtime.service": ["Service"],
+    "monitor.pipeline.drift_state": ["DriftState", "as_drift_state"],
 }
 
 
@@ -116,7 +116,7 @@ def _modules() -> list[str]:
 
 @pytest.mark.parametrize("module", _modules())
 def test_every_module_declares_its_public_names(module: str) -> None:
-    if module == "monitor.faust":
+    if module == "monitor.runtime.faust":
         pytest.importorskip("faust")
     mod = importlib.import_module(module)
     names = getattr(mod, "__all__", None)

@@ -16,9 +16,9 @@ from detectors.baseline import (
     save_baseline,
 )
 from detectors.data_quality import rate_z
-from monitor.config import parse_config
-from monitor.decode import Batch, StreamDecoder
-from monitor.drift import DriftStage
+from monitor.config.schema import parse_config
+from monitor.pipeline.decode import Batch, StreamDecoder
+from monitor.pipeline.drift import DriftStage
 
 WINDOW, STEP = 10_000, 1_000
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from monitor import reference
-from monitor.config import Config, load_config
-from monitor.config_alerts import SinkConfig
-from monitor.demo import demo_config
+from monitor.config.alerts import SinkConfig
+from monitor.config.schema import Config, load_config
+from monitor.dev import reference
+from monitor.dev.demo import demo_config
 
 EXAMPLES = reference.ROOT / "deploy" / "examples"
 ENV = {
@@ -30,7 +30,7 @@ def test_generated_references_are_current() -> None:
         for p, render in reference.outputs().items()
         if not p.exists() or p.read_text(encoding="utf-8") != render()
     ]
-    assert not stale, f"stale, run `python -m monitor.reference` (make docs): {stale}"
+    assert not stale, f"stale, run `python -m monitor.dev.reference` (make docs): {stale}"
     assert reference.main(["--check"]) == 0
 
 
@@ -62,7 +62,7 @@ def test_configuration_reference_names_every_key() -> None:
         assert f"## {model.__name__}" in text
         for key in model.model_fields:
             assert re.search(rf"^\| `{re.escape(key)}` \|", text, re.M), (model.__name__, key)
-    assert "(undocumented)" not in text, "describe new keys in monitor.reference.KEY_DOCS"
+    assert "(undocumented)" not in text, "describe new keys in monitor.dev.reference.KEY_DOCS"
 
 
 def test_metrics_reference_names_every_family() -> None:
@@ -74,7 +74,7 @@ def test_metrics_reference_names_every_family() -> None:
 def test_readme_yaml_snippets_validate() -> None:
     import yaml
 
-    from monitor.config import parse_config
+    from monitor.config.schema import parse_config
 
     text = (reference.ROOT / "README.md").read_text(encoding="utf-8")
     assert text.startswith("```\nmake demo") and "\nmake test" in text.split("```")[1]

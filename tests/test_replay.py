@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from monitor import synthetic
 from monitor.cli import main
-from monitor.config import parse_config
-from monitor.replay import render_report_html, replay
-from monitor.synthetic import DEMO_STREAM, generate_fleet
+from monitor.config.schema import parse_config
+from monitor.dev import synthetic
+from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
+from monitor.runtime.replay import render_report_html, replay
 
 TOTAL, DRIFT_AT = 40_000, 20_000
 

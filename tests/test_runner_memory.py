@@ -18,14 +18,14 @@ from prometheus_client import CollectorRegistry
 from connectors.base import MemorySink
 from connectors.kafka import RawBatch
 from detectors.baseline import save_baseline
-from monitor.baselines import baseline_from_batches
 from monitor.checkpoints import CheckpointKey, PartitionState
-from monitor.config import Config, parse_config
+from monitor.config.schema import Config, parse_config
+from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
 from monitor.metrics import Metrics
-from monitor.runner import Runner
-from monitor.stage import registered_stages
-from monitor.state import MemoryStateStore
-from monitor.synthetic import DEMO_STREAM, generate_fleet
+from monitor.pipeline.baselines import baseline_from_batches
+from monitor.pipeline.stage import registered_stages
+from monitor.runtime.runner import Runner
+from monitor.runtime.state import MemoryStateStore
 from tests.kafka_utils import assert_same
 
 TOPIC = "iot.sensors"

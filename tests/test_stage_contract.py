@@ -11,12 +11,12 @@ from detectors.base import BinnedDetector, ChangeDetector
 from detectors.baseline import QualityBaseline, build_categorical, build_numeric
 from detectors.registry import create, names
 from monitor.checkpoints import PartitionState, PlainStageState
-from monitor.config import parse_config
-from monitor.decode import StreamDecoder
-from monitor.drift import DriftStage
+from monitor.config.schema import parse_config
+from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
 from monitor.errors import ConfigError
-from monitor.stage import STAGES, LegacyStage, Stage, stage_class, stages_for
-from monitor.synthetic import DEMO_STREAM, generate_fleet
+from monitor.pipeline.decode import StreamDecoder
+from monitor.pipeline.drift import DriftStage
+from monitor.pipeline.stage import STAGES, LegacyStage, Stage, stage_class, stages_for
 
 
 def _spec() -> object:

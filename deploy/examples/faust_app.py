@@ -36,8 +36,8 @@ import faust
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
 
-from monitor.config import load_config
-from monitor.faust import attach
+from monitor.config.schema import load_config
+from monitor.runtime.faust import attach
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 CONFIG = os.environ.get("DRIFTWARDEN_CONFIG", str(Path(__file__).with_name("sensors.yaml")))

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from connectors.base import MemorySink
-from monitor.alerts import AlertEngine, to_out_messages
-from monitor.config_alerts import AlertsConfig, load_alerts_config
+from monitor.alerting.engine import AlertEngine, to_out_messages
+from monitor.config.alerts import AlertsConfig, load_alerts_config
 from monitor.errors import ConfigError
 
 from .conftest import MakeFinding

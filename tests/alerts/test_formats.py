@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from monitor.alert_formats import (
+from monitor.alerting.engine import Alert, AlertEngine
+from monitor.alerting.formats import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     deliveries_for,
@@ -17,8 +18,7 @@ from monitor.alert_formats import (
     render_slack,
     verify_signature,
 )
-from monitor.alerts import Alert, AlertEngine
-from monitor.config_alerts import AlertsConfig
+from monitor.config.alerts import AlertsConfig
 
 from .conftest import MakeFinding
 

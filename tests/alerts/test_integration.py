@@ -18,15 +18,15 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from connectors.webhook import RetryPolicy, WebhookDispatcher
-from monitor.alert_formats import (
+from monitor.alerting.engine import AlertEngine
+from monitor.alerting.formats import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     deliveries_for,
     endpoints_from_config,
     verify_signature,
 )
-from monitor.alerts import AlertEngine
-from monitor.config_alerts import AlertsConfig
+from monitor.config.alerts import AlertsConfig
 from tests.alerts_utils import Receiver, prometheus_stack
 
 from .conftest import MakeFinding

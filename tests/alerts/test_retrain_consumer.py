@@ -11,8 +11,8 @@ from types import ModuleType
 
 import pytest
 
-from monitor.alerts import AlertEngine
-from monitor.config_alerts import AlertsConfig
+from monitor.alerting.engine import AlertEngine
+from monitor.config.alerts import AlertsConfig
 
 from .conftest import MakeFinding
 

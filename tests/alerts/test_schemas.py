@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from monitor.alerts import AlertEngine
-from monitor.config_alerts import AlertsConfig
+from monitor.alerting.engine import AlertEngine
+from monitor.config.alerts import AlertsConfig
 
 from .conftest import MakeFinding
 

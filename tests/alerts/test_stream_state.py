@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.alerting import AlertingHandler
+from monitor.alerting.dispatch import AlertingHandler
 from monitor.checkpoints import AlertState
-from monitor.config_alerts import load_alerts_config
+from monitor.config.alerts import load_alerts_config
 from monitor.metrics import Metrics
 
 from .conftest import MakeFinding

@@ -23,7 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from monitor.config import load_config, parse_config
+from monitor.config.schema import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

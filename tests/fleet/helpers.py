@@ -8,10 +8,10 @@ import numpy as np
 import yaml
 
 from detectors.base import Finding
-from monitor.config import StreamSpec, parse_config
-from monitor.decode import Batch, StreamDecoder
-from monitor.fleet import FleetStage
-from monitor.fleet_demo import FLEET_FIELDS, FleetChunk, FleetScenario, fleet_stream
+from monitor.config.schema import StreamSpec, parse_config
+from monitor.dev.fleet_demo import FLEET_FIELDS, FleetChunk, FleetScenario, fleet_stream
+from monitor.pipeline.decode import Batch, StreamDecoder
+from monitor.pipeline.fleet import FleetStage
 
 CLOCK = 2_000_000_000.0
 

@@ -10,7 +10,7 @@ import pytest
 
 from detectors.base import DetectorError
 from detectors.entity_table import EntityTable, EntityTableState, TableParams
-from monitor.state import decode_state, encode_state
+from monitor.runtime.state import decode_state, encode_state
 
 
 def _naive(xs: list[float], alpha: float, zmax: float, warmup: int) -> tuple[float, float, int]:

@@ -8,9 +8,9 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 
-from monitor.alerts import MAX_LISTED_ENTITIES, AlertEngine, to_out_messages
-from monitor.config_alerts import AlertsConfig
-from monitor.fleet_demo import Failure, FleetChunk, FleetScenario
+from monitor.alerting.engine import MAX_LISTED_ENTITIES, AlertEngine, to_out_messages
+from monitor.config.alerts import AlertsConfig
+from monitor.dev.fleet_demo import Failure, FleetChunk, FleetScenario
 from tests.fleet.helpers import feed, fleet_spec, make_stage, to_batch
 
 SCHEMA = Path(__file__).parents[2] / "deploy" / "schemas" / "alert.schema.json"
@@ -62,7 +62,7 @@ def test_fleet_findings_leave_no_per_device_metric_labels() -> None:
     from prometheus_client import CollectorRegistry
 
     from monitor.metrics import Metrics
-    from monitor.pipeline import record_findings
+    from monitor.pipeline.stream import record_findings
 
     scenario = FleetScenario(
         devices=50, period=60.0, failures=(Failure("silent", (1, 2), 2 * 3600.0),)

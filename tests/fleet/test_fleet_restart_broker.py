@@ -22,11 +22,11 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from monitor.checkpoints import CheckpointKey
-from monitor.config import parse_config
+from monitor.config.schema import parse_config
+from monitor.dev.fleet_demo import Failure, FleetScenario, fleet_stream
 from monitor.errors import DriftwardenError
-from monitor.fleet_demo import Failure, FleetScenario, fleet_stream
-from monitor.service import Service
-from monitor.state import StateStore
+from monitor.runtime.service import Service
+from monitor.runtime.state import StateStore
 from tests.kafka_utils import create_topics, produce
 
 pytestmark = pytest.mark.integration

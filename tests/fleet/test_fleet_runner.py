@@ -11,11 +11,11 @@ from prometheus_client import CollectorRegistry
 
 from connectors.base import OutMessage
 from connectors.kafka import RawBatch
-from monitor.config import parse_config
-from monitor.fleet import all_stages
-from monitor.fleet_demo import FLEET_FIELDS, fleet_stream
+from monitor.config.schema import parse_config
+from monitor.dev.fleet_demo import FLEET_FIELDS, fleet_stream
 from monitor.metrics import Metrics
-from monitor.runner import Runner
+from monitor.pipeline.fleet import all_stages
+from monitor.runtime.runner import Runner
 
 
 class _Source:

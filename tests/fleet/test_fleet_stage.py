@@ -10,12 +10,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from detectors.base import Finding
-from monitor.config import ConfigError, parse_config
-from monitor.decode import StreamDecoder
-from monitor.fleet import FleetStage
-from monitor.fleet_demo import Failure, FleetChunk, FleetScenario, fleet_stream
+from monitor.config.schema import ConfigError, parse_config
+from monitor.dev.fleet_demo import Failure, FleetChunk, FleetScenario, fleet_stream
 from monitor.metrics import Metrics
-from monitor.state import decode_state, encode_state
+from monitor.pipeline.decode import StreamDecoder
+from monitor.pipeline.fleet import FleetStage
+from monitor.runtime.state import decode_state, encode_state
 from tests.fleet.helpers import CLOCK, device, feed, fleet_spec, make_stage, to_batch
 
 DAY = 86400.0

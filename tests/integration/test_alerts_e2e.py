@@ -24,11 +24,11 @@ import jsonschema
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.alert_formats import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
-from monitor.alerts import alert_id_for
-from monitor.config import parse_config
-from monitor.service import Service
-from monitor.synthetic import DEMO_STREAM, FleetEvents, generate_fleet
+from monitor.alerting.engine import alert_id_for
+from monitor.alerting.formats import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from monitor.config.schema import parse_config
+from monitor.dev.synthetic import DEMO_STREAM, FleetEvents, generate_fleet
+from monitor.runtime.service import Service
 from tests.alerts_utils import (
     SCHEMAS,
     Receiver,

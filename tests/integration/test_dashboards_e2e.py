@@ -23,9 +23,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from grafana.generate import DASHBOARD_DIR
-from monitor.config import parse_config
-from monitor.service import Service
-from monitor.synthetic import DEMO_STREAM, generate_fleet
+from monitor.config.schema import parse_config
+from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
+from monitor.runtime.service import Service
 from tests.alerts_utils import free_port, prometheus_stack, receiver
 from tests.grafana.promql import Target, dashboards, targets
 from tests.kafka_utils import create_topics, produce

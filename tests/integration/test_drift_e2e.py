@@ -15,9 +15,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from monitor.cli import main
-from monitor.config import parse_config
-from monitor.service import Service
-from monitor.synthetic import DEMO_STREAM, FIELD_KINDS, generate_fleet
+from monitor.config.schema import parse_config
+from monitor.dev.synthetic import DEMO_STREAM, FIELD_KINDS, generate_fleet
+from monitor.runtime.service import Service
 from tests.kafka_utils import create_topics, produce
 
 pytestmark = pytest.mark.integration

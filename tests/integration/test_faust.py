@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry
 
 from connectors.base import MemorySink
 from connectors.kafka import KafkaSource
-from monitor.config import parse_config
+from monitor.config.schema import parse_config
+from monitor.dev.synthetic import BAD_KINDS, DEMO_STREAM, FIELD_KINDS, generate_fleet
 from monitor.errors import SinkError
-from monitor.synthetic import BAD_KINDS, DEMO_STREAM, FIELD_KINDS, generate_fleet
 from tests.kafka_utils import create_topics, produce, read_topic
 
 faust = pytest.importorskip("faust")
@@ -63,7 +63,7 @@ def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 def test_faust_adapter_counts_and_dead_letters_exactly(
     kafka_bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
-    from monitor.faust import attach
+    from monitor.runtime.faust import attach
 
     events = generate_fleet(3_000, seed=11, bad_rate=0.05)
     topic, dlq = f"iot.faust.{unique}", f"dlq.faust.{unique}"
@@ -190,7 +190,7 @@ def _events(values: list[bytes], keys: list[bytes], topic: str, c: _Consumer) ->
 
 
 def test_failed_delivery_is_never_acked_to_the_consumer() -> None:
-    from monitor.faust import FaustMonitor
+    from monitor.runtime.faust import FaustMonitor
 
     topic = "iot.faust.unit"
     fleet = generate_fleet(200, seed=3, bad_rate=0.2)

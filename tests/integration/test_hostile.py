@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.config import parse_config
-from monitor.service import Service
+from monitor.config.schema import parse_config
+from monitor.runtime.service import Service
 from tests.kafka_utils import create_topics, produce, read_topic
 
 pytestmark = pytest.mark.integration

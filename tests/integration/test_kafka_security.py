@@ -34,9 +34,9 @@ from prometheus_client import CollectorRegistry
 from connectors.base import OutMessage
 from connectors.embedded import free_port
 from connectors.kafka import BrokerUnreachableError, KafkaSink, wait_for_cluster
-from monitor.config import load_config
-from monitor.service import Service
-from monitor.synthetic import DEMO_STREAM, generate_fleet
+from monitor.config.schema import load_config
+from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
+from monitor.runtime.service import Service
 from tests.kafka_auth_proxy import AuthProxy
 
 pytestmark = pytest.mark.integration

@@ -12,12 +12,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connectors.kafka import RawBatch
-from monitor.config import parse_config
+from monitor.config.schema import parse_config
+from monitor.dev.model_synthetic import MODEL_STREAM, generate_model_events, reference_rows
 from monitor.metrics import Metrics
-from monitor.model import ModelStage, model_stages
-from monitor.model_synthetic import MODEL_STREAM, generate_model_events, reference_rows
-from monitor.pipeline import StreamPipeline
-from monitor.service import Service
+from monitor.pipeline.model import ModelStage, model_stages
+from monitor.pipeline.stream import StreamPipeline
+from monitor.runtime.service import Service
 from tests.kafka_utils import create_topics, produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

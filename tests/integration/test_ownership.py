@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from monitor.alert_state import alert_ids
+from monitor.alerting.state import alert_ids
 from monitor.checkpoints import CheckpointKey
-from monitor.state import StateStore
-from monitor.synthetic import DEMO_STREAM, generate_fleet
+from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
+from monitor.runtime.state import StateStore
 from tests.integration.test_scale import Replica, _baseline_file
 from tests.kafka_utils import create_topics, produce, read_topic
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.config import parse_config
-from monitor.replay import replay, write_report
-from monitor.service import Service
-from monitor.synthetic import DEMO_STREAM, generate_fleet
+from monitor.config.schema import parse_config
+from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
+from monitor.runtime.replay import replay, write_report
+from monitor.runtime.service import Service
 from tests.browser import dump_dom, screenshot
 from tests.kafka_utils import create_topics, produce
 

@@ -27,12 +27,12 @@ from confluent_kafka import KafkaError, Message, Producer
 from prometheus_client import CollectorRegistry
 
 from detectors.baseline import save_baseline
-from monitor.baselines import baseline_from_batches
 from monitor.checkpoints import CheckpointKey, PartitionCheckpoint, PartitionState
-from monitor.config import parse_config
-from monitor.service import Service
-from monitor.state import StateStore
-from monitor.synthetic import DEMO_STREAM, generate_fleet
+from monitor.config.schema import parse_config
+from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
+from monitor.pipeline.baselines import baseline_from_batches
+from monitor.runtime.service import Service
+from monitor.runtime.state import StateStore
 from tests.kafka_utils import assert_same, create_topics, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -17,7 +17,7 @@ import yaml
 
 from connectors.embedded import free_port
 from connectors.kafka import KafkaSource
-from monitor.synthetic import DEMO_STREAM, generate_fleet
+from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
 from tests.kafka_utils import create_topics, produce
 
 pytestmark = pytest.mark.integration

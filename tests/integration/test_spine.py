@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connectors.kafka import KafkaSource
-from monitor.config import parse_config
-from monitor.service import Service
-from monitor.synthetic import BAD_KINDS, DEMO_STREAM, FIELD_KINDS, generate_fleet
+from monitor.config.schema import parse_config
+from monitor.dev.synthetic import BAD_KINDS, DEMO_STREAM, FIELD_KINDS, generate_fleet
+from monitor.runtime.service import Service
 from tests.kafka_utils import create_topics, produce, read_topic
 
 pytestmark = pytest.mark.integration

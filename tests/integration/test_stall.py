@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from connectors.embedded import EmbeddedBroker, free_port
-from monitor.state import StateStore
-from monitor.synthetic import DEMO_STREAM, generate_fleet
+from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
+from monitor.runtime.state import StateStore
 from tests.integration.test_scale import (
     PARTITIONS,
     LiveProducer,

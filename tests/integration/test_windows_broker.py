@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from detectors.baseline import Baseline, build_numeric, save_baseline
 from detectors.ks import ks_from_counts
-from monitor.config import parse_config
-from monitor.service import Service
+from monitor.config.schema import parse_config
+from monitor.runtime.service import Service
 from tests.kafka_utils import create_topics, read_topic
 
 pytestmark = pytest.mark.integration

@@ -14,17 +14,17 @@ from sklearn import metrics as skm
 
 from connectors.kafka import RawBatch
 from detectors.base import Finding
-from monitor.config import parse_config
-from monitor.errors import ConfigError
-from monitor.metrics import Metrics
-from monitor.model import ModelStage, model_stages
-from monitor.model_synthetic import (
+from monitor.config.schema import parse_config
+from monitor.dev.model_synthetic import (
     MODEL_STREAM,
     ModelEvents,
     generate_model_events,
     reference_rows,
 )
-from monitor.pipeline import BatchResult, StreamPipeline
+from monitor.errors import ConfigError
+from monitor.metrics import Metrics
+from monitor.pipeline.model import ModelStage, model_stages
+from monitor.pipeline.stream import BatchResult, StreamPipeline
 
 PARTS = 2
 
@@ -309,7 +309,7 @@ def test_a_new_version_switches_baseline_and_reference_and_starts_fresh(tmp_path
 def test_deploy_event_switches_before_the_first_event_and_survives_restart(
     tmp_path: Path,
 ) -> None:
-    from monitor.model_deploy import deploy_event
+    from monitor.cli.model_deploy import deploy_event
 
     stream = _stream(tmp_path)
     ref2 = tmp_path / "ref-v2.jsonl"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from detectors.base import Finding, WindowBounds
-from monitor.alerts import AlertEngine
-from monitor.config_alerts import AlertsConfig
+from monitor.alerting.engine import AlertEngine
+from monitor.config.alerts import AlertsConfig
 
 
 def _f(detector: str, subject: str, kind: str, drift: bool = True) -> Finding:

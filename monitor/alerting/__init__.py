@@ -1,0 +1,1 @@
+"""Findings to alerts: the episode engine, payload formats and delivery to topics and webhooks."""

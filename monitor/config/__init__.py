@@ -1,0 +1,1 @@
+"""Configuration: pydantic models, YAML loading, environment overrides, validation messages."""

@@ -1,0 +1,1 @@
+"""Development aids outside the service's path: the demo and synthetic data generators."""

@@ -1,0 +1,1 @@
+"""One stream's batch: decode, schema checks, dead letters, finding stages."""

@@ -1,0 +1,1021 @@
+"""The drift stage of a stream: a baseline, and per field the configured detectors.
+
+Windows are the stream's. ``window.events`` and ``step`` count events of the stream,
+whatever its partition count ``P`` (all its topics' partitions, from the topic
+metadata: ``set_partition_count``):
+
+* Each partition keeps its own ring of ``R = window.events / step`` sub-windows of
+  ``ceil(step / P)`` of *its* events. A partition's ring is a function of that
+  partition's events only (not of batching, interleaving or which process reads
+  it), so it is checkpointed with the partition's offset and a restart or a
+  rebalance continues it exactly.
+* The stream's verdict adds the newest ``R`` sub-windows of every partition (bin
+  counts add exactly; partitions other replicas own come from their latest
+  checkpoints, see ``set_remote``). With the partitions read evenly that is the
+  last ``~window.events`` events of the stream (``R * ceil(step / P) * P``, at most
+  ``R * (P - 1)`` more); a partition that gets fewer events contributes an older
+  stretch of its own. The first verdict comes once a partition's ring is full,
+  after about ``window.events`` stream events.
+* A verdict is taken at every ``step`` events this stage folds in, also inside one
+  large batch (the batch is split at the step boundaries), so detection positions
+  do not depend on ``max_batch_events``. The boundaries count the events of this
+  process since it started; they are not part of the checkpoint (a restart can
+  move the verdicts by less than one step, never the windows). Every verdict is
+  taken; a drifting one is reported at each boundary, a clean one once per batch
+  (its last boundary), which is what the gauges and the alerts' resolution read.
+  Count windows fold each partition's share of a batch in once, recording the
+  window at every sub-window it closes, and judge each boundary from the windows
+  as they stood there; windows that keep raw values (exact KS) and event-time
+  windows are folded sub-batch by sub-batch instead (slower, same verdicts).
+* Each test keeps the level ``step / (ert * family_size)`` (one test per stream
+  step): per partition ``ert`` is scaled like the step.
+* A change of ``P`` (partitions added to a topic) restarts the windows: states of
+  another sub-window size are not restored (logged).
+* Event-time windows (``window.seconds``) are per partition by time bucket and
+  merge by bucket, so they need no scaling; their verdict comes when a bucket closes.
+* ADWIN runs per partition on the partition's values; its ``min_window_length`` and
+  ``subwindow`` are read as stream events and divided by ``P`` per partition, so a
+  shift is reported after about as many stream events as on one partition (measured
+  in tests/test_drift_windows.py and bench/RESULTS.md); a change reports the old
+  and new mean and where (offset, event time).
+
+Per batch and field the valid values are binned once against the field's baseline
+and the bins feed every binned detector of the field. Findings are completed with
+the stream name, the baseline id and their evidence: per partition the first and
+last offsets and event times of the window (``Finding.partitions``), and for a
+categorical field the categories contributing most and the unseen rate.
+
+Multiple testing: every binned detector of the stream shares one false-alarm
+budget (``ert``, expected events between false alarms for the whole stream), so
+each gets ``family_size`` = the number of binned (field, detector) pairs.
+
+A stream without a baseline file builds one from its first ``first_events``
+accepted events (and says so in the log); detectors start after that. The built
+baseline is part of the checkpointed state, so a restart keeps it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.adwin_defaults import SERVICE_DEFAULTS
+from detectors.base import Detector, Finding, WindowBounds
+from detectors.baseline import Baseline, CategoricalBaseline, NumericBaseline, load_baseline
+from detectors.registry import create
+from detectors.window import DEFAULT_ERT_EVENTS, SlidingCounts
+from monitor.checkpoints import BaselineCheckpoint, StageState
+from monitor.config.schema import NUMERIC_TYPES, FieldType, StreamSpec
+from monitor.errors import ConfigError
+from monitor.pipeline.baselines import BaselineAccumulator
+from monitor.pipeline.decode import Batch, StreamDecoder
+from monitor.pipeline.drift_state import DriftState, as_drift_state
+
+if TYPE_CHECKING:
+    from monitor.pipeline.stage import Stage
+    from monitor.pipeline.stream import StreamPipeline
+
+__all__ = ["DriftStage", "DriftState", "drift_stages"]
+
+log = logging.getLogger("driftwarden.drift")
+
+_UNBINNED = frozenset({"adwin"})  # detectors that take raw values, not baseline bins
+_RECENT = 1000  # values whose mean an ADWIN change reports as the new mean
+
+
+@dataclasses.dataclass
+class _FieldPlan:
+    """How to build one field's detectors, and the lookup from codes to bins."""
+
+    name: str
+    numeric: bool
+    baseline: NumericBaseline | CategoricalBaseline
+    binned: list[tuple[str, Callable[[], Any]]]  # (detector name, factory)
+    raw: list[tuple[str, Callable[[], Detector]]]
+    merged: list[Any]  # one scratch detector per binned detector, for stream verdicts
+    lut: npt.NDArray[np.int64]
+    # Per binned detector: True when it takes data-quality outcome codes of every
+    # event (the data_quality detector) instead of the bins of the valid values.
+    outcome: list[bool] = dataclasses.field(default_factory=list)
+
+    def category_bins(
+        self, codes: npt.NDArray[np.int64], vocabulary_names: list[Any]
+    ) -> npt.NDArray[np.int64]:
+        assert isinstance(self.baseline, CategoricalBaseline)
+        unseen = len(self.baseline.categories)
+        if len(self.lut) < len(vocabulary_names):
+            index = {c: i for i, c in enumerate(self.baseline.categories)}
+            self.lut = np.array([index.get(str(v), unseen) for v in vocabulary_names], np.int64)
+        # -1: a value the bounded vocabulary had no room for; also unseen.
+        return np.where(codes >= 0, self.lut[np.maximum(codes, 0)], unseen)
+
+
+class _PartitionDetectors:
+    """One partition's detector instances, field by field."""
+
+    def __init__(self, plans: list[_FieldPlan]) -> None:
+        self.binned = {p.name: [make() for _, make in p.binned] for p in plans}
+        self.raw = {p.name: [make() for _, make in p.raw] for p in plans}
+
+    def state(self) -> DriftState:
+        return DriftState(
+            {f: tuple(d.state() for d in ds) for f, ds in self.binned.items()},
+            {f: tuple(d.state() for d in ds) for f, ds in self.raw.items()},
+        )
+
+    def restore(self, state: DriftState) -> None:
+        for kind, dets in ((state.binned, self.binned), (state.raw, self.raw)):
+            for name, ds in dets.items():
+                saved = kind.get(name, ())
+                if len(saved) != len(ds):
+                    raise ConfigError(
+                        f"checkpointed detectors of field {name!r} do not match the configuration"
+                    )
+                for det, st in zip(ds, saved, strict=True):
+                    det.restore(st)
+
+
+class DriftStage:
+    """Runs a stream's drift detectors over accepted batches, per partition."""
+
+    name = "drift"
+
+    @classmethod
+    def for_stream(cls, spec: StreamSpec, decoder: StreamDecoder) -> DriftStage | None:
+        """The stream's drift stage, or None when no field has a detector."""
+        stage = cls(spec, decoder)
+        return stage if stage.fields else None
+
+    def __init__(
+        self, spec: StreamSpec, decoder: StreamDecoder, baseline: Baseline | None = None
+    ) -> None:
+        self.spec = spec
+        self.decoder = decoder
+        self.fields = [
+            n
+            for n, fs in spec.fields.items()
+            if fs.type is not FieldType.STRING and fs.detector_specs()
+        ]
+        self.baseline: Baseline | None = None
+        self.baseline_source = "file" if spec.baseline.file is not None else "first_events"
+        self._plans: list[_FieldPlan] = []
+        self._partitions: dict[int, _PartitionDetectors] = {}
+        # Other replicas' partitions, as of their latest checkpoints (see set_remote).
+        self._remote: dict[int, _PartitionDetectors] = {}
+        # Whether this process judges the stream (it owns the stream's first slot).
+        self.judge = True
+        # Change points other replicas' partitions reported since they were last seen.
+        self._remote_findings: list[Finding] = []
+        self._remote_changes: dict[tuple[int, str, int], int] = {}
+        self._accumulator: BaselineAccumulator | None = None
+        self._time_window = spec.window.seconds is not None
+        # The stream's partition count (see set_partition_count) and the events this
+        # stage has folded in (it places the step boundaries of the verdicts).
+        self.partition_count = 1
+        self._seen = 0
+        if baseline is None and spec.baseline.file is not None:
+            try:
+                baseline = load_baseline(spec.baseline.file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"streams[{spec.name}].baseline.file: cannot load {spec.baseline.file}: {exc}"
+                ) from exc
+        if baseline is not None:
+            self._start(baseline)
+        elif self.fields:
+            log.info(
+                "stream %s has no baseline file: building one from its first %d events",
+                spec.name,
+                spec.baseline.first_events,
+            )
+            self._accumulator = BaselineAccumulator(spec, decoder, self.fields)
+
+    @property
+    def ready(self) -> bool:
+        return self.baseline is not None
+
+    def _start(self, baseline: Baseline) -> None:
+        missing = [f for f in self.fields if f not in baseline.fields]
+        if missing:
+            raise ConfigError(
+                f"stream {self.spec.name!r}: baseline {baseline.id!r} has no field(s) {missing}"
+            )
+        self.baseline = baseline
+        binned_pairs = sum(
+            1
+            for f in self.fields
+            for d in self.spec.fields[f].detector_specs()
+            if d not in _UNBINNED
+        )
+        window = self.spec.window.detector_params()
+        P = self.partition_count
+        self._plans = []
+        for name in self.fields:
+            fs = self.spec.fields[name]
+            fb = baseline.fields[name]
+            numeric = fs.type in NUMERIC_TYPES
+            if numeric != isinstance(fb, NumericBaseline):
+                held = "numeric" if isinstance(fb, NumericBaseline) else "categorical"
+                raise ConfigError(
+                    f"stream {self.spec.name!r}: field {name!r} is {fs.type} but baseline "
+                    f"{baseline.id!r} holds a {held} reference"
+                )
+            if isinstance(fb, CategoricalBaseline) and name in self.decoder.vocabularies:
+                self.decoder.seed_categories(name, list(fb.categories))
+            plan = _FieldPlan(name, numeric, fb, [], [], [], np.empty(0, np.int64))
+            for det_name, params in fs.detector_specs().items():
+                if det_name in _UNBINNED:
+                    if not numeric:
+                        continue  # ADWIN watches a numeric mean
+                    kw = {**SERVICE_DEFAULTS, **params} if det_name == "adwin" else dict(params)
+                    if det_name == "adwin":
+                        kw = _adwin_share(kw, P)
+                    plan.raw.append((det_name, _factory(det_name, None, name, kw)))
+                else:
+                    kw = _partition_share({**window, "family_size": binned_pairs, **params}, P)
+                    reference: Any = fb
+                    if det_name == "data_quality":
+                        reference = baseline.quality.get(name)
+                        if reference is None:
+                            log.warning(
+                                "stream %s: baseline %s records no data-quality rates of "
+                                "field %s: its data_quality detector is off (rebuild the baseline)",
+                                self.spec.name,
+                                baseline.id,
+                                name,
+                            )
+                            continue
+                    make = _factory(det_name, reference, name, kw)
+                    plan.binned.append((det_name, make))
+                    plan.merged.append(make())
+                    plan.outcome.append(det_name == "data_quality")
+            self._plans.append(plan)
+        self._partitions.clear()
+        log.info(
+            "stream %s: baseline %s ready (%d fields)",
+            self.spec.name,
+            baseline.id,
+            len(self.fields),
+        )
+
+    def _partition(self, partition: int) -> _PartitionDetectors:
+        found = self._partitions.get(partition)
+        if found is None:
+            found = self._partitions[partition] = _PartitionDetectors(self._plans)
+        return found
+
+    # -- processing ----------------------------------------------------------------
+    def set_partition_count(self, count: int) -> None:
+        """The stream's partition count ``P`` (all its topics), from the topic metadata.
+
+        Count windows give each partition sub-windows of ``ceil(step / P)`` events, so
+        the stream's verdict (the newest sub-windows of every partition, added) covers
+        about ``window.events`` events of the stream. A change of ``P`` restarts the
+        windows (checkpointed partition states of another ``P`` are not restored).
+        """
+        count = max(int(count), 1)
+        if count == self.partition_count:
+            return
+        log.info("stream %s: %d partitions", self.spec.name, count)
+        self.partition_count = count
+        if self.baseline is not None:
+            self._start(self.baseline)
+
+    def update_located(
+        self,
+        batch: Batch,
+        partitions: npt.NDArray[np.int32],
+        offsets: npt.NDArray[np.int64] | None,
+    ) -> list[Finding]:
+        """``update`` with each accepted row's Kafka offset, for the evidence."""
+        return self.update(batch, partitions, offsets)
+
+    def update(
+        self,
+        batch: Batch,
+        partitions: npt.NDArray[np.int32],
+        offsets: npt.NDArray[np.int64] | None = None,
+    ) -> list[Finding]:
+        """Fold in a batch; ``partitions`` gives each accepted row's partition (slot)
+        and ``offsets`` (optional) its Kafka offset, for the findings' evidence."""
+        if self._accumulator is not None:
+            target = int(self.spec.baseline.first_events or 0)
+            taken = self._accumulator.add(batch, target)
+            if self._accumulator.events < target:
+                return []
+            acc, self._accumulator = self._accumulator, None
+            self._start(acc.build(self.spec.name, f"first {target} events"))
+            if taken >= batch.n:
+                return []
+            batch, partitions = _tail(batch, taken), partitions[taken:]
+            offsets = None if offsets is None else offsets[taken:]
+        if self.baseline is None or batch.n == 0:
+            return []
+        n = batch.n
+        # Stream step boundaries inside the batch: a verdict after each.
+        cuts: list[int] = []
+        step = self.spec.window.step
+        if not self._time_window and step:
+            first_cut = step - self._seen % step
+            cuts = list(range(first_cut, n + 1, step))
+        self._seen += n
+        bounds = [0, *cuts]
+        if not cuts or cuts[-1] != n:
+            bounds.append(n)
+        first = int(partitions[0])
+        rows_of: dict[int, npt.NDArray[np.intp] | None]
+        if (partitions == first).all():
+            rows_of = {first: None}
+        else:
+            rows_of = {int(p): np.flatnonzero(partitions == p) for p in np.unique(partitions)}
+        times_all = batch.event_time
+        # Per field, the bins of every row (garbage where the value is not valid) and,
+        # for a data_quality detector, every row's outcome code.
+        binned: list[tuple[_FieldPlan, Any, Any, Any, Any]] = []
+        violations = None
+        for plan in self._plans:
+            valid = batch.valid[plan.name]
+            column = batch.columns[plan.name]
+            if plan.numeric:
+                bins = plan.baseline.bin_index(np.where(valid, column, 0.0))
+            else:
+                names = self.decoder.vocabularies[plan.name].names()
+                bins = plan.category_bins(np.where(valid, column, 0), names)
+            codes = None
+            if any(plan.outcome):
+                if violations is None:
+                    violations = violation_kinds(batch)
+                codes = outcome_codes(batch, plan.name, valid, bins, plan.baseline, violations)
+            binned.append((plan, valid, bins, column, codes))
+        findings: list[Finding] = []
+        due: set[tuple[str, int]] = set()
+        if not self._time_window and not self._keeps_values():
+            findings = self._fold_and_judge(binned, rows_of, cuts, offsets, times_all)
+            bounds = []  # done: skip the sub-batch loop below
+        for j in range(len(bounds) - 1):
+            lo, hi = bounds[j], bounds[j + 1]
+            for partition, rows in rows_of.items():
+                if rows is None:
+                    sel: Any = slice(lo, hi)
+                else:
+                    a, b = np.searchsorted(rows, (lo, hi))
+                    if a == b:
+                        continue
+                    sel = rows[a:b]
+                dets = self._partition(partition)
+                for plan, valid, bins, column, codes in binned:
+                    if codes is not None:  # data_quality: every event of the field counts
+                        every = np.arange(lo, hi) if isinstance(sel, slice) else sel
+                        t_all = None if times_all is None else times_all[every]
+                        o_all = None if offsets is None else offsets[every]
+                        for i, det in enumerate(dets.binned[plan.name]):
+                            if plan.outcome[i] and det.accumulate(codes[every], t_all, None, o_all):
+                                due.add((plan.name, i))
+                    ok = valid[sel]
+                    idx = np.flatnonzero(ok) + lo if isinstance(sel, slice) else sel[ok]
+                    if idx.size == 0:
+                        continue
+                    times = None if times_all is None else times_all[idx]
+                    offs = None if offsets is None else offsets[idx]
+                    b_rows = bins[idx]
+                    values = column[idx]
+                    for i, det in enumerate(dets.binned[plan.name]):
+                        if not plan.outcome[i] and det.accumulate(b_rows, times, values, offs):
+                            due.add((plan.name, i))
+            at_cut = hi in cuts
+            last = j == len(bounds) - 2 or (j == len(bounds) - 3 and bounds[-1] not in cuts)
+            if self.judge and (at_cut or (self._time_window and last)):
+                # Every verdict is taken; a clean one is reported only at the batch's
+                # last step boundary (the gauges and the alerts' resolution read it).
+                for plan in self._plans:
+                    for i, merged in enumerate(plan.merged):
+                        if self._time_window and (plan.name, i) not in due:
+                            continue
+                        finding = self._judge(plan, i, merged, evidence=False)
+                        if finding is not None and (finding.drift or last):
+                            findings.append(self._locate(finding, plan, i))
+                due.clear()
+        # ADWIN per partition over the whole batch (its change points carry their own
+        # positions, so it needs no step boundaries).
+        clean: dict[tuple[str, int], Finding] = {}
+        for plan, valid, _, column, _ in binned:
+            if not plan.raw:
+                continue
+            for partition, rows in rows_of.items():
+                idx = np.flatnonzero(valid) if rows is None else rows[valid[rows]]
+                if idx.size == 0:
+                    continue
+                values = column[idx]
+                times = None if times_all is None else times_all[idx]
+                offs = None if offsets is None else offsets[idx]
+                for r, det in enumerate(self._partition(partition).raw[plan.name]):
+                    before = float(getattr(det, "estimation", math.nan))
+                    for f in det.update(values, times):
+                        if f.drift:
+                            findings.append(
+                                _locate_change(f, partition, before, values, offs, times)
+                            )
+                        else:  # one clean finding per field and batch is enough
+                            clean[(plan.name, r)] = _locate_change(
+                                f, partition, before, values, offs, times
+                            )
+        findings.extend(clean.values())
+        if not self.judge:
+            findings = []  # the stream's judge reports this replica's changes from checkpoints
+        else:
+            findings.extend(self._remote_findings)
+            self._remote_findings = []
+        baseline_id = self.baseline.id
+        return [
+            dataclasses.replace(f, stream=self.spec.name, baseline_id=baseline_id) for f in findings
+        ]
+
+    def _keeps_values(self) -> bool:
+        return any(
+            d._window.keep_values for p in self._plans for d in p.merged if hasattr(d, "_window")
+        )
+
+    def _fold_and_judge(
+        self,
+        binned: list[tuple[_FieldPlan, Any, Any, Any, Any]],
+        rows_of: dict[int, npt.NDArray[np.intp] | None],
+        cuts: list[int],
+        offsets: npt.NDArray[np.int64] | None,
+        times_all: npt.NDArray[np.float64] | None,
+    ) -> list[Finding]:
+        """Count windows: fold each (partition, field) in once, recording the window
+        at every sub-window close, then judge the stream at each step boundary from
+        the partitions' windows as they stood there."""
+        folds: dict[tuple[str, int], list[_Fold]] = {}
+        n = len(next(iter(binned))[1]) if binned else 0
+        for partition, rows in rows_of.items():
+            dets = self._partition(partition)
+            every = np.arange(n) if rows is None else rows
+            for plan, valid, bins, column, codes in binned:
+                idx = every[valid[every]]
+                for i, det in enumerate(dets.binned[plan.name]):
+                    pos = every if plan.outcome[i] else idx
+                    if pos.size == 0:
+                        continue
+                    fold = _Fold(det, pos)
+                    data = codes[pos] if plan.outcome[i] else bins[pos]
+                    values = column[pos] if not plan.outcome[i] else None
+                    det._window.history = fold.history
+                    try:
+                        det.accumulate(
+                            data,
+                            None if times_all is None else times_all[pos],
+                            values,
+                            None if offsets is None else offsets[pos],
+                        )
+                    finally:
+                        det._window.history = None
+                    folds.setdefault((plan.name, i), []).append(fold)
+        findings: list[Finding] = []
+        if not self.judge or not cuts:
+            return findings
+        self._span_cache: dict[tuple[int, int], Any] = {}
+        for fs in folds.values():
+            for f in fs:
+                f.prepare(cuts)
+        n_cuts = len(cuts)
+        for plan in self._plans:
+            for i, merged in enumerate(plan.merged):
+                here = folds.get((plan.name, i), [])
+                moved = {f.slot for f in here}
+                totals: npt.NDArray[np.int64] | None = None  # (cuts, bins), stream windows
+                closed = np.zeros(n_cuts, dtype=np.int64)
+                for f in here:
+                    t, k = f.at_all()
+                    totals = t if totals is None else totals + t
+                    closed = np.maximum(closed, k)
+                for _, det in self._slots(plan, i):
+                    if id(det) in moved:
+                        continue
+                    w = det._window
+                    totals = (
+                        np.repeat(w._total[None, :], n_cuts, axis=0)
+                        if totals is None
+                        else totals + w._total
+                    )
+                    closed = np.maximum(closed, w._closed)
+                if totals is None:
+                    continue
+                # Every boundary is judged; findings are built where the stream drifts,
+                # and at the batch's last boundary (a clean verdict is reported once).
+                judged = merged.drifts_many(totals, closed)
+                judged[-1] = True
+                for c in np.flatnonzero(judged).tolist():
+                    merged.load_counts(totals[c].copy(), int(closed[c]))
+                    finding = merged.evaluate()
+                    if finding is None or not (finding.drift or c == n_cuts - 1):
+                        continue
+                    findings.append(self._locate_at(finding, plan, i, here, cuts[c]))
+        return findings
+
+    def _slots(self, plan: _FieldPlan, index: int) -> list[tuple[int, Any]]:
+        slots = [(s, p.binned[plan.name][index]) for s, p in self._partitions.items()]
+        slots += [(s, p.binned[plan.name][index]) for s, p in self._remote.items()]
+        return slots
+
+    def _locate_at(
+        self, finding: Finding, plan: _FieldPlan, index: int, folds: list[_Fold], cut: int
+    ) -> Finding:
+        """Evidence for a verdict taken inside a batch: partitions the batch moved
+        are located as their windows stood at the step boundary ``cut``."""
+        at = {}
+        for f in folds:  # detectors of a field that took the same rows share the span
+            key = (id(f.positions), cut)
+            if key not in self._span_cache:
+                self._span_cache[key] = f.span_at(cut)
+            at[id(f.det)] = self._span_cache[key]
+        slots = [
+            (s, _SpanAt(det, at[id(det)]) if id(det) in at else det)
+            for s, det in self._slots(plan, index)
+        ]
+        categories = [] if plan.outcome[index] else self._category_names(plan)
+        return _with_evidence(finding, slots, plan, categories)
+
+    def _judge(
+        self, plan: _FieldPlan, index: int, merged: Any, evidence: bool = True
+    ) -> Finding | None:
+        """The stream-level verdict: all partitions' windows added, then judged.
+
+        ``evidence=False`` leaves out where the window lies (``_locate``), for
+        verdicts that are dropped unless they drift.
+        """
+        slots = [(s, p.binned[plan.name][index]) for s, p in self._partitions.items()]
+        slots += [(s, p.binned[plan.name][index]) for s, p in self._remote.items()]
+        if not slots:
+            return None
+        if len(slots) == 1:
+            finding: Finding | None = slots[0][1].evaluate()
+        else:
+            if not merged.load_sum([det for _, det in slots]):
+                merged.clear()
+                for _, det in slots:
+                    merged.merge(det)
+            finding = merged.evaluate()
+        if finding is None or not evidence:
+            return finding
+        return self._locate(finding, plan, index)
+
+    def _locate(self, finding: Finding, plan: _FieldPlan, index: int) -> Finding:
+        """``finding`` with the evidence of where its window lies, partition by partition."""
+        slots = [(s, p.binned[plan.name][index]) for s, p in self._partitions.items()]
+        slots += [(s, p.binned[plan.name][index]) for s, p in self._remote.items()]
+        categories = [] if plan.outcome[index] else self._category_names(plan)
+        return _with_evidence(finding, slots, plan, categories)
+
+    def _category_names(self, plan: _FieldPlan) -> list[str]:
+        if isinstance(plan.baseline, CategoricalBaseline):
+            return [str(c) for c in plan.baseline.categories]
+        return []
+
+    def evaluate(self) -> list[Finding]:
+        """Stream-level verdicts of every binned detector on the windows as they are now."""
+        out = []
+        for plan in self._plans:
+            for i, merged in enumerate(plan.merged):
+                if self._partitions and (finding := self._judge(plan, i, merged)):
+                    out.append(dataclasses.replace(finding, stream=self.spec.name))
+        return out
+
+    # -- state ---------------------------------------------------------------------
+    def partition_state(self, partition: int) -> DriftState | None:
+        """What continues ``partition``'s detectors exactly (None before the baseline)."""
+        if self.baseline is None:
+            return None
+        return self._partition(partition).state()
+
+    def decode_state(self, plain: Mapping[str, Any]) -> DriftState:
+        return DriftState.from_plain(plain)
+
+    def restore_partition(self, partition: int, state: StageState) -> None:
+        """Continue ``partition`` from its checkpoint; a state that does not fit this
+        configuration (another partition count, other detectors) restarts its windows."""
+        try:
+            self._partition(partition).restore(as_drift_state(state))
+        except (ConfigError, ValueError, KeyError) as exc:
+            log.warning(
+                "stream %s: checkpointed state of slot %d does not fit (%s): its windows restart",
+                self.spec.name,
+                partition,
+                exc,
+            )
+            self._partitions[partition] = _PartitionDetectors(self._plans)
+
+    def drop_partition(self, partition: int) -> None:
+        """Forget a partition this process no longer owns."""
+        self._partitions.pop(partition, None)
+
+    def set_remote(self, states: Mapping[int, StageState]) -> None:
+        """Windows of partitions other replicas own, from their latest checkpoints.
+
+        The stream's verdicts then merge every partition of the stream, whoever owns
+        it, so adding or removing replicas does not change what is judged (remote
+        windows lag by at most one checkpoint interval).
+        """
+        self._remote = {}
+        if self.baseline is None:
+            return
+        for slot, state in states.items():
+            if slot in self._partitions or state is None:
+                continue
+            dets = _PartitionDetectors(self._plans)
+            try:
+                dets.restore(as_drift_state(state))
+            except (ConfigError, ValueError, KeyError) as exc:
+                log.warning(
+                    "stream %s: remote state of slot %d unusable: %s", self.spec.name, slot, exc
+                )
+                continue
+            self._remote[slot] = dets
+            self._report_remote_changes(slot, dets)
+
+    def _report_remote_changes(self, slot: int, dets: _PartitionDetectors) -> None:
+        """ADWIN change points of a partition another replica owns, as findings.
+
+        A replica that does not judge the stream reports nothing itself; its
+        partitions' ADWIN histograms reach the judge in their checkpoints, and the
+        judge reports the change points counted since it last saw them.
+        """
+        for field_name, raw in dets.raw.items():
+            for i, det in enumerate(raw):
+                count = int(getattr(det, "n_detections", 0))
+                key = (slot, field_name, i)
+                new = count - self._remote_changes.get(key, count)
+                self._remote_changes[key] = count
+                self._remote_findings.append(
+                    Finding(
+                        detector=det.name,
+                        subject=field_name,
+                        statistic=float(new),
+                        threshold=1.0,
+                        drift=new > 0,
+                        window=WindowBounds(partition=slot),
+                        details=(("changes", float(new)),),
+                    )
+                )
+
+    def baseline_checkpoint(self) -> BaselineCheckpoint | None:
+        """The baseline built from first events (None for a file baseline)."""
+        if self.baseline is None or self.baseline_source == "file":
+            return None
+        return BaselineCheckpoint(self.baseline.to_json())
+
+    def restore_baseline(self, checkpoint: BaselineCheckpoint) -> None:
+        """Adopt a checkpointed baseline instead of building one."""
+        if self.baseline is not None and self.baseline_source == "file":
+            return
+        baseline = Baseline.from_json(checkpoint.json)
+        if self.baseline is not None and self.baseline.id == baseline.id:
+            return
+        self._accumulator = None
+        self._start(baseline)
+
+
+#: Decode reasons of a field-level violation -> data-quality outcome (QUALITY_KINDS);
+#: others (number_too_large, string_too_long, ...) count as wrong_type.
+_VIOLATION_KIND = {
+    "null_not_allowed": 1,
+    "missing_field": 1,
+    "unknown_category": 2,
+    "out_of_range": 3,
+    "wrong_type": 4,
+    "non_finite": 5,
+}
+
+
+def violation_kinds(batch: Batch) -> dict[str, tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]]:
+    """Per field, the accepted rows (positions in the batch) whose value the decoder
+    excluded for a field-level violation, and its data-quality kind."""
+    found = getattr(batch, "violations", ())
+    if not found:
+        return {}
+    grouped: dict[str, tuple[list[int], list[int]]] = {}
+    for v in found:
+        rows, kinds = grouped.setdefault(v.field, ([], []))
+        rows.append(int(v.index))
+        kinds.append(_VIOLATION_KIND.get(v.reason, 4))
+    out = {}
+    accepted = batch.rows
+    for name, (rows, kinds) in grouped.items():
+        index = np.asarray(rows, dtype=np.int64)
+        pos = np.searchsorted(accepted, index)
+        ok = pos < accepted.size
+        ok[ok] = accepted[pos[ok]] == index[ok]
+        out[name] = (pos[ok], np.asarray(kinds, dtype=np.int64)[ok])
+    return out
+
+
+def outcome_codes(
+    batch: Batch,
+    name: str,
+    valid: npt.NDArray[np.bool_],
+    bins: npt.NDArray[np.int64],
+    baseline: NumericBaseline | CategoricalBaseline,
+    violations: dict[str, tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]] | None = None,
+) -> npt.NDArray[np.int64]:
+    """Each accepted event's data-quality outcome for field ``name`` (an index into
+    ``QUALITY_KINDS``): ok, null (not valid), unseen category (a valid code outside
+    the baseline's categories), or the kind of the field-level violation the decoder
+    reports for it (``violation_kinds``: ``null_not_allowed`` -> null,
+    ``unknown_category`` -> unseen category, ``out_of_range``, ``non_finite``, any
+    other -> wrong type).
+    """
+    codes = np.where(valid, 0, 1).astype(np.int64)
+    if isinstance(baseline, CategoricalBaseline):
+        codes[valid & (bins >= len(baseline.categories))] = 2
+    if violations and name in violations:
+        pos, kinds = violations[name]
+        codes[pos] = kinds
+    return codes
+
+
+class _Fold:
+    """One partition's binned detector folding a batch in: its window before the
+    batch and at every sub-window it closed (``SlidingCounts.history``)."""
+
+    def __init__(self, det: Any, positions: npt.NDArray[np.intp]) -> None:
+        w: SlidingCounts = det._window
+        self.det = det
+        self.slot = id(det)
+        self.positions = positions  # batch rows this detector took, ascending
+        self.total0 = w._total.copy()
+        self.closed0 = int(w._closed)
+        self._pos0 = int(w._pos)
+        # Where the slots lay before the batch (read only for evidence, lazily).
+        self._off0 = w._off.copy()
+        self._tspan0 = w._tspan.copy()
+        self.history: list[tuple[int, npt.NDArray[np.int64], int, npt.NDArray[np.float64]]] = []
+        self._at: dict[int, int] = {}
+
+    def prepare(self, cuts: list[int]) -> None:
+        """Locate every step boundary of the batch in the history at once."""
+        ends = np.asarray([h[0] for h in self.history], dtype=np.int64)
+        taken = np.searchsorted(self.positions, cuts)
+        index = (np.searchsorted(ends, taken, side="right") - 1).tolist()
+        self._at = dict(zip(cuts, index, strict=True))
+
+    def at_all(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Window totals ``(cuts, bins)`` and closed sub-windows ``(cuts,)`` at every
+        step boundary given to ``prepare``, in order."""
+        rows = np.asarray(list(self._at.values()), dtype=np.int64) + 1
+        stack = np.stack([self.total0, *(h[1] for h in self.history)])
+        closed = np.asarray([self.closed0, *(h[2] for h in self.history)], dtype=np.int64)
+        return stack[rows], closed[rows]
+
+    def _index(self, cut: int) -> int:
+        """Index into ``history`` of the window at batch row ``cut`` (-1: as before)."""
+        return self._at[cut]
+
+    def at(self, cut: int) -> tuple[npt.NDArray[np.int64], int]:
+        """Window total and closed sub-windows at batch row ``cut``."""
+        k = self._index(cut)
+        if k < 0:
+            return self.total0, self.closed0
+        return self.history[k][1], self.history[k][2]  # total, closed
+
+    def span_at(self, cut: int) -> tuple[int, int | None, int | None, float | None, float | None]:
+        """``SlidingCounts.span`` of the window at batch row ``cut``."""
+        w: SlidingCounts = self.det._window
+        ring = w.ring_size
+        k = self._index(cut)
+        pushed = k + 1
+        total, closed = (self.total0, self.closed0) if k < 0 else self.history[k][1:3]
+        n_win = min(int(closed), ring)
+        newest_pushed = min(pushed, n_win)
+        old_needed = n_win - newest_pushed
+        # Slots closed before the batch sat at ring positions pos0 - old .. pos0 - 1;
+        # those closed in it are in the history.
+        old = (self._pos0 - np.arange(old_needed, 0, -1)) % ring
+        rows = [np.concatenate([self._off0[old].astype(np.float64), self._tspan0[old]], axis=1)]
+        rows += [h[3][None, :] for h in self.history[pushed - newest_pushed : pushed]]
+        spans = np.concatenate(rows)
+        known = spans[:, 0] >= 0
+        tk = ~np.isnan(spans[:, 2])
+        return (
+            int(total.sum()),
+            int(spans[known, 0].min()) if known.any() else None,
+            int(spans[known, 1].max()) if known.any() else None,
+            float(spans[tk, 2].min()) if tk.any() else None,
+            float(spans[tk, 3].max()) if tk.any() else None,
+        )
+
+
+class _SpanAt:
+    """A detector seen with the window span it had at a step boundary."""
+
+    def __init__(
+        self, det: Any, span: tuple[int, int | None, int | None, float | None, float | None]
+    ) -> None:
+        self._det = det
+        self._span = span
+
+    def span(self) -> tuple[int, int | None, int | None, float | None, float | None]:
+        return self._span
+
+    @property
+    def window_counts(self) -> Any:
+        return self._det.window_counts
+
+
+def _partition_share(kw: dict[str, Any], partitions: int) -> dict[str, Any]:
+    """A binned detector's arguments for one partition's share of a count window.
+
+    Each of the ``P`` partitions keeps ``R = window / step`` sub-windows of
+    ``ceil(step / P)`` of its own events, so the newest sub-windows of all partitions
+    add up to about ``window`` events of the stream. Verdicts are taken once per
+    ``step`` events of the stream, so each test keeps the level
+    ``step / (ert * family_size)``: ``ert`` is scaled by the same factor as the step.
+    Time windows are left alone (partitions merge by time bucket).
+    """
+    if partitions <= 1 or kw.get("window_seconds") is not None:
+        return kw
+    window, step = kw.get("window_events"), kw.get("step_events")
+    if not window or not step or window % step:
+        return kw  # the detector reports the invalid window itself
+    share = -(-int(step) // partitions)
+    ert = float(kw["ert"]) if kw.get("ert") is not None else DEFAULT_ERT_EVENTS
+    return {
+        **kw,
+        "window_events": window // step * share,
+        "step_events": share,
+        "ert": ert * share / step,
+    }
+
+
+def _adwin_share(kw: dict[str, Any], partitions: int) -> dict[str, Any]:
+    """ADWIN's arguments for one partition's share of the stream.
+
+    ADWIN runs per partition (its histogram is a function of that partition's values,
+    so restarts stay exact). Its configured ``min_window_length`` and ``subwindow``
+    are in events of the stream: each partition uses ``ceil(value / P)``, so a shift
+    is reported after about as many stream events as on one partition (the minimum
+    window dominates ADWIN's delay at the service defaults). The price: the
+    outlier protection of ``min_window_length`` is that of the smaller share.
+    """
+    if partitions <= 1:
+        return kw
+    out = dict(kw)
+    for key in ("min_window_length", "subwindow"):
+        if key in out:
+            out[key] = max(1, -(-int(out[key]) // partitions))
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def _locate_change(
+    f: Finding,
+    slot: int,
+    before: float,
+    values: npt.NDArray[Any],
+    offsets: npt.NDArray[np.int64] | None,
+    times: npt.NDArray[np.float64] | None,
+) -> Finding:
+    """An ADWIN finding with its partition, and for a change where and how much."""
+    window = dataclasses.replace(f.window, partition=slot)
+    if not f.drift:
+        return dataclasses.replace(f, window=window, partitions=(window,))
+    details = dict(f.details)
+    i = int(details.get("first_change_index", 0))
+    recent = values[max(0, i + 1 - _RECENT) : i + 1].astype(np.float64)
+    new = float(recent.mean()) if recent.size else math.nan
+    where = f"partition slot {slot}"
+    extra: list[tuple[str, float]] = [("old_mean", before), ("new_mean", new)]
+    offset = None if offsets is None else int(offsets[i])
+    when = None if times is None else float(times[i])
+    if offset is not None:
+        where += f" at offset {offset}"
+        extra.append(("change_offset", float(offset)))
+    if when is not None:
+        extra.append(("change_time", when))
+    window = dataclasses.replace(
+        window,
+        first_offset=offset,
+        last_offset=None if offsets is None else int(offsets[-1]),
+        end_time=when if when is not None else window.end_time,
+    )
+    summary = (
+        f"ADWIN found a change of the mean of {f.subject} on {where}: window mean before "
+        f"{_fmt(before)}, mean of the last {recent.size} values up to the change {_fmt(new)} "
+        f"({int(f.statistic)} change(s) >= 1)"
+    )
+    return dataclasses.replace(
+        f,
+        window=window,
+        partitions=(window,),
+        details=(*f.details, *extra),
+        summary=summary,
+    )
+
+
+def _with_evidence(
+    finding: Finding, slots: list[tuple[int, Any]], plan: _FieldPlan, categories: list[str]
+) -> Finding:
+    """A stream verdict with the span of each partition's window and, for a
+    categorical field, the categories contributing most and the unseen rate."""
+    parts = []
+    for slot, det in slots:
+        events, first, last, start, end = det.span()
+        if events:
+            parts.append(
+                WindowBounds(
+                    events=events,
+                    first_offset=first,
+                    last_offset=last,
+                    start_time=start,
+                    end_time=end,
+                    partition=slot,
+                )
+            )
+    starts = [p.start_time for p in parts if p.start_time is not None]
+    ends = [p.end_time for p in parts if p.end_time is not None]
+    window = dataclasses.replace(
+        finding.window,
+        start_time=min(starts) if starts else finding.window.start_time,
+        end_time=max(ends) if ends else finding.window.end_time,
+    )
+    if len(parts) == 1:
+        window = dataclasses.replace(
+            window,
+            first_offset=parts[0].first_offset,
+            last_offset=parts[0].last_offset,
+            partition=parts[0].partition,
+        )
+    top: tuple[tuple[str, float], ...] = ()
+    details = finding.details
+    if categories:
+        counts = np.zeros(len(categories) + 1, np.int64)
+        for _, det in slots:
+            counts += det.window_counts
+        top, unseen = _category_contributions(counts, plan.baseline, categories)
+        if "unseen_rate" not in dict(details):
+            details = (*details, ("unseen_rate", unseen))
+    return dataclasses.replace(
+        finding, window=window, partitions=tuple(parts), top=top, details=details
+    )
+
+
+def _category_contributions(
+    counts: npt.NDArray[np.int64], baseline: Any, categories: list[str], k: int = 5
+) -> tuple[tuple[tuple[str, float], ...], float]:
+    """The categories with the largest Pearson terms ``(o - e)^2 / e`` (share of their
+    sum, largest first) and the window's unseen-category rate."""
+    K = len(categories)
+    m = int(counts.sum())
+    if m == 0:
+        return (), 0.0
+    unseen = float(counts[K:].sum()) / m
+    q = np.asarray(baseline.counts, dtype=np.float64)
+    tested = q > 0
+    m_seen = float(counts[:K][tested].sum())
+    if m_seen == 0:
+        return (), unseen
+    e = m_seen * q[tested] / q[tested].sum()
+    o = counts[:K][tested].astype(np.float64)
+    terms = (o - e) ** 2 / e
+    total = float(terms.sum())
+    if total <= 0:
+        return (), unseen
+    names = [c for c, t in zip(categories, tested, strict=True) if t]
+    order = np.argsort(-terms, kind="stable")[:k]
+    return tuple((names[i], float(terms[i] / total)) for i in order), unseen
+
+
+def _factory(
+    name: str, baseline: Any, subject: str, kwargs: Mapping[str, Any]
+) -> Callable[[], Any]:
+    def make() -> Any:
+        return create(name, baseline=baseline, subject=subject, **kwargs)
+
+    return make
+
+
+def _tail(batch: Batch, start: int) -> Batch:
+    """The rows of ``batch`` from ``start`` on."""
+    return dataclasses.replace(
+        batch,
+        rows=batch.rows[start:],
+        columns={k: v[start:] for k, v in batch.columns.items()},
+        valid={k: v[start:] for k, v in batch.valid.items()},
+        entity=None if batch.entity is None else batch.entity[start:],
+        event_time=None if batch.event_time is None else batch.event_time[start:],
+        rejects=(),
+    )
+
+
+def drift_stages(pipeline: StreamPipeline) -> list[Stage]:
+    """One drift stage per stream pipeline (when a field has a detector)."""
+    stage = DriftStage.for_stream(pipeline.spec, pipeline.decoder)
+    return [] if stage is None else [stage]

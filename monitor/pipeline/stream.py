@@ -1,0 +1,513 @@
+"""One stream's processing of a consumed batch: decode, check, dead-letter, measure, detect.
+
+``StreamPipeline.process`` is synchronous and does no Kafka I/O: it returns the
+outgoing messages (dead letters), the findings and the offsets the batch covers;
+the runner sends, flushes and only then commits. Metrics are updated once per
+batch with pre-bound children.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from connectors.base import OutMessage
+from connectors.kafka import RawBatch
+from detectors.base import Finding
+from monitor.checkpoints import PartitionState, StageDecoder, StageState
+from monitor.config.schema import Config, StreamSpec
+from monitor.metrics import Metrics
+from monitor.pipeline.decode import (
+    FIELD_REASONS,
+    LIMITS,
+    REASONS,
+    Batch,
+    Reject,
+    StreamDecoder,
+    Violation,
+)
+from monitor.pipeline.stage import LegacyStage, Stage
+
+__all__ = [
+    "BatchInput",
+    "BatchResult",
+    "RawAwareStage",
+    "StreamPipeline",
+    "account_batch",
+    "as_stage",
+    "build_pipelines",
+    "dead_letter",
+    "output_topics",
+    "record_findings",
+    "violations_dead_letter",
+]
+
+
+BatchInput = RawBatch
+
+
+@runtime_checkable
+class RawAwareStage(Protocol):
+    """A stage that also reads the raw payloads and Kafka coordinates (the model stage:
+    request ids, offsets), and consumes the events of a label topic of the stream."""
+
+    def update_raw(
+        self, raw: BatchInput, batch: Batch, partitions: npt.NDArray[np.int32]
+    ) -> list[Finding]: ...
+
+    def update_labels(
+        self, raw: BatchInput, partitions: npt.NDArray[np.int32]
+    ) -> tuple[list[Finding], list[Reject]]: ...
+
+
+@dataclass
+class BatchResult:
+    """What processing one batch produced.
+
+    Accounting: ``events == accepted + sum(rejected.values())``. ``rejected`` counts
+    the events excluded as a whole, by reason; ``violations`` the accepted events
+    with at least one excluded value, by their first violation's reason. Each of
+    both is dead-lettered once (``out``).
+    """
+
+    stream: str
+    events: int
+    accepted: int
+    rejected: dict[str, int]
+    out: list[OutMessage] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    violations: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(self.rejected.values()) + sum(self.violations.values())
+
+
+# A dead letter's key is kept up to this size (keys are not limited by max_event_bytes).
+_MAX_KEY_BYTES = 16_384
+_TRUNCATED = ("driftwarden.truncated", b"true")
+
+
+def dead_letter(
+    topic: str,
+    stream: str,
+    raw: BatchInput,
+    index: int,
+    reason: str,
+    detail: str,
+    *,
+    max_bytes: int | None = None,
+    extra: tuple[tuple[str, bytes], ...] = (),
+) -> OutMessage:
+    """A dead-letter record: the original bytes and key, the reason in headers.
+
+    A value over ``max_bytes`` is cut to its first ``max_bytes`` bytes; the headers
+    ``driftwarden.truncated``, ``driftwarden.original_size`` and
+    ``driftwarden.original_sha256`` (hex, of the whole original) say so. Keys over
+    16 KiB are cut the same way (``driftwarden.original_key_size``).
+    """
+    value = raw.values[index]
+    key = raw.keys[index]
+    ts = int(raw.timestamps[index])
+    headers = (
+        ("driftwarden.reason", reason.encode()),
+        ("driftwarden.detail", detail.encode("utf-8", "replace")[:1000]),
+        ("driftwarden.stream", stream.encode()),
+        ("driftwarden.topic", raw.topic.encode()),
+        ("driftwarden.partition", str(int(raw.partitions[index])).encode()),
+        ("driftwarden.offset", str(int(raw.offsets[index])).encode()),
+        ("driftwarden.timestamp", str(ts).encode()),
+        *extra,
+    )
+    body = value if value is not None else b""
+    if max_bytes is not None and len(body) > max_bytes:
+        headers += (
+            _TRUNCATED,
+            ("driftwarden.original_size", str(len(body)).encode()),
+            ("driftwarden.original_sha256", hashlib.sha256(body).hexdigest().encode()),
+        )
+        body = body[:max_bytes]
+    if key is not None and len(key) > _MAX_KEY_BYTES:
+        headers += (("driftwarden.original_key_size", str(len(key)).encode()),)
+        key = key[:_MAX_KEY_BYTES]
+    return OutMessage(topic=topic, value=body, key=key, headers=headers)
+
+
+def violations_dead_letter(
+    topic: str,
+    stream: str,
+    raw: BatchInput,
+    violations: Sequence[Violation],
+    *,
+    max_bytes: int | None = None,
+) -> OutMessage:
+    """The one dead letter of an accepted event with excluded values: the first
+    violation's reason, every ``field:reason`` in ``driftwarden.violations`` and
+    every detail (``; ``-separated) in ``driftwarden.detail``."""
+    first = violations[0]
+    listed = ",".join(f"{v.field}:{v.reason}" for v in violations)
+    return dead_letter(
+        topic,
+        stream,
+        raw,
+        first.index,
+        first.reason,
+        "; ".join(v.detail for v in violations),
+        max_bytes=max_bytes,
+        extra=(
+            ("driftwarden.level", b"field"),
+            ("driftwarden.violations", listed.encode("utf-8", "replace")[:1000]),
+        ),
+    )
+
+
+def _next_offsets(
+    topic: str, partitions: npt.NDArray[np.int32], offsets: npt.NDArray[np.int64]
+) -> dict[tuple[str, int], int]:
+    if len(partitions) == 0:
+        return {}
+    first = partitions[0]
+    if (partitions == first).all():
+        return {(topic, int(first)): int(offsets.max()) + 1}
+    out = {}
+    for p in np.unique(partitions).tolist():
+        out[(topic, int(p))] = int(offsets[partitions == p].max()) + 1
+    return out
+
+
+class StreamPipeline:
+    """Decode + schema checks + dead letters + metrics (+ finding stages) for one stream."""
+
+    def __init__(
+        self,
+        spec: StreamSpec,
+        metrics: Metrics,
+        dead_letter_topic: str,
+        stages: Sequence[Any] = (),
+        dead_letter_max_bytes: int | None = None,
+    ) -> None:
+        self.spec = spec
+        self.metrics = metrics
+        self.dead_letter_topic = dead_letter_topic
+        self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.decoder = StreamDecoder(spec)
+        # What the stage factories built: ``Stage``s, or objects of the earlier untyped
+        # contract (``typed_stages`` views both as ``Stage``).
+        self.stages: list[Any] = list(stages)
+        name = spec.name
+        self._invalid = {r: metrics.invalid_events.labels(name, r) for r in REASONS}
+        self._events = {t: metrics.events.labels(name, t) for t in spec.all_topics}
+        self._nulls = {f: metrics.field_nulls.labels(name, f) for f in spec.fields}
+        self._null_ratio = {f: metrics.null_ratio.labels(name, f) for f in spec.fields}
+        self._last = metrics.last_processed.labels(name)
+        self._last_event_time = metrics.last_event_time.labels(name)
+        self._entities = metrics.entities.labels(name)
+        self._entity_overflow = metrics.entity_overflow.labels(name)
+        self._decode_fallback = metrics.decode_fallback.labels(name)
+        self._decode_fallback.inc(0)
+        self._baseline_ready = metrics.baseline_ready.labels(name)
+        self._violations = {
+            (f, r): metrics.field_violations.labels(name, f, r)
+            for f in spec.fields
+            for r in sorted(FIELD_REASONS)
+        }
+        self._limits = {lim: metrics.limit_hits.labels(name, lim) for lim in LIMITS}
+        self._truncated = metrics.dead_letters_truncated.labels(name)
+        for child in (  # so rate() sees a zero before the first reject
+            *self._invalid.values(),
+            *self._violations.values(),
+            *self._limits.values(),
+            self._truncated,
+        ):
+            child.inc(0)
+        # Stages key their state by slot = topic index << 20 | partition (= the partition
+        # for a one-topic stream), so the partitions of a stream's topics stay apart.
+        self._slot_base = {t: np.int32(i << 20) for i, t in enumerate(spec.all_topics)}
+        # Per (topic, partition): events seen, checkpointed with the partition's state.
+        self.partition_events: dict[tuple[str, int], int] = {}
+        labels = spec.model.labels if spec.model is not None else None
+        # A model's label and deploy topics: their events go to the stages'
+        # update_labels / update_deploys, not to the stream decoder.
+        self.label_topic = labels.topic if labels is not None else None
+        self.deploy_topic = spec.model.deploy_topic if spec.model is not None else None
+        self.last_batch: Batch | None = None  # the latest decoded batch (replay reads it)
+
+    def process(self, raw: BatchInput) -> BatchResult:
+        if raw.topic == self.label_topic:
+            return self._process_labels(raw)
+        if raw.topic == self.deploy_topic:
+            return self._process_labels(raw, "update_deploys")
+        t0 = time.perf_counter()
+        batch = self.last_batch = self.decoder.decode(raw.values)
+        t1 = time.perf_counter()
+        topic, name, cap = self.dead_letter_topic, self.spec.name, self.dead_letter_max_bytes
+        out = [
+            dead_letter(topic, name, raw, r.index, r.reason, r.detail, max_bytes=cap)
+            for r in batch.rejects
+        ]
+        if batch.fallback_rows:
+            self._decode_fallback.inc(batch.fallback_rows)
+        order = [r.index for r in batch.rejects]
+        counts = batch.reason_counts()
+        violated: dict[str, int] = {}
+        excluded: dict[str, int] = {}
+        if batch.violations:
+            for index, vs in batch.violated_events().items():
+                out.append(violations_dead_letter(topic, name, raw, vs, max_bytes=cap))
+                order.append(index)
+                violated[vs[0].reason] = violated.get(vs[0].reason, 0) + 1
+            for (fld, reason), count in batch.violation_counts().items():
+                self._violations[(fld, reason)].inc(count)
+                excluded[fld] = excluded.get(fld, 0) + count
+            out = [m for _, m in sorted(zip(order, out, strict=True), key=lambda p: p[0])]
+        for reason, count in counts.items():
+            self._invalid[reason].inc(count)
+        for reason, count in violated.items():  # dead-lettered events, by their first reason
+            self._invalid[reason].inc(count)
+        for limit, count in batch.limit_hits:
+            self._limits[limit].inc(count)
+        if cap is not None:
+            cut = sum(_TRUNCATED in m.headers for m in out)
+            if cut:
+                self._truncated.inc(cut)
+        n = len(raw.values)
+        self._events[raw.topic].inc(n)
+        if batch.n:
+            for fld, ok in batch.valid.items():
+                nulls = batch.n - int(np.count_nonzero(ok)) - excluded.get(fld, 0)
+                if nulls:
+                    self._nulls[fld].inc(nulls)
+                self._null_ratio[fld].set(nulls / batch.n)
+        if batch.event_time is not None and batch.n:
+            self._last_event_time.set(float(batch.event_time.max()))
+        if self.decoder.entities is not None:
+            self._entities.set(len(self.decoder.entities.codes) - 1)
+            if batch.entity_overflow:
+                self._entity_overflow.inc(int(np.count_nonzero(batch.entity == -1)))
+        t2 = time.perf_counter()
+        findings: list[Finding] = []
+        if self.stages and batch.n:
+            partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
+            offsets = raw.offsets[batch.rows]
+            for stage in self.stages:
+                aware = _raw_aware(stage)
+                located = getattr(stage, "update_located", None)  # stages that take offsets
+                if aware is not None:
+                    findings.extend(aware.update_raw(raw, batch, partitions))
+                elif located is not None:
+                    findings.extend(located(batch, partitions, offsets))
+                else:
+                    findings.extend(stage.update(batch, partitions))
+            self.refresh_ready()
+        t3 = time.perf_counter()
+        self._last.set(time.time())
+        self._count_partitions(raw)
+        return BatchResult(
+            stream=self.spec.name,
+            events=n,
+            accepted=batch.n,
+            rejected=counts,
+            out=out,
+            findings=findings,
+            next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
+            stage_seconds={"decode": t1 - t0, "checks": t2 - t1, "detectors": t3 - t2},
+            violations=violated,
+        )
+
+    def _process_labels(self, raw: BatchInput, method: str = "update_labels") -> BatchResult:
+        """A batch of the label (or deploy) topic, for the stages that read it."""
+        t0 = time.perf_counter()
+        n = len(raw.values)
+        self._events[raw.topic].inc(n)
+        partitions = raw.partitions + self._slot_base[raw.topic]
+        findings: list[Finding] = []
+        rejects: dict[int, Reject] = {}
+        for stage in self.stages:
+            aware = _raw_aware(stage)
+            if aware is not None and hasattr(aware, method):
+                found, bad = getattr(aware, method)(raw, partitions)
+                findings.extend(found)
+                rejects.update((r.index, r) for r in bad)
+        out = [
+            dead_letter(
+                self.dead_letter_topic,
+                self.spec.name,
+                raw,
+                r.index,
+                r.reason,
+                r.detail,
+                max_bytes=self.dead_letter_max_bytes,
+            )
+            for r in sorted(rejects.values(), key=lambda r: r.index)
+        ]
+        counts: dict[str, int] = {}
+        for r in rejects.values():
+            counts[r.reason] = counts.get(r.reason, 0) + 1
+            self._invalid[r.reason].inc()
+        self._count_partitions(raw)
+        return BatchResult(
+            stream=self.spec.name,
+            events=n,
+            accepted=n - len(rejects),
+            rejected=counts,
+            out=out,
+            findings=findings,
+            next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
+            stage_seconds={"labels": time.perf_counter() - t0},
+        )
+
+    def _count_partitions(self, raw: BatchInput) -> None:
+        parts = raw.partitions
+        if len(parts) and (parts == parts[0]).all():
+            key = (raw.topic, int(parts[0]))
+            self.partition_events[key] = self.partition_events.get(key, 0) + len(parts)
+            return
+        values, counts = np.unique(parts, return_counts=True)
+        for p, c in zip(values.tolist(), counts.tolist(), strict=True):
+            key = (raw.topic, int(p))
+            self.partition_events[key] = self.partition_events.get(key, 0) + int(c)
+
+    # -- state ---------------------------------------------------------------------
+    @property
+    def typed_stages(self) -> list[Stage]:
+        """The stages as ``Stage`` (untyped ones wrapped in ``LegacyStage``)."""
+        return [as_stage(s) for s in self.stages]
+
+    def refresh_ready(self) -> None:
+        """``driftwarden_baseline_ready``: 1 once every stage has its baseline."""
+        self._baseline_ready.set(1 if all(s.ready for s in self.typed_stages) else 0)
+
+    def partition_state(self, topic: str, partition: int) -> PartitionState:
+        """Everything that continues ``(topic, partition)`` exactly."""
+        slot = self._slot(topic, partition)
+        return PartitionState(
+            self.partition_events.get((topic, partition), 0),
+            tuple(s.partition_state(slot) for s in self.typed_stages),
+        )
+
+    @property
+    def state_decoders(self) -> tuple[StageDecoder, ...]:
+        """One decoder per stage, to type a checkpointed ``PartitionState``."""
+        return tuple(s.decode_state for s in self.typed_stages)
+
+    def restore_partition(self, topic: str, partition: int, state: PartitionState) -> None:
+        self.partition_events[(topic, partition)] = state.events
+        for stage, st in zip(self.typed_stages, state.stages, strict=False):
+            if st is not None:
+                stage.restore_partition(self._slot(topic, partition), st)
+
+    def drop_partition(self, topic: str, partition: int) -> None:
+        self.partition_events.pop((topic, partition), None)
+        for stage in self.stages:
+            stage.drop_partition(self._slot(topic, partition))
+
+    @property
+    def judge_partition(self) -> tuple[str, int]:
+        """The partition whose owner judges the stream (and keeps its alert state)."""
+        return (self.spec.all_topics[0], 0)
+
+    def judges(self, owned: set[tuple[str, int]]) -> bool:
+        return self.judge_partition in owned
+
+    def set_partition_count(self, count: int) -> None:
+        """The stream's partition count over all its topics (stages that size their
+        windows by it take it)."""
+        for stage in self.stages:
+            setter = getattr(stage, "set_partition_count", None)
+            if setter is not None:
+                setter(count)
+
+    def set_ownership(self, owned: set[tuple[str, int]]) -> None:
+        """This process judges the stream when it owns the stream's first partition."""
+        judge = self.judges(owned)
+        for stage in self.typed_stages:
+            stage.judge = judge
+
+    def set_remote(self, states: dict[tuple[str, int], PartitionState]) -> None:
+        """Checkpointed pipeline states of partitions other processes own."""
+        for index, stage in enumerate(self.typed_stages):
+            remote: dict[int, StageState] = {}
+            for (t, p), st in states.items():
+                if t in self._slot_base and len(st.stages) > index:
+                    found = st.stages[index]
+                    if found is not None:
+                        remote[self._slot(t, p)] = found
+            stage.set_remote(remote)
+
+    def _slot(self, topic: str, partition: int) -> int:
+        return int(self._slot_base[topic]) + partition
+
+
+def as_stage(stage: Any) -> Stage:
+    """``stage`` itself when it implements ``Stage``; else wrapped (the untyped contract)."""
+    if isinstance(stage, Stage):
+        return stage
+    return LegacyStage(stage, type(stage).__name__)
+
+
+def _raw_aware(stage: Any) -> RawAwareStage | None:
+    return stage if isinstance(stage, RawAwareStage) else None
+
+
+def build_pipelines(
+    config: Config,
+    metrics: Metrics,
+    stages: Callable[[StreamPipeline], list[Any]] | None,
+) -> dict[str, StreamPipeline]:
+    """One pipeline per configured stream, keyed by each of its topics."""
+    pipelines: dict[str, StreamPipeline] = {}
+    for spec in config.streams:
+        pipeline = StreamPipeline(
+            spec,
+            metrics,
+            config.dead_letter_topic,
+            dead_letter_max_bytes=config.dead_letter_max_bytes,
+        )
+        if stages is not None:
+            pipeline.stages.extend(stages(pipeline))
+        pipeline.refresh_ready()
+        for topic in spec.all_topics:
+            pipelines[topic] = pipeline
+    return pipelines
+
+
+def output_topics(config: Config) -> list[str]:
+    """The topics the service produces to: dead letters, alerts, retrain requests."""
+    topics = [config.dead_letter_topic]
+    alerts = config.alerts
+    if alerts is not None:
+        topics += [t for t in (alerts.topic, alerts.retrain_topic) if t]
+    return list(dict.fromkeys(topics))
+
+
+def record_findings(metrics: Metrics, findings: Sequence[Finding]) -> None:
+    """The drift gauges and ADWIN's change counter, from a batch's findings."""
+    m = metrics
+    for f in findings:
+        if f.kind == "entity":  # per-device: the fleet stage keeps its own metrics
+            continue
+        labels = (f.stream, f.subject, f.detector)
+        m.drift_statistic.labels(*labels).set(f.statistic)
+        m.drift_threshold.labels(*labels).set(f.threshold)
+        if f.p_value is not None:
+            m.drift_p_value.labels(*labels).set(f.p_value)
+        m.drift_detected.labels(*labels).set(1 if f.drift else 0)
+        if f.detector == "adwin" and f.drift:
+            m.adwin_changes.labels(f.stream, f.subject).inc(dict(f.details).get("changes", 1.0))
+
+
+def account_batch(metrics: Metrics, result: BatchResult) -> None:
+    """Stage times and dead-letter counts of one processed batch."""
+    for stage, secs in result.stage_seconds.items():
+        metrics.stage_seconds.labels(stage).inc(secs)
+    dead = result.dead_letters
+    if dead:
+        metrics.dead_letters.labels(result.stream).inc(dead)

@@ -1,0 +1,230 @@
+"""The service loop: consume a batch, run its transaction, checkpoint, repeat.
+
+The parts, one job each: ``monitor.runtime.transaction`` (process -> findings -> outgoing
+messages; counts), ``monitor.runtime.assignment`` (rebalances: restore and seek, hand over
+alert state), ``monitor.runtime.checkpointer`` (positions, checkpoint cadence, window
+sharing), ``monitor.runtime.readiness`` (broker probing, the ready gauge). This module
+wires them and runs the loop; a stop request (SIGTERM/SIGINT) lets the current
+batch finish all its steps before closing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from connectors.base import MessageSink
+from connectors.kafka import KafkaSink, producer_limits
+from monitor.config.schema import Config
+from monitor.errors import DriftwardenError, SinkError
+from monitor.metrics import Metrics
+from monitor.pipeline.stage import Stage, Ticking
+from monitor.pipeline.stream import StreamPipeline, build_pipelines
+from monitor.runtime.assignment import Assignment, kafka_source
+from monitor.runtime.checkpointer import Checkpointer
+from monitor.runtime.readiness import Readiness
+from monitor.runtime.state import StateStore
+from monitor.runtime.summary import summary_line
+from monitor.runtime.transaction import (
+    BatchSource,
+    BatchTransaction,
+    FindingsHandler,
+    RunStats,
+    send_all,
+)
+from monitor.status import StatusBoard
+
+__all__ = ["BatchSource", "FindingsHandler", "RunStats", "Runner"]
+
+log = logging.getLogger("driftwarden.runner")
+
+
+class Runner:
+    """Wires source, pipelines, sink, state and metrics together and runs the loop."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        source: BatchSource | None = None,
+        sink: MessageSink | None = None,
+        stages: Callable[[StreamPipeline], list[Stage]] | None = None,
+        findings_handler: FindingsHandler | None = None,
+        state_store: StateStore | None = None,
+        board: StatusBoard | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.pipelines = build_pipelines(config, self.metrics, stages)
+        self.findings_handler = findings_handler
+        if state_store is None and source is None and config.state.enabled:
+            state_store = StateStore(config.kafka, config.state.topic)
+        self.state = state_store
+        self.final_checkpoint = True  # False skips the checkpoint on close, as a crash would
+        self.stats = RunStats()
+        self.stop_event = threading.Event()
+        self.readiness = Readiness(
+            lambda: bool(self.source.assignment), lambda t: self.source.probe(t), self.metrics.ready
+        )
+        self.checkpointer = Checkpointer(
+            config,
+            self.pipelines,
+            state_store,
+            lambda: self.source,
+            findings_handler,
+            self.metrics,
+            self.readiness,
+        )
+        self.assignment = Assignment(
+            config,
+            self.pipelines,
+            self.checkpointer,
+            lambda: self.source,
+            findings_handler,
+            self.metrics,
+            self.stop_event,
+        )
+        self.transaction = BatchTransaction(
+            self.pipelines, self.metrics, findings_handler, self.stats, board
+        )
+        self.source: BatchSource = (
+            source
+            if source is not None
+            else kafka_source(config, self.assignment, self._on_kafka_error)
+        )
+        self.sink: MessageSink = sink if sink is not None else self._make_sink()
+        self.positions = self.checkpointer.positions
+
+    def _make_sink(self) -> KafkaSink:
+        # A refused dead letter or alert is sent again until the broker takes it: the
+        # commit waits (nothing is skipped), readiness drops, the failure is counted.
+        def failed(topic: str, reason: str) -> None:
+            self.metrics.produce_failures.labels(topic, reason.lstrip("_").lower()).inc()
+
+        options = {**producer_limits(self.config.dead_letter_max_bytes), **self.config.kafka}
+        return KafkaSink(options, retry_failed=True, on_failure=failed)
+
+    def _on_kafka_error(self, name: str, fatal: bool) -> None:
+        self.metrics.kafka_errors.labels(name.lstrip("_").lower() or "unknown").inc()
+        self.readiness.on_kafka_error(name)
+        if fatal:
+            log.error("fatal Kafka error %s; stopping", name)
+            self.stop_event.set()
+
+    def ready(self) -> bool:
+        """Partitions assigned, the broker reachable, no write to it stuck."""
+        return self.readiness.ready()
+
+    def checkpoint(self, partitions: list[tuple[str, int]] | None = None) -> int:
+        return self.checkpointer.checkpoint(partitions)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # -- the loop --------------------------------------------------------------------
+    def run(
+        self,
+        *,
+        max_seconds: float | None = None,
+        until: Callable[[RunStats], bool] | None = None,
+        on_summary: Callable[[str], None] | None = None,
+    ) -> RunStats:
+        """Run until ``stop()``, ``max_seconds`` or ``until(stats)``; then commit and close."""
+        started = last_summary = time.monotonic()
+        summary_events = 0
+        try:
+            while not self.stop_event.is_set():
+                now = time.monotonic()
+                if max_seconds is not None and now - started >= max_seconds:
+                    break
+                self.step()
+                if until is not None and until(self.stats):
+                    break
+                if on_summary is not None and now - last_summary >= self.config.summary_interval:
+                    rate = (self.stats.events - summary_events) / max(now - last_summary, 1e-9)
+                    on_summary(self.summary(rate))
+                    last_summary, summary_events = now, self.stats.events
+        finally:
+            self.close()
+        return self.stats
+
+    def step(self) -> int:
+        """Consume and fully process one batch; return how many events it had."""
+        started = time.perf_counter()
+        batches = self.source.poll()
+        if not batches:
+            self.readiness.on_idle()  # nothing tells a quiet topic from a frozen broker
+            if self.readiness.broker_ok and self.checkpointer.events_since:
+                self.checkpointer.maybe_checkpoint()  # a quiet stream still gets saved
+            self._tick_stages()
+            self.readiness.refresh()
+            return 0
+        self.readiness.on_batch()
+        prepared = self.transaction.prepare(batches, started)
+        send_all(self.sink, prepared.out)
+        self._flush()
+        self.checkpointer.advance(prepared.next_offsets, prepared.events)
+        self.checkpointer.maybe_checkpoint()
+        self.transaction.complete(prepared)
+        for (topic, partition), lag in self.source.lag(self.positions).items():
+            self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+        self.readiness.refresh()
+        return prepared.events
+
+    def _tick_stages(self) -> None:
+        """Let stages judge by wall clock while no event arrives (fleet: a quiet
+        partition's devices go silent); their findings are handled like a batch's."""
+        findings = [
+            f
+            for pipeline in dict.fromkeys(self.pipelines.values())
+            for stage in pipeline.stages
+            if isinstance(stage, Ticking)
+            for f in stage.tick()
+        ]
+        if findings:
+            send_all(self.sink, self.transaction.handle_findings(findings))
+            self._flush()
+
+    def _flush(self) -> None:
+        # Offsets must not be committed before every outgoing message is durable.
+        with self.readiness.waiting():
+            while True:
+                try:
+                    remaining = self.sink.flush(1.0)
+                except SinkError:
+                    self.readiness.not_ready()
+                    raise
+                if remaining == 0:
+                    return
+                self.readiness.not_ready()
+                if self.stop_event.is_set():  # stopping: leave the batch uncommitted
+                    raise SinkError(f"stopped with {remaining} outgoing message(s) unacknowledged")
+                log.warning("waiting for the broker to acknowledge %d message(s)", remaining)
+
+    def summary(self, rate: float) -> str:
+        """One console line: rate, invalid events, lag, readiness, what drifts."""
+        lag = sum(self.source.lag(self.positions).values()) if self.source.assignment else 0
+        return summary_line(self.stats, rate, lag, self.ready())
+
+    def close(self) -> None:
+        try:
+            try:
+                if self.sink.flush(10.0):
+                    log.warning("some outgoing messages were not acknowledged before close")
+            except SinkError as exc:
+                log.error("outgoing messages lost on close: %s", exc)
+            if self.state is not None and self.positions and self.final_checkpoint:
+                try:
+                    self.checkpointer.checkpoint()
+                except DriftwardenError as exc:
+                    log.error("final checkpoint failed (a restart replays from the last): %s", exc)
+        finally:
+            self.readiness.not_ready()
+            self.source.close()
+            if self.findings_handler is not None:
+                self.findings_handler.close()
+            if self.state is not None:
+                self.state.close()

@@ -1,0 +1,199 @@
+"""One batch transaction, shared by the native runner and the Faust adapter.
+
+Per consumed batch, in this order (at-least-once, nothing skipped):
+
+1. ``prepare``: every stream's pipeline processes its part (decode, checks,
+   stages); the findings update the drift metrics and go to the findings handler
+   (the alert engine), which returns the alert and retrain messages; the batch's
+   outgoing messages are the dead letters plus those;
+2. the caller sends them and waits until the broker acknowledged all of them
+   (``send_all`` + the runner's flush loop, or the Faust producer's futures);
+3. the caller makes the batch's position durable: the runner checkpoints and
+   commits, Faust acks the events;
+4. ``complete``: counts and batch metrics.
+
+A crash between 2 and 3 replays the batch: dead letters and alerts may then appear
+twice, with the same content (alerts carry deterministic ids).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from connectors.base import MessageSink, OutMessage
+from connectors.kafka import RawBatch, TopicPartitionKey
+from detectors.base import Finding
+from monitor.checkpoints import AlertState
+from monitor.metrics import Metrics
+from monitor.pipeline.stream import BatchResult, StreamPipeline, account_batch, record_findings
+from monitor.status import StatusBoard
+
+__all__ = [
+    "BatchSource",
+    "BatchTransaction",
+    "FindingsHandler",
+    "PreparedBatch",
+    "RunStats",
+    "send_all",
+]
+
+
+class BatchSource(Protocol):
+    """Where batches come from (``connectors.kafka.KafkaSource``, or a fake in tests)."""
+
+    assignment: set[TopicPartitionKey]
+
+    def poll(self) -> list[RawBatch]: ...
+
+    def commit(self, next_offsets: Mapping[TopicPartitionKey, int]) -> None: ...
+
+    def lag(self, positions: Mapping[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]: ...
+
+    def probe(self, timeout: float) -> bool: ...
+
+    def partition_count(self, topic: str) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class FindingsHandler(Protocol):
+    """Consumes findings after each batch (the alert engine); returns messages to send.
+
+    Its state is kept per stream: whoever judges a stream checkpoints that stream's
+    part (``state(stream)``) and continues it (``restore(stream, state)``);
+    ``release(stream)`` forgets a stream another process now judges.
+    """
+
+    def handle(self, findings: list[Finding], now: float) -> list[OutMessage]: ...
+
+    def state(self, stream: str) -> AlertState: ...
+
+    def restore(self, stream: str, state: AlertState) -> None: ...
+
+    def release(self, stream: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class RunStats:
+    """Counts since start, for the console summary and tests."""
+
+    events: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    # Accepted events with excluded values (dead-lettered too), by first reason.
+    violated: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    commits: int = 0
+    messages_out: int = 0
+    findings: int = 0
+    drifting: set[tuple[str, str, str]] = field(default_factory=set)
+
+    @property
+    def invalid(self) -> int:
+        return sum(self.rejected.values())
+
+    def add(self, result: BatchResult) -> None:
+        """Count one stream's part of a processed batch."""
+        self.events += result.events
+        self.accepted += result.accepted
+        for reason, count in result.rejected.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + count
+        for reason, count in result.violations.items():
+            self.violated[reason] = self.violated.get(reason, 0) + count
+        self.findings += len(result.findings)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A processed batch whose outgoing messages are not yet durable."""
+
+    results: tuple[BatchResult, ...]
+    findings: tuple[Finding, ...]
+    out: tuple[OutMessage, ...]
+    started: float  # time.perf_counter() when the batch was taken
+
+    @property
+    def events(self) -> int:
+        return sum(r.events for r in self.results)
+
+    @property
+    def next_offsets(self) -> dict[TopicPartitionKey, int]:
+        """Per partition, the offset after the batch's last event."""
+        offsets: dict[TopicPartitionKey, int] = {}
+        for r in self.results:
+            offsets.update(r.next_offsets)
+        return offsets
+
+
+class BatchTransaction:
+    """Steps 1 and 4 of a batch (see the module doc); the caller owns 2 and 3."""
+
+    def __init__(
+        self,
+        pipelines: Mapping[str, StreamPipeline],
+        metrics: Metrics,
+        findings_handler: FindingsHandler | None,
+        stats: RunStats,
+        board: StatusBoard | None = None,
+    ) -> None:
+        self.pipelines = pipelines
+        self.metrics = metrics
+        self.findings_handler = findings_handler
+        self.stats = stats
+        self.board = board  # the /status page's record, when served
+
+    def prepare(self, batches: Sequence[RawBatch], started: float | None = None) -> PreparedBatch:
+        """Process ``batches``; return their results and every message they make."""
+        t0 = time.perf_counter() if started is None else started
+        results = tuple(self.pipelines[raw.topic].process(raw) for raw in batches)
+        out: list[OutMessage] = []
+        findings: list[Finding] = []
+        for r in results:
+            out.extend(r.out)
+            findings.extend(r.findings)
+        out.extend(self.handle_findings(findings))
+        return PreparedBatch(results, tuple(findings), tuple(out), t0)
+
+    def handle_findings(self, findings: list[Finding]) -> list[OutMessage]:
+        """Metrics, drift summary, status board and alerts of ``findings``; the alert
+        and retrain messages to send."""
+        record_findings(self.metrics, findings)
+        if self.board is not None and findings:
+            self.board.record_findings(findings, time.time())
+        for f in findings:
+            labels = (f.stream, f.subject, f.detector)
+            if f.drift:
+                self.stats.drifting.add(labels)
+            else:
+                self.stats.drifting.discard(labels)
+        if self.findings_handler is None:
+            return []
+        return self.findings_handler.handle(findings, time.time())
+
+    def complete(self, batch: PreparedBatch, *, committed: bool = True) -> None:
+        """Count a batch whose outputs are durable (and position committed, if so)."""
+        m, s = self.metrics, self.stats
+        now = time.time()
+        for r in batch.results:
+            s.add(r)
+            account_batch(m, r)
+            if self.board is not None:
+                self.board.record_batch(
+                    r.stream, events=r.events, accepted=r.accepted, rejected=r.rejected, now=now
+                )
+        s.batches += 1
+        s.commits += int(committed)
+        s.messages_out += len(batch.out)
+        m.batch_duration.observe(time.perf_counter() - batch.started)
+        m.batch_events.observe(batch.events)
+
+
+def send_all(sink: MessageSink, out: Sequence[OutMessage]) -> None:
+    """Hand every message to ``sink`` (durable only after its ``flush``)."""
+    for message in out:
+        sink.send(message)
