@@ -44,7 +44,7 @@ PINNED: dict[str, list[str]] = {
         "WindowParams",
     ],
     "detectors.registry": ["create", "detector_class", "names"],
-    "monitor.runtime.assignment": ["Assignment", "kafka_source"],
+    "monitor.runtime.assignment": ["Assignment", "kafka_sink", "kafka_source"],
     "monitor.runtime.checkpointer": ["Checkpointer", "judged_streams", "unique_pipelines"],
     "monitor.checkpoints": [
         "AlertState",
@@ -98,6 +98,8 @@ PINNED: dict[str, list[str]] = {
         "FindingsHandler",
         "PreparedBatch",
         "RunStats",
+        "flush_durably",
+        "flush_quietly",
         "send_all",
     ],
     "monitor.runtime.service": ["Service"],

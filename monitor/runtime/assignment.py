@@ -16,7 +16,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from connectors.kafka import KafkaSource, TopicPartitionKey, consumer_limits
+from connectors.kafka import (
+    KafkaSink,
+    KafkaSource,
+    TopicPartitionKey,
+    consumer_limits,
+    producer_limits,
+)
 from monitor.checkpoints import CheckpointKey
 from monitor.config.schema import Config
 from monitor.errors import DriftwardenError
@@ -25,7 +31,7 @@ from monitor.pipeline.stream import StreamPipeline
 from monitor.runtime.checkpointer import Checkpointer, judged_streams, unique_pipelines
 from monitor.runtime.transaction import BatchSource, FindingsHandler
 
-__all__ = ["Assignment", "kafka_source"]
+__all__ = ["Assignment", "kafka_sink", "kafka_source"]
 
 log = logging.getLogger("driftwarden.runner")
 
@@ -168,3 +174,15 @@ def kafka_source(
         on_revoke=assignment.on_revoke,
         on_error=on_error,
     )
+
+
+def kafka_sink(config: Config, metrics: Metrics) -> KafkaSink:
+    """The producer of dead letters, alerts and retrain requests. A refused record is
+    sent again until the broker takes it: the commit waits (nothing is skipped),
+    readiness drops, and the failure is counted."""
+
+    def failed(topic: str, reason: str) -> None:
+        metrics.produce_failures.labels(topic, reason.lstrip("_").lower()).inc()
+
+    options = {**producer_limits(config.dead_letter_max_bytes), **config.kafka}
+    return KafkaSink(options, retry_failed=True, on_failure=failed)

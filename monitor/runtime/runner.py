@@ -16,13 +16,12 @@ import time
 from collections.abc import Callable
 
 from connectors.base import MessageSink
-from connectors.kafka import KafkaSink, producer_limits
 from monitor.config.schema import Config
-from monitor.errors import DriftwardenError, SinkError
+from monitor.errors import DriftwardenError
 from monitor.metrics import Metrics
-from monitor.pipeline.stage import Stage, Ticking
+from monitor.pipeline.stage import Stage
 from monitor.pipeline.stream import StreamPipeline, build_pipelines
-from monitor.runtime.assignment import Assignment, kafka_source
+from monitor.runtime.assignment import Assignment, kafka_sink, kafka_source
 from monitor.runtime.checkpointer import Checkpointer
 from monitor.runtime.readiness import Readiness
 from monitor.runtime.state import StateStore
@@ -32,6 +31,8 @@ from monitor.runtime.transaction import (
     BatchTransaction,
     FindingsHandler,
     RunStats,
+    flush_durably,
+    flush_quietly,
     send_all,
 )
 from monitor.status import StatusBoard
@@ -95,17 +96,8 @@ class Runner:
             if source is not None
             else kafka_source(config, self.assignment, self._on_kafka_error)
         )
-        self.sink: MessageSink = sink if sink is not None else self._make_sink()
+        self.sink: MessageSink = sink if sink is not None else kafka_sink(config, self.metrics)
         self.positions = self.checkpointer.positions
-
-    def _make_sink(self) -> KafkaSink:
-        # A refused dead letter or alert is sent again until the broker takes it: the
-        # commit waits (nothing is skipped), readiness drops, the failure is counted.
-        def failed(topic: str, reason: str) -> None:
-            self.metrics.produce_failures.labels(topic, reason.lstrip("_").lower()).inc()
-
-        options = {**producer_limits(self.config.dead_letter_max_bytes), **self.config.kafka}
-        return KafkaSink(options, retry_failed=True, on_failure=failed)
 
     def _on_kafka_error(self, name: str, fatal: bool) -> None:
         self.metrics.kafka_errors.labels(name.lstrip("_").lower() or "unknown").inc()
@@ -175,34 +167,15 @@ class Runner:
         return prepared.events
 
     def _tick_stages(self) -> None:
-        """Let stages judge by wall clock while no event arrives (fleet: a quiet
-        partition's devices go silent); their findings are handled like a batch's."""
-        findings = [
-            f
-            for pipeline in dict.fromkeys(self.pipelines.values())
-            for stage in pipeline.stages
-            if isinstance(stage, Ticking)
-            for f in stage.tick()
-        ]
-        if findings:
-            send_all(self.sink, self.transaction.handle_findings(findings))
+        """Stages that judge by wall clock while no event arrives (fleet: a quiet
+        partition's devices go silent): their findings are handled like a batch's."""
+        out = self.transaction.tick()
+        if out:
+            send_all(self.sink, out)
             self._flush()
 
     def _flush(self) -> None:
-        # Offsets must not be committed before every outgoing message is durable.
-        with self.readiness.waiting():
-            while True:
-                try:
-                    remaining = self.sink.flush(1.0)
-                except SinkError:
-                    self.readiness.not_ready()
-                    raise
-                if remaining == 0:
-                    return
-                self.readiness.not_ready()
-                if self.stop_event.is_set():  # stopping: leave the batch uncommitted
-                    raise SinkError(f"stopped with {remaining} outgoing message(s) unacknowledged")
-                log.warning("waiting for the broker to acknowledge %d message(s)", remaining)
+        flush_durably(self.sink, self.readiness, self.stop_event.is_set)
 
     def summary(self, rate: float) -> str:
         """One console line: rate, invalid events, lag, readiness, what drifts."""
@@ -211,11 +184,7 @@ class Runner:
 
     def close(self) -> None:
         try:
-            try:
-                if self.sink.flush(10.0):
-                    log.warning("some outgoing messages were not acknowledged before close")
-            except SinkError as exc:
-                log.error("outgoing messages lost on close: %s", exc)
+            flush_quietly(self.sink)
             if self.state is not None and self.positions and self.final_checkpoint:
                 try:
                     self.checkpointer.checkpoint()

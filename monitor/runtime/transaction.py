@@ -18,8 +18,9 @@ twice, with the same content (alerts carry deterministic ids).
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,8 +28,11 @@ from connectors.base import MessageSink, OutMessage
 from connectors.kafka import RawBatch, TopicPartitionKey
 from detectors.base import Finding
 from monitor.checkpoints import AlertState
+from monitor.errors import SinkError
 from monitor.metrics import Metrics
+from monitor.pipeline.stage import Ticking
 from monitor.pipeline.stream import BatchResult, StreamPipeline, account_batch, record_findings
+from monitor.runtime.readiness import Readiness
 from monitor.status import StatusBoard
 
 __all__ = [
@@ -37,8 +41,12 @@ __all__ = [
     "FindingsHandler",
     "PreparedBatch",
     "RunStats",
+    "flush_durably",
+    "flush_quietly",
     "send_all",
 ]
+
+log = logging.getLogger("driftwarden.runner")
 
 
 class BatchSource(Protocol):
@@ -175,6 +183,18 @@ class BatchTransaction:
             return []
         return self.findings_handler.handle(findings, time.time())
 
+    def tick(self) -> list[OutMessage]:
+        """Findings of stages that judge by wall clock while no event arrives (fleet:
+        a quiet partition's devices go silent), handled like a batch's."""
+        findings = [
+            f
+            for pipeline in dict.fromkeys(self.pipelines.values())
+            for stage in pipeline.stages
+            if isinstance(stage, Ticking)
+            for f in stage.tick()
+        ]
+        return self.handle_findings(findings) if findings else []
+
     def complete(self, batch: PreparedBatch, *, committed: bool = True) -> None:
         """Count a batch whose outputs are durable (and position committed, if so)."""
         m, s = self.metrics, self.stats
@@ -197,3 +217,31 @@ def send_all(sink: MessageSink, out: Sequence[OutMessage]) -> None:
     """Hand every message to ``sink`` (durable only after its ``flush``)."""
     for message in out:
         sink.send(message)
+
+
+def flush_durably(sink: MessageSink, readiness: Readiness, stopping: Callable[[], bool]) -> None:
+    """Step 2: wait until the broker acknowledged every outgoing message (offsets must
+    not be committed before). Readiness drops while it waits; a stop request while
+    waiting raises ``SinkError`` so that the batch stays uncommitted."""
+    with readiness.waiting():
+        while True:
+            try:
+                remaining = sink.flush(1.0)
+            except SinkError:
+                readiness.not_ready()
+                raise
+            if remaining == 0:
+                return
+            readiness.not_ready()
+            if stopping():
+                raise SinkError(f"stopped with {remaining} outgoing message(s) unacknowledged")
+            log.warning("waiting for the broker to acknowledge %d message(s)", remaining)
+
+
+def flush_quietly(sink: MessageSink, timeout: float = 10.0) -> None:
+    """At close: give queued messages ``timeout`` seconds; log what could not be sent."""
+    try:
+        if sink.flush(timeout):
+            log.warning("some outgoing messages were not acknowledged before close")
+    except SinkError as exc:
+        log.error("outgoing messages lost on close: %s", exc)
