@@ -711,7 +711,13 @@ class AlertEngine:
                 if i.stream == trigger.stream and i.kind == "field"
                 for s in i.members.values()
             ]
-            features = tuple(sorted(scores, key=lambda s: (-_sort_stat(s.statistic), s.subject)))
+            # Detectors' statistics have different scales: rank by statistic / threshold,
+            # each subject once (at its strongest detector).
+            ranked = sorted(scores, key=lambda s: (-_sort_stat(_ratio(s)), s.subject))
+            strongest: dict[str, SubjectScore] = {}
+            for s in ranked:
+                strongest.setdefault(s.subject, s)
+            features = tuple(strongest.values())
         return RetrainEvidence(
             detector=trigger.detector,
             metric=metric,
@@ -756,6 +762,13 @@ def _retrain_cause(a: Alert) -> str:
     if a.kind == "model":
         return {"cbpe": "estimated", "quality": "realized"}.get(a.detector, "other")
     return "drift" if a.kind == "field" else "other"
+
+
+def _ratio(score: SubjectScore) -> float:
+    """How far past its threshold a subject's statistic is (NaN when undefined)."""
+    if not score.threshold or not math.isfinite(score.threshold):
+        return math.nan
+    return score.statistic / score.threshold
 
 
 def _sort_stat(x: float) -> float:

@@ -240,3 +240,21 @@ def test_config_is_frozen_and_durations_parse() -> None:
     assert (config.cooldown, config.retrain.cooldown) == (7200.0, 90.0)
     with pytest.raises(Exception, match="frozen"):
         config.cooldown = 1.0  # type: ignore[misc]
+
+
+def test_retrain_evidence_lists_each_feature_once_by_its_strongest_detector(
+    finding: MakeFinding,
+) -> None:
+    engine = AlertEngine(cfg(), retrain_models={"sensors": ("m", "1")})
+    out = engine.observe(
+        [
+            finding(True, subject="a", detector="ks", statistic=0.2),
+            finding(True, subject="b", detector="ks", statistic=0.5),
+            finding(True, subject="a", detector="psi", statistic=0.9),
+            finding(True, subject="b", detector="psi", statistic=0.3),
+        ],
+        now=0.0,
+    )
+    (request,) = out.retrain_requests
+    assert request.evidence is not None
+    assert [f.subject for f in request.evidence.features] == ["a", "b"]
