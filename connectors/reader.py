@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-__all__ = ["Record", "read_topic"]
+__all__ = ["Record", "read_time_range", "read_topic"]
 
 _OFFSET_BEGINNING = -2
 _OFFSET_END = -1
@@ -85,5 +85,52 @@ def read_topic(
                 )
                 if max_records is not None and seen >= max_records:
                     return
+    finally:
+        consumer.close()
+
+
+def read_time_range(
+    options: Mapping[str, Any],
+    topics: Sequence[str],
+    start: float | None,
+    end: float | None,
+    limit: int | None,
+    *,
+    idle_seconds: float = 5.0,
+) -> Iterator[list[bytes | None]]:
+    """Batches of the values of ``topics`` with a timestamp in [``start``, ``end``]
+    (seconds since the epoch; None: from the beginning / to the end), at most about
+    ``limit`` values; stops once no record came for ``idle_seconds``."""
+    consumer = Consumer(
+        {
+            **options,
+            "group.id": f"driftwarden-range-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        parts = []
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            parts += [
+                TopicPartition(topic, p, int(start * 1000) if start is not None else 0)
+                for p in meta.partitions
+            ]
+        if start is not None:
+            parts = consumer.offsets_for_times(parts, timeout=10)
+        consumer.assign(parts)
+        idle_deadline = time.monotonic() + 2 * idle_seconds
+        seen = 0
+        while time.monotonic() < idle_deadline and (limit is None or seen < limit):
+            msgs = consumer.consume(10_000, 1.0)
+            if not msgs:
+                continue
+            idle_deadline = time.monotonic() + idle_seconds
+            msgs = [m for m in msgs if m.error() is None]
+            if end is not None:
+                msgs = [m for m in msgs if m.timestamp()[1] <= end * 1000]
+            seen += len(msgs)
+            yield [m.value() for m in msgs]
     finally:
         consumer.close()

@@ -7,18 +7,17 @@ exactly what the monitor would accept: the same types, ranges and categories.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from connectors import files
+from connectors.reader import read_time_range
 from detectors.baseline import (
     QUALITY_KINDS,
     Baseline,
@@ -143,65 +142,12 @@ def baseline_from_batches(
     return acc.build(f"{spec.name}", source), acc.events, rejected
 
 
-def _typed(value: str, fs: Any) -> Any:
-    if value == "":
-        return None
-    if fs.type is FieldType.FLOAT:
-        return float(value)
-    if fs.type is FieldType.INT:
-        return int(float(value)) if float(value).is_integer() else float(value)
-    if fs.type is FieldType.BOOL:
-        return value.strip().lower() in {"1", "true", "yes"}
-    return value
-
-
 def read_file_payloads(
     path: Path, spec: StreamSpec, chunk: int = 50_000
 ) -> Iterator[list[bytes | None]]:
-    """Batches of JSON payloads from a JSONL, CSV or Parquet training file."""
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        with path.open("rb") as fh:
-            batch: list[bytes | None] = []
-            for line in fh:
-                if line.strip():
-                    batch.append(line.strip())
-                if len(batch) >= chunk:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
-        return
-    if suffix == ".csv":
-        encode = msgspec.json.encode
-        typed_cols = {n: fs for n, fs in spec.fields.items()}
-        with path.open(newline="", encoding="utf-8") as fh:
-            out: list[bytes | None] = []
-            for row in csv.DictReader(fh):
-                doc: dict[str, Any] = {
-                    k: (_typed(v, typed_cols[k]) if k in typed_cols else v) for k, v in row.items()
-                }
-                if spec.event_time is not None and doc.get(spec.event_time):
-                    doc[spec.event_time] = float(doc[spec.event_time])
-                out.append(encode(doc))
-                if len(out) >= chunk:
-                    yield out
-                    out = []
-            if out:
-                yield out
-        return
-    if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise DriftwardenError("reading Parquet needs pyarrow: pip install pyarrow") from exc
-        encode = msgspec.json.encode
-        for record_batch in pq.ParquetFile(path).iter_batches(batch_size=chunk):
-            yield [encode(r) for r in record_batch.to_pylist()]
-        return
-    raise DriftwardenError(
-        f"{path}: unsupported file type {suffix!r}; allowed: .jsonl, .ndjson, .csv, .parquet"
-    )
+    """Batches of JSON payloads of ``spec``'s stream from a JSONL, CSV or Parquet file."""
+    types = {name: fs.type.value for name, fs in spec.fields.items()}
+    return files.read_file_payloads(path, types, event_time=spec.event_time, chunk=chunk)
 
 
 def _parse_time(text: str) -> float:
@@ -212,50 +158,6 @@ def _parse_time(text: str) -> float:
         if stamp.tzinfo is None:
             stamp = stamp.replace(tzinfo=dt.UTC)
         return stamp.timestamp()
-
-
-def _topic_payloads(
-    options: dict[str, Any],
-    topics: Sequence[str],
-    start: float | None,
-    end: float | None,
-    limit: int | None,
-) -> Iterator[list[bytes | None]]:
-    from confluent_kafka import Consumer, Message, TopicPartition
-
-    consumer = Consumer(
-        {
-            **options,
-            "group.id": f"driftwarden-baseline-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        parts = []
-        for topic in topics:
-            meta = consumer.list_topics(topic, timeout=10).topics[topic]
-            parts += [
-                TopicPartition(topic, p, int(start * 1000) if start is not None else 0)
-                for p in meta.partitions
-            ]
-        if start is not None:
-            parts = consumer.offsets_for_times(parts, timeout=10)
-        consumer.assign(parts)
-        idle_deadline = time.monotonic() + 10
-        seen = 0
-        while time.monotonic() < idle_deadline and (limit is None or seen < limit):
-            msgs = consumer.consume(10_000, 1.0)
-            if not msgs:
-                continue
-            idle_deadline = time.monotonic() + 5
-            msgs = [m for m in msgs if m.error() is None]
-            if end is not None:
-                msgs = [m for m in msgs if m.timestamp()[1] <= end * 1000]
-            seen += len(msgs)
-            yield list(map(Message.value, msgs))
-    finally:
-        consumer.close()
 
 
 def build_baseline_command(args: argparse.Namespace) -> int:
@@ -271,14 +173,14 @@ def build_baseline_command(args: argparse.Namespace) -> int:
         limit = None
     elif args.first_events is not None:
         source = f"topic:{','.join(spec.all_topics)} first {args.first_events} events"
-        batches = _topic_payloads(
+        batches = read_time_range(
             dict(config.kafka), spec.all_topics, None, None, args.first_events
         )
         limit = args.first_events
     else:
         start, end = (_parse_time(t) for t in args.topic_range)
         source = f"topic:{','.join(spec.all_topics)} event time {start:.0f}..{end:.0f}"
-        batches = _topic_payloads(dict(config.kafka), spec.all_topics, start, end, None)
+        batches = read_time_range(dict(config.kafka), spec.all_topics, start, end, None)
         limit = None
     baseline, accepted, rejected = baseline_from_batches(spec, batches, limit, source)
     save_baseline(baseline, args.out)
