@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from connectors.kafka import client_options, ensure_topics
+from connectors.compacted import CompactedTopic, KeyedLog, MemoryTopic
 from monitor.checkpoints import (
     AlertState,
     BaselineCheckpoint,
@@ -41,7 +41,7 @@ from monitor.checkpoints import (
     StageDecoder,
     StreamCheckpoint,
 )
-from monitor.errors import DriftwardenError, SinkError
+from monitor.errors import DriftwardenError
 
 __all__ = ["CHUNK_BYTES", "MemoryStateStore", "StateStore", "decode_state", "encode_state"]
 
@@ -94,36 +94,27 @@ def decode_state(data: bytes) -> dict[str, Any]:
 
 
 class StateStore:
-    """Reads and writes checkpoint records of one consumer group in a compacted topic."""
+    """Reads and writes checkpoint records of one consumer group in a compacted topic
+    (``connectors.compacted``); this class owns their encoding and key schema."""
 
-    def __init__(self, options: Mapping[str, Any], topic: str, *, create: bool = True) -> None:
-        from confluent_kafka import Producer
-
-        self.topic = topic
-        self._options = dict(options)
-        # One record per produce request: the broker's end offset is then exact even on
-        # brokers whose ListOffsets answer counts record batches (LOCAL-STACK.md).
-        self._producer = Producer(
-            {
-                **client_options(options),
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 0,
-                "batch.num.messages": 1,
-                "message.max.bytes": 2 * CHUNK_BYTES,
-            }
+    def __init__(
+        self,
+        options: Mapping[str, Any],
+        topic: str,
+        *,
+        create: bool = True,
+        log: KeyedLog | None = None,
+    ) -> None:
+        self.log: KeyedLog = (
+            log
+            if log is not None
+            else CompactedTopic(options, topic, create=create, max_record_bytes=2 * CHUNK_BYTES)
         )
-        self._failures: list[str] = []
-        self._records: dict[str, bytes] = {}  # key -> latest raw value (manifests and chunks)
-        self._positions: dict[int, int] = {}
-        self._reader: Any = None
-        if create:
-            ensure_topics(options, [topic], config={"cleanup.policy": "compact"})
+        self.topic = self.log.name
 
-    # -- writing -------------------------------------------------------------------
-    def _delivered(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self._failures.append(str(err))
+    @property
+    def _records(self) -> dict[str, bytes]:
+        return self.log.records
 
     def put_partition(self, key: CheckpointKey, checkpoint: PartitionCheckpoint) -> int:
         """Queue a partition's checkpoint; returns its size in bytes."""
@@ -147,26 +138,11 @@ class StateStore:
         return len(blob)
 
     def _produce(self, key: str, value: bytes) -> None:
-        self._records[key] = value
-        while True:
-            try:
-                self._producer.produce(
-                    self.topic, value=value, key=key.encode(), on_delivery=self._delivered
-                )
-                break
-            except BufferError:
-                self._producer.poll(0.05)
-        self._producer.poll(0)
+        self.log.produce(key, value)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Block until every queued checkpoint is acknowledged (or raise)."""
-        deadline = time.monotonic() + timeout
-        while self._producer.flush(1.0) > 0:
-            if time.monotonic() > deadline:
-                raise SinkError(f"checkpoints not acknowledged within {timeout}s")
-        if self._failures:
-            failures, self._failures = self._failures, []
-            raise SinkError(f"checkpoint not written: {failures[0]}")
+        """Block until every queued checkpoint is acknowledged (or raise ``SinkError``)."""
+        self.log.flush(timeout)
 
     # -- reading -------------------------------------------------------------------
     def refresh(self, timeout: float = 30.0) -> None:
@@ -174,47 +150,7 @@ class StateStore:
 
         Raises ``DriftwardenError`` when the topic cannot be read to its end in time.
         """
-        from confluent_kafka import KafkaException
-
-        try:
-            self._read_to_end(timeout)
-        except KafkaException as exc:
-            raise DriftwardenError(f"state topic {self.topic}: {exc.args[0]}") from exc
-
-    def _read_to_end(self, timeout: float) -> None:
-        from confluent_kafka import Consumer, TopicPartition
-
-        if self._reader is None:
-            self._reader = Consumer(
-                {
-                    **client_options(self._options),
-                    "group.id": f"driftwarden-state-reader-{time.time_ns()}",
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "fetch.wait.max.ms": 10,
-                }
-            )
-            meta = self._reader.list_topics(self.topic, timeout=10).topics.get(self.topic)
-            parts = sorted(meta.partitions) if meta is not None and meta.partitions else [0]
-            self._reader.assign([TopicPartition(self.topic, p, 0) for p in parts])
-            self._positions = dict.fromkeys(parts, 0)
-        deadline = time.monotonic() + timeout
-        ends = {}
-        for p in self._positions:
-            _, high = self._reader.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
-            ends[p] = high
-        while any(self._positions[p] < ends[p] for p in ends):
-            if time.monotonic() > deadline:
-                raise DriftwardenError(f"could not read the state topic {self.topic} to its end")
-            for msg in self._reader.consume(1000, 0.05):
-                if msg.error() is not None:
-                    continue
-                self._positions[msg.partition()] = msg.offset() + 1
-                key = msg.key().decode() if msg.key() else ""
-                if msg.value() is None:
-                    self._records.pop(key, None)
-                else:
-                    self._records[key] = msg.value()
+        self.log.read_to_end(timeout)
 
     def partition(
         self, key: CheckpointKey, decoders: tuple[StageDecoder, ...] | None = None
@@ -266,12 +202,7 @@ class StateStore:
         return decode_state(b"".join(parts))
 
     def close(self) -> None:
-        try:
-            self._producer.flush(10)
-        finally:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
+        self.log.close()
 
 
 class MemoryStateStore(StateStore):
@@ -289,23 +220,11 @@ class MemoryStateStore(StateStore):
     """
 
     def __init__(self, topic: dict[str, bytes] | None = None) -> None:
-        self.topic = "memory"
-        self.shared: dict[str, bytes] = {} if topic is None else topic
-        self._records: dict[str, bytes] = {}
-        self._pending: list[tuple[str, bytes]] = []
-        self.flushes = 0
+        super().__init__({}, "memory", log=MemoryTopic(topic))
 
-    def _produce(self, key: str, value: bytes) -> None:
-        self._records[key] = value
-        self._pending.append((key, value))
-
-    def flush(self, timeout: float = 30.0) -> None:
-        self.shared.update(self._pending)
-        self._pending.clear()
-        self.flushes += 1
-
-    def refresh(self, timeout: float = 30.0) -> None:
-        self._records.update(self.shared)
-
-    def close(self) -> None:
-        self.flush()
+    @property
+    def shared(self) -> dict[str, bytes]:
+        """The records every instance over the same dict has published."""
+        memory = self.log
+        assert isinstance(memory, MemoryTopic)
+        return memory.shared
