@@ -44,6 +44,7 @@ __all__ = [
     "StatusSnapshot",
     "StatusSource",
     "StreamStatus",
+    "finite_json",
     "render_html",
     "render_json",
 ]
@@ -142,7 +143,7 @@ class StatusSnapshot:
             stream["invalid_ratio"] = s.invalid_ratio
             for f, fs in zip(stream["fields"], s.fields, strict=True):
                 f["score"] = fs.score
-        return _finite_json(out)  # type: ignore[no-any-return]
+        return finite_json(out)  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -317,13 +318,14 @@ def _rank(severity: str) -> int:
     return _SEVERITY.get(severity, 0)
 
 
-def _finite_json(obj: Any) -> Any:
+def finite_json(obj: Any) -> Any:
+    """``obj`` with non-finite floats as None (JSON has no NaN or infinity)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite_json(v) for k, v in obj.items()}
+        return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite_json(v) for v in obj]
+        return [finite_json(v) for v in obj]
     return obj
 
 

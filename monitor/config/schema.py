@@ -32,10 +32,12 @@ import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
@@ -82,6 +84,24 @@ class _Model(StrictModel):
     """Frozen; unknown keys are errors (see monitor.config.base)."""
 
 
+def _ordered_range(value: tuple[float, float]) -> tuple[float, float]:
+    if not value[0] <= value[1]:
+        raise ValueError(f"range must be [low, high] with low <= high, got {list(value)}")
+    return value
+
+
+def _names_to_mapping(value: object) -> object:
+    if isinstance(value, list | tuple):
+        return {str(name): {} for name in value}
+    return value
+
+
+# A [low, high] pair with low <= high.
+Range = Annotated[tuple[float, float], AfterValidator(_ordered_range)]
+# Detector name -> its parameters; a list of names means default parameters.
+DetectorParams = Annotated[dict[str, dict[str, Any]], BeforeValidator(_names_to_mapping)]
+
+
 class FieldType(StrEnum):
     """What a field holds. Numbers become float64 columns, categories int codes."""
 
@@ -119,24 +139,10 @@ class FieldSpec(_Model):
     type: FieldType
     required: bool = True
     nullable: bool = False
-    range: tuple[float, float] | None = None
+    range: Range | None = None
     categories: tuple[str, ...] | None = None
     # detector name -> its parameters; a list of names means default parameters.
-    detectors: dict[str, dict[str, Any]] | None = None
-
-    @field_validator("detectors", mode="before")
-    @classmethod
-    def _names_to_mapping(cls, value: object) -> object:
-        if isinstance(value, list | tuple):
-            return {str(name): {} for name in value}
-        return value
-
-    @field_validator("range")
-    @classmethod
-    def _ordered_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        if value is not None and not value[0] <= value[1]:
-            raise ValueError(f"range must be [low, high] with low <= high, got {list(value)}")
-        return value
+    detectors: DetectorParams | None = None
 
     @field_validator("categories")
     @classmethod
@@ -236,16 +242,9 @@ class FleetFieldSpec(_Model):
     """One numeric field as the fleet stage tracks it per device."""
 
     # Plausible values for a healthy device (out_of_range counts values outside).
-    range: tuple[float, float] | None = None
+    range: Range | None = None
     # Smallest standard deviation a spike z-score divides by (the readings' resolution).
     min_sd: float = Field(default=0.0, ge=0)
-
-    @field_validator("range")
-    @classmethod
-    def _ordered_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        if value is not None and not value[0] <= value[1]:
-            raise ValueError(f"range must be [low, high] with low <= high, got {list(value)}")
-        return value
 
 
 class FleetSpec(_Model):
@@ -269,14 +268,7 @@ class FleetSpec(_Model):
     warmup: int = Field(default=30, ge=1)
     top_k: int = Field(default=20, ge=1, le=1000)
     # entity detector name -> its parameters; a list of names means defaults; None: all.
-    detectors: dict[str, dict[str, Any]] | None = None
-
-    @field_validator("detectors", mode="before")
-    @classmethod
-    def _names_to_mapping(cls, value: object) -> object:
-        if isinstance(value, list | tuple):
-            return {str(name): {} for name in value}
-        return value
+    detectors: DetectorParams | None = None
 
     @field_validator("detectors")
     @classmethod

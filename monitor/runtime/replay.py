@@ -39,6 +39,7 @@ from monitor.pipeline.baselines import read_file_payloads
 from monitor.pipeline.drift import DriftStage, drift_stages
 from monitor.pipeline.stream import build_pipelines
 from monitor.runtime.faust import to_raw_batch
+from monitor.status import finite_json
 
 __all__ = [
     "AlertMark",
@@ -110,21 +111,11 @@ class ReplayReport:
     null_rates: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return _finite_json(asdict(self))  # type: ignore[no-any-return]
+        return finite_json(asdict(self))  # type: ignore[no-any-return]
 
     def findings_at(self) -> dict[tuple[str, str], int | None]:
         """First drift position per (subject, detector)."""
         return {(s.subject, s.detector): s.first_drift for s in self.series}
-
-
-def _finite_json(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite_json(v) for v in obj]
-    return obj
 
 
 @dataclass
