@@ -7,11 +7,11 @@ is the order of the condition bits in an entity's status.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from detectors.base import DetectorError
 from detectors.entity_base import AlarmBudget, EntityDetector
+from detectors.registry import import_target
 
 __all__ = ["create", "detector_class", "names"]
 
@@ -34,8 +34,7 @@ def detector_class(name: str) -> type[Any]:
     target = _REGISTRY.get(name)
     if target is None:
         raise DetectorError(f"unknown entity detector {name!r}; allowed: {', '.join(names())}")
-    module_name, _, attr = target.partition(":")
-    cls: type[Any] = getattr(importlib.import_module(module_name), attr)
+    cls: type[Any] = import_target(target)
     return cls
 
 

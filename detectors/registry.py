@@ -13,7 +13,7 @@ from typing import Any
 
 from detectors.base import Detector, DetectorError
 
-__all__ = ["create", "detector_class", "names"]
+__all__ = ["create", "detector_class", "import_target", "names"]
 
 _REGISTRY: dict[str, str] = {
     "adwin": "detectors.adwin:ADWIN",
@@ -34,9 +34,14 @@ def detector_class(name: str) -> type[Any]:
     target = _REGISTRY.get(name)
     if target is None:
         raise DetectorError(f"unknown detector {name!r}; allowed: {', '.join(names())}")
-    module_name, _, attr = target.partition(":")
-    cls: type[Any] = getattr(importlib.import_module(module_name), attr)
+    cls: type[Any] = import_target(target)
     return cls
+
+
+def import_target(target: str) -> Any:
+    """The object (a class) named by ``"module:Class"``, imported on first use."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def create(name: str, **params: Any) -> Detector:

@@ -43,7 +43,7 @@ PINNED: dict[str, list[str]] = {
         "WindowBounds",
         "WindowParams",
     ],
-    "detectors.registry": ["create", "detector_class", "names"],
+    "detectors.registry": ["create", "detector_class", "import_target", "names"],
     "monitor.runtime.assignment": ["Assignment", "kafka_sink", "kafka_source"],
     "monitor.runtime.checkpointer": ["Checkpointer", "judged_streams", "unique_pipelines"],
     "monitor.checkpoints": [

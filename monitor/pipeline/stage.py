@@ -18,7 +18,6 @@ when the stream does not use it). A new stage is one file plus one line here.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -26,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.base import Finding
+from detectors.registry import import_target
 from monitor.checkpoints import BaselineCheckpoint, PlainStageState, StageState
 from monitor.errors import ConfigError
 
@@ -121,8 +121,7 @@ def stage_class(name: str) -> StageFactory:
         target = STAGES[name]
     except KeyError:
         raise ConfigError(f"unknown stage {name!r}; known: {sorted(STAGES)}") from None
-    module, _, attr = target.partition(":")
-    factory: StageFactory = getattr(importlib.import_module(module), attr)
+    factory: StageFactory = import_target(target)
     return factory
 
 
