@@ -45,7 +45,7 @@ PINNED: dict[str, list[str]] = {
     ],
     "detectors.registry": ["create", "detector_class", "import_target", "names"],
     "monitor.runtime.assignment": ["Assignment", "kafka_sink", "kafka_source"],
-    "monitor.runtime.checkpointer": ["Checkpointer", "judged_streams", "unique_pipelines"],
+    "monitor.runtime.checkpointer": ["Checkpointer", "judged_streams"],
     "monitor.checkpoints": [
         "AlertState",
         "BaselineCheckpoint",
@@ -70,6 +70,7 @@ PINNED: dict[str, list[str]] = {
         "dead_letter",
         "output_topics",
         "record_findings",
+        "unique_pipelines",
         "violations_dead_letter",
     ],
     "monitor.runtime.readiness": ["BROKER_DOWN", "Readiness"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,6 +45,7 @@ __all__ = [
     "dead_letter",
     "output_topics",
     "record_findings",
+    "unique_pipelines",
     "violations_dead_letter",
 ]
 
@@ -477,6 +478,11 @@ def build_pipelines(
         for topic in spec.all_topics:
             pipelines[topic] = pipeline
     return pipelines
+
+
+def unique_pipelines(pipelines: Mapping[str, StreamPipeline]) -> list[StreamPipeline]:
+    """Each stream's pipeline once (``pipelines`` is keyed by topic)."""
+    return list(dict.fromkeys(pipelines.values()))
 
 
 def output_topics(config: Config) -> list[str]:

@@ -27,8 +27,8 @@ from monitor.checkpoints import CheckpointKey
 from monitor.config.schema import Config
 from monitor.errors import DriftwardenError
 from monitor.metrics import Metrics
-from monitor.pipeline.stream import StreamPipeline
-from monitor.runtime.checkpointer import Checkpointer, judged_streams, unique_pipelines
+from monitor.pipeline.stream import StreamPipeline, unique_pipelines
+from monitor.runtime.checkpointer import Checkpointer, judged_streams
 from monitor.runtime.transaction import BatchSource, FindingsHandler
 
 __all__ = ["Assignment", "kafka_sink", "kafka_source"]

@@ -22,19 +22,14 @@ from monitor.checkpoints import CheckpointKey, PartitionCheckpoint, PartitionSta
 from monitor.config.schema import Config
 from monitor.errors import DriftwardenError, SinkError
 from monitor.metrics import Metrics
-from monitor.pipeline.stream import StreamPipeline
+from monitor.pipeline.stream import StreamPipeline, unique_pipelines
 from monitor.runtime.readiness import Readiness
 from monitor.runtime.state import StateStore
 from monitor.runtime.transaction import BatchSource, FindingsHandler
 
-__all__ = ["Checkpointer", "judged_streams", "unique_pipelines"]
+__all__ = ["Checkpointer", "judged_streams"]
 
 log = logging.getLogger("driftwarden.runner")
-
-
-def unique_pipelines(pipelines: Mapping[str, StreamPipeline]) -> list[StreamPipeline]:
-    """Each stream's pipeline once (``pipelines`` is keyed by topic)."""
-    return list(dict.fromkeys(pipelines.values()))
 
 
 def judged_streams(

@@ -16,7 +16,7 @@ from monitor.config.schema import Config
 from monitor.metrics import Metrics, MetricsServer
 from monitor.pipeline.fleet import FleetStage, FleetStatus, fleet_stages
 from monitor.pipeline.model import model_stages
-from monitor.pipeline.stream import output_topics
+from monitor.pipeline.stream import output_topics, unique_pipelines
 from monitor.runtime.runner import BatchSource, FindingsHandler, Runner, RunStats
 from monitor.status import (
     StatusBoard,
@@ -109,7 +109,7 @@ class Service:
             raise
         fleet = [
             stage
-            for pipeline in dict.fromkeys(self.runner.pipelines.values())
+            for pipeline in unique_pipelines(self.runner.pipelines)
             for stage in pipeline.stages
             if isinstance(stage, FleetStage)
         ]
@@ -118,7 +118,7 @@ class Service:
                 stage.publish_status = True
             self.board.add_section(self._fleet_sections)
             self.board.add_detail("fleet", self.fleet_status)
-        for pipeline in dict.fromkeys(self.runner.pipelines.values()):
+        for pipeline in unique_pipelines(self.runner.pipelines):
             for each in pipeline.stages:  # stages' own tables on /status (models)
                 if isinstance(each, StatusSource):
                     self.board.add_section(each.status_sections)
@@ -132,7 +132,7 @@ class Service:
     def _fleet_statuses(self) -> list[FleetStatus]:
         return [
             stage.last_status
-            for pipeline in dict.fromkeys(self.runner.pipelines.values())
+            for pipeline in unique_pipelines(self.runner.pipelines)
             for stage in pipeline.stages
             if isinstance(stage, FleetStage) and stage.last_status is not None
         ]

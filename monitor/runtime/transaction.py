@@ -31,7 +31,13 @@ from monitor.checkpoints import AlertState
 from monitor.errors import SinkError
 from monitor.metrics import Metrics
 from monitor.pipeline.stage import Ticking
-from monitor.pipeline.stream import BatchResult, StreamPipeline, account_batch, record_findings
+from monitor.pipeline.stream import (
+    BatchResult,
+    StreamPipeline,
+    account_batch,
+    record_findings,
+    unique_pipelines,
+)
 from monitor.runtime.readiness import Readiness
 from monitor.status import StatusBoard
 
@@ -188,7 +194,7 @@ class BatchTransaction:
         a quiet partition's devices go silent), handled like a batch's."""
         findings = [
             f
-            for pipeline in dict.fromkeys(self.pipelines.values())
+            for pipeline in unique_pipelines(self.pipelines)
             for stage in pipeline.stages
             if isinstance(stage, Ticking)
             for f in stage.tick()
