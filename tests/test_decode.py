@@ -155,7 +155,8 @@ def test_a_failure_no_check_foresaw_is_isolated_to_its_rows(
     monkeypatch.setattr(d.entities, "encode", encode)
     values = [_enc(temperature=float(i)) for i in range(7)]
     values[4] = poison
-    batch = d.decode(values)
+    # the msgspec path (the compiled one codes new entity ids in its kernel)
+    batch = d.decode_msgspec(values)
     assert [(r.index, r.reason) for r in batch.rejects] == [(4, "undecodable")]
     assert "RuntimeError" in batch.rejects[0].detail
     assert batch.rows.tolist() == [0, 1, 2, 3, 5, 6]

@@ -125,6 +125,7 @@ _AT = re.compile(r" - at `\$\.?([^`]*)`$")
 # new values longer than max_string_length.
 _UNKNOWN, _NULL, _TOO_LONG = -1, -2, -3
 _MAX_DETAIL = 300
+_FREE: Any = object()  # the value of a code not in use (_Vocabulary.by_code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,15 +218,36 @@ class Batch:
 
 @dataclass
 class _Vocabulary:
-    """Value -> int code, bounded; the first codes are the declared/baseline values."""
+    """Value -> int code, bounded; the first codes are the declared/baseline values.
+
+    Codes can be given back (``release``): a released code is handed out again,
+    smallest first, before any code never used, so live codes stay below ``limit``
+    and the codes of values still present never change. ``journal``, when not
+    None, records every change made by ``add`` and ``release`` as ``(value, code)``
+    (code -1: released), for a mirror of the vocabulary (the compiled decoder's
+    tables) to replay.
+    """
 
     codes: dict[Any, int] = field(default_factory=dict)
     limit: int = 100_000
     frozen: bool = False
     max_length: int | None = None
+    journal: list[tuple[Any, int]] | None = None
+    # Released codes not yet handed out again: ``free[free_pos:]``, ascending.
+    free: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    free_pos: int = 0
+    _by_code: list[Any] = field(default_factory=list)
+    _by_code_of: dict[Any, int] | None = None  # the dict ``_by_code`` follows
 
     def __post_init__(self) -> None:
         self.codes.setdefault(None, _NULL)
+
+    def _next_code(self) -> int:
+        if self.free_pos < len(self.free):
+            code = int(self.free[self.free_pos])
+            self.free_pos += 1
+            return code
+        return len(self.codes) - 1  # no free code: every code below the live count is taken
 
     def add(self, values: Sequence[Any]) -> int:
         """Give new codes to ``values`` while room lasts; return how many did not fit.
@@ -240,8 +262,59 @@ class _Vocabulary:
             if self.frozen or len(self.codes) - 1 >= self.limit:
                 overflow += 1
                 continue
-            self.codes[v] = len(self.codes) - 1
+            code = self.codes[v] = self._next_code()
+            if self.journal is not None:
+                self.journal.append((v, code))
+            self._name(code, v)
         return overflow
+
+    def commit(self, values: Sequence[Any], codes: Sequence[int]) -> None:
+        """Take in new ``values`` with the codes ``add`` would have given them, in
+        order (the compiled decoder's new values; not journalled)."""
+        self.codes.update(zip(values, codes, strict=True))
+        self.free_pos = min(self.free_pos + len(values), len(self.free))
+        if self._by_code_of is self.codes:
+            for v, c in zip(values, codes, strict=True):
+                self._name(c, v)
+
+    def release(self, codes: Sequence[int] | npt.NDArray[np.int64]) -> list[Any]:
+        """Forget the values of ``codes`` (codes not in use are ignored) and hand the
+        codes out again later. Returns the values forgotten, in the order given."""
+        by_code = self.by_code()
+        gone: list[Any] = []
+        freed: list[int] = []
+        for code in dict.fromkeys(np.asarray(codes, dtype=np.int64).tolist()):
+            if 0 <= code < len(by_code) and by_code[code] is not _FREE:
+                value = by_code[code]
+                del self.codes[value]
+                by_code[code] = _FREE
+                gone.append(value)
+                freed.append(code)
+                if self.journal is not None:
+                    self.journal.append((value, -1))
+        if freed:
+            rest = self.free[self.free_pos :]
+            self.free = np.union1d(rest, np.asarray(freed, dtype=np.int64))
+            self.free_pos = 0
+        return gone
+
+    def by_code(self) -> list[Any]:
+        """Values indexed by code (``_FREE`` where a code is not in use). The list is
+        kept up to date from then on; callers must not modify it."""
+        if self._by_code_of is not self.codes:
+            out: list[Any] = [_FREE] * (max(self.codes.values()) + 1)
+            for value, code in self.codes.items():
+                if code >= 0:
+                    out[code] = value
+            self._by_code, self._by_code_of = out, self.codes
+        return self._by_code
+
+    def _name(self, code: int, value: Any) -> None:
+        if self._by_code_of is self.codes:
+            out = self._by_code
+            if code >= len(out):
+                out.extend([_FREE] * (code + 1 - len(out)))
+            out[code] = value
 
     def encode(self, values: list[Any]) -> tuple[npt.NDArray[np.int64], int, int]:
         """Codes for ``values`` (-1 outside the vocabulary, -3 a new value longer than
@@ -345,6 +418,31 @@ class StreamDecoder:
         vocab = self.vocabularies[name]
         if len(vocab.codes) == 1:  # only the null entry: nothing decoded yet
             vocab.add(list(categories))
+
+    def release_entities(self, codes: Sequence[int] | npt.NDArray[np.int64]) -> int:
+        """Forget the entities of ``codes`` (e.g. devices the fleet stage evicted);
+        returns how many were forgotten (codes not in use are ignored).
+
+        The codes of the entities still known never change; a released code is
+        handed out again (smallest first) to a later new entity, so a churning
+        fleet never exhausts ``max_entities`` while fewer are alive. Callers must
+        hold no code they release (the decoder may give it to another entity).
+        Both decoding paths share the vocabulary, so they stay identical.
+
+        >>> from monitor.config.schema import StreamSpec
+        >>> spec = StreamSpec.model_validate({"name": "s", "topic": "t", "entity": "id",
+        ...     "max_entities": 2, "fields": {"x": {"type": "float"}}})
+        >>> d = StreamDecoder(spec)
+        >>> d.decode([b'{"id": "a", "x": 1}', b'{"id": "b", "x": 1}']).entity.tolist()
+        [0, 1]
+        >>> d.release_entities([0])
+        1
+        >>> d.decode([b'{"id": "c", "x": 1}', b'{"id": "b", "x": 1}']).entity.tolist()
+        [0, 1]
+        """
+        if self.entities is None:
+            return 0
+        return len(self.entities.release(codes))
 
     def decode(self, payloads: Sequence[bytes | None]) -> Batch:
         """Decode one batch; every payload is either accepted (in the batch, perhaps

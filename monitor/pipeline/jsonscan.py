@@ -45,8 +45,8 @@ are handed out in exactly the order the msgspec decoder would use.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -72,8 +72,9 @@ CAUSES = (
     "keys",  # missing, duplicate or (strict) unknown key, more than max_fields
     "schema",  # failed the range or category check
     "unprobed",  # the whole batch went to msgspec: recent batches almost all fell back
+    "time",  # an event time text the kernel does not parse (not the fixed ISO-8601 form)
 )
-_PRE, _SYNTAX, _NUMBER, _STRING, _NEW, _TYPE, _KEYS, _SCHEMA, _UNPROBED = range(1, 10)
+_PRE, _SYNTAX, _NUMBER, _STRING, _NEW, _TYPE, _KEYS, _SCHEMA, _UNPROBED, _TIME = range(1, 11)
 # A batch of at least _PROBE_MIN rows of which _PROBE_SHARE or more fell back for the
 # shape of their bytes (not for values new to a vocabulary, which the next batch knows)
 # sends the next _PROBE_EVERY - 1 batches to msgspec whole: a producer whose payloads
@@ -216,7 +217,7 @@ def _skip_ws(buf: Any, p: int, end: int) -> int:  # pragma: no cover - compiled
     return p
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _number(buf: Any, p: int, end: int, pow10: Any) -> Any:  # pragma: no cover - compiled
     """Parse a JSON number at ``p``.
 
@@ -330,10 +331,261 @@ def _literal(buf: Any, p: int, end: int) -> int:  # pragma: no cover - compiled
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _fast_number(buf: Any, p: int, end: int, pow10: Any) -> Any:  # pragma: no cover - compiled
+    """``_number`` for the common case (at most 18 digits), one pass without overflow
+    checks; longer numbers are handed to ``_number``. Same results and statuses."""
+    start = p
+    neg = False
+    if buf[p] == 45:
+        neg = True
+        p += 1
+        if p >= end:
+            return p, 2, 0.0, False, np.int64(0)
+    w = np.int64(0)
+    d0 = p
+    c = np.int64(buf[p]) - 48
+    if c == 0:
+        p += 1
+        if p < end and 0 <= np.int64(buf[p]) - 48 <= 9:
+            return p, 2, 0.0, False, np.int64(0)  # a leading zero
+    elif 0 < c <= 9:
+        while p < end:
+            c = np.int64(buf[p]) - 48
+            if c < 0 or c > 9:
+                break
+            w = w * 10 + c
+            p += 1
+    else:
+        return p, 2, 0.0, False, np.int64(0)
+    digits = p - d0
+    integral = True
+    frac = 0
+    if p < end and buf[p] == 46:
+        integral = False
+        p += 1
+        f0 = p
+        while p < end:
+            c = np.int64(buf[p]) - 48
+            if c < 0 or c > 9:
+                break
+            w = w * 10 + c
+            p += 1
+        frac = p - f0
+        if frac == 0:
+            return p, 2, 0.0, False, np.int64(0)
+        digits += frac
+    if digits > 18:  # w may have wrapped: the careful parser decides
+        return _number(buf, start, end, pow10)
+    exp = 0
+    if p < end and (buf[p] == 101 or buf[p] == 69):
+        integral = False
+        p += 1
+        eneg = False
+        if p < end and (buf[p] == 43 or buf[p] == 45):
+            eneg = buf[p] == 45
+            p += 1
+        e0 = p
+        while p < end:
+            c = np.int64(buf[p]) - 48
+            if c < 0 or c > 9:
+                break
+            if exp < 100_000:
+                exp = exp * 10 + c
+            p += 1
+        if p == e0:
+            return p, 2, 0.0, False, np.int64(0)
+        if eneg:
+            exp = -exp
+    if neg and w == 0:  # -0: a float -0.0 but an integer 0; the fallback says which
+        return p, 1, 0.0, integral, np.int64(0)
+    if integral:
+        v = np.float64(w)
+        if neg:
+            return p, 0, -v, True, -w
+        return p, 0, v, True, w
+    e10 = exp - frac
+    if w > _TWO53 or e10 < -22 or e10 > 22:
+        return p, 1, 0.0, False, np.int64(0)
+    v = np.float64(w)
+    v = v * pow10[e10] if e10 >= 0 else v / pow10[-e10]
+    if neg:
+        return p, 0, -v, False, -w
+    return p, 0, v, False, w
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _iso_time(buf: Any, a: int, b: int) -> Any:  # pragma: no cover - compiled
+    """``YYYY-MM-DD[T ]HH:MM:SS[.f{1,6}][Z|+HH:MM|-HH:MM]`` at ``buf[a:b]`` to epoch
+    seconds with the same arithmetic as ``event_time._fixed_width_seconds`` (and so
+    the same double as the general path); ``(False, 0.0)`` for anything else."""
+    n = b - a
+    if n < 19:
+        return False, 0.0
+    for i in range(19):
+        c = buf[a + i]
+        if i == 4 or i == 7:
+            if c != 45:
+                return False, 0.0
+        elif i == 10:
+            if c != 84 and c != 32:
+                return False, 0.0
+        elif i == 13 or i == 16:
+            if c != 58:
+                return False, 0.0
+        elif c < 48 or c > 57:
+            return False, 0.0
+
+    def d(i: int) -> int:
+        return np.int64(buf[a + i]) - 48
+
+    year = d(0) * 1000 + d(1) * 100 + d(2) * 10 + d(3)
+    month = d(5) * 10 + d(6)
+    day = d(8) * 10 + d(9)
+    hour = d(11) * 10 + d(12)
+    minute = d(14) * 10 + d(15)
+    second = d(17) * 10 + d(18)
+    p = 19
+    fraction = 0
+    nf = 0
+    if p < n and buf[a + p] == 46:
+        p += 1
+        while p < n and 48 <= buf[a + p] <= 57:
+            fraction = fraction * 10 + d(p)
+            nf += 1
+            p += 1
+        if nf == 0 or nf > 6:
+            return False, 0.0
+    zone = 0
+    sign = 1.0
+    zh = zm = 0
+    if p < n and buf[a + p] == 90:
+        zone = 1
+        p += 1
+    elif p < n and (buf[a + p] == 43 or buf[a + p] == 45):
+        if p + 6 != n or buf[a + p + 3] != 58:
+            return False, 0.0
+        for i in (p + 1, p + 2, p + 4, p + 5):
+            if buf[a + i] < 48 or buf[a + i] > 57:
+                return False, 0.0
+        zone = 6
+        sign = -1.0 if buf[a + p] == 45 else 1.0
+        zh = d(p + 1) * 10 + d(p + 2)
+        zm = d(p + 4) * 10 + d(p + 5)
+        if zh > 23 or zm > 59:
+            return False, 0.0
+        p += 6
+    if p != n or year < 1:
+        return False, 0.0
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if month < 1 or month > 12 or day < 1:
+        return False, 0.0
+    days_in = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[month - 1]
+    if leap and month == 2:
+        days_in = 29
+    if day > days_in or hour >= 24 or minute >= 60 or second >= 60:
+        return False, 0.0
+    cumulative = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)[month - 1]
+    y = year - 1
+    days = (
+        365 * (year - 1970)
+        + (y // 4 - y // 100 + y // 400)
+        - (1969 // 4 - 1969 // 100 + 1969 // 400)
+        + cumulative
+        + (1 if leap and month >= 3 else 0)
+        + day
+        - 1
+    )
+    micros = (((days * 24 + hour) * 60 + minute) * 60 + second) * 1_000_000
+    if nf:
+        scale = 1
+        for _ in range(6 - nf):
+            scale *= 10
+        micros += fraction * scale
+    seconds = np.float64(micros) / 1e6
+    if zone == 6:
+        minutes = np.float64(zh) * 60.0 + np.float64(zm)
+        return True, seconds - (sign * minutes) * 60.0
+    return True, seconds - 0.0
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _unslot_bytes(e: int, slots: Any, tbuf: Any, toff: Any, ttid: Any) -> None:  # pragma: no cover
+    """Take the last-inserted entry ``e`` out of its open-addressing slots."""
+    mask = np.uint64(len(slots) - 1)
+    s = _hash(tbuf, toff[e], toff[e + 1], ttid[e]) & mask
+    while slots[s] != e:
+        s = (s + np.uint64(1)) & mask
+    slots[s] = -1
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _unslot_int(e: int, slots: Any, ikey: Any) -> None:  # pragma: no cover - compiled
+    mask = np.uint64(len(slots) - 1)
+    s = _int_hash(ikey[e]) & mask
+    while slots[s] != e:
+        s = (s + np.uint64(1)) & mask
+    slots[s] = -1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _rollback(
+    upto: int,
+    state: Any,
+    new_e: Any,
+    new_t: Any,
+    new_k: Any,
+    vused: Any,
+    tbuf: Any,
+    toff: Any,
+    ttid: Any,
+    tval: Any,
+    tslots: Any,
+    tmeta: Any,
+    ikey: Any,
+    ival: Any,
+    islots: Any,
+    imeta: Any,
+) -> None:  # pragma: no cover - compiled
+    """Undo the new values recorded after position ``upto``, newest first."""
+    for j in range(state[0] - 1, upto - 1, -1):
+        e = new_e[j]
+        kind = new_k[j]
+        vused[new_t[j]] -= 1
+        if kind == 0:  # a string appended
+            _unslot_bytes(e, tslots, tbuf, toff, ttid)
+            tmeta[0] -= 1
+            tmeta[1] = toff[e]
+        elif kind == 1:  # a string revived
+            tval[e] = -1
+            tmeta[2] += 1
+        elif kind == 2:  # an integer appended
+            _unslot_int(e, islots, ikey)
+            imeta[0] -= 1
+        else:
+            ival[e] = -1
+            imeta[1] += 1
+    state[0] = upto
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _new_code(
+    t: int, vused: Any, vfree: Any, vfree_off: Any, vlive: Any
+) -> int:  # pragma: no cover
+    """The code ``_Vocabulary.add`` gives the next new value of table ``t``: its free
+    codes first (ascending), then the codes after the live ones."""
+    j = vused[t]
+    nfree = vfree_off[t + 1] - vfree_off[t]
+    if j < nfree:
+        return int(vfree[vfree_off[t] + j])
+    return int(vlive[t] + j)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def scan_batch(
     buf: Any,
     starts: Any,
+    first_row: int,
     cause: Any,
     kind: Any,
     null_ok: Any,
@@ -341,6 +593,9 @@ def scan_batch(
     plain: Any,
     column: Any,
     table: Any,
+    vrow: Any,
+    lo: Any,
+    hi: Any,
     kbuf: Any,
     koff: Any,
     kslots: Any,
@@ -350,30 +605,57 @@ def scan_batch(
     ttid: Any,
     tval: Any,
     tslots: Any,
+    tmeta: Any,
     ikey: Any,
     ival: Any,
     islots: Any,
+    imeta: Any,
+    vopen: Any,
+    vmaxlen: Any,
+    vroom: Any,
+    vfree: Any,
+    vfree_off: Any,
+    vlive: Any,
+    vused: Any,
+    new_e: Any,
+    new_t: Any,
+    new_k: Any,
+    state: Any,
     strict: bool,
     max_fields: int,
     pow10: Any,
+    time_scale: float,
     fout: Any,
     iout: Any,
+    vout: Any,
     entity: Any,
     etime: Any,
-) -> None:  # pragma: no cover - compiled
-    """Scan payload ``r`` = ``buf[starts[r]:starts[r+1]]`` for every row whose
-    ``cause`` is 0 on entry; leave ``cause`` 0 where the row was decoded exactly,
-    else set the reason it must go to the fallback (index into ``CAUSES``).
+) -> int:  # pragma: no cover - compiled
+    """Scan payload ``r`` = ``buf[starts[r]:starts[r+1]]`` for every row from
+    ``first_row`` whose ``cause`` is 0 on entry; leave ``cause`` 0 where the row was
+    decoded exactly, else set the reason it must go to the fallback (index into
+    ``CAUSES``). Returns the number of rows (done) or the row to scan again once the
+    vocabulary tables have grown (they were too small for a new value).
 
     Keys ``0..K-1`` have a ``kind`` (``_K_*``), ``null_ok`` and ``required`` flags,
     ``plain`` (the name is printable ASCII without quote or backslash, so its bytes
     followed by a quote can only be that key), an output ``column`` (row of ``fout``
-    for numbers, of ``iout`` for bool and category codes) and a vocabulary ``table``
-    id. ``kbuf``/``koff``/``kslots``/``kid`` is the hash table of key names,
-    ``tbuf``/``toff``/``ttid``/``tval``/``tslots`` the vocabularies' string values
-    and codes, ``ikey``/``ival``/``islots`` the integer entity ids. A row of more than
-    ``max_fields`` members falls back. Missing optional
-    numbers become NaN, missing optional codes -2 (null).
+    for numbers, of ``iout`` for bool and category codes), a row of the validity
+    masks ``vout`` (-1: none), a range ``[lo, hi]`` (numbers outside it fall back:
+    out_of_range is the fallback's to report) and a vocabulary ``table`` id.
+    ``kbuf``/``koff``/``kslots``/``kid`` is the hash table of key names; the
+    vocabularies are ``tbuf``/``toff``/``ttid``/``tval``/``tslots``/``tmeta``
+    (strings) and ``ikey``/``ival``/``islots``/``imeta`` (integer entity ids); an
+    entry whose value is -1 was released.
+
+    A value new to an open vocabulary gets, in the kernel, the code
+    ``_Vocabulary.add`` would give it (``_new_code``), as long as no earlier row of
+    the batch fell back (that row may hold new values too, which come first), the
+    vocabulary has room (``vroom``) and the value is not longer than ``vmaxlen``.
+    New values are recorded in ``new_e``/``new_t``/``new_k`` (entry, table, how it
+    was added), ``state[0]`` of them; a row that falls back takes its own back.
+    ``state[1]`` is 1 once a row fell back. Numeric event times are multiplied by
+    ``time_scale``; ISO-8601 texts are parsed (``_iso_time``).
     """
     n = len(starts) - 1
     K = len(kind)
@@ -383,20 +665,21 @@ def scan_batch(
         after[k] = k + 1 if k + 1 < K else 0
     after[K] = 0
     nan = np.float64(np.nan)
-    for r in range(n):
+    for r in range(first_row, n):
         if cause[r] != 0:
             continue
         p = starts[r]
         end = starts[r + 1]
-        p = p
         if p < end and buf[p] <= 32:
             p = _skip_ws(buf, p, end)
         if p >= end or buf[p] != 123:
             cause[r] = _SYNTAX
+            state[1] = 1
             continue
         p = p + 1
         if p < end and buf[p] <= 32:
             p = _skip_ws(buf, p, end)
+        row_new = state[0]
         matched = 0
         members = 0
         bad = 0
@@ -477,44 +760,59 @@ def scan_batch(
                     kd = kind[k]
                     col = column[k]
                     c = buf[p]
-                    if c == 110:  # null
+                    if kd == _K_FLOAT and c != 110:  # the common case first
+                        if not (c == 45 or 48 <= c <= 57):
+                            bad = _TYPE
+                            break
+                        p, status, v, _i, _w = _fast_number(buf, p, end, pow10)
+                        if status != 0:
+                            bad = _NUMBER if status == 1 else _SYNTAX
+                            break
+                        if v < lo[k] or v > hi[k]:
+                            bad = _SCHEMA
+                            break
+                        fout[col, r] = v
+                        vout[vrow[k], r] = True
+                    elif c == 110:  # null
                         if _literal(buf, p, end) != 0 or not null_ok[k]:
                             bad = _TYPE
                             break
                         p += 4
                         if kd in (_K_FLOAT, _K_INT):
                             fout[col, r] = nan
+                            vout[vrow[k], r] = False
                         elif kd in (_K_BOOL, _K_CATEGORY):
                             iout[col, r] = -2
-                    elif kd in (_K_FLOAT, _K_INT, _K_TIME):
+                            vout[vrow[k], r] = False
+                    elif kd == _K_INT or (kd == _K_TIME and c != 34):
                         if not (c == 45 or 48 <= c <= 57):
                             bad = _TYPE
                             break
-                        p, status, v, integral, _w = _number(buf, p, end, pow10)
+                        p, status, v, integral, _w = _fast_number(buf, p, end, pow10)
                         if status != 0:
                             bad = _NUMBER if status == 1 else _SYNTAX
                             break
-                        if kd == _K_INT and not integral:
-                            bad = _TYPE
-                            break
                         if kd == _K_TIME:
-                            etime[r] = v
+                            etime[r] = v * time_scale
                         else:
+                            if not integral:
+                                bad = _TYPE
+                                break
+                            if v < lo[k] or v > hi[k]:
+                                bad = _SCHEMA
+                                break
                             fout[col, r] = v
-                    elif kd in (_K_CATEGORY, _K_STRING):
-                        if c != 34:
-                            bad = _TYPE
-                            break
+                            vout[vrow[k], r] = True
+                    elif kd == _K_TIME:  # text: ISO-8601
                         q = _string_end(buf, p + 1, end)
                         if q < 0:
                             bad = _STRING
                             break
-                        if kd == _K_CATEGORY:
-                            e = _find_bytes(buf, p + 1, q, table[k], tslots, tbuf, toff, ttid)
-                            if e < 0:
-                                bad = _NEW
-                                break
-                            iout[col, r] = tval[e]
+                        good, seconds = _iso_time(buf, p + 1, q)
+                        if not good:
+                            bad = _TIME
+                            break
+                        etime[r] = seconds
                         p = q + 1
                     elif kd == _K_BOOL:
                         lit = _literal(buf, p, end)
@@ -527,35 +825,110 @@ def scan_batch(
                         else:
                             bad = _TYPE
                             break
-                    else:  # entity: a string or an integer
-                        if c == 34:
-                            q = _string_end(buf, p + 1, end)
-                            if q < 0:
-                                bad = _STRING
-                                break
-                            e = _find_bytes(buf, p + 1, q, table[k], tslots, tbuf, toff, ttid)
-                            if e < 0:
-                                bad = _NEW
-                                break
-                            entity[r] = tval[e]
-                            p = q + 1
-                        elif c == 45 or 48 <= c <= 57:
-                            p, status, _v, integral, w = _number(buf, p, end, pow10)
-                            if status != 0:
-                                bad = _NUMBER if status == 1 else _SYNTAX
-                                break
-                            if not integral:
-                                bad = _TYPE
-                                break
-                            e = _find_int(w, islots, ikey)
-                            if e < 0:
-                                bad = _NEW
-                                break
-                            entity[r] = ival[e]
-                        else:
+                        vout[vrow[k], r] = True
+                    elif kd == _K_STRING:
+                        if c != 34:
                             bad = _TYPE
                             break
-                p = p
+                        q = _string_end(buf, p + 1, end)
+                        if q < 0:
+                            bad = _STRING
+                            break
+                        p = q + 1
+                    elif c == 34:  # a category or a text entity id
+                        a = p + 1
+                        q = _string_end(buf, a, end)
+                        if q < 0:
+                            bad = _STRING
+                            break
+                        t = table[k]
+                        e = _find_bytes(buf, a, q, t, tslots, tbuf, toff, ttid)
+                        if e >= 0 and tval[e] >= 0:
+                            code = tval[e]
+                        else:  # a new value
+                            if (
+                                state[1] != 0
+                                or not vopen[t]
+                                or vused[t] >= vroom[t]
+                                or (vmaxlen[t] >= 0 and q - a > vmaxlen[t])
+                            ):
+                                bad = _NEW
+                                break
+                            code = _new_code(t, vused, vfree, vfree_off, vlive)
+                            if e >= 0:
+                                tval[e] = code
+                                tmeta[2] -= 1
+                                new_k[state[0]] = 1
+                            else:
+                                m = tmeta[0]
+                                nb = tmeta[1]
+                                if (
+                                    m + 1 >= len(ttid)
+                                    or nb + q - a > len(tbuf)
+                                    or 2 * (m + 1) > len(tslots)
+                                ):
+                                    bad = -1  # the tables must grow first
+                                    break
+                                for i in range(q - a):
+                                    tbuf[nb + i] = buf[a + i]
+                                toff[m + 1] = nb + q - a
+                                ttid[m] = t
+                                tval[m] = code
+                                _insert_bytes(tslots, tbuf, toff, ttid, m, m + 1)
+                                tmeta[0] = m + 1
+                                tmeta[1] = nb + q - a
+                                e = m
+                                new_k[state[0]] = 0
+                            new_e[state[0]] = e
+                            new_t[state[0]] = t
+                            state[0] += 1
+                            vused[t] += 1
+                        if kd == _K_ENTITY:
+                            entity[r] = code
+                        else:
+                            iout[col, r] = code
+                            vout[vrow[k], r] = True
+                        p = q + 1
+                    elif kd == _K_ENTITY and (c == 45 or 48 <= c <= 57):
+                        p, status, _v, integral, w = _fast_number(buf, p, end, pow10)
+                        if status != 0:
+                            bad = _NUMBER if status == 1 else _SYNTAX
+                            break
+                        if not integral:
+                            bad = _TYPE
+                            break
+                        t = table[k]
+                        e = _find_int(w, islots, ikey)
+                        if e >= 0 and ival[e] >= 0:
+                            code = ival[e]
+                        else:
+                            if state[1] != 0 or vused[t] >= vroom[t]:
+                                bad = _NEW
+                                break
+                            code = _new_code(t, vused, vfree, vfree_off, vlive)
+                            if e >= 0:
+                                ival[e] = code
+                                imeta[1] -= 1
+                                new_k[state[0]] = 3
+                            else:
+                                m = imeta[0]
+                                if m + 1 >= len(ikey) or 2 * (m + 1) > len(islots):
+                                    bad = -1
+                                    break
+                                ikey[m] = w
+                                ival[m] = code
+                                _insert_ints(islots, ikey, m, m + 1)
+                                imeta[0] = m + 1
+                                e = m
+                                new_k[state[0]] = 2
+                            new_e[state[0]] = e
+                            new_t[state[0]] = t
+                            state[0] += 1
+                            vused[t] += 1
+                        entity[r] = code
+                    else:
+                        bad = _TYPE
+                        break
                 if p < end and buf[p] <= 32:
                     p = _skip_ws(buf, p, end)
                 if p >= end:
@@ -571,7 +944,7 @@ def scan_batch(
                     break
                 bad = _SYNTAX
                 break
-        if bad == 0 and _skip_ws(buf, p, end) != end:
+        if bad == 0 and p < end and _skip_ws(buf, p, end) != end:
             bad = _SYNTAX
         if bad == 0 and matched != K:
             for k in range(K):
@@ -583,9 +956,21 @@ def scan_batch(
                 kd = kind[k]
                 if kd in (_K_FLOAT, _K_INT):
                     fout[column[k], r] = nan
+                    vout[vrow[k], r] = False
                 elif kd in (_K_BOOL, _K_CATEGORY):
                     iout[column[k], r] = -2
+                    vout[vrow[k], r] = False
+        if bad != 0:
+            if state[0] > row_new:
+                _rollback(
+                    row_new, state, new_e, new_t, new_k, vused,
+                    tbuf, toff, ttid, tval, tslots, tmeta, ikey, ival, islots, imeta,
+                )  # fmt: skip
+            if bad < 0:
+                return r
+            state[1] = 1
         cause[r] = bad
+    return n
 
 
 # ---------------------------------------------------------------- vocabulary mirror
@@ -598,70 +983,193 @@ def _pow2_at_least(n: int) -> int:
     return size
 
 
-class _ByteTable:
-    """UTF-8 byte strings (with a table id) -> int64 value, an open-addressing hash
-    table in numpy arrays that the kernels read; entries are only ever appended."""
+@njit(cache=True, nogil=True, error_model="numpy")
+def _upsert_bytes(
+    kbuf: Any,
+    koff: Any,
+    ktid: Any,
+    kval: Any,
+    slots: Any,
+    tbuf: Any,
+    toff: Any,
+    ttid: Any,
+    tval: Any,
+    meta: Any,
+) -> None:  # pragma: no cover - compiled
+    """Set the value of each key ``kbuf[koff[j]:koff[j+1]]`` of table ``ktid[j]`` to
+    ``kval[j]`` (-1: released), appending keys not there yet (room is ensured)."""
+    for j in range(len(ktid)):
+        a, b, t, v = koff[j], koff[j + 1], ktid[j], kval[j]
+        e = _find_bytes(kbuf, a, b, t, slots, tbuf, toff, ttid)
+        if e >= 0:
+            if tval[e] < 0 and v >= 0:
+                meta[2] -= 1
+            elif tval[e] >= 0 and v < 0:
+                meta[2] += 1
+            tval[e] = v
+        elif v >= 0:
+            m, nb = meta[0], meta[1]
+            for i in range(b - a):
+                tbuf[nb + i] = kbuf[a + i]
+            toff[m + 1] = nb + b - a
+            ttid[m] = t
+            tval[m] = v
+            _insert_bytes(slots, tbuf, toff, ttid, m, m + 1)
+            meta[0], meta[1] = m + 1, nb + b - a
 
-    def __init__(self) -> None:
-        self.buf = np.zeros(0, dtype=np.uint8)
-        self.off = np.zeros(1, dtype=np.int64)
-        self.tid = np.zeros(0, dtype=np.int64)
-        self.val = np.zeros(0, dtype=np.int64)
-        self.slots = np.full(16, -1, dtype=np.int64)
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _upsert_ints(keys: Any, vals: Any, slots: Any, ikey: Any, ival: Any, meta: Any) -> None:
+    for j in range(len(keys)):  # pragma: no cover - compiled
+        e = _find_int(keys[j], slots, ikey)
+        v = vals[j]
+        if e >= 0:
+            if ival[e] < 0 and v >= 0:
+                meta[1] -= 1
+            elif ival[e] >= 0 and v < 0:
+                meta[1] += 1
+            ival[e] = v
+        elif v >= 0:
+            m = meta[0]
+            ikey[m] = keys[j]
+            ival[m] = v
+            _insert_ints(slots, ikey, m, m + 1)
+            meta[0] = m + 1
+
+
+class _ByteTable:
+    """UTF-8 byte strings (with a table id) -> int64 value (-1: released), an
+    open-addressing hash table in numpy arrays with spare room, which the kernel
+    reads and appends to. ``meta`` holds (entries, bytes used, released entries)."""
+
+    def __init__(self, entries: int = 64, nbytes: int = 1024) -> None:
+        self.buf = np.zeros(nbytes, dtype=np.uint8)
+        self.off = np.zeros(entries + 1, dtype=np.int64)
+        self.tid = np.zeros(entries, dtype=np.int64)
+        self.val = np.zeros(entries, dtype=np.int64)
+        self.slots = np.full(_pow2_at_least(4 * entries), -1, dtype=np.int64)
+        self.meta = np.zeros(3, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.tid)
+        return int(self.meta[0])
 
-    def add(self, tids: Sequence[int], keys: Sequence[bytes], values: Sequence[int]) -> None:
+    def reserve(self, entries: int, nbytes: int) -> None:
+        """Room for ``entries`` more entries of ``nbytes`` more bytes; keeps the slots
+        at most half full (of live and released entries)."""
+        n, used = int(self.meta[0]), int(self.meta[1])
+        if used + nbytes > len(self.buf):
+            grown = np.zeros(max(2 * len(self.buf), used + nbytes), dtype=np.uint8)
+            grown[:used] = self.buf[:used]
+            self.buf = grown
+        if n + entries + 1 > len(self.tid):
+            size = max(2 * len(self.tid), n + entries + 1)
+            for name in ("tid", "val"):
+                old = getattr(self, name)
+                new = np.zeros(size, dtype=np.int64)
+                new[:n] = old[:n]
+                setattr(self, name, new)
+            off = np.zeros(size + 1, dtype=np.int64)
+            off[: n + 1] = self.off[: n + 1]
+            self.off = off
+        if 2 * (n + entries + 1) > len(self.slots):
+            self.slots = np.full(_pow2_at_least(4 * (n + entries + 1)), -1, dtype=np.int64)
+            _insert_bytes(self.slots, self.buf, self.off, self.tid, 0, n)
+
+    def upsert(self, tids: Sequence[int], keys: Sequence[bytes], values: Sequence[int]) -> None:
         if not keys:
             return
-        first = len(self)
-        lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
-        self.buf = np.concatenate([self.buf, np.frombuffer(b"".join(keys), dtype=np.uint8)])
-        self.off = np.concatenate([self.off, self.off[-1] + np.cumsum(lengths)])
-        self.tid = np.concatenate([self.tid, np.asarray(tids, dtype=np.int64)])
-        self.val = np.concatenate([self.val, np.asarray(values, dtype=np.int64)])
-        if 2 * len(self) > len(self.slots):
-            self.slots = np.full(_pow2_at_least(4 * len(self)), -1, dtype=np.int64)
-            first = 0
-        _insert_bytes(self.slots, self.buf, self.off, self.tid, first, len(self))
+        joined = b"".join(keys)
+        self.reserve(len(keys), len(joined))
+        koff = np.zeros(len(keys) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, keys), np.int64, len(keys)), out=koff[1:])
+        _upsert_bytes(
+            np.frombuffer(joined, dtype=np.uint8),
+            koff,
+            np.asarray(tids, dtype=np.int64),
+            np.asarray(values, dtype=np.int64),
+            self.slots,
+            self.buf,
+            self.off,
+            self.tid,
+            self.val,
+            self.meta,
+        )
+
+    def key(self, entry: int) -> bytes:
+        return self.buf[self.off[entry] : self.off[entry + 1]].tobytes()
+
+    def compacted(self) -> _ByteTable | None:
+        """A copy without the released entries, when they are the majority."""
+        n, dead = int(self.meta[0]), int(self.meta[2])
+        if dead < 1024 or 2 * dead < n:
+            return None
+        live = np.flatnonzero(self.val[:n] >= 0)
+        out = _ByteTable(max(64, 2 * len(live)), max(1024, int(self.meta[1])))
+        keys = [self.key(int(e)) for e in live.tolist()]
+        out.upsert(self.tid[live].tolist(), keys, self.val[live].tolist())
+        return out
 
 
 class _IntTable:
-    """int64 keys -> int64 values, an open-addressing hash table in numpy arrays."""
+    """int64 keys -> int64 values (-1: released), like ``_ByteTable``; ``meta`` holds
+    (entries, released entries)."""
 
-    def __init__(self) -> None:
-        self.key = np.zeros(0, dtype=np.int64)
-        self.val = np.zeros(0, dtype=np.int64)
-        self.slots = np.full(16, -1, dtype=np.int64)
+    def __init__(self, entries: int = 64) -> None:
+        self.key = np.zeros(entries, dtype=np.int64)
+        self.val = np.zeros(entries, dtype=np.int64)
+        self.slots = np.full(_pow2_at_least(4 * entries), -1, dtype=np.int64)
+        self.meta = np.zeros(2, dtype=np.int64)
 
-    def add(self, keys: Sequence[int], values: Sequence[int]) -> None:
+    def reserve(self, entries: int) -> None:
+        n = int(self.meta[0])
+        if n + entries + 1 > len(self.key):
+            size = max(2 * len(self.key), n + entries + 1)
+            for name in ("key", "val"):
+                new = np.zeros(size, dtype=np.int64)
+                new[:n] = getattr(self, name)[:n]
+                setattr(self, name, new)
+        if 2 * (n + entries + 1) > len(self.slots):
+            self.slots = np.full(_pow2_at_least(4 * (n + entries + 1)), -1, dtype=np.int64)
+            _insert_ints(self.slots, self.key, 0, n)
+
+    def upsert(self, keys: Sequence[int], values: Sequence[int]) -> None:
         if not keys:
             return
-        first = len(self.key)
-        self.key = np.concatenate([self.key, np.asarray(keys, dtype=np.int64)])
-        self.val = np.concatenate([self.val, np.asarray(values, dtype=np.int64)])
-        if 2 * len(self.key) > len(self.slots):
-            self.slots = np.full(_pow2_at_least(4 * len(self.key)), -1, dtype=np.int64)
-            first = 0
-        _insert_ints(self.slots, self.key, first, len(self.key))
+        self.reserve(len(keys))
+        _upsert_ints(
+            np.asarray(keys, dtype=np.int64),
+            np.asarray(values, dtype=np.int64),
+            self.slots,
+            self.key,
+            self.val,
+            self.meta,
+        )
+
+    def compacted(self) -> _IntTable | None:
+        n, dead = int(self.meta[0]), int(self.meta[1])
+        if dead < 1024 or 2 * dead < n:
+            return None
+        live = np.flatnonzero(self.val[:n] >= 0)
+        out = _IntTable(max(64, 2 * len(live)))
+        out.upsert(self.key[live].tolist(), self.val[live].tolist())
+        return out
 
 
-@dataclasses.dataclass
-class _Mirror:
-    """How much of one vocabulary the tables hold."""
-
-    vocab: _Vocabulary
-    codes: dict[Any, int]
-    synced: int = 0
+def _mirrored(key: Any) -> bool:
+    """Whether the kernel can meet ``key``: printable ASCII text or an int64."""
+    if type(key) is str:
+        return key.isascii()
+    return type(key) is int and -(2**63) <= key < 2**63
 
 
 class _VocabularyTables:
-    """The string and integer values of the decoder's vocabularies, as kernel tables.
+    """The string and integer values of the decoder's open vocabularies and entity
+    ids, as kernel tables.
 
-    Vocabularies only grow by appending (a dict keeps insertion order), so a refresh
-    copies the entries past the last one seen; a vocabulary replaced or shrunk
-    (e.g. restored from a checkpoint) rebuilds the tables.
+    Changes made outside the kernel (the msgspec path, a restore, ``release``) are
+    replayed from each vocabulary's journal; a vocabulary replaced (e.g. restored
+    from a checkpoint) rebuilds the tables. The kernel's own new values are
+    committed to the vocabularies by ``CompiledDecoder.decode``.
     """
 
     def __init__(self, sources: Sequence[tuple[int, _Vocabulary]]) -> None:
@@ -671,41 +1179,61 @@ class _VocabularyTables:
     def _reset(self) -> None:
         self.strings = _ByteTable()
         self.ints = _IntTable()
-        self._mirrors = {tid: _Mirror(v, v.codes) for tid, v in self._sources}
-
-    def refresh(self, sources: Sequence[tuple[int, _Vocabulary]]) -> None:
-        """Bring the tables up to date with ``sources`` (table id, vocabulary)."""
-        for tid, vocab in sources:
-            m = self._mirrors.get(tid)
-            if m is None or m.vocab is not vocab or m.codes is not vocab.codes:
-                self._sources = list(sources)
-                self._reset()
-                break
-            if len(vocab.codes) < m.synced:
-                self._reset()
-                break
+        self._codes = {tid: v.codes for tid, v in self._sources}
         tids: list[int] = []
         keys: list[bytes] = []
         values: list[int] = []
         int_keys: list[int] = []
         int_values: list[int] = []
-        for tid, m in self._mirrors.items():
-            size = len(m.codes)
-            if size == m.synced:
-                continue
-            for key, code in islice(m.codes.items(), m.synced, None):  # the new values only
-                if code < 0:
+        for tid, vocab in self._sources:
+            vocab.journal = []
+            for key, code in vocab.codes.items():
+                if code < 0 or not _mirrored(key):
                     continue
                 if type(key) is str:
                     tids.append(tid)
-                    keys.append(key.encode("utf-8", "surrogatepass"))
+                    keys.append(key.encode("ascii"))
                     values.append(code)
-                elif type(key) is int and -(2**63) < key < 2**63:
+                else:
                     int_keys.append(key)
                     int_values.append(code)
-            m.synced = size
-        self.strings.add(tids, keys, values)
-        self.ints.add(int_keys, int_values)
+        self.strings.upsert(tids, keys, values)
+        self.ints.upsert(int_keys, int_values)
+
+    def refresh(self, sources: Sequence[tuple[int, _Vocabulary]]) -> None:
+        """Bring the tables up to date with ``sources`` (table id, vocabulary)."""
+        for tid, vocab in sources:
+            if self._codes.get(tid) is not vocab.codes or vocab.journal is None:
+                self._sources = list(sources)
+                self._reset()
+                return
+        tids: list[int] = []
+        keys: list[bytes] = []
+        values: list[int] = []
+        int_keys: list[int] = []
+        int_values: list[int] = []
+        for tid, vocab in sources:
+            journal = vocab.journal
+            if not journal:
+                continue
+            vocab.journal = []
+            for key, code in journal:
+                if not _mirrored(key):
+                    continue
+                if type(key) is str:
+                    tids.append(tid)
+                    keys.append(key.encode("ascii"))
+                    values.append(code)
+                else:
+                    int_keys.append(key)
+                    int_values.append(code)
+        self.strings.upsert(tids, keys, values)
+        self.ints.upsert(int_keys, int_values)
+        strings, ints = self.strings.compacted(), self.ints.compacted()
+        if strings is not None:
+            self.strings = strings
+        if ints is not None:
+            self.ints = ints
 
 
 # ---------------------------------------------------------------- the decoder
@@ -737,9 +1265,9 @@ class CompiledDecoder:
     """Decodes batches for a ``StreamDecoder`` with the compiled kernel; the rows it
     is not sure of are decoded by ``StreamDecoder.decode_msgspec`` and merged.
 
-    It shares the ``StreamDecoder``'s vocabularies and schema check, so codes and
-    rejects are the msgspec decoder's own. ``last_causes`` holds, per input row of
-    the last batch, why it fell back (an index into ``CAUSES``, 0 = compiled).
+    It shares the ``StreamDecoder``'s vocabularies, so codes and rejects are the
+    msgspec decoder's own. ``last_causes`` holds, per input row of the last batch,
+    why it fell back (an index into ``CAUSES``, 0 = compiled).
     """
 
     def __init__(self, base: StreamDecoder) -> None:
@@ -752,6 +1280,9 @@ class CompiledDecoder:
         required: list[bool] = []
         column: list[int] = []
         table: list[int] = []
+        vrow: list[int] = []
+        lo: list[float] = []
+        hi: list[float] = []
         self._float_names: list[str] = []
         self._code_names: list[str] = []
         self._table_of: dict[str, int] = {}
@@ -761,6 +1292,9 @@ class CompiledDecoder:
             kinds.append(kind)
             null_ok.append(fs.nullable or not fs.required)
             required.append(fs.required)
+            rng = fs.range if fs.type in NUMERIC_TYPES else None
+            lo.append(-math.inf if rng is None else float(rng[0]))
+            hi.append(math.inf if rng is None else float(rng[1]))
             tid = 0
             if fs.type in NUMERIC_TYPES:
                 col = len(self._float_names)
@@ -771,13 +1305,14 @@ class CompiledDecoder:
                 self._code_names.append(name)
                 self._order.append((name, False, col))
                 if fs.type is FieldType.CATEGORY:
-                    tid = len(self._table_of) + 1
+                    tid = len(self._table_of)
                     self._table_of[name] = tid
             else:
                 col = 0
+            vrow.append(len(self._order) - 1 if fs.type is not FieldType.STRING else -1)
             column.append(col)
             table.append(tid)
-        self._entity_tid = len(self._table_of) + 1
+        self._entity_tid = len(self._table_of)
         for key, kind in ((spec.entity, _K_ENTITY), (spec.event_time, _K_TIME)):
             if key is not None:
                 names.append(key)
@@ -785,19 +1320,32 @@ class CompiledDecoder:
                 null_ok.append(False)
                 required.append(True)
                 column.append(0)
+                vrow.append(-1)
+                lo.append(-math.inf)
+                hi.append(math.inf)
                 table.append(self._entity_tid if kind == _K_ENTITY else 0)
         self._kind = np.asarray(kinds, dtype=np.int64)
         self._null_ok = np.asarray(null_ok, dtype=np.bool_)
         self._required = np.asarray(required, dtype=np.bool_)
         self._column = np.asarray(column, dtype=np.int64)
         self._table = np.asarray(table, dtype=np.int64)
+        self._vrow = np.asarray(vrow, dtype=np.int64)
+        self._lo = np.asarray(lo, dtype=np.float64)
+        self._hi = np.asarray(hi, dtype=np.float64)
         self._plain = np.array(
             [all(0x20 <= ord(ch) < 0x7F and ch not in '"\\' for ch in n) for n in names],
             dtype=np.bool_,
         )
         self._keys = _ByteTable()
         encoded = [n.encode("utf-8", "surrogatepass") for n in names]
-        self._keys.add([0] * len(names), encoded, list(range(len(names))))
+        self._keys.upsert([0] * len(names), encoded, list(range(len(names))))
+        n_tables = self._entity_tid + 1
+        self._vocab_keys = len(self._table_of) + (spec.entity is not None)
+        self._vopen = np.zeros(n_tables, dtype=np.bool_)
+        self._vmaxlen = np.full(n_tables, -1, dtype=np.int64)
+        self._vroom = np.zeros(n_tables, dtype=np.int64)
+        self._vlive = np.zeros(n_tables, dtype=np.int64)
+        self._vfree_off = np.zeros(n_tables + 1, dtype=np.int64)
         self._vocab = _VocabularyTables(self._sources())
         self._time_scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[spec.event_time_unit]
         self.last_causes = np.zeros(0, dtype=np.int8)
@@ -808,6 +1356,26 @@ class CompiledDecoder:
         if self.base.entities is not None:
             out.append((self._entity_tid, self.base.entities))
         return out
+
+    def _allocation(self, sources: list[tuple[int, _Vocabulary]]) -> npt.NDArray[np.int64]:
+        """Per table: whether and how many new values fit, and the free codes to hand
+        out first (returned, flat; ``_vfree_off`` bounds each table's)."""
+        free: list[npt.NDArray[np.int64]] = []
+        off = np.zeros(len(self._vopen) + 1, dtype=np.int64)
+        self._vopen[:] = False
+        self._vroom[:] = 0
+        for tid, vocab in sources:
+            live = len(vocab.codes) - 1
+            self._vopen[tid] = not vocab.frozen
+            self._vmaxlen[tid] = -1 if vocab.max_length is None else vocab.max_length
+            self._vroom[tid] = 0 if vocab.frozen else max(vocab.limit - live, 0)
+            self._vlive[tid] = live
+            rest = vocab.free[vocab.free_pos :]
+            off[tid + 1] = len(rest)
+            free.append(rest)
+        np.cumsum(off, out=off)
+        self._vfree_off = off
+        return np.concatenate(free) if free else np.zeros(0, dtype=np.int64)
 
     def decode(self, payloads: Sequence[bytes | None]) -> Batch:
         """Decode one batch; identical to ``StreamDecoder.decode_msgspec(payloads)``
@@ -828,78 +1396,107 @@ class CompiledDecoder:
             sizes = np.fromiter(map(len, present), dtype=np.int64, count=n)
             cause[[i for i, p in enumerate(payloads) if p is None]] = _PRE
             joined = b"".join(present)
-        cause[sizes > self.spec.max_event_bytes] = _PRE
-        starts = np.zeros(n + 1, dtype=np.int64)
+        over = sizes > self.spec.max_event_bytes
+        if over.any():
+            cause[over] = _PRE
+        starts = np.empty(n + 1, dtype=np.int64)
+        starts[0] = 0
         np.cumsum(sizes, out=starts[1:])
         buf = np.frombuffer(joined, dtype=np.uint8)
-        self._vocab.refresh(self._sources())
+        sources = self._sources()
+        self._vocab.refresh(sources)
+        vfree = self._allocation(sources) if self._vocab_keys else _NO_CODES
+        vused = np.zeros(len(self._vopen), dtype=np.int64)
         fout = np.empty((len(self._float_names), n), dtype=np.float64)
         iout = np.empty((len(self._code_names), n), dtype=np.int64)
+        vout = np.empty((len(self._order), n), dtype=np.bool_)
         entity = np.empty(n, dtype=np.int64)
         etime = np.empty(n, dtype=np.float64)
-        strings, ints = self._vocab.strings, self._vocab.ints
-        scan_batch(
-            buf,
-            starts,
-            cause,
-            self._kind,
-            self._null_ok,
-            self._required,
-            self._plain,
-            self._column,
-            self._table,
-            self._keys.buf,
-            self._keys.off,
-            self._keys.slots,
-            self._keys.tid,
-            strings.buf,
-            strings.off,
-            strings.tid,
-            strings.val,
-            strings.slots,
-            ints.key,
-            ints.val,
-            ints.slots,
-            self.spec.strict,
-            self.spec.max_fields,
-            _POW10,
-            fout,
-            iout,
-            entity,
-            etime,
-        )
-        ok = cause == 0
-        all_ok = bool(ok.all())
-        if not all_ok:
-            fout, iout, entity, etime = fout[:, ok], iout[:, ok], entity[ok], etime[ok]
-        columns, valid = self._columns(fout, iout)
-        # The schema check's rejects and their details are the fallback's to produce.
-        reason, _ = self.base._check.check(columns, valid)
-        if reason.any():
-            kept = np.flatnonzero(ok)
-            cause[kept[reason != 0]] = _SCHEMA
-            passed = reason == 0
-            ok = cause == 0
-            all_ok = False
-            columns = {k: v[passed] for k, v in columns.items()}
-            valid = {k: v[passed] for k, v in valid.items()}
-            entity, etime = entity[passed], etime[passed]
+        cap = n * self._vocab_keys
+        new_e = np.empty(cap, dtype=np.int64)
+        new_t = np.empty(cap, dtype=np.int64)
+        new_k = np.empty(cap, dtype=np.int8)
+        state = np.zeros(2, dtype=np.int64)
+        row = 0
+        while True:
+            strings, ints = self._vocab.strings, self._vocab.ints
+            row = scan_batch(
+                buf,
+                starts,
+                row,
+                cause,
+                self._kind,
+                self._null_ok,
+                self._required,
+                self._plain,
+                self._column,
+                self._table,
+                self._vrow,
+                self._lo,
+                self._hi,
+                self._keys.buf,
+                self._keys.off,
+                self._keys.slots,
+                self._keys.tid,
+                strings.buf,
+                strings.off,
+                strings.tid,
+                strings.val,
+                strings.slots,
+                strings.meta,
+                ints.key,
+                ints.val,
+                ints.slots,
+                ints.meta,
+                self._vopen,
+                self._vmaxlen,
+                self._vroom,
+                vfree,
+                self._vfree_off,
+                self._vlive,
+                vused,
+                new_e,
+                new_t,
+                new_k,
+                state,
+                self.spec.strict,
+                self.spec.max_fields,
+                _POW10,
+                self._time_scale,
+                fout,
+                iout,
+                vout,
+                entity,
+                etime,
+            )
+            if row >= n:
+                break
+            # A new value did not fit the tables: grow them, scan on from that row.
+            size = int(starts[row + 1] - starts[row])
+            strings.reserve(max(len(strings), 64), max(int(strings.meta[1]), size))
+            ints.reserve(max(int(ints.meta[0]), 64))
+        new_entities = self._commit(sources, int(state[0]), new_e, new_t, new_k)
         self.last_causes = cause
-        rows = np.flatnonzero(ok).astype(np.int64) if not all_ok else np.arange(n, dtype=np.int64)
+        ok = cause == 0
+        all_ok = not bool(state[1]) and (n == 0 or bool(ok.all()))
+        if not all_ok:
+            fout, iout, vout = fout[:, ok], iout[:, ok], vout[:, ok]
+            entity, etime = entity[ok], etime[ok]
+        columns, valid = self._columns(fout, iout, vout)
         has_entity = self.spec.entity is not None
         has_time = self.spec.event_time is not None
-        if has_time and self._time_scale != 1.0:
-            etime *= self._time_scale
         if all_ok:
             return Batch(
                 stream=self.spec.name,
                 n_input=n,
-                rows=rows,
+                rows=np.arange(n, dtype=np.int64),
                 columns=columns,
                 valid=valid,
                 entity=entity if has_entity else None,
                 event_time=etime if has_time else None,
+                new_entities=new_entities,
             )
+        rows = np.flatnonzero(ok).astype(np.int64)
         back = np.flatnonzero(~ok)
         if n >= _PROBE_MIN and len(back) >= _PROBE_SHARE * n:
             per_cause = np.bincount(cause, minlength=len(CAUSES))
@@ -923,7 +1520,7 @@ class CompiledDecoder:
             entity=merge(entity, sub.entity) if sub.entity is not None else None,
             event_time=merge(etime, sub.event_time) if sub.event_time is not None else None,
             rejects=tuple(Reject(int(back[r.index]), r.reason, r.detail) for r in sub.rejects),
-            new_entities=sub.new_entities,
+            new_entities=new_entities + sub.new_entities,
             entity_overflow=sub.entity_overflow,
             violations=tuple(
                 Violation(int(back[v.index]), v.field, v.reason, v.detail) for v in sub.violations
@@ -932,24 +1529,54 @@ class CompiledDecoder:
             fallback_rows=len(back),
         )
 
+    def _commit(
+        self,
+        sources: list[tuple[int, _Vocabulary]],
+        count: int,
+        new_e: npt.NDArray[np.int64],
+        new_t: npt.NDArray[np.int64],
+        new_k: npt.NDArray[np.int8],
+    ) -> int:
+        """Give the vocabularies the kernel's new values (in the order met); returns
+        how many were entity ids."""
+        if count == 0:
+            return 0
+        strings, ints = self._vocab.strings, self._vocab.ints
+        entries = new_e[:count].tolist()
+        tables = new_t[:count].tolist()
+        textual = (new_k[:count] < 2).tolist()
+        added = 0
+        for tid, vocab in sources:
+            values: list[Any] = []
+            codes: list[int] = []
+            for e, t, text in zip(entries, tables, textual, strict=True):
+                if t != tid:
+                    continue
+                if text:
+                    values.append(strings.key(e).decode("ascii"))
+                    codes.append(int(strings.val[e]))
+                else:
+                    values.append(int(ints.key[e]))
+                    codes.append(int(ints.val[e]))
+            if values:
+                vocab.commit(values, codes)
+                if tid == self._entity_tid and self.spec.entity is not None:
+                    added = len(values)
+        return added
+
     def _columns(
-        self, fout: npt.NDArray[np.float64], iout: npt.NDArray[np.int64]
+        self,
+        fout: npt.NDArray[np.float64],
+        iout: npt.NDArray[np.int64],
+        vout: npt.NDArray[np.bool_],
     ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, npt.NDArray[np.bool_]]]:
         """The columns and masks in the msgspec decoder's layout (same key order)."""
         columns: dict[str, npt.NDArray[Any]] = {}
         valid: dict[str, npt.NDArray[np.bool_]] = {}
-        n = fout.shape[1]
-        for name, numeric, col in self._order:
-            fs = self.spec.fields[name]
-            if numeric:
-                values = fout[col]
-                columns[name] = values
-                if fs.nullable or not fs.required:
-                    valid[name] = ~np.isnan(values)
-                else:
-                    valid[name] = np.ones(n, dtype=np.bool_)
-            else:
-                codes = iout[col]
-                columns[name] = codes
-                valid[name] = codes >= -1  # as the msgspec decoder: -2 null, -3 too long
+        for i, (name, numeric, col) in enumerate(self._order):
+            columns[name] = fout[col] if numeric else iout[col]
+            valid[name] = vout[i]
         return columns, valid
+
+
+_NO_CODES = np.zeros(0, dtype=np.int64)
