@@ -659,3 +659,41 @@ def test_limits_of_the_hostile_input_path_hold_on_the_compiled_path() -> None:
         "", "keys", "schema", "new_value", "", "new_value", "new_value"
     ]  # fmt: skip
     assert got.violations and got.limit_hits
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_released_entity_codes_are_handed_out_again_identically(seed: int) -> None:
+    """Releases between batches (as the fleet stage makes them): both paths give the
+    same codes, the kernel's tables follow (released entries revived or compacted)."""
+    stream = {
+        "name": "s",
+        "topic": "t",
+        "entity": "e",
+        "event_time": "ts",
+        "max_entities": 300,
+        "fields": {"x": {"type": "float"}, "c": {"type": "category"}},
+    }
+    rng = np.random.default_rng(seed)
+    compiled, reference = _pair(stream)
+    for step in range(40):
+        n = int(rng.integers(1, 400))
+        ids = rng.integers(0, 3000, n)
+        rows: list[bytes | None] = []
+        for i, k in enumerate(ids.tolist()):
+            dev: Any = k if k % 3 == 0 else f"d{k}"
+            ts: Any = 1e9 + i if k % 5 else f"2026-11-30T00:00:{i % 60:02d}Z"
+            cat = "\\u00e9" if rng.random() < 0.01 else f"c{k % 7}"
+            rows.append(b'{"e":%s,"ts":%s,"x":%d,"c":"%s"}' % (
+                json.dumps(dev).encode(), json.dumps(ts).encode(), k, cat.encode()))  # fmt: skip
+        got = compiled.decode(rows)
+        assert_same(got, reference.decode_msgspec(rows))
+        assert_same_vocabularies(compiled.base, reference)
+        vocab = reference.entities
+        assert vocab is not None
+        live = np.array([c for c in vocab.codes.values() if c >= 0], dtype=np.int64)
+        gone = rng.choice(live, size=int(rng.integers(0, len(live) + 1)), replace=False)
+        if step % 7 == 6:
+            gone = live  # everything at once (the tables compact)
+        assert compiled.base.release_entities(gone) == reference.release_entities(gone)
+        assert_same_vocabularies(compiled.base, reference)
+    assert compiled._vocab.strings.meta[2] < 1024 + 3000  # released entries are compacted

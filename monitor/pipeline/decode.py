@@ -403,8 +403,14 @@ class StreamDecoder:
                 self.vocabularies[name] = _Vocabulary({False: 0, True: 1}, frozen=True)
                 rules.append(ColumnRule(name, numeric=False, n_categories=2))
         self._check = SchemaCheck(rules)
+        # With a fleet section the fleet stage gives back (release_entities) the ids
+        # of the devices it evicts or rejects once a batch is in; the new devices of
+        # a batch arrive before that, so the vocabulary keeps room for them.
+        limit = spec.max_entities
+        if spec.fleet is not None:
+            limit = max(limit, 2 * spec.fleet.max_entities)
         self.entities = (
-            _Vocabulary(limit=spec.max_entities, max_length=spec.max_string_length)
+            _Vocabulary(limit=limit, max_length=spec.max_string_length)
             if spec.entity is not None
             else None
         )

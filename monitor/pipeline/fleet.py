@@ -50,7 +50,6 @@ restart does not page again for a device that was already unhealthy.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections.abc import Callable
@@ -190,6 +189,7 @@ class FleetStage:
         self._next_eval = -math.inf
         self._last_tick = -math.inf
         self._names: list[Any] = []
+        self._evicted_codes: list[npt.NDArray[np.int64]] = []  # released after the batch
         self._pending: list[Finding] = []
         # The worst-devices view as of the last evaluation (read by the HTTP thread),
         # kept when ``publish_status`` is set (the service sets it).
@@ -242,12 +242,20 @@ class FleetStage:
         return sum(t.late for t in self.tables.values())
 
     def names(self) -> list[Any]:
-        """Entity ids by vocabulary code (grown incrementally from the decoder's)."""
+        """Entity ids by vocabulary code (the decoder's list, kept up to date by it)."""
         vocab = self.decoder.entities
-        if vocab is not None and len(vocab.codes) - 1 > len(self._names):
-            # The vocabulary's dict holds the null entry first, then codes 0, 1, ...
-            self._names.extend(itertools.islice(vocab.codes, 1 + len(self._names), None))
-        return self._names
+        return vocab.by_code() if vocab is not None else self._names
+
+    def _release(self, codes: npt.NDArray[np.int64]) -> None:
+        """Give the decoder back the ``codes`` that no table holds (evicted, rejected
+        or dropped devices), so that new devices can have them."""
+        if not len(codes):
+            return
+        held = np.zeros(len(codes), dtype=np.bool_)
+        for t in self.tables.values():
+            inside = codes < len(t.code_to_slot)
+            held[inside] |= t.code_to_slot[codes[inside]] >= 0
+        self.decoder.release_entities(codes[~held])
 
     # -- processing --------------------------------------------------------------------
     def update(self, batch: Batch, partitions: npt.NDArray[np.int32]) -> list[Finding]:
@@ -278,9 +286,14 @@ class FleetStage:
             table = self._table(partition)
             slots = self._assign(partition, table, codes)
             rejected += int(np.count_nonzero(slots < 0))
+            self._evicted_codes.append(codes[(slots < 0) & (codes >= 0)])  # rejected ids
             late += table.update(slots, times, vals, ok)
             self._wall[partition] = wall
         self.rejected += rejected
+        # Ids of evicted and rejected devices go back to the decoder once the whole
+        # batch is in (a device evicted for one partition may be back in another).
+        self._release(np.concatenate(self._evicted_codes))
+        self._evicted_codes = []
         if self._metrics is not None:
             if late:
                 self._m_late.inc(late)
@@ -338,6 +351,7 @@ class FleetStage:
             chosen = all_slots[order][all_parts[order] == p]
             table = self.tables[p]
             self._pending.extend(self._recoveries(p, table, chosen, evicted=True))
+            self._evicted_codes.append(table.code[chosen].copy())
             table.evict(chosen)
         if self._metrics is not None:
             self._m_evicted.inc(len(order))
@@ -534,14 +548,17 @@ class FleetStage:
             return
         vocab.add(list(saved.ids))
         codes = np.array([vocab.codes.get(i, -1) for i in saved.ids], dtype=np.int64)
-        self.tables.pop(partition, None)
+        old = self.tables.pop(partition, None)
         self._table(partition).restore(saved, codes)
         self._wall[partition] = self.clock()
-        self.names()
+        stale = old.code[np.flatnonzero(old.occupied)] if old is not None else codes[:0]
+        self._release(np.concatenate([stale, codes[codes >= 0]]))  # those not kept
 
     def drop_partition(self, partition: int) -> None:
-        self.tables.pop(partition, None)
+        old = self.tables.pop(partition, None)
         self._wall.pop(partition, None)
+        if old is not None:
+            self._release(old.code[np.flatnonzero(old.occupied)])
 
     def set_remote(self, states: dict[int, dict[str, Any]]) -> None:
         """Devices live with their partition: other replicas' partitions are not needed."""

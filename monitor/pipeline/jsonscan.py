@@ -391,7 +391,7 @@ def _fast_number(buf: Any, p: int, end: int, pow10: Any) -> Any:  # pragma: no c
             if c < 0 or c > 9:
                 break
             if exp < 100_000:
-                exp = exp * 10 + c
+                exp = exp * 10 + int(c)
             p += 1
         if p == e0:
             return p, 2, 0.0, False, np.int64(0)
@@ -437,7 +437,7 @@ def _iso_time(buf: Any, a: int, b: int) -> Any:  # pragma: no cover - compiled
             return False, 0.0
 
     def d(i: int) -> int:
-        return np.int64(buf[a + i]) - 48
+        return int(buf[a + i]) - 48
 
     year = d(0) * 1000 + d(1) * 100 + d(2) * 10 + d(3)
     month = d(5) * 10 + d(6)
@@ -772,7 +772,8 @@ def scan_batch(
                             bad = _SCHEMA
                             break
                         fout[col, r] = v
-                        vout[vrow[k], r] = True
+                        if vrow[k] >= 0:  # else valid wherever the row is compiled
+                            vout[vrow[k], r] = True
                     elif c == 110:  # null
                         if _literal(buf, p, end) != 0 or not null_ok[k]:
                             bad = _TYPE
@@ -1287,6 +1288,7 @@ class CompiledDecoder:
         self._code_names: list[str] = []
         self._table_of: dict[str, int] = {}
         self._order: list[tuple[str, bool, int]] = []  # (name, is numeric, row in fout/iout)
+        self._always: list[int] = []  # rows of the masks that are True for every compiled row
         for name, fs in spec.fields.items():
             kind = _KIND[fs.type]
             kinds.append(kind)
@@ -1309,7 +1311,12 @@ class CompiledDecoder:
                     self._table_of[name] = tid
             else:
                 col = 0
-            vrow.append(len(self._order) - 1 if fs.type is not FieldType.STRING else -1)
+            always = fs.type in NUMERIC_TYPES and fs.required and not fs.nullable
+            if always:  # a compiled row always has a value here: its mask is all True
+                self._always.append(len(self._order) - 1)
+            vrow.append(
+                len(self._order) - 1 if fs.type is not FieldType.STRING and not always else -1
+            )
             column.append(col)
             table.append(tid)
         self._entity_tid = len(self._table_of)
@@ -1410,6 +1417,7 @@ class CompiledDecoder:
         fout = np.empty((len(self._float_names), n), dtype=np.float64)
         iout = np.empty((len(self._code_names), n), dtype=np.int64)
         vout = np.empty((len(self._order), n), dtype=np.bool_)
+        vout[self._always] = True
         entity = np.empty(n, dtype=np.int64)
         etime = np.empty(n, dtype=np.float64)
         cap = n * self._vocab_keys
