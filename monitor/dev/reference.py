@@ -117,7 +117,9 @@ KEY_DOCS: dict[str, str] = {
     "StreamSpec.strict": "Reject events with undeclared fields (`unknown_field`).",
     "StreamSpec.max_event_bytes": "Larger events are rejected (`too_large`).",
     "StreamSpec.max_entities": "Bound on distinct entities tracked; events of further "
-    "entities count in `driftwarden_entity_overflow_events_total`.",
+    "entities count in `driftwarden_entity_overflow_events_total`. With a `fleet` section "
+    "the bound is at least twice `fleet.max_entities`: the fleet gives back the ids of the "
+    "devices it evicts, so new devices are never refused while fewer are tracked.",
     "StreamSpec.fields": "Declared fields by name.",
     "StreamSpec.baseline": "Where the reference distribution comes from.",
     "StreamSpec.window": "The sliding window drift is judged over.",
