@@ -306,7 +306,11 @@ def _timestamp(msg: Message) -> int:
     return int(msg.timestamp()[1])  # librdkafka gives -1 where there is none
 
 
-def _split_by_topic(messages: list[Message]) -> list[RawBatch]:
+def _split_by_topic(messages: list[Message], only: str | None = None) -> list[RawBatch]:
+    """One RawBatch per topic; ``only``: the one topic every message can be from (a
+    subscription to one topic name), which spares reading each message's topic."""
+    if only is not None:
+        return [_raw_batch(only, messages)]
     topics = list(map(Message.topic, messages))
     first = topics[0]
     if topics.count(first) == len(topics):
@@ -315,20 +319,19 @@ def _split_by_topic(messages: list[Message]) -> list[RawBatch]:
         groups = {}
         for topic, msg in zip(topics, messages, strict=True):  # rare: several topics at once
             groups.setdefault(topic, []).append(msg)
-    out = []
-    for topic, msgs in groups.items():
-        n = len(msgs)
-        out.append(
-            RawBatch(
-                topic=str(topic),
-                values=list(map(Message.value, msgs)),
-                partitions=np.fromiter(map(Message.partition, msgs), dtype=np.int32, count=n),
-                offsets=np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=n),
-                keys=_Column(msgs, _key),
-                timestamps=_Column(msgs, _timestamp),
-            )
-        )
-    return out
+    return [_raw_batch(str(topic), msgs) for topic, msgs in groups.items()]
+
+
+def _raw_batch(topic: str, msgs: list[Message]) -> RawBatch:
+    n = len(msgs)
+    return RawBatch(
+        topic=topic,
+        values=list(map(Message.value, msgs)),
+        partitions=np.fromiter(map(Message.partition, msgs), dtype=np.int32, count=n),
+        offsets=np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=n),
+        keys=_Column(msgs, _key),
+        timestamps=_Column(msgs, _timestamp),
+    )
 
 
 class KafkaSource:
@@ -348,6 +351,10 @@ class KafkaSource:
         on_error: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.topics = tuple(topics)
+        # One topic name (not a ^regex): every message is from it.
+        self._only_topic = (
+            self.topics[0] if len(self.topics) == 1 and not self.topics[0].startswith("^") else None
+        )
         self.max_batch_events = max_batch_events
         self.max_wait = max_wait
         self._on_assign = on_assign
@@ -406,8 +413,8 @@ class KafkaSource:
         messages = self._consumer.consume(self.max_batch_events, self.max_wait)
         if not messages:
             return []
-        errors = list(map(Message.error, messages))
-        if any(errors):
+        if any(map(Message.error, messages)):  # rare: look again, message by message
+            errors = list(map(Message.error, messages))
             good = []
             for msg, err in zip(messages, errors, strict=True):
                 if err is None:
@@ -421,7 +428,7 @@ class KafkaSource:
             messages = good
             if not messages:
                 return []
-        return _split_by_topic(messages)
+        return _split_by_topic(messages, self._only_topic)
 
     def commit(self, next_offsets: Mapping[TopicPartitionKey, int]) -> None:
         """Commit ``next_offsets`` (the offset of the next message to read) synchronously."""
