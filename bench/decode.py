@@ -4,16 +4,20 @@ Four tables:
 
 1. decode µs/event for 5, 20 and 100 float fields (``generate_wide``: values with four
    decimals), compiled vs msgspec, on the same 10,000-event batch;
-2. payload shapes that fall back (escaped strings, nested objects, 17-digit floats off
+2. an entity id and an ISO-8601 event time (both parsed by the kernel), then payload
+   shapes that fall back (escaped strings, nested objects, 17-digit floats off
    the exact path, 1% escaped rows), to show what the fallback costs;
 3. the compile cost at start-up, in fresh processes: cold (empty numba cache) and warm
    (``cache=True`` files present);
 4. consume + decode from the embedded broker, 20 float fields, one consumer process
-   per mode (consume only, compiled, msgspec).
+   per mode: confluent-kafka ``consume`` only, + compiled, + msgspec; then the service's
+   source (``KafkaSource.poll``, which builds the RawBatches) only, + compiled.
 
 Wall times on a shared machine are noisy: every row also gives CPU time per event
-(``time.process_time``; in table 4 it includes librdkafka's threads, and ``dec cpu``
-is the decoding thread's own CPU time, ``time.thread_time``). Each in-process
+(``time.process_time``; in table 4 ``cpu µs/ev`` is the whole process's, librdkafka's
+threads included, ``main cpu`` the Python thread's own (``time.thread_time``: what
+one core spends per event on the critical path), and ``dec cpu`` that thread's CPU
+time inside ``decode``). Each in-process
 figure is the best of ``--repeat`` runs.
 
 Usage: python bench/decode.py [--events 300000] [--batch 10000] [--repeat 7] [--skip-broker]
@@ -67,8 +71,12 @@ def _compare(
     n = len(payloads)
     cw, cc, got = _time(lambda: compiled.decode(payloads), n, repeat)
     mw, mc, want = _time(lambda: plain.decode(payloads), n, repeat)
-    same = got.rows.tolist() == want.rows.tolist() and all(
-        got.columns[k].tobytes() == want.columns[k].tobytes() for k in want.columns
+    same = (
+        got.rows.tolist() == want.rows.tolist()
+        and all(got.columns[k].tobytes() == want.columns[k].tobytes() for k in want.columns)
+        and all(got.valid[k].tobytes() == want.valid[k].tobytes() for k in want.valid)
+        and _bytes(got.entity) == _bytes(want.entity)
+        and _bytes(got.event_time) == _bytes(want.event_time)
     )
     return {
         "shape": name,
@@ -80,6 +88,10 @@ def _compare(
         "fallback": got.fallback_rows / n,
         "identical": same,
     }
+
+
+def _bytes(a: Any) -> bytes | None:
+    return None if a is None else bytes(a.tobytes())
 
 
 def _fallback_shapes(n: int) -> list[tuple[str, dict[str, Any], list[bytes | None]]]:
@@ -98,7 +110,15 @@ def _fallback_shapes(n: int) -> list[tuple[str, dict[str, Any], list[bytes | Non
     plain_note = rows(rounded, note="valve B check")
     one_pct: list[bytes | None] = [escaped[i] if i % 100 == 0 else plain_note[i] for i in range(n)]
     nested = rows(rounded, meta={"fw": "1.2.3", "tags": ["a", "b"]})
+    fleet = {**lenient, "entity": "id", "event_time": "ts"}
+    stamps = 1_790_000_000 + np.arange(n) * 0.25
+    iso = np.datetime_as_string((stamps * 1e6).astype("datetime64[us]"), unit="ms")
+    with_ids = [
+        encode({"id": f"dev-{i % 2000:05d}", "ts": f"{t}Z", **dict(zip(names, row, strict=True))})
+        for i, (t, row) in enumerate(zip(iso.tolist(), rounded, strict=True))
+    ]
     return [
+        ("20 floats + id + ISO time", fleet, with_ids),
         ("20 floats + plain string", with_note, plain_note),
         ("20 floats + escaped string", with_note, escaped),
         ("  1% of rows escaped", with_note, one_pct),
@@ -146,45 +166,59 @@ def _consumer(args: argparse.Namespace) -> None:
 
     from confluent_kafka import Consumer, Message, TopicPartition
 
+    from connectors.kafka import KafkaSource
+
     decoder = None
-    if args.mode != "consume":
-        decoder = StreamDecoder(_spec(wide_stream(20, args.topic), args.mode))
+    via_source = args.mode.startswith("source")
+    mode = args.mode.removeprefix("source").strip("+") or "consume"
+    if mode != "consume":
+        decoder = StreamDecoder(_spec(wide_stream(20, args.topic), mode))
         decoder.decode(generate_wide(10, fields=20))  # compile (or load) before the clock
-    consumer = Consumer(
-        {
-            "bootstrap.servers": args.bootstrap,
-            "group.id": f"bench-{time.monotonic_ns()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.queue.backoff.ms": 10,
-            "queued.min.messages": 200_000,
-            "session.timeout.ms": 6000,
-        }
-    )
-    consumer.assign([TopicPartition(args.topic, p, 0) for p in range(args.partitions)])
+    options = {
+        "bootstrap.servers": args.bootstrap,
+        "auto.offset.reset": "earliest",
+        "fetch.queue.backoff.ms": 10,
+        "queued.min.messages": 200_000,
+        "session.timeout.ms": 6000,
+    }
+    group = f"bench-{time.monotonic_ns()}"
+    if via_source:  # the service's source: KafkaSource.poll builds RawBatches
+        source = KafkaSource(options, group, [args.topic], max_batch_events=args.batch)
+    else:
+        consumer = Consumer({**options, "group.id": group, "enable.auto.commit": False})
+        consumer.assign([TopicPartition(args.topic, p, 0) for p in range(args.partitions)])
     seen = fallback = 0
-    decode_s = decode_cpu = 0.0
+    decode_s = decode_cpu = main_cpu0 = 0.0
     started = cpu0 = None
     deadline = time.monotonic() + 300
     while seen < args.events and time.monotonic() < deadline:
-        msgs = consumer.consume(args.batch, 1.0)
-        if not msgs:
+        if via_source:
+            batches = [raw.values for raw in source.poll()]
+        else:
+            msgs = consumer.consume(args.batch, 1.0)
+            batches = [list(map(Message.value, msgs))] if msgs else []
+        if not batches:
             continue
         if started is None:  # the clock starts at the first batch (broker warm-up aside)
             started = time.perf_counter()
             ru = resource.getrusage(resource.RUSAGE_SELF)
             cpu0 = ru.ru_utime + ru.ru_stime
-        values = list(map(Message.value, msgs))
-        if decoder is not None:
-            t, c = time.perf_counter(), time.thread_time()
-            fallback += decoder.decode(values).fallback_rows
-            decode_s += time.perf_counter() - t
-            decode_cpu += time.thread_time() - c
-        seen += len(msgs)
+            main_cpu0 = time.thread_time()
+        for values in batches:
+            if decoder is not None:
+                t, c = time.perf_counter(), time.thread_time()
+                fallback += decoder.decode(values).fallback_rows
+                decode_s += time.perf_counter() - t
+                decode_cpu += time.thread_time() - c
+            seen += len(values)
     elapsed = time.perf_counter() - (started or time.perf_counter())
     ru = resource.getrusage(resource.RUSAGE_SELF)
     cpu = ru.ru_utime + ru.ru_stime - (cpu0 or 0.0)
-    consumer.close()
+    main_cpu = time.thread_time() - main_cpu0
+    if via_source:
+        source.close()
+    else:
+        consumer.close()
     print(
         json.dumps(
             {
@@ -194,6 +228,7 @@ def _consumer(args: argparse.Namespace) -> None:
                 "cpu": cpu,
                 "decode": decode_s,
                 "decode_cpu": decode_cpu,
+                "main_cpu": main_cpu,
                 "fallback": fallback,
             }
         )
@@ -208,7 +243,7 @@ def _broker(args: argparse.Namespace) -> list[dict[str, Any]]:
     with EmbeddedBroker() as broker:
         produce_s = produce_wide(broker.bootstrap, topic, args.events, 20, args.partitions)
         print(f"produced {args.events:,} events of 20 fields in {produce_s:.1f}s", flush=True)
-        for mode in ("consume", "compiled", "msgspec"):
+        for mode in ("consume", "compiled", "msgspec", "source", "source+compiled"):
             cmd = [sys.executable, os.path.abspath(__file__), "--mode", mode]
             cmd += ["--bootstrap", broker.bootstrap, "--topic", topic]
             cmd += ["--events", str(args.events), "--batch", str(args.batch)]
@@ -282,12 +317,13 @@ def main() -> None:
     rows = _broker(args)
     print(f"\n4. consume + decode from the embedded broker, 20 floats, batches of {args.batch:,}")
     print(
-        "{:<10} {:>9} {:>10} {:>9} {:>10} {:>10} {:>10} {:>9}".format(
+        "{:<16} {:>9} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9}".format(
             "mode",
             "events",
             "events/s",
             "µs/event",
             "cpu µs/ev",
+            "main cpu",
             "decode µs",
             "dec cpu",
             "fallback",
@@ -296,16 +332,18 @@ def main() -> None:
     for r in rows:
         n = r["events"] or 1
         rate = r["events"] / r["seconds"] if r["seconds"] else 0.0
+        decoded = r["mode"] not in ("consume", "source")
         print(
-            "{:<10} {:>9,} {:>10,.0f} {:>9.2f} {:>10.2f} {:>10} {:>10} {:>9}".format(
+            "{:<16} {:>9,} {:>10,.0f} {:>9.2f} {:>10.2f} {:>10.2f} {:>10} {:>10} {:>9}".format(
                 r["mode"],
                 r["events"],
                 rate,
                 1e6 * r["seconds"] / n,
                 1e6 * r["cpu"] / n,
-                f"{1e6 * r['decode'] / n:.2f}" if r["mode"] != "consume" else "-",
-                f"{1e6 * r['decode_cpu'] / n:.2f}" if r["mode"] != "consume" else "-",
-                f"{r['fallback']:,}" if r["mode"] != "consume" else "-",
+                1e6 * r["main_cpu"] / n,
+                f"{1e6 * r['decode'] / n:.2f}" if decoded else "-",
+                f"{1e6 * r['decode_cpu'] / n:.2f}" if decoded else "-",
+                f"{r['fallback']:,}" if decoded else "-",
             )
         )
 
