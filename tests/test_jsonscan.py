@@ -697,3 +697,37 @@ def test_released_entity_codes_are_handed_out_again_identically(seed: int) -> No
         assert compiled.base.release_entities(gone) == reference.release_entities(gone)
         assert_same_vocabularies(compiled.base, reference)
     assert compiled._vocab.strings.meta[2] < 1024 + 3000  # released entries are compacted
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 9999),
+            st.integers(0, 13),
+            st.integers(0, 31),
+            st.integers(0, 24),
+            st.integers(0, 60),
+            st.integers(0, 60),
+            st.sampled_from(["", ".5", ".25", ".123", ".123456", ".1234567", "."]),
+            st.sampled_from(["", "Z", "+01:00", "-05:30", "+23:59", "+24:00", "z", "+0100"]),
+            st.sampled_from(["T", " ", "t"]),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_iso_times_in_the_kernel_are_the_msgspec_paths(
+    parts: list[tuple[int, int, int, int, int, int, str, str, str]], numbers: bool
+) -> None:
+    """ISO-8601 texts of every width and validity, alone or mixed with epoch numbers
+    (so the msgspec path takes its fixed-width or its general numpy path)."""
+    stream = {"name": "s", "topic": "t", "event_time": "ts", "fields": {"x": {"type": "float"}}}
+    values: list[bytes | None] = []
+    for i, (y, mo, d, h, mi, s, frac, zone, sep) in enumerate(parts):
+        text = f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}:{s:02d}{frac}{zone}"
+        values.append(json.dumps({"ts": text, "x": i}).encode())
+        if numbers:
+            values.append(json.dumps({"ts": 1.7e9 + i, "x": i}).encode())
+    _run(stream, [values])
