@@ -1,10 +1,12 @@
 """A compiled, schema-specialised JSON batch decoder with the msgspec decoder as exact fallback.
 
 One numba kernel scans the concatenated payloads of a batch once (one ``uint8``
-buffer plus offsets, built with ``b"".join`` and ``np.frombuffer``) and fills the
-declared columns directly: float64 values of numeric fields, int64 codes of bool
-and category fields, entity codes and event times. No Python object is made per
-event.
+buffer plus offsets, built with ``b"".join`` and ``np.frombuffer``) and fills, in
+that one pass, the declared columns (float64 values of numeric fields, int64 codes
+of bool and category fields), their validity masks, entity codes and event times
+(epoch numbers scaled to seconds, ISO-8601 texts parsed), and checks declared
+ranges. No Python object is made per event; what is left per batch is the join,
+the sizes, and a few array allocations.
 
 Exactness comes first. The kernel accepts a row only when it is sure of every
 byte of it: a flat object of declared keys (each at most once; unknown keys only
@@ -14,19 +16,29 @@ correctly rounded conversion, as msgspec's and Python's ``float(int)``) or lie o
 Clinger's fast path (a decimal mantissa ``w <= 2**53`` and a power of ten
 ``|e| <= 22``, so ``float(w)`` and ``10.0**|e|`` are exact and the one IEEE
 multiply or divide that joins them is correctly rounded), strings of printable
-ASCII without escapes, category and entity values already in the vocabulary, and
-values of the declared JSON type. Every other row goes, as it is, to
+ASCII without escapes, event-time texts of the form
+``YYYY-MM-DD[T ]HH:MM:SS[.f{1,6}][Z|+HH:MM|-HH:MM]`` (computed with the
+arithmetic of ``event_time``), values inside their declared range, and values of
+the declared JSON type. Every other row goes, as it is, to
 ``StreamDecoder.decode_msgspec`` (the existing decoder) and the two results are
 merged by row index, so the ``Batch`` equals the msgspec decoder's output: same
 columns (bit for bit), masks, codes, vocabulary order, event times, rows, and
-rejects with their reasons and details. Rows that fail the schema check (ranges,
-categories) are also decoded by the fallback, so the reject path and its semantics
-exist once.
+rejects with their reasons and details. Rows with a value out of range or any
+other field-level violation are decoded by the fallback, so the violation path and
+its semantics exist once.
 
-Vocabularies stay owned by the ``StreamDecoder``: the kernel reads a mirror of them
-(a hash table of UTF-8 bytes to codes, refreshed when a vocabulary grows) and never
-adds a value itself. A row with a value outside the mirror falls back, so new codes
-are handed out in exactly the order the msgspec decoder would use.
+Vocabularies stay owned by the ``StreamDecoder``; the kernel works on a mirror of
+them (open-addressing hash tables of the ASCII values and of the integer entity
+ids, ``_VocabularyTables``). A value new to an open vocabulary gets its code in the
+kernel, the code ``_Vocabulary.add`` would give it (released codes first, see
+``StreamDecoder.release_entities``), and is appended to the mirror; after the scan
+the new values are committed to the vocabularies in the order met. This equals the
+msgspec decoder's order as long as no earlier row of the batch fell back (such a
+row may hold new values, which come first): after the first row that fell back, a
+row with a new value falls back too. New values longer than ``max_string_length``,
+or beyond the vocabulary's bound, fall back as well. Changes made outside the
+kernel (the msgspec path, restores, releases) reach the mirror through each
+vocabulary's journal.
 
 >>> from monitor.config.schema import StreamSpec
 >>> from monitor.pipeline.decode import StreamDecoder
