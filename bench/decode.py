@@ -114,7 +114,7 @@ def _fallback_shapes(n: int) -> list[tuple[str, dict[str, Any], list[bytes | Non
     fleet = {**lenient, "entity": "id", "event_time": "ts"}
     stamps = 1_790_000_000 + np.arange(n) * 0.25
     iso = np.datetime_as_string((stamps * 1e6).astype("datetime64[us]"), unit="ms")
-    with_ids = [
+    with_ids: list[bytes | None] = [
         encode({"id": f"dev-{i % 2000:05d}", "ts": f"{t}Z", **dict(zip(names, row, strict=True))})
         for i, (t, row) in enumerate(zip(iso.tolist(), rounded, strict=True))
     ]
