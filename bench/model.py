@@ -109,7 +109,8 @@ def bench_stage(tmp: Path) -> list[tuple[str, str]]:
     from monitor.config.schema import parse_config
     from monitor.dev.model_synthetic import generate_model_events
     from monitor.metrics import Metrics
-    from monitor.pipeline.model import ModelStage, model_stages
+    from monitor.pipeline.model import ModelStage
+    from monitor.pipeline.stage import registered_stages
     from monitor.pipeline.stream import StreamPipeline
 
     n = 200_000
@@ -132,7 +133,7 @@ def bench_stage(tmp: Path) -> list[tuple[str, str]]:
         config = parse_config({"kafka": {"bootstrap.servers": "x:1"}, "streams": [stream]}, env={})
         pipeline = StreamPipeline(config.streams[0], Metrics(), "dlq")
         if mode != "no stage":
-            pipeline.stages.extend(model_stages(pipeline))
+            pipeline.stages.extend(registered_stages(pipeline))
         # 10^5 predictions ahead of their labels, then both topics in step
         for i in range(0, PENDING, BATCH):
             pipeline.process(raw("ml.loans.inference", ev.inference[i : i + BATCH], i))

@@ -53,9 +53,9 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -65,13 +65,45 @@ from detectors.entity_base import AlarmBudget, EntityDetector, FleetContext
 from detectors.entity_fleet import fleet_center
 from detectors.entity_registry import create
 from detectors.entity_table import EntityTable, EntityTableState, TableParams
+from monitor.checkpoints import BaselineCheckpoint, StageState
 from monitor.config.schema import NUMERIC_TYPES, FleetSpec, StreamSpec
 from monitor.metrics import Metrics
 from monitor.pipeline.decode import Batch, StreamDecoder
 
-__all__ = ["DeviceEvidence", "FleetStage", "FleetStatus", "all_stages", "fleet_stages"]
+if TYPE_CHECKING:
+    from monitor.pipeline.stage import Coordinates, StageContext
+
+__all__ = ["DeviceEvidence", "FleetStage", "FleetState", "FleetStatus"]
 
 _STATE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class FleetState:
+    """One partition's devices: their ids and dense arrays (``EntityTableState``).
+
+    >>> import numpy as np
+    >>> table = EntityTableState(("x",), ("d1",), {"count": np.array([3])}, 5.0, 0, 0)
+    >>> back = FleetState.from_plain(FleetState(table).to_plain())
+    >>> back.table.ids, back.table.arrays["count"].tolist(), back.table.watermark
+    (('d1',), [3], 5.0)
+    """
+
+    table: EntityTableState
+
+    def to_plain(self) -> dict[str, Any]:
+        return {"version": _STATE_VERSION, "table": self.table.to_dict()}
+
+    @classmethod
+    def from_plain(cls, plain: Mapping[str, Any]) -> FleetState:
+        if plain.get("version") != _STATE_VERSION:
+            raise DetectorError(f"fleet state version {plain.get('version')!r} is not 1")
+        return cls(EntityTableState.from_dict(dict(plain["table"])))
+
+
+def _fleet_state(state: StageState) -> FleetState:
+    """A fleet state, also from a plain one read without the stage."""
+    return state if isinstance(state, FleetState) else FleetState.from_plain(state.to_plain())
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +167,22 @@ def _finite(x: float) -> float | None:
 
 
 class FleetStage:
-    """Per-device health of one stream (module docstring); a ``FindingStage``."""
+    """Per-device health of one stream (module docstring); a ``Stage``.
+
+    Every replica judges the devices of the partitions it owns (``judge`` does not
+    limit it): a device's findings come from its partition's owner only.
+    """
+
+    name = "fleet"
+
+    @classmethod
+    def for_stream(
+        cls, spec: StreamSpec, decoder: StreamDecoder, context: StageContext | None = None
+    ) -> FleetStage | None:
+        """The stream's fleet stage, or None when the stream has no ``fleet`` section."""
+        if spec.fleet is None:
+            return None
+        return cls(spec, decoder, metrics=None if context is None else context.metrics)
 
     def __init__(
         self,
@@ -185,7 +232,7 @@ class FleetStage:
             recent_alpha=cfg.recent_alpha,
         )
         self.tables: dict[int, EntityTable] = {}
-        self.aggregating = True
+        self.judge = True
         self._wall: dict[int, float] = {}  # wall-clock time of each partition's last event
         self._next_eval = -math.inf
         self._last_tick = -math.inf
@@ -250,7 +297,13 @@ class FleetStage:
         return self._names
 
     # -- processing --------------------------------------------------------------------
-    def update(self, batch: Batch, partitions: npt.NDArray[np.int32]) -> list[Finding]:
+    def update(
+        self,
+        batch: Batch,
+        partitions: npt.NDArray[np.int32],
+        *,
+        coordinates: Coordinates | None = None,
+    ) -> list[Finding]:
         """Fold a batch in (per partition, in order); evaluate when a tick is due."""
         findings, self._pending = self._pending, []
         if batch.n == 0 or batch.entity is None or batch.event_time is None:
@@ -287,7 +340,7 @@ class FleetStage:
             if rejected:
                 self._m_rejected.inc(rejected)
         watermark = max(t.watermark for t in self.tables.values())
-        if watermark >= self._next_eval:
+        if math.isfinite(watermark) and watermark >= self._next_eval:  # -inf: all late
             findings.extend(self.evaluate(wall))
             every = self.config.evaluate_every
             self._next_eval = (math.floor(watermark / every) + 1) * every
@@ -518,17 +571,32 @@ class FleetStage:
         )
 
     # -- state ---------------------------------------------------------------------------
-    def partition_state(self, partition: int) -> dict[str, Any] | None:
+    @property
+    def ready(self) -> bool:
+        return True  # devices are judged against their own history: no baseline
+
+    def set_partition_count(self, count: int) -> None:
+        """Devices live in their partition's table: the count does not matter."""
+        return
+
+    def baseline_checkpoint(self) -> BaselineCheckpoint | None:
+        return None
+
+    def restore_baseline(self, checkpoint: BaselineCheckpoint) -> None:
+        return None
+
+    def partition_state(self, partition: int) -> FleetState | None:
         """The partition's devices (ids and arrays): continues them exactly."""
         table = self.tables.get(partition)
         if table is None:
             return None
-        return {"version": _STATE_VERSION, "table": table.state(self.names()).to_dict()}
+        return FleetState(table.state(self.names()))
 
-    def restore_partition(self, partition: int, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise DetectorError(f"fleet state version {state.get('version')!r} is not 1")
-        saved = EntityTableState.from_dict(state["table"])
+    def decode_state(self, plain: Mapping[str, Any]) -> FleetState:
+        return FleetState.from_plain(plain)
+
+    def restore_partition(self, partition: int, state: StageState) -> None:
+        saved = _fleet_state(state).table
         vocab = self.decoder.entities
         if vocab is None:
             return
@@ -543,7 +611,7 @@ class FleetStage:
         self.tables.pop(partition, None)
         self._wall.pop(partition, None)
 
-    def set_remote(self, states: dict[int, dict[str, Any]]) -> None:
+    def set_remote(self, states: Mapping[int, StageState]) -> None:
         """Devices live with their partition: other replicas' partitions are not needed."""
         return
 
@@ -572,17 +640,3 @@ def _details(
         out.append((f"z.{f}", float(table.last_z[slot, j])))
         out.append((f"mean.{f}", float(table.recent[slot, j])))
     return tuple(out)
-
-
-def fleet_stages(pipeline: Any) -> list[Any]:
-    """One fleet stage per stream pipeline whose stream has a ``fleet`` section."""
-    if pipeline.spec.fleet is None:
-        return []
-    return [FleetStage(pipeline.spec, pipeline.decoder, metrics=pipeline.metrics)]
-
-
-def all_stages(pipeline: Any) -> list[Any]:
-    """The stages the service builds per stream: drift, then fleet health."""
-    from monitor.pipeline.drift import drift_stages
-
-    return drift_stages(pipeline) + fleet_stages(pipeline)

@@ -65,9 +65,9 @@ import hashlib
 import logging
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -85,15 +85,26 @@ from detectors.quality import (
     regression_quality,
 )
 from detectors.quality_drop import AccuracyDrop, AUCDrop, DropTest, MeanShift, delong_auc_variance
+from monitor.checkpoints import BaselineCheckpoint, PlainStageState, StageState
 from monitor.config.model import ModelSpec, ReferenceSpec
 from monitor.config.schema import StreamSpec
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
-from monitor.pipeline.decode import Batch, Reject
+from monitor.pipeline.decode import Batch, Reject, StreamDecoder
 from monitor.pipeline.drift import DriftStage
 from monitor.status import StatusSection
 
-__all__ = ["ModelReference", "ModelStage", "model_stages"]
+if TYPE_CHECKING:
+    from monitor.pipeline.stage import Coordinates, Stage, StageContext
+
+__all__ = [
+    "DeployState",
+    "ModelPartState",
+    "ModelReference",
+    "ModelStage",
+    "RingState",
+    "decode_model_state",
+]
 
 log = logging.getLogger("driftwarden.model")
 
@@ -205,7 +216,42 @@ class _Ring:
             self.time[:k],
         )
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> RingState:
+        return RingState(
+            self.score.copy(),
+            self.klass.copy(),
+            self.label.copy(),
+            self.value.copy(),
+            self.time.copy(),
+            self.count,
+        )
+
+    @classmethod
+    def from_state(cls, size: int, s: RingState) -> _Ring:
+        ring = cls.empty(size)
+        if s.score.size != size:
+            raise ValueError("checkpointed quality window does not match window.events")
+        ring.score[:] = s.score
+        ring.klass[:] = s.klass
+        ring.label[:] = s.label
+        ring.value[:] = s.value
+        ring.time[:] = s.time
+        ring.count = s.count
+        return ring
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RingState:
+    """A quality or estimate window's checkpoint: its ring arrays and rows ever added."""
+
+    score: npt.NDArray[np.float64]
+    klass: npt.NDArray[np.int64]
+    label: npt.NDArray[np.float64]
+    value: npt.NDArray[np.float64]
+    time: npt.NDArray[np.float64]
+    count: int
+
+    def to_plain(self) -> dict[str, Any]:
         return {
             "score": self.score,
             "klass": self.klass,
@@ -216,17 +262,95 @@ class _Ring:
         }
 
     @classmethod
-    def from_state(cls, size: int, s: dict[str, Any]) -> _Ring:
-        ring = cls.empty(size)
-        if np.asarray(s["score"]).size != size:
-            raise ValueError("checkpointed quality window does not match window.events")
-        ring.score[:] = s["score"]
-        ring.klass[:] = s["klass"]
-        ring.label[:] = s["label"]
-        ring.value[:] = s["value"]
-        ring.time[:] = s["time"]
-        ring.count = int(s["count"])
-        return ring
+    def from_plain(cls, plain: Mapping[str, Any]) -> RingState:
+        return cls(
+            np.asarray(plain["score"], np.float64),
+            np.asarray(plain["klass"], np.int64),
+            np.asarray(plain["label"], np.float64),
+            np.asarray(plain["value"], np.float64),
+            np.asarray(plain["time"], np.float64),
+            int(plain["count"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelPartState:
+    """One partition number's model state (the same for its inference and label slots):
+    the join table's arrays (``LabelJoin.state``), the next offset of both topics it
+    covers, the vocabularies its codes refer to, the windows per version, the judged
+    counts per (kind, version) and the deployed version.
+
+    >>> st = ModelPartState({"keys": np.zeros(0, np.uint64)}, (-1, 1), ("0", "1"), ("v1",),
+    ...                     {}, {}, (("quality", "v1", 5),), "v1")
+    >>> back = ModelPartState.from_plain(st.to_plain())
+    >>> back.offsets, back.classes, back.judged, back.current
+    ((-1, 1), ('0', '1'), (('quality', 'v1', 5),), 'v1')
+    """
+
+    join: Mapping[str, npt.NDArray[Any]]
+    offsets: tuple[int, int]  # [inference topic, label topic]; -1: none seen
+    classes: tuple[str, ...]
+    versions: tuple[str, ...]
+    joined: Mapping[str, RingState]
+    predicted: Mapping[str, RingState]
+    judged: tuple[tuple[str, str, int], ...]
+    current: str | None
+
+    def to_plain(self) -> dict[str, Any]:
+        return {
+            "join": dict(self.join),
+            "offsets": list(self.offsets),
+            "classes": list(self.classes),
+            "versions": list(self.versions),
+            "joined": {v: r.to_plain() for v, r in self.joined.items()},
+            "predicted": {v: r.to_plain() for v, r in self.predicted.items()},
+            "judged": [list(j) for j in self.judged],
+            "current": self.current,
+        }
+
+    @classmethod
+    def from_plain(cls, plain: Mapping[str, Any]) -> ModelPartState:
+        first, second = (int(o) for o in plain["offsets"])
+        current = plain.get("current")
+        return cls(
+            {str(k): np.asarray(v) for k, v in plain["join"].items()},
+            (first, second),
+            tuple(str(c) for c in plain["classes"]),
+            tuple(str(v) for v in plain["versions"]),
+            {str(v): RingState.from_plain(r) for v, r in plain["joined"].items()},
+            {str(v): RingState.from_plain(r) for v, r in plain["predicted"].items()},
+            tuple((str(k), str(v), int(n)) for k, v, n in plain.get("judged", [])),
+            current if isinstance(current, str) else None,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeployState:
+    """The deploy topic's slot: the deployed version and the next deploy offset."""
+
+    current: str | None
+    next: int
+
+    def to_plain(self) -> dict[str, Any]:
+        return {"deploy": True, "current": self.current, "next": self.next}
+
+    @classmethod
+    def from_plain(cls, plain: Mapping[str, Any]) -> DeployState:
+        current = plain.get("current")
+        return cls(current if isinstance(current, str) else None, int(plain["next"]))
+
+
+def decode_model_state(plain: Mapping[str, Any]) -> ModelPartState | DeployState:
+    """The typed model state of a checkpointed ``to_plain()`` (either kind)."""
+    if plain.get("deploy"):
+        return DeployState.from_plain(plain)
+    return ModelPartState.from_plain(plain)
+
+
+def _model_state(state: StageState) -> ModelPartState | DeployState:
+    if isinstance(state, ModelPartState | DeployState):
+        return state
+    return decode_model_state(state.to_plain())
 
 
 @dataclasses.dataclass
@@ -251,7 +375,7 @@ class ModelReference:
 
 
 class ModelStage:
-    """Joins labels to predictions and judges quality per model version (a FindingStage).
+    """Joins labels to predictions and judges quality per model version (a ``Stage``).
 
     >>> from connectors.kafka import RawBatch
     >>> from monitor.config.schema import parse_config
@@ -263,9 +387,30 @@ class ModelStage:
     ...                   np.array([LABEL_SLOT], np.int32), np.zeros(1, np.int64), [None], [-1])
     >>> stage.update_labels(labels, labels.partitions)
     ([], [])
-    >>> stage.join_counts()["joined"], stage.partition_state(0)["offsets"]
-    (0, [-1, 1])
+    >>> stage.join_counts()["joined"], stage.partition_state(0).offsets
+    (0, (-1, 1))
     """
+
+    name = "model"
+
+    @classmethod
+    def for_stream(
+        cls, spec: StreamSpec, decoder: StreamDecoder, context: StageContext | None = None
+    ) -> ModelStage | None:
+        """The stream's model stage with its references read, or None when the stream's
+        model has no labels."""
+        model = spec.model
+        if model is None or model.labels is None:
+            return None
+        stage = cls(spec, None if context is None else context.metrics)
+        references: dict[str, ModelReference] = {}
+        if model.reference is not None:
+            references["*"] = reference_from_file(stage, model.reference)
+        for v in model.versions:
+            references[v.version] = reference_from_file(stage, v.reference)
+        stage.references = references
+        stage.publish_references()
+        return stage
 
     def __init__(
         self,
@@ -280,7 +425,7 @@ class ModelStage:
         self.labels = spec.model.labels
         self.prediction = spec.model.prediction
         self.quality = spec.model.quality
-        self.aggregating = True
+        self.judge = True
         self.window = self.quality.window.events
         self.step = self.quality.window.step
         self.classes = _Vocab()
@@ -306,6 +451,54 @@ class ModelStage:
         # baseline and starts fresh windows. ``current`` is checkpointed.
         self.baselines: dict[str, Baseline] = {}
         self.current: str | None = None
+        self._drift_reference: Baseline | None = None
+
+    # -- the stage contract: references and the drift stage ----------------------------
+    def _drift_baseline(self, ref: ReferenceSpec, ref_id: str) -> Baseline:
+        """A drift baseline of the stream's fields, from a model reference file."""
+        from monitor.pipeline.baselines import baseline_from_batches, read_file_payloads
+
+        spec = self.spec
+        built, _, _ = baseline_from_batches(
+            spec, read_file_payloads(Path(ref.file), spec), None, str(ref.file)
+        )
+        return dataclasses.replace(built, id=ref_id)
+
+    def drift_reference(self) -> Baseline | None:
+        """The drift stage's baseline, from the model's reference file, when the stream
+        names no baseline file (``ReferenceSource``; the drift stage is built after)."""
+        ref = self.references.get("*")
+        if self.spec.baseline.file is not None or self.model.reference is None or ref is None:
+            return None
+        if self._drift_reference is None:
+            self._drift_reference = self._drift_baseline(self.model.reference, ref.id)
+        return self._drift_reference
+
+    def link(self, stages: Sequence[Stage]) -> None:
+        """Keep the stream's drift stage (``Linked``): a deployment switches its baseline
+        to the version's own, and its verdicts rank the model's features."""
+        drift = next((s for s in stages if isinstance(s, DriftStage)), None)
+        if drift is None:
+            return
+        self.drift = drift
+        for v in self.model.versions:
+            self.baselines[v.version] = self._drift_baseline(
+                v.reference, self.references[v.version].id
+            )
+
+    @property
+    def ready(self) -> bool:
+        return True  # references are read when the stage is built
+
+    def set_partition_count(self, count: int) -> None:
+        """Windows are per partition and judged together: the count does not matter."""
+        return
+
+    def baseline_checkpoint(self) -> BaselineCheckpoint | None:
+        return None
+
+    def restore_baseline(self, checkpoint: BaselineCheckpoint) -> None:
+        return None
 
     # -- decoding ------------------------------------------------------------------
     def _build_decoders(self) -> None:
@@ -391,17 +584,19 @@ class ModelStage:
         return ring
 
     # -- processing ----------------------------------------------------------------
-    def update(self, batch: Batch, partitions: npt.NDArray[np.int32]) -> list[Finding]:
-        """The pipeline calls ``update_raw`` instead (request ids are in the payloads)."""
-        return []
-
-    def update_raw(
-        self, raw: RawBatch, batch: Batch, partitions: npt.NDArray[np.int32]
+    def update(
+        self,
+        batch: Batch,
+        partitions: npt.NDArray[np.int32],
+        *,
+        coordinates: Coordinates | None = None,
     ) -> list[Finding]:
-        """Fold a batch of accepted inference events in."""
-        if batch.n == 0 or batch.event_time is None:
+        """Fold a batch of accepted inference events in (request ids, scores and
+        versions are read from the records' payloads: without ``coordinates`` the
+        batch cannot be joined and is skipped)."""
+        if batch.n == 0 or batch.event_time is None or coordinates is None:
             return []
-        offsets = raw.offsets[batch.rows]
+        raw, offsets = coordinates.raw, coordinates.offsets
         payloads = list(map(raw.values.__getitem__, batch.rows.tolist()))
         rows, failed = self._decode(self._inference, payloads)
         ok = np.ones(len(rows), np.bool_)
@@ -495,6 +690,16 @@ class ModelStage:
         self.current = version
         self.drift._start(baseline)  # the drift stage has no public switch yet
 
+    def update_topic(
+        self, raw: RawBatch, slots: npt.NDArray[np.int32]
+    ) -> tuple[list[Finding], list[Reject]]:
+        """A batch of the label or the deploy topic (``SideTopics``)."""
+        if raw.topic == self.labels.topic:
+            return self.update_labels(raw, slots)
+        if raw.topic == self.model.deploy_topic:
+            return self.update_deploys(raw, slots)
+        return [], []
+
     def update_deploys(
         self, raw: RawBatch, partitions: npt.NDArray[np.int32]
     ) -> tuple[list[Finding], list[Reject]]:
@@ -576,7 +781,7 @@ class ModelStage:
 
     def _after(self, touched: set[str]) -> list[Finding]:
         self._record_join_metrics()
-        if not self.aggregating:
+        if not self.judge:
             return []
         findings: list[Finding] = []
         parts = self._all_parts()
@@ -835,31 +1040,39 @@ class ModelStage:
         return total
 
     # -- state ---------------------------------------------------------------------
-    def partition_state(self, slot: int) -> dict[str, Any] | None:
+    def partition_state(self, slot: int) -> ModelPartState | DeployState | None:
         """Partition number ``slot & (2**20 - 1)``'s whole state (same for both topics);
         for the deploy topic's slot, the current version and the next deploy offset."""
         if slot & DEPLOY_SLOT:
-            p = slot & _PART_MASK
-            return {"deploy": True, "current": self.current, "next": self._deploy_next.get(p, -1)}
+            return DeployState(self.current, self._deploy_next.get(slot & _PART_MASK, -1))
         part = self._parts.get(slot & _PART_MASK)
         if part is None:
             return None
-        return {
-            "join": part.join.state(),
-            "offsets": list(part.next_offsets),
-            "classes": list(self.classes.names),
-            "versions": list(self.versions.names),
-            "joined": {v: r.state() for v, r in part.joined.items()},
-            "predicted": {v: r.state() for v, r in part.predicted.items()},
-            "judged": [[k, v, n] for (k, v), n in sorted(self._judged.items())],
-            "current": self.current,
-        }
+        first, second = part.next_offsets
+        return ModelPartState(
+            join=part.join.state(),
+            offsets=(first, second),
+            classes=tuple(self.classes.names),
+            versions=tuple(self.versions.names),
+            joined={v: r.state() for v, r in part.joined.items()},
+            predicted={v: r.state() for v, r in part.predicted.items()},
+            judged=tuple((k, v, n) for (k, v), n in sorted(self._judged.items())),
+            current=self.current,
+        )
 
-    def _part_from_state(self, state: dict[str, Any]) -> _Part:
+    def decode_state(self, plain: Mapping[str, Any]) -> StageState:
+        """The typed state (kept plain when it does not decode: restoring it then fails
+        like any unusable checkpoint)."""
+        try:
+            return decode_model_state(plain)
+        except (KeyError, TypeError, ValueError):
+            return PlainStageState(plain)
+
+    def _part_from_state(self, state: ModelPartState) -> _Part:
         # Codes in the checkpoint are the checkpointing process's: map them to ours.
-        class_map = np.array([self.classes.code(n) for n in state["classes"]] or [0], np.int64)
-        version_map = np.array([self.versions.code(n) for n in state["versions"]] or [0], np.int32)
-        join_state = dict(state["join"])
+        class_map = np.array([self.classes.code(n) for n in state.classes] or [0], np.int64)
+        version_map = np.array([self.versions.code(n) for n in state.versions] or [0], np.int32)
+        join_state: dict[str, Any] = dict(state.join)
         status = np.asarray(join_state["status"])
         klass = np.asarray(join_state["klass"], np.int64).copy()
         has_class = klass >= 0
@@ -877,8 +1090,10 @@ class ModelStage:
         join = LabelJoin(self.labels.max_pending, self.labels.max_delay)
         join.restore(join_state)
         rings: list[dict[str, _Ring]] = [{}, {}]
-        for out, key in zip(rings, ("joined", "predicted"), strict=True):
-            for v, s in state[key].items():
+        for out, key, saved in zip(
+            rings, ("joined", "predicted"), (state.joined, state.predicted), strict=True
+        ):
+            for v, s in saved.items():
                 ring = _Ring.from_state(self.window, s)
                 ok = ring.klass >= 0
                 ring.klass[ok] = class_map[ring.klass[ok]]
@@ -887,30 +1102,30 @@ class ModelStage:
                     coded = lab >= 0
                     lab[coded] = class_map[lab[coded].astype(np.int64)]
                 out[v] = ring
-        return _Part(join, [int(o) for o in state["offsets"]], rings[0], rings[1])
+        return _Part(join, list(state.offsets), rings[0], rings[1])
 
-    def restore_partition(self, slot: int, state: dict[str, Any]) -> None:
+    def restore_partition(self, slot: int, saved: StageState) -> None:
         p = slot & _PART_MASK
-        if state.get("deploy"):
+        state = _model_state(saved)
+        if isinstance(state, DeployState):
             self._owned.add(slot)
-            self._deploy_next[p] = max(self._deploy_next.get(p, -1), int(state["next"]))
-            if isinstance(state.get("current"), str):
-                self._deployed(state["current"], explicit=True)
+            self._deploy_next[p] = max(self._deploy_next.get(p, -1), state.next)
+            if state.current is not None:
+                self._deployed(state.current, explicit=True)
             return
         current = self._parts.get(p)
-        offsets = [int(o) for o in state["offsets"]]
-        if current is not None and sum(current.next_offsets) >= sum(offsets):
+        if current is not None and sum(current.next_offsets) >= sum(state.offsets):
             self._owned.add(slot)
             return  # the other topic's checkpoint of this part was newer: keep it
-        current_version = state.get("current")
-        if isinstance(current_version, str) and current_version != self.current:
+        current_version = state.current
+        if current_version is not None and current_version != self.current:
             # before the drift stage restores its windows (this stage comes first)
             self._deployed(current_version)
         self._parts[p] = self._part_from_state(state)
         self._reported[p] = self._parts[p].join._counts.copy()
-        for kind, version, n in state.get("judged", []):
-            key = (str(kind), str(version))
-            self._judged[key] = max(self._judged.get(key, 0), int(n))
+        for kind, version, n in state.judged:
+            key = (kind, version)
+            self._judged[key] = max(self._judged.get(key, 0), n)
         self._owned.add(slot)
 
     def drop_partition(self, slot: int) -> None:
@@ -922,15 +1137,17 @@ class ModelStage:
             self._parts.pop(p, None)
             self._reported.pop(p, None)
 
-    def set_remote(self, states: dict[int, dict[str, Any]]) -> None:
+    def set_remote(self, states: Mapping[int, StageState]) -> None:
         """Quality windows of partitions other replicas own (from their checkpoints)."""
         self._remote = {}
-        for slot, state in states.items():
+        for slot, saved in states.items():
             p = slot & _PART_MASK
-            if state is None or state.get("deploy") or p in self._parts or p in self._remote:
+            if saved is None or p in self._parts or p in self._remote:
                 continue
             try:
-                self._remote[p] = self._part_from_state(state)
+                state = _model_state(saved)
+                if isinstance(state, ModelPartState):
+                    self._remote[p] = self._part_from_state(state)
             except (KeyError, ValueError) as exc:
                 log.warning(
                     "stream %s: remote model state of slot %d unusable: %s",
@@ -1065,47 +1282,3 @@ def reference_from_file(stage: ModelStage, ref: ReferenceSpec) -> ModelReference
     return build_reference(
         stage, score, klass, label, value, ref.id or f"{Path(ref.file).stem}-{digest}"
     )
-
-
-def model_stages(pipeline: Any) -> list[Any]:
-    """The service's stage factory: the drift stage (its baseline built from the model's
-    reference file when the stream names no baseline file) and the model stage."""
-    from monitor.pipeline.baselines import baseline_from_batches, read_file_payloads
-    from monitor.pipeline.drift import drift_stages
-
-    spec: StreamSpec = pipeline.spec
-    model = spec.model
-    if model is None or model.labels is None:
-        return drift_stages(pipeline)
-    stage = ModelStage(spec, pipeline.metrics)
-    references: dict[str, ModelReference] = {}
-    if model.reference is not None:
-        references["*"] = reference_from_file(stage, model.reference)
-    for v in model.versions:
-        references[v.version] = reference_from_file(stage, v.reference)
-    stage.references = references
-    stage.publish_references()
-
-    def drift_baseline(ref: ReferenceSpec, ref_id: str) -> Baseline:
-        built, _, _ = baseline_from_batches(
-            spec, read_file_payloads(Path(ref.file), spec), None, str(ref.file)
-        )
-        return dataclasses.replace(built, id=ref_id)
-
-    baseline: Baseline | None = None
-    if spec.baseline.file is None and model.reference is not None:
-        baseline = drift_baseline(model.reference, references["*"].id)
-    drift = DriftStage(spec, pipeline.decoder, baseline)
-    if baseline is not None:
-        # rebuilt from the reference file at every start, like a baseline file: the
-        # runner need not checkpoint it (nor restore an older one over a deployment)
-        drift.baseline_source = "file"
-    # The model stage comes first: a deployment switches the drift baseline before
-    # the drift stage sees the batch (and before it restores its windows).
-    stages: list[Any] = [stage]
-    if drift.fields:
-        stages.append(drift)
-        stage.drift = drift
-        for v in model.versions:
-            stage.baselines[v.version] = drift_baseline(v.reference, references[v.version].id)
-    return stages

@@ -12,7 +12,6 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -32,15 +31,13 @@ from monitor.pipeline.decode import (
     StreamDecoder,
     Violation,
 )
-from monitor.pipeline.stage import LegacyStage, Stage
+from monitor.pipeline.stage import Coordinates, SideTopics, Stage, registered_stages
 
 __all__ = [
     "BatchInput",
     "BatchResult",
-    "RawAwareStage",
     "StreamPipeline",
     "account_batch",
-    "as_stage",
     "build_pipelines",
     "dead_letter",
     "output_topics",
@@ -51,20 +48,6 @@ __all__ = [
 
 
 BatchInput = RawBatch
-
-
-@runtime_checkable
-class RawAwareStage(Protocol):
-    """A stage that also reads the raw payloads and Kafka coordinates (the model stage:
-    request ids, offsets), and consumes the events of a label topic of the stream."""
-
-    def update_raw(
-        self, raw: BatchInput, batch: Batch, partitions: npt.NDArray[np.int32]
-    ) -> list[Finding]: ...
-
-    def update_labels(
-        self, raw: BatchInput, partitions: npt.NDArray[np.int32]
-    ) -> tuple[list[Finding], list[Reject]]: ...
 
 
 @dataclass
@@ -192,7 +175,7 @@ class StreamPipeline:
         spec: StreamSpec,
         metrics: Metrics,
         dead_letter_topic: str,
-        stages: Sequence[Any] = (),
+        stages: Sequence[Stage] = (),
         dead_letter_max_bytes: int | None = None,
     ) -> None:
         self.spec = spec
@@ -200,9 +183,8 @@ class StreamPipeline:
         self.dead_letter_topic = dead_letter_topic
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.decoder = StreamDecoder(spec)
-        # What the stage factories built: ``Stage``s, or objects of the earlier untyped
-        # contract (``typed_stages`` views both as ``Stage``).
-        self.stages: list[Any] = list(stages)
+        # What the stage factory built, in registry order (``monitor.pipeline.stage``).
+        self.stages: list[Stage] = list(stages)
         name = spec.name
         self._invalid = {r: metrics.invalid_events.labels(name, r) for r in REASONS}
         self._events = {t: metrics.events.labels(name, t) for t in spec.all_topics}
@@ -235,17 +217,15 @@ class StreamPipeline:
         # Per (topic, partition): events seen, checkpointed with the partition's state.
         self.partition_events: dict[tuple[str, int], int] = {}
         labels = spec.model.labels if spec.model is not None else None
-        # A model's label and deploy topics: their events go to the stages'
-        # update_labels / update_deploys, not to the stream decoder.
+        # A model's label and deploy topics: their events go to the stages that read
+        # them (``SideTopics.update_topic``), not to the stream decoder.
         self.label_topic = labels.topic if labels is not None else None
         self.deploy_topic = spec.model.deploy_topic if spec.model is not None else None
         self.last_batch: Batch | None = None  # the latest decoded batch (replay reads it)
 
     def process(self, raw: BatchInput) -> BatchResult:
-        if raw.topic == self.label_topic:
-            return self._process_labels(raw)
-        if raw.topic == self.deploy_topic:
-            return self._process_labels(raw, "update_deploys")
+        if raw.topic in (self.label_topic, self.deploy_topic):
+            return self._process_side(raw)
         t0 = time.perf_counter()
         batch = self.last_batch = self.decoder.decode(raw.values)
         t1 = time.perf_counter()
@@ -297,16 +277,9 @@ class StreamPipeline:
         findings: list[Finding] = []
         if self.stages and batch.n:
             partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
-            offsets = raw.offsets[batch.rows]
+            coordinates = Coordinates(raw, raw.offsets[batch.rows])
             for stage in self.stages:
-                aware = _raw_aware(stage)
-                located = getattr(stage, "update_located", None)  # stages that take offsets
-                if aware is not None:
-                    findings.extend(aware.update_raw(raw, batch, partitions))
-                elif located is not None:
-                    findings.extend(located(batch, partitions, offsets))
-                else:
-                    findings.extend(stage.update(batch, partitions))
+                findings.extend(stage.update(batch, partitions, coordinates=coordinates))
             self.refresh_ready()
         t3 = time.perf_counter()
         self._last.set(time.time())
@@ -323,7 +296,7 @@ class StreamPipeline:
             violations=violated,
         )
 
-    def _process_labels(self, raw: BatchInput, method: str = "update_labels") -> BatchResult:
+    def _process_side(self, raw: BatchInput) -> BatchResult:
         """A batch of the label (or deploy) topic, for the stages that read it."""
         t0 = time.perf_counter()
         n = len(raw.values)
@@ -332,9 +305,8 @@ class StreamPipeline:
         findings: list[Finding] = []
         rejects: dict[int, Reject] = {}
         for stage in self.stages:
-            aware = _raw_aware(stage)
-            if aware is not None and hasattr(aware, method):
-                found, bad = getattr(aware, method)(raw, partitions)
+            if isinstance(stage, SideTopics):
+                found, bad = stage.update_topic(raw, partitions)
                 findings.extend(found)
                 rejects.update((r.index, r) for r in bad)
         out = [
@@ -377,31 +349,26 @@ class StreamPipeline:
             self.partition_events[key] = self.partition_events.get(key, 0) + int(c)
 
     # -- state ---------------------------------------------------------------------
-    @property
-    def typed_stages(self) -> list[Stage]:
-        """The stages as ``Stage`` (untyped ones wrapped in ``LegacyStage``)."""
-        return [as_stage(s) for s in self.stages]
-
     def refresh_ready(self) -> None:
         """``driftwarden_baseline_ready``: 1 once every stage has its baseline."""
-        self._baseline_ready.set(1 if all(s.ready for s in self.typed_stages) else 0)
+        self._baseline_ready.set(1 if all(s.ready for s in self.stages) else 0)
 
     def partition_state(self, topic: str, partition: int) -> PartitionState:
         """Everything that continues ``(topic, partition)`` exactly."""
         slot = self._slot(topic, partition)
         return PartitionState(
             self.partition_events.get((topic, partition), 0),
-            tuple(s.partition_state(slot) for s in self.typed_stages),
+            tuple(s.partition_state(slot) for s in self.stages),
         )
 
     @property
     def state_decoders(self) -> tuple[StageDecoder, ...]:
         """One decoder per stage, to type a checkpointed ``PartitionState``."""
-        return tuple(s.decode_state for s in self.typed_stages)
+        return tuple(s.decode_state for s in self.stages)
 
     def restore_partition(self, topic: str, partition: int, state: PartitionState) -> None:
         self.partition_events[(topic, partition)] = state.events
-        for stage, st in zip(self.typed_stages, state.stages, strict=False):
+        for stage, st in zip(self.stages, state.stages, strict=False):
             if st is not None:
                 stage.restore_partition(self._slot(topic, partition), st)
 
@@ -419,22 +386,19 @@ class StreamPipeline:
         return self.judge_partition in owned
 
     def set_partition_count(self, count: int) -> None:
-        """The stream's partition count over all its topics (stages that size their
-        windows by it take it)."""
+        """The stream's partition count over all its topics (stages size windows by it)."""
         for stage in self.stages:
-            setter = getattr(stage, "set_partition_count", None)
-            if setter is not None:
-                setter(count)
+            stage.set_partition_count(count)
 
     def set_ownership(self, owned: set[tuple[str, int]]) -> None:
         """This process judges the stream when it owns the stream's first partition."""
         judge = self.judges(owned)
-        for stage in self.typed_stages:
+        for stage in self.stages:
             stage.judge = judge
 
     def set_remote(self, states: dict[tuple[str, int], PartitionState]) -> None:
         """Checkpointed pipeline states of partitions other processes own."""
-        for index, stage in enumerate(self.typed_stages):
+        for index, stage in enumerate(self.stages):
             remote: dict[int, StageState] = {}
             for (t, p), st in states.items():
                 if t in self._slot_base and len(st.stages) > index:
@@ -447,23 +411,14 @@ class StreamPipeline:
         return int(self._slot_base[topic]) + partition
 
 
-def as_stage(stage: Any) -> Stage:
-    """``stage`` itself when it implements ``Stage``; else wrapped (the untyped contract)."""
-    if isinstance(stage, Stage):
-        return stage
-    return LegacyStage(stage, type(stage).__name__)
-
-
-def _raw_aware(stage: Any) -> RawAwareStage | None:
-    return stage if isinstance(stage, RawAwareStage) else None
-
-
 def build_pipelines(
     config: Config,
     metrics: Metrics,
-    stages: Callable[[StreamPipeline], list[Any]] | None,
+    stages: Callable[[StreamPipeline], list[Stage]] | None = registered_stages,
 ) -> dict[str, StreamPipeline]:
-    """One pipeline per configured stream, keyed by each of its topics."""
+    """One pipeline per configured stream, keyed by each of its topics; ``stages``
+    builds each stream's stages (by default every registered one that applies; None:
+    none, the pipeline only decodes, checks and dead-letters)."""
     pipelines: dict[str, StreamPipeline] = {}
     for spec in config.streams:
         pipeline = StreamPipeline(

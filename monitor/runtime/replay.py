@@ -36,7 +36,7 @@ from monitor.config.schema import Config, StreamSpec
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.pipeline.baselines import read_file_payloads
-from monitor.pipeline.drift import DriftStage, drift_stages
+from monitor.pipeline.drift import DriftStage
 from monitor.pipeline.stream import build_pipelines
 from monitor.runtime.faust import to_raw_batch
 from monitor.status import finite_json
@@ -170,7 +170,7 @@ def replay(
     started = time.perf_counter()
     metrics = Metrics(CollectorRegistry())
     topic = spec.all_topics[0]
-    pipeline = build_pipelines(config, metrics, drift_stages)[topic]
+    pipeline = build_pipelines(config, metrics)[topic]
     drift = next((s for s in pipeline.stages if isinstance(s, DriftStage)), None)
     engine = AlertEngine(config.alerts if config.alerts is not None else AlertsConfig())
     window = spec.window.events or 10_000

@@ -14,7 +14,7 @@ from monitor.config.schema import ConfigError, parse_config
 from monitor.dev.fleet_demo import Failure, FleetChunk, FleetScenario, fleet_stream
 from monitor.metrics import Metrics
 from monitor.pipeline.decode import StreamDecoder
-from monitor.pipeline.fleet import FleetStage
+from monitor.pipeline.fleet import FleetStage, FleetState
 from monitor.runtime.state import decode_state, encode_state
 from tests.fleet.helpers import CLOCK, device, feed, fleet_spec, make_stage, to_batch
 
@@ -26,6 +26,16 @@ FAILURES = (
     Failure("spike", tuple(range(300, 310)), 3.0 * DAY),
     Failure("fleet_drift", tuple(range(400, 410)), 3.5 * DAY),
 )
+
+
+def _plain(stage: FleetStage, partition: int) -> dict[str, object]:
+    """A partition's typed state as the checkpoint stores it (round-trips exactly)."""
+    state = stage.partition_state(partition)
+    assert isinstance(state, FleetState)
+    plain = state.to_plain()
+    back = FleetState.from_plain(plain)
+    assert back.table.ids == state.table.ids and back.table.fields == state.table.fields
+    return plain
 
 
 def _onsets(findings: list[Finding]) -> dict[str, set[int]]:
@@ -133,14 +143,14 @@ def test_restart_from_checkpoints_equals_an_uninterrupted_run() -> None:
 
     first = make_stage(spec, 300)
     feed(first, scenario, 0.0, 5000.0, partitions=3, chunk_seconds=250.0)
-    saved = {p: encode_state(first.partition_state(p) or {}) for p in first.tables}
+    saved = {p: encode_state(_plain(first, p)) for p in first.tables}
     # a new process: its vocabulary numbers the devices differently
     decoder = StreamDecoder(spec)
     assert decoder.entities is not None
     decoder.entities.add([f"dev-{i:05d}" for i in reversed(range(300))])
     second = FleetStage(spec, decoder, clock=lambda: CLOCK)
     for p, blob in saved.items():
-        second.restore_partition(p, decode_state(blob))
+        second.restore_partition(p, second.decode_state(decode_state(blob)))
     for chunk in scenario.chunks(5000.0, 3 * 3600.0, 900.0):
         codes = np.array([decoder.entities.codes[f"dev-{c:05d}"] for c in chunk.codes.tolist()])
         parts = (chunk.codes % 3).astype(np.int32)
@@ -283,10 +293,10 @@ def test_integer_device_ids_survive_a_restore() -> None:
     stage = FleetStage(spec, decoder, clock=lambda: CLOCK)
     chunk = FleetChunk(np.arange(10, dtype=np.int64), np.arange(10.0), np.ones((10, 5)))
     stage.update(to_batch(chunk), np.zeros(10, dtype=np.int32))
-    blob = encode_state(stage.partition_state(0) or {})
+    blob = encode_state(_plain(stage, 0))
     other_decoder = StreamDecoder(spec)
     other = FleetStage(spec, other_decoder, clock=lambda: CLOCK)
-    other.restore_partition(0, decode_state(blob))
+    other.restore_partition(0, other.decode_state(decode_state(blob)))
     assert other.tracked == 10
     assert other_decoder.entities is not None
     assert sorted(k for k in other_decoder.entities.codes if k is not None) == list(

@@ -15,7 +15,8 @@ from connectors.kafka import RawBatch
 from monitor.config.schema import parse_config
 from monitor.dev.model_synthetic import MODEL_STREAM, generate_model_events, reference_rows
 from monitor.metrics import Metrics
-from monitor.pipeline.model import ModelStage, model_stages
+from monitor.pipeline.model import ModelStage
+from monitor.pipeline.stage import registered_stages
 from monitor.pipeline.stream import StreamPipeline
 from monitor.runtime.service import Service
 from tests.kafka_utils import create_topics, produce, read_topic
@@ -208,7 +209,7 @@ def test_kill_9_with_pending_predictions_then_restart_equals_uninterrupted(
     resumed = _run_until(service(group), total)
     # the uninterrupted run, in process (the snapshot does not depend on partitioning)
     pipeline = StreamPipeline(config.streams[0], Metrics(CollectorRegistry()), "dlq")
-    pipeline.stages.extend(model_stages(pipeline))
+    pipeline.stages.extend(registered_stages(pipeline))
     for topic, values in ((f"inf.{unique}", ev.inference), (f"lab.{unique}", ev.labels)):
         raw_batch = RawBatch(
             topic=topic,

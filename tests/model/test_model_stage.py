@@ -23,7 +23,8 @@ from monitor.dev.model_synthetic import (
 )
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
-from monitor.pipeline.model import ModelStage, model_stages
+from monitor.pipeline.model import ModelStage
+from monitor.pipeline.stage import registered_stages
 from monitor.pipeline.stream import BatchResult, StreamPipeline
 
 PARTS = 2
@@ -42,7 +43,7 @@ def _stream(tmp_path: Path, **quality: Any) -> dict[str, Any]:
 def _pipeline(stream: dict[str, Any], registry: CollectorRegistry | None = None) -> StreamPipeline:
     config = parse_config({"kafka": {"bootstrap.servers": "x:1"}, "streams": [stream]}, env={})
     pipeline = StreamPipeline(config.streams[0], Metrics(registry), "dlq")
-    pipeline.stages.extend(model_stages(pipeline))
+    pipeline.stages.extend(registered_stages(pipeline))
     return pipeline
 
 
@@ -453,7 +454,7 @@ def test_two_replicas_judge_like_one(tmp_path: Path) -> None:
     one, a, b = _pipeline(stream), _pipeline(stream), _pipeline(stream)
     _run(one, batches)
     b.set_ownership({("ml.loans.inference", 1)})
-    assert not _model(b).aggregating
+    assert not _model(b).judge
     findings_b = _run(b, [x for x in batches if x.partitions[0] == 1])
     assert not [f for f in findings_b if f.kind == "model"]
     _run(a, [x for x in batches if x.partitions[0] == 0])
