@@ -32,11 +32,14 @@ the quiet time, so a whole partition going dark is reported too (by
 :meth:`FleetStage.tick`, or on the next batch of another partition).
 
 State: each partition's table (device ids and arrays) is its checkpoint, so a
-device's state follows its partition on a rebalance and survives restarts. The
-fleet's center (for ``fleet_drift``) is computed over this process's partitions.
+device's state follows its partition on a rebalance and survives restarts.
 With several replicas each judges the devices of the partitions it owns and sends
 its own findings (devices are keyed to partitions, so none is judged twice);
-grouping then happens per replica. Condition bits are part of the checkpoint, so a
+grouping then happens per replica. The fleet's center (for ``fleet_drift``) is the
+whole fleet's: this process's tables and, from the latest checkpoints of the
+partitions other replicas own (``set_remote``, on every replica), the recent means
+of their devices (``detectors.entity_fleet.state_means``), as of their last
+checkpoint. Condition bits are part of the checkpoint, so a
 restart does not page again for a device that was already unhealthy.
 
 >>> from monitor.config.schema import StreamSpec
@@ -51,6 +54,7 @@ restart does not page again for a device that was already unhealthy.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -62,7 +66,7 @@ import numpy.typing as npt
 
 from detectors.base import DetectorError, Finding, WindowBounds
 from detectors.entity_base import AlarmBudget, EntityDetector, FleetContext
-from detectors.entity_fleet import fleet_center
+from detectors.entity_fleet import FieldMeans, fleet_center, state_means
 from detectors.entity_registry import create
 from detectors.entity_table import EntityTable, EntityTableState, TableParams
 from monitor.checkpoints import BaselineCheckpoint, StageState
@@ -76,6 +80,8 @@ if TYPE_CHECKING:
 __all__ = ["DeviceEvidence", "FleetStage", "FleetState", "FleetStatus"]
 
 _STATE_VERSION = 1
+
+log = logging.getLogger("driftwarden.fleet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +238,8 @@ class FleetStage:
             recent_alpha=cfg.recent_alpha,
         )
         self.tables: dict[int, EntityTable] = {}
-        self.judge = True
+        # Per slot other replicas own: its devices' means in the fleet's statistic.
+        self._remote_means: dict[int, FieldMeans] = {}
         self._wall: dict[int, float] = {}  # wall-clock time of each partition's last event
         self._next_eval = -math.inf
         self._last_tick = -math.inf
@@ -261,6 +268,15 @@ class FleetStage:
             self._m_late = metrics.fleet_late.labels(name)
             for c in (self._m_evicted, self._m_rejected, self._m_late):
                 c.inc(0)
+
+    @property
+    def judge(self) -> bool:
+        """Always: every replica judges the devices of the partitions it owns."""
+        return True
+
+    @judge.setter
+    def judge(self, value: bool) -> None:
+        return
 
     # -- tables ------------------------------------------------------------------------
     def _table(self, partition: int) -> EntityTable:
@@ -404,7 +420,10 @@ class FleetStage:
             if quiet >= self.config.quiet_after:
                 now += quiet
             nows[p] = now
-        center, scale = fleet_center(list(self.tables.values()), list(nows.values()))
+        remote = [m for slot, m in sorted(self._remote_means.items()) if slot not in self.tables]
+        center, scale = fleet_center(
+            list(self.tables.values()), list(nows.values()), remote=remote
+        )
         return {p: FleetContext(now, center, scale) for p, now in nows.items()}
 
     def evaluate(self, wall: float | None = None) -> list[Finding]:
@@ -612,8 +631,24 @@ class FleetStage:
         self._wall.pop(partition, None)
 
     def set_remote(self, states: Mapping[int, StageState]) -> None:
-        """Devices live with their partition: other replicas' partitions are not needed."""
-        return
+        """Other replicas' partitions: their devices are judged there, but their means
+        enter the fleet's statistic here (so every replica judges against one fleet)."""
+        remote: dict[int, FieldMeans] = {}
+        for slot, state in states.items():
+            if slot in self.tables or state is None:
+                continue
+            try:
+                table = _fleet_state(state).table
+                if table.fields == self.fields:
+                    remote[slot] = state_means(table, self.config.warmup)
+            except (DetectorError, KeyError, TypeError, ValueError, IndexError) as exc:
+                log.warning(
+                    "stream %s: remote fleet state of slot %d unusable: %s",
+                    self.spec.name,
+                    slot,
+                    exc,
+                )
+        self._remote_means = remote
 
 
 def _range(specs: dict[str, Any], name: str) -> tuple[float, float]:

@@ -77,7 +77,10 @@ class Stage(Protocol):
     """One stream's stage: update per batch, state per slot, verdicts for the stream."""
 
     name: str
-    judge: bool  # this process judges the stream (owns its first partition)
+    # This process judges the stream (owns its first partition); set by the pipeline.
+    # A stage that judges on every replica (fleet: each replica its own devices)
+    # stays True. Stages that judge receive remote states (``set_remote``).
+    judge: bool
 
     def update(
         self, batch: Batch, slots: SlotArray, *, coordinates: Coordinates | None = None

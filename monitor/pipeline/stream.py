@@ -397,8 +397,12 @@ class StreamPipeline:
             stage.judge = judge
 
     def set_remote(self, states: dict[tuple[str, int], PartitionState]) -> None:
-        """Checkpointed pipeline states of partitions other processes own."""
+        """Checkpointed pipeline states of partitions other processes own (for the
+        stages that judge here: all of them on the stream's judge, the fleet's
+        everywhere, since each replica judges its own devices against the fleet)."""
         for index, stage in enumerate(self.stages):
+            if not stage.judge:
+                continue
             remote: dict[int, StageState] = {}
             for (t, p), st in states.items():
                 if t in self._slot_base and len(st.stages) > index:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -302,3 +303,66 @@ def test_integer_device_ids_survive_a_restore() -> None:
     assert sorted(k for k in other_decoder.entities.codes if k is not None) == list(
         range(1000, 1010)
     )
+
+
+def test_two_replicas_judge_devices_against_the_whole_fleet() -> None:
+    """Replica a owns partitions 0-1, b owns 2-3; each sees the other's checkpointed
+    tables (set_remote). Both use the fleet median of all devices, exactly as one
+    process owning every partition, and together detect exactly what it detects."""
+    scenario = FleetScenario(
+        devices=400,
+        period=60.0,
+        failures=(
+            Failure("fleet_drift", (1, 5, 9, 13), 3 * 3600.0),
+            Failure("silent", (2, 6), 4 * 3600.0),
+        ),
+    )
+    spec = fleet_spec(evaluate_every="600s")
+    whole, a, b = (make_stage(spec, 400) for _ in range(3))
+    for stage in (whole, a, b):
+        stage._next_eval = math.inf  # evaluated below, after the states are exchanged
+    owned = {id(a): {0, 1}, id(b): {2, 3}}
+    found: dict[str, set[tuple[str, str, bool, float]]] = {"whole": set(), "pair": set()}
+    for chunk in scenario.chunks(0.0, 6 * 3600.0, 600.0):
+        parts = (chunk.codes % 4).astype(np.int32)
+        batch = to_batch(chunk)
+        whole.update(batch, parts)
+        for stage in (a, b):
+            mine = np.isin(parts, list(owned[id(stage)]))
+            rows = np.flatnonzero(mine)
+            sub = to_batch(FleetChunk(chunk.codes[rows], chunk.times[rows], chunk.values[rows]))
+            stage.update(sub, parts[rows])
+        for stage, other in ((a, b), (b, a)):
+            states = {}
+            for p in other.tables:
+                state = other.partition_state(p)
+                assert state is not None
+                states[p] = stage.decode_state(decode_state(encode_state(state.to_plain())))
+            stage.set_remote(states)
+        centers = [s._contexts(CLOCK)[min(owned.get(id(s), {0}))] for s in (whole, a, b)]
+        for ctx in centers[1:]:
+            assert np.array_equal(ctx.center, centers[0].center, equal_nan=True)
+            assert np.array_equal(ctx.scale, centers[0].scale, equal_nan=True)
+        found["whole"] |= {
+            (f.subject, f.detector, f.drift, f.statistic) for f in whole.evaluate(CLOCK)
+        }
+        for s in (a, b):
+            found["pair"] |= {
+                (f.subject, f.detector, f.drift, f.statistic) for f in s.evaluate(CLOCK)
+            }
+    assert found["pair"] == found["whole"]
+    onsets = {(s, d) for s, d, drift, _ in found["whole"] if drift}
+    assert {s for s, d in onsets if d == "fleet_drift"} == {device_name(i) for i in (1, 5, 9, 13)}
+    assert {s for s, d in onsets if d == "silent"} == {device_name(i) for i in (2, 6)}
+    # without the other replica's devices, a's fleet is another one
+    alone = make_stage(spec, 400)
+    for p in a.tables:
+        state = a.partition_state(p)
+        assert state is not None
+        alone.restore_partition(p, state)
+    center = alone._contexts(CLOCK)[0].center
+    assert not np.array_equal(center, a._contexts(CLOCK)[0].center, equal_nan=True)
+
+
+def device_name(i: int) -> str:
+    return f"dev-{i:05d}"
