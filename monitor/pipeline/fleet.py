@@ -421,9 +421,7 @@ class FleetStage:
                 now += quiet
             nows[p] = now
         remote = [m for slot, m in sorted(self._remote_means.items()) if slot not in self.tables]
-        center, scale = fleet_center(
-            list(self.tables.values()), list(nows.values()), remote=remote
-        )
+        center, scale = fleet_center(list(self.tables.values()), list(nows.values()), remote=remote)
         return {p: FleetContext(now, center, scale) for p, now in nows.items()}
 
     def evaluate(self, wall: float | None = None) -> list[Finding]:
