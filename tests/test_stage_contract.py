@@ -137,3 +137,20 @@ def test_typed_states_of_every_stage_round_trip_and_restore_exactly(tmp_path: Pa
         p.process(_raw("ml.loans.labels", events.labels[1000:], 1000))
     one, two = (p.partition_state("ml.loans.inference", 0) for p in (pipeline, restarted))
     assert encode_state(one.to_plain()) == encode_state(two.to_plain())
+
+
+def test_a_checkpoint_of_another_stage_layout_does_not_crash_a_restore(tmp_path: Path) -> None:
+    """A stream that gained a model and a fleet section: the old checkpoint's drift state
+    sits where the model's is now; every stage restores what fits and starts the rest."""
+    config = _model_fleet_config(tmp_path)
+    pipeline = build_pipelines(config, Metrics(CollectorRegistry()))["ml.loans.inference"]
+    old = PartitionState(5, (PlainStageState({"binned": {}, "raw": {}}), None, None))
+    plain = decode_state(encode_state(old.to_plain()))
+    typed = PartitionState.from_plain(plain, pipeline.state_decoders)
+    assert isinstance(typed.stages[0], PlainStageState)
+    pipeline.restore_partition("ml.loans.inference", 0, typed)
+    fleet_plain = {"version": 99, "table": {}}
+    (_, _, fleet) = pipeline.stages
+    assert isinstance(fleet.decode_state(fleet_plain), PlainStageState)
+    fleet.restore_partition(0, fleet.decode_state(fleet_plain))
+    assert pipeline.partition_state("ml.loans.inference", 0).events == 5

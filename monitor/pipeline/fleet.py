@@ -69,7 +69,7 @@ from detectors.entity_base import AlarmBudget, EntityDetector, FleetContext
 from detectors.entity_fleet import FieldMeans, fleet_center, state_means
 from detectors.entity_registry import create
 from detectors.entity_table import EntityTable, EntityTableState, TableParams
-from monitor.checkpoints import BaselineCheckpoint, StageState
+from monitor.checkpoints import BaselineCheckpoint, PlainStageState, StageState
 from monitor.config.schema import NUMERIC_TYPES, FleetSpec, StreamSpec
 from monitor.metrics import Metrics
 from monitor.pipeline.decode import Batch, StreamDecoder
@@ -82,6 +82,9 @@ __all__ = ["DeviceEvidence", "FleetStage", "FleetState", "FleetStatus"]
 _STATE_VERSION = 1
 
 log = logging.getLogger("driftwarden.fleet")
+
+# What reading a checkpointed state of another version or shape can raise.
+_UNUSABLE = (DetectorError, KeyError, TypeError, ValueError, IndexError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -609,11 +612,26 @@ class FleetStage:
             return None
         return FleetState(table.state(self.names()))
 
-    def decode_state(self, plain: Mapping[str, Any]) -> FleetState:
-        return FleetState.from_plain(plain)
+    def decode_state(self, plain: Mapping[str, Any]) -> StageState:
+        """The typed state (kept plain when it does not decode; restoring it then
+        starts the partition's devices afresh)."""
+        try:
+            return FleetState.from_plain(plain)
+        except _UNUSABLE:
+            return PlainStageState(plain)
 
     def restore_partition(self, partition: int, state: StageState) -> None:
-        saved = _fleet_state(state).table
+        try:
+            saved = _fleet_state(state).table
+        except _UNUSABLE as exc:
+            log.warning(
+                "stream %s: checkpointed fleet state of slot %d is unusable (%s): its "
+                "devices start afresh",
+                self.spec.name,
+                partition,
+                exc,
+            )
+            return
         vocab = self.decoder.entities
         if vocab is None:
             return
@@ -639,7 +657,7 @@ class FleetStage:
                 table = _fleet_state(state).table
                 if table.fields == self.fields:
                     remote[slot] = state_means(table, self.config.warmup)
-            except (DetectorError, KeyError, TypeError, ValueError, IndexError) as exc:
+            except _UNUSABLE as exc:
                 log.warning(
                     "stream %s: remote fleet state of slot %d unusable: %s",
                     self.spec.name,

@@ -1106,7 +1106,16 @@ class ModelStage:
 
     def restore_partition(self, slot: int, saved: StageState) -> None:
         p = slot & _PART_MASK
-        state = _model_state(saved)
+        try:
+            state = _model_state(saved)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning(
+                "stream %s: checkpointed model state of slot %d is unusable (%s): it starts afresh",
+                self.spec.name,
+                slot,
+                exc,
+            )
+            return
         if isinstance(state, DeployState):
             self._owned.add(slot)
             self._deploy_next[p] = max(self._deploy_next.get(p, -1), state.next)
@@ -1121,7 +1130,17 @@ class ModelStage:
         if current_version is not None and current_version != self.current:
             # before the drift stage restores its windows (this stage comes first)
             self._deployed(current_version)
-        self._parts[p] = self._part_from_state(state)
+        try:
+            self._parts[p] = self._part_from_state(state)
+        except (KeyError, ValueError) as exc:  # another window size, a damaged table
+            log.warning(
+                "stream %s: checkpointed model state of slot %d does not fit (%s): it "
+                "starts afresh",
+                self.spec.name,
+                slot,
+                exc,
+            )
+            return
         self._reported[p] = self._parts[p].join._counts.copy()
         for kind, version, n in state.judged:
             key = (kind, version)
