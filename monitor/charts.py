@@ -144,8 +144,10 @@ def line_chart(
     line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pairs)
     out.append(f'<polyline fill="none" stroke="{_BLUE}" stroke-width="1.5" points="{line}"/>')
     out.append(
-        f'<text x="{pad_l - 4}" y="{pad_t + 4}" text-anchor="end" font-size="10">{hi:.3g}</text>'
-        f'<text x="{pad_l - 4}" y="{pad_t + h}" text-anchor="end" font-size="10">{lo:.3g}</text>'
+        f'<text x="{pad_l - 4}" y="{pad_t + 4}" text-anchor="end" font-size="10">'
+        f"{_short(hi)}</text>"
+        f'<text x="{pad_l - 4}" y="{pad_t + h}" text-anchor="end" font-size="10">'
+        f"{_short(lo)}</text>"
         f'<text x="{pad_l}" y="{height - 6}" font-size="10">{x0:,.0f}</text>'
         f'<text x="{pad_l + w}" y="{height - 6}" text-anchor="end" font-size="10">'
         f"{x1:,.0f} {e(x_label)}</text>"
