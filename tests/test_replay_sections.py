@@ -60,7 +60,8 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         MODEL_EVENTS, seed=11, drift_at=MODEL_DRIFT_AT, start=1.79e9, label_delay=8.0
     )
     (d / "inference.jsonl").write_bytes(b"\n".join(ev.inference) + b"\n")
-    (d / "labels.jsonl").write_bytes(b"\n".join(ev.labels) + b"\n")
+    # one undecodable label event first: rejected, counted, and the rest still joins
+    (d / "labels.jsonl").write_bytes(b"\n".join([b"{not json", *ev.labels]) + b"\n")
     with_labels = []
     for row, truth in zip(ev.inference, ev.truth.tolist(), strict=True):
         doc = msgspec.json.decode(row) | {"defaulted": int(truth)}
@@ -138,6 +139,7 @@ def test_a_model_replay_with_a_label_file_shows_quality_and_retrain_requests(
     model = json.loads(json_out.read_text())["model"]
     assert model["labels"].startswith("file labels.jsonl")
     assert model["join_counts"]["joined"] > 0.95 * MODEL_EVENTS
+    assert model["labels_rejected"] == {"invalid_json": 1}
     quality = {(q["metric"], q["source"]): q for q in model["quality"]}
     realized, estimated = quality[("accuracy", "realized")], quality[("accuracy", "estimated")]
     assert len(realized["values"]) >= 5 and len(estimated["values"]) >= 5

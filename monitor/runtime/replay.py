@@ -261,8 +261,7 @@ def replay(
         model.labels_read += len(values)
         result = pipeline.process(to_raw_batch(label_spec.topic, rows))
         for reason, n in result.rejected.items():
-            key = f"label:{reason}"
-            rejected[key] = rejected.get(key, 0) + n
+            model.labels_rejected[reason] = model.labels_rejected.get(reason, 0) + n
         return list(result.findings)
 
     for payloads in read_file_payloads(path, spec, chunk=chunk):

@@ -227,6 +227,7 @@ class ModelSection:
     model: str
     labels: str  # where labels came from
     labels_read: int
+    labels_rejected: tuple[tuple[str, int], ...]  # undecodable label events, by reason
     prediction_fields: tuple[str, ...]
     quality: tuple[QualitySeries, ...]
     join_positions: tuple[int, ...]
@@ -239,6 +240,7 @@ class ModelSection:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["join_counts"] = dict(self.join_counts)
+        out["labels_rejected"] = dict(self.labels_rejected)
         out["features"] = [{"field": f, "score": s} for f, s in self.features]
         out["retrain"] = [
             dataclasses.asdict(r) | {"features": [{"field": f, "score": s} for f, s in r.features]}
@@ -254,6 +256,7 @@ class ModelCollector:
         self.stage = stage
         self.labels = labels
         self.labels_read = 0
+        self.labels_rejected: dict[str, int] = {}
         self.points: dict[tuple[str, str, str], list[tuple[int, float, float, bool, int]]] = {}
         self.join_positions: list[int] = []
         self.joined: list[int] = []
@@ -337,6 +340,7 @@ class ModelCollector:
             model=self.stage.model.name,
             labels=self.labels,
             labels_read=self.labels_read,
+            labels_rejected=tuple(sorted(self.labels_rejected.items())),
             prediction_fields=tuple(self.stage.prediction.fields),
             quality=series,
             join_positions=tuple(self.join_positions),
@@ -581,7 +585,12 @@ def render_model_html(
     series as ``(name, positions, statistic / threshold)``."""
     e = html.escape
     out = [f"<section class=model><h2>Model {e(s.model)} (stream {e(s.stream)})</h2>"]
-    out.append(f"<p class=muted>labels: {e(s.labels)}; {s.labels_read:,} label events read</p>")
+    bad = sum(n for _, n in s.labels_rejected)
+    out.append(
+        f"<p class=muted>labels: {e(s.labels)}; {s.labels_read:,} label events read"
+        + (f", {bad:,} rejected" if bad else "")
+        + "</p>"
+    )
     if prediction:
         out.append("<h3>Prediction drift</h3>")
         out.append(
