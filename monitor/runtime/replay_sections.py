@@ -10,7 +10,8 @@ Devices (a stream with a ``fleet`` section): the devices unhealthy per condition
 after every batch, onsets per condition, the first ``limit`` devices flagged per
 condition with the evidence of their onset finding (and when they recovered), and
 the worst devices at the end with their evidence. All bounded: the lists hold at
-most ``limit`` devices per condition whatever the fleet's size.
+most ``limit`` devices per condition whatever the fleet's size, and series over
+batches are thinned to at most ``MAX_POINTS`` points.
 
 Model (a stream with ``model.labels``): realized quality per version and metric at
 every verdict (from joined labels), the CBPE estimate at every verdict (before
@@ -56,6 +57,7 @@ from monitor.pipeline.model import ModelStage
 from monitor.status import StatusSection
 
 __all__ = [
+    "MAX_POINTS",
     "DeviceFlag",
     "FileLabels",
     "FleetCollector",
@@ -70,6 +72,22 @@ __all__ = [
 ]
 
 _TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+# Series over batches keep at most this many points: past it, every other point goes.
+MAX_POINTS = 2_000
+
+
+def _thin(*columns: list[Any]) -> None:
+    """Halve aligned per-batch series in place once they exceed ``MAX_POINTS``, keeping
+    the latest point.
+
+    >>> xs = list(range(MAX_POINTS + 1)); ys = [2 * x for x in xs]
+    >>> _thin(xs, ys); len(xs), xs[:2], xs[-1], ys[-1]
+    (1001, [0, 2], 2000, 4000)
+    """
+    if len(columns[0]) <= MAX_POINTS:
+        return
+    for c in columns:
+        c[:] = c[::-1][::2][::-1]
 
 
 # -- devices -------------------------------------------------------------------------
@@ -167,6 +185,7 @@ class FleetCollector:
         unhealthy = dict(status.unhealthy) if status is not None else {}
         for c in self.conditions:
             self.counts[c].append(int(unhealthy.get(c, 0)))
+        _thin(self.positions, *self.counts.values())
 
     def section(self) -> FleetSection:
         return FleetSection(
@@ -301,6 +320,7 @@ class ModelCollector:
             )  # fmt: skip
         self.join_positions.append(position)
         self.joined.append(self.stage.join_counts().get("joined", 0))
+        _thin(self.join_positions, self.joined)
 
     def _add(
         self,
