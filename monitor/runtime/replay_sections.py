@@ -197,7 +197,7 @@ class FleetCollector:
             devices=tuple((c, len(s)) for c, s in self.seen.items()),
             flagged=tuple(f for c in self.conditions for f in self.flagged.get(c, [])),
             limit=self.limit,
-            final=self.stage.status() if self.stage.tables else None,
+            final=self.stage.status() if self.stage.last_status is not None else None,
         )
 
 
