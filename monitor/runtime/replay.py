@@ -238,7 +238,7 @@ def replay(
 
     def observe(findings: list[Finding]) -> None:
         for f in findings:
-            if f.kind == "field":  # devices and models have their own sections
+            if f.kind not in ("entity", "model"):  # devices and models: own sections
                 series.setdefault((f.subject, f.detector), []).append(
                     (events, f.statistic, f.threshold, f.drift)
                 )
