@@ -11,7 +11,8 @@ webhook and to a sink that refuses connections; Prometheus scrapes it every seco
 * ``loans-model``: a classifier's inference events and, on a label topic, their
   delayed labels; its inputs drift halfway, so labels join, realized and estimated
   (CBPE) quality are published and retrain requests go out
-  (``monitor.dev.model_synthetic``).
+  (``monitor.dev.model_synthetic``). Its deploy topic does not exist: the Kafka
+  client reports an unknown topic.
 
 Each panel's PromQL must parse (``/api/v1/query`` accepts it) and each panel must
 return data, except the ones in ``MAY_BE_EMPTY``; the injected problems must show in
@@ -59,12 +60,11 @@ MODEL_EVENTS, MODEL_DRIFT_AT = 10_000, 4_000
 # The one list of panels allowed to show no data here, each with the reason it cannot
 # have data in a bounded test on a healthy local broker. Every other panel must.
 MAY_BE_EMPTY: dict[tuple[str, str], str] = {
-    # librdkafka's error callback fires on broker or network failures (all brokers
-    # down, authentication, resolution): none occurs against the embedded broker.
-    ("driftwarden-service-health", "Kafka client errors per second"): "no client error occurs",
-    # Counted when the broker refuses an outgoing record (queue full, message too
-    # large, topic deleted): the embedded broker accepts every record here, and
-    # making it refuse would need a second, broken broker.
+    # Counted when the broker refuses an outgoing record (message too large, topic
+    # deleted, ...). The sink retries a refused record until the broker takes it and
+    # the commit waits, so a refusal stalls the stream it came from: provoking one
+    # here would stop the data the other panels need. The embedded broker accepts
+    # every record (tests/test_dead_letter_delivery.py tests the retry and its count).
     (
         "driftwarden-service-health",
         "Outgoing records (dead letters, alerts) the broker refused; retried, the commit "
@@ -86,6 +86,7 @@ EXPECTED: dict[str, str] = {
     "estimated quality": 'driftwarden_model_quality{model="loans", source="estimated"}',
     "estimate error": 'driftwarden_model_estimate_error{model="loans"}',
     "retrain requests for loans": 'driftwarden_retrain_requests_total{model="loans"} > 0',
+    "the missing deploy topic": 'driftwarden_kafka_errors_total{kind="unknown_topic_or_part"}',
 }
 
 
@@ -119,6 +120,9 @@ def _config(
     model["topic"] = f"inference.{name}"
     model["model"]["labels"]["topic"] = f"labels.{name}"
     model["model"]["reference"] = {"file": str(reference), "id": "loans-reference"}
+    # A deploy topic nobody created yet: the Kafka client reports it (unknown topic),
+    # which is what the "Kafka client errors" panel shows; the stream works without it.
+    model["model"]["deploy_topic"] = f"deploys.{name}"
     topics = {stream["topic"]: 1, fleet["topic"]: 1, model["topic"]: 1, f"labels.{name}": 1}
     return parse_config(
         {
