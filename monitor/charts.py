@@ -9,6 +9,9 @@ True
 True
 >>> lines([("a", [0, 1], [1.0, 2.0]), ("b", [0, 1], [2.0, 1.0])]).count("<polyline")
 2
+>>> many = lines([(f"series {i}", [0, 1], [i, i]) for i in range(30)])
+>>> many.count("<polyline"), many.count("...</text>"), "series 29" in many
+(30, 1, False)
 """
 
 from __future__ import annotations
@@ -274,11 +277,17 @@ def lines(
             out.append(
                 f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{line}"/>'
             )
+        step = 24 + 6 * len(name)
+        if legend_x + step > width + 12:  # no room left: say so once
+            if legend_x <= width:
+                out.append(f'<text x="{legend_x}" y="14" font-size="10">...</text>')
+                legend_x = width + 1
+            continue
         out.append(
             f'<rect x="{legend_x}" y="6" width="9" height="9" fill="{colour}"/>'
             f'<text x="{legend_x + 12}" y="14" font-size="10">{e(name)}</text>'
         )
-        legend_x += 24 + 6 * len(name)
+        legend_x += step
     out.append(
         f'<text x="{pad_l - 4}" y="{pad_t + 4}" text-anchor="end" font-size="10">'
         f"{_short(hi)}</text>"
