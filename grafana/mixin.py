@@ -661,6 +661,25 @@ MODELS = DashboardSpec(
     variables=("stream", "model"),
     rows=(
         RowSpec(
+            "Prediction and input drift",
+            (
+                _ts(
+                    "Drift of the model streams' fields (statistic / threshold)",
+                    Query(
+                        f"max by (stream, field) (driftwarden_drift_statistic{{{S}}} "
+                        f"/ driftwarden_drift_threshold{{{S}}}) and on (stream) "
+                        "group by (stream) "
+                        '(driftwarden_model_pending_predictions{model=~"$model"})',
+                        "{{stream}} {{field}}",
+                    ),
+                    desc="The prediction fields (score, class) and the input features of "
+                    "streams that feed a model, each by its strongest detector: 1 is the "
+                    "threshold.",
+                    w=24,
+                ),
+            ),
+        ),
+        RowSpec(
             "Retraining",
             (
                 _ts(
