@@ -160,6 +160,7 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("driftwarden_dead_letters_truncated", "driftwarden-data-quality"),
     ("driftwarden_limit_hits", "driftwarden-data-quality"),
     ("driftwarden_produce_failures", "driftwarden-service-health"),
+    ("driftwarden_stage_errors", "driftwarden-service-health"),
     ("driftwarden_quality_", "driftwarden-data-quality"),
     ("driftwarden_decode_fallback", "driftwarden-service-health"),
     ("driftwarden_rebalance", "driftwarden-service-health"),
@@ -849,6 +850,16 @@ ALERT_RULES: tuple[AlertRule, ...] = (
         "The broker refuses records for {{ $labels.topic }}",
         "Dead letters or alerts are refused and retried; the batch's offsets are not "
         "committed until they are taken, so consumption stands still.",
+    ),
+    AlertRule(
+        "DriftwardenStageFailing",
+        "sum by (instance, stream, stage) (increase(driftwarden_stage_errors_total[15m])) > 0",
+        "0m",
+        "warning",
+        "Stage {{ $labels.stage }} of stream {{ $labels.stream }} fails on some batches",
+        "The stream goes on; the failed batches' events are in the dead-letter topic as "
+        "stage_error (replay them once the fault is fixed). The service log has the "
+        "traceback.",
     ),
     AlertRule(
         "DriftwardenDown",

@@ -9,6 +9,7 @@ batch with pre-bound children.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from monitor.pipeline.decode import (
     Violation,
 )
 from monitor.pipeline.stage import Coordinates, SideTopics, Stage, registered_stages
+
+log = logging.getLogger("driftwarden.pipeline")
 
 __all__ = [
     "BatchInput",
@@ -69,10 +72,11 @@ class BatchResult:
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     violations: dict[str, int] = field(default_factory=dict)
+    stage_errors: int = 0  # accepted events dead-lettered because a stage failed on them
 
     @property
     def dead_letters(self) -> int:
-        return sum(self.rejected.values()) + sum(self.violations.values())
+        return sum(self.rejected.values()) + sum(self.violations.values()) + self.stage_errors
 
 
 # A dead letter's key is kept up to this size (keys are not limited by max_event_bytes).
@@ -222,6 +226,7 @@ class StreamPipeline:
         self.label_topic = labels.topic if labels is not None else None
         self.deploy_topic = spec.model.deploy_topic if spec.model is not None else None
         self.last_batch: Batch | None = None  # the latest decoded batch (replay reads it)
+        self._stage_error_counts: dict[str, int] = {}
 
     def process(self, raw: BatchInput) -> BatchResult:
         if raw.topic in (self.label_topic, self.deploy_topic):
@@ -275,11 +280,17 @@ class StreamPipeline:
                 self._entity_overflow.inc(int(np.count_nonzero(batch.entity == -1)))
         t2 = time.perf_counter()
         findings: list[Finding] = []
+        stage_errors = 0
         if self.stages and batch.n:
             partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
             coordinates = Coordinates(raw, raw.offsets[batch.rows])
             for stage in self.stages:
-                findings.extend(stage.update(batch, partitions, coordinates=coordinates))
+                try:
+                    findings.extend(stage.update(batch, partitions, coordinates=coordinates))
+                except Exception as exc:  # a stage's fault on some data never stops the stream
+                    failed = self._stage_failed(stage, exc, raw, batch.rows)
+                    out.extend(failed)
+                    stage_errors += len(failed)
             self.refresh_ready()
         t3 = time.perf_counter()
         self._last.set(time.time())
@@ -294,6 +305,7 @@ class StreamPipeline:
             next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
             stage_seconds={"decode": t1 - t0, "checks": t2 - t1, "detectors": t3 - t2},
             violations=violated,
+            stage_errors=stage_errors,
         )
 
     def _process_side(self, raw: BatchInput) -> BatchResult:
@@ -304,9 +316,14 @@ class StreamPipeline:
         partitions = raw.partitions + self._slot_base[raw.topic]
         findings: list[Finding] = []
         rejects: dict[int, Reject] = {}
+        failed: list[OutMessage] = []
         for stage in self.stages:
             if isinstance(stage, SideTopics):
-                found, bad = stage.update_topic(raw, partitions)
+                try:
+                    found, bad = stage.update_topic(raw, partitions)
+                except Exception as exc:  # as for the stream's own topic
+                    failed += self._stage_failed(stage, exc, raw, np.arange(n))
+                    continue
                 findings.extend(found)
                 rejects.update((r.index, r) for r in bad)
         out = [
@@ -320,7 +337,7 @@ class StreamPipeline:
                 max_bytes=self.dead_letter_max_bytes,
             )
             for r in sorted(rejects.values(), key=lambda r: r.index)
-        ]
+        ] + failed
         counts: dict[str, int] = {}
         for r in rejects.values():
             counts[r.reason] = counts.get(r.reason, 0) + 1
@@ -335,7 +352,37 @@ class StreamPipeline:
             findings=findings,
             next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
             stage_seconds={"labels": time.perf_counter() - t0},
+            stage_errors=len(failed),
         )
+
+    def _stage_failed(
+        self, stage: Stage, exc: Exception, raw: BatchInput, rows: npt.NDArray[np.int64]
+    ) -> list[OutMessage]:
+        """A stage raised on a batch: count it, log it (the first time and then every
+        100th), and dead-letter the batch's events it did not fold in as ``stage_error``
+        so they can be replayed once the fault is fixed. The other stages and the
+        stream go on; the failed stage keeps what it had folded before the fault."""
+        name = stage.name
+        counter = self.metrics.stage_errors.labels(self.spec.name, name)
+        seen = self._stage_error_counts.get(name, 0)
+        self._stage_error_counts[name] = seen + 1
+        counter.inc()
+        if seen % 100 == 0:
+            log.error(
+                "stream %s: stage %s failed on a batch of %d events (%d so far); its "
+                "events go to the dead-letter topic as stage_error",
+                self.spec.name,
+                name,
+                len(rows),
+                seen + 1,
+                exc_info=exc,
+            )
+        detail = f"stage {name}: {type(exc).__name__}: {exc}"
+        topic, cap = self.dead_letter_topic, self.dead_letter_max_bytes
+        return [
+            dead_letter(topic, self.spec.name, raw, int(i), "stage_error", detail, max_bytes=cap)
+            for i in rows
+        ]
 
     def _count_partitions(self, raw: BatchInput) -> None:
         parts = raw.partitions
@@ -433,6 +480,8 @@ def build_pipelines(
         )
         if stages is not None:
             pipeline.stages.extend(stages(pipeline))
+        for stage in pipeline.stages:  # so rate() sees a zero before the first failure
+            metrics.stage_errors.labels(spec.name, stage.name).inc(0)
         pipeline.refresh_ready()
         for topic in spec.all_topics:
             pipelines[topic] = pipeline
