@@ -91,3 +91,24 @@ def test_a_failing_stage_dead_letters_its_batch_and_the_stream_goes_on() -> None
         )
         == 0.0
     )
+
+
+class FaultyTick(Faulty):
+    def tick(self) -> list[Finding]:
+        raise RuntimeError("a bug in the wall-clock judgement")
+
+
+def test_a_failing_tick_is_counted_and_the_loop_goes_on() -> None:
+    stream = copy.deepcopy(DEMO_STREAM) | {"baseline": {"first_events": 500}}
+    config = parse_config(
+        {"kafka": {"bootstrap.servers": "127.0.0.1:1"}, "streams": [stream]}, env={}
+    )
+    metrics = Metrics(CollectorRegistry())
+    stage = FaultyTick()
+    pipeline = build_pipelines(config, metrics, lambda p: [stage])["iot.sensors"]  # type: ignore[list-item,return-value,arg-type]
+    assert pipeline.tick_stage(stage) == []
+    assert pipeline.tick_stage(stage) == []
+    sample = metrics.registry.get_sample_value(
+        "driftwarden_stage_errors_total", {"stream": "sensors", "stage": "faulty"}
+    )
+    assert sample == 2.0

@@ -32,7 +32,13 @@ from monitor.pipeline.decode import (
     StreamDecoder,
     Violation,
 )
-from monitor.pipeline.stage import Coordinates, SideTopics, Stage, registered_stages
+from monitor.pipeline.stage import (
+    Coordinates,
+    SideTopics,
+    Stage,
+    Ticking,
+    registered_stages,
+)
 
 log = logging.getLogger("driftwarden.pipeline")
 
@@ -354,6 +360,22 @@ class StreamPipeline:
             stage_seconds={"labels": time.perf_counter() - t0},
             stage_errors=len(failed),
         )
+
+    def tick_stage(self, stage: Ticking) -> list[Finding]:
+        """A ticking stage's wall-clock findings; a fault in it is counted and logged
+        like a failed batch (no events are involved) and the loop goes on."""
+        try:
+            return stage.tick()
+        except Exception as exc:
+            name = getattr(stage, "name", type(stage).__name__)
+            seen = self._stage_error_counts.get(name, 0)
+            self._stage_error_counts[name] = seen + 1
+            self.metrics.stage_errors.labels(self.spec.name, name).inc()
+            if seen % 100 == 0:
+                log.error(
+                    "stream %s: stage %s failed on a tick", self.spec.name, name, exc_info=exc
+                )
+            return []
 
     def _stage_failed(
         self, stage: Stage, exc: Exception, raw: BatchInput, rows: npt.NDArray[np.int64]
