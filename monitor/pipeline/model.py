@@ -28,15 +28,17 @@ label and break the exact-restart contract, so it is not done.
 Per batch of predictions: request ids, scores, classes and versions are decoded
 from the accepted rows' raw payloads with a small msgspec struct (a second parse
 of those payloads; the stream decoder keeps no string columns), hashed, and added
-to the join table in one numba call; the joined ones enter the version's quality
-window (a ring of the last ``window.events`` joined events), and every prediction
-enters the version's estimate window (a ring of the last ``window.events``
-predictions). At every ``step`` joined events (predictions) of a version, counted
-over the stream's partitions, the windows of all partitions are judged against
-the version's reference: realized quality with the drop tests of
+to the join table in one numba call; the joined ones are held in the version's
+quality window of their partition and released into it in a canonical order
+(``detectors.quality_window``: by the later of the two event times, once no earlier
+join can still come), and every prediction enters the version's estimate window of
+its partition (the last ``window.events`` predictions, in offset order). Each
+partition's windows are judged at every ``step`` events released into them (each
+boundary a batch crosses gives its own verdict, on exactly the window ending there),
+against the version's reference: realized quality with the drop tests of
 ``detectors.quality_drop``, and the CBPE estimate. Findings have kind ``model``,
-subject ``MODEL@VERSION:METRIC`` and detector ``quality`` (realized) or ``cbpe``
-(estimated, marked with the detail ``estimate = 1``).
+subject ``MODEL@VERSION:METRIC``, detector ``quality`` (realized) or ``cbpe``
+(estimated, marked with the detail ``estimate = 1``) and the detail ``partition``.
 
 Tests: accuracy, precision and recall are proportions (two-proportion z-test
 against the reference's counts), ROC AUC has DeLong's interval, log loss, MAE,
@@ -52,10 +54,21 @@ Multiple testing: the quality metrics of a version share the budget
 ``false_alerts`` per ``per_events`` joined events (each of the ``k`` tested
 metrics gets ``false_alerts / k``); the estimate has its own equal budget.
 
-Windows are per partition (the last ``window.events`` joined events of each); the
-stream's verdict judges their union, which is exactly the stream's last window for
-one partition. Which events a window holds depends on the order in which the two
-topics' batches were joined; the join counts do not (decisions use event times).
+Determinism. A verdict judges one partition's window, so it depends on that
+partition's two topics only, never on how far other partitions have been read; the
+window's events and the verdict points follow the canonical order, so the same data
+gives the same windows and verdicts whatever the interleaving of the two topics, the
+batch sizes, restarts and rebalances (``tests/model/test_quality_determinism.py``;
+event times in order within each topic partition). The cost: a verdict sees
+``window.events`` joined events of one partition, not of the stream, so with ``P``
+partitions a degradation takes about ``P`` times as many stream events to reach a
+window (size ``window.events`` by the partition rate). The budget is unchanged: the
+stream still has one verdict per ``step`` joined events. ``evaluate`` (on demand,
+``/status``, the replay report) judges the union of all partitions' windows with
+the joins still held. The judging replica judges other replicas' partitions from
+their checkpoints, once per ``step`` their windows passed since last judged.
+A partition whose prediction topic stops while one of its labels waits for its
+prediction holds its later joins until that label joins or becomes an orphan.
 """
 
 from __future__ import annotations
@@ -85,6 +98,7 @@ from detectors.quality import (
     regression_quality,
 )
 from detectors.quality_drop import AccuracyDrop, AUCDrop, DropTest, MeanShift, delong_auc_variance
+from detectors.quality_window import QualityWindow
 from monitor.config.model import ModelSpec, ReferenceSpec
 from monitor.config.schema import StreamSpec
 from monitor.errors import ConfigError
@@ -148,85 +162,9 @@ class _Vocab:
         return codes
 
 
-@dataclasses.dataclass
-class _Ring:
-    """The last ``size`` rows of (score, class, label, value, prediction event time);
-    ``count`` rows ever added."""
-
-    size: int
-    score: npt.NDArray[np.float64]
-    klass: npt.NDArray[np.int64]
-    label: npt.NDArray[np.float64]
-    value: npt.NDArray[np.float64]
-    time: npt.NDArray[np.float64]
-    count: int = 0
-
-    @classmethod
-    def empty(cls, size: int) -> _Ring:
-        return cls(
-            size,
-            np.zeros(size),
-            np.zeros(size, np.int64),
-            np.zeros(size),
-            np.zeros(size),
-            np.zeros(size),
-        )
-
-    def add(
-        self,
-        score: npt.NDArray[np.float64],
-        klass: npt.NDArray[np.int64],
-        label: npt.NDArray[np.float64],
-        value: npt.NDArray[np.float64],
-        time: npt.NDArray[np.float64],
-    ) -> None:
-        n = score.size
-        if n == 0:
-            return
-        take = min(n, self.size)
-        idx = (self.count + (n - take) + np.arange(take)) % self.size
-        for ring, new in (
-            (self.score, score),
-            (self.klass, klass),
-            (self.label, label),
-            (self.value, value),
-            (self.time, time),
-        ):
-            ring[idx] = new[n - take :]
-        self.count += n
-
-    def rows(self) -> tuple[npt.NDArray[np.float64], ...]:
-        k = min(self.count, self.size)
-        return (
-            self.score[:k],
-            self.klass[:k].astype(np.float64),
-            self.label[:k],
-            self.value[:k],
-            self.time[:k],
-        )
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "score": self.score,
-            "klass": self.klass,
-            "label": self.label,
-            "value": self.value,
-            "time": self.time,
-            "count": self.count,
-        }
-
-    @classmethod
-    def from_state(cls, size: int, s: dict[str, Any]) -> _Ring:
-        ring = cls.empty(size)
-        if np.asarray(s["score"]).size != size:
-            raise ValueError("checkpointed quality window does not match window.events")
-        ring.score[:] = s["score"]
-        ring.klass[:] = s["klass"]
-        ring.label[:] = s["label"]
-        ring.value[:] = s["value"]
-        ring.time[:] = s["time"]
-        ring.count = int(s["count"])
-        return ring
+# The quality window of one partition and version (deterministic order; see
+# detectors.quality_window); its state() is what a slot's state holds per version.
+_Ring = QualityWindow
 
 
 @dataclasses.dataclass
@@ -291,7 +229,8 @@ class ModelStage:
         self._parts: dict[int, _Part] = {}
         self._owned: set[int] = set()
         self._remote: dict[int, _Part] = {}
-        self._judged: dict[tuple[str, str], int] = {}  # (kind, version) -> judged count
+        # (partition, kind, version) -> the count of a remote window last judged
+        self._remote_judged: dict[tuple[int, str, str], int] = {}
         self.last_estimate: dict[str, float] = {}
         self.findings_log: list[Finding] = []
         self._build_decoders()
@@ -407,7 +346,8 @@ class ModelStage:
         ok = np.ones(len(rows), np.bool_)
         for i, _, _ in failed:
             ok[i] = False
-        touched: set[str] = set()
+        findings: list[Finding] = []
+        estimated: set[str] = set()
         parts = partitions & _PART_MASK
         for p in np.unique(parts).tolist():
             part = self._part(int(p))
@@ -418,12 +358,23 @@ class ModelStage:
             if not sel.any():
                 continue
             chosen = list(map(rows.__getitem__, np.flatnonzero(sel).tolist()))
-            touched |= self._add_predictions(part, chosen, batch.event_time[sel])
-        return self._after(touched)
+            findings += self._add_predictions(
+                int(p), part, chosen, batch.event_time[sel], estimated
+            )
+            findings += self._release(int(p), part)
+        return self._after(findings, estimated)
 
     def _add_predictions(
-        self, part: _Part, rows: list[Any], times: npt.NDArray[np.float64]
-    ) -> set[str]:
+        self,
+        p: int,
+        part: _Part,
+        rows: list[Any],
+        times: npt.NDArray[np.float64],
+        estimated: set[str],
+    ) -> list[Finding]:
+        """Fold partition ``p``'s predictions in: joins are held (``_release`` judges
+        them), the estimate windows take the predictions in offset order and are
+        judged at every ``step``."""
         n = len(rows)
         keys = hash_ids(list(map(_RID, rows)))
         if "version" in self._has:
@@ -437,16 +388,31 @@ class ModelStage:
                 self._deployed(name)
         score, klass, value = self._predictions(rows)
         joined = part.join.add_predictions(keys, times, score, klass, value, version)
-        touched = self._add_joined(part, joined)
+        self._add_joined(part, joined)
+        findings: list[Finding] = []
         for code in np.unique(version).tolist():
             name = self.versions.names[code]
             sel = version == code
-            self._ring(part.predicted, name).add(
-                score[sel], klass[sel], np.zeros(int(sel.sum())), value[sel], times[sel]
-            )
-            touched.add(name)
+            ring = self._ring(part.predicted, name)
+            for _ in ring.push(
+                score[sel], klass[sel], np.zeros(int(sel.sum())), value[sel], times[sel], self.step
+            ):
+                if self.aggregating:
+                    findings += self._judge_estimate(name, [ring.rows()], p)
+                    estimated.add(name)
         part.join.expire()
-        return touched
+        return findings
+
+    def _release(self, p: int, part: _Part) -> list[Finding]:
+        """Release partition ``p``'s held joins below the join table's frontier into
+        its quality windows, judging each window at every ``step`` it reaches."""
+        frontier = part.join.settled_before()
+        findings: list[Finding] = []
+        for version, window in part.joined.items():
+            for _ in window.release(frontier, self.step):
+                if self.aggregating:
+                    findings += self._judge_quality(version, [window.rows()], p)
+        return findings
 
     def _predictions(
         self, rows: list[Any]
@@ -523,7 +489,7 @@ class ModelStage:
         ok = np.ones(len(rows), np.bool_)
         for r in rejects:
             ok[r.index] = False
-        touched: set[str] = set()
+        findings: list[Finding] = []
         parts = partitions & _PART_MASK
         for p in np.unique(parts).tolist():
             part = self._part(int(p))
@@ -540,9 +506,10 @@ class ModelStage:
                 label = self._label_codes(list(map(str, map(_VALUE, chosen))))
             else:
                 label = np.array(list(map(float, map(_VALUE, chosen))), np.float64)
-            touched |= self._add_joined(part, part.join.add_labels(keys, times, label))
+            self._add_joined(part, part.join.add_labels(keys, times, label))
             part.join.expire()
-        return self._after(touched), rejects
+            findings += self._release(int(p), part)
+        return self._after(findings, set()), rejects
 
     def _label_codes(self, values: list[str]) -> npt.NDArray[np.float64]:
         """Class codes of labels; without a class field, positive or not (-1)."""
@@ -551,22 +518,22 @@ class ModelStage:
             codes = np.where(codes == self.positive, self.positive, -1)
         return codes.astype(np.float64)
 
-    def _add_joined(self, part: _Part, joined: Joined) -> set[str]:
-        touched: set[str] = set()
+    def _add_joined(self, part: _Part, joined: Joined) -> None:
+        """Hold the joins in their version's window, keyed by the later event time."""
         if joined.n == 0:
-            return touched
+            return
+        key = np.maximum(joined.prediction_time, joined.label_time)
         for code in np.unique(joined.version).tolist():
             sel = joined.version == code
             name = self.versions.names[code]
-            self._ring(part.joined, name).add(
+            self._ring(part.joined, name).hold(
                 joined.score[sel],
-                joined.klass[sel],
+                joined.klass[sel].astype(np.float64),
                 joined.label[sel],
                 joined.value[sel],
                 joined.prediction_time[sel],
+                key[sel],
             )
-            touched.add(name)
-        return touched
 
     # -- judging -------------------------------------------------------------------
     def _all_parts(self) -> list[_Part]:
@@ -574,30 +541,30 @@ class ModelStage:
             p for k, p in self._remote.items() if k not in self._parts
         ]
 
-    def _after(self, touched: set[str]) -> list[Finding]:
+    def _after(self, findings: list[Finding], estimated: set[str]) -> list[Finding]:
+        """Join metrics; verdicts on remote windows that passed a step since they were
+        last judged; the feature ranking of versions just estimated; the stream name."""
         self._record_join_metrics()
         if not self.aggregating:
             return []
-        findings: list[Finding] = []
-        parts = self._all_parts()
-        for version in sorted(touched):
-            for kind, attr in (("quality", "joined"), ("cbpe", "predicted")):
-                total = sum(
-                    getattr(p, attr)[version].count for p in parts if version in getattr(p, attr)
-                )
-                key = (kind, version)
-                last = self._judged.get(key, 0)
-                if total // self.step > last // self.step:
-                    self._judged[key] = total
-                    rings = [
-                        getattr(p, attr)[version] for p in parts if version in getattr(p, attr)
-                    ]
+        findings = list(findings)
+        for p, part in sorted(self._remote.items()):
+            if p in self._parts:
+                continue
+            for kind, windows in (("quality", part.joined), ("cbpe", part.predicted)):
+                for version, window in sorted(windows.items()):
+                    key = (p, kind, version)
+                    if window.count // self.step <= self._remote_judged.get(key, 0) // self.step:
+                        continue
+                    self._remote_judged[key] = window.count
                     if kind == "quality":
-                        findings.extend(self._judge_quality(version, rings))
+                        findings += self._judge_quality(version, [window.rows()], p)
                     else:
-                        findings.extend(self._judge_estimate(version, rings))
-                        if (ranking := self._feature_ranking(version)) is not None:
-                            findings.append(ranking)
+                        findings += self._judge_estimate(version, [window.rows()], p)
+                        estimated.add(version)
+        for version in sorted(estimated):
+            if (ranking := self._feature_ranking(version)) is not None:
+                findings.append(ranking)
         out = [dataclasses.replace(f, stream=self.spec.name) for f in findings]
         self.findings_log.extend(out)
         return out
@@ -639,8 +606,14 @@ class ModelStage:
         versions = sorted({v for p in parts for v in (*p.joined, *p.predicted)})
         findings: list[Finding] = []
         for version in versions:
-            joined = [p.joined[version] for p in parts if version in p.joined]
-            predicted = [p.predicted[version] for p in parts if version in p.predicted]
+            # the union of the partitions' windows, with the joins still held
+            joined = [
+                c
+                for p in parts
+                if version in p.joined
+                for c in (p.joined[version].rows(), p.joined[version].held_rows())
+            ]
+            predicted = [p.predicted[version].rows() for p in parts if version in p.predicted]
             if joined:
                 findings.extend(self._judge_quality(version, joined))
             if predicted:
@@ -667,8 +640,11 @@ class ModelStage:
             details=(("value", t.value), ("reference", t.reference), *details),
         )
 
-    def _judge_quality(self, version: str, rings: list[_Ring]) -> list[Finding]:
-        cols = [r.rows() for r in rings]
+    def _judge_quality(
+        self, version: str, cols: list[tuple[npt.NDArray[np.float64], ...]], p: int | None = None
+    ) -> list[Finding]:
+        """Realized quality of the rows ``cols`` (of partition ``p``'s window, or of the
+        union of the partitions' windows when ``p`` is None) against the reference."""
         score, klass, label, value, times = (np.concatenate([c[i] for c in cols]) for i in range(5))
         n = int(score.size)
         window = _bounds(n, times)
@@ -715,15 +691,16 @@ class ModelStage:
                     float(per.var(ddof=1)) if per.size > 1 else math.nan,
                     per.size,
                 )
-            extra = estimate_error if metric == "accuracy" else ()
+            extra = (estimate_error if metric == "accuracy" else ()) + _partition(p)
             out.append(self._finding(version, metric, "quality", t, window, ref, extra))
         return out
 
-    def _judge_estimate(self, version: str, rings: list[_Ring]) -> list[Finding]:
+    def _judge_estimate(
+        self, version: str, cols: list[tuple[npt.NDArray[np.float64], ...]], p: int | None = None
+    ) -> list[Finding]:
         ref = self._reference(version)
         if ref is None or ref.cbpe is None or not self.quality.estimate.enabled:
             return []
-        cols = [r.rows() for r in rings]
         score = np.concatenate([c[0] for c in cols])
         klass = np.concatenate([c[1] for c in cols]).astype(np.int64)
         times = np.concatenate([c[4] for c in cols])
@@ -736,7 +713,8 @@ class ModelStage:
             return []
         t = test.test(round(est.accuracy * est.n), est.n)
         window = _bounds(est.n, times[ok])
-        return [self._finding(version, "accuracy", "cbpe", t, window, ref, (("estimate", 1.0),))]
+        extra = (("estimate", 1.0), *_partition(p))
+        return [self._finding(version, "accuracy", "cbpe", t, window, ref, extra)]
 
     # -- metrics -------------------------------------------------------------------
     def _set_gauge(
@@ -851,7 +829,6 @@ class ModelStage:
             "versions": list(self.versions.names),
             "joined": {v: r.state() for v, r in part.joined.items()},
             "predicted": {v: r.state() for v, r in part.predicted.items()},
-            "judged": [[k, v, n] for (k, v), n in sorted(self._judged.items())],
             "current": self.current,
         }
 
@@ -880,12 +857,7 @@ class ModelStage:
         for out, key in zip(rings, ("joined", "predicted"), strict=True):
             for v, s in state[key].items():
                 ring = _Ring.from_state(self.window, s)
-                ok = ring.klass >= 0
-                ring.klass[ok] = class_map[ring.klass[ok]]
-                if self.classification and key == "joined":
-                    lab = ring.label[: min(ring.count, ring.size)]
-                    coded = lab >= 0
-                    lab[coded] = class_map[lab[coded].astype(np.int64)]
+                ring.remap_classes(class_map, self.classification and key == "joined")
                 out[v] = ring
         return _Part(join, [int(o) for o in state["offsets"]], rings[0], rings[1])
 
@@ -908,9 +880,6 @@ class ModelStage:
             self._deployed(current_version)
         self._parts[p] = self._part_from_state(state)
         self._reported[p] = self._parts[p].join._counts.copy()
-        for kind, version, n in state.get("judged", []):
-            key = (str(kind), str(version))
-            self._judged[key] = max(self._judged.get(key, 0), int(n))
         self._owned.add(slot)
 
     def drop_partition(self, slot: int) -> None:
@@ -938,6 +907,11 @@ class ModelStage:
                     slot,
                     exc,
                 )
+
+
+def _partition(p: int | None) -> tuple[tuple[str, float], ...]:
+    """The ``partition`` detail of a verdict on one partition's window."""
+    return () if p is None else (("partition", float(p)),)
 
 
 def _bounds(n: int, times: npt.NDArray[np.float64]) -> WindowBounds:
