@@ -42,8 +42,10 @@ subject ``MODEL@VERSION:METRIC``, detector ``quality`` (realized) or ``cbpe``
 
 Tests: accuracy, precision and recall are proportions (two-proportion z-test
 against the reference's counts), ROC AUC has DeLong's interval, log loss, MAE,
-RMSE (as MSE) and bias are per-event means (Welch z-test); F1 and ECE are reported
-(gauges, ``driftwarden_model_quality``) but not tested. The CBPE accuracy estimate
+RMSE (as MSE) and bias are per-event means (Welch z-test), F1 has its
+delta-method interval and ECE a conservative test against the reference's
+calibration curve (``detectors.quality_drop``): every configured metric alerts.
+The CBPE accuracy estimate
 is tested like a realized accuracy of the same size, whose binomial variance is at
 least CBPE's own (sum of c(1 - c)), so the estimate's test is conservative. At every
 realized verdict CBPE is also run on the joined window's own predictions and its
@@ -97,7 +99,16 @@ from detectors.quality import (
     classification_quality,
     regression_quality,
 )
-from detectors.quality_drop import AccuracyDrop, AUCDrop, DropTest, MeanShift, delong_auc_variance
+from detectors.quality_drop import (
+    AccuracyDrop,
+    AUCDrop,
+    DropTest,
+    ECERise,
+    F1Drop,
+    MeanShift,
+    calibration_sums,
+    delong_auc_variance,
+)
 from detectors.quality_window import QualityWindow
 from monitor.config.model import ModelSpec, ReferenceSpec
 from monitor.config.schema import StreamSpec
@@ -117,8 +128,9 @@ _PART_MASK = LABEL_SLOT - 1
 _TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _UNVERSIONED = "unversioned"
 _TESTED = frozenset(
-    {"accuracy", "precision", "recall", "roc_auc", "log_loss", "mae", "rmse", "bias"}
+    {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece", "mae", "rmse", "bias"}
 )
+_Test = AccuracyDrop | AUCDrop | F1Drop | ECERise | MeanShift
 
 
 _RID = operator.attrgetter("rid")
@@ -184,7 +196,7 @@ class ModelReference:
     id: str
     n: int
     quality: ClassificationQuality | RegressionQuality
-    tests: dict[str, AccuracyDrop | AUCDrop | MeanShift]
+    tests: dict[str, _Test]
     cbpe: CBPE | None
 
 
@@ -682,8 +694,14 @@ class ModelStage:
                 else:
                     k, m = int(np.count_nonzero(said & positive)), int(np.count_nonzero(positive))
                 t = test.test(k, m)
-            elif isinstance(test, AUCDrop):
+            elif isinstance(test, AUCDrop | ECERise):
                 t = test.test(positive, score)
+            elif isinstance(test, F1Drop):
+                t = test.test(
+                    int(np.count_nonzero(said & positive)),
+                    int(np.count_nonzero(said & ~positive)),
+                    int(np.count_nonzero(~said & positive)),
+                )
             else:
                 per = _per_event(metric, positive, score, label, value)
                 t = test.test(
@@ -960,7 +978,7 @@ def build_reference(
     tested = [m for m in qs.metrics if m in _TESTED]
     budget = qs.false_alerts / max(len(tested), 1)
     common = {"false_alerts": budget, "per_events": qs.per_events, "step": qs.window.step}
-    tests: dict[str, AccuracyDrop | AUCDrop | MeanShift] = {}
+    tests: dict[str, _Test] = {}
     positive = label.astype(np.int64) == stage.positive
     said = klass == stage.positive
     if stage.classification:
@@ -979,6 +997,18 @@ def build_reference(
             auc, var = delong_auc_variance(positive, score)
             if math.isfinite(var):
                 tests["roc_auc"] = AUCDrop(auc, var, min_drop=qs.min_drop, **common)  # type: ignore[arg-type]
+        tp = int(np.count_nonzero(said & positive))
+        fp = int(np.count_nonzero(said & ~positive))
+        fn = int(np.count_nonzero(~said & positive))
+        if "f1" in tested and tp + fp + fn > 0:
+            tests["f1"] = F1Drop(tp, fp, fn, min_drop=qs.min_drop, **common)  # type: ignore[arg-type]
+        scored = np.isfinite(score)
+        if "ece" in tested and has_score and scored.any():
+            tests["ece"] = ECERise(
+                calibration_sums(positive[scored], score[scored]),
+                min_drop=qs.min_drop,
+                **common,  # type: ignore[arg-type]
+            )
         cbpe = None
         if has_score and qs.estimate.enabled and stage.prediction.binary:
             cbpe = CBPE(

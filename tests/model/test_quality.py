@@ -17,7 +17,15 @@ from detectors.quality import (
     expected_calibration_error,
     regression_quality,
 )
-from detectors.quality_drop import AccuracyDrop, AUCDrop, delong_auc_variance
+from detectors.quality_drop import (
+    AccuracyDrop,
+    AUCDrop,
+    ECERise,
+    F1Drop,
+    calibration_sums,
+    delong_auc_variance,
+    f1_variance,
+)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -161,3 +169,51 @@ def test_cbpe_sums_add() -> None:
     parts = cbpe.window_sums(s[:1000]) + cbpe.window_sums(s[1000:])
     np.testing.assert_allclose(whole, parts)
     assert CBPE.from_sums(np.zeros(6)).n == 0
+
+
+def test_f1_drop_equals_sklearn_and_its_variance_the_sampling_variance() -> None:
+    """F1 as sklearn's; the delta-method variance within 5% of the variance of
+    sklearn's F1 over 400 windows drawn from the same model (and of 20,000 by counts)."""
+    rng = np.random.default_rng(12)
+    cells = np.array([0.30, 0.08, 0.12, 0.50])  # TP, FP, FN, TN
+    n = 2000
+    y_true = np.array([1, 0, 1, 0])
+    y_pred = np.array([1, 1, 0, 0])
+    values = []
+    for _ in range(400):
+        cell = rng.choice(4, n, p=cells)
+        f1 = skm.f1_score(y_true[cell], y_pred[cell])
+        tp, fp, fn, _ = np.bincount(cell, minlength=4).tolist()
+        assert f1_variance(tp, fp, fn)[0] == pytest.approx(f1, abs=1e-12)
+        values.append(f1)
+    counts = rng.multinomial(n, cells, size=20_000)
+    f1s = 2 * counts[:, 0] / (2 * counts[:, 0] + counts[:, 1] + counts[:, 2])
+    _, var = f1_variance(*(cells[:3] * n))
+    assert var == pytest.approx(np.var(f1s), rel=0.05)
+    assert var == pytest.approx(np.var(values), rel=0.2)  # 400 draws: +-14% at 2 sd
+    t = F1Drop(3000, 800, 1200, step=500, min_drop=0.01)
+    got = t.test(280, 120, 140)
+    assert got.value == pytest.approx(560 / 820) and got.reference == pytest.approx(0.75)
+    assert got.drift and not t.test(300, 80, 120).drift
+    assert math.isnan(t.test(0, 0, 0).value) and not t.test(0, 0, 0).drift
+    with pytest.raises(ValueError, match="no F1"):
+        F1Drop(0, 0, 0)
+
+
+def test_ece_rise_reference_is_the_window_ece_and_a_calibrated_window_passes() -> None:
+    rng = np.random.default_rng(13)
+    q = rng.beta(2, 3, 40_000)
+    y = rng.uniform(0, 1, q.size) < np.clip(q * 1.1, 0, 1)  # slightly under-confident
+    t = ECERise(calibration_sums(y, q), step=500, min_drop=0.01)
+    ref = classification_quality(y.astype(np.int64), (q >= 0.5).astype(np.int64), 1, q)
+    assert t.reference_ece == pytest.approx(ref.ece, abs=1e-12)
+    w = rng.beta(2, 3, 5000)
+    wy = rng.uniform(0, 1, w.size) < np.clip(w * 1.1, 0, 1)
+    same = t.test(wy, w)
+    assert same.value == pytest.approx(expected_calibration_error(wy, w), abs=1e-12)
+    assert not same.drift and same.p_value > 0.01
+    worse = t.test(rng.uniform(0, 1, w.size) < w * 0.6, w)
+    assert worse.drift and worse.statistic > 0.1
+    shifted = rng.beta(4, 2, 5000)  # covariate shift, same calibration: no alarm
+    assert not t.test(rng.uniform(0, 1, shifted.size) < np.clip(shifted * 1.1, 0, 1), shifted).drift
+    assert not t.test(np.zeros(0, bool), np.zeros(0)).drift
