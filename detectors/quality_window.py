@@ -170,10 +170,13 @@ class QualityWindow:
 
     def _order(self) -> npt.NDArray[np.intp]:
         h = self.held
-        # lexsort: the last key is the primary one
-        order: npt.NDArray[np.intp] = np.lexsort(
-            (h["value"], h["label"], h["klass"], h["score"], h["time"], h["key"])
-        )
+        order: npt.NDArray[np.intp] = np.argsort(h["key"], kind="stable")
+        keys = h["key"][order]
+        if keys.size > 1 and bool(np.any(keys[1:] == keys[:-1])):
+            # ties: break them by the other columns (lexsort's last key is the primary)
+            order = np.lexsort(
+                (h["value"], h["label"], h["klass"], h["score"], h["time"], h["key"])
+            )
         return order
 
     def held_rows(self) -> tuple[_F64, ...]:
@@ -186,7 +189,7 @@ class QualityWindow:
     def release(self, frontier: float, step: int) -> Iterator[int]:
         """Move the held joins with a key below ``frontier`` into the ring in canonical
         order, yielding at every multiple of ``step`` reached (see ``push``)."""
-        if not self.n_held:
+        if not self.n_held or not float(self.held["key"].min()) < frontier:
             return
         order = self._order()
         keys = self.held["key"][order]
