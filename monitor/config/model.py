@@ -172,7 +172,8 @@ class PredictionSpec(_Model):
 
     @property
     def binary(self) -> bool:
-        """Two classes known (CBPE estimates binary classifiers only)."""
+        """Two classes known (CBPE then estimates from the positive-class score; with more
+        classes, from the confidence: expected accuracy only)."""
         return len(self.probabilities) in (0, 2)
 
     @property
@@ -226,16 +227,14 @@ class QualityWindowSpec(_Model):
         default=5_000,
         gt=0,
         description=(
-            "Joined events (predictions, for the estimate) per window; a window is one "
-            "partition's."
+            "Joined events (predictions, for the estimate) per window; a window is one partition's."
         ),
     )
     step: int = Field(
         default=500,
         gt=0,
         description=(
-            "A verdict every `step` joined events of a partition (a multiple of it makes "
-            "`events`)."
+            "A verdict every `step` joined events of a partition (a multiple of it makes `events`)."
         ),
     )
 
@@ -253,7 +252,10 @@ class EstimateSpec(_Model):
 
     enabled: bool = Field(
         default=True,
-        description="Estimate quality before labels (CBPE; binary classifiers with a score).",
+        description=(
+            "Estimate accuracy before labels (CBPE; classifiers with a score or probabilities: "
+            "multiclass ones from their calibrated top probability)."
+        ),
     )
     method: Literal["isotonic", "histogram"] = Field(
         default="isotonic", description="Calibration of the scores on the reference."

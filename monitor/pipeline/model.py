@@ -45,11 +45,13 @@ against the reference's counts), ROC AUC has DeLong's interval, log loss, MAE,
 RMSE (as MSE) and bias are per-event means (Welch z-test), F1 has its
 delta-method interval and ECE a conservative test against the reference's
 calibration curve (``detectors.quality_drop``): every configured metric alerts.
-The CBPE accuracy estimate
-is tested like a realized accuracy of the same size, whose binomial variance is at
-least CBPE's own (sum of c(1 - c)), so the estimate's test is conservative. At every
-realized verdict CBPE is also run on the joined window's own predictions and its
-error against the realized accuracy is reported (detail ``estimate_error``, gauge
+The CBPE accuracy estimate (a binary classifier's from its positive-class score; a
+multiclass one's, with more than two ``probabilities``, from its calibrated top
+probability, carried in the value column of its windows) is tested like a realized
+accuracy of the same size, whose binomial variance is at least CBPE's own (sum of
+c(1 - c)), so the estimate's test is conservative. At every realized verdict CBPE is
+also run on the joined window's own predictions and its error against the realized
+accuracy is reported (detail ``estimate_error``, gauge
 ``driftwarden_model_estimate_error``).
 
 Multiple testing: the quality metrics of a version share the budget
@@ -429,7 +431,9 @@ class ModelStage:
     def _predictions(
         self, rows: list[Any]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """Positive-class score, predicted class code and regression value per row."""
+        """Positive-class score, predicted class code and regression value per row; a
+        classifier with more than two class probabilities carries its confidence (the
+        top probability, what its CBPE estimate reads) in the value column."""
         n = len(rows)
         score = np.full(n, math.nan)
         if "score" in self._has:
@@ -450,7 +454,26 @@ class ModelStage:
         value = np.full(n, math.nan)
         if "value" in self._has:
             value = np.array(list(map(_VALUE, rows)), np.float64)
+        elif probs is not None and not self.prediction.binary and n:
+            top = np.max(np.where(np.isnan(probs), -np.inf, probs), axis=1)
+            value = np.where(np.isfinite(top), top, math.nan)
         return score, klass, value
+
+    def _cbpe_inputs(
+        self,
+        score: npt.NDArray[np.float64],
+        klass: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """What CBPE reads of predictions, rows without a score dropped: a binary
+        classifier's positive-class score and whether it said positive; a multiclass
+        one's confidence, every prediction "positive" (expected accuracy = mean of the
+        calibrated confidence)."""
+        if self.prediction.binary:
+            ok = np.isfinite(score)
+            return score[ok], klass[ok] == self.positive
+        ok = np.isfinite(value)
+        return value[ok], np.ones(int(ok.sum()), np.bool_)
 
     def _deployed(self, version: str, explicit: bool = False) -> None:
         """A version seen for the first time (or named by a deploy event): switch the
@@ -677,7 +700,7 @@ class ModelStage:
         said = klass.astype(np.int64) == self.positive
         estimate_error: tuple[tuple[str, float], ...] = ()
         if ref.cbpe is not None and self.classification and self.prediction.has_score and n:
-            est = ref.cbpe.estimate(score, said)
+            est = ref.cbpe.estimate(*self._cbpe_inputs(score, klass.astype(np.int64), value))
             err = est.accuracy - q.get("accuracy")
             estimate_error = (("estimate_error", err),)
             self._set_gauge("model_estimate_error", version, "accuracy", err)
@@ -721,9 +744,10 @@ class ModelStage:
             return []
         score = np.concatenate([c[0] for c in cols])
         klass = np.concatenate([c[1] for c in cols]).astype(np.int64)
+        value = np.concatenate([c[3] for c in cols])
         times = np.concatenate([c[4] for c in cols])
-        ok = np.isfinite(score)
-        est = ref.cbpe.estimate(score[ok], klass[ok] == self.positive)
+        ok = np.isfinite(score if self.prediction.binary else value)
+        est = ref.cbpe.estimate(*self._cbpe_inputs(score, klass, value))
         self.last_estimate[version] = est.accuracy
         self._set_gauge("model_quality", version, "accuracy", est.accuracy, "estimated")
         test = ref.tests.get("estimated_accuracy")
@@ -1014,6 +1038,12 @@ def build_reference(
             cbpe = CBPE(
                 score, positive, stage.prediction.threshold, qs.estimate.method, qs.estimate.bins
             )
+        elif has_score and qs.estimate.enabled and np.isfinite(value).sum() >= 2:
+            # multiclass: calibrate the confidence (top probability) on being right
+            ok = np.isfinite(value)
+            right = klass[ok] == label[ok].astype(np.int64)
+            cbpe = CBPE(value[ok], right, 0.0, qs.estimate.method, qs.estimate.bins)
+        if cbpe is not None:
             correct = int(np.count_nonzero(klass == label.astype(np.int64)))
             tests["estimated_accuracy"] = AccuracyDrop(
                 correct, n, min_drop=qs.min_drop, false_alerts=qs.false_alerts,

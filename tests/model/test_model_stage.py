@@ -441,8 +441,15 @@ def test_per_class_probabilities_equal_sklearn(tmp_path: Path) -> None:
     assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(is_a, probs[:, 0]), abs=1e-12)
     # log loss is reported as a per-event mean: one-vs-rest on the positive class
     assert got["log_loss"] == pytest.approx(skm.log_loss(is_a, probs[:, 0]), abs=1e-9)
+    # CBPE for a multiclass model: the calibrated confidence (top probability) is the
+    # expected accuracy; these probabilities are calibrated (labels drawn from them)
     ref = stage.references["*"]
-    assert ref.cbpe is None  # CBPE estimates binary classifiers only
+    assert ref.cbpe is not None
+    est = next(f for f in stage.evaluate() if f.detector == "cbpe")
+    direct = float(np.mean(probs.max(axis=1)))
+    assert dict(est.details)["value"] == pytest.approx(direct, abs=0.02)
+    assert abs(dict(est.details)["value"] - skm.accuracy_score(y, pred)) < 0.03
+    assert abs(stage._latest[("unversioned", "accuracy", "error")]) < 0.03  # estimate error
 
 
 def test_two_replicas_judge_like_one(tmp_path: Path) -> None:

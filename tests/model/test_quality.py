@@ -217,3 +217,29 @@ def test_ece_rise_reference_is_the_window_ece_and_a_calibrated_window_passes() -
     shifted = rng.beta(4, 2, 5000)  # covariate shift, same calibration: no alarm
     assert not t.test(rng.uniform(0, 1, shifted.size) < np.clip(shifted * 1.1, 0, 1), shifted).drift
     assert not t.test(np.zeros(0, bool), np.zeros(0)).drift
+
+
+@pytest.mark.parametrize("method", ["isotonic", "histogram"])
+def test_multiclass_cbpe_is_the_mean_calibrated_confidence(method: str) -> None:
+    """A 4-class model whose probabilities are over-confident (temperature 0.6): CBPE
+    calibrates its confidence on being right in the reference, and its expected
+    accuracy (the mean calibrated confidence) is within 0.01 (+3 standard errors) of
+    the realized accuracy and of the direct computation (the mean true probability of
+    the predicted class), also after shifts of the inputs that keep P(right |
+    confidence), the assumption of top-label CBPE (more or fewer confident cases)."""
+    rng = np.random.default_rng(9)
+    logits = rng.normal(0, 1.5, (200_000, 4))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = np.minimum((rng.uniform(0, 1, (p.shape[0], 1)) > p.cumsum(axis=1)).sum(axis=1), 3)
+    shown = np.exp(logits / 0.6) / np.exp(logits / 0.6).sum(axis=1, keepdims=True)
+    conf, pred = shown.max(axis=1), shown.argmax(axis=1)
+    ref = slice(0, 50_000)
+    cbpe = CBPE(conf[ref], pred[ref] == y[ref], 0.0, method=method, n_bins=50)  # type: ignore[arg-type]
+    rest = np.arange(50_000, p.shape[0])
+    for keep in (np.ones_like(conf), conf**3, 1.2 - conf):  # stationary, then shifted
+        sel = rest[rng.uniform(0, 1, rest.size) < keep[rest] / keep[rest].max()][:20_000]
+        est = cbpe.estimate(conf[sel], np.ones(sel.size, bool))
+        realized = skm.accuracy_score(y[sel], pred[sel])
+        assert abs(est.accuracy - realized) < 0.01 + 3 * est.accuracy_se
+        direct = float(np.mean(p[sel, pred[sel]]))
+        assert est.accuracy == pytest.approx(direct, abs=0.01)
