@@ -838,7 +838,13 @@ class ModelStage:
                 ),
                 rows=tuple(rows[:50]),
                 note="estimated: CBPE from calibrated scores, before labels arrive; "
-                "realized: from joined labels",
+                "realized: from joined labels"
+                + (
+                    ""
+                    if any(r.cbpe is not None for r in self.references.values())
+                    else " (no estimate for this model: CBPE needs a classifier with a score "
+                    "or class probabilities, and estimate.enabled)"
+                ),
             ),
             StatusSection(
                 title=f"{title}: label join", columns=("outcome", "count"), rows=tuple(join_rows)

@@ -493,3 +493,12 @@ def test_status_tables_mark_the_estimate(tmp_path: Path) -> None:
     board = StatusBoard()
     board.add_section(stage.status_sections)
     assert b"estimated (CBPE)" in render_html(board.snapshot())
+
+
+def test_status_says_when_a_model_gets_no_estimate() -> None:
+    stream = copy.deepcopy(MODEL_STREAM)
+    stream["model"]["prediction"] = {"task": "regression", "value": "p_default"}
+    stream["model"]["quality"]["metrics"] = ["mae", "bias"]
+    config = parse_config({"kafka": {"bootstrap.servers": "x:1"}, "streams": [stream]}, env={})
+    quality, _ = ModelStage(config.streams[0]).status_sections()
+    assert "no estimate for this model" in quality.note
