@@ -243,3 +243,14 @@ def test_multiclass_cbpe_is_the_mean_calibrated_confidence(method: str) -> None:
         assert abs(est.accuracy - realized) < 0.01 + 3 * est.accuracy_se
         direct = float(np.mean(p[sel, pred[sel]]))
         assert est.accuracy == pytest.approx(direct, abs=0.01)
+
+
+def test_cbpe_isotonic_knots_give_the_full_fit() -> None:
+    rng = np.random.default_rng(6)
+    s = rng.uniform(0, 1, 20_000)
+    y = rng.uniform(0, 1, s.size) < s
+    cbpe = CBPE(s, y)
+    x, fitted = isotonic_fit(s, y)
+    assert cbpe._x.size < x.size // 10
+    probe = np.concatenate([rng.uniform(-0.1, 1.1, 5000), x])
+    np.testing.assert_array_equal(cbpe.calibrate(probe), np.interp(probe, x, fitted))
