@@ -193,7 +193,10 @@ class AUCDrop:
 
     def test(self, positive: npt.NDArray[np.bool_], score: npt.NDArray[np.float64]) -> DropTest:
         """Is the AUC of ``score`` on this window significantly below the reference?"""
-        auc, var = delong_auc_variance(positive, score)
+        return self.test_auc(*delong_auc_variance(positive, score))
+
+    def test_auc(self, auc: float, var: float) -> DropTest:
+        """Judge a window's AUC and its DeLong variance (``delong_auc_variance``)."""
         if not math.isfinite(var):
             return DropTest(auc, self.reference_auc, math.nan, math.nan, 1.0, False)
         se = math.sqrt(var + self.reference_variance)

@@ -685,11 +685,21 @@ class ModelStage:
         window = _bounds(n, times)
         ref = self._reference(version)
         out: list[Finding] = []
+        # DeLong's AUC and variance once, for the gauge and the test
+        auc_test = ref.tests.get("roc_auc") if ref is not None else None
+        delong: tuple[float, float] | None = None
+        if isinstance(auc_test, AUCDrop) and "roc_auc" in self.quality.metrics:
+            delong = delong_auc_variance(label.astype(np.int64) == self.positive, score)
         if self.classification:
             truth = label.astype(np.int64)
             pred = klass.astype(np.int64)
+            has_auc = delong is not None and math.isfinite(delong[0])
             q: ClassificationQuality | RegressionQuality = classification_quality(
-                truth, pred, self.positive, score if self.prediction.has_score else None
+                truth,
+                pred,
+                self.positive,
+                score if self.prediction.has_score else None,
+                auc=delong[0] if delong is not None and has_auc else None,
             )
         else:
             q = regression_quality(label, value)
@@ -717,7 +727,9 @@ class ModelStage:
                 else:
                     k, m = int(np.count_nonzero(said & positive)), int(np.count_nonzero(positive))
                 t = test.test(k, m)
-            elif isinstance(test, AUCDrop | ECERise):
+            elif isinstance(test, AUCDrop):
+                t = test.test_auc(*delong) if delong is not None else test.test(positive, score)
+            elif isinstance(test, ECERise):
                 t = test.test(positive, score)
             elif isinstance(test, F1Drop):
                 t = test.test(
