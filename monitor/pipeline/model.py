@@ -557,7 +557,8 @@ class ModelStage:
         """Hold the joins in their version's window, keyed by the later event time."""
         if joined.n == 0:
             return
-        key = np.maximum(joined.prediction_time, joined.label_time)
+        key = np.fmax(joined.prediction_time, joined.label_time)
+        key[np.isnan(key)] = -np.inf  # no event time at all: released at once
         for code in np.unique(joined.version).tolist():
             sel = joined.version == code
             name = self.versions.names[code]
