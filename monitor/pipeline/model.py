@@ -601,9 +601,43 @@ class ModelStage:
         for version in sorted(estimated):
             if (ranking := self._feature_ranking(version)) is not None:
                 findings.append(ranking)
+        self._record_gauges({f.subject.partition("@")[2].rpartition(":")[0] for f in findings
+                             if f.detector in ("quality", "cbpe")})  # fmt: skip
         out = [dataclasses.replace(f, stream=self.spec.name) for f in findings]
         self.findings_log.extend(out)
         return out
+
+    def _record_gauges(self, versions: set[str]) -> None:
+        """The quality gauges (realized, estimated) of these versions, over the union of
+        the partitions' windows as released (a verdict judges one partition's window;
+        the gauges show the stream's)."""
+        parts = self._all_parts()
+        for version in sorted(versions):
+            joined = [p.joined[version].rows() for p in parts if version in p.joined]
+            if joined:
+                score, klass, label, value, _ = (
+                    np.concatenate([c[i] for c in joined]) for i in range(5)
+                )
+                q: ClassificationQuality | RegressionQuality
+                if self.classification:
+                    q = classification_quality(
+                        label.astype(np.int64),
+                        klass.astype(np.int64),
+                        self.positive,
+                        score if self.prediction.has_score else None,
+                    )
+                else:
+                    q = regression_quality(label, value)
+                self._record_quality(version, q, "realized")
+            ref = self._reference(version)
+            predicted = [p.predicted[version].rows() for p in parts if version in p.predicted]
+            if ref is not None and ref.cbpe is not None and predicted:
+                score, klass, _, value, _ = (
+                    np.concatenate([c[i] for c in predicted]) for i in range(5)
+                )
+                est = ref.cbpe.estimate(*self._cbpe_inputs(score, klass.astype(np.int64), value))
+                self.last_estimate[version] = est.accuracy
+                self._set_gauge("model_quality", version, "accuracy", est.accuracy, "estimated")
 
     def _feature_ranking(self, version: str) -> Finding | None:
         """The model's input features ranked by drift (statistic / threshold, the
@@ -704,7 +738,8 @@ class ModelStage:
             )
         else:
             q = regression_quality(label, value)
-        self._record_quality(version, q, "realized")
+        if p is None:
+            self._record_quality(version, q, "realized")
         if ref is None:
             return out
         positive = label.astype(np.int64) == self.positive
@@ -761,8 +796,9 @@ class ModelStage:
         times = np.concatenate([c[4] for c in cols])
         ok = np.isfinite(score if self.prediction.binary else value)
         est = ref.cbpe.estimate(*self._cbpe_inputs(score, klass, value))
-        self.last_estimate[version] = est.accuracy
-        self._set_gauge("model_quality", version, "accuracy", est.accuracy, "estimated")
+        if p is None:
+            self.last_estimate[version] = est.accuracy
+            self._set_gauge("model_quality", version, "accuracy", est.accuracy, "estimated")
         test = ref.tests.get("estimated_accuracy")
         if not isinstance(test, AccuracyDrop) or est.n == 0:
             return []
