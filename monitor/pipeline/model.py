@@ -69,10 +69,13 @@ partitions a degradation takes about ``P`` times as many stream events to reach 
 window (size ``window.events`` by the partition rate). The budget is unchanged: the
 stream still has one verdict per ``step`` joined events. ``evaluate`` (on demand,
 ``/status``, the replay report) judges the union of all partitions' windows with
-the joins still held. The judging replica judges other replicas' partitions from
-their checkpoints, once per ``step`` their windows passed since last judged.
-A partition whose prediction topic stops while one of its labels waits for its
-prediction holds its later joins until that label joins or becomes an orphan.
+the joins still held; the quality gauges show the union of the windows as released,
+refreshed once per batch that brought a verdict. The judging replica judges other
+replicas' partitions from their checkpoints, once per ``step`` their windows passed
+since last judged (those verdicts follow the checkpoints' cadence). A partition
+whose prediction topic stops while one of its labels waits for its prediction holds
+its later joins (at most its pending predictions) until that label joins or becomes
+an orphan.
 """
 
 from __future__ import annotations
