@@ -143,17 +143,18 @@ def _ece_alarms(test: ECERise, blocks: np.ndarray, window: int = WINDOW) -> list
 
 @pytest.mark.slow
 def test_ece_false_alarms_stay_below_alpha_and_none_on_a_stationary_million() -> None:
-    """The ECE test is conservative: at alpha = 5% on 4,000 independent windows of 5,000
-    events its realised rate is below 5%; with the default budget no false alarm in
-    10^6 events (3 seeds); and an over-confident model (true rate 0.8 x score) fires
-    within 10,000 events."""
+    """The ECE test is a little conservative: at alpha = 5% and 1% on 4,000 independent
+    windows of 5,000 events its realised rate is below alpha but of its order (about 2%
+    and 0.3%); with the default budget no false alarm in 10^6 events (3 seeds); and an
+    over-confident model (true rate 0.8 x score) fires within 10,000 events."""
     rng = np.random.default_rng(400)
     ref = _ece_blocks(rng, 100).sum(axis=1)
-    loose = ECERise(ref, false_alerts=50.0, per_events=5_000_000, step=WINDOW)
-    assert loose.alpha == pytest.approx(0.05)
     windows = _ece_blocks(rng, 4000 * WINDOW // STEP).reshape(3, 4000, WINDOW // STEP, 10)
-    fired = sum(loose.test_sums(windows[:, i].sum(axis=1)).drift for i in range(4000))
-    assert fired / 4000 < 0.05, fired
+    for alpha, low in ((0.05, 0.01), (0.01, 0.001)):
+        loose = ECERise(ref, false_alerts=alpha * 200, per_events=1_000_000, step=WINDOW)
+        assert loose.alpha == pytest.approx(alpha)
+        fired = sum(loose.test_sums(windows[:, i].sum(axis=1)).drift for i in range(4000))
+        assert low < fired / 4000 < alpha, (alpha, fired)
     for seed in range(3):
         rng = np.random.default_rng(410 + seed)
         test = ECERise(_ece_blocks(rng, 100).sum(axis=1), false_alerts=0.1, step=STEP,
