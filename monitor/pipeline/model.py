@@ -28,38 +28,59 @@ label and break the exact-restart contract, so it is not done.
 Per batch of predictions: request ids, scores, classes and versions are decoded
 from the accepted rows' raw payloads with a small msgspec struct (a second parse
 of those payloads; the stream decoder keeps no string columns), hashed, and added
-to the join table in one numba call; the joined ones enter the version's quality
-window (a ring of the last ``window.events`` joined events), and every prediction
-enters the version's estimate window (a ring of the last ``window.events``
-predictions). At every ``step`` joined events (predictions) of a version, counted
-over the stream's partitions, the windows of all partitions are judged against
-the version's reference: realized quality with the drop tests of
+to the join table in one numba call; the joined ones are held in the version's
+quality window of their partition and released into it in a canonical order
+(``detectors.quality_window``: by the later of the two event times, once no earlier
+join can still come), and every prediction enters the version's estimate window of
+its partition (the last ``window.events`` predictions, in offset order). Each
+partition's windows are judged at every ``step`` events released into them (each
+boundary a batch crosses gives its own verdict, on exactly the window ending there),
+against the version's reference: realized quality with the drop tests of
 ``detectors.quality_drop``, and the CBPE estimate. Findings have kind ``model``,
-subject ``MODEL@VERSION:METRIC`` and detector ``quality`` (realized) or ``cbpe``
-(estimated, marked with the detail ``estimate = 1``).
+subject ``MODEL@VERSION:METRIC``, detector ``quality`` (realized) or ``cbpe``
+(estimated, marked with the detail ``estimate = 1``) and the detail ``partition``.
 
 Tests: accuracy, precision and recall are proportions (two-proportion z-test
 against the reference's counts), ROC AUC has DeLong's interval, log loss, MAE,
-RMSE (as MSE) and bias are per-event means (Welch z-test); F1 and ECE are reported
-(gauges, ``driftwarden_model_quality``) but not tested. The CBPE accuracy estimate
-is tested like a realized accuracy of the same size, whose binomial variance is at
-least CBPE's own (sum of c(1 - c)), so the estimate's test is conservative. At every
-realized verdict CBPE is also run on the joined window's own predictions and its
-error against the realized accuracy is reported (detail ``estimate_error``, gauge
+RMSE (as MSE) and bias are per-event means (Welch z-test), F1 has its
+delta-method interval and ECE a conservative test against the reference's
+calibration curve (``detectors.quality_drop``): every configured metric alerts.
+The CBPE accuracy estimate (a binary classifier's from its positive-class score; a
+multiclass one's, with more than two ``probabilities``, from its calibrated top
+probability, carried in the value column of its windows) is tested like a realized
+accuracy of the same size, whose binomial variance is at least CBPE's own (sum of
+c(1 - c)), so the estimate's test is conservative. At every realized verdict CBPE is
+also run on the joined window's own predictions and its error against the realized
+accuracy is reported (detail ``estimate_error``, gauge
 ``driftwarden_model_estimate_error``).
 
 Multiple testing: the quality metrics of a version share the budget
 ``false_alerts`` per ``per_events`` joined events (each of the ``k`` tested
 metrics gets ``false_alerts / k``); the estimate has its own equal budget.
 
-Windows are per partition (the last ``window.events`` joined events of each); the
-stream's verdict judges their union, which is exactly the stream's last window for
-one partition. Which events a window holds depends on the order in which the two
-topics' batches were joined; the join counts do not (decisions use event times).
+Determinism. A verdict judges one partition's window, so it depends on that
+partition's two topics only, never on how far other partitions have been read; the
+window's events and the verdict points follow the canonical order, so the same data
+gives the same windows and verdicts whatever the interleaving of the two topics, the
+batch sizes, restarts and rebalances (``tests/model/test_quality_determinism.py``;
+event times in order within each topic partition). The cost: a verdict sees
+``window.events`` joined events of one partition, not of the stream, so with ``P``
+partitions a degradation takes about ``P`` times as many stream events to reach a
+window (size ``window.events`` by the partition rate). The budget is unchanged: the
+stream still has one verdict per ``step`` joined events. ``evaluate`` (on demand,
+``/status``, the replay report) judges the union of all partitions' windows with
+the joins still held; the quality gauges show the union of the windows as released,
+refreshed once per batch that brought a verdict. The judging replica judges other
+replicas' partitions from their checkpoints, once per ``step`` their windows passed
+since last judged (those verdicts follow the checkpoints' cadence). A partition
+whose prediction topic stops while one of its labels waits for its prediction holds
+its later joins (at most its pending predictions) until that label joins or becomes
+an orphan.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -84,7 +105,17 @@ from detectors.quality import (
     classification_quality,
     regression_quality,
 )
-from detectors.quality_drop import AccuracyDrop, AUCDrop, DropTest, MeanShift, delong_auc_variance
+from detectors.quality_drop import (
+    AccuracyDrop,
+    AUCDrop,
+    DropTest,
+    ECERise,
+    F1Drop,
+    MeanShift,
+    calibration_sums,
+    delong_auc_variance,
+)
+from detectors.quality_window import QualityWindow
 from monitor.checkpoints import BaselineCheckpoint, PlainStageState, StageState
 from monitor.config.model import ModelSpec, ReferenceSpec
 from monitor.config.schema import StreamSpec
@@ -114,8 +145,9 @@ _PART_MASK = LABEL_SLOT - 1
 _TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _UNVERSIONED = "unversioned"
 _TESTED = frozenset(
-    {"accuracy", "precision", "recall", "roc_auc", "log_loss", "mae", "rmse", "bias"}
+    {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece", "mae", "rmse", "bias"}
 )
+_Test = AccuracyDrop | AUCDrop | F1Drop | ECERise | MeanShift
 
 
 _RID = operator.attrgetter("rid")
@@ -159,90 +191,15 @@ class _Vocab:
         return codes
 
 
-@dataclasses.dataclass
-class _Ring:
-    """The last ``size`` rows of (score, class, label, value, prediction event time);
-    ``count`` rows ever added."""
-
-    size: int
-    score: npt.NDArray[np.float64]
-    klass: npt.NDArray[np.int64]
-    label: npt.NDArray[np.float64]
-    value: npt.NDArray[np.float64]
-    time: npt.NDArray[np.float64]
-    count: int = 0
-
-    @classmethod
-    def empty(cls, size: int) -> _Ring:
-        return cls(
-            size,
-            np.zeros(size),
-            np.zeros(size, np.int64),
-            np.zeros(size),
-            np.zeros(size),
-            np.zeros(size),
-        )
-
-    def add(
-        self,
-        score: npt.NDArray[np.float64],
-        klass: npt.NDArray[np.int64],
-        label: npt.NDArray[np.float64],
-        value: npt.NDArray[np.float64],
-        time: npt.NDArray[np.float64],
-    ) -> None:
-        n = score.size
-        if n == 0:
-            return
-        take = min(n, self.size)
-        idx = (self.count + (n - take) + np.arange(take)) % self.size
-        for ring, new in (
-            (self.score, score),
-            (self.klass, klass),
-            (self.label, label),
-            (self.value, value),
-            (self.time, time),
-        ):
-            ring[idx] = new[n - take :]
-        self.count += n
-
-    def rows(self) -> tuple[npt.NDArray[np.float64], ...]:
-        k = min(self.count, self.size)
-        return (
-            self.score[:k],
-            self.klass[:k].astype(np.float64),
-            self.label[:k],
-            self.value[:k],
-            self.time[:k],
-        )
-
-    def state(self) -> RingState:
-        return RingState(
-            self.score.copy(),
-            self.klass.copy(),
-            self.label.copy(),
-            self.value.copy(),
-            self.time.copy(),
-            self.count,
-        )
-
-    @classmethod
-    def from_state(cls, size: int, s: RingState) -> _Ring:
-        ring = cls.empty(size)
-        if s.score.size != size:
-            raise ValueError("checkpointed quality window does not match window.events")
-        ring.score[:] = s.score
-        ring.klass[:] = s.klass
-        ring.label[:] = s.label
-        ring.value[:] = s.value
-        ring.time[:] = s.time
-        ring.count = s.count
-        return ring
+# The quality window of one partition and version (deterministic order; see
+# detectors.quality_window); a slot's state holds its ``RingState`` per version.
+_Ring = QualityWindow
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RingState:
-    """A quality or estimate window's checkpoint: its ring arrays and rows ever added."""
+    """A quality or estimate window's checkpoint: its ring arrays, rows ever added and
+    the joins it still holds (``detectors.quality_window``; empty when none)."""
 
     score: npt.NDArray[np.float64]
     klass: npt.NDArray[np.int64]
@@ -250,9 +207,15 @@ class RingState:
     value: npt.NDArray[np.float64]
     time: npt.NDArray[np.float64]
     count: int
+    held: Mapping[str, npt.NDArray[np.float64]] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, window: QualityWindow) -> RingState:
+        """A copy of ``window``'s state (the window goes on changing)."""
+        return cls.from_plain(copy.deepcopy(window.state()))
 
     def to_plain(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "score": self.score,
             "klass": self.klass,
             "label": self.label,
@@ -260,9 +223,13 @@ class RingState:
             "time": self.time,
             "count": self.count,
         }
+        if self.held:
+            out["held"] = dict(self.held)
+        return out
 
     @classmethod
     def from_plain(cls, plain: Mapping[str, Any]) -> RingState:
+        held = plain.get("held") or {}
         return cls(
             np.asarray(plain["score"], np.float64),
             np.asarray(plain["klass"], np.int64),
@@ -270,6 +237,7 @@ class RingState:
             np.asarray(plain["value"], np.float64),
             np.asarray(plain["time"], np.float64),
             int(plain["count"]),
+            {str(k): np.asarray(v, np.float64) for k, v in held.items()},
         )
 
 
@@ -277,14 +245,14 @@ class RingState:
 class ModelPartState:
     """One partition number's model state (the same for its inference and label slots):
     the join table's arrays (``LabelJoin.state``), the next offset of both topics it
-    covers, the vocabularies its codes refer to, the windows per version, the judged
-    counts per (kind, version) and the deployed version.
+    covers, the vocabularies its codes refer to, the windows per version and the
+    deployed version.
 
     >>> st = ModelPartState({"keys": np.zeros(0, np.uint64)}, (-1, 1), ("0", "1"), ("v1",),
-    ...                     {}, {}, (("quality", "v1", 5),), "v1")
+    ...                     {}, {}, "v1")
     >>> back = ModelPartState.from_plain(st.to_plain())
-    >>> back.offsets, back.classes, back.judged, back.current
-    ((-1, 1), ('0', '1'), (('quality', 'v1', 5),), 'v1')
+    >>> back.offsets, back.classes, back.current
+    ((-1, 1), ('0', '1'), 'v1')
     """
 
     join: Mapping[str, npt.NDArray[Any]]
@@ -293,7 +261,6 @@ class ModelPartState:
     versions: tuple[str, ...]
     joined: Mapping[str, RingState]
     predicted: Mapping[str, RingState]
-    judged: tuple[tuple[str, str, int], ...]
     current: str | None
 
     def to_plain(self) -> dict[str, Any]:
@@ -304,7 +271,6 @@ class ModelPartState:
             "versions": list(self.versions),
             "joined": {v: r.to_plain() for v, r in self.joined.items()},
             "predicted": {v: r.to_plain() for v, r in self.predicted.items()},
-            "judged": [list(j) for j in self.judged],
             "current": self.current,
         }
 
@@ -319,7 +285,6 @@ class ModelPartState:
             tuple(str(v) for v in plain["versions"]),
             {str(v): RingState.from_plain(r) for v, r in plain["joined"].items()},
             {str(v): RingState.from_plain(r) for v, r in plain["predicted"].items()},
-            tuple((str(k), str(v), int(n)) for k, v, n in plain.get("judged", [])),
             current if isinstance(current, str) else None,
         )
 
@@ -370,7 +335,7 @@ class ModelReference:
     id: str
     n: int
     quality: ClassificationQuality | RegressionQuality
-    tests: dict[str, AccuracyDrop | AUCDrop | MeanShift]
+    tests: dict[str, _Test]
     cbpe: CBPE | None
 
 
@@ -436,7 +401,8 @@ class ModelStage:
         self._parts: dict[int, _Part] = {}
         self._owned: set[int] = set()
         self._remote: dict[int, _Part] = {}
-        self._judged: dict[tuple[str, str], int] = {}  # (kind, version) -> judged count
+        # (partition, kind, version) -> the count of a remote window last judged
+        self._remote_judged: dict[tuple[int, str, str], int] = {}
         self.last_estimate: dict[str, float] = {}
         self.findings_log: list[Finding] = []
         self._build_decoders()
@@ -602,7 +568,8 @@ class ModelStage:
         ok = np.ones(len(rows), np.bool_)
         for i, _, _ in failed:
             ok[i] = False
-        touched: set[str] = set()
+        findings: list[Finding] = []
+        estimated: set[str] = set()
         parts = partitions & _PART_MASK
         for p in np.unique(parts).tolist():
             part = self._part(int(p))
@@ -613,12 +580,23 @@ class ModelStage:
             if not sel.any():
                 continue
             chosen = list(map(rows.__getitem__, np.flatnonzero(sel).tolist()))
-            touched |= self._add_predictions(part, chosen, batch.event_time[sel])
-        return self._after(touched)
+            findings += self._add_predictions(
+                int(p), part, chosen, batch.event_time[sel], estimated
+            )
+            findings += self._release(int(p), part)
+        return self._after(findings, estimated)
 
     def _add_predictions(
-        self, part: _Part, rows: list[Any], times: npt.NDArray[np.float64]
-    ) -> set[str]:
+        self,
+        p: int,
+        part: _Part,
+        rows: list[Any],
+        times: npt.NDArray[np.float64],
+        estimated: set[str],
+    ) -> list[Finding]:
+        """Fold partition ``p``'s predictions in: joins are held (``_release`` judges
+        them), the estimate windows take the predictions in offset order and are
+        judged at every ``step``."""
         n = len(rows)
         keys = hash_ids(list(map(_RID, rows)))
         if "version" in self._has:
@@ -632,21 +610,38 @@ class ModelStage:
                 self._deployed(name)
         score, klass, value = self._predictions(rows)
         joined = part.join.add_predictions(keys, times, score, klass, value, version)
-        touched = self._add_joined(part, joined)
+        self._add_joined(part, joined)
+        findings: list[Finding] = []
         for code in np.unique(version).tolist():
             name = self.versions.names[code]
             sel = version == code
-            self._ring(part.predicted, name).add(
-                score[sel], klass[sel], np.zeros(int(sel.sum())), value[sel], times[sel]
-            )
-            touched.add(name)
+            ring = self._ring(part.predicted, name)
+            for _ in ring.push(
+                score[sel], klass[sel], np.zeros(int(sel.sum())), value[sel], times[sel], self.step
+            ):
+                if self.judge:
+                    findings += self._judge_estimate(name, [ring.rows()], p)
+                    estimated.add(name)
         part.join.expire()
-        return touched
+        return findings
+
+    def _release(self, p: int, part: _Part) -> list[Finding]:
+        """Release partition ``p``'s held joins below the join table's frontier into
+        its quality windows, judging each window at every ``step`` it reaches."""
+        frontier = part.join.settled_before()
+        findings: list[Finding] = []
+        for version, window in part.joined.items():
+            for _ in window.release(frontier, self.step):
+                if self.judge:
+                    findings += self._judge_quality(version, [window.rows()], p)
+        return findings
 
     def _predictions(
         self, rows: list[Any]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """Positive-class score, predicted class code and regression value per row."""
+        """Positive-class score, predicted class code and regression value per row; a
+        classifier with more than two class probabilities carries its confidence (the
+        top probability, what its CBPE estimate reads) in the value column."""
         n = len(rows)
         score = np.full(n, math.nan)
         if "score" in self._has:
@@ -667,7 +662,26 @@ class ModelStage:
         value = np.full(n, math.nan)
         if "value" in self._has:
             value = np.array(list(map(_VALUE, rows)), np.float64)
+        elif probs is not None and not self.prediction.binary and n:
+            top = np.max(np.where(np.isnan(probs), -np.inf, probs), axis=1)
+            value = np.where(np.isfinite(top), top, math.nan)
         return score, klass, value
+
+    def _cbpe_inputs(
+        self,
+        score: npt.NDArray[np.float64],
+        klass: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """What CBPE reads of predictions, rows without a score dropped: a binary
+        classifier's positive-class score and whether it said positive; a multiclass
+        one's confidence, every prediction "positive" (expected accuracy = mean of the
+        calibrated confidence)."""
+        if self.prediction.binary:
+            ok = np.isfinite(score)
+            return score[ok], klass[ok] == self.positive
+        ok = np.isfinite(value)
+        return value[ok], np.ones(int(ok.sum()), np.bool_)
 
     def _deployed(self, version: str, explicit: bool = False) -> None:
         """A version seen for the first time (or named by a deploy event): switch the
@@ -728,7 +742,7 @@ class ModelStage:
         ok = np.ones(len(rows), np.bool_)
         for r in rejects:
             ok[r.index] = False
-        touched: set[str] = set()
+        findings: list[Finding] = []
         parts = partitions & _PART_MASK
         for p in np.unique(parts).tolist():
             part = self._part(int(p))
@@ -745,9 +759,10 @@ class ModelStage:
                 label = self._label_codes(list(map(str, map(_VALUE, chosen))))
             else:
                 label = np.array(list(map(float, map(_VALUE, chosen))), np.float64)
-            touched |= self._add_joined(part, part.join.add_labels(keys, times, label))
+            self._add_joined(part, part.join.add_labels(keys, times, label))
             part.join.expire()
-        return self._after(touched), rejects
+            findings += self._release(int(p), part)
+        return self._after(findings, set()), rejects
 
     def _label_codes(self, values: list[str]) -> npt.NDArray[np.float64]:
         """Class codes of labels; without a class field, positive or not (-1)."""
@@ -756,22 +771,23 @@ class ModelStage:
             codes = np.where(codes == self.positive, self.positive, -1)
         return codes.astype(np.float64)
 
-    def _add_joined(self, part: _Part, joined: Joined) -> set[str]:
-        touched: set[str] = set()
+    def _add_joined(self, part: _Part, joined: Joined) -> None:
+        """Hold the joins in their version's window, keyed by the later event time."""
         if joined.n == 0:
-            return touched
+            return
+        key = np.fmax(joined.prediction_time, joined.label_time)
+        key[np.isnan(key)] = -np.inf  # no event time at all: released at once
         for code in np.unique(joined.version).tolist():
             sel = joined.version == code
             name = self.versions.names[code]
-            self._ring(part.joined, name).add(
+            self._ring(part.joined, name).hold(
                 joined.score[sel],
-                joined.klass[sel],
+                joined.klass[sel].astype(np.float64),
                 joined.label[sel],
                 joined.value[sel],
                 joined.prediction_time[sel],
+                key[sel],
             )
-            touched.add(name)
-        return touched
 
     # -- judging -------------------------------------------------------------------
     def _all_parts(self) -> list[_Part]:
@@ -779,33 +795,67 @@ class ModelStage:
             p for k, p in self._remote.items() if k not in self._parts
         ]
 
-    def _after(self, touched: set[str]) -> list[Finding]:
+    def _after(self, findings: list[Finding], estimated: set[str]) -> list[Finding]:
+        """Join metrics; verdicts on remote windows that passed a step since they were
+        last judged; the feature ranking of versions just estimated; the stream name."""
         self._record_join_metrics()
         if not self.judge:
             return []
-        findings: list[Finding] = []
-        parts = self._all_parts()
-        for version in sorted(touched):
-            for kind, attr in (("quality", "joined"), ("cbpe", "predicted")):
-                total = sum(
-                    getattr(p, attr)[version].count for p in parts if version in getattr(p, attr)
-                )
-                key = (kind, version)
-                last = self._judged.get(key, 0)
-                if total // self.step > last // self.step:
-                    self._judged[key] = total
-                    rings = [
-                        getattr(p, attr)[version] for p in parts if version in getattr(p, attr)
-                    ]
+        findings = list(findings)
+        for p, part in sorted(self._remote.items()):
+            if p in self._parts:
+                continue
+            for kind, windows in (("quality", part.joined), ("cbpe", part.predicted)):
+                for version, window in sorted(windows.items()):
+                    key = (p, kind, version)
+                    if window.count // self.step <= self._remote_judged.get(key, 0) // self.step:
+                        continue
+                    self._remote_judged[key] = window.count
                     if kind == "quality":
-                        findings.extend(self._judge_quality(version, rings))
+                        findings += self._judge_quality(version, [window.rows()], p)
                     else:
-                        findings.extend(self._judge_estimate(version, rings))
-                        if (ranking := self._feature_ranking(version)) is not None:
-                            findings.append(ranking)
+                        findings += self._judge_estimate(version, [window.rows()], p)
+                        estimated.add(version)
+        for version in sorted(estimated):
+            if (ranking := self._feature_ranking(version)) is not None:
+                findings.append(ranking)
+        self._record_gauges({f.subject.partition("@")[2].rpartition(":")[0] for f in findings
+                             if f.detector in ("quality", "cbpe")})  # fmt: skip
         out = [dataclasses.replace(f, stream=self.spec.name) for f in findings]
         self.findings_log.extend(out)
         return out
+
+    def _record_gauges(self, versions: set[str]) -> None:
+        """The quality gauges (realized, estimated) of these versions, over the union of
+        the partitions' windows as released (a verdict judges one partition's window;
+        the gauges show the stream's)."""
+        parts = self._all_parts()
+        for version in sorted(versions):
+            joined = [p.joined[version].rows() for p in parts if version in p.joined]
+            if joined:
+                score, klass, label, value, _ = (
+                    np.concatenate([c[i] for c in joined]) for i in range(5)
+                )
+                q: ClassificationQuality | RegressionQuality
+                if self.classification:
+                    q = classification_quality(
+                        label.astype(np.int64),
+                        klass.astype(np.int64),
+                        self.positive,
+                        score if self.prediction.has_score else None,
+                    )
+                else:
+                    q = regression_quality(label, value)
+                self._record_quality(version, q, "realized")
+            ref = self._reference(version)
+            predicted = [p.predicted[version].rows() for p in parts if version in p.predicted]
+            if ref is not None and ref.cbpe is not None and predicted:
+                score, klass, _, value, _ = (
+                    np.concatenate([c[i] for c in predicted]) for i in range(5)
+                )
+                est = ref.cbpe.estimate(*self._cbpe_inputs(score, klass.astype(np.int64), value))
+                self.last_estimate[version] = est.accuracy
+                self._set_gauge("model_quality", version, "accuracy", est.accuracy, "estimated")
 
     def _feature_ranking(self, version: str) -> Finding | None:
         """The model's input features ranked by drift (statistic / threshold, the
@@ -844,8 +894,14 @@ class ModelStage:
         versions = sorted({v for p in parts for v in (*p.joined, *p.predicted)})
         findings: list[Finding] = []
         for version in versions:
-            joined = [p.joined[version] for p in parts if version in p.joined]
-            predicted = [p.predicted[version] for p in parts if version in p.predicted]
+            # the union of the partitions' windows, with the joins still held
+            joined = [
+                c
+                for p in parts
+                if version in p.joined
+                for c in (p.joined[version].rows(), p.joined[version].held_rows())
+            ]
+            predicted = [p.predicted[version].rows() for p in parts if version in p.predicted]
             if joined:
                 findings.extend(self._judge_quality(version, joined))
             if predicted:
@@ -872,29 +928,43 @@ class ModelStage:
             details=(("value", t.value), ("reference", t.reference), *details),
         )
 
-    def _judge_quality(self, version: str, rings: list[_Ring]) -> list[Finding]:
-        cols = [r.rows() for r in rings]
+    def _judge_quality(
+        self, version: str, cols: list[tuple[npt.NDArray[np.float64], ...]], p: int | None = None
+    ) -> list[Finding]:
+        """Realized quality of the rows ``cols`` (of partition ``p``'s window, or of the
+        union of the partitions' windows when ``p`` is None) against the reference."""
         score, klass, label, value, times = (np.concatenate([c[i] for c in cols]) for i in range(5))
         n = int(score.size)
         window = _bounds(n, times)
         ref = self._reference(version)
         out: list[Finding] = []
+        # DeLong's AUC and variance once, for the gauge and the test
+        auc_test = ref.tests.get("roc_auc") if ref is not None else None
+        delong: tuple[float, float] | None = None
+        if isinstance(auc_test, AUCDrop) and "roc_auc" in self.quality.metrics:
+            delong = delong_auc_variance(label.astype(np.int64) == self.positive, score)
         if self.classification:
             truth = label.astype(np.int64)
             pred = klass.astype(np.int64)
+            has_auc = delong is not None and math.isfinite(delong[0])
             q: ClassificationQuality | RegressionQuality = classification_quality(
-                truth, pred, self.positive, score if self.prediction.has_score else None
+                truth,
+                pred,
+                self.positive,
+                score if self.prediction.has_score else None,
+                auc=delong[0] if delong is not None and has_auc else None,
             )
         else:
             q = regression_quality(label, value)
-        self._record_quality(version, q, "realized")
+        if p is None:
+            self._record_quality(version, q, "realized")
         if ref is None:
             return out
         positive = label.astype(np.int64) == self.positive
         said = klass.astype(np.int64) == self.positive
         estimate_error: tuple[tuple[str, float], ...] = ()
         if ref.cbpe is not None and self.classification and self.prediction.has_score and n:
-            est = ref.cbpe.estimate(score, said)
+            est = ref.cbpe.estimate(*self._cbpe_inputs(score, klass.astype(np.int64), value))
             err = est.accuracy - q.get("accuracy")
             estimate_error = (("estimate_error", err),)
             self._set_gauge("model_estimate_error", version, "accuracy", err)
@@ -912,7 +982,15 @@ class ModelStage:
                     k, m = int(np.count_nonzero(said & positive)), int(np.count_nonzero(positive))
                 t = test.test(k, m)
             elif isinstance(test, AUCDrop):
+                t = test.test_auc(*delong) if delong is not None else test.test(positive, score)
+            elif isinstance(test, ECERise):
                 t = test.test(positive, score)
+            elif isinstance(test, F1Drop):
+                t = test.test(
+                    int(np.count_nonzero(said & positive)),
+                    int(np.count_nonzero(said & ~positive)),
+                    int(np.count_nonzero(~said & positive)),
+                )
             else:
                 per = _per_event(metric, positive, score, label, value)
                 t = test.test(
@@ -920,28 +998,32 @@ class ModelStage:
                     float(per.var(ddof=1)) if per.size > 1 else math.nan,
                     per.size,
                 )
-            extra = estimate_error if metric == "accuracy" else ()
+            extra = (estimate_error if metric == "accuracy" else ()) + _partition(p)
             out.append(self._finding(version, metric, "quality", t, window, ref, extra))
         return out
 
-    def _judge_estimate(self, version: str, rings: list[_Ring]) -> list[Finding]:
+    def _judge_estimate(
+        self, version: str, cols: list[tuple[npt.NDArray[np.float64], ...]], p: int | None = None
+    ) -> list[Finding]:
         ref = self._reference(version)
         if ref is None or ref.cbpe is None or not self.quality.estimate.enabled:
             return []
-        cols = [r.rows() for r in rings]
         score = np.concatenate([c[0] for c in cols])
         klass = np.concatenate([c[1] for c in cols]).astype(np.int64)
+        value = np.concatenate([c[3] for c in cols])
         times = np.concatenate([c[4] for c in cols])
-        ok = np.isfinite(score)
-        est = ref.cbpe.estimate(score[ok], klass[ok] == self.positive)
-        self.last_estimate[version] = est.accuracy
-        self._set_gauge("model_quality", version, "accuracy", est.accuracy, "estimated")
+        ok = np.isfinite(score if self.prediction.binary else value)
+        est = ref.cbpe.estimate(*self._cbpe_inputs(score, klass, value))
+        if p is None:
+            self.last_estimate[version] = est.accuracy
+            self._set_gauge("model_quality", version, "accuracy", est.accuracy, "estimated")
         test = ref.tests.get("estimated_accuracy")
         if not isinstance(test, AccuracyDrop) or est.n == 0:
             return []
         t = test.test(round(est.accuracy * est.n), est.n)
         window = _bounds(est.n, times[ok])
-        return [self._finding(version, "accuracy", "cbpe", t, window, ref, (("estimate", 1.0),))]
+        extra = (("estimate", 1.0), *_partition(p))
+        return [self._finding(version, "accuracy", "cbpe", t, window, ref, extra)]
 
     # -- metrics -------------------------------------------------------------------
     def _set_gauge(
@@ -1023,7 +1105,13 @@ class ModelStage:
                 ),
                 rows=tuple(rows[:50]),
                 note="estimated: CBPE from calibrated scores, before labels arrive; "
-                "realized: from joined labels",
+                "realized: from joined labels"
+                + (
+                    ""
+                    if any(r.cbpe is not None for r in self.references.values())
+                    else " (no estimate for this model: CBPE needs a classifier with a score "
+                    "or class probabilities, and estimate.enabled)"
+                ),
             ),
             StatusSection(
                 title=f"{title}: label join", columns=("outcome", "count"), rows=tuple(join_rows)
@@ -1054,9 +1142,8 @@ class ModelStage:
             offsets=(first, second),
             classes=tuple(self.classes.names),
             versions=tuple(self.versions.names),
-            joined={v: r.state() for v, r in part.joined.items()},
-            predicted={v: r.state() for v, r in part.predicted.items()},
-            judged=tuple((k, v, n) for (k, v), n in sorted(self._judged.items())),
+            joined={v: RingState.of(r) for v, r in part.joined.items()},
+            predicted={v: RingState.of(r) for v, r in part.predicted.items()},
             current=self.current,
         )
 
@@ -1094,13 +1181,8 @@ class ModelStage:
             rings, ("joined", "predicted"), (state.joined, state.predicted), strict=True
         ):
             for v, s in saved.items():
-                ring = _Ring.from_state(self.window, s)
-                ok = ring.klass >= 0
-                ring.klass[ok] = class_map[ring.klass[ok]]
-                if self.classification and key == "joined":
-                    lab = ring.label[: min(ring.count, ring.size)]
-                    coded = lab >= 0
-                    lab[coded] = class_map[lab[coded].astype(np.int64)]
+                ring = _Ring.from_state(self.window, s.to_plain())
+                ring.remap_classes(class_map, self.classification and key == "joined")
                 out[v] = ring
         return _Part(join, list(state.offsets), rings[0], rings[1])
 
@@ -1142,9 +1224,6 @@ class ModelStage:
             )
             return
         self._reported[p] = self._parts[p].join._counts.copy()
-        for kind, version, n in state.judged:
-            key = (kind, version)
-            self._judged[key] = max(self._judged.get(key, 0), n)
         self._owned.add(slot)
 
     def drop_partition(self, slot: int) -> None:
@@ -1174,6 +1253,11 @@ class ModelStage:
                     slot,
                     exc,
                 )
+
+
+def _partition(p: int | None) -> tuple[tuple[str, float], ...]:
+    """The ``partition`` detail of a verdict on one partition's window."""
+    return () if p is None else (("partition", float(p)),)
 
 
 def _bounds(n: int, times: npt.NDArray[np.float64]) -> WindowBounds:
@@ -1222,7 +1306,7 @@ def build_reference(
     tested = [m for m in qs.metrics if m in _TESTED]
     budget = qs.false_alerts / max(len(tested), 1)
     common = {"false_alerts": budget, "per_events": qs.per_events, "step": qs.window.step}
-    tests: dict[str, AccuracyDrop | AUCDrop | MeanShift] = {}
+    tests: dict[str, _Test] = {}
     positive = label.astype(np.int64) == stage.positive
     said = klass == stage.positive
     if stage.classification:
@@ -1241,11 +1325,29 @@ def build_reference(
             auc, var = delong_auc_variance(positive, score)
             if math.isfinite(var):
                 tests["roc_auc"] = AUCDrop(auc, var, min_drop=qs.min_drop, **common)  # type: ignore[arg-type]
+        tp = int(np.count_nonzero(said & positive))
+        fp = int(np.count_nonzero(said & ~positive))
+        fn = int(np.count_nonzero(~said & positive))
+        if "f1" in tested and tp + fp + fn > 0:
+            tests["f1"] = F1Drop(tp, fp, fn, min_drop=qs.min_drop, **common)  # type: ignore[arg-type]
+        scored = np.isfinite(score)
+        if "ece" in tested and has_score and scored.any():
+            tests["ece"] = ECERise(
+                calibration_sums(positive[scored], score[scored]),
+                min_drop=qs.min_drop,
+                **common,  # type: ignore[arg-type]
+            )
         cbpe = None
         if has_score and qs.estimate.enabled and stage.prediction.binary:
             cbpe = CBPE(
                 score, positive, stage.prediction.threshold, qs.estimate.method, qs.estimate.bins
             )
+        elif has_score and qs.estimate.enabled and np.isfinite(value).sum() >= 2:
+            # multiclass: calibrate the confidence (top probability) on being right
+            ok = np.isfinite(value)
+            right = klass[ok] == label[ok].astype(np.int64)
+            cbpe = CBPE(value[ok], right, 0.0, qs.estimate.method, qs.estimate.bins)
+        if cbpe is not None:
             correct = int(np.count_nonzero(klass == label.astype(np.int64)))
             tests["estimated_accuracy"] = AccuracyDrop(
                 correct, n, min_drop=qs.min_drop, false_alerts=qs.false_alerts,

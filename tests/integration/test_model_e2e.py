@@ -66,7 +66,13 @@ def _snapshot(service: Service) -> dict[str, Any]:
 
 
 def _snapshot_stage(stage: ModelStage) -> dict[str, Any]:
-    rings = [r.rows() for p in stage._parts.values() for r in p.joined.values()]
+    # the windows' rows, with the joins still held (released at the next frontier)
+    rings = [
+        rows
+        for p in stage._parts.values()
+        for r in p.joined.values()
+        for rows in (r.rows(), r.held_rows())
+    ]
     pairs = np.concatenate([np.stack([c[0], c[2]], axis=1) for c in rings])
     values = {
         (f.detector, f.subject): round(dict(f.details)["value"], 12)
