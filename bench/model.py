@@ -109,7 +109,8 @@ def bench_stage(tmp: Path) -> list[tuple[str, str]]:
     from monitor.config.schema import parse_config
     from monitor.dev.model_synthetic import generate_model_events
     from monitor.metrics import Metrics
-    from monitor.pipeline.model import ModelStage, model_stages
+    from monitor.pipeline.model import ModelStage
+    from monitor.pipeline.stage import registered_stages
     from monitor.pipeline.stream import StreamPipeline
 
     n = 200_000
@@ -132,11 +133,12 @@ def bench_stage(tmp: Path) -> list[tuple[str, str]]:
         config = parse_config({"kafka": {"bootstrap.servers": "x:1"}, "streams": [stream]}, env={})
         pipeline = StreamPipeline(config.streams[0], Metrics(), "dlq")
         if mode != "no stage":
-            pipeline.stages.extend(model_stages(pipeline))
+            pipeline.stages.extend(registered_stages(pipeline))
         # 10^5 predictions ahead of their labels, then both topics in step
         for i in range(0, PENDING, BATCH):
             pipeline.process(raw("ml.loans.inference", ev.inference[i : i + BATCH], i))
         secs = {"inference": 0.0, "labels": 0.0}
+        cpu = {"inference": 0.0, "labels": 0.0}
         count = {"inference": 0, "labels": 0}
         for i in range(PENDING, n, BATCH):
             j = i - PENDING
@@ -146,16 +148,23 @@ def bench_stage(tmp: Path) -> list[tuple[str, str]]:
             ):
                 if mode == "no stage" and kind == "labels":
                     continue
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 pipeline.process(raw(topic, values, start))
                 secs[kind] += time.perf_counter() - t0
+                cpu[kind] += time.thread_time() - c0
                 count[kind] += len(values)
         per_inf = 1e6 * secs["inference"] / count["inference"]
+        cpu_inf = 1e6 * cpu["inference"] / count["inference"]
         if mode == "no stage":
             base["inference"] = per_inf
+            base["cpu"] = cpu_inf
             rows.append(("stage: decode + checks only, us per inference event", f"{per_inf:.2f}"))
+            rows.append(
+                ("stage: decode + checks only, CPU us per inference event", f"{cpu_inf:.2f}")
+            )
             continue
         per_lab = 1e6 * secs["labels"] / count["labels"]
+        cpu_lab = 1e6 * cpu["labels"] / count["labels"]
         stage = pipeline.stages[0]
         assert isinstance(stage, ModelStage)
         rows.append(
@@ -165,6 +174,15 @@ def bench_stage(tmp: Path) -> list[tuple[str, str]]:
             )
         )
         rows.append((f"stage ({mode}): us per label event (decode + join)", f"{per_lab:.2f}"))
+        rows.append(
+            (
+                f"stage ({mode}): CPU us per inference event over decode",
+                f"{cpu_inf - base['cpu']:.2f}",
+            )
+        )
+        rows.append(
+            (f"stage ({mode}): CPU us per label event (decode + join + verdicts)", f"{cpu_lab:.2f}")
+        )
         rows.append((f"stage ({mode}): joined", f"{stage.join_counts()['joined']:,}"))
     return rows
 

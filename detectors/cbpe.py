@@ -1,4 +1,4 @@
-"""Confidence-based performance estimation (CBPE) for a binary classifier, before labels.
+"""Confidence-based performance estimation (CBPE) for a classifier, before labels.
 
 If the positive-class probability ``q`` of each prediction were calibrated, the
 expected confusion matrix of a window would be known without labels: a positive
@@ -18,6 +18,13 @@ The sufficient statistics are additive (``window_sums``), so windows are rings o
 block sums and partitions merge by addition. The estimate's standard error for
 accuracy is ``sqrt(sum c (1 - c)) / n`` with ``c`` the probability that a
 prediction is correct (a sum of independent Bernoulli variables).
+
+A multiclass classifier is estimated top-label: its confidence (the top class
+probability) is calibrated on whether the prediction was right in the reference, and
+every prediction is passed as "positive" (``said_positive`` all true), so
+``E[TP] = sum q`` and the estimated accuracy is the mean calibrated confidence
+(precision, recall and F1 of that estimate mean nothing and are not used). Its
+assumption is that P(right | confidence) holds.
 
 Assumption (stated wherever the estimate is shown): the calibration learned on the
 reference still holds, i.e. the drift is covariate shift (P(y | x) unchanged). A
@@ -134,7 +141,12 @@ class CBPE:
         if reference_score.size < 2 or reference_score.size != reference_positive.size:
             raise ValueError("CBPE needs at least 2 reference scores, each with a label")
         if method == "isotonic":
-            self._x, self._y = isotonic_fit(reference_score, reference_positive)
+            x, y = isotonic_fit(reference_score, reference_positive)
+            # only the ends of each constant run matter to np.interp: fewer knots, the
+            # same values, a cheaper calibration per window
+            ends = np.ones(y.size, np.bool_)
+            ends[1:-1] = (y[1:-1] != y[:-2]) | (y[1:-1] != y[2:])
+            self._x, self._y = x[ends], y[ends]
         elif method == "histogram":
             edges = np.unique(np.quantile(reference_score, np.linspace(0, 1, n_bins + 1)))
             self._edges = edges[1:-1]

@@ -2,7 +2,10 @@
 
 For every field the fleet's robust center and scale are the median and
 1.4826 x MAD of the devices' recent EWMA means (devices past warm-up), computed by
-:func:`fleet_center` over every table of the stream at evaluation time. A device
+:func:`fleet_center` over every table of the stream at evaluation time: the tables
+this process holds and, with several replicas, the means of the devices of other
+replicas' partitions (:func:`state_means` of their checkpointed tables), so every
+replica judges against the same fleet. A device
 drifts from the fleet when, for any field, ``|mean - center| / scale > z`` (only
 while it is current: seen within ``stale`` typical gaps, so a silent device's
 frozen mean neither counts nor pages). A change of the whole fleet's environment
@@ -39,9 +42,12 @@ from scipy import stats
 
 from detectors.base import DetectorError
 from detectors.entity_base import AlarmBudget, EntityVerdict, FleetContext
-from detectors.entity_table import EntityTable
+from detectors.entity_table import EntityTable, EntityTableState
 
-__all__ = ["FleetDrift", "fleet_center", "fresh"]
+__all__ = ["FieldMeans", "FleetDrift", "fleet_center", "fresh", "state_means"]
+
+# Per field, the recent means that enter the fleet's statistic.
+FieldMeans = tuple[npt.NDArray[np.float64], ...]
 
 F8 = npt.NDArray[np.float64]
 
@@ -53,18 +59,45 @@ def fresh(table: EntityTable, now: float, stale: float = 3.0) -> npt.NDArray[np.
     return (table.code[:h] >= 0) & (age <= stale * table.gap[:h])
 
 
+def state_means(state: EntityTableState, warmup: int, stale: float = 3.0) -> FieldMeans:
+    """Per field, the recent means of a checkpointed table's devices that enter the
+    fleet's statistic (warmed up, seen within ``stale`` typical gaps of its watermark):
+    what :func:`fleet_center` takes of a table at its watermark.
+
+    >>> st = EntityTableState(("x",), ("a", "b"), {"recent": np.array([[1.0], [2.0]]),
+    ...     "nval": np.array([[9], [1]]), "last_time": np.array([10.0, 10.0]),
+    ...     "gap": np.array([1.0, 1.0])}, 10.0, 0, 0)
+    >>> [m.tolist() for m in state_means(st, warmup=5)]
+    [[1.0]]
+    """
+    a = state.arrays
+    if not len(state.ids):
+        return tuple(np.empty(0) for _ in state.fields)
+    age = state.watermark - np.asarray(a["last_time"], np.float64)
+    current = age <= stale * np.asarray(a["gap"], np.float64)
+    recent = np.asarray(a["recent"], np.float64)
+    nval = np.asarray(a["nval"])
+    return tuple(
+        recent[:, f][(nval[:, f] >= warmup) & current].copy() for f in range(len(state.fields))
+    )
+
+
 def fleet_center(
-    tables: Sequence[EntityTable], nows: Sequence[float] | None = None, stale: float = 3.0
+    tables: Sequence[EntityTable],
+    nows: Sequence[float] | None = None,
+    stale: float = 3.0,
+    remote: Sequence[FieldMeans] = (),
 ) -> tuple[F8, F8]:
     """Per field: median and 1.4826 x MAD of the warmed-up devices' recent means.
 
     With ``nows`` (each table's current time) only devices seen within ``stale``
     typical gaps count: a silent device's frozen mean is not the fleet's present.
+    ``remote``: the qualifying means of tables other processes hold (``state_means``).
     NaN where fewer than 3 devices qualify.
     """
-    if not tables:
+    if not tables and not remote:
         return np.empty(0), np.empty(0)
-    n_fields = len(tables[0].fields)
+    n_fields = len(tables[0].fields) if tables else len(remote[0])
     center = np.full(n_fields, np.nan)
     scale = np.full(n_fields, np.nan)
     current = [
@@ -77,6 +110,7 @@ def fleet_center(
             h = t.high_water
             ok = (t.nval[:h, f] >= t.params.warmup) & cur
             parts.append(t.recent[:h, f][ok])
+        parts.extend(r[f] for r in remote)
         means = np.concatenate(parts)
         if len(means) >= 3:
             c = float(np.median(means))

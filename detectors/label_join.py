@@ -319,6 +319,22 @@ class LabelJoin:
         """Table bytes per pending prediction the table can hold (at capacity)."""
         return self.nbytes / self.capacity
 
+    def settled_before(self) -> float:
+        """The event time below which no join can still complete (event times in order
+        within each topic): a future label joins at its own time, at least the label
+        watermark; a future prediction joins a held label at the later of the two
+        times, at least the prediction watermark and the oldest held label's time.
+
+        >>> join = LabelJoin(capacity=8, max_delay=100.0)
+        >>> _ = join.add_labels(hash_ids(["a", "b"]), np.array([5.0, 9.0]), np.zeros(2))
+        >>> _ = join.add_predictions(hash_ids(["a"]), np.array([3.0]), score=np.ones(1))
+        >>> join.settled_before()  # b's label waits for its prediction: a join at 9 or later
+        9.0
+        """
+        held = self._status == LABEL
+        oldest = float(self._time[held].min()) if held.any() else math.inf
+        return min(self.label_watermark, max(self.prediction_watermark, oldest))
+
     def counts(self) -> dict[str, int]:
         """Cumulative counters (see the module docstring)."""
         return dict(zip(COUNTERS, (int(c) for c in self._counts), strict=True))

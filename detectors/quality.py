@@ -149,11 +149,13 @@ def classification_quality(
     positive: int,
     score: npt.NDArray[np.float64] | None = None,
     n_bins: int = 10,
+    auc: float | None = None,
 ) -> ClassificationQuality:
     """Quality of class predictions ``y_pred`` (and positive-class ``score``) vs ``y_true``.
 
     Classes are int codes; ``positive`` is the code of the positive class. Without
-    ``score`` the score-based metrics (AUC, log loss, ECE) are ``nan``.
+    ``score`` the score-based metrics (AUC, log loss, ECE) are ``nan``; ``auc`` is the
+    ROC AUC of ``score`` when the caller has it already (DeLong's variance gives it).
     """
     n = int(y_true.size)
     if n == 0:
@@ -165,9 +167,11 @@ def classification_quality(
     fp = float(np.count_nonzero(~truth & said))
     fn = float(np.count_nonzero(truth & ~said))
     accuracy = float(np.count_nonzero(y_true == y_pred)) / n
-    auc = loss = ece = math.nan
-    if score is not None:
-        auc = roc_auc(truth, score)
+    loss = ece = math.nan
+    if score is None:
+        auc = math.nan
+    else:
+        auc = roc_auc(truth, score) if auc is None else auc
         loss = log_loss(truth, score)
         ece = expected_calibration_error(truth, score, n_bins)
     return ClassificationQuality(

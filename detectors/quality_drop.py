@@ -19,6 +19,25 @@ realised false-alert rate is below the budget).
 * :class:`AUCDrop`: DeLong's variance of the window's ROC AUC (DeLong, DeLong and
   Clarke-Pearson 1988, via midranks, O(n log n)) plus the reference's, and a
   one-sided z-test of the difference.
+* :class:`F1Drop`: the delta-method variance of F1 = 2TP / (2TP + FP + FN) under
+  multinomial sampling of the window's events, ``4 TP (FP + FN)(TP + FP + FN) /
+  (2TP + FP + FN)^4`` (``f1_variance``; TN does not enter), plus the reference's,
+  and a one-sided z-test of the drop.
+* :class:`ECERise`: has the expected calibration error grown beyond what the
+  reference's calibration explains? Under the null the window's positives in each
+  score bin ``b`` are binomial with the reference's positive rate ``r_b`` of that
+  bin, so ``X_b = hits_b - mass_b`` is about normal with mean
+  ``mu_b = count_b r_b - mass_b`` and variance ``s_b^2 = count_b r_b (1 - r_b)``
+  (plus the reference rate's own, ``count_b^2 r_b (1 - r_b) / n0_b``), and
+  ``n ECE = sum |X_b|`` is a sum of independent folded normals, whose mean and
+  variance are exact (``E|X| = s sqrt(2/pi) exp(-mu^2 / 2 s^2) + mu (1 - 2 Phi(-mu/s))``,
+  ``E X^2 = mu^2 + s^2``). The test fires above the ``1 - alpha`` quantile of the
+  gamma distribution with that mean and variance (a right-skewed sum; a moment
+  approximation, not a bound: measured conservative, about 2% false alarms at
+  alpha 5% and 0.3% at 1%, ``tests/model/test_quality_alarms.py``). It conditions on the
+  window's scores, so a covariate shift alone does not fire it (the reference's
+  calibration still holds); the rise over the reference's own ECE must also reach
+  ``min_drop``.
 
 >>> drop = AccuracyDrop(reference_correct=9000, reference_n=10000,
 ...                     false_alerts=1.0, per_events=1_000_000, step=500)
@@ -35,9 +54,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import binomtest, norm, rankdata
+from scipy.stats import binomtest, gamma, norm, rankdata
 
-__all__ = ["AUCDrop", "AccuracyDrop", "DropTest", "MeanShift", "delong_auc_variance"]
+__all__ = [
+    "AUCDrop",
+    "AccuracyDrop",
+    "DropTest",
+    "ECERise",
+    "F1Drop",
+    "MeanShift",
+    "calibration_sums",
+    "delong_auc_variance",
+    "f1_variance",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +193,10 @@ class AUCDrop:
 
     def test(self, positive: npt.NDArray[np.bool_], score: npt.NDArray[np.float64]) -> DropTest:
         """Is the AUC of ``score`` on this window significantly below the reference?"""
-        auc, var = delong_auc_variance(positive, score)
+        return self.test_auc(*delong_auc_variance(positive, score))
+
+    def test_auc(self, auc: float, var: float) -> DropTest:
+        """Judge a window's AUC and its DeLong variance (``delong_auc_variance``)."""
         if not math.isfinite(var):
             return DropTest(auc, self.reference_auc, math.nan, math.nan, 1.0, False)
         se = math.sqrt(var + self.reference_variance)
@@ -230,3 +262,147 @@ class MeanShift:
         threshold = max(self.min_change, self._z * se)
         drift = p_value < self.alpha and stat >= self.min_change
         return DropTest(mean, self.reference_mean, stat, threshold, min(p_value, 1.0), drift)
+
+
+def f1_variance(tp: float, fp: float, fn: float) -> tuple[float, float]:
+    """F1 of these counts and its delta-method variance (``nan`` without any of them).
+
+    >>> f1, var = f1_variance(80, 20, 20)
+    >>> f1, round(var, 8)
+    (0.8, 0.00096)
+    """
+    den = 2 * tp + fp + fn
+    if den <= 0:
+        return math.nan, math.nan
+    return 2 * tp / den, 4 * tp * (fp + fn) * (tp + fp + fn) / den**4
+
+
+class F1Drop:
+    """One-sided test of a window's F1 against the reference's (see the module docstring).
+
+    >>> t = F1Drop(8000, 2000, 2000, step=500)
+    >>> t.test(720, 280, 280).drift, t.test(790, 210, 210).drift
+    (True, False)
+    """
+
+    def __init__(
+        self,
+        reference_tp: int,
+        reference_fp: int,
+        reference_fn: int,
+        false_alerts: float = 1.0,
+        per_events: int = 1_000_000,
+        step: int = 500,
+        min_drop: float = 0.0,
+    ) -> None:
+        f1, var = f1_variance(reference_tp, reference_fp, reference_fn)
+        if not math.isfinite(f1):
+            raise ValueError("the reference has no positive label or prediction: no F1")
+        self.reference_f1 = f1
+        self.reference_variance = var
+        self.false_alerts = false_alerts
+        self.per_events = per_events
+        self.step = step
+        self.min_drop = min_drop
+        self.alpha = _alpha(false_alerts, per_events, step)
+        self._z = float(norm.isf(self.alpha))
+
+    def test(self, tp: int, fp: int, fn: int) -> DropTest:
+        """Is the F1 of these window counts significantly below the reference's?"""
+        f1, var = f1_variance(tp, fp, fn)
+        if not math.isfinite(f1):
+            return DropTest(f1, self.reference_f1, math.nan, math.nan, 1.0, False)
+        se = math.sqrt(var + self.reference_variance)
+        drop = self.reference_f1 - f1
+        p_value = float(norm.sf(drop / se)) if se > 0 else (0.0 if drop > 0 else 1.0)
+        threshold = max(self.min_drop, self._z * se)
+        drift = p_value < self.alpha and drop >= self.min_drop
+        return DropTest(f1, self.reference_f1, drop, threshold, p_value, drift)
+
+
+def calibration_sums(
+    positive: npt.NDArray[np.bool_], score: npt.NDArray[np.float64], n_bins: int = 10
+) -> npt.NDArray[np.float64]:
+    """Per equal-width score bin: events, positives and summed scores (rows of a
+    ``(3, n_bins)`` array; the bins of ``detectors.quality.expected_calibration_error``).
+
+    >>> calibration_sums(np.array([True, False]), np.array([0.95, 0.05]), 2).tolist()
+    [[1.0, 1.0], [0.0, 1.0], [0.05, 0.95]]
+    """
+    bins = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], score)
+    return np.stack(
+        [
+            np.bincount(bins, minlength=n_bins).astype(np.float64),
+            np.bincount(bins, weights=positive.astype(np.float64), minlength=n_bins),
+            np.bincount(bins, weights=score, minlength=n_bins),
+        ]
+    )
+
+
+class ECERise:
+    """Has a window's expected calibration error grown beyond the reference's
+    calibration (see the module docstring)? ``reference_sums`` are the reference's
+    ``calibration_sums``.
+
+    >>> rng = np.random.default_rng(1)
+    >>> q = rng.uniform(0, 1, 50_000)
+    >>> t = ECERise(calibration_sums(rng.uniform(0, 1, q.size) < q, q), step=500)
+    >>> w = rng.uniform(0, 1, 5_000)
+    >>> t.test(rng.uniform(0, 1, w.size) < w, w).drift  # calibrated as the reference
+    False
+    >>> t.test(rng.uniform(0, 1, w.size) < w * 0.7, w).drift  # over-confident now
+    True
+    """
+
+    def __init__(
+        self,
+        reference_sums: npt.NDArray[np.float64],
+        false_alerts: float = 1.0,
+        per_events: int = 1_000_000,
+        step: int = 500,
+        min_drop: float = 0.0,
+    ) -> None:
+        count, hits, mass = (np.asarray(r, np.float64) for r in reference_sums)
+        if count.sum() <= 0:
+            raise ValueError("the reference has no scored events: no ECE")
+        self.n_bins = int(count.size)
+        self.reference_ece = float(np.abs(hits - mass).sum() / count.sum())
+        # the reference's positive rate per bin (a half event added each way keeps
+        # empty and pure bins away from 0 and 1); its count for the rate's variance
+        self._rate = (hits + 0.5) / (count + 1.0)
+        self._ref_count = count + 1.0
+        self.false_alerts = false_alerts
+        self.per_events = per_events
+        self.step = step
+        self.min_drop = min_drop
+        self.alpha = _alpha(false_alerts, per_events, step)
+
+    def test(self, positive: npt.NDArray[np.bool_], score: npt.NDArray[np.float64]) -> DropTest:
+        """Judge a window of labels (``positive``) and positive-class scores."""
+        ok = np.isfinite(score)
+        return self.test_sums(calibration_sums(positive[ok], score[ok], self.n_bins))
+
+    def test_sums(self, sums: npt.NDArray[np.float64]) -> DropTest:
+        """Judge a window from its ``calibration_sums``."""
+        count, hits, mass = (np.asarray(r, np.float64) for r in sums)
+        n = float(count.sum())
+        if n <= 0:
+            return DropTest(math.nan, self.reference_ece, math.nan, math.nan, 1.0, False)
+        ece = float(np.abs(hits - mass).sum() / n)
+        used = count > 0
+        r, c = self._rate[used], count[used]
+        var = c * r * (1 - r) + c**2 * r * (1 - r) / self._ref_count[used]
+        sd = np.sqrt(var)
+        mu = c * r - mass[used]
+        folded = sd * math.sqrt(2 / math.pi) * np.exp(-(mu**2) / (2 * var)) + mu * (
+            1 - 2 * norm.cdf(-mu / sd)
+        )
+        mean = float(folded.sum())
+        spread = float((mu**2 + var - folded**2).sum())
+        shape, scale = mean * mean / spread, spread / mean
+        bound = float(gamma.isf(self.alpha, shape, scale=scale)) / n
+        p_value = float(gamma.sf(ece * n, shape, scale=scale))
+        rise = ece - self.reference_ece
+        threshold = max(self.min_drop, bound - self.reference_ece)
+        drift = p_value < self.alpha and rise >= self.min_drop
+        return DropTest(ece, self.reference_ece, rise, threshold, p_value, drift)

@@ -160,6 +160,7 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("driftwarden_dead_letters_truncated", "driftwarden-data-quality"),
     ("driftwarden_limit_hits", "driftwarden-data-quality"),
     ("driftwarden_produce_failures", "driftwarden-service-health"),
+    ("driftwarden_stage_errors", "driftwarden-service-health"),
     ("driftwarden_quality_", "driftwarden-data-quality"),
     ("driftwarden_decode_fallback", "driftwarden-service-health"),
     ("driftwarden_rebalance", "driftwarden-service-health"),
@@ -661,6 +662,25 @@ MODELS = DashboardSpec(
     variables=("stream", "model"),
     rows=(
         RowSpec(
+            "Prediction and input drift",
+            (
+                _ts(
+                    "Drift of the model streams' fields (statistic / threshold)",
+                    Query(
+                        f"max by (stream, field) (driftwarden_drift_statistic{{{S}}} "
+                        f"/ driftwarden_drift_threshold{{{S}}}) and on (stream) "
+                        "group by (stream) "
+                        '(driftwarden_model_pending_predictions{model=~"$model"})',
+                        "{{stream}} {{field}}",
+                    ),
+                    desc="The prediction fields (score, class) and the input features of "
+                    "streams that feed a model, each by its strongest detector: 1 is the "
+                    "threshold.",
+                    w=24,
+                ),
+            ),
+        ),
+        RowSpec(
             "Retraining",
             (
                 _ts(
@@ -830,6 +850,16 @@ ALERT_RULES: tuple[AlertRule, ...] = (
         "The broker refuses records for {{ $labels.topic }}",
         "Dead letters or alerts are refused and retried; the batch's offsets are not "
         "committed until they are taken, so consumption stands still.",
+    ),
+    AlertRule(
+        "DriftwardenStageFailing",
+        "sum by (instance, stream, stage) (increase(driftwarden_stage_errors_total[15m])) > 0",
+        "0m",
+        "warning",
+        "Stage {{ $labels.stage }} of stream {{ $labels.stream }} fails on some batches",
+        "The stream goes on; the failed batches' events are in the dead-letter topic as "
+        "stage_error (replay them once the fault is fixed). The service log has the "
+        "traceback.",
     ),
     AlertRule(
         "DriftwardenDown",

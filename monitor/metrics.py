@@ -74,6 +74,13 @@ class Metrics:
             ["topic", "reason"],
             registry=r,
         )
+        self.stage_errors = Counter(
+            "driftwarden_stage_errors",
+            "Batches a stage failed on (its events are dead-lettered as stage_error; the "
+            "stream goes on)",
+            ["stream", "stage"],
+            registry=r,
+        )
         self.field_nulls = Counter(
             "driftwarden_field_nulls",
             "Accepted events whose field was null or missing",

@@ -62,10 +62,8 @@ PINNED: dict[str, list[str]] = {
     "monitor.pipeline.stream": [
         "BatchInput",
         "BatchResult",
-        "RawAwareStage",
         "StreamPipeline",
         "account_batch",
-        "as_stage",
         "build_pipelines",
         "dead_letter",
         "output_topics",
@@ -77,9 +75,13 @@ PINNED: dict[str, list[str]] = {
     "monitor.runtime.runner": ["BatchSource", "FindingsHandler", "RunStats", "Runner"],
     "monitor.pipeline.stage": [
         "STAGES",
-        "LegacyStage",
+        "Coordinates",
+        "Linked",
+        "ReferenceSource",
+        "SideTopics",
         "SlotArray",
         "Stage",
+        "StageContext",
         "StageFactory",
         "Ticking",
         "registered_stages",
@@ -105,6 +107,15 @@ PINNED: dict[str, list[str]] = {
     ],
     "monitor.runtime.service": ["Service"],
     "monitor.pipeline.drift_state": ["DriftState", "as_drift_state"],
+    "monitor.pipeline.fleet": ["DeviceEvidence", "FleetStage", "FleetState", "FleetStatus"],
+    "monitor.pipeline.model": [
+        "DeployState",
+        "ModelPartState",
+        "ModelReference",
+        "ModelStage",
+        "RingState",
+        "decode_model_state",
+    ],
 }
 
 

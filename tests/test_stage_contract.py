@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
+from connectors.kafka import RawBatch
 from detectors.base import BinnedDetector, ChangeDetector
 from detectors.baseline import QualityBaseline, build_categorical, build_numeric
 from detectors.registry import create, names
 from monitor.checkpoints import PartitionState, PlainStageState
-from monitor.config.schema import parse_config
+from monitor.config.schema import Config, parse_config
+from monitor.dev.model_synthetic import MODEL_STREAM, generate_model_events, reference_rows
 from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
 from monitor.errors import ConfigError
+from monitor.metrics import Metrics
 from monitor.pipeline.decode import StreamDecoder
 from monitor.pipeline.drift import DriftStage
-from monitor.pipeline.stage import STAGES, LegacyStage, Stage, stage_class, stages_for
+from monitor.pipeline.drift_state import DriftState
+from monitor.pipeline.fleet import FleetStage, FleetState
+from monitor.pipeline.model import DEPLOY_SLOT, DeployState, ModelPartState, ModelStage
+from monitor.pipeline.stage import STAGES, Stage, stage_class, stages_for
+from monitor.pipeline.stream import build_pipelines
+from monitor.runtime.state import decode_state, encode_state
 
 
 def _spec() -> object:
@@ -65,38 +75,82 @@ def test_drift_state_round_trips_through_its_plain_form() -> None:
     assert PartitionState.from_plain(plain).stages[0] == PlainStageState(state.to_plain())
 
 
-class _Old:
-    """A stage written to the earlier, untyped contract."""
-
-    aggregating = True
-
-    def __init__(self) -> None:
-        self.saved: dict[int, dict[str, int]] = {}
-
-    def update(self, batch: object, partitions: object) -> list[object]:
-        return []
-
-    def partition_state(self, slot: int) -> dict[str, int] | None:
-        return self.saved.get(slot)
-
-    def restore_partition(self, slot: int, state: dict[str, int]) -> None:
-        self.saved[slot] = state
-
-    def drop_partition(self, slot: int) -> None:
-        self.saved.pop(slot, None)
-
-    def set_remote(self, states: dict[int, dict[str, int]]) -> None:
-        self.remote = states
+def _model_fleet_config(tmp_path: Path) -> Config:
+    ref = tmp_path / "ref.jsonl"
+    ref.write_bytes(b"\n".join(reference_rows(3000, seed=5)) + b"\n")
+    stream = copy.deepcopy(MODEL_STREAM) | {
+        "entity": "request_id",
+        "fleet": {"max_future": "1000d"},
+    }
+    stream["model"]["reference"] = {"file": str(ref)}
+    return parse_config(
+        {"kafka": {"bootstrap.servers": "127.0.0.1:1"}, "streams": [stream]}, env={}
+    )
 
 
-def test_a_stage_of_the_earlier_contract_runs_through_the_adapter() -> None:
-    old = _Old()
-    stage = LegacyStage(old, "old")
-    assert isinstance(stage, Stage)
-    stage.judge = False
-    assert old.aggregating is False
-    stage.restore_partition(3, stage.decode_state({"n": 1}))
-    assert stage.partition_state(3) == PlainStageState({"n": 1})
-    stage.set_remote({4: PlainStageState({"n": 2})})
-    assert old.remote == {4: {"n": 2}}
-    assert stage.evaluate() == [] and stage.baseline_checkpoint() is None
+def _raw(topic: str, values: list[bytes], start: int) -> RawBatch:
+    n = len(values)
+    return RawBatch(
+        topic, values, np.zeros(n, np.int32), np.arange(start, start + n), [None] * n, [-1] * n
+    )
+
+
+def test_the_registry_builds_model_drift_and_fleet_in_order(tmp_path: Path) -> None:
+    config = _model_fleet_config(tmp_path)
+    spec = config.streams[0]
+    stages = stages_for(spec, StreamDecoder(spec))
+    assert [s.name for s in stages] == list(STAGES) == ["model", "drift", "fleet"]
+    model, drift, fleet = stages
+    assert isinstance(model, ModelStage) and isinstance(drift, DriftStage)
+    assert isinstance(fleet, FleetStage) and all(isinstance(s, Stage) for s in stages)
+    # the drift baseline is the model's reference file, linked for deployments
+    assert model.drift is drift and drift.baseline is not None
+    assert drift.baseline.id == model.references["*"].id
+    assert drift.baseline_checkpoint() is None  # rebuilt from the file at every start
+
+
+def test_typed_states_of_every_stage_round_trip_and_restore_exactly(tmp_path: Path) -> None:
+    config = _model_fleet_config(tmp_path)
+    events = generate_model_events(3000, seed=4)
+    pipeline = build_pipelines(config, Metrics(CollectorRegistry()))["ml.loans.inference"]
+    pipeline.process(_raw("ml.loans.inference", events.inference[:2000], 0))
+    pipeline.process(_raw("ml.loans.labels", events.labels[:1000], 0))
+    model, _, fleet = pipeline.stages
+    assert isinstance(fleet, FleetStage) and fleet.tracked == 2000
+    assert isinstance(model, ModelStage) and model.join_counts()["joined"] > 0
+    state = pipeline.partition_state("ml.loans.inference", 0)
+    assert [type(s) for s in state.stages] == [ModelPartState, DriftState, FleetState]
+    plain = decode_state(encode_state(state.to_plain()))
+    back = PartitionState.from_plain(plain, pipeline.state_decoders)
+    assert [type(s) for s in back.stages] == [ModelPartState, DriftState, FleetState]
+    deploy = model.partition_state(DEPLOY_SLOT)
+    assert isinstance(deploy, DeployState)
+    assert isinstance(model.decode_state(deploy.to_plain()), DeployState)
+
+    restarted = build_pipelines(config, Metrics(CollectorRegistry()))["ml.loans.inference"]
+    restarted.restore_partition("ml.loans.inference", 0, back)
+    again = restarted.partition_state("ml.loans.inference", 0)
+    assert encode_state(again.to_plain()) == encode_state(state.to_plain())
+    # both continue alike
+    for p in (pipeline, restarted):
+        p.process(_raw("ml.loans.inference", events.inference[2000:], 2000))
+        p.process(_raw("ml.loans.labels", events.labels[1000:], 1000))
+    one, two = (p.partition_state("ml.loans.inference", 0) for p in (pipeline, restarted))
+    assert encode_state(one.to_plain()) == encode_state(two.to_plain())
+
+
+def test_a_checkpoint_of_another_stage_layout_does_not_crash_a_restore(tmp_path: Path) -> None:
+    """A stream that gained a model and a fleet section: the old checkpoint's drift state
+    sits where the model's is now; every stage restores what fits and starts the rest."""
+    config = _model_fleet_config(tmp_path)
+    pipeline = build_pipelines(config, Metrics(CollectorRegistry()))["ml.loans.inference"]
+    old = PartitionState(5, (PlainStageState({"binned": {}, "raw": {}}), None, None))
+    plain = decode_state(encode_state(old.to_plain()))
+    typed = PartitionState.from_plain(plain, pipeline.state_decoders)
+    assert isinstance(typed.stages[0], PlainStageState)
+    pipeline.restore_partition("ml.loans.inference", 0, typed)
+    fleet_plain = {"version": 99, "table": {}}
+    (_, _, fleet) = pipeline.stages
+    assert isinstance(fleet.decode_state(fleet_plain), PlainStageState)
+    fleet.restore_partition(0, fleet.decode_state(fleet_plain))
+    assert pipeline.partition_state("ml.loans.inference", 0).events == 5

@@ -28,10 +28,11 @@ start firing in the same call, they share one alert (subject ``"*"``) whose evid
 lists the top subjects by statistic. A subject of that stream and detector that
 starts drifting while the group fires joins it and is announced: an *update* (the
 same id, status ``firing``, ``revision`` one higher, ``added_subjects`` listing the
-newcomers, ``subjects`` all members), so no subject is hidden behind the group
-(groups of devices, ``kind="entity"``, take their devices in without an update: a
-fleet event would otherwise page once per device). The group resolves when its last
-member resolves.
+newcomers, ``subjects`` all members), so no subject is hidden behind the group.
+Groups of devices (``kind="entity"``) follow the same rule: the devices of one
+evaluation that join an open group make one update (its ``added_subjects`` bounded
+by ``MAX_LISTED_ENTITIES``, its summary giving their count), never one per device.
+The group resolves when its last member resolves.
 
 Evidence locates the drift: the window of the strongest finding (per partition the
 first and last offsets and event times), the reference id, statistic, threshold and
@@ -539,8 +540,8 @@ class AlertEngine:
             added = sorted(f.subject for f in group if f.subject not in open_group.open_members)
             for f in group:
                 self._join(open_group, f)
-            if not added or open_group.kind == "entity":
-                return []  # device groups list their devices without paging per device
+            if not added:
+                return []
             open_group.revision += 1
             return [self._alert(open_group, "firing", now, None, tuple(added))]
         if len(group) < cfg.grouping.min_subjects:
@@ -613,6 +614,7 @@ class AlertEngine:
         summary = _summary(incident, status, subjects, evidence, added)
         if incident.kind == "entity":
             subjects = subjects[:MAX_LISTED_ENTITIES]
+            added = added[:MAX_LISTED_ENTITIES]
         return Alert(
             id=incident.id,
             status=status,
@@ -838,7 +840,7 @@ def _summary(
     added: tuple[str, ...] = (),
 ) -> str:
     if incident.kind == "entity":
-        return _entity_summary(incident, status, subjects, ev)
+        return _entity_summary(incident, status, subjects, ev, added)
     what = (
         f"{len(subjects)} subjects of {incident.stream}"
         if incident.subject == GROUP_SUBJECT
@@ -863,9 +865,14 @@ def _summary(
 
 
 def _entity_summary(
-    incident: _Incident, status: Status, subjects: tuple[str, ...], ev: Evidence
+    incident: _Incident,
+    status: Status,
+    subjects: tuple[str, ...],
+    ev: Evidence,
+    added: tuple[str, ...] = (),
 ) -> str:
-    """``silent: 500 devices of sensors (first 100 listed); top: ...``"""
+    """``silent on 500 devices of sensors (first 100 listed): ...; worst: ...``; an
+    update names how many devices joined (``40 joined: dev-1, dev-2, ...``)."""
     if incident.subject == GROUP_SUBJECT:
         what = f"{len(subjects)} devices of {incident.stream}"
         if len(subjects) > MAX_LISTED_ENTITIES:
@@ -874,8 +881,11 @@ def _entity_summary(
         what = f"device {incident.subject} of {incident.stream}"
     if status == "resolved":
         return f"{incident.detector} on {what} resolved"
-    head = f"{incident.detector} on {what}: score {_fmt(ev.statistic)}"
-    head += f" (threshold {_fmt(ev.threshold)})"
+    head = f"{incident.detector} on {what}: "
+    if added:
+        shown = ", ".join(added[:10]) + (", ..." if len(added) > 10 else "")
+        head += f"{len(added)} joined: {shown}; first: "
+    head += f"score {_fmt(ev.statistic)} (threshold {_fmt(ev.threshold)})"
     if incident.subject == GROUP_SUBJECT:
         head += "; worst: " + ", ".join(s.subject for s in ev.top_subjects)
     return head

@@ -223,6 +223,12 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--report", type=Path, default=None, help="write an HTML report here")
     rp.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     rp.add_argument("--chunk", type=int, default=None, help="events per batch (default: step)")
+    rp.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="label events of a model stream (JSONL/CSV/Parquet), merged by event time",
+    )
     rp.set_defaults(func=_cmd_replay)
 
     t = sub.add_parser("tail", help="read a dead-letter, alerts or retrain topic, readably")

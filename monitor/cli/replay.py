@@ -21,7 +21,14 @@ def replay_command(args: argparse.Namespace) -> int:
     def progress(events: int, seconds: float) -> None:
         line.update(f"replayed {events:,} events ({events / max(seconds, 1e-9):,.0f}/s)")
 
-    report = replay(config, args.file, stream=args.stream, chunk=args.chunk, on_progress=progress)
+    report = replay(
+        config,
+        args.file,
+        stream=args.stream,
+        chunk=args.chunk,
+        on_progress=progress,
+        labels=args.labels,
+    )
     line.close(f"replayed {report.events:,} events in {report.seconds:.1f} s")
     write_report(report, args.report, args.json)
     fired = [a for a in report.alerts if a.status == "firing"]
@@ -32,6 +39,22 @@ def replay_command(args: argparse.Namespace) -> int:
     )
     for a in fired:
         print(f"  at event {a.position:,}: [{a.severity}] {a.summary}")
+    if report.fleet is not None:
+        flagged = ", ".join(f"{c} {n:,}" for c, n in report.fleet.devices if n) or "none"
+        print(f"  devices flagged per condition: {flagged}")
+    if report.model is not None:
+        m = report.model
+        joined = dict(m.join_counts).get("joined", 0)
+        print(
+            f"  model {m.model}: {m.labels_read:,} labels read, {joined:,} joined, "
+            f"{len(m.retrain)} retrain request(s)"
+        )
+        for q in m.quality:
+            if q.source != "estimate_error" and q.first_drop is not None:
+                print(
+                    f"  {q.source} {q.metric} of version {q.version} dropped at event "
+                    f"{q.first_drop:,}"
+                )
     for target in (args.report, args.json):
         if target is not None:
             print(f"wrote {target}")

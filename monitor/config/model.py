@@ -172,7 +172,8 @@ class PredictionSpec(_Model):
 
     @property
     def binary(self) -> bool:
-        """Two classes known (CBPE estimates binary classifiers only)."""
+        """Two classes known (CBPE then estimates from the positive-class score; with more
+        classes, from the confidence: expected accuracy only)."""
         return len(self.probabilities) in (0, 2)
 
     @property
@@ -225,12 +226,16 @@ class QualityWindowSpec(_Model):
     events: int = Field(
         default=5_000,
         gt=0,
-        description="Joined events (predictions, for the estimate) per window and partition.",
+        description=(
+            "Joined events (predictions, for the estimate) per window; a window is one partition's."
+        ),
     )
     step: int = Field(
         default=500,
         gt=0,
-        description="A verdict every `step` joined events (a multiple of it makes `events`).",
+        description=(
+            "A verdict every `step` joined events of a partition (a multiple of it makes `events`)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -243,11 +248,14 @@ class QualityWindowSpec(_Model):
 
 
 class EstimateSpec(_Model):
-    """Confidence-based performance estimation before labels (binary classifiers)."""
+    """Confidence-based performance estimation before labels (classifiers with a score)."""
 
     enabled: bool = Field(
         default=True,
-        description="Estimate quality before labels (CBPE; binary classifiers with a score).",
+        description=(
+            "Estimate accuracy before labels (CBPE; classifiers with a score or probabilities: "
+            "multiclass ones from their calibrated top probability)."
+        ),
     )
     method: Literal["isotonic", "histogram"] = Field(
         default="isotonic", description="Calibration of the scores on the reference."
@@ -266,8 +274,8 @@ class QualitySpec(_Model):
     metrics: tuple[QualityMetric, ...] = Field(
         default=("accuracy", "roc_auc"),
         description=(
-            "Quality metrics watched; accuracy, precision, recall, roc_auc, log_loss, mae, rmse "
-            "and bias are tested against the reference, f1 and ece reported."
+            "Quality metrics watched, each tested against the reference (f1: delta-method "
+            "interval; ece: against the reference's calibration curve)."
         ),
     )
     window: QualityWindowSpec = Field(

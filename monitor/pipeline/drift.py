@@ -78,7 +78,7 @@ from monitor.pipeline.decode import Batch, StreamDecoder
 from monitor.pipeline.drift_state import DriftState, as_drift_state
 
 if TYPE_CHECKING:
-    from monitor.pipeline.stage import Stage
+    from monitor.pipeline.stage import Coordinates, Stage, StageContext
     from monitor.pipeline.stream import StreamPipeline
 
 __all__ = ["DriftStage", "DriftState", "drift_stages"]
@@ -147,9 +147,15 @@ class DriftStage:
     name = "drift"
 
     @classmethod
-    def for_stream(cls, spec: StreamSpec, decoder: StreamDecoder) -> DriftStage | None:
-        """The stream's drift stage, or None when no field has a detector."""
-        stage = cls(spec, decoder)
+    def for_stream(
+        cls, spec: StreamSpec, decoder: StreamDecoder, context: StageContext | None = None
+    ) -> DriftStage | None:
+        """The stream's drift stage, or None when no field has a detector; its baseline
+        is the one an earlier stage provides (a model's reference file), if any."""
+        reference = None if context is None else context.reference()
+        stage = cls(spec, decoder, reference)
+        if reference is not None:  # rebuilt at every start, like a file: not checkpointed
+            stage.baseline_source = "file"
         return stage if stage.fields else None
 
     def __init__(
@@ -287,23 +293,18 @@ class DriftStage:
         if self.baseline is not None:
             self._start(self.baseline)
 
-    def update_located(
-        self,
-        batch: Batch,
-        partitions: npt.NDArray[np.int32],
-        offsets: npt.NDArray[np.int64] | None,
-    ) -> list[Finding]:
-        """``update`` with each accepted row's Kafka offset, for the evidence."""
-        return self.update(batch, partitions, offsets)
-
     def update(
         self,
         batch: Batch,
         partitions: npt.NDArray[np.int32],
         offsets: npt.NDArray[np.int64] | None = None,
+        *,
+        coordinates: Coordinates | None = None,
     ) -> list[Finding]:
         """Fold in a batch; ``partitions`` gives each accepted row's partition (slot)
-        and ``offsets`` (optional) its Kafka offset, for the findings' evidence."""
+        and ``offsets`` (or ``coordinates``; optional) its Kafka offset, for the evidence."""
+        if offsets is None and coordinates is not None:
+            offsets = coordinates.offsets
         if self._accumulator is not None:
             target = int(self.spec.baseline.first_events or 0)
             taken = self._accumulator.add(batch, target)

@@ -32,11 +32,14 @@ the quiet time, so a whole partition going dark is reported too (by
 :meth:`FleetStage.tick`, or on the next batch of another partition).
 
 State: each partition's table (device ids and arrays) is its checkpoint, so a
-device's state follows its partition on a rebalance and survives restarts. The
-fleet's center (for ``fleet_drift``) is computed over this process's partitions.
+device's state follows its partition on a rebalance and survives restarts.
 With several replicas each judges the devices of the partitions it owns and sends
 its own findings (devices are keyed to partitions, so none is judged twice);
-grouping then happens per replica. Condition bits are part of the checkpoint, so a
+grouping then happens per replica. The fleet's center (for ``fleet_drift``) is the
+whole fleet's: this process's tables and, from the latest checkpoints of the
+partitions other replicas own (``set_remote``, on every replica), the recent means
+of their devices (``detectors.entity_fleet.state_means``), as of their last
+checkpoint. Condition bits are part of the checkpoint, so a
 restart does not page again for a device that was already unhealthy.
 
 >>> from monitor.config.schema import StreamSpec
@@ -50,27 +53,65 @@ restart does not page again for a device that was already unhealthy.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from detectors.base import DetectorError, Finding, WindowBounds
 from detectors.entity_base import AlarmBudget, EntityDetector, FleetContext
-from detectors.entity_fleet import fleet_center
+from detectors.entity_fleet import FieldMeans, fleet_center, state_means
 from detectors.entity_registry import create
 from detectors.entity_table import EntityTable, EntityTableState, TableParams
+from monitor.checkpoints import BaselineCheckpoint, PlainStageState, StageState
 from monitor.config.schema import NUMERIC_TYPES, FleetSpec, StreamSpec
 from monitor.metrics import Metrics
 from monitor.pipeline.decode import Batch, StreamDecoder
 
-__all__ = ["DeviceEvidence", "FleetStage", "FleetStatus", "all_stages", "fleet_stages"]
+if TYPE_CHECKING:
+    from monitor.pipeline.stage import Coordinates, StageContext
+
+__all__ = ["DeviceEvidence", "FleetStage", "FleetState", "FleetStatus"]
 
 _STATE_VERSION = 1
+
+log = logging.getLogger("driftwarden.fleet")
+
+# What reading a checkpointed state of another version or shape can raise.
+_UNUSABLE = (DetectorError, KeyError, TypeError, ValueError, IndexError)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetState:
+    """One partition's devices: their ids and dense arrays (``EntityTableState``).
+
+    >>> import numpy as np
+    >>> table = EntityTableState(("x",), ("d1",), {"count": np.array([3])}, 5.0, 0, 0)
+    >>> back = FleetState.from_plain(FleetState(table).to_plain())
+    >>> back.table.ids, back.table.arrays["count"].tolist(), back.table.watermark
+    (('d1',), [3], 5.0)
+    """
+
+    table: EntityTableState
+
+    def to_plain(self) -> dict[str, Any]:
+        return {"version": _STATE_VERSION, "table": self.table.to_dict()}
+
+    @classmethod
+    def from_plain(cls, plain: Mapping[str, Any]) -> FleetState:
+        if plain.get("version") != _STATE_VERSION:
+            raise DetectorError(f"fleet state version {plain.get('version')!r} is not 1")
+        return cls(EntityTableState.from_dict(dict(plain["table"])))
+
+
+def _fleet_state(state: StageState) -> FleetState:
+    """A fleet state, also from a plain one read without the stage."""
+    return state if isinstance(state, FleetState) else FleetState.from_plain(state.to_plain())
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +175,22 @@ def _finite(x: float) -> float | None:
 
 
 class FleetStage:
-    """Per-device health of one stream (module docstring); a ``FindingStage``."""
+    """Per-device health of one stream (module docstring); a ``Stage``.
+
+    Every replica judges the devices of the partitions it owns (``judge`` does not
+    limit it): a device's findings come from its partition's owner only.
+    """
+
+    name = "fleet"
+
+    @classmethod
+    def for_stream(
+        cls, spec: StreamSpec, decoder: StreamDecoder, context: StageContext | None = None
+    ) -> FleetStage | None:
+        """The stream's fleet stage, or None when the stream has no ``fleet`` section."""
+        if spec.fleet is None:
+            return None
+        return cls(spec, decoder, metrics=None if context is None else context.metrics)
 
     def __init__(
         self,
@@ -184,7 +240,8 @@ class FleetStage:
             recent_alpha=cfg.recent_alpha,
         )
         self.tables: dict[int, EntityTable] = {}
-        self.aggregating = True
+        # Per slot other replicas own: its devices' means in the fleet's statistic.
+        self._remote_means: dict[int, FieldMeans] = {}
         self._wall: dict[int, float] = {}  # wall-clock time of each partition's last event
         self._next_eval = -math.inf
         self._last_tick = -math.inf
@@ -214,6 +271,15 @@ class FleetStage:
             self._m_late = metrics.fleet_late.labels(name)
             for c in (self._m_evicted, self._m_rejected, self._m_late):
                 c.inc(0)
+
+    @property
+    def judge(self) -> bool:
+        """Always: every replica judges the devices of the partitions it owns."""
+        return True
+
+    @judge.setter
+    def judge(self, value: bool) -> None:
+        return
 
     # -- tables ------------------------------------------------------------------------
     def _table(self, partition: int) -> EntityTable:
@@ -258,7 +324,13 @@ class FleetStage:
         self.decoder.release_entities(codes[~held])
 
     # -- processing --------------------------------------------------------------------
-    def update(self, batch: Batch, partitions: npt.NDArray[np.int32]) -> list[Finding]:
+    def update(
+        self,
+        batch: Batch,
+        partitions: npt.NDArray[np.int32],
+        *,
+        coordinates: Coordinates | None = None,
+    ) -> list[Finding]:
         """Fold a batch in (per partition, in order); evaluate when a tick is due."""
         findings, self._pending = self._pending, []
         if batch.n == 0 or batch.entity is None or batch.event_time is None:
@@ -300,7 +372,7 @@ class FleetStage:
             if rejected:
                 self._m_rejected.inc(rejected)
         watermark = max(t.watermark for t in self.tables.values())
-        if watermark >= self._next_eval:
+        if math.isfinite(watermark) and watermark >= self._next_eval:  # -inf: all late
             findings.extend(self.evaluate(wall))
             every = self.config.evaluate_every
             self._next_eval = (math.floor(watermark / every) + 1) * every
@@ -365,7 +437,8 @@ class FleetStage:
             if quiet >= self.config.quiet_after:
                 now += quiet
             nows[p] = now
-        center, scale = fleet_center(list(self.tables.values()), list(nows.values()))
+        remote = [m for slot, m in sorted(self._remote_means.items()) if slot not in self.tables]
+        center, scale = fleet_center(list(self.tables.values()), list(nows.values()), remote=remote)
         return {p: FleetContext(now, center, scale) for p, now in nows.items()}
 
     def evaluate(self, wall: float | None = None) -> list[Finding]:
@@ -532,17 +605,47 @@ class FleetStage:
         )
 
     # -- state ---------------------------------------------------------------------------
-    def partition_state(self, partition: int) -> dict[str, Any] | None:
+    @property
+    def ready(self) -> bool:
+        return True  # devices are judged against their own history: no baseline
+
+    def set_partition_count(self, count: int) -> None:
+        """Devices live in their partition's table: the count does not matter."""
+        return
+
+    def baseline_checkpoint(self) -> BaselineCheckpoint | None:
+        return None
+
+    def restore_baseline(self, checkpoint: BaselineCheckpoint) -> None:
+        return None
+
+    def partition_state(self, partition: int) -> FleetState | None:
         """The partition's devices (ids and arrays): continues them exactly."""
         table = self.tables.get(partition)
         if table is None:
             return None
-        return {"version": _STATE_VERSION, "table": table.state(self.names()).to_dict()}
+        return FleetState(table.state(self.names()))
 
-    def restore_partition(self, partition: int, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise DetectorError(f"fleet state version {state.get('version')!r} is not 1")
-        saved = EntityTableState.from_dict(state["table"])
+    def decode_state(self, plain: Mapping[str, Any]) -> StageState:
+        """The typed state (kept plain when it does not decode; restoring it then
+        starts the partition's devices afresh)."""
+        try:
+            return FleetState.from_plain(plain)
+        except _UNUSABLE:
+            return PlainStageState(plain)
+
+    def restore_partition(self, partition: int, state: StageState) -> None:
+        try:
+            saved = _fleet_state(state).table
+        except _UNUSABLE as exc:
+            log.warning(
+                "stream %s: checkpointed fleet state of slot %d is unusable (%s): its "
+                "devices start afresh",
+                self.spec.name,
+                partition,
+                exc,
+            )
+            return
         vocab = self.decoder.entities
         if vocab is None:
             return
@@ -560,9 +663,25 @@ class FleetStage:
         if old is not None:
             self._release(old.code[np.flatnonzero(old.occupied)])
 
-    def set_remote(self, states: dict[int, dict[str, Any]]) -> None:
-        """Devices live with their partition: other replicas' partitions are not needed."""
-        return
+    def set_remote(self, states: Mapping[int, StageState]) -> None:
+        """Other replicas' partitions: their devices are judged there, but their means
+        enter the fleet's statistic here (so every replica judges against one fleet)."""
+        remote: dict[int, FieldMeans] = {}
+        for slot, state in states.items():
+            if slot in self.tables or state is None:
+                continue
+            try:
+                table = _fleet_state(state).table
+                if table.fields == self.fields:
+                    remote[slot] = state_means(table, self.config.warmup)
+            except _UNUSABLE as exc:
+                log.warning(
+                    "stream %s: remote fleet state of slot %d unusable: %s",
+                    self.spec.name,
+                    slot,
+                    exc,
+                )
+        self._remote_means = remote
 
 
 def _range(specs: dict[str, Any], name: str) -> tuple[float, float]:
@@ -589,17 +708,3 @@ def _details(
         out.append((f"z.{f}", float(table.last_z[slot, j])))
         out.append((f"mean.{f}", float(table.recent[slot, j])))
     return tuple(out)
-
-
-def fleet_stages(pipeline: Any) -> list[Any]:
-    """One fleet stage per stream pipeline whose stream has a ``fleet`` section."""
-    if pipeline.spec.fleet is None:
-        return []
-    return [FleetStage(pipeline.spec, pipeline.decoder, metrics=pipeline.metrics)]
-
-
-def all_stages(pipeline: Any) -> list[Any]:
-    """The stages the service builds per stream: drift, then fleet health."""
-    from monitor.pipeline.drift import drift_stages
-
-    return drift_stages(pipeline) + fleet_stages(pipeline)

@@ -28,46 +28,67 @@ label and break the exact-restart contract, so it is not done.
 Per batch of predictions: request ids, scores, classes and versions are decoded
 from the accepted rows' raw payloads with a small msgspec struct (a second parse
 of those payloads; the stream decoder keeps no string columns), hashed, and added
-to the join table in one numba call; the joined ones enter the version's quality
-window (a ring of the last ``window.events`` joined events), and every prediction
-enters the version's estimate window (a ring of the last ``window.events``
-predictions). At every ``step`` joined events (predictions) of a version, counted
-over the stream's partitions, the windows of all partitions are judged against
-the version's reference: realized quality with the drop tests of
+to the join table in one numba call; the joined ones are held in the version's
+quality window of their partition and released into it in a canonical order
+(``detectors.quality_window``: by the later of the two event times, once no earlier
+join can still come), and every prediction enters the version's estimate window of
+its partition (the last ``window.events`` predictions, in offset order). Each
+partition's windows are judged at every ``step`` events released into them (each
+boundary a batch crosses gives its own verdict, on exactly the window ending there),
+against the version's reference: realized quality with the drop tests of
 ``detectors.quality_drop``, and the CBPE estimate. Findings have kind ``model``,
-subject ``MODEL@VERSION:METRIC`` and detector ``quality`` (realized) or ``cbpe``
-(estimated, marked with the detail ``estimate = 1``).
+subject ``MODEL@VERSION:METRIC``, detector ``quality`` (realized) or ``cbpe``
+(estimated, marked with the detail ``estimate = 1``) and the detail ``partition``.
 
 Tests: accuracy, precision and recall are proportions (two-proportion z-test
 against the reference's counts), ROC AUC has DeLong's interval, log loss, MAE,
-RMSE (as MSE) and bias are per-event means (Welch z-test); F1 and ECE are reported
-(gauges, ``driftwarden_model_quality``) but not tested. The CBPE accuracy estimate
-is tested like a realized accuracy of the same size, whose binomial variance is at
-least CBPE's own (sum of c(1 - c)), so the estimate's test is conservative. At every
-realized verdict CBPE is also run on the joined window's own predictions and its
-error against the realized accuracy is reported (detail ``estimate_error``, gauge
+RMSE (as MSE) and bias are per-event means (Welch z-test), F1 has its
+delta-method interval and ECE a conservative test against the reference's
+calibration curve (``detectors.quality_drop``): every configured metric alerts.
+The CBPE accuracy estimate (a binary classifier's from its positive-class score; a
+multiclass one's, with more than two ``probabilities``, from its calibrated top
+probability, carried in the value column of its windows) is tested like a realized
+accuracy of the same size, whose binomial variance is at least CBPE's own (sum of
+c(1 - c)), so the estimate's test is conservative. At every realized verdict CBPE is
+also run on the joined window's own predictions and its error against the realized
+accuracy is reported (detail ``estimate_error``, gauge
 ``driftwarden_model_estimate_error``).
 
 Multiple testing: the quality metrics of a version share the budget
 ``false_alerts`` per ``per_events`` joined events (each of the ``k`` tested
 metrics gets ``false_alerts / k``); the estimate has its own equal budget.
 
-Windows are per partition (the last ``window.events`` joined events of each); the
-stream's verdict judges their union, which is exactly the stream's last window for
-one partition. Which events a window holds depends on the order in which the two
-topics' batches were joined; the join counts do not (decisions use event times).
+Determinism. A verdict judges one partition's window, so it depends on that
+partition's two topics only, never on how far other partitions have been read; the
+window's events and the verdict points follow the canonical order, so the same data
+gives the same windows and verdicts whatever the interleaving of the two topics, the
+batch sizes, restarts and rebalances (``tests/model/test_quality_determinism.py``;
+event times in order within each topic partition). The cost: a verdict sees
+``window.events`` joined events of one partition, not of the stream, so with ``P``
+partitions a degradation takes about ``P`` times as many stream events to reach a
+window (size ``window.events`` by the partition rate). The budget is unchanged: the
+stream still has one verdict per ``step`` joined events. ``evaluate`` (on demand,
+``/status``, the replay report) judges the union of all partitions' windows with
+the joins still held; the quality gauges show the union of the windows as released,
+refreshed once per batch that brought a verdict. The judging replica judges other
+replicas' partitions from their checkpoints, once per ``step`` their windows passed
+since last judged (those verdicts follow the checkpoints' cadence). A partition
+whose prediction topic stops while one of its labels waits for its prediction holds
+its later joins (at most its pending predictions) until that label joins or becomes
+an orphan.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -84,16 +105,37 @@ from detectors.quality import (
     classification_quality,
     regression_quality,
 )
-from detectors.quality_drop import AccuracyDrop, AUCDrop, DropTest, MeanShift, delong_auc_variance
+from detectors.quality_drop import (
+    AccuracyDrop,
+    AUCDrop,
+    DropTest,
+    ECERise,
+    F1Drop,
+    MeanShift,
+    calibration_sums,
+    delong_auc_variance,
+)
+from detectors.quality_window import QualityWindow
+from monitor.checkpoints import BaselineCheckpoint, PlainStageState, StageState
 from monitor.config.model import ModelSpec, ReferenceSpec
 from monitor.config.schema import StreamSpec
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
-from monitor.pipeline.decode import Batch, Reject
+from monitor.pipeline.decode import Batch, Reject, StreamDecoder
 from monitor.pipeline.drift import DriftStage
 from monitor.status import StatusSection
 
-__all__ = ["ModelReference", "ModelStage", "model_stages"]
+if TYPE_CHECKING:
+    from monitor.pipeline.stage import Coordinates, Stage, StageContext
+
+__all__ = [
+    "DeployState",
+    "ModelPartState",
+    "ModelReference",
+    "ModelStage",
+    "RingState",
+    "decode_model_state",
+]
 
 log = logging.getLogger("driftwarden.model")
 
@@ -103,8 +145,9 @@ _PART_MASK = LABEL_SLOT - 1
 _TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _UNVERSIONED = "unversioned"
 _TESTED = frozenset(
-    {"accuracy", "precision", "recall", "roc_auc", "log_loss", "mae", "rmse", "bias"}
+    {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece", "mae", "rmse", "bias"}
 )
+_Test = AccuracyDrop | AUCDrop | F1Drop | ECERise | MeanShift
 
 
 _RID = operator.attrgetter("rid")
@@ -148,65 +191,31 @@ class _Vocab:
         return codes
 
 
-@dataclasses.dataclass
-class _Ring:
-    """The last ``size`` rows of (score, class, label, value, prediction event time);
-    ``count`` rows ever added."""
+# The quality window of one partition and version (deterministic order; see
+# detectors.quality_window); a slot's state holds its ``RingState`` per version.
+_Ring = QualityWindow
 
-    size: int
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RingState:
+    """A quality or estimate window's checkpoint: its ring arrays, rows ever added and
+    the joins it still holds (``detectors.quality_window``; empty when none)."""
+
     score: npt.NDArray[np.float64]
     klass: npt.NDArray[np.int64]
     label: npt.NDArray[np.float64]
     value: npt.NDArray[np.float64]
     time: npt.NDArray[np.float64]
-    count: int = 0
+    count: int
+    held: Mapping[str, npt.NDArray[np.float64]] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def empty(cls, size: int) -> _Ring:
-        return cls(
-            size,
-            np.zeros(size),
-            np.zeros(size, np.int64),
-            np.zeros(size),
-            np.zeros(size),
-            np.zeros(size),
-        )
+    def of(cls, window: QualityWindow) -> RingState:
+        """A copy of ``window``'s state (the window goes on changing)."""
+        return cls.from_plain(copy.deepcopy(window.state()))
 
-    def add(
-        self,
-        score: npt.NDArray[np.float64],
-        klass: npt.NDArray[np.int64],
-        label: npt.NDArray[np.float64],
-        value: npt.NDArray[np.float64],
-        time: npt.NDArray[np.float64],
-    ) -> None:
-        n = score.size
-        if n == 0:
-            return
-        take = min(n, self.size)
-        idx = (self.count + (n - take) + np.arange(take)) % self.size
-        for ring, new in (
-            (self.score, score),
-            (self.klass, klass),
-            (self.label, label),
-            (self.value, value),
-            (self.time, time),
-        ):
-            ring[idx] = new[n - take :]
-        self.count += n
-
-    def rows(self) -> tuple[npt.NDArray[np.float64], ...]:
-        k = min(self.count, self.size)
-        return (
-            self.score[:k],
-            self.klass[:k].astype(np.float64),
-            self.label[:k],
-            self.value[:k],
-            self.time[:k],
-        )
-
-    def state(self) -> dict[str, Any]:
-        return {
+    def to_plain(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "score": self.score,
             "klass": self.klass,
             "label": self.label,
@@ -214,19 +223,99 @@ class _Ring:
             "time": self.time,
             "count": self.count,
         }
+        if self.held:
+            out["held"] = dict(self.held)
+        return out
 
     @classmethod
-    def from_state(cls, size: int, s: dict[str, Any]) -> _Ring:
-        ring = cls.empty(size)
-        if np.asarray(s["score"]).size != size:
-            raise ValueError("checkpointed quality window does not match window.events")
-        ring.score[:] = s["score"]
-        ring.klass[:] = s["klass"]
-        ring.label[:] = s["label"]
-        ring.value[:] = s["value"]
-        ring.time[:] = s["time"]
-        ring.count = int(s["count"])
-        return ring
+    def from_plain(cls, plain: Mapping[str, Any]) -> RingState:
+        held = plain.get("held") or {}
+        return cls(
+            np.asarray(plain["score"], np.float64),
+            np.asarray(plain["klass"], np.int64),
+            np.asarray(plain["label"], np.float64),
+            np.asarray(plain["value"], np.float64),
+            np.asarray(plain["time"], np.float64),
+            int(plain["count"]),
+            {str(k): np.asarray(v, np.float64) for k, v in held.items()},
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelPartState:
+    """One partition number's model state (the same for its inference and label slots):
+    the join table's arrays (``LabelJoin.state``), the next offset of both topics it
+    covers, the vocabularies its codes refer to, the windows per version and the
+    deployed version.
+
+    >>> st = ModelPartState({"keys": np.zeros(0, np.uint64)}, (-1, 1), ("0", "1"), ("v1",),
+    ...                     {}, {}, "v1")
+    >>> back = ModelPartState.from_plain(st.to_plain())
+    >>> back.offsets, back.classes, back.current
+    ((-1, 1), ('0', '1'), 'v1')
+    """
+
+    join: Mapping[str, npt.NDArray[Any]]
+    offsets: tuple[int, int]  # [inference topic, label topic]; -1: none seen
+    classes: tuple[str, ...]
+    versions: tuple[str, ...]
+    joined: Mapping[str, RingState]
+    predicted: Mapping[str, RingState]
+    current: str | None
+
+    def to_plain(self) -> dict[str, Any]:
+        return {
+            "join": dict(self.join),
+            "offsets": list(self.offsets),
+            "classes": list(self.classes),
+            "versions": list(self.versions),
+            "joined": {v: r.to_plain() for v, r in self.joined.items()},
+            "predicted": {v: r.to_plain() for v, r in self.predicted.items()},
+            "current": self.current,
+        }
+
+    @classmethod
+    def from_plain(cls, plain: Mapping[str, Any]) -> ModelPartState:
+        first, second = (int(o) for o in plain["offsets"])
+        current = plain.get("current")
+        return cls(
+            {str(k): np.asarray(v) for k, v in plain["join"].items()},
+            (first, second),
+            tuple(str(c) for c in plain["classes"]),
+            tuple(str(v) for v in plain["versions"]),
+            {str(v): RingState.from_plain(r) for v, r in plain["joined"].items()},
+            {str(v): RingState.from_plain(r) for v, r in plain["predicted"].items()},
+            current if isinstance(current, str) else None,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeployState:
+    """The deploy topic's slot: the deployed version and the next deploy offset."""
+
+    current: str | None
+    next: int
+
+    def to_plain(self) -> dict[str, Any]:
+        return {"deploy": True, "current": self.current, "next": self.next}
+
+    @classmethod
+    def from_plain(cls, plain: Mapping[str, Any]) -> DeployState:
+        current = plain.get("current")
+        return cls(current if isinstance(current, str) else None, int(plain["next"]))
+
+
+def decode_model_state(plain: Mapping[str, Any]) -> ModelPartState | DeployState:
+    """The typed model state of a checkpointed ``to_plain()`` (either kind)."""
+    if plain.get("deploy"):
+        return DeployState.from_plain(plain)
+    return ModelPartState.from_plain(plain)
+
+
+def _model_state(state: StageState) -> ModelPartState | DeployState:
+    if isinstance(state, ModelPartState | DeployState):
+        return state
+    return decode_model_state(state.to_plain())
 
 
 @dataclasses.dataclass
@@ -246,12 +335,12 @@ class ModelReference:
     id: str
     n: int
     quality: ClassificationQuality | RegressionQuality
-    tests: dict[str, AccuracyDrop | AUCDrop | MeanShift]
+    tests: dict[str, _Test]
     cbpe: CBPE | None
 
 
 class ModelStage:
-    """Joins labels to predictions and judges quality per model version (a FindingStage).
+    """Joins labels to predictions and judges quality per model version (a ``Stage``).
 
     >>> from connectors.kafka import RawBatch
     >>> from monitor.config.schema import parse_config
@@ -263,9 +352,30 @@ class ModelStage:
     ...                   np.array([LABEL_SLOT], np.int32), np.zeros(1, np.int64), [None], [-1])
     >>> stage.update_labels(labels, labels.partitions)
     ([], [])
-    >>> stage.join_counts()["joined"], stage.partition_state(0)["offsets"]
-    (0, [-1, 1])
+    >>> stage.join_counts()["joined"], stage.partition_state(0).offsets
+    (0, (-1, 1))
     """
+
+    name = "model"
+
+    @classmethod
+    def for_stream(
+        cls, spec: StreamSpec, decoder: StreamDecoder, context: StageContext | None = None
+    ) -> ModelStage | None:
+        """The stream's model stage with its references read, or None when the stream's
+        model has no labels."""
+        model = spec.model
+        if model is None or model.labels is None:
+            return None
+        stage = cls(spec, None if context is None else context.metrics)
+        references: dict[str, ModelReference] = {}
+        if model.reference is not None:
+            references["*"] = reference_from_file(stage, model.reference)
+        for v in model.versions:
+            references[v.version] = reference_from_file(stage, v.reference)
+        stage.references = references
+        stage.publish_references()
+        return stage
 
     def __init__(
         self,
@@ -280,7 +390,7 @@ class ModelStage:
         self.labels = spec.model.labels
         self.prediction = spec.model.prediction
         self.quality = spec.model.quality
-        self.aggregating = True
+        self.judge = True
         self.window = self.quality.window.events
         self.step = self.quality.window.step
         self.classes = _Vocab()
@@ -291,7 +401,8 @@ class ModelStage:
         self._parts: dict[int, _Part] = {}
         self._owned: set[int] = set()
         self._remote: dict[int, _Part] = {}
-        self._judged: dict[tuple[str, str], int] = {}  # (kind, version) -> judged count
+        # (partition, kind, version) -> the count of a remote window last judged
+        self._remote_judged: dict[tuple[int, str, str], int] = {}
         self.last_estimate: dict[str, float] = {}
         self.findings_log: list[Finding] = []
         self._build_decoders()
@@ -306,6 +417,54 @@ class ModelStage:
         # baseline and starts fresh windows. ``current`` is checkpointed.
         self.baselines: dict[str, Baseline] = {}
         self.current: str | None = None
+        self._drift_reference: Baseline | None = None
+
+    # -- the stage contract: references and the drift stage ----------------------------
+    def _drift_baseline(self, ref: ReferenceSpec, ref_id: str) -> Baseline:
+        """A drift baseline of the stream's fields, from a model reference file."""
+        from monitor.pipeline.baselines import baseline_from_batches, read_file_payloads
+
+        spec = self.spec
+        built, _, _ = baseline_from_batches(
+            spec, read_file_payloads(Path(ref.file), spec), None, str(ref.file)
+        )
+        return dataclasses.replace(built, id=ref_id)
+
+    def drift_reference(self) -> Baseline | None:
+        """The drift stage's baseline, from the model's reference file, when the stream
+        names no baseline file (``ReferenceSource``; the drift stage is built after)."""
+        ref = self.references.get("*")
+        if self.spec.baseline.file is not None or self.model.reference is None or ref is None:
+            return None
+        if self._drift_reference is None:
+            self._drift_reference = self._drift_baseline(self.model.reference, ref.id)
+        return self._drift_reference
+
+    def link(self, stages: Sequence[Stage]) -> None:
+        """Keep the stream's drift stage (``Linked``): a deployment switches its baseline
+        to the version's own, and its verdicts rank the model's features."""
+        drift = next((s for s in stages if isinstance(s, DriftStage)), None)
+        if drift is None:
+            return
+        self.drift = drift
+        for v in self.model.versions:
+            self.baselines[v.version] = self._drift_baseline(
+                v.reference, self.references[v.version].id
+            )
+
+    @property
+    def ready(self) -> bool:
+        return True  # references are read when the stage is built
+
+    def set_partition_count(self, count: int) -> None:
+        """Windows are per partition and judged together: the count does not matter."""
+        return
+
+    def baseline_checkpoint(self) -> BaselineCheckpoint | None:
+        return None
+
+    def restore_baseline(self, checkpoint: BaselineCheckpoint) -> None:
+        return None
 
     # -- decoding ------------------------------------------------------------------
     def _build_decoders(self) -> None:
@@ -391,23 +550,26 @@ class ModelStage:
         return ring
 
     # -- processing ----------------------------------------------------------------
-    def update(self, batch: Batch, partitions: npt.NDArray[np.int32]) -> list[Finding]:
-        """The pipeline calls ``update_raw`` instead (request ids are in the payloads)."""
-        return []
-
-    def update_raw(
-        self, raw: RawBatch, batch: Batch, partitions: npt.NDArray[np.int32]
+    def update(
+        self,
+        batch: Batch,
+        partitions: npt.NDArray[np.int32],
+        *,
+        coordinates: Coordinates | None = None,
     ) -> list[Finding]:
-        """Fold a batch of accepted inference events in."""
-        if batch.n == 0 or batch.event_time is None:
+        """Fold a batch of accepted inference events in (request ids, scores and
+        versions are read from the records' payloads: without ``coordinates`` the
+        batch cannot be joined and is skipped)."""
+        if batch.n == 0 or batch.event_time is None or coordinates is None:
             return []
-        offsets = raw.offsets[batch.rows]
+        raw, offsets = coordinates.raw, coordinates.offsets
         payloads = list(map(raw.values.__getitem__, batch.rows.tolist()))
         rows, failed = self._decode(self._inference, payloads)
         ok = np.ones(len(rows), np.bool_)
         for i, _, _ in failed:
             ok[i] = False
-        touched: set[str] = set()
+        findings: list[Finding] = []
+        estimated: set[str] = set()
         parts = partitions & _PART_MASK
         for p in np.unique(parts).tolist():
             part = self._part(int(p))
@@ -418,12 +580,23 @@ class ModelStage:
             if not sel.any():
                 continue
             chosen = list(map(rows.__getitem__, np.flatnonzero(sel).tolist()))
-            touched |= self._add_predictions(part, chosen, batch.event_time[sel])
-        return self._after(touched)
+            findings += self._add_predictions(
+                int(p), part, chosen, batch.event_time[sel], estimated
+            )
+            findings += self._release(int(p), part)
+        return self._after(findings, estimated)
 
     def _add_predictions(
-        self, part: _Part, rows: list[Any], times: npt.NDArray[np.float64]
-    ) -> set[str]:
+        self,
+        p: int,
+        part: _Part,
+        rows: list[Any],
+        times: npt.NDArray[np.float64],
+        estimated: set[str],
+    ) -> list[Finding]:
+        """Fold partition ``p``'s predictions in: joins are held (``_release`` judges
+        them), the estimate windows take the predictions in offset order and are
+        judged at every ``step``."""
         n = len(rows)
         keys = hash_ids(list(map(_RID, rows)))
         if "version" in self._has:
@@ -437,21 +610,38 @@ class ModelStage:
                 self._deployed(name)
         score, klass, value = self._predictions(rows)
         joined = part.join.add_predictions(keys, times, score, klass, value, version)
-        touched = self._add_joined(part, joined)
+        self._add_joined(part, joined)
+        findings: list[Finding] = []
         for code in np.unique(version).tolist():
             name = self.versions.names[code]
             sel = version == code
-            self._ring(part.predicted, name).add(
-                score[sel], klass[sel], np.zeros(int(sel.sum())), value[sel], times[sel]
-            )
-            touched.add(name)
+            ring = self._ring(part.predicted, name)
+            for _ in ring.push(
+                score[sel], klass[sel], np.zeros(int(sel.sum())), value[sel], times[sel], self.step
+            ):
+                if self.judge:
+                    findings += self._judge_estimate(name, [ring.rows()], p)
+                    estimated.add(name)
         part.join.expire()
-        return touched
+        return findings
+
+    def _release(self, p: int, part: _Part) -> list[Finding]:
+        """Release partition ``p``'s held joins below the join table's frontier into
+        its quality windows, judging each window at every ``step`` it reaches."""
+        frontier = part.join.settled_before()
+        findings: list[Finding] = []
+        for version, window in part.joined.items():
+            for _ in window.release(frontier, self.step):
+                if self.judge:
+                    findings += self._judge_quality(version, [window.rows()], p)
+        return findings
 
     def _predictions(
         self, rows: list[Any]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """Positive-class score, predicted class code and regression value per row."""
+        """Positive-class score, predicted class code and regression value per row; a
+        classifier with more than two class probabilities carries its confidence (the
+        top probability, what its CBPE estimate reads) in the value column."""
         n = len(rows)
         score = np.full(n, math.nan)
         if "score" in self._has:
@@ -472,7 +662,26 @@ class ModelStage:
         value = np.full(n, math.nan)
         if "value" in self._has:
             value = np.array(list(map(_VALUE, rows)), np.float64)
+        elif probs is not None and not self.prediction.binary and n:
+            top = np.max(np.where(np.isnan(probs), -np.inf, probs), axis=1)
+            value = np.where(np.isfinite(top), top, math.nan)
         return score, klass, value
+
+    def _cbpe_inputs(
+        self,
+        score: npt.NDArray[np.float64],
+        klass: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """What CBPE reads of predictions, rows without a score dropped: a binary
+        classifier's positive-class score and whether it said positive; a multiclass
+        one's confidence, every prediction "positive" (expected accuracy = mean of the
+        calibrated confidence)."""
+        if self.prediction.binary:
+            ok = np.isfinite(score)
+            return score[ok], klass[ok] == self.positive
+        ok = np.isfinite(value)
+        return value[ok], np.ones(int(ok.sum()), np.bool_)
 
     def _deployed(self, version: str, explicit: bool = False) -> None:
         """A version seen for the first time (or named by a deploy event): switch the
@@ -494,6 +703,16 @@ class ModelStage:
         )
         self.current = version
         self.drift._start(baseline)  # the drift stage has no public switch yet
+
+    def update_topic(
+        self, raw: RawBatch, slots: npt.NDArray[np.int32]
+    ) -> tuple[list[Finding], list[Reject]]:
+        """A batch of the label or the deploy topic (``SideTopics``)."""
+        if raw.topic == self.labels.topic:
+            return self.update_labels(raw, slots)
+        if raw.topic == self.model.deploy_topic:
+            return self.update_deploys(raw, slots)
+        return [], []
 
     def update_deploys(
         self, raw: RawBatch, partitions: npt.NDArray[np.int32]
@@ -523,7 +742,7 @@ class ModelStage:
         ok = np.ones(len(rows), np.bool_)
         for r in rejects:
             ok[r.index] = False
-        touched: set[str] = set()
+        findings: list[Finding] = []
         parts = partitions & _PART_MASK
         for p in np.unique(parts).tolist():
             part = self._part(int(p))
@@ -540,9 +759,10 @@ class ModelStage:
                 label = self._label_codes(list(map(str, map(_VALUE, chosen))))
             else:
                 label = np.array(list(map(float, map(_VALUE, chosen))), np.float64)
-            touched |= self._add_joined(part, part.join.add_labels(keys, times, label))
+            self._add_joined(part, part.join.add_labels(keys, times, label))
             part.join.expire()
-        return self._after(touched), rejects
+            findings += self._release(int(p), part)
+        return self._after(findings, set()), rejects
 
     def _label_codes(self, values: list[str]) -> npt.NDArray[np.float64]:
         """Class codes of labels; without a class field, positive or not (-1)."""
@@ -551,22 +771,23 @@ class ModelStage:
             codes = np.where(codes == self.positive, self.positive, -1)
         return codes.astype(np.float64)
 
-    def _add_joined(self, part: _Part, joined: Joined) -> set[str]:
-        touched: set[str] = set()
+    def _add_joined(self, part: _Part, joined: Joined) -> None:
+        """Hold the joins in their version's window, keyed by the later event time."""
         if joined.n == 0:
-            return touched
+            return
+        key = np.fmax(joined.prediction_time, joined.label_time)
+        key[np.isnan(key)] = -np.inf  # no event time at all: released at once
         for code in np.unique(joined.version).tolist():
             sel = joined.version == code
             name = self.versions.names[code]
-            self._ring(part.joined, name).add(
+            self._ring(part.joined, name).hold(
                 joined.score[sel],
-                joined.klass[sel],
+                joined.klass[sel].astype(np.float64),
                 joined.label[sel],
                 joined.value[sel],
                 joined.prediction_time[sel],
+                key[sel],
             )
-            touched.add(name)
-        return touched
 
     # -- judging -------------------------------------------------------------------
     def _all_parts(self) -> list[_Part]:
@@ -574,33 +795,67 @@ class ModelStage:
             p for k, p in self._remote.items() if k not in self._parts
         ]
 
-    def _after(self, touched: set[str]) -> list[Finding]:
+    def _after(self, findings: list[Finding], estimated: set[str]) -> list[Finding]:
+        """Join metrics; verdicts on remote windows that passed a step since they were
+        last judged; the feature ranking of versions just estimated; the stream name."""
         self._record_join_metrics()
-        if not self.aggregating:
+        if not self.judge:
             return []
-        findings: list[Finding] = []
-        parts = self._all_parts()
-        for version in sorted(touched):
-            for kind, attr in (("quality", "joined"), ("cbpe", "predicted")):
-                total = sum(
-                    getattr(p, attr)[version].count for p in parts if version in getattr(p, attr)
-                )
-                key = (kind, version)
-                last = self._judged.get(key, 0)
-                if total // self.step > last // self.step:
-                    self._judged[key] = total
-                    rings = [
-                        getattr(p, attr)[version] for p in parts if version in getattr(p, attr)
-                    ]
+        findings = list(findings)
+        for p, part in sorted(self._remote.items()):
+            if p in self._parts:
+                continue
+            for kind, windows in (("quality", part.joined), ("cbpe", part.predicted)):
+                for version, window in sorted(windows.items()):
+                    key = (p, kind, version)
+                    if window.count // self.step <= self._remote_judged.get(key, 0) // self.step:
+                        continue
+                    self._remote_judged[key] = window.count
                     if kind == "quality":
-                        findings.extend(self._judge_quality(version, rings))
+                        findings += self._judge_quality(version, [window.rows()], p)
                     else:
-                        findings.extend(self._judge_estimate(version, rings))
-                        if (ranking := self._feature_ranking(version)) is not None:
-                            findings.append(ranking)
+                        findings += self._judge_estimate(version, [window.rows()], p)
+                        estimated.add(version)
+        for version in sorted(estimated):
+            if (ranking := self._feature_ranking(version)) is not None:
+                findings.append(ranking)
+        self._record_gauges({f.subject.partition("@")[2].rpartition(":")[0] for f in findings
+                             if f.detector in ("quality", "cbpe")})  # fmt: skip
         out = [dataclasses.replace(f, stream=self.spec.name) for f in findings]
         self.findings_log.extend(out)
         return out
+
+    def _record_gauges(self, versions: set[str]) -> None:
+        """The quality gauges (realized, estimated) of these versions, over the union of
+        the partitions' windows as released (a verdict judges one partition's window;
+        the gauges show the stream's)."""
+        parts = self._all_parts()
+        for version in sorted(versions):
+            joined = [p.joined[version].rows() for p in parts if version in p.joined]
+            if joined:
+                score, klass, label, value, _ = (
+                    np.concatenate([c[i] for c in joined]) for i in range(5)
+                )
+                q: ClassificationQuality | RegressionQuality
+                if self.classification:
+                    q = classification_quality(
+                        label.astype(np.int64),
+                        klass.astype(np.int64),
+                        self.positive,
+                        score if self.prediction.has_score else None,
+                    )
+                else:
+                    q = regression_quality(label, value)
+                self._record_quality(version, q, "realized")
+            ref = self._reference(version)
+            predicted = [p.predicted[version].rows() for p in parts if version in p.predicted]
+            if ref is not None and ref.cbpe is not None and predicted:
+                score, klass, _, value, _ = (
+                    np.concatenate([c[i] for c in predicted]) for i in range(5)
+                )
+                est = ref.cbpe.estimate(*self._cbpe_inputs(score, klass.astype(np.int64), value))
+                self.last_estimate[version] = est.accuracy
+                self._set_gauge("model_quality", version, "accuracy", est.accuracy, "estimated")
 
     def _feature_ranking(self, version: str) -> Finding | None:
         """The model's input features ranked by drift (statistic / threshold, the
@@ -639,8 +894,14 @@ class ModelStage:
         versions = sorted({v for p in parts for v in (*p.joined, *p.predicted)})
         findings: list[Finding] = []
         for version in versions:
-            joined = [p.joined[version] for p in parts if version in p.joined]
-            predicted = [p.predicted[version] for p in parts if version in p.predicted]
+            # the union of the partitions' windows, with the joins still held
+            joined = [
+                c
+                for p in parts
+                if version in p.joined
+                for c in (p.joined[version].rows(), p.joined[version].held_rows())
+            ]
+            predicted = [p.predicted[version].rows() for p in parts if version in p.predicted]
             if joined:
                 findings.extend(self._judge_quality(version, joined))
             if predicted:
@@ -667,29 +928,43 @@ class ModelStage:
             details=(("value", t.value), ("reference", t.reference), *details),
         )
 
-    def _judge_quality(self, version: str, rings: list[_Ring]) -> list[Finding]:
-        cols = [r.rows() for r in rings]
+    def _judge_quality(
+        self, version: str, cols: list[tuple[npt.NDArray[np.float64], ...]], p: int | None = None
+    ) -> list[Finding]:
+        """Realized quality of the rows ``cols`` (of partition ``p``'s window, or of the
+        union of the partitions' windows when ``p`` is None) against the reference."""
         score, klass, label, value, times = (np.concatenate([c[i] for c in cols]) for i in range(5))
         n = int(score.size)
         window = _bounds(n, times)
         ref = self._reference(version)
         out: list[Finding] = []
+        # DeLong's AUC and variance once, for the gauge and the test
+        auc_test = ref.tests.get("roc_auc") if ref is not None else None
+        delong: tuple[float, float] | None = None
+        if isinstance(auc_test, AUCDrop) and "roc_auc" in self.quality.metrics:
+            delong = delong_auc_variance(label.astype(np.int64) == self.positive, score)
         if self.classification:
             truth = label.astype(np.int64)
             pred = klass.astype(np.int64)
+            has_auc = delong is not None and math.isfinite(delong[0])
             q: ClassificationQuality | RegressionQuality = classification_quality(
-                truth, pred, self.positive, score if self.prediction.has_score else None
+                truth,
+                pred,
+                self.positive,
+                score if self.prediction.has_score else None,
+                auc=delong[0] if delong is not None and has_auc else None,
             )
         else:
             q = regression_quality(label, value)
-        self._record_quality(version, q, "realized")
+        if p is None:
+            self._record_quality(version, q, "realized")
         if ref is None:
             return out
         positive = label.astype(np.int64) == self.positive
         said = klass.astype(np.int64) == self.positive
         estimate_error: tuple[tuple[str, float], ...] = ()
         if ref.cbpe is not None and self.classification and self.prediction.has_score and n:
-            est = ref.cbpe.estimate(score, said)
+            est = ref.cbpe.estimate(*self._cbpe_inputs(score, klass.astype(np.int64), value))
             err = est.accuracy - q.get("accuracy")
             estimate_error = (("estimate_error", err),)
             self._set_gauge("model_estimate_error", version, "accuracy", err)
@@ -707,7 +982,15 @@ class ModelStage:
                     k, m = int(np.count_nonzero(said & positive)), int(np.count_nonzero(positive))
                 t = test.test(k, m)
             elif isinstance(test, AUCDrop):
+                t = test.test_auc(*delong) if delong is not None else test.test(positive, score)
+            elif isinstance(test, ECERise):
                 t = test.test(positive, score)
+            elif isinstance(test, F1Drop):
+                t = test.test(
+                    int(np.count_nonzero(said & positive)),
+                    int(np.count_nonzero(said & ~positive)),
+                    int(np.count_nonzero(~said & positive)),
+                )
             else:
                 per = _per_event(metric, positive, score, label, value)
                 t = test.test(
@@ -715,28 +998,32 @@ class ModelStage:
                     float(per.var(ddof=1)) if per.size > 1 else math.nan,
                     per.size,
                 )
-            extra = estimate_error if metric == "accuracy" else ()
+            extra = (estimate_error if metric == "accuracy" else ()) + _partition(p)
             out.append(self._finding(version, metric, "quality", t, window, ref, extra))
         return out
 
-    def _judge_estimate(self, version: str, rings: list[_Ring]) -> list[Finding]:
+    def _judge_estimate(
+        self, version: str, cols: list[tuple[npt.NDArray[np.float64], ...]], p: int | None = None
+    ) -> list[Finding]:
         ref = self._reference(version)
         if ref is None or ref.cbpe is None or not self.quality.estimate.enabled:
             return []
-        cols = [r.rows() for r in rings]
         score = np.concatenate([c[0] for c in cols])
         klass = np.concatenate([c[1] for c in cols]).astype(np.int64)
+        value = np.concatenate([c[3] for c in cols])
         times = np.concatenate([c[4] for c in cols])
-        ok = np.isfinite(score)
-        est = ref.cbpe.estimate(score[ok], klass[ok] == self.positive)
-        self.last_estimate[version] = est.accuracy
-        self._set_gauge("model_quality", version, "accuracy", est.accuracy, "estimated")
+        ok = np.isfinite(score if self.prediction.binary else value)
+        est = ref.cbpe.estimate(*self._cbpe_inputs(score, klass, value))
+        if p is None:
+            self.last_estimate[version] = est.accuracy
+            self._set_gauge("model_quality", version, "accuracy", est.accuracy, "estimated")
         test = ref.tests.get("estimated_accuracy")
         if not isinstance(test, AccuracyDrop) or est.n == 0:
             return []
         t = test.test(round(est.accuracy * est.n), est.n)
         window = _bounds(est.n, times[ok])
-        return [self._finding(version, "accuracy", "cbpe", t, window, ref, (("estimate", 1.0),))]
+        extra = (("estimate", 1.0), *_partition(p))
+        return [self._finding(version, "accuracy", "cbpe", t, window, ref, extra)]
 
     # -- metrics -------------------------------------------------------------------
     def _set_gauge(
@@ -818,7 +1105,13 @@ class ModelStage:
                 ),
                 rows=tuple(rows[:50]),
                 note="estimated: CBPE from calibrated scores, before labels arrive; "
-                "realized: from joined labels",
+                "realized: from joined labels"
+                + (
+                    ""
+                    if any(r.cbpe is not None for r in self.references.values())
+                    else " (no estimate for this model: CBPE needs a classifier with a score "
+                    "or class probabilities, and estimate.enabled)"
+                ),
             ),
             StatusSection(
                 title=f"{title}: label join", columns=("outcome", "count"), rows=tuple(join_rows)
@@ -835,31 +1128,38 @@ class ModelStage:
         return total
 
     # -- state ---------------------------------------------------------------------
-    def partition_state(self, slot: int) -> dict[str, Any] | None:
+    def partition_state(self, slot: int) -> ModelPartState | DeployState | None:
         """Partition number ``slot & (2**20 - 1)``'s whole state (same for both topics);
         for the deploy topic's slot, the current version and the next deploy offset."""
         if slot & DEPLOY_SLOT:
-            p = slot & _PART_MASK
-            return {"deploy": True, "current": self.current, "next": self._deploy_next.get(p, -1)}
+            return DeployState(self.current, self._deploy_next.get(slot & _PART_MASK, -1))
         part = self._parts.get(slot & _PART_MASK)
         if part is None:
             return None
-        return {
-            "join": part.join.state(),
-            "offsets": list(part.next_offsets),
-            "classes": list(self.classes.names),
-            "versions": list(self.versions.names),
-            "joined": {v: r.state() for v, r in part.joined.items()},
-            "predicted": {v: r.state() for v, r in part.predicted.items()},
-            "judged": [[k, v, n] for (k, v), n in sorted(self._judged.items())],
-            "current": self.current,
-        }
+        first, second = part.next_offsets
+        return ModelPartState(
+            join=part.join.state(),
+            offsets=(first, second),
+            classes=tuple(self.classes.names),
+            versions=tuple(self.versions.names),
+            joined={v: RingState.of(r) for v, r in part.joined.items()},
+            predicted={v: RingState.of(r) for v, r in part.predicted.items()},
+            current=self.current,
+        )
 
-    def _part_from_state(self, state: dict[str, Any]) -> _Part:
+    def decode_state(self, plain: Mapping[str, Any]) -> StageState:
+        """The typed state (kept plain when it does not decode: restoring it then fails
+        like any unusable checkpoint)."""
+        try:
+            return decode_model_state(plain)
+        except (KeyError, TypeError, ValueError):
+            return PlainStageState(plain)
+
+    def _part_from_state(self, state: ModelPartState) -> _Part:
         # Codes in the checkpoint are the checkpointing process's: map them to ours.
-        class_map = np.array([self.classes.code(n) for n in state["classes"]] or [0], np.int64)
-        version_map = np.array([self.versions.code(n) for n in state["versions"]] or [0], np.int32)
-        join_state = dict(state["join"])
+        class_map = np.array([self.classes.code(n) for n in state.classes] or [0], np.int64)
+        version_map = np.array([self.versions.code(n) for n in state.versions] or [0], np.int32)
+        join_state: dict[str, Any] = dict(state.join)
         status = np.asarray(join_state["status"])
         klass = np.asarray(join_state["klass"], np.int64).copy()
         has_class = klass >= 0
@@ -877,40 +1177,53 @@ class ModelStage:
         join = LabelJoin(self.labels.max_pending, self.labels.max_delay)
         join.restore(join_state)
         rings: list[dict[str, _Ring]] = [{}, {}]
-        for out, key in zip(rings, ("joined", "predicted"), strict=True):
-            for v, s in state[key].items():
-                ring = _Ring.from_state(self.window, s)
-                ok = ring.klass >= 0
-                ring.klass[ok] = class_map[ring.klass[ok]]
-                if self.classification and key == "joined":
-                    lab = ring.label[: min(ring.count, ring.size)]
-                    coded = lab >= 0
-                    lab[coded] = class_map[lab[coded].astype(np.int64)]
+        for out, key, saved in zip(
+            rings, ("joined", "predicted"), (state.joined, state.predicted), strict=True
+        ):
+            for v, s in saved.items():
+                ring = _Ring.from_state(self.window, s.to_plain())
+                ring.remap_classes(class_map, self.classification and key == "joined")
                 out[v] = ring
-        return _Part(join, [int(o) for o in state["offsets"]], rings[0], rings[1])
+        return _Part(join, list(state.offsets), rings[0], rings[1])
 
-    def restore_partition(self, slot: int, state: dict[str, Any]) -> None:
+    def restore_partition(self, slot: int, saved: StageState) -> None:
         p = slot & _PART_MASK
-        if state.get("deploy"):
+        try:
+            state = _model_state(saved)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning(
+                "stream %s: checkpointed model state of slot %d is unusable (%s): it starts afresh",
+                self.spec.name,
+                slot,
+                exc,
+            )
+            return
+        if isinstance(state, DeployState):
             self._owned.add(slot)
-            self._deploy_next[p] = max(self._deploy_next.get(p, -1), int(state["next"]))
-            if isinstance(state.get("current"), str):
-                self._deployed(state["current"], explicit=True)
+            self._deploy_next[p] = max(self._deploy_next.get(p, -1), state.next)
+            if state.current is not None:
+                self._deployed(state.current, explicit=True)
             return
         current = self._parts.get(p)
-        offsets = [int(o) for o in state["offsets"]]
-        if current is not None and sum(current.next_offsets) >= sum(offsets):
+        if current is not None and sum(current.next_offsets) >= sum(state.offsets):
             self._owned.add(slot)
             return  # the other topic's checkpoint of this part was newer: keep it
-        current_version = state.get("current")
-        if isinstance(current_version, str) and current_version != self.current:
+        current_version = state.current
+        if current_version is not None and current_version != self.current:
             # before the drift stage restores its windows (this stage comes first)
             self._deployed(current_version)
-        self._parts[p] = self._part_from_state(state)
+        try:
+            self._parts[p] = self._part_from_state(state)
+        except (KeyError, ValueError) as exc:  # another window size, a damaged table
+            log.warning(
+                "stream %s: checkpointed model state of slot %d does not fit (%s): it "
+                "starts afresh",
+                self.spec.name,
+                slot,
+                exc,
+            )
+            return
         self._reported[p] = self._parts[p].join._counts.copy()
-        for kind, version, n in state.get("judged", []):
-            key = (str(kind), str(version))
-            self._judged[key] = max(self._judged.get(key, 0), int(n))
         self._owned.add(slot)
 
     def drop_partition(self, slot: int) -> None:
@@ -922,15 +1235,17 @@ class ModelStage:
             self._parts.pop(p, None)
             self._reported.pop(p, None)
 
-    def set_remote(self, states: dict[int, dict[str, Any]]) -> None:
+    def set_remote(self, states: Mapping[int, StageState]) -> None:
         """Quality windows of partitions other replicas own (from their checkpoints)."""
         self._remote = {}
-        for slot, state in states.items():
+        for slot, saved in states.items():
             p = slot & _PART_MASK
-            if state is None or state.get("deploy") or p in self._parts or p in self._remote:
+            if saved is None or p in self._parts or p in self._remote:
                 continue
             try:
-                self._remote[p] = self._part_from_state(state)
+                state = _model_state(saved)
+                if isinstance(state, ModelPartState):
+                    self._remote[p] = self._part_from_state(state)
             except (KeyError, ValueError) as exc:
                 log.warning(
                     "stream %s: remote model state of slot %d unusable: %s",
@@ -938,6 +1253,11 @@ class ModelStage:
                     slot,
                     exc,
                 )
+
+
+def _partition(p: int | None) -> tuple[tuple[str, float], ...]:
+    """The ``partition`` detail of a verdict on one partition's window."""
+    return () if p is None else (("partition", float(p)),)
 
 
 def _bounds(n: int, times: npt.NDArray[np.float64]) -> WindowBounds:
@@ -986,7 +1306,7 @@ def build_reference(
     tested = [m for m in qs.metrics if m in _TESTED]
     budget = qs.false_alerts / max(len(tested), 1)
     common = {"false_alerts": budget, "per_events": qs.per_events, "step": qs.window.step}
-    tests: dict[str, AccuracyDrop | AUCDrop | MeanShift] = {}
+    tests: dict[str, _Test] = {}
     positive = label.astype(np.int64) == stage.positive
     said = klass == stage.positive
     if stage.classification:
@@ -1005,11 +1325,29 @@ def build_reference(
             auc, var = delong_auc_variance(positive, score)
             if math.isfinite(var):
                 tests["roc_auc"] = AUCDrop(auc, var, min_drop=qs.min_drop, **common)  # type: ignore[arg-type]
+        tp = int(np.count_nonzero(said & positive))
+        fp = int(np.count_nonzero(said & ~positive))
+        fn = int(np.count_nonzero(~said & positive))
+        if "f1" in tested and tp + fp + fn > 0:
+            tests["f1"] = F1Drop(tp, fp, fn, min_drop=qs.min_drop, **common)  # type: ignore[arg-type]
+        scored = np.isfinite(score)
+        if "ece" in tested and has_score and scored.any():
+            tests["ece"] = ECERise(
+                calibration_sums(positive[scored], score[scored]),
+                min_drop=qs.min_drop,
+                **common,  # type: ignore[arg-type]
+            )
         cbpe = None
         if has_score and qs.estimate.enabled and stage.prediction.binary:
             cbpe = CBPE(
                 score, positive, stage.prediction.threshold, qs.estimate.method, qs.estimate.bins
             )
+        elif has_score and qs.estimate.enabled and np.isfinite(value).sum() >= 2:
+            # multiclass: calibrate the confidence (top probability) on being right
+            ok = np.isfinite(value)
+            right = klass[ok] == label[ok].astype(np.int64)
+            cbpe = CBPE(value[ok], right, 0.0, qs.estimate.method, qs.estimate.bins)
+        if cbpe is not None:
             correct = int(np.count_nonzero(klass == label.astype(np.int64)))
             tests["estimated_accuracy"] = AccuracyDrop(
                 correct, n, min_drop=qs.min_drop, false_alerts=qs.false_alerts,
@@ -1065,47 +1403,3 @@ def reference_from_file(stage: ModelStage, ref: ReferenceSpec) -> ModelReference
     return build_reference(
         stage, score, klass, label, value, ref.id or f"{Path(ref.file).stem}-{digest}"
     )
-
-
-def model_stages(pipeline: Any) -> list[Any]:
-    """The service's stage factory: the drift stage (its baseline built from the model's
-    reference file when the stream names no baseline file) and the model stage."""
-    from monitor.pipeline.baselines import baseline_from_batches, read_file_payloads
-    from monitor.pipeline.drift import drift_stages
-
-    spec: StreamSpec = pipeline.spec
-    model = spec.model
-    if model is None or model.labels is None:
-        return drift_stages(pipeline)
-    stage = ModelStage(spec, pipeline.metrics)
-    references: dict[str, ModelReference] = {}
-    if model.reference is not None:
-        references["*"] = reference_from_file(stage, model.reference)
-    for v in model.versions:
-        references[v.version] = reference_from_file(stage, v.reference)
-    stage.references = references
-    stage.publish_references()
-
-    def drift_baseline(ref: ReferenceSpec, ref_id: str) -> Baseline:
-        built, _, _ = baseline_from_batches(
-            spec, read_file_payloads(Path(ref.file), spec), None, str(ref.file)
-        )
-        return dataclasses.replace(built, id=ref_id)
-
-    baseline: Baseline | None = None
-    if spec.baseline.file is None and model.reference is not None:
-        baseline = drift_baseline(model.reference, references["*"].id)
-    drift = DriftStage(spec, pipeline.decoder, baseline)
-    if baseline is not None:
-        # rebuilt from the reference file at every start, like a baseline file: the
-        # runner need not checkpoint it (nor restore an older one over a deployment)
-        drift.baseline_source = "file"
-    # The model stage comes first: a deployment switches the drift baseline before
-    # the drift stage sees the batch (and before it restores its windows).
-    stages: list[Any] = [stage]
-    if drift.fields:
-        stages.append(drift)
-        stage.drift = drift
-        for v in model.versions:
-            stage.baselines[v.version] = drift_baseline(v.reference, references[v.version].id)
-    return stages

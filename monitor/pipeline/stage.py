@@ -11,34 +11,48 @@ it alone reports stream-level verdicts, merging its own slots with the latest
 checkpointed state of slots other replicas own (``set_remote``). The others only
 fold their events in.
 
-Stages are registered by name (``STAGES``), lazily as ``"module:Class"``; each
-registered class builds itself for a stream with ``for_stream`` (or returns None
-when the stream does not use it). A new stage is one file plus one line here.
+Stages are registered by name (``STAGES``), lazily as ``"module:Class"``, in the
+order they run on a batch (and hold their state in a checkpoint). Each registered
+class builds itself for a stream with ``for_stream(spec, decoder, context)`` (or
+returns None when the stream does not use it); ``context`` holds the service's
+metrics and the stages already built for the stream, so a later stage can take a
+reference an earlier one provides (``ReferenceSource``: the model stage's reference
+file is the drift stage's baseline). Once all are built, each ``Linked`` stage sees
+them all (the model stage keeps the drift stage, whose baseline a deployment
+switches). A new stage is one file plus one line here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
+from connectors.kafka import RawBatch
 from detectors.base import Finding
+from detectors.baseline import Baseline
 from detectors.registry import import_target
-from monitor.checkpoints import BaselineCheckpoint, PlainStageState, StageState
+from monitor.checkpoints import BaselineCheckpoint, StageState
 from monitor.errors import ConfigError
 
 if TYPE_CHECKING:
     from monitor.config.schema import StreamSpec
-    from monitor.pipeline.decode import Batch, StreamDecoder
+    from monitor.metrics import Metrics
+    from monitor.pipeline.decode import Batch, Reject, StreamDecoder
     from monitor.pipeline.stream import StreamPipeline
 
 __all__ = [
     "STAGES",
-    "LegacyStage",
+    "Coordinates",
+    "Linked",
+    "ReferenceSource",
+    "SideTopics",
     "SlotArray",
     "Stage",
+    "StageContext",
     "StageFactory",
     "Ticking",
     "registered_stages",
@@ -49,19 +63,38 @@ __all__ = [
 SlotArray = npt.NDArray[np.int32]
 
 
+@dataclass(frozen=True, slots=True)
+class Coordinates:
+    """Where a decoded batch came from: the consumed records (payloads, keys, offsets)
+    and each accepted row's offset (``offsets[i]`` is ``raw.offsets[batch.rows[i]]``)."""
+
+    raw: RawBatch
+    offsets: npt.NDArray[np.int64]
+
+
 @runtime_checkable
 class Stage(Protocol):
     """One stream's stage: update per batch, state per slot, verdicts for the stream."""
 
     name: str
-    judge: bool  # this process judges the stream (owns its first partition)
+    # This process judges the stream (owns its first partition); set by the pipeline.
+    # A stage that judges on every replica (fleet: each replica its own devices)
+    # stays True. Stages that judge receive remote states (``set_remote``).
+    judge: bool
 
-    def update(self, batch: Batch, slots: SlotArray) -> list[Finding]:
-        """Fold in a batch; ``slots[i]`` is accepted row ``i``'s slot. Returns its findings."""
+    def update(
+        self, batch: Batch, slots: SlotArray, *, coordinates: Coordinates | None = None
+    ) -> list[Finding]:
+        """Fold in a batch; ``slots[i]`` is accepted row ``i``'s slot; ``coordinates``
+        (the pipeline always passes them) its Kafka records. Returns its findings."""
         ...
 
     def evaluate(self) -> list[Finding]:
         """Stream-level verdicts on the state as it is now (all slots, remote ones too)."""
+        ...
+
+    def set_partition_count(self, count: int) -> None:
+        """The stream's partition count (from topic metadata; before any restore)."""
         ...
 
     def partition_state(self, slot: int) -> StageState | None:
@@ -102,16 +135,66 @@ class Ticking(Protocol):
     def tick(self) -> list[Finding]: ...
 
 
+@runtime_checkable
+class SideTopics(Protocol):
+    """A stage that also reads topics of the stream the stream decoder does not (a
+    model's label and deploy topics): it decodes their records itself and returns
+    the ones it cannot read as rejects (dead-lettered by the pipeline)."""
+
+    def update_topic(
+        self, raw: RawBatch, slots: SlotArray
+    ) -> tuple[list[Finding], list[Reject]]: ...
+
+
+@runtime_checkable
+class ReferenceSource(Protocol):
+    """A stage that provides the stream's drift baseline (None: it has none)."""
+
+    def drift_reference(self) -> Baseline | None: ...
+
+
+@runtime_checkable
+class Linked(Protocol):
+    """A stage that works with others of its stream (given all of them once built)."""
+
+    def link(self, stages: Sequence[Stage]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StageContext:
+    """What a stage factory gets besides the stream: the service's metrics (None in
+    tools and tests) and the stages already built for the stream, in order."""
+
+    metrics: Metrics | None = None
+    built: tuple[Stage, ...] = ()
+
+    def reference(self) -> Baseline | None:
+        """The drift baseline an earlier stage provides (``ReferenceSource``), if any."""
+        for stage in self.built:
+            if isinstance(stage, ReferenceSource):
+                found = stage.drift_reference()
+                if found is not None:
+                    return found
+        return None
+
+
 class StageFactory(Protocol):
     """A registered stage class: builds the stage for a stream, or None when unused."""
 
     @classmethod
-    def for_stream(cls, spec: StreamSpec, decoder: StreamDecoder) -> Stage | None: ...
+    def for_stream(
+        cls, spec: StreamSpec, decoder: StreamDecoder, context: StageContext = ...
+    ) -> Stage | None: ...
 
 
-# name -> "module:Class"; imported on first use.
+# name -> "module:Class"; imported on first use. The order is the order stages run on
+# a batch and hold their state in a checkpoint: the model stage comes first, so that
+# a deployment switches the drift baseline before the drift stage sees the batch
+# (and before it restores its windows).
 STAGES: dict[str, str] = {
+    "model": "monitor.pipeline.model:ModelStage",
     "drift": "monitor.pipeline.drift:DriftStage",
+    "fleet": "monitor.pipeline.fleet:FleetStage",
 }
 
 
@@ -126,73 +209,26 @@ def stage_class(name: str) -> StageFactory:
 
 
 def stages_for(
-    spec: StreamSpec, decoder: StreamDecoder, names: Sequence[str] | None = None
+    spec: StreamSpec,
+    decoder: StreamDecoder,
+    names: Sequence[str] | None = None,
+    *,
+    metrics: Metrics | None = None,
 ) -> list[Stage]:
-    """The stages a stream runs: each registered (or named) stage that applies to it."""
-    out = []
+    """The stages a stream runs: each registered (or named) stage that applies to it,
+    in registry order, linked once all are built."""
+    out: list[Stage] = []
     for name in STAGES if names is None else names:
-        stage = stage_class(name).for_stream(spec, decoder)
+        context = StageContext(metrics, tuple(out))
+        stage = stage_class(name).for_stream(spec, decoder, context)
         if stage is not None:
             out.append(stage)
+    for stage in out:
+        if isinstance(stage, Linked):
+            stage.link(out)
     return out
 
 
 def registered_stages(pipeline: StreamPipeline) -> list[Stage]:
     """The stage factory the service uses: every registered stage that applies."""
-    return stages_for(pipeline.spec, pipeline.decoder)
-
-
-class LegacyStage:
-    """A ``Stage`` over an object written to the earlier, untyped contract.
-
-    That contract: ``update(batch, partitions)``, ``partition_state(slot) -> dict |
-    None``, ``restore_partition(slot, dict)``, ``drop_partition(slot)``,
-    ``set_remote(dict[slot, dict])`` and an ``aggregating`` flag. States cross as
-    ``PlainStageState``; ``evaluate`` is the wrapped object's when it has one.
-    """
-
-    def __init__(self, inner: Any, name: str) -> None:
-        self.inner = inner
-        self.name = name
-
-    @property
-    def judge(self) -> bool:
-        return bool(self.inner.aggregating)
-
-    @judge.setter
-    def judge(self, value: bool) -> None:
-        self.inner.aggregating = value
-
-    def update(self, batch: Batch, slots: SlotArray) -> list[Finding]:
-        found: list[Finding] = self.inner.update(batch, slots)
-        return found
-
-    def evaluate(self) -> list[Finding]:
-        evaluate = getattr(self.inner, "evaluate", None)
-        return [] if evaluate is None else list(evaluate())
-
-    def partition_state(self, slot: int) -> StageState | None:
-        plain = self.inner.partition_state(slot)
-        return None if plain is None else PlainStageState(plain)
-
-    def decode_state(self, plain: Mapping[str, Any]) -> StageState:
-        return PlainStageState(plain)
-
-    def restore_partition(self, slot: int, state: StageState) -> None:
-        self.inner.restore_partition(slot, dict(state.to_plain()))
-
-    def drop_partition(self, slot: int) -> None:
-        self.inner.drop_partition(slot)
-
-    def set_remote(self, states: Mapping[int, StageState]) -> None:
-        self.inner.set_remote({slot: dict(st.to_plain()) for slot, st in states.items()})
-
-    @property
-    def ready(self) -> bool:
-        return bool(getattr(self.inner, "ready", True))
-
-    def baseline_checkpoint(self) -> BaselineCheckpoint | None:
-        return None
-
-    def restore_baseline(self, checkpoint: BaselineCheckpoint) -> None:
-        return None
+    return stages_for(pipeline.spec, pipeline.decoder, metrics=pipeline.metrics)

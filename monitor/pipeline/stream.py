@@ -9,10 +9,10 @@ batch with pre-bound children.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -32,15 +32,21 @@ from monitor.pipeline.decode import (
     StreamDecoder,
     Violation,
 )
-from monitor.pipeline.stage import LegacyStage, Stage
+from monitor.pipeline.stage import (
+    Coordinates,
+    SideTopics,
+    Stage,
+    Ticking,
+    registered_stages,
+)
+
+log = logging.getLogger("driftwarden.pipeline")
 
 __all__ = [
     "BatchInput",
     "BatchResult",
-    "RawAwareStage",
     "StreamPipeline",
     "account_batch",
-    "as_stage",
     "build_pipelines",
     "dead_letter",
     "output_topics",
@@ -51,20 +57,6 @@ __all__ = [
 
 
 BatchInput = RawBatch
-
-
-@runtime_checkable
-class RawAwareStage(Protocol):
-    """A stage that also reads the raw payloads and Kafka coordinates (the model stage:
-    request ids, offsets), and consumes the events of a label topic of the stream."""
-
-    def update_raw(
-        self, raw: BatchInput, batch: Batch, partitions: npt.NDArray[np.int32]
-    ) -> list[Finding]: ...
-
-    def update_labels(
-        self, raw: BatchInput, partitions: npt.NDArray[np.int32]
-    ) -> tuple[list[Finding], list[Reject]]: ...
 
 
 @dataclass
@@ -86,10 +78,11 @@ class BatchResult:
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     violations: dict[str, int] = field(default_factory=dict)
+    stage_errors: int = 0  # accepted events dead-lettered because a stage failed on them
 
     @property
     def dead_letters(self) -> int:
-        return sum(self.rejected.values()) + sum(self.violations.values())
+        return sum(self.rejected.values()) + sum(self.violations.values()) + self.stage_errors
 
 
 # A dead letter's key is kept up to this size (keys are not limited by max_event_bytes).
@@ -192,7 +185,7 @@ class StreamPipeline:
         spec: StreamSpec,
         metrics: Metrics,
         dead_letter_topic: str,
-        stages: Sequence[Any] = (),
+        stages: Sequence[Stage] = (),
         dead_letter_max_bytes: int | None = None,
     ) -> None:
         self.spec = spec
@@ -200,9 +193,8 @@ class StreamPipeline:
         self.dead_letter_topic = dead_letter_topic
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.decoder = StreamDecoder(spec)
-        # What the stage factories built: ``Stage``s, or objects of the earlier untyped
-        # contract (``typed_stages`` views both as ``Stage``).
-        self.stages: list[Any] = list(stages)
+        # What the stage factory built, in registry order (``monitor.pipeline.stage``).
+        self.stages: list[Stage] = list(stages)
         name = spec.name
         self._invalid = {r: metrics.invalid_events.labels(name, r) for r in REASONS}
         self._events = {t: metrics.events.labels(name, t) for t in spec.all_topics}
@@ -235,17 +227,16 @@ class StreamPipeline:
         # Per (topic, partition): events seen, checkpointed with the partition's state.
         self.partition_events: dict[tuple[str, int], int] = {}
         labels = spec.model.labels if spec.model is not None else None
-        # A model's label and deploy topics: their events go to the stages'
-        # update_labels / update_deploys, not to the stream decoder.
+        # A model's label and deploy topics: their events go to the stages that read
+        # them (``SideTopics.update_topic``), not to the stream decoder.
         self.label_topic = labels.topic if labels is not None else None
         self.deploy_topic = spec.model.deploy_topic if spec.model is not None else None
         self.last_batch: Batch | None = None  # the latest decoded batch (replay reads it)
+        self._stage_error_counts: dict[str, int] = {}
 
     def process(self, raw: BatchInput) -> BatchResult:
-        if raw.topic == self.label_topic:
-            return self._process_labels(raw)
-        if raw.topic == self.deploy_topic:
-            return self._process_labels(raw, "update_deploys")
+        if raw.topic in (self.label_topic, self.deploy_topic):
+            return self._process_side(raw)
         t0 = time.perf_counter()
         batch = self.last_batch = self.decoder.decode(raw.values)
         t1 = time.perf_counter()
@@ -295,18 +286,17 @@ class StreamPipeline:
                 self._entity_overflow.inc(int(np.count_nonzero(batch.entity == -1)))
         t2 = time.perf_counter()
         findings: list[Finding] = []
+        stage_errors = 0
         if self.stages and batch.n:
             partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
-            offsets = raw.offsets[batch.rows]
+            coordinates = Coordinates(raw, raw.offsets[batch.rows])
             for stage in self.stages:
-                aware = _raw_aware(stage)
-                located = getattr(stage, "update_located", None)  # stages that take offsets
-                if aware is not None:
-                    findings.extend(aware.update_raw(raw, batch, partitions))
-                elif located is not None:
-                    findings.extend(located(batch, partitions, offsets))
-                else:
-                    findings.extend(stage.update(batch, partitions))
+                try:
+                    findings.extend(stage.update(batch, partitions, coordinates=coordinates))
+                except Exception as exc:  # a stage's fault on some data never stops the stream
+                    failed = self._stage_failed(stage, exc, raw, batch.rows)
+                    out.extend(failed)
+                    stage_errors += len(failed)
             self.refresh_ready()
         t3 = time.perf_counter()
         self._last.set(time.time())
@@ -321,9 +311,10 @@ class StreamPipeline:
             next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
             stage_seconds={"decode": t1 - t0, "checks": t2 - t1, "detectors": t3 - t2},
             violations=violated,
+            stage_errors=stage_errors,
         )
 
-    def _process_labels(self, raw: BatchInput, method: str = "update_labels") -> BatchResult:
+    def _process_side(self, raw: BatchInput) -> BatchResult:
         """A batch of the label (or deploy) topic, for the stages that read it."""
         t0 = time.perf_counter()
         n = len(raw.values)
@@ -331,10 +322,14 @@ class StreamPipeline:
         partitions = raw.partitions + self._slot_base[raw.topic]
         findings: list[Finding] = []
         rejects: dict[int, Reject] = {}
+        failed: list[OutMessage] = []
         for stage in self.stages:
-            aware = _raw_aware(stage)
-            if aware is not None and hasattr(aware, method):
-                found, bad = getattr(aware, method)(raw, partitions)
+            if isinstance(stage, SideTopics):
+                try:
+                    found, bad = stage.update_topic(raw, partitions)
+                except Exception as exc:  # as for the stream's own topic
+                    failed += self._stage_failed(stage, exc, raw, np.arange(n))
+                    continue
                 findings.extend(found)
                 rejects.update((r.index, r) for r in bad)
         out = [
@@ -348,7 +343,7 @@ class StreamPipeline:
                 max_bytes=self.dead_letter_max_bytes,
             )
             for r in sorted(rejects.values(), key=lambda r: r.index)
-        ]
+        ] + failed
         counts: dict[str, int] = {}
         for r in rejects.values():
             counts[r.reason] = counts.get(r.reason, 0) + 1
@@ -363,7 +358,53 @@ class StreamPipeline:
             findings=findings,
             next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
             stage_seconds={"labels": time.perf_counter() - t0},
+            stage_errors=len(failed),
         )
+
+    def tick_stage(self, stage: Ticking) -> list[Finding]:
+        """A ticking stage's wall-clock findings; a fault in it is counted and logged
+        like a failed batch (no events are involved) and the loop goes on."""
+        try:
+            return stage.tick()
+        except Exception as exc:
+            name = getattr(stage, "name", type(stage).__name__)
+            seen = self._stage_error_counts.get(name, 0)
+            self._stage_error_counts[name] = seen + 1
+            self.metrics.stage_errors.labels(self.spec.name, name).inc()
+            if seen % 100 == 0:
+                log.error(
+                    "stream %s: stage %s failed on a tick", self.spec.name, name, exc_info=exc
+                )
+            return []
+
+    def _stage_failed(
+        self, stage: Stage, exc: Exception, raw: BatchInput, rows: npt.NDArray[np.int64]
+    ) -> list[OutMessage]:
+        """A stage raised on a batch: count it, log it (the first time and then every
+        100th), and dead-letter the batch's events it did not fold in as ``stage_error``
+        so they can be replayed once the fault is fixed. The other stages and the
+        stream go on; the failed stage keeps what it had folded before the fault."""
+        name = stage.name
+        counter = self.metrics.stage_errors.labels(self.spec.name, name)
+        seen = self._stage_error_counts.get(name, 0)
+        self._stage_error_counts[name] = seen + 1
+        counter.inc()
+        if seen % 100 == 0:
+            log.error(
+                "stream %s: stage %s failed on a batch of %d events (%d so far); its "
+                "events go to the dead-letter topic as stage_error",
+                self.spec.name,
+                name,
+                len(rows),
+                seen + 1,
+                exc_info=exc,
+            )
+        detail = f"stage {name}: {type(exc).__name__}: {exc}"
+        topic, cap = self.dead_letter_topic, self.dead_letter_max_bytes
+        return [
+            dead_letter(topic, self.spec.name, raw, int(i), "stage_error", detail, max_bytes=cap)
+            for i in rows
+        ]
 
     def _count_partitions(self, raw: BatchInput) -> None:
         parts = raw.partitions
@@ -377,31 +418,26 @@ class StreamPipeline:
             self.partition_events[key] = self.partition_events.get(key, 0) + int(c)
 
     # -- state ---------------------------------------------------------------------
-    @property
-    def typed_stages(self) -> list[Stage]:
-        """The stages as ``Stage`` (untyped ones wrapped in ``LegacyStage``)."""
-        return [as_stage(s) for s in self.stages]
-
     def refresh_ready(self) -> None:
         """``driftwarden_baseline_ready``: 1 once every stage has its baseline."""
-        self._baseline_ready.set(1 if all(s.ready for s in self.typed_stages) else 0)
+        self._baseline_ready.set(1 if all(s.ready for s in self.stages) else 0)
 
     def partition_state(self, topic: str, partition: int) -> PartitionState:
         """Everything that continues ``(topic, partition)`` exactly."""
         slot = self._slot(topic, partition)
         return PartitionState(
             self.partition_events.get((topic, partition), 0),
-            tuple(s.partition_state(slot) for s in self.typed_stages),
+            tuple(s.partition_state(slot) for s in self.stages),
         )
 
     @property
     def state_decoders(self) -> tuple[StageDecoder, ...]:
         """One decoder per stage, to type a checkpointed ``PartitionState``."""
-        return tuple(s.decode_state for s in self.typed_stages)
+        return tuple(s.decode_state for s in self.stages)
 
     def restore_partition(self, topic: str, partition: int, state: PartitionState) -> None:
         self.partition_events[(topic, partition)] = state.events
-        for stage, st in zip(self.typed_stages, state.stages, strict=False):
+        for stage, st in zip(self.stages, state.stages, strict=False):
             if st is not None:
                 stage.restore_partition(self._slot(topic, partition), st)
 
@@ -419,22 +455,23 @@ class StreamPipeline:
         return self.judge_partition in owned
 
     def set_partition_count(self, count: int) -> None:
-        """The stream's partition count over all its topics (stages that size their
-        windows by it take it)."""
+        """The stream's partition count over all its topics (stages size windows by it)."""
         for stage in self.stages:
-            setter = getattr(stage, "set_partition_count", None)
-            if setter is not None:
-                setter(count)
+            stage.set_partition_count(count)
 
     def set_ownership(self, owned: set[tuple[str, int]]) -> None:
         """This process judges the stream when it owns the stream's first partition."""
         judge = self.judges(owned)
-        for stage in self.typed_stages:
+        for stage in self.stages:
             stage.judge = judge
 
     def set_remote(self, states: dict[tuple[str, int], PartitionState]) -> None:
-        """Checkpointed pipeline states of partitions other processes own."""
-        for index, stage in enumerate(self.typed_stages):
+        """Checkpointed pipeline states of partitions other processes own (for the
+        stages that judge here: all of them on the stream's judge, the fleet's
+        everywhere, since each replica judges its own devices against the fleet)."""
+        for index, stage in enumerate(self.stages):
+            if not stage.judge:
+                continue
             remote: dict[int, StageState] = {}
             for (t, p), st in states.items():
                 if t in self._slot_base and len(st.stages) > index:
@@ -447,23 +484,14 @@ class StreamPipeline:
         return int(self._slot_base[topic]) + partition
 
 
-def as_stage(stage: Any) -> Stage:
-    """``stage`` itself when it implements ``Stage``; else wrapped (the untyped contract)."""
-    if isinstance(stage, Stage):
-        return stage
-    return LegacyStage(stage, type(stage).__name__)
-
-
-def _raw_aware(stage: Any) -> RawAwareStage | None:
-    return stage if isinstance(stage, RawAwareStage) else None
-
-
 def build_pipelines(
     config: Config,
     metrics: Metrics,
-    stages: Callable[[StreamPipeline], list[Any]] | None,
+    stages: Callable[[StreamPipeline], list[Stage]] | None = registered_stages,
 ) -> dict[str, StreamPipeline]:
-    """One pipeline per configured stream, keyed by each of its topics."""
+    """One pipeline per configured stream, keyed by each of its topics; ``stages``
+    builds each stream's stages (by default every registered one that applies; None:
+    none, the pipeline only decodes, checks and dead-letters)."""
     pipelines: dict[str, StreamPipeline] = {}
     for spec in config.streams:
         pipeline = StreamPipeline(
@@ -474,6 +502,8 @@ def build_pipelines(
         )
         if stages is not None:
             pipeline.stages.extend(stages(pipeline))
+        for stage in pipeline.stages:  # so rate() sees a zero before the first failure
+            metrics.stage_errors.labels(spec.name, stage.name).inc(0)
         pipeline.refresh_ready()
         for topic in spec.all_topics:
             pipelines[topic] = pipeline

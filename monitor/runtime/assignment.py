@@ -82,7 +82,7 @@ class Assignment:
         for pipeline in unique_pipelines(self.pipelines):
             baseline = store.baseline(CheckpointKey.for_baseline(group, pipeline.spec.name))
             if baseline is not None:
-                for stage in pipeline.typed_stages:
+                for stage in pipeline.stages:
                     stage.restore_baseline(baseline)
                 pipeline.refresh_ready()
                 self.checkpointer.baselines_saved.add(pipeline.spec.name)

@@ -124,7 +124,7 @@ class Checkpointer:
             name = pipeline.spec.name
             if name in self.baselines_saved:
                 continue
-            for stage in pipeline.typed_stages:
+            for stage in pipeline.stages:
                 baseline = stage.baseline_checkpoint()
                 if baseline is not None:
                     store.put_baseline(CheckpointKey.for_baseline(group, name), baseline)
@@ -159,7 +159,7 @@ class Checkpointer:
         refreshed = False
         for pipeline in unique_pipelines(self.pipelines):
             pipeline.set_ownership(owned)
-            if not any(s.judge for s in pipeline.typed_stages):
+            if not any(s.judge for s in pipeline.stages):
                 continue
             topics = pipeline.spec.all_topics
             if all((t, p) in owned for t in topics for p in range(source.partition_count(t))):

@@ -251,7 +251,15 @@ class FaustMonitor:
         if not self.config.metrics.enabled or self.server is not None:
             return self.server
         c = self.config.metrics
-        self.server = MetricsServer(self.metrics, c.host, c.port, ready=self.ready).start()
+        token = c.token.get_secret_value() if c.token is not None else None
+        self.server = MetricsServer(
+            self.metrics,
+            c.host,
+            c.port,
+            ready=self.ready,
+            token=token,
+            setting="metrics.listen (or DRIFTWARDEN_METRICS_LISTEN)",
+        ).start()
         host, port = self.server.address
         log.info("driftwarden metrics on http://%s:%d/metrics", host, port)
         return self.server

@@ -7,14 +7,23 @@ the same alert engine. Nothing talks to a broker. The engine's clock is the chun
 latest event time when the stream has one (so cooldowns follow the data), else the
 wall clock.
 
+The pipeline is built with the service's stage factory, so a replay runs the stages
+the service runs: drift, the model stage of a stream with ``model.labels`` (its
+labels from ``labels=`` or the rows' own label field, see
+``monitor.runtime.replay_sections``) and the fleet stage of a stream with a
+``fleet`` section; the alert engine asks for retrains as the service's does.
+
 The result is a typed ``ReplayReport``: per field the statistic at every verdict,
-reference and current distributions, data-quality rates over time and the alerts on
-a timeline. ``render_report_html`` turns it into one self-contained HTML page (inline
-SVG charts); ``ReplayReport.to_dict`` is the same content as JSON.
+reference and current distributions, data-quality rates over time, the alerts on
+a timeline and, where configured, the devices flagged per condition and the model's
+quality (realized, estimated, joins, retrain requests). ``render_report_html`` turns
+it into one self-contained HTML page (inline SVG charts); ``ReplayReport.to_dict``
+is the same content as JSON.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -28,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
+from detectors.base import Finding
 from detectors.baseline import CategoricalBaseline, NumericBaseline
 from monitor.alerting.engine import AlertEngine
 from monitor.charts import bars, line_chart
@@ -36,9 +46,21 @@ from monitor.config.schema import Config, StreamSpec
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.pipeline.baselines import read_file_payloads
-from monitor.pipeline.drift import DriftStage, drift_stages
+from monitor.pipeline.drift import DriftStage
+from monitor.pipeline.fleet import FleetStage
+from monitor.pipeline.model import ModelStage
 from monitor.pipeline.stream import build_pipelines
 from monitor.runtime.faust import to_raw_batch
+from monitor.runtime.replay_sections import (
+    FileLabels,
+    FleetCollector,
+    FleetSection,
+    InFileLabels,
+    ModelCollector,
+    ModelSection,
+    render_fleet_html,
+    render_model_html,
+)
 from monitor.status import finite_json
 
 __all__ = [
@@ -109,9 +131,14 @@ class ReplayReport:
     quality_positions: tuple[int, ...] = ()
     invalid_rate: tuple[float, ...] = ()
     null_rates: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    fleet: FleetSection | None = None
+    model: ModelSection | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return finite_json(asdict(self))  # type: ignore[no-any-return]
+        doc = asdict(dataclasses.replace(self, fleet=None, model=None))
+        doc["fleet"] = self.fleet.to_dict() if self.fleet is not None else None
+        doc["model"] = self.model.to_dict() if self.model is not None else None
+        return finite_json(doc)  # type: ignore[no-any-return]
 
     def findings_at(self) -> dict[tuple[str, str], int | None]:
         """First drift position per (subject, detector)."""
@@ -158,21 +185,42 @@ def replay(
     stream: str | None = None,
     chunk: int | None = None,
     on_progress: Callable[[int, float], None] | None = None,
+    labels: Path | None = None,
 ) -> ReplayReport:
     """Run ``config``'s stream over the file at ``path``; see the module docstring.
 
     ``chunk`` is the batch size; by default the window's step, so that a verdict is
-    taken at every step as the file is read.
+    taken at every step as the file is read. ``labels``: a file of label events for
+    a stream with ``model.labels`` (else the rows' own label field, when they have it).
     """
     spec = _stream(config, stream)
+    label_spec = spec.model.labels if spec.model is not None else None
+    if labels is not None and label_spec is None:
+        raise ConfigError(f"--labels: stream {spec.name!r} has no model.labels section")
     if chunk is None:
         chunk = spec.window.step or 10_000
     started = time.perf_counter()
     metrics = Metrics(CollectorRegistry())
     topic = spec.all_topics[0]
-    pipeline = build_pipelines(config, metrics, drift_stages)[topic]
+    pipeline = build_pipelines(config, metrics)[topic]
     drift = next((s for s in pipeline.stages if isinstance(s, DriftStage)), None)
     engine = AlertEngine(config.alerts if config.alerts is not None else AlertsConfig())
+    if spec.model is not None:  # as the service's alerting handler does
+        engine.set_model(spec.name, spec.model.name, spec.model.version or "unversioned")
+        engine.retrain_on = {spec.name: (tuple(spec.model.retrain_on), spec.model.retrain_severity)}
+    fleets = [FleetCollector(s) for s in pipeline.stages if isinstance(s, FleetStage)]
+    model_stage = next((s for s in pipeline.stages if isinstance(s, ModelStage)), None)
+    model: ModelCollector | None = None
+    from_file: FileLabels | None = None
+    in_file: InFileLabels | None = None
+    if model_stage is not None and label_spec is not None:
+        if labels is not None:
+            from_file = FileLabels(labels, spec)
+            model = ModelCollector(model_stage, f"file {labels.name}, merged by event time")
+        else:
+            in_file = InFileLabels(spec)
+            model = ModelCollector(model_stage, "none (no --labels, no label field in the rows)")
+    label_offset = 0
     window = spec.window.events or 10_000
     recent = {name: _Recent(window) for name in (drift.fields if drift else [])}
     series: dict[tuple[str, str], list[tuple[int, float, float, bool]]] = {}
@@ -183,9 +231,50 @@ def replay(
     rejected: dict[str, int] = {}
     events = accepted = 0
     last_progress = 0.0
+    now = time.time()
+
+    def observe(findings: list[Finding]) -> None:
+        for f in findings:
+            if f.kind not in ("entity", "model"):  # devices and models: own sections
+                series.setdefault((f.subject, f.detector), []).append(
+                    (events, f.statistic, f.threshold, f.drift)
+                )
+        outcome = engine.observe(findings, now)
+        for a in outcome.alerts:
+            marks.append(
+                AlertMark(events, a.id, a.status, a.severity, a.subject, a.detector, a.summary)
+            )
+        for fleet in fleets:
+            fleet.observe(findings, events)
+        if model is not None:
+            model.observe(findings, outcome.retrain_requests, events)
+
+    def feed_labels(values: list[bytes | None]) -> list[Finding]:
+        nonlocal label_offset
+        if not values or label_spec is None or model is None:
+            return []
+        rows = [(0, label_offset + i, None, p) for i, p in enumerate(values)]
+        label_offset += len(values)
+        model.labels_read += len(values)
+        result = pipeline.process(to_raw_batch(label_spec.topic, rows))
+        for reason, n in result.rejected.items():
+            model.labels_rejected[reason] = model.labels_rejected.get(reason, 0) + n
+        return list(result.findings)
+
     for payloads in read_file_payloads(path, spec, chunk=chunk):
         rows = [(0, events + i, None, p) for i, p in enumerate(payloads)]
         result = pipeline.process(to_raw_batch(topic, rows))
+        findings = list(result.findings)
+        latest = pipeline.last_batch
+        if in_file is not None and model is not None and label_spec is not None:
+            found = in_file.of(payloads, latest)
+            if found and not model.labels_read:
+                model.labels = f"the rows' own field {label_spec.value!r}, at their time"
+            findings += feed_labels(found)
+        elif from_file is not None and latest is not None and latest.event_time is not None:
+            times = latest.event_time[np.isfinite(latest.event_time)]
+            if times.size:
+                findings += feed_labels(from_file.until(float(times.max())))
         events += result.events
         accepted += result.accepted
         for reason, n in result.rejected.items():
@@ -203,22 +292,17 @@ def replay(
                     if ok is not None and batch.n
                     else 0.0
                 )
-        for f in result.findings:
-            series.setdefault((f.subject, f.detector), []).append(
-                (events, f.statistic, f.threshold, f.drift)
-            )
         now = time.time()
         if batch is not None and batch.event_time is not None and batch.n:
-            now = float(batch.event_time.max())
-        outcome = engine.observe(result.findings, now)
-        for a in outcome.alerts:
-            marks.append(
-                AlertMark(events, a.id, a.status, a.severity, a.subject, a.detector, a.summary)
-            )
+            stamped = batch.event_time[np.isfinite(batch.event_time)]
+            now = float(stamped.max()) if stamped.size else now
+        observe(findings)
         elapsed = time.perf_counter() - started
         if on_progress is not None and elapsed - last_progress >= 0.5:
             last_progress = elapsed
             on_progress(events, elapsed)
+    if from_file is not None:
+        observe(feed_labels(from_file.rest()))  # the labels after the last prediction
     dists = _distributions(drift, recent, pipeline) if drift is not None else ()
     return ReplayReport(
         file=str(path),
@@ -244,6 +328,8 @@ def replay(
         quality_positions=tuple(positions),
         invalid_rate=tuple(invalid_rate),
         null_rates=tuple((n, tuple(v)) for n, v in null_rates.items()),
+        fleet=fleets[0].section() if fleets else None,
+        model=model.section() if model is not None else None,
     )
 
 
@@ -319,8 +405,16 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #
 table{border-collapse:collapse;margin:.4em 0}td,th{padding:.2em .6em;border-bottom:1px solid #eee;
 text-align:left}.drift{color:#b3261e;font-weight:600}.muted{color:#6b7280}
 .legend span{display:inline-block;width:.8em;height:.8em;margin:0 .3em 0 1em}
-section.field{margin:1em 0 1.6em}
+section.field{margin:1em 0 1.6em}h3{font-size:1.05em;margin:1.2em 0 .3em}
 """
+
+
+def _ratios(s: FieldSeries) -> tuple[float, ...]:
+    """Statistic / threshold at each verdict (1 = at the threshold)."""
+    return tuple(
+        v / t if t > 0 and math.isfinite(t) else math.nan
+        for v, t in zip(s.statistics, s.thresholds, strict=True)
+    )
 
 
 def render_report_html(report: ReplayReport) -> bytes:
@@ -332,7 +426,7 @@ def render_report_html(report: ReplayReport) -> bytes:
         f"<h1>Replay of {e(Path(report.file).name)} as stream {e(report.stream)}</h1>",
         f"<p class=muted>{report.events:,} events, {report.accepted:,} accepted, "
         f"{sum(n for _, n in report.rejected):,} rejected, baseline "
-        f"{e(str(report.baseline_id))}, {report.seconds:.1f} s.</p>",
+        f"{e(report.baseline_id or 'none')}, {report.seconds:.1f} s.</p>",
     ]
     out.append("<h2>Alerts</h2>")
     if report.alerts:
@@ -349,14 +443,31 @@ def render_report_html(report: ReplayReport) -> bytes:
     else:
         out.append("<p class=muted>No alert fired.</p>")
 
-    out.append("<h2>Fields</h2>")
-    out.append(
-        '<p class="legend muted"><span style="background:#2f5bd3"></span>statistic'
-        '<span style="background:#e08a00"></span>threshold'
-        '<span style="background:#b3261e"></span>alert fired'
-        '<span style="background:#1b6e35"></span>resolved'
-        '<span style="background:#9aa3b2"></span>reference share</p>'
-    )
+    if report.fleet is not None:
+        fired = [
+            a.position
+            for a in report.alerts
+            if a.status == "firing" and a.detector in report.fleet.conditions
+        ]
+        out.append(render_fleet_html(report.fleet, fired))
+    if report.model is not None:
+        named = set(report.model.prediction_fields)
+        prediction = [
+            (f"{s.subject} {s.detector}", s.positions, _ratios(s))
+            for s in report.series
+            if s.subject in named
+        ]
+        out.append(render_model_html(report.model, prediction))
+
+    if report.series or not (report.fleet or report.model):
+        out.append("<h2>Fields</h2>")
+        out.append(
+            '<p class="legend muted"><span style="background:#2f5bd3"></span>statistic'
+            '<span style="background:#e08a00"></span>threshold'
+            '<span style="background:#b3261e"></span>alert fired'
+            '<span style="background:#1b6e35"></span>resolved'
+            '<span style="background:#9aa3b2"></span>reference share</p>'
+        )
     dists = {d.field: d for d in report.distributions}
     by_subject: dict[str, list[FieldSeries]] = {}
     for s in report.series:

@@ -19,7 +19,7 @@ from connectors.base import MessageSink
 from monitor.config.schema import Config
 from monitor.errors import DriftwardenError
 from monitor.metrics import Metrics
-from monitor.pipeline.stage import Stage
+from monitor.pipeline.stage import Stage, registered_stages
 from monitor.pipeline.stream import StreamPipeline, build_pipelines
 from monitor.runtime.assignment import Assignment, kafka_sink, kafka_source
 from monitor.runtime.checkpointer import Checkpointer
@@ -52,7 +52,7 @@ class Runner:
         metrics: Metrics | None = None,
         source: BatchSource | None = None,
         sink: MessageSink | None = None,
-        stages: Callable[[StreamPipeline], list[Stage]] | None = None,
+        stages: Callable[[StreamPipeline], list[Stage]] | None = registered_stages,
         findings_handler: FindingsHandler | None = None,
         state_store: StateStore | None = None,
         board: StatusBoard | None = None,

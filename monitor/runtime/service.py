@@ -1,4 +1,5 @@
-"""The assembled service: runner, metrics endpoint and the stages configured per stream."""
+"""The assembled service: runner, metrics endpoint and status page (the stages each
+stream runs come from the registry, ``monitor.pipeline.stage.STAGES``)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from connectors.kafka import ensure_topics, wait_for_cluster
 from monitor.alerting.dispatch import AlertingHandler, build_findings_handler
 from monitor.config.schema import Config
 from monitor.metrics import Metrics, MetricsServer
-from monitor.pipeline.fleet import FleetStage, FleetStatus, fleet_stages
-from monitor.pipeline.model import model_stages
+from monitor.pipeline.fleet import FleetStage, FleetStatus
 from monitor.pipeline.stream import output_topics, unique_pipelines
 from monitor.runtime.runner import BatchSource, FindingsHandler, Runner, RunStats
 from monitor.status import (
@@ -27,11 +27,6 @@ from monitor.status import (
 )
 
 __all__ = ["Service"]
-
-
-def _stages(pipeline: Any) -> list[Any]:
-    """The stages the service builds per stream: drift (and model), then fleet health."""
-    return model_stages(pipeline) + fleet_stages(pipeline)
 
 
 def _is_loopback(host: str) -> bool:
@@ -99,7 +94,6 @@ class Service:
                 metrics=self.metrics,
                 source=source,
                 sink=sink,
-                stages=_stages,
                 findings_handler=findings_handler,
                 board=self.board,
             )

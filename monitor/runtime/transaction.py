@@ -197,7 +197,7 @@ class BatchTransaction:
             for pipeline in unique_pipelines(self.pipelines)
             for stage in pipeline.stages
             if isinstance(stage, Ticking)
-            for f in stage.tick()
+            for f in pipeline.tick_stage(stage)
         ]
         return self.handle_findings(findings) if findings else []
 

@@ -27,18 +27,28 @@ def test_500_devices_going_silent_together_make_one_alert_that_resolves() -> Non
     for chunk in scenario.chunks(0.0, 4 * 3600.0, 60.0):
         findings = stage.update(to_batch(chunk), (chunk.codes % 3).astype(np.int32))
         alerts += engine.observe(findings, now=float(chunk.times.max())).alerts
-    assert len(alerts) == 1
+    # one alert: the devices' silence limits pass within one period; the first
+    # evaluation opens the group, the later ones add their devices as updates of it
+    # (same id, one revision each, each device announced once), never a page per device
+    assert len({a.id for a in alerts}) == 1
+    assert [(a.status, a.revision) for a in alerts] == [("firing", i) for i in range(len(alerts))]
     alert = alerts[0]
     assert alert.status == "firing" and alert.kind == "entity" and alert.detector == "silent"
-    # the devices' silence limits pass within one period: the first evaluation opens
-    # the group, the rest join it silently (no further pages)
     assert alert.subject == "*" and 3 <= len(alert.subjects) <= MAX_LISTED_ENTITIES
+    announced = list(alert.subjects) + [s for a in alerts[1:] for s in a.added_subjects]
+    assert len(announced) == len(set(announced))
+    assert set(announced) <= {f"dev-{i:05d}" for i in range(500)}
+    assert all(a.added_subjects for a in alerts[1:])
     assert alert.summary.startswith(f"silent on {len(alert.subjects)} devices of fleet")
     top = alert.evidence.top_subjects[0]
     details = dict(top.details)
     assert {"last_seen", "events", "interval", "value.f0", "run_length.f0"} <= set(details)
     doc = json.loads(alert.to_json())
     jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(doc)
+    for update in alerts[1:]:
+        jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(
+            json.loads(update.to_json())
+        )
     (message,) = to_out_messages(engine.observe([], 0.0), config) or [None]  # nothing new
     assert message is None
     assert to_out_messages(type(engine.observe([], 0.0))(alerts=(alert,)), config)[0].topic == (
@@ -56,6 +66,39 @@ def test_500_devices_going_silent_together_make_one_alert_that_resolves() -> Non
     assert resolved[0].summary == "silent on 500 devices of fleet (first 100 listed) resolved"
     assert len(resolved[0].subjects) == MAX_LISTED_ENTITIES
     assert engine.firing == 0
+
+
+def test_devices_joining_an_open_group_make_an_update_of_it() -> None:
+    """More devices of a site go silent after the grouped alert fired: an update of
+    the same alert (a revision, the added devices), like a field group's update."""
+    site, later = tuple(range(40)), tuple(range(40, 60))
+    scenario = FleetScenario(
+        devices=300,
+        period=60.0,
+        failures=(Failure("silent", site, 3 * 3600.0), Failure("silent", later, 4 * 3600.0)),
+    )
+    stage = make_stage(fleet_spec(evaluate_every="60s"), 300)
+    engine = AlertEngine(AlertsConfig.model_validate({"topic": "alerts"}))
+    alerts = []
+    for chunk in scenario.chunks(0.0, 5 * 3600.0, 60.0):
+        findings = stage.update(to_batch(chunk), (chunk.codes % 3).astype(np.int32))
+        alerts += engine.observe(findings, now=float(chunk.times.max())).alerts
+    first = alerts[0]
+    assert first.subject == "*" and first.revision == 0 and first.status == "firing"
+    assert all((a.id, a.status) == (first.id, "firing") for a in alerts)
+    assert [a.revision for a in alerts] == list(range(len(alerts)))
+    names = {i: f"dev-{i:05d}" for i in range(60)}
+    announced = list(first.subjects) + [s for a in alerts[1:] for s in a.added_subjects]
+    assert sorted(announced) == sorted(names.values())  # each device once, no other
+    joined_late = [a for a in alerts if set(a.added_subjects) & {names[i] for i in later}]
+    assert joined_late and all(a.revision >= 1 for a in joined_late)
+    assert set().union(*(a.added_subjects for a in joined_late)) == {names[i] for i in later}
+    update = joined_late[0]
+    assert f"{len(update.added_subjects)} joined: " in update.summary
+    assert set(update.subjects) >= set(first.subjects) | set(update.added_subjects)
+    schema = json.loads(SCHEMA.read_text())
+    for a in alerts:
+        jsonschema.Draft202012Validator(schema).validate(json.loads(a.to_json()))
 
 
 def test_fleet_findings_leave_no_per_device_metric_labels() -> None:

@@ -25,6 +25,7 @@ from monitor.checkpoints import CheckpointKey
 from monitor.config.schema import parse_config
 from monitor.dev.fleet_demo import Failure, FleetScenario, fleet_stream
 from monitor.errors import DriftwardenError
+from monitor.pipeline.fleet import FleetState
 from monitor.runtime.service import Service
 from monitor.runtime.state import StateStore
 from tests.kafka_utils import create_topics, produce
@@ -71,11 +72,11 @@ def _devices(pipeline_states: dict[int, Any]) -> dict[str, tuple[Any, ...]]:
     """
     out: dict[str, tuple[Any, ...]] = {}
     for p, state in pipeline_states.items():
-        st = state if isinstance(state, dict) else state.to_plain()
-        table = st["stages"][-1]["table"]
-        arrays = table["arrays"]
+        plain = state if isinstance(state, dict) else state.to_plain()
+        table = FleetState.from_plain(plain["stages"][-1]).table  # stages: drift, fleet
+        arrays = table.arrays
         names = [k for k in sorted(arrays) if k != "status"]
-        for i, dev in enumerate(table["ids"]):
+        for i, dev in enumerate(table.ids):
             out[dev] = (p, *((k, np.asarray(arrays[k][i]).tolist()) for k in names))
     return out
 

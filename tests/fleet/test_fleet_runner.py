@@ -14,7 +14,7 @@ from connectors.kafka import RawBatch
 from monitor.config.schema import parse_config
 from monitor.dev.fleet_demo import FLEET_FIELDS, fleet_stream
 from monitor.metrics import Metrics
-from monitor.pipeline.fleet import all_stages
+from monitor.pipeline.stage import registered_stages
 from monitor.runtime.runner import Runner
 
 
@@ -82,7 +82,7 @@ def test_an_idle_runner_reports_a_quiet_partition_silent() -> None:
         metrics=Metrics(CollectorRegistry()),
         source=_Source([batch]),
         sink=_Sink(),
-        stages=all_stages,
+        stages=registered_stages,
     )
     assert runner.step() == 100
     assert not runner.stats.drifting

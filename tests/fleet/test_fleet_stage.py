@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -14,7 +15,7 @@ from monitor.config.schema import ConfigError, parse_config
 from monitor.dev.fleet_demo import Failure, FleetChunk, FleetScenario, fleet_stream
 from monitor.metrics import Metrics
 from monitor.pipeline.decode import StreamDecoder
-from monitor.pipeline.fleet import FleetStage
+from monitor.pipeline.fleet import FleetStage, FleetState
 from monitor.runtime.state import decode_state, encode_state
 from tests.fleet.helpers import CLOCK, device, feed, fleet_spec, make_stage, to_batch
 
@@ -26,6 +27,16 @@ FAILURES = (
     Failure("spike", tuple(range(300, 310)), 3.0 * DAY),
     Failure("fleet_drift", tuple(range(400, 410)), 3.5 * DAY),
 )
+
+
+def _plain(stage: FleetStage, partition: int) -> dict[str, object]:
+    """A partition's typed state as the checkpoint stores it (round-trips exactly)."""
+    state = stage.partition_state(partition)
+    assert isinstance(state, FleetState)
+    plain = state.to_plain()
+    back = FleetState.from_plain(plain)
+    assert back.table.ids == state.table.ids and back.table.fields == state.table.fields
+    return plain
 
 
 def _onsets(findings: list[Finding]) -> dict[str, set[int]]:
@@ -133,14 +144,14 @@ def test_restart_from_checkpoints_equals_an_uninterrupted_run() -> None:
 
     first = make_stage(spec, 300)
     feed(first, scenario, 0.0, 5000.0, partitions=3, chunk_seconds=250.0)
-    saved = {p: encode_state(first.partition_state(p) or {}) for p in first.tables}
+    saved = {p: encode_state(_plain(first, p)) for p in first.tables}
     # a new process: its vocabulary numbers the devices differently
     decoder = StreamDecoder(spec)
     assert decoder.entities is not None
     decoder.entities.add([f"dev-{i:05d}" for i in reversed(range(300))])
     second = FleetStage(spec, decoder, clock=lambda: CLOCK)
     for p, blob in saved.items():
-        second.restore_partition(p, decode_state(blob))
+        second.restore_partition(p, second.decode_state(decode_state(blob)))
     for chunk in scenario.chunks(5000.0, 3 * 3600.0, 900.0):
         codes = np.array([decoder.entities.codes[f"dev-{c:05d}"] for c in chunk.codes.tolist()])
         parts = (chunk.codes % 3).astype(np.int32)
@@ -283,12 +294,75 @@ def test_integer_device_ids_survive_a_restore() -> None:
     stage = FleetStage(spec, decoder, clock=lambda: CLOCK)
     chunk = FleetChunk(np.arange(10, dtype=np.int64), np.arange(10.0), np.ones((10, 5)))
     stage.update(to_batch(chunk), np.zeros(10, dtype=np.int32))
-    blob = encode_state(stage.partition_state(0) or {})
+    blob = encode_state(_plain(stage, 0))
     other_decoder = StreamDecoder(spec)
     other = FleetStage(spec, other_decoder, clock=lambda: CLOCK)
-    other.restore_partition(0, decode_state(blob))
+    other.restore_partition(0, other.decode_state(decode_state(blob)))
     assert other.tracked == 10
     assert other_decoder.entities is not None
     assert sorted(k for k in other_decoder.entities.codes if k is not None) == list(
         range(1000, 1010)
     )
+
+
+def test_two_replicas_judge_devices_against_the_whole_fleet() -> None:
+    """Replica a owns partitions 0-1, b owns 2-3; each sees the other's checkpointed
+    tables (set_remote). Both use the fleet median of all devices, exactly as one
+    process owning every partition, and together detect exactly what it detects."""
+    scenario = FleetScenario(
+        devices=400,
+        period=60.0,
+        failures=(
+            Failure("fleet_drift", (1, 5, 9, 13), 3 * 3600.0),
+            Failure("silent", (2, 6), 4 * 3600.0),
+        ),
+    )
+    spec = fleet_spec(evaluate_every="600s")
+    whole, a, b = (make_stage(spec, 400) for _ in range(3))
+    for stage in (whole, a, b):
+        stage._next_eval = math.inf  # evaluated below, after the states are exchanged
+    owned = {id(a): {0, 1}, id(b): {2, 3}}
+    found: dict[str, set[tuple[str, str, bool, float]]] = {"whole": set(), "pair": set()}
+    for chunk in scenario.chunks(0.0, 6 * 3600.0, 600.0):
+        parts = (chunk.codes % 4).astype(np.int32)
+        batch = to_batch(chunk)
+        whole.update(batch, parts)
+        for stage in (a, b):
+            mine = np.isin(parts, list(owned[id(stage)]))
+            rows = np.flatnonzero(mine)
+            sub = to_batch(FleetChunk(chunk.codes[rows], chunk.times[rows], chunk.values[rows]))
+            stage.update(sub, parts[rows])
+        for stage, other in ((a, b), (b, a)):
+            states = {}
+            for p in other.tables:
+                state = other.partition_state(p)
+                assert state is not None
+                states[p] = stage.decode_state(decode_state(encode_state(state.to_plain())))
+            stage.set_remote(states)
+        centers = [s._contexts(CLOCK)[min(owned.get(id(s), {0}))] for s in (whole, a, b)]
+        for ctx in centers[1:]:
+            assert np.array_equal(ctx.center, centers[0].center, equal_nan=True)
+            assert np.array_equal(ctx.scale, centers[0].scale, equal_nan=True)
+        found["whole"] |= {
+            (f.subject, f.detector, f.drift, f.statistic) for f in whole.evaluate(CLOCK)
+        }
+        for s in (a, b):
+            found["pair"] |= {
+                (f.subject, f.detector, f.drift, f.statistic) for f in s.evaluate(CLOCK)
+            }
+    assert found["pair"] == found["whole"]
+    onsets = {(s, d) for s, d, drift, _ in found["whole"] if drift}
+    assert {s for s, d in onsets if d == "fleet_drift"} == {device_name(i) for i in (1, 5, 9, 13)}
+    assert {s for s, d in onsets if d == "silent"} == {device_name(i) for i in (2, 6)}
+    # without the other replica's devices, a's fleet is another one
+    alone = make_stage(spec, 400)
+    for p in a.tables:
+        state = a.partition_state(p)
+        assert state is not None
+        alone.restore_partition(p, state)
+    center = alone._contexts(CLOCK)[0].center
+    assert not np.array_equal(center, a._contexts(CLOCK)[0].center, equal_nan=True)
+
+
+def device_name(i: int) -> str:
+    return f"dev-{i:05d}"

@@ -15,7 +15,8 @@ from connectors.kafka import RawBatch
 from monitor.config.schema import parse_config
 from monitor.dev.model_synthetic import MODEL_STREAM, generate_model_events, reference_rows
 from monitor.metrics import Metrics
-from monitor.pipeline.model import ModelStage, model_stages
+from monitor.pipeline.model import ModelStage
+from monitor.pipeline.stage import registered_stages
 from monitor.pipeline.stream import StreamPipeline
 from monitor.runtime.service import Service
 from tests.kafka_utils import create_topics, produce, read_topic
@@ -65,7 +66,13 @@ def _snapshot(service: Service) -> dict[str, Any]:
 
 
 def _snapshot_stage(stage: ModelStage) -> dict[str, Any]:
-    rings = [r.rows() for p in stage._parts.values() for r in p.joined.values()]
+    # the windows' rows, with the joins still held (released at the next frontier)
+    rings = [
+        rows
+        for p in stage._parts.values()
+        for r in p.joined.values()
+        for rows in (r.rows(), r.held_rows())
+    ]
     pairs = np.concatenate([np.stack([c[0], c[2]], axis=1) for c in rings])
     values = {
         (f.detector, f.subject): round(dict(f.details)["value"], 12)
@@ -208,7 +215,7 @@ def test_kill_9_with_pending_predictions_then_restart_equals_uninterrupted(
     resumed = _run_until(service(group), total)
     # the uninterrupted run, in process (the snapshot does not depend on partitioning)
     pipeline = StreamPipeline(config.streams[0], Metrics(CollectorRegistry()), "dlq")
-    pipeline.stages.extend(model_stages(pipeline))
+    pipeline.stages.extend(registered_stages(pipeline))
     for topic, values in ((f"inf.{unique}", ev.inference), (f"lab.{unique}", ev.labels)):
         raw_batch = RawBatch(
             topic=topic,

@@ -113,3 +113,46 @@ def test_replay_report_renders_in_a_browser(tmp_path: Path) -> None:
     shot = screenshot(out.as_uri(), tmp_path / "report.png")
     if UPDATE_DOCS:
         (DOCS / "replay-report.png").write_bytes(shot.read_bytes())
+
+
+def test_replay_report_device_and_model_sections_render_in_a_browser(tmp_path: Path) -> None:
+    from monitor.dev.fleet_demo import FleetScenario, demo_failures, demo_fleet_stream
+    from monitor.dev.model_synthetic import MODEL_STREAM, generate_model_events, reference_rows
+
+    kafka = {"bootstrap.servers": "127.0.0.1:9"}
+    scenario = FleetScenario(
+        devices=200, period=2.0, start=1.79e9, failures=demo_failures(60.0), drift_shift=12.0
+    )
+    fleet = tmp_path / "fleet.jsonl"
+    fleet.write_bytes(
+        b"\n".join(p for c in scenario.chunks(0.0, 60.0, 10.0) for p in c.payloads()) + b"\n"
+    )
+    config = parse_config({"kafka": kafka, "streams": [demo_fleet_stream("iot.fleet")]}, env={})
+    fleet_page = tmp_path / "fleet.html"
+    write_report(replay(config, fleet), fleet_page, None)
+
+    reference = tmp_path / "reference.jsonl"
+    reference.write_bytes(b"\n".join(reference_rows(5_000, seed=5)) + b"\n")
+    ev = generate_model_events(10_000, seed=11, drift_at=4_000, start=1.79e9, label_delay=8.0)
+    inference, labels = tmp_path / "inference.jsonl", tmp_path / "labels.jsonl"
+    inference.write_bytes(b"\n".join(ev.inference) + b"\n")
+    labels.write_bytes(b"\n".join(ev.labels) + b"\n")
+    stream = copy.deepcopy(MODEL_STREAM)
+    stream["model"]["reference"] = {"file": str(reference), "id": "loans-reference"}
+    config = parse_config({"kafka": kafka, "streams": [stream]}, env={})
+    model_page = tmp_path / "model.html"
+    write_report(replay(config, inference, labels=labels), model_page, None)
+
+    dom = dump_dom(fleet_page.as_uri())
+    assert "Devices of stream fleet" in dom and "Flagged devices" in dom
+    assert "Worst devices at the end" in dom and "dev-00050" in dom
+    assert dom.count('class="chart"') >= 1 and dom.count("<polyline") >= 5  # one per condition
+    dom = dump_dom(model_page.as_uri())
+    assert "Model loans (stream loans-model)" in dom and "Prediction drift" in dom
+    assert "accuracy of version 1" in dom and "realized drop from event" in dom
+    assert "estimated drop from event" in dom and "Retrain requests" in dom
+    assert dom.count('class="chart"') >= 10 and dom.count('class="bars"') >= 3
+    for page, name in ((fleet_page, "replay-fleet.png"), (model_page, "replay-model.png")):
+        shot = screenshot(page.as_uri(), tmp_path / name, height=1400)
+        if UPDATE_DOCS:
+            (DOCS / name).write_bytes(shot.read_bytes())

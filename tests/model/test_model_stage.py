@@ -23,7 +23,8 @@ from monitor.dev.model_synthetic import (
 )
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
-from monitor.pipeline.model import ModelStage, model_stages
+from monitor.pipeline.model import ModelStage
+from monitor.pipeline.stage import registered_stages
 from monitor.pipeline.stream import BatchResult, StreamPipeline
 
 PARTS = 2
@@ -42,7 +43,7 @@ def _stream(tmp_path: Path, **quality: Any) -> dict[str, Any]:
 def _pipeline(stream: dict[str, Any], registry: CollectorRegistry | None = None) -> StreamPipeline:
     config = parse_config({"kafka": {"bootstrap.servers": "x:1"}, "streams": [stream]}, env={})
     pipeline = StreamPipeline(config.streams[0], Metrics(registry), "dlq")
-    pipeline.stages.extend(model_stages(pipeline))
+    pipeline.stages.extend(registered_stages(pipeline))
     return pipeline
 
 
@@ -441,8 +442,15 @@ def test_per_class_probabilities_equal_sklearn(tmp_path: Path) -> None:
     assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(is_a, probs[:, 0]), abs=1e-12)
     # log loss is reported as a per-event mean: one-vs-rest on the positive class
     assert got["log_loss"] == pytest.approx(skm.log_loss(is_a, probs[:, 0]), abs=1e-9)
+    # CBPE for a multiclass model: the calibrated confidence (top probability) is the
+    # expected accuracy; these probabilities are calibrated (labels drawn from them)
     ref = stage.references["*"]
-    assert ref.cbpe is None  # CBPE estimates binary classifiers only
+    assert ref.cbpe is not None
+    est = next(f for f in stage.evaluate() if f.detector == "cbpe")
+    direct = float(np.mean(probs.max(axis=1)))
+    assert dict(est.details)["value"] == pytest.approx(direct, abs=0.02)
+    assert abs(dict(est.details)["value"] - skm.accuracy_score(y, pred)) < 0.03
+    assert abs(stage._latest[("unversioned", "accuracy", "error")]) < 0.03  # estimate error
 
 
 def test_two_replicas_judge_like_one(tmp_path: Path) -> None:
@@ -453,7 +461,7 @@ def test_two_replicas_judge_like_one(tmp_path: Path) -> None:
     one, a, b = _pipeline(stream), _pipeline(stream), _pipeline(stream)
     _run(one, batches)
     b.set_ownership({("ml.loans.inference", 1)})
-    assert not _model(b).aggregating
+    assert not _model(b).judge
     findings_b = _run(b, [x for x in batches if x.partitions[0] == 1])
     assert not [f for f in findings_b if f.kind == "model"]
     _run(a, [x for x in batches if x.partitions[0] == 0])
@@ -486,3 +494,12 @@ def test_status_tables_mark_the_estimate(tmp_path: Path) -> None:
     board = StatusBoard()
     board.add_section(stage.status_sections)
     assert b"estimated (CBPE)" in render_html(board.snapshot())
+
+
+def test_status_says_when_a_model_gets_no_estimate() -> None:
+    stream = copy.deepcopy(MODEL_STREAM)
+    stream["model"]["prediction"] = {"task": "regression", "value": "p_default"}
+    stream["model"]["quality"]["metrics"] = ["mae", "bias"]
+    config = parse_config({"kafka": {"bootstrap.servers": "x:1"}, "streams": [stream]}, env={})
+    quality, _ = ModelStage(config.streams[0]).status_sections()
+    assert "no estimate for this model" in quality.note

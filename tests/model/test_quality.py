@@ -17,7 +17,15 @@ from detectors.quality import (
     expected_calibration_error,
     regression_quality,
 )
-from detectors.quality_drop import AccuracyDrop, AUCDrop, delong_auc_variance
+from detectors.quality_drop import (
+    AccuracyDrop,
+    AUCDrop,
+    ECERise,
+    F1Drop,
+    calibration_sums,
+    delong_auc_variance,
+    f1_variance,
+)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -161,3 +169,88 @@ def test_cbpe_sums_add() -> None:
     parts = cbpe.window_sums(s[:1000]) + cbpe.window_sums(s[1000:])
     np.testing.assert_allclose(whole, parts)
     assert CBPE.from_sums(np.zeros(6)).n == 0
+
+
+def test_f1_drop_equals_sklearn_and_its_variance_the_sampling_variance() -> None:
+    """F1 as sklearn's; the delta-method variance within 5% of the variance of
+    sklearn's F1 over 400 windows drawn from the same model (and of 20,000 by counts)."""
+    rng = np.random.default_rng(12)
+    cells = np.array([0.30, 0.08, 0.12, 0.50])  # TP, FP, FN, TN
+    n = 2000
+    y_true = np.array([1, 0, 1, 0])
+    y_pred = np.array([1, 1, 0, 0])
+    values = []
+    for _ in range(400):
+        cell = rng.choice(4, n, p=cells)
+        f1 = skm.f1_score(y_true[cell], y_pred[cell])
+        tp, fp, fn, _ = np.bincount(cell, minlength=4).tolist()
+        assert f1_variance(tp, fp, fn)[0] == pytest.approx(f1, abs=1e-12)
+        values.append(f1)
+    counts = rng.multinomial(n, cells, size=20_000)
+    f1s = 2 * counts[:, 0] / (2 * counts[:, 0] + counts[:, 1] + counts[:, 2])
+    _, var = f1_variance(*(cells[:3] * n))
+    assert var == pytest.approx(np.var(f1s), rel=0.05)
+    assert var == pytest.approx(np.var(values), rel=0.2)  # 400 draws: +-14% at 2 sd
+    t = F1Drop(3000, 800, 1200, step=500, min_drop=0.01)
+    got = t.test(280, 120, 140)
+    assert got.value == pytest.approx(560 / 820) and got.reference == pytest.approx(0.75)
+    assert got.drift and not t.test(300, 80, 120).drift
+    assert math.isnan(t.test(0, 0, 0).value) and not t.test(0, 0, 0).drift
+    with pytest.raises(ValueError, match="no F1"):
+        F1Drop(0, 0, 0)
+
+
+def test_ece_rise_reference_is_the_window_ece_and_a_calibrated_window_passes() -> None:
+    rng = np.random.default_rng(13)
+    q = rng.beta(2, 3, 40_000)
+    y = rng.uniform(0, 1, q.size) < np.clip(q * 1.1, 0, 1)  # slightly under-confident
+    t = ECERise(calibration_sums(y, q), step=500, min_drop=0.01)
+    ref = classification_quality(y.astype(np.int64), (q >= 0.5).astype(np.int64), 1, q)
+    assert t.reference_ece == pytest.approx(ref.ece, abs=1e-12)
+    w = rng.beta(2, 3, 5000)
+    wy = rng.uniform(0, 1, w.size) < np.clip(w * 1.1, 0, 1)
+    same = t.test(wy, w)
+    assert same.value == pytest.approx(expected_calibration_error(wy, w), abs=1e-12)
+    assert not same.drift and same.p_value > 0.01
+    worse = t.test(rng.uniform(0, 1, w.size) < w * 0.6, w)
+    assert worse.drift and worse.statistic > 0.1
+    shifted = rng.beta(4, 2, 5000)  # covariate shift, same calibration: no alarm
+    assert not t.test(rng.uniform(0, 1, shifted.size) < np.clip(shifted * 1.1, 0, 1), shifted).drift
+    assert not t.test(np.zeros(0, bool), np.zeros(0)).drift
+
+
+@pytest.mark.parametrize("method", ["isotonic", "histogram"])
+def test_multiclass_cbpe_is_the_mean_calibrated_confidence(method: str) -> None:
+    """A 4-class model whose probabilities are over-confident (temperature 0.6): CBPE
+    calibrates its confidence on being right in the reference, and its expected
+    accuracy (the mean calibrated confidence) is within 0.01 (+3 standard errors) of
+    the realized accuracy and of the direct computation (the mean true probability of
+    the predicted class), also after shifts of the inputs that keep P(right |
+    confidence), the assumption of top-label CBPE (more or fewer confident cases)."""
+    rng = np.random.default_rng(9)
+    logits = rng.normal(0, 1.5, (200_000, 4))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = np.minimum((rng.uniform(0, 1, (p.shape[0], 1)) > p.cumsum(axis=1)).sum(axis=1), 3)
+    shown = np.exp(logits / 0.6) / np.exp(logits / 0.6).sum(axis=1, keepdims=True)
+    conf, pred = shown.max(axis=1), shown.argmax(axis=1)
+    ref = slice(0, 50_000)
+    cbpe = CBPE(conf[ref], pred[ref] == y[ref], 0.0, method=method, n_bins=50)  # type: ignore[arg-type]
+    rest = np.arange(50_000, p.shape[0])
+    for keep in (np.ones_like(conf), conf**3, 1.2 - conf):  # stationary, then shifted
+        sel = rest[rng.uniform(0, 1, rest.size) < keep[rest] / keep[rest].max()][:20_000]
+        est = cbpe.estimate(conf[sel], np.ones(sel.size, bool))
+        realized = skm.accuracy_score(y[sel], pred[sel])
+        assert abs(est.accuracy - realized) < 0.01 + 3 * est.accuracy_se
+        direct = float(np.mean(p[sel, pred[sel]]))
+        assert est.accuracy == pytest.approx(direct, abs=0.01)
+
+
+def test_cbpe_isotonic_knots_give_the_full_fit() -> None:
+    rng = np.random.default_rng(6)
+    s = rng.uniform(0, 1, 20_000)
+    y = rng.uniform(0, 1, s.size) < s
+    cbpe = CBPE(s, y)
+    x, fitted = isotonic_fit(s, y)
+    assert cbpe._x.size < x.size // 10
+    probe = np.concatenate([rng.uniform(-0.1, 1.1, 5000), x])
+    np.testing.assert_array_equal(cbpe.calibrate(probe), np.interp(probe, x, fitted))
