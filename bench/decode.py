@@ -22,6 +22,7 @@ figure is the best of ``--repeat`` runs.
 
 Usage: python bench/decode.py [--events 300000] [--batch 10000] [--repeat 7] [--skip-broker]
        [--rounds 3] [--modes consume,compiled,...]   (table 4: interleaved runs, best kept)
+       [--against DIR]   (A/B: the compiled decoder of another checkout against this one)
 """
 
 from __future__ import annotations
@@ -162,6 +163,60 @@ def _startup() -> list[tuple[str, float, float]]:
     return out
 
 
+def _against(root: str, repeat: int, n: int) -> None:
+    """Another checkout's compiled decoder (``root``/monitor/pipeline/jsonscan.py, e.g.
+    ``git worktree add /tmp/main main``) against this one, in this process, on the
+    same batches, calls alternating: best CPU µs per event of ``repeat`` rounds."""
+    import importlib.util
+
+    path = os.path.join(root, "monitor", "pipeline", "jsonscan.py")
+    found = importlib.util.spec_from_file_location("other_jsonscan", path)
+    assert found is not None and found.loader is not None
+    other = importlib.util.module_from_spec(found)
+    sys.modules["other_jsonscan"] = other
+    found.loader.exec_module(other)
+    rng = np.random.default_rng(5)
+    names = [f"f{i:02d}" for i in range(20)]
+    rounded = np.round(rng.normal(50.0, 10.0, size=(n, 20)), 4).tolist()
+    stamps = 1_790_000_000 + np.arange(n) * 0.25
+    iso = np.datetime_as_string((stamps * 1e6).astype("datetime64[us]"), unit="ms").tolist()
+    fleet = {**wide_stream(20, "t"), "entity": "id", "event_time": "ts"}
+    encode = msgspec.json.encode
+
+    def rows(times: list[Any]) -> list[bytes | None]:
+        return [
+            encode({"id": f"dev-{i % 2000:05d}", "ts": t, **dict(zip(names, r, strict=True))})
+            for i, (t, r) in enumerate(zip(times, rounded, strict=True))
+        ]
+
+    shapes: list[tuple[str, dict[str, Any], list[bytes | None]]] = [
+        (f"{f} floats", wide_stream(f, "t"), list(generate_wide(n, fields=f))) for f in (5, 20, 100)
+    ]
+    shapes.append(("20 floats + id + epoch", fleet, rows(stamps.tolist())))
+    shapes.append(("20 floats + id + ISO time", fleet, rows([t + "Z" for t in iso])))
+    print(f"\nA/B: {root} against this checkout (CPU µs/event, best of {repeat}, alternating)")
+    print(f"{'shape':<28} {'other':>9} {'this':>9} {'msgspec':>9} {'fallback':>17}")
+    for name, stream, payloads in shapes:
+        plain = _spec(stream, "msgspec")
+        theirs = other.CompiledDecoder(StreamDecoder(plain))
+        ours = StreamDecoder(_spec(stream, "compiled"))
+        reference = StreamDecoder(plain)
+        calls = {"other": theirs.decode, "this": ours.decode, "msgspec": reference.decode}
+        best = dict.fromkeys(calls, float("inf"))
+        for decode in calls.values():
+            decode(payloads)
+        for _ in range(repeat):
+            for key, decode in calls.items():
+                c0 = time.process_time()
+                decode(payloads)
+                best[key] = min(best[key], time.process_time() - c0)
+        back = [100 * d.decode(payloads).fallback_rows / n for d in (theirs, ours)]
+        print(
+            f"{name:<28} {1e6 * best['other'] / n:>9.3f} {1e6 * best['this'] / n:>9.3f} "
+            f"{1e6 * best['msgspec'] / n:>9.3f} {back[0]:>7.0f}% / {back[1]:.0f}%"
+        )
+
+
 def _consumer(args: argparse.Namespace) -> None:
     import resource
 
@@ -273,6 +328,7 @@ def main() -> None:
     parser.add_argument("--skip-broker", action="store_true")
     parser.add_argument("--rounds", type=int, default=1, help="broker runs per mode (best kept)")
     parser.add_argument("--broker-only", action="store_true", help="table 4 alone")
+    parser.add_argument("--against", help="another checkout: A/B of its compiled decoder")
     parser.add_argument("--modes", default="consume,compiled,msgspec,source,source+compiled")
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -284,6 +340,9 @@ def main() -> None:
 
     print(f"machine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}")
     print(f"numba cache: {os.environ.get('NUMBA_CACHE_DIR', 'next to the module')}\n")
+    if args.against:
+        _against(args.against, max(args.repeat, 15), args.batch)
+        return
     if not args.broker_only:
         head = "{:<28} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>5}"
         cols = ("shape", "bytes", "compiled", "msgspec", "cmp cpu", "msg cpu", "speedup")
