@@ -28,7 +28,7 @@ def _run(tool: str, *args: str) -> str:
 
 def test_promtool_check_rules() -> None:
     out = _run("promtool", "check", "rules", "prometheus/rules/driftwarden.rules.yml")
-    assert "SUCCESS: 8 rules found" in out
+    assert "SUCCESS: 9 rules found" in out
 
 
 def test_promtool_check_config() -> None:
