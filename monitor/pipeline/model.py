@@ -86,6 +86,7 @@ import hashlib
 import logging
 import math
 import operator
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,6 +143,9 @@ log = logging.getLogger("driftwarden.model")
 LABEL_SLOT = 1 << 20
 DEPLOY_SLOT = 2 << 20
 _PART_MASK = LABEL_SLOT - 1
+# A partition with no event on either topic for this long (wall-clock seconds) no
+# longer holds the stream's quality frontier back (see the module docstring).
+IDLE_SECONDS = 60.0
 _TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _UNVERSIONED = "unversioned"
 _TESTED = frozenset(
@@ -208,6 +212,8 @@ class RingState:
     time: npt.NDArray[np.float64]
     count: int
     held: Mapping[str, npt.NDArray[np.float64]] = dataclasses.field(default_factory=dict)
+    # each ring row's key (the stream order of released joins); empty in old checkpoints
+    key: npt.NDArray[np.float64] = dataclasses.field(default_factory=lambda: np.empty(0))
 
     @classmethod
     def of(cls, window: QualityWindow) -> RingState:
@@ -223,6 +229,8 @@ class RingState:
             "time": self.time,
             "count": self.count,
         }
+        if self.key.size:
+            out["key"] = self.key
         if self.held:
             out["held"] = dict(self.held)
         return out
@@ -230,6 +238,7 @@ class RingState:
     @classmethod
     def from_plain(cls, plain: Mapping[str, Any]) -> RingState:
         held = plain.get("held") or {}
+        key = plain.get("key")
         return cls(
             np.asarray(plain["score"], np.float64),
             np.asarray(plain["klass"], np.int64),
@@ -238,6 +247,7 @@ class RingState:
             np.asarray(plain["time"], np.float64),
             int(plain["count"]),
             {str(k): np.asarray(v, np.float64) for k, v in held.items()},
+            np.empty(0) if key is None else np.asarray(key, np.float64),
         )
 
 
@@ -245,8 +255,8 @@ class RingState:
 class ModelPartState:
     """One partition number's model state (the same for its inference and label slots):
     the join table's arrays (``LabelJoin.state``), the next offset of both topics it
-    covers, the vocabularies its codes refer to, the windows per version and the
-    deployed version.
+    covers, the vocabularies its codes refer to, the windows per version, the deployed
+    version and the frontier its quality windows were released to (``released``).
 
     >>> st = ModelPartState({"keys": np.zeros(0, np.uint64)}, (-1, 1), ("0", "1"), ("v1",),
     ...                     {}, {}, "v1")
@@ -262,9 +272,10 @@ class ModelPartState:
     joined: Mapping[str, RingState]
     predicted: Mapping[str, RingState]
     current: str | None
+    released: float = -math.inf
 
     def to_plain(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "join": dict(self.join),
             "offsets": list(self.offsets),
             "classes": list(self.classes),
@@ -273,11 +284,15 @@ class ModelPartState:
             "predicted": {v: r.to_plain() for v, r in self.predicted.items()},
             "current": self.current,
         }
+        if math.isfinite(self.released):
+            out["released"] = self.released
+        return out
 
     @classmethod
     def from_plain(cls, plain: Mapping[str, Any]) -> ModelPartState:
         first, second = (int(o) for o in plain["offsets"])
         current = plain.get("current")
+        released = plain.get("released")
         return cls(
             {str(k): np.asarray(v) for k, v in plain["join"].items()},
             (first, second),
@@ -286,6 +301,7 @@ class ModelPartState:
             {str(v): RingState.from_plain(r) for v, r in plain["joined"].items()},
             {str(v): RingState.from_plain(r) for v, r in plain["predicted"].items()},
             current if isinstance(current, str) else None,
+            float(released) if isinstance(released, int | float) else -math.inf,
         )
 
 
@@ -326,6 +342,11 @@ class _Part:
     next_offsets: list[int]  # [inference topic, label topic]; -1: none seen
     joined: dict[str, _Ring]
     predicted: dict[str, _Ring]
+    # the frontier its quality windows were released to (key order: below it, every
+    # join of this partition is in its rings); checkpointed
+    released: float = -math.inf
+    # wall-clock (monotonic) time of its last event on either topic; not checkpointed
+    seen: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,8 +422,20 @@ class ModelStage:
         self._parts: dict[int, _Part] = {}
         self._owned: set[int] = set()
         self._remote: dict[int, _Part] = {}
-        # (partition, kind, version) -> the count of a remote window last judged
-        self._remote_judged: dict[tuple[int, str, str], int] = {}
+        # (partition, version) -> the count of a remote estimate window last judged
+        self._remote_judged: dict[tuple[int, str], int] = {}
+        # The stream's quality verdicts (see the module docstring): partition count
+        # (None: the partitions seen), the stream position judged last per version,
+        # whether restored states set that position, the frontier judged last.
+        self._partitions: int | None = None
+        self._judged: dict[str, int] = {}
+        self._rebase = False
+        self.frontier = -math.inf
+        self.clock = time.monotonic
+        self._started = math.nan
+        self._remote_seen: dict[int, tuple[tuple[int, int], float]] = {}
+        # stream positions not judged: their rows were no longer in remote rings
+        self.skipped = 0
         self.last_estimate: dict[str, float] = {}
         self.findings_log: list[Finding] = []
         self._build_decoders()
@@ -457,8 +490,9 @@ class ModelStage:
         return True  # references are read when the stage is built
 
     def set_partition_count(self, count: int) -> None:
-        """Windows are per partition and judged together: the count does not matter."""
-        return
+        """The stream's partitions (numbers ``0 .. count - 1``): the stream frontier
+        waits for each of them (see the module docstring)."""
+        self._partitions = count if count > 0 else None
 
     def baseline_checkpoint(self) -> BaselineCheckpoint | None:
         return None
@@ -568,11 +602,14 @@ class ModelStage:
         ok = np.ones(len(rows), np.bool_)
         for i, _, _ in failed:
             ok[i] = False
+        self._begin()
         findings: list[Finding] = []
         estimated: set[str] = set()
         parts = partitions & _PART_MASK
+        now = self.clock()
         for p in np.unique(parts).tolist():
             part = self._part(int(p))
+            part.seen = now
             self._owned.add(int(p))
             sel = (parts == p) & ok & (offsets >= part.next_offsets[0])
             if (parts == p).any():
@@ -583,7 +620,7 @@ class ModelStage:
             findings += self._add_predictions(
                 int(p), part, chosen, batch.event_time[sel], estimated
             )
-            findings += self._release(int(p), part)
+        findings += self._release()
         return self._after(findings, estimated)
 
     def _add_predictions(
@@ -625,15 +662,136 @@ class ModelStage:
         part.join.expire()
         return findings
 
-    def _release(self, p: int, part: _Part) -> list[Finding]:
-        """Release partition ``p``'s held joins below the join table's frontier into
-        its quality windows, judging each window at every ``step`` it reaches."""
-        frontier = part.join.settled_before()
+    # -- the stream's quality windows -------------------------------------------------
+    def _begin(self) -> None:
+        """Before a batch: the start of the idle clock; after a restore, the stream
+        position the restored states cover counts as judged (by the process that
+        checkpointed them)."""
+        if math.isnan(self._started):
+            self._started = self.clock()
+        if self._rebase:
+            self._rebase = False
+            frontier = self._stream_frontier()
+            for version in self._versions_joined():
+                n = sum(w.released_below(frontier) for w in self._windows(version))
+                self._judged[version] = max(self._judged.get(version, 0), n)
+            self.frontier = max(self.frontier, frontier)
+
+    def _numbered(self) -> list[tuple[int, _Part]]:
+        """Local and remote partitions by number (a local one wins)."""
+        remote = [(p, part) for p, part in self._remote.items() if p not in self._parts]
+        return sorted([*self._parts.items(), *remote], key=operator.itemgetter(0))
+
+    def _versions_joined(self) -> list[str]:
+        return sorted({v for part in self._all_parts() for v in part.joined})
+
+    def _windows(self, version: str) -> list[_Ring]:
+        return [part.joined[version] for part in self._all_parts() if version in part.joined]
+
+    def _idle(self, seen: float, now: float) -> bool:
+        return now - seen >= IDLE_SECONDS if math.isfinite(seen) else False
+
+    def _stream_frontier(self) -> float:
+        """The stream's settled frontier: the smallest over its partitions of the
+        frontier below which each has every join (local: its join table's
+        ``settled_before``; remote: the frontier its checkpointed windows were
+        released to); a partition not seen yet counts as -inf; partitions idle for
+        ``IDLE_SECONDS`` (wall-clock) are left out while others are not."""
+        now = self.clock()
+        live: list[float] = []
+        idle: list[float] = []
+        numbers = set(self._parts) | set(self._remote)
+        if self._partitions is not None:
+            numbers |= set(range(self._partitions))
+        for p in sorted(numbers):
+            part = self._parts.get(p)
+            if part is not None:
+                f, seen = part.join.settled_before(), part.seen
+            elif (remote := self._remote.get(p)) is not None:
+                f, seen = remote.released, self._remote_seen.get(p, ((0, 0), math.nan))[1]
+            else:
+                f, seen = -math.inf, self._started
+            (idle if self._idle(seen, now) else live).append(f)
+        if live:
+            return min(live)
+        return min(idle) if idle else -math.inf
+
+    def _release(self) -> list[Finding]:
+        """Judge the stream's windows at every ``step`` the stream passes below its
+        frontier (on the judging replica), then release the local partitions' held
+        joins below their frontiers (on the judging replica, below the stream's
+        frontier too) into their quality windows."""
+        stream = self._stream_frontier() if self.judge else math.inf
+        cuts = {p: min(part.join.settled_before(), stream) for p, part in self._parts.items()}
+        findings = self._judge_stream(stream, cuts) if self.judge else []
+        for p, part in self._parts.items():
+            for window in part.joined.values():
+                window.settle(cuts[p])
+            if math.isfinite(cuts[p]):
+                part.released = max(part.released, cuts[p])
+        return findings
+
+    def _judge_stream(self, frontier: float, cuts: Mapping[int, float]) -> list[Finding]:
+        """Verdicts at every ``step`` of each version's stream sequence below
+        ``frontier`` (the rows in the partitions' rings and the local joins about to
+        be released below ``cuts``), merged by (key, partition, release order); each
+        on exactly the last ``window.events`` rows up to its position."""
+        self.frontier = max(self.frontier, frontier)
         findings: list[Finding] = []
-        for version, window in part.joined.items():
-            for _ in window.release(frontier, self.step):
-                if self.judge:
-                    findings += self._judge_quality(version, [window.rows()], p)
+        empty = (np.empty(0),) * 5, np.empty(0)
+        for version in self._versions_joined():
+            parts = [
+                (p, part.joined[version]) for p, part in self._numbered() if version in part.joined
+            ]
+            new = {p: w.held_below(cuts[p]) if p in cuts else empty for p, w in parts}
+            total = sum(w.released_below(frontier) + new[p][1].size for p, w in parts)
+            done = self._judged.get(version, 0)
+            first = (done // self.step + 1) * self.step
+            if first > total:
+                continue
+            self._judged[version] = total
+            cols: list[tuple[npt.NDArray[np.float64], ...]] = []
+            keys, owner, seq = [], [], []
+            for p, w in parts:
+                c, k = w.ordered()
+                below = k < frontier
+                held_cols, held_keys = new[p]
+                cols.append(
+                    tuple(np.concatenate([x[below], h]) for x, h in zip(c, held_cols, strict=True))
+                )
+                keys.append(np.concatenate([k[below], held_keys]))
+                owner.append(np.full(keys[-1].size, p, np.int64))
+                seq.append(np.arange(keys[-1].size))
+            order = np.lexsort((np.concatenate(seq), np.concatenate(owner), np.concatenate(keys)))
+            merged = tuple(np.concatenate([c[i] for c in cols])[order] for i in range(5))
+            size = int(order.size)  # the stream's last ``size`` rows below the frontier
+            # A ring that lost older rows (a full ring) leaves the merge complete only
+            # from its oldest row on: windows must start there or later.
+            where = np.empty_like(order)
+            where[order] = np.arange(size)
+            blocks = np.cumsum([0] + [k.size for k in keys[:-1]])
+            complete = max(
+                (
+                    int(where[b])
+                    for b, (_, w), k in zip(blocks.tolist(), parts, keys, strict=True)
+                    if w.count > w.size and k.size
+                ),
+                default=0,
+            )
+            for position in range(first, total + 1, self.step):
+                end = size - (total - position)
+                start = end - min(self.window, position)
+                if start < complete:
+                    # rows a remote partition's checkpointed ring no longer holds (it
+                    # released more than a window past this position): not judged
+                    self.skipped += 1
+                    continue
+                window = tuple(c[start:end] for c in merged)
+                found = self._judge_quality(version, [window], gauge=False)
+                findings += [
+                    dataclasses.replace(f, details=(*f.details, ("position", float(position))))
+                    for f in found
+                ]
         return findings
 
     def _predictions(
@@ -742,10 +900,13 @@ class ModelStage:
         ok = np.ones(len(rows), np.bool_)
         for r in rejects:
             ok[r.index] = False
+        self._begin()
         findings: list[Finding] = []
         parts = partitions & _PART_MASK
+        now = self.clock()
         for p in np.unique(parts).tolist():
             part = self._part(int(p))
+            part.seen = now
             self._owned.add(int(p) | LABEL_SLOT)
             here = parts == p
             sel = here & ok & (raw.offsets >= part.next_offsets[1])
@@ -761,7 +922,7 @@ class ModelStage:
                 label = np.array(list(map(float, map(_VALUE, chosen))), np.float64)
             self._add_joined(part, part.join.add_labels(keys, times, label))
             part.join.expire()
-            findings += self._release(int(p), part)
+        findings += self._release()
         return self._after(findings, set()), rejects
 
     def _label_codes(self, values: list[str]) -> npt.NDArray[np.float64]:
@@ -805,17 +966,13 @@ class ModelStage:
         for p, part in sorted(self._remote.items()):
             if p in self._parts:
                 continue
-            for kind, windows in (("quality", part.joined), ("cbpe", part.predicted)):
-                for version, window in sorted(windows.items()):
-                    key = (p, kind, version)
-                    if window.count // self.step <= self._remote_judged.get(key, 0) // self.step:
-                        continue
-                    self._remote_judged[key] = window.count
-                    if kind == "quality":
-                        findings += self._judge_quality(version, [window.rows()], p)
-                    else:
-                        findings += self._judge_estimate(version, [window.rows()], p)
-                        estimated.add(version)
+            for version, window in sorted(part.predicted.items()):
+                key = (p, version)
+                if window.count // self.step <= self._remote_judged.get(key, 0) // self.step:
+                    continue
+                self._remote_judged[key] = window.count
+                findings += self._judge_estimate(version, [window.rows()], p)
+                estimated.add(version)
         for version in sorted(estimated):
             if (ranking := self._feature_ranking(version)) is not None:
                 findings.append(ranking)
@@ -929,10 +1086,15 @@ class ModelStage:
         )
 
     def _judge_quality(
-        self, version: str, cols: list[tuple[npt.NDArray[np.float64], ...]], p: int | None = None
+        self,
+        version: str,
+        cols: list[tuple[npt.NDArray[np.float64], ...]],
+        p: int | None = None,
+        gauge: bool = True,
     ) -> list[Finding]:
         """Realized quality of the rows ``cols`` (of partition ``p``'s window, or of the
-        union of the partitions' windows when ``p`` is None) against the reference."""
+        stream's when ``p`` is None) against the reference; ``gauge``: with ``p`` None,
+        set the realized gauges from it."""
         score, klass, label, value, times = (np.concatenate([c[i] for c in cols]) for i in range(5))
         n = int(score.size)
         window = _bounds(n, times)
@@ -956,7 +1118,7 @@ class ModelStage:
             )
         else:
             q = regression_quality(label, value)
-        if p is None:
+        if p is None and gauge:
             self._record_quality(version, q, "realized")
         if ref is None:
             return out
@@ -1145,6 +1307,7 @@ class ModelStage:
             joined={v: RingState.of(r) for v, r in part.joined.items()},
             predicted={v: RingState.of(r) for v, r in part.predicted.items()},
             current=self.current,
+            released=part.released,
         )
 
     def decode_state(self, plain: Mapping[str, Any]) -> StageState:
@@ -1184,7 +1347,7 @@ class ModelStage:
                 ring = _Ring.from_state(self.window, s.to_plain())
                 ring.remap_classes(class_map, self.classification and key == "joined")
                 out[v] = ring
-        return _Part(join, list(state.offsets), rings[0], rings[1])
+        return _Part(join, list(state.offsets), rings[0], rings[1], state.released)
 
     def restore_partition(self, slot: int, saved: StageState) -> None:
         p = slot & _PART_MASK
@@ -1225,6 +1388,7 @@ class ModelStage:
             return
         self._reported[p] = self._parts[p].join._counts.copy()
         self._owned.add(slot)
+        self._rebase = True  # its windows' stream positions were judged by its owner
 
     def drop_partition(self, slot: int) -> None:
         self._owned.discard(slot)
@@ -1236,8 +1400,11 @@ class ModelStage:
             self._reported.pop(p, None)
 
     def set_remote(self, states: Mapping[int, StageState]) -> None:
-        """Quality windows of partitions other replicas own (from their checkpoints)."""
+        """Quality windows of partitions other replicas own (from their checkpoints);
+        a remote partition whose offsets have not moved for ``IDLE_SECONDS`` counts
+        as idle for the stream frontier."""
         self._remote = {}
+        now = self.clock()
         for slot, saved in states.items():
             p = slot & _PART_MASK
             if saved is None or p in self._parts or p in self._remote:
@@ -1246,6 +1413,9 @@ class ModelStage:
                 state = _model_state(saved)
                 if isinstance(state, ModelPartState):
                     self._remote[p] = self._part_from_state(state)
+                    before = self._remote_seen.get(p)
+                    if before is None or before[0] != state.offsets:
+                        self._remote_seen[p] = (state.offsets, now)
             except (KeyError, ValueError) as exc:
                 log.warning(
                     "stream %s: remote model state of slot %d unusable: %s",
