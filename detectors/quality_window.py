@@ -79,6 +79,10 @@ class QualityWindow:
     count: int = 0
     held: dict[str, _F64] = field(default_factory=dict)
     key: _F64 = field(default_factory=_empty)
+    # the canonical order of ``held``, for the key array it was computed on
+    _sorted: tuple[_F64, npt.NDArray[np.intp]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.key.size != self.size:
@@ -203,6 +207,8 @@ class QualityWindow:
 
     def _order(self) -> npt.NDArray[np.intp]:
         h = self.held
+        if self._sorted is not None and self._sorted[0] is h["key"]:
+            return self._sorted[1]
         order: npt.NDArray[np.intp] = np.argsort(h["key"], kind="stable")
         keys = h["key"][order]
         if keys.size > 1 and bool(np.any(keys[1:] == keys[:-1])):
@@ -210,6 +216,7 @@ class QualityWindow:
             order = np.lexsort(
                 (h["value"], h["label"], h["klass"], h["score"], h["time"], h["key"])
             )
+        self._sorted = (h["key"], order)
         return order
 
     def held_rows(self) -> tuple[_F64, ...]:

@@ -787,7 +787,8 @@ class ModelStage:
                     self.skipped += 1
                     continue
                 window = tuple(c[start:end] for c in merged)
-                found = self._judge_quality(version, [window], gauge=False)
+                last = position + self.step > total  # the gauges show the newest
+                found = self._judge_quality(version, [window], gauge=last)
                 findings += [
                     dataclasses.replace(f, details=(*f.details, ("position", float(position))))
                     for f in found
@@ -983,27 +984,12 @@ class ModelStage:
         return out
 
     def _record_gauges(self, versions: set[str]) -> None:
-        """The quality gauges (realized, estimated) of these versions, over the union of
-        the partitions' windows as released (a verdict judges one partition's window;
-        the gauges show the stream's)."""
+        """The estimated-quality gauge of these versions, over the union of the
+        partitions' estimate windows (a CBPE verdict judges one partition's window;
+        the gauge shows the stream's). The realized gauges are set by the stream's
+        quality verdicts (the newest of each batch)."""
         parts = self._all_parts()
         for version in sorted(versions):
-            joined = [p.joined[version].rows() for p in parts if version in p.joined]
-            if joined:
-                score, klass, label, value, _ = (
-                    np.concatenate([c[i] for c in joined]) for i in range(5)
-                )
-                q: ClassificationQuality | RegressionQuality
-                if self.classification:
-                    q = classification_quality(
-                        label.astype(np.int64),
-                        klass.astype(np.int64),
-                        self.positive,
-                        score if self.prediction.has_score else None,
-                    )
-                else:
-                    q = regression_quality(label, value)
-                self._record_quality(version, q, "realized")
             ref = self._reference(version)
             predicted = [p.predicted[version].rows() for p in parts if version in p.predicted]
             if ref is not None and ref.cbpe is not None and predicted:
