@@ -40,6 +40,8 @@ held joins, as msgpack-friendly arrays.
 >>> w.hold(*ev([.1], [0], [0], [0], [2], [3]))  # key 3 came late: after the frontier
 >>> [w.count for _ in w.release(frontier=10.0, step=1)], w.rows()[0].tolist()
 ([2, 3], [0.8, 0.1, 0.9])
+>>> w.ordered()[1].tolist(), w.released_below(6.5)  # keys in release order
+([6.0, 3.0, 7.0], 2)
 """
 
 from __future__ import annotations

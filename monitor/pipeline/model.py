@@ -32,13 +32,14 @@ to the join table in one numba call; the joined ones are held in the version's
 quality window of their partition and released into it in a canonical order
 (``detectors.quality_window``: by the later of the two event times, once no earlier
 join can still come), and every prediction enters the version's estimate window of
-its partition (the last ``window.events`` predictions, in offset order). Each
-partition's windows are judged at every ``step`` events released into them (each
-boundary a batch crosses gives its own verdict, on exactly the window ending there),
-against the version's reference: realized quality with the drop tests of
-``detectors.quality_drop``, and the CBPE estimate. Findings have kind ``model``,
-subject ``MODEL@VERSION:METRIC``, detector ``quality`` (realized) or ``cbpe``
-(estimated, marked with the detail ``estimate = 1``) and the detail ``partition``.
+its partition (the last ``window.events`` predictions, in offset order). Realized
+quality is judged on the stream's window (below), the CBPE estimate on each
+partition's estimate window at every ``step`` predictions of that partition; both
+against the version's reference (the drop tests of ``detectors.quality_drop``).
+Findings have kind ``model``, subject ``MODEL@VERSION:METRIC``, detector
+``quality`` (realized, with the detail ``position``: the stream position judged) or
+``cbpe`` (estimated, marked with the detail ``estimate = 1``, and the detail
+``partition``).
 
 Tests: accuracy, precision and recall are proportions (two-proportion z-test
 against the reference's counts), ROC AUC has DeLong's interval, log loss, MAE,
@@ -58,24 +59,60 @@ Multiple testing: the quality metrics of a version share the budget
 ``false_alerts`` per ``per_events`` joined events (each of the ``k`` tested
 metrics gets ``false_alerts / k``); the estimate has its own equal budget.
 
-Determinism. A verdict judges one partition's window, so it depends on that
-partition's two topics only, never on how far other partitions have been read; the
-window's events and the verdict points follow the canonical order, so the same data
-gives the same windows and verdicts whatever the interleaving of the two topics, the
-batch sizes, restarts and rebalances (``tests/model/test_quality_determinism.py``;
-event times in order within each topic partition). The cost: a verdict sees
-``window.events`` joined events of one partition, not of the stream, so with ``P``
-partitions a degradation takes about ``P`` times as many stream events to reach a
-window (size ``window.events`` by the partition rate). The budget is unchanged: the
-stream still has one verdict per ``step`` joined events. ``evaluate`` (on demand,
-``/status``, the replay report) judges the union of all partitions' windows with
-the joins still held; the quality gauges show the union of the windows as released,
-refreshed once per batch that brought a verdict. The judging replica judges other
-replicas' partitions from their checkpoints, once per ``step`` their windows passed
-since last judged (those verdicts follow the checkpoints' cadence). A partition
-whose prediction topic stops while one of its labels waits for its prediction holds
-its later joins (at most its pending predictions) until that label joins or becomes
-an orphan.
+The stream's quality window. Each partition releases its joins into its own
+rings in key order (``detectors.quality_window``; the key is the later of the
+prediction's and the label's event time) once its join table's frontier
+(``LabelJoin.settled_before``) has passed them, and every ring row keeps its key.
+The stream's sequence of joins is all partitions' released joins in the total order
+(key, partition, release order within the partition). It is final below the
+*stream frontier*: the smallest, over the stream's partitions (``0 .. P - 1`` from
+``set_partition_count``, or those seen), of each partition's frontier. The judging
+replica releases its partitions' joins only below the stream frontier, and takes a
+verdict at every ``step`` of each version's stream sequence (the count of its joins
+below the frontier), each on exactly its last ``window.events`` joins up to that
+position: the partitions' rings merged by the total order, with the joins about to
+be released appended (a batch that passes several positions gives a verdict at
+each). The false-alarm budget counts one verdict per ``step`` joined events of the
+stream, as before.
+
+Determinism. Below the stream frontier the sequence is a function of the data
+(event times in order within each topic partition), so the same data gives the same
+verdicts at the same positions whatever the interleaving of the two topics, the
+batch sizes and the partition count (a drop is flagged after as many joined events
+on 4 partitions as on 1: ``tests/model/test_quality_delay.py``). A partition's
+state is its join table, its rings with their keys, its held joins and the frontier
+it released to (``ModelPartState.released``), so restarts and rebalances continue it
+exactly; the stream position judged is not checkpointed: a process that restores
+states starts judging after the position they cover (the positions between the
+oldest checkpoint and a crash are judged again, with the same verdicts, or by the
+previous judge already). Two cases where timing enters, both documented cases of
+out-of-order joins (a join below a frontier already passed is released at the next
+release and merges into the stream's past):
+
+* An idle partition. A partition not seen yet counts as frontier -inf (the stream
+  waits for it). A partition with no event on either topic for ``IDLE_SECONDS`` of
+  wall clock before the newest event of a local partition (never seen: since the
+  stage started; remote: since its checkpointed offsets last moved, and for at
+  least 3 times the longest gap seen between two moves of a remote partition's
+  checkpointed offsets, so that the checkpoint cadence is not taken for idleness)
+  no longer holds
+  the frontier back; when it wakes up, its joins below the frontier already passed
+  are late. A partition whose prediction topic stops while one of its labels waits
+  for its prediction holds its later joins (at most its pending predictions) until
+  that label joins or becomes an orphan, and the stream frontier with it, until it
+  is idle.
+* Remote partitions. Non-judging replicas release at their partitions' own
+  frontiers and report nothing; the judging replica reads their latest checkpoints
+  (``set_remote``, at checkpoint cadence) and their frontier is the one their rings
+  were released to. Their rings hold their last ``window.events`` joins, so a
+  position whose window reaches back past the oldest row a full ring still holds is
+  not judged (counted in ``skipped``, never judged on part of a window): with
+  replicas whose checkpoints lag the stream by more than about a window of their
+  own joins, the judge skips positions. Verdicts follow the checkpoints' cadence.
+
+``evaluate`` (on demand, ``/status``, the replay report) judges the union of all
+partitions' windows with the joins still held. The realized gauges show the newest
+stream verdict of each batch; the estimated gauge the union of the estimate windows.
 """
 
 from __future__ import annotations
@@ -434,6 +471,7 @@ class ModelStage:
         self.clock = time.monotonic
         self._started = math.nan
         self._remote_seen: dict[int, tuple[tuple[int, int], float]] = {}
+        self._remote_gap = 0.0
         # stream positions not judged: their rows were no longer in remote rings
         self.skipped = 0
         self.last_estimate: dict[str, float] = {}
@@ -695,9 +733,11 @@ class ModelStage:
         """The stream's settled frontier: the smallest over its partitions of the
         frontier below which each has every join (local: its join table's
         ``settled_before``; remote: the frontier its checkpointed windows were
-        released to); a partition not seen yet counts as -inf; partitions idle for
-        ``IDLE_SECONDS`` (wall-clock) are left out while others are not."""
-        now = self.clock()
+        released to); a partition not seen yet counts as -inf; partitions idle (no
+        event for ``IDLE_SECONDS`` of wall-clock before the newest event of a local
+        partition) are left out while others are not."""
+        latest = [part.seen for part in self._parts.values() if math.isfinite(part.seen)]
+        now = max(latest) if latest else self.clock()
         live: list[float] = []
         idle: list[float] = []
         numbers = set(self._parts) | set(self._remote)
@@ -709,6 +749,10 @@ class ModelStage:
                 f, seen = part.join.settled_before(), part.seen
             elif (remote := self._remote.get(p)) is not None:
                 f, seen = remote.released, self._remote_seen.get(p, ((0, 0), math.nan))[1]
+                # its checkpoints come at their cadence: idle after 3 gaps at least
+                if math.isfinite(seen) and now - seen < 3 * self._remote_gap:
+                    live.append(f)
+                    continue
             else:
                 f, seen = -math.inf, self._started
             (idle if self._idle(seen, now) else live).append(f)
@@ -1402,6 +1446,8 @@ class ModelStage:
                     before = self._remote_seen.get(p)
                     if before is None or before[0] != state.offsets:
                         self._remote_seen[p] = (state.offsets, now)
+                        if before is not None:  # the checkpoint cadence, as observed
+                            self._remote_gap = max(self._remote_gap, now - before[1])
             except (KeyError, ValueError) as exc:
                 log.warning(
                     "stream %s: remote model state of slot %d unusable: %s",

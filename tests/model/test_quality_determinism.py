@@ -17,6 +17,7 @@ import numpy as np
 from connectors.kafka import RawBatch
 from detectors.base import Finding
 from monitor.dev.model_synthetic import ModelEvents, generate_model_events
+from monitor.pipeline.model import IDLE_SECONDS
 from monitor.pipeline.stream import StreamPipeline
 from tests.model.test_model_stage import _model, _stream
 from tests.model.test_model_stage import _pipeline as _any_pipeline
@@ -200,3 +201,28 @@ def test_the_judging_replica_judges_remote_partitions_from_their_checkpoints(
     # skipped by offset)
     again = _run(a, own[-1:])
     assert not [f for f in again if f.detector == "quality"]
+
+
+def test_an_unseen_or_idle_partition_holds_the_stream_back_until_idle(tmp_path: Path) -> None:
+    """Partition 3 never gets an event: the stream frontier waits for it (no quality
+    verdict), until it has been idle for IDLE_SECONDS (the stage's clock) before the
+    newest event of the others; then their joins are judged, at the positions a
+    3-partition stream has."""
+    stream = _stream(tmp_path, window={"events": 1000, "step": 250})
+    ev = generate_model_events(6_000, seed=24)
+    batches = [b for b in _lagged(_sequences(ev, 500), 2, labels_lag=True) if b.partitions[0] != 3]
+    now = [0.0]
+    pipeline = _pipeline(stream)
+    _model(pipeline).clock = lambda: now[0]
+    held = _run(pipeline, batches[:-12])
+    assert not [f for f in held if f.detector == "quality"]
+    now[0] = IDLE_SECONDS  # partition 3: no event since the stage started
+    got = _run(pipeline, batches[-12:])
+    quality = sorted({dict(f.details)["position"] for f in got if f.detector == "quality"})
+    assert quality and quality == [250.0 * (i + 1) for i in range(len(quality))]
+    three = _any_pipeline(stream)
+    three.set_partition_count(3)
+    want = [k for k in _verdicts(_run(three, batches)) if k[0] == "quality"]
+    assert [k for k in _verdicts(got) if k[0] == "quality"] == [
+        k for k in want if k[3] <= quality[-1]
+    ]
