@@ -228,6 +228,12 @@ class QualityWindow:
         order = self._order()
         return tuple(self.held[c][order] for c in _COLUMNS)
 
+    def n_held_below(self, frontier: float) -> int:
+        """How many held joins ``settle(frontier)`` would release."""
+        if not self.n_held or not float(self.held["key"].min()) < frontier:
+            return 0
+        return int(np.count_nonzero(self.held["key"] < frontier))
+
     def held_below(self, frontier: float) -> tuple[tuple[_F64, ...], _F64]:
         """The held joins ``settle(frontier)`` would release, in the order it would
         (columns as ``ordered``), and their keys; nothing is moved."""

@@ -729,7 +729,7 @@ class ModelStage:
     def _idle(self, seen: float, now: float) -> bool:
         return now - seen >= IDLE_SECONDS if math.isfinite(seen) else False
 
-    def _stream_frontier(self) -> float:
+    def _stream_frontier(self, local: Mapping[int, float] | None = None) -> float:
         """The stream's settled frontier: the smallest over its partitions of the
         frontier below which each has every join (local: its join table's
         ``settled_before``; remote: the frontier its checkpointed windows were
@@ -746,7 +746,8 @@ class ModelStage:
         for p in sorted(numbers):
             part = self._parts.get(p)
             if part is not None:
-                f, seen = part.join.settled_before(), part.seen
+                f = part.join.settled_before() if local is None else local[p]
+                seen = part.seen
             elif (remote := self._remote.get(p)) is not None:
                 f, seen = remote.released, self._remote_seen.get(p, ((0, 0), math.nan))[1]
                 # its checkpoints come at their cadence: idle after 3 gaps at least
@@ -765,8 +766,9 @@ class ModelStage:
         frontier (on the judging replica), then release the local partitions' held
         joins below their frontiers (on the judging replica, below the stream's
         frontier too) into their quality windows."""
-        stream = self._stream_frontier() if self.judge else math.inf
-        cuts = {p: min(part.join.settled_before(), stream) for p, part in self._parts.items()}
+        own = {p: part.join.settled_before() for p, part in self._parts.items()}
+        stream = self._stream_frontier(own) if self.judge else math.inf
+        cuts = {p: min(f, stream) for p, f in own.items()}
         findings = self._judge_stream(stream, cuts) if self.judge else []
         for p, part in self._parts.items():
             for window in part.joined.values():
@@ -787,12 +789,15 @@ class ModelStage:
             parts = [
                 (p, part.joined[version]) for p, part in self._numbered() if version in part.joined
             ]
-            new = {p: w.held_below(cuts[p]) if p in cuts else empty for p, w in parts}
-            total = sum(w.released_below(frontier) + new[p][1].size for p, w in parts)
+            total = sum(
+                w.released_below(frontier) + (w.n_held_below(cuts[p]) if p in cuts else 0)
+                for p, w in parts
+            )
             done = self._judged.get(version, 0)
             first = (done // self.step + 1) * self.step
             if first > total:
                 continue
+            new = {p: w.held_below(cuts[p]) if p in cuts else empty for p, w in parts}
             self._judged[version] = total
             cols: list[tuple[npt.NDArray[np.float64], ...]] = []
             keys, owner, seq = [], [], []
