@@ -104,7 +104,7 @@ def _stream(tmp: Path, drift: bool) -> dict[str, Any]:
     return stream
 
 
-def bench_stage(tmp: Path) -> list[tuple[str, str]]:
+def bench_stage(tmp: Path, partitions: int = 1) -> list[tuple[str, str]]:
     from connectors.kafka import RawBatch
     from monitor.config.schema import parse_config
     from monitor.dev.model_synthetic import generate_model_events
@@ -116,12 +116,28 @@ def bench_stage(tmp: Path) -> list[tuple[str, str]]:
     n = 200_000
     ev = generate_model_events(n, seed=3, label_delay=PENDING / 100.0, missing=0.0, duplicated=0.0)
 
+    label_ids = np.array([int(k.rsplit(b"-", 1)[1]) for k in ev.label_keys], np.int64)
+    nexts: dict[tuple[str, int], int] = {}
+
     def raw(topic: str, values: Sequence[bytes | None], start: int) -> RawBatch:
+        # request i is on partition i % partitions on both topics
+        ids = (
+            np.arange(start, start + len(values))
+            if "inference" in topic
+            else label_ids[start : start + len(values)]
+        )
+        parts = (ids % partitions).astype(np.int32)
+        offsets = np.empty(len(values), np.int64)
+        for p in range(partitions):
+            sel = parts == p
+            first = nexts.get((topic, p), 0)
+            offsets[sel] = first + np.arange(int(sel.sum()))
+            nexts[(topic, p)] = first + int(sel.sum())
         return RawBatch(
             topic=topic,
             values=list(values),
-            partitions=np.zeros(len(values), np.int32),
-            offsets=np.arange(start, start + len(values), dtype=np.int64),
+            partitions=parts,
+            offsets=offsets,
             keys=(_keys := [None] * len(values)),
             timestamps=[1_700_000_000_000] * len(_keys),
         )
@@ -134,6 +150,8 @@ def bench_stage(tmp: Path) -> list[tuple[str, str]]:
         pipeline = StreamPipeline(config.streams[0], Metrics(), "dlq")
         if mode != "no stage":
             pipeline.stages.extend(registered_stages(pipeline))
+        pipeline.set_partition_count(partitions)
+        nexts.clear()
         # 10^5 predictions ahead of their labels, then both topics in step
         for i in range(0, PENDING, BATCH):
             pipeline.process(raw("ml.loans.inference", ev.inference[i : i + BATCH], i))
@@ -263,10 +281,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--broker", action="store_true")
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=1, help="stage part: partitions")
     args = parser.parse_args()
     rows = bench_join(args.rounds) + bench_memory()
     with tempfile.TemporaryDirectory() as tmp:
-        rows += bench_stage(Path(tmp))
+        rows += bench_stage(Path(tmp), args.partitions)
         if args.broker:
             rows += bench_broker(Path(tmp), args.events)
     print(f"machine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}")

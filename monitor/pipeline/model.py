@@ -32,13 +32,14 @@ to the join table in one numba call; the joined ones are held in the version's
 quality window of their partition and released into it in a canonical order
 (``detectors.quality_window``: by the later of the two event times, once no earlier
 join can still come), and every prediction enters the version's estimate window of
-its partition (the last ``window.events`` predictions, in offset order). Each
-partition's windows are judged at every ``step`` events released into them (each
-boundary a batch crosses gives its own verdict, on exactly the window ending there),
-against the version's reference: realized quality with the drop tests of
-``detectors.quality_drop``, and the CBPE estimate. Findings have kind ``model``,
-subject ``MODEL@VERSION:METRIC``, detector ``quality`` (realized) or ``cbpe``
-(estimated, marked with the detail ``estimate = 1``) and the detail ``partition``.
+its partition (the last ``window.events`` predictions, in offset order). Realized
+quality is judged on the stream's window (below), the CBPE estimate on each
+partition's estimate window at every ``step`` predictions of that partition; both
+against the version's reference (the drop tests of ``detectors.quality_drop``).
+Findings have kind ``model``, subject ``MODEL@VERSION:METRIC``, detector
+``quality`` (realized, with the detail ``position``: the stream position judged) or
+``cbpe`` (estimated, marked with the detail ``estimate = 1``, and the detail
+``partition``).
 
 Tests: accuracy, precision and recall are proportions (two-proportion z-test
 against the reference's counts), ROC AUC has DeLong's interval, log loss, MAE,
@@ -58,24 +59,60 @@ Multiple testing: the quality metrics of a version share the budget
 ``false_alerts`` per ``per_events`` joined events (each of the ``k`` tested
 metrics gets ``false_alerts / k``); the estimate has its own equal budget.
 
-Determinism. A verdict judges one partition's window, so it depends on that
-partition's two topics only, never on how far other partitions have been read; the
-window's events and the verdict points follow the canonical order, so the same data
-gives the same windows and verdicts whatever the interleaving of the two topics, the
-batch sizes, restarts and rebalances (``tests/model/test_quality_determinism.py``;
-event times in order within each topic partition). The cost: a verdict sees
-``window.events`` joined events of one partition, not of the stream, so with ``P``
-partitions a degradation takes about ``P`` times as many stream events to reach a
-window (size ``window.events`` by the partition rate). The budget is unchanged: the
-stream still has one verdict per ``step`` joined events. ``evaluate`` (on demand,
-``/status``, the replay report) judges the union of all partitions' windows with
-the joins still held; the quality gauges show the union of the windows as released,
-refreshed once per batch that brought a verdict. The judging replica judges other
-replicas' partitions from their checkpoints, once per ``step`` their windows passed
-since last judged (those verdicts follow the checkpoints' cadence). A partition
-whose prediction topic stops while one of its labels waits for its prediction holds
-its later joins (at most its pending predictions) until that label joins or becomes
-an orphan.
+The stream's quality window. Each partition releases its joins into its own
+rings in key order (``detectors.quality_window``; the key is the later of the
+prediction's and the label's event time) once its join table's frontier
+(``LabelJoin.settled_before``) has passed them, and every ring row keeps its key.
+The stream's sequence of joins is all partitions' released joins in the total order
+(key, partition, release order within the partition). It is final below the
+*stream frontier*: the smallest, over the stream's partitions (``0 .. P - 1`` from
+``set_partition_count``, or those seen), of each partition's frontier. The judging
+replica releases its partitions' joins only below the stream frontier, and takes a
+verdict at every ``step`` of each version's stream sequence (the count of its joins
+below the frontier), each on exactly its last ``window.events`` joins up to that
+position: the partitions' rings merged by the total order, with the joins about to
+be released appended (a batch that passes several positions gives a verdict at
+each). The false-alarm budget counts one verdict per ``step`` joined events of the
+stream, as before.
+
+Determinism. Below the stream frontier the sequence is a function of the data
+(event times in order within each topic partition), so the same data gives the same
+verdicts at the same positions whatever the interleaving of the two topics, the
+batch sizes and the partition count (a drop is flagged after as many joined events
+on 4 partitions as on 1: ``tests/model/test_quality_delay.py``). A partition's
+state is its join table, its rings with their keys, its held joins and the frontier
+it released to (``ModelPartState.released``), so restarts and rebalances continue it
+exactly; the stream position judged is not checkpointed: a process that restores
+states starts judging after the position they cover (the positions between the
+oldest checkpoint and a crash are judged again, with the same verdicts, or by the
+previous judge already). Two cases where timing enters, both documented cases of
+out-of-order joins (a join below a frontier already passed is released at the next
+release and merges into the stream's past):
+
+* An idle partition. A partition not seen yet counts as frontier -inf (the stream
+  waits for it). A partition with no event on either topic for ``IDLE_SECONDS`` of
+  wall clock before the newest event of a local partition (never seen: since the
+  stage started; remote: since its checkpointed offsets last moved, and for at
+  least 3 times the longest gap seen between two moves of a remote partition's
+  checkpointed offsets, so that the checkpoint cadence is not taken for idleness)
+  no longer holds
+  the frontier back; when it wakes up, its joins below the frontier already passed
+  are late. A partition whose prediction topic stops while one of its labels waits
+  for its prediction holds its later joins (at most its pending predictions) until
+  that label joins or becomes an orphan, and the stream frontier with it, until it
+  is idle.
+* Remote partitions. Non-judging replicas release at their partitions' own
+  frontiers and report nothing; the judging replica reads their latest checkpoints
+  (``set_remote``, at checkpoint cadence) and their frontier is the one their rings
+  were released to. Their rings hold their last ``window.events`` joins, so a
+  position whose window reaches back past the oldest row a full ring still holds is
+  not judged (counted in ``skipped``, never judged on part of a window): with
+  replicas whose checkpoints lag the stream by more than about a window of their
+  own joins, the judge skips positions. Verdicts follow the checkpoints' cadence.
+
+``evaluate`` (on demand, ``/status``, the replay report) judges the union of all
+partitions' windows with the joins still held. The realized gauges show the newest
+stream verdict of each batch; the estimated gauge the union of the estimate windows.
 """
 
 from __future__ import annotations
@@ -86,6 +123,7 @@ import hashlib
 import logging
 import math
 import operator
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,6 +180,9 @@ log = logging.getLogger("driftwarden.model")
 LABEL_SLOT = 1 << 20
 DEPLOY_SLOT = 2 << 20
 _PART_MASK = LABEL_SLOT - 1
+# A partition with no event on either topic for this long (wall-clock seconds) no
+# longer holds the stream's quality frontier back (see the module docstring).
+IDLE_SECONDS = 60.0
 _TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _UNVERSIONED = "unversioned"
 _TESTED = frozenset(
@@ -208,6 +249,8 @@ class RingState:
     time: npt.NDArray[np.float64]
     count: int
     held: Mapping[str, npt.NDArray[np.float64]] = dataclasses.field(default_factory=dict)
+    # each ring row's key (the stream order of released joins); empty in old checkpoints
+    key: npt.NDArray[np.float64] = dataclasses.field(default_factory=lambda: np.empty(0))
 
     @classmethod
     def of(cls, window: QualityWindow) -> RingState:
@@ -223,6 +266,8 @@ class RingState:
             "time": self.time,
             "count": self.count,
         }
+        if self.key.size:
+            out["key"] = self.key
         if self.held:
             out["held"] = dict(self.held)
         return out
@@ -230,6 +275,7 @@ class RingState:
     @classmethod
     def from_plain(cls, plain: Mapping[str, Any]) -> RingState:
         held = plain.get("held") or {}
+        key = plain.get("key")
         return cls(
             np.asarray(plain["score"], np.float64),
             np.asarray(plain["klass"], np.int64),
@@ -238,6 +284,7 @@ class RingState:
             np.asarray(plain["time"], np.float64),
             int(plain["count"]),
             {str(k): np.asarray(v, np.float64) for k, v in held.items()},
+            np.empty(0) if key is None else np.asarray(key, np.float64),
         )
 
 
@@ -245,8 +292,8 @@ class RingState:
 class ModelPartState:
     """One partition number's model state (the same for its inference and label slots):
     the join table's arrays (``LabelJoin.state``), the next offset of both topics it
-    covers, the vocabularies its codes refer to, the windows per version and the
-    deployed version.
+    covers, the vocabularies its codes refer to, the windows per version, the deployed
+    version and the frontier its quality windows were released to (``released``).
 
     >>> st = ModelPartState({"keys": np.zeros(0, np.uint64)}, (-1, 1), ("0", "1"), ("v1",),
     ...                     {}, {}, "v1")
@@ -262,9 +309,10 @@ class ModelPartState:
     joined: Mapping[str, RingState]
     predicted: Mapping[str, RingState]
     current: str | None
+    released: float = -math.inf
 
     def to_plain(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "join": dict(self.join),
             "offsets": list(self.offsets),
             "classes": list(self.classes),
@@ -273,11 +321,15 @@ class ModelPartState:
             "predicted": {v: r.to_plain() for v, r in self.predicted.items()},
             "current": self.current,
         }
+        if math.isfinite(self.released):
+            out["released"] = self.released
+        return out
 
     @classmethod
     def from_plain(cls, plain: Mapping[str, Any]) -> ModelPartState:
         first, second = (int(o) for o in plain["offsets"])
         current = plain.get("current")
+        released = plain.get("released")
         return cls(
             {str(k): np.asarray(v) for k, v in plain["join"].items()},
             (first, second),
@@ -286,6 +338,7 @@ class ModelPartState:
             {str(v): RingState.from_plain(r) for v, r in plain["joined"].items()},
             {str(v): RingState.from_plain(r) for v, r in plain["predicted"].items()},
             current if isinstance(current, str) else None,
+            float(released) if isinstance(released, int | float) else -math.inf,
         )
 
 
@@ -326,6 +379,11 @@ class _Part:
     next_offsets: list[int]  # [inference topic, label topic]; -1: none seen
     joined: dict[str, _Ring]
     predicted: dict[str, _Ring]
+    # the frontier its quality windows were released to (key order: below it, every
+    # join of this partition is in its rings); checkpointed
+    released: float = -math.inf
+    # wall-clock (monotonic) time of its last event on either topic; not checkpointed
+    seen: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,8 +459,21 @@ class ModelStage:
         self._parts: dict[int, _Part] = {}
         self._owned: set[int] = set()
         self._remote: dict[int, _Part] = {}
-        # (partition, kind, version) -> the count of a remote window last judged
-        self._remote_judged: dict[tuple[int, str, str], int] = {}
+        # (partition, version) -> the count of a remote estimate window last judged
+        self._remote_judged: dict[tuple[int, str], int] = {}
+        # The stream's quality verdicts (see the module docstring): partition count
+        # (None: the partitions seen), the stream position judged last per version,
+        # whether restored states set that position, the frontier judged last.
+        self._partitions: int | None = None
+        self._judged: dict[str, int] = {}
+        self._rebase = False
+        self.frontier = -math.inf
+        self.clock = time.monotonic
+        self._started = math.nan
+        self._remote_seen: dict[int, tuple[tuple[int, int], float]] = {}
+        self._remote_gap = 0.0
+        # stream positions not judged: their rows were no longer in remote rings
+        self.skipped = 0
         self.last_estimate: dict[str, float] = {}
         self.findings_log: list[Finding] = []
         self._build_decoders()
@@ -457,8 +528,9 @@ class ModelStage:
         return True  # references are read when the stage is built
 
     def set_partition_count(self, count: int) -> None:
-        """Windows are per partition and judged together: the count does not matter."""
-        return
+        """The stream's partitions (numbers ``0 .. count - 1``): the stream frontier
+        waits for each of them (see the module docstring)."""
+        self._partitions = count if count > 0 else None
 
     def baseline_checkpoint(self) -> BaselineCheckpoint | None:
         return None
@@ -568,11 +640,14 @@ class ModelStage:
         ok = np.ones(len(rows), np.bool_)
         for i, _, _ in failed:
             ok[i] = False
+        self._begin()
         findings: list[Finding] = []
         estimated: set[str] = set()
         parts = partitions & _PART_MASK
+        now = self.clock()
         for p in np.unique(parts).tolist():
             part = self._part(int(p))
+            part.seen = now
             self._owned.add(int(p))
             sel = (parts == p) & ok & (offsets >= part.next_offsets[0])
             if (parts == p).any():
@@ -583,7 +658,7 @@ class ModelStage:
             findings += self._add_predictions(
                 int(p), part, chosen, batch.event_time[sel], estimated
             )
-            findings += self._release(int(p), part)
+        findings += self._release()
         return self._after(findings, estimated)
 
     def _add_predictions(
@@ -625,15 +700,148 @@ class ModelStage:
         part.join.expire()
         return findings
 
-    def _release(self, p: int, part: _Part) -> list[Finding]:
-        """Release partition ``p``'s held joins below the join table's frontier into
-        its quality windows, judging each window at every ``step`` it reaches."""
-        frontier = part.join.settled_before()
+    # -- the stream's quality windows -------------------------------------------------
+    def _begin(self) -> None:
+        """Before a batch: the start of the idle clock; after a restore, the stream
+        position the restored states cover counts as judged (by the process that
+        checkpointed them)."""
+        if math.isnan(self._started):
+            self._started = self.clock()
+        if self._rebase:
+            self._rebase = False
+            frontier = self._stream_frontier()
+            for version in self._versions_joined():
+                n = sum(w.released_below(frontier) for w in self._windows(version))
+                self._judged[version] = max(self._judged.get(version, 0), n)
+            self.frontier = max(self.frontier, frontier)
+
+    def _numbered(self) -> list[tuple[int, _Part]]:
+        """Local and remote partitions by number (a local one wins)."""
+        remote = [(p, part) for p, part in self._remote.items() if p not in self._parts]
+        return sorted([*self._parts.items(), *remote], key=operator.itemgetter(0))
+
+    def _versions_joined(self) -> list[str]:
+        return sorted({v for part in self._all_parts() for v in part.joined})
+
+    def _windows(self, version: str) -> list[_Ring]:
+        return [part.joined[version] for part in self._all_parts() if version in part.joined]
+
+    def _idle(self, seen: float, now: float) -> bool:
+        return now - seen >= IDLE_SECONDS if math.isfinite(seen) else False
+
+    def _stream_frontier(self, local: Mapping[int, float] | None = None) -> float:
+        """The stream's settled frontier: the smallest over its partitions of the
+        frontier below which each has every join (local: its join table's
+        ``settled_before``; remote: the frontier its checkpointed windows were
+        released to); a partition not seen yet counts as -inf; partitions idle (no
+        event for ``IDLE_SECONDS`` of wall-clock before the newest event of a local
+        partition) are left out while others are not."""
+        latest = [part.seen for part in self._parts.values() if math.isfinite(part.seen)]
+        now = max(latest) if latest else self.clock()
+        live: list[float] = []
+        idle: list[float] = []
+        numbers = set(self._parts) | set(self._remote)
+        if self._partitions is not None:
+            numbers |= set(range(self._partitions))
+        for p in sorted(numbers):
+            part = self._parts.get(p)
+            if part is not None:
+                f = part.join.settled_before() if local is None else local[p]
+                seen = part.seen
+            elif (remote := self._remote.get(p)) is not None:
+                f, seen = remote.released, self._remote_seen.get(p, ((0, 0), math.nan))[1]
+                # its checkpoints come at their cadence: idle after 3 gaps at least
+                if math.isfinite(seen) and now - seen < 3 * self._remote_gap:
+                    live.append(f)
+                    continue
+            else:
+                f, seen = -math.inf, self._started
+            (idle if self._idle(seen, now) else live).append(f)
+        if live:
+            return min(live)
+        return min(idle) if idle else -math.inf
+
+    def _release(self) -> list[Finding]:
+        """Judge the stream's windows at every ``step`` the stream passes below its
+        frontier (on the judging replica), then release the local partitions' held
+        joins below their frontiers (on the judging replica, below the stream's
+        frontier too) into their quality windows."""
+        own = {p: part.join.settled_before() for p, part in self._parts.items()}
+        stream = self._stream_frontier(own) if self.judge else math.inf
+        cuts = {p: min(f, stream) for p, f in own.items()}
+        findings = self._judge_stream(stream, cuts) if self.judge else []
+        for p, part in self._parts.items():
+            for window in part.joined.values():
+                window.settle(cuts[p])
+            if math.isfinite(cuts[p]):
+                part.released = max(part.released, cuts[p])
+        return findings
+
+    def _judge_stream(self, frontier: float, cuts: Mapping[int, float]) -> list[Finding]:
+        """Verdicts at every ``step`` of each version's stream sequence below
+        ``frontier`` (the rows in the partitions' rings and the local joins about to
+        be released below ``cuts``), merged by (key, partition, release order); each
+        on exactly the last ``window.events`` rows up to its position."""
+        self.frontier = max(self.frontier, frontier)
         findings: list[Finding] = []
-        for version, window in part.joined.items():
-            for _ in window.release(frontier, self.step):
-                if self.judge:
-                    findings += self._judge_quality(version, [window.rows()], p)
+        empty = (np.empty(0),) * 5, np.empty(0)
+        for version in self._versions_joined():
+            parts = [
+                (p, part.joined[version]) for p, part in self._numbered() if version in part.joined
+            ]
+            total = sum(
+                w.released_below(frontier) + (w.n_held_below(cuts[p]) if p in cuts else 0)
+                for p, w in parts
+            )
+            done = self._judged.get(version, 0)
+            first = (done // self.step + 1) * self.step
+            if first > total:
+                continue
+            new = {p: w.held_below(cuts[p]) if p in cuts else empty for p, w in parts}
+            self._judged[version] = total
+            cols: list[tuple[npt.NDArray[np.float64], ...]] = []
+            keys, owner, seq = [], [], []
+            for p, w in parts:
+                c, k = w.ordered()
+                below = k < frontier
+                held_cols, held_keys = new[p]
+                cols.append(
+                    tuple(np.concatenate([x[below], h]) for x, h in zip(c, held_cols, strict=True))
+                )
+                keys.append(np.concatenate([k[below], held_keys]))
+                owner.append(np.full(keys[-1].size, p, np.int64))
+                seq.append(np.arange(keys[-1].size))
+            order = np.lexsort((np.concatenate(seq), np.concatenate(owner), np.concatenate(keys)))
+            merged = tuple(np.concatenate([c[i] for c in cols])[order] for i in range(5))
+            size = int(order.size)  # the stream's last ``size`` rows below the frontier
+            # A ring that lost older rows (a full ring) leaves the merge complete only
+            # from its oldest row on: windows must start there or later.
+            where = np.empty_like(order)
+            where[order] = np.arange(size)
+            blocks = np.cumsum([0] + [k.size for k in keys[:-1]])
+            complete = max(
+                (
+                    int(where[b])
+                    for b, (_, w), k in zip(blocks.tolist(), parts, keys, strict=True)
+                    if w.count > w.size and k.size
+                ),
+                default=0,
+            )
+            for position in range(first, total + 1, self.step):
+                end = size - (total - position)
+                start = end - min(self.window, position)
+                if start < complete:
+                    # rows a remote partition's checkpointed ring no longer holds (it
+                    # released more than a window past this position): not judged
+                    self.skipped += 1
+                    continue
+                window = tuple(c[start:end] for c in merged)
+                last = position + self.step > total  # the gauges show the newest
+                found = self._judge_quality(version, [window], gauge=last)
+                findings += [
+                    dataclasses.replace(f, details=(*f.details, ("position", float(position))))
+                    for f in found
+                ]
         return findings
 
     def _predictions(
@@ -742,10 +950,13 @@ class ModelStage:
         ok = np.ones(len(rows), np.bool_)
         for r in rejects:
             ok[r.index] = False
+        self._begin()
         findings: list[Finding] = []
         parts = partitions & _PART_MASK
+        now = self.clock()
         for p in np.unique(parts).tolist():
             part = self._part(int(p))
+            part.seen = now
             self._owned.add(int(p) | LABEL_SLOT)
             here = parts == p
             sel = here & ok & (raw.offsets >= part.next_offsets[1])
@@ -761,7 +972,7 @@ class ModelStage:
                 label = np.array(list(map(float, map(_VALUE, chosen))), np.float64)
             self._add_joined(part, part.join.add_labels(keys, times, label))
             part.join.expire()
-            findings += self._release(int(p), part)
+        findings += self._release()
         return self._after(findings, set()), rejects
 
     def _label_codes(self, values: list[str]) -> npt.NDArray[np.float64]:
@@ -805,17 +1016,13 @@ class ModelStage:
         for p, part in sorted(self._remote.items()):
             if p in self._parts:
                 continue
-            for kind, windows in (("quality", part.joined), ("cbpe", part.predicted)):
-                for version, window in sorted(windows.items()):
-                    key = (p, kind, version)
-                    if window.count // self.step <= self._remote_judged.get(key, 0) // self.step:
-                        continue
-                    self._remote_judged[key] = window.count
-                    if kind == "quality":
-                        findings += self._judge_quality(version, [window.rows()], p)
-                    else:
-                        findings += self._judge_estimate(version, [window.rows()], p)
-                        estimated.add(version)
+            for version, window in sorted(part.predicted.items()):
+                key = (p, version)
+                if window.count // self.step <= self._remote_judged.get(key, 0) // self.step:
+                    continue
+                self._remote_judged[key] = window.count
+                findings += self._judge_estimate(version, [window.rows()], p)
+                estimated.add(version)
         for version in sorted(estimated):
             if (ranking := self._feature_ranking(version)) is not None:
                 findings.append(ranking)
@@ -826,27 +1033,12 @@ class ModelStage:
         return out
 
     def _record_gauges(self, versions: set[str]) -> None:
-        """The quality gauges (realized, estimated) of these versions, over the union of
-        the partitions' windows as released (a verdict judges one partition's window;
-        the gauges show the stream's)."""
+        """The estimated-quality gauge of these versions, over the union of the
+        partitions' estimate windows (a CBPE verdict judges one partition's window;
+        the gauge shows the stream's). The realized gauges are set by the stream's
+        quality verdicts (the newest of each batch)."""
         parts = self._all_parts()
         for version in sorted(versions):
-            joined = [p.joined[version].rows() for p in parts if version in p.joined]
-            if joined:
-                score, klass, label, value, _ = (
-                    np.concatenate([c[i] for c in joined]) for i in range(5)
-                )
-                q: ClassificationQuality | RegressionQuality
-                if self.classification:
-                    q = classification_quality(
-                        label.astype(np.int64),
-                        klass.astype(np.int64),
-                        self.positive,
-                        score if self.prediction.has_score else None,
-                    )
-                else:
-                    q = regression_quality(label, value)
-                self._record_quality(version, q, "realized")
             ref = self._reference(version)
             predicted = [p.predicted[version].rows() for p in parts if version in p.predicted]
             if ref is not None and ref.cbpe is not None and predicted:
@@ -929,10 +1121,15 @@ class ModelStage:
         )
 
     def _judge_quality(
-        self, version: str, cols: list[tuple[npt.NDArray[np.float64], ...]], p: int | None = None
+        self,
+        version: str,
+        cols: list[tuple[npt.NDArray[np.float64], ...]],
+        p: int | None = None,
+        gauge: bool = True,
     ) -> list[Finding]:
         """Realized quality of the rows ``cols`` (of partition ``p``'s window, or of the
-        union of the partitions' windows when ``p`` is None) against the reference."""
+        stream's when ``p`` is None) against the reference; ``gauge``: with ``p`` None,
+        set the realized gauges from it."""
         score, klass, label, value, times = (np.concatenate([c[i] for c in cols]) for i in range(5))
         n = int(score.size)
         window = _bounds(n, times)
@@ -956,7 +1153,7 @@ class ModelStage:
             )
         else:
             q = regression_quality(label, value)
-        if p is None:
+        if p is None and gauge:
             self._record_quality(version, q, "realized")
         if ref is None:
             return out
@@ -1145,6 +1342,7 @@ class ModelStage:
             joined={v: RingState.of(r) for v, r in part.joined.items()},
             predicted={v: RingState.of(r) for v, r in part.predicted.items()},
             current=self.current,
+            released=part.released,
         )
 
     def decode_state(self, plain: Mapping[str, Any]) -> StageState:
@@ -1184,7 +1382,7 @@ class ModelStage:
                 ring = _Ring.from_state(self.window, s.to_plain())
                 ring.remap_classes(class_map, self.classification and key == "joined")
                 out[v] = ring
-        return _Part(join, list(state.offsets), rings[0], rings[1])
+        return _Part(join, list(state.offsets), rings[0], rings[1], state.released)
 
     def restore_partition(self, slot: int, saved: StageState) -> None:
         p = slot & _PART_MASK
@@ -1225,6 +1423,7 @@ class ModelStage:
             return
         self._reported[p] = self._parts[p].join._counts.copy()
         self._owned.add(slot)
+        self._rebase = True  # its windows' stream positions were judged by its owner
 
     def drop_partition(self, slot: int) -> None:
         self._owned.discard(slot)
@@ -1236,8 +1435,11 @@ class ModelStage:
             self._reported.pop(p, None)
 
     def set_remote(self, states: Mapping[int, StageState]) -> None:
-        """Quality windows of partitions other replicas own (from their checkpoints)."""
+        """Quality windows of partitions other replicas own (from their checkpoints);
+        a remote partition whose offsets have not moved for ``IDLE_SECONDS`` counts
+        as idle for the stream frontier."""
         self._remote = {}
+        now = self.clock()
         for slot, saved in states.items():
             p = slot & _PART_MASK
             if saved is None or p in self._parts or p in self._remote:
@@ -1246,6 +1448,11 @@ class ModelStage:
                 state = _model_state(saved)
                 if isinstance(state, ModelPartState):
                     self._remote[p] = self._part_from_state(state)
+                    before = self._remote_seen.get(p)
+                    if before is None or before[0] != state.offsets:
+                        self._remote_seen[p] = (state.offsets, now)
+                        if before is not None:  # the checkpoint cadence, as observed
+                            self._remote_gap = max(self._remote_gap, now - before[1])
             except (KeyError, ValueError) as exc:
                 log.warning(
                     "stream %s: remote model state of slot %d unusable: %s",

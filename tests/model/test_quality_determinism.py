@@ -2,9 +2,9 @@
 
 The same events at 4 partitions, fed with different interleavings of the prediction
 and label topics (predictions ahead, labels ahead, a seeded random merge) and different
-batch sizes, give the same quality and estimate findings, and a restart from
-checkpoints in the middle of one interleaving gives the findings of the uninterrupted
-run of another.
+batch sizes, give the same stream-wide quality verdicts (at the same stream positions)
+and the same per-partition estimate findings, and a restart from checkpoints in the
+middle of one interleaving gives the findings of the uninterrupted run of another.
 """
 
 from __future__ import annotations
@@ -17,11 +17,20 @@ import numpy as np
 from connectors.kafka import RawBatch
 from detectors.base import Finding
 from monitor.dev.model_synthetic import ModelEvents, generate_model_events
+from monitor.pipeline.model import IDLE_SECONDS
 from monitor.pipeline.stream import StreamPipeline
-from tests.model.test_model_stage import _model, _pipeline, _stream
+from tests.model.test_model_stage import _model, _stream
+from tests.model.test_model_stage import _pipeline as _any_pipeline
 
 PARTS = 4
 TOPICS = ("ml.loans.inference", "ml.loans.labels")
+
+
+def _pipeline(stream: dict[str, Any]) -> StreamPipeline:
+    """A pipeline that knows the stream's partition count (as the runner tells it)."""
+    pipeline = _any_pipeline(stream)
+    pipeline.set_partition_count(PARTS)
+    return pipeline
 
 
 def _sequences(ev: ModelEvents, size: int) -> list[list[RawBatch]]:
@@ -82,6 +91,7 @@ def _key(f: Finding) -> tuple[Any, ...]:
         f.detector,
         f.subject,
         d.get("partition"),
+        d.get("position"),
         f.window.events,
         f.window.start_time,
         f.window.end_time,
@@ -123,8 +133,13 @@ def test_interleavings_and_batch_sizes_give_the_same_findings(tmp_path: Path) ->
         results[name] = (_verdicts(findings), _evaluated(pipeline), counts)
     first = next(iter(results.values()))
     assert len(first[0]) > 100
-    assert {k[2] for k in first[0]} == {0.0, 1.0, 2.0, 3.0}  # per-partition verdicts
-    assert any(k[6] for k in first[0])  # the drift halfway is flagged
+    quality = [k for k in first[0] if k[0] == "quality"]
+    assert {k[2] for k in quality} == {None}  # stream verdicts
+    positions = sorted({k[3] for k in quality})
+    assert positions == [250.0 * i for i in range(1, len(positions) + 1)]  # every step
+    assert len(positions) > 40  # ~11,500 joins: one verdict per 250 of the stream
+    assert {k[2] for k in first[0] if k[0] == "cbpe"} == {0.0, 1.0, 2.0, 3.0}
+    assert any(k[7] for k in quality)  # the drift halfway is flagged
     for name, got in results.items():
         assert got[0] == first[0], name
         assert got[1] == first[1], name
@@ -154,9 +169,14 @@ def test_restart_in_one_interleaving_equals_another_uninterrupted(tmp_path: Path
 def test_the_judging_replica_judges_remote_partitions_from_their_checkpoints(
     tmp_path: Path,
 ) -> None:
+    """Replica a owns partition 0 and judges; b owns 1-3. a's stream frontier waits for
+    b's partitions (no quality verdict before their checkpoints come), then its
+    verdicts are those of one process reading all partitions, at the same positions
+    (those whose windows b's checkpointed rings still hold)."""
     stream = _stream(tmp_path, window={"events": 1000, "step": 250})
     ev = generate_model_events(6_000, seed=23)
     batches = _lagged(_sequences(ev, 500), 2, labels_lag=True)
+    one = _verdicts(_run(_pipeline(stream), batches))
     a, b = _pipeline(stream), _pipeline(stream)
     b.set_ownership({(t, p) for t in TOPICS for p in (1, 2, 3)})
     assert not _model(b).judge
@@ -165,11 +185,44 @@ def test_the_judging_replica_judges_remote_partitions_from_their_checkpoints(
     ]
     own = [x for x in batches if x.partitions[0] == 0]
     got = _run(a, own[:-1])
+    assert not [f for f in got if f.detector == "quality"]  # waiting for partitions 1-3
     a.set_remote({(t, p): b.partition_state(t, p) for t in TOPICS for p in (1, 2, 3)})
     got += _run(a, own[-1:])
-    judged = {dict(f.details).get("partition") for f in got if f.detector == "quality"}
-    assert judged == {0.0, 1.0, 2.0, 3.0}
-    # once per step passed: the same remote states give nothing new at the next batch
-    # (a replayed one, skipped by offset)
+    quality = [k for k in _verdicts(got) if k[0] == "quality"]
+    positions = sorted({k[3] for k in quality})
+    # b's rings hold its partitions' last 1,000 joins: the positions whose windows
+    # reach further back are skipped (counted), never judged on partial windows
+    skipped = _model(a).skipped
+    assert skipped > 0 and len(positions) >= 4
+    assert positions == [positions[0] + 250.0 * i for i in range(len(positions))]
+    assert positions[0] == 250.0 * (skipped + 1)
+    assert quality == [k for k in one if k[0] == "quality" and k[3] in positions]
+    # the same remote states give nothing new at the next batch (a replayed one,
+    # skipped by offset)
     again = _run(a, own[-1:])
     assert not [f for f in again if f.detector == "quality"]
+
+
+def test_an_unseen_or_idle_partition_holds_the_stream_back_until_idle(tmp_path: Path) -> None:
+    """Partition 3 never gets an event: the stream frontier waits for it (no quality
+    verdict), until it has been idle for IDLE_SECONDS (the stage's clock) before the
+    newest event of the others; then their joins are judged, at the positions a
+    3-partition stream has."""
+    stream = _stream(tmp_path, window={"events": 1000, "step": 250})
+    ev = generate_model_events(6_000, seed=24)
+    batches = [b for b in _lagged(_sequences(ev, 500), 2, labels_lag=True) if b.partitions[0] != 3]
+    now = [0.0]
+    pipeline = _pipeline(stream)
+    _model(pipeline).clock = lambda: now[0]
+    held = _run(pipeline, batches[:-12])
+    assert not [f for f in held if f.detector == "quality"]
+    now[0] = IDLE_SECONDS  # partition 3: no event since the stage started
+    got = _run(pipeline, batches[-12:])
+    quality = sorted({dict(f.details)["position"] for f in got if f.detector == "quality"})
+    assert quality and quality == [250.0 * (i + 1) for i in range(len(quality))]
+    three = _any_pipeline(stream)
+    three.set_partition_count(3)
+    want = [k for k in _verdicts(_run(three, batches)) if k[0] == "quality"]
+    assert [k for k in _verdicts(got) if k[0] == "quality"] == [
+        k for k in want if k[3] <= quality[-1]
+    ]
