@@ -67,9 +67,19 @@ import numpy.typing as npt
 
 from detectors.adwin_defaults import SERVICE_DEFAULTS
 from detectors.base import Detector, Finding, WindowBounds
-from detectors.baseline import Baseline, CategoricalBaseline, NumericBaseline, load_baseline
+from detectors.baseline import (
+    QUALITY_KINDS,
+    Baseline,
+    CategoricalBaseline,
+    NumericBaseline,
+    load_baseline,
+)
 from detectors.registry import create
+from detectors.data_quality import QualityRates
+from detectors.ks import KS
+from detectors.psi import PSI
 from detectors.window import DEFAULT_ERT_EVENTS, SlidingCounts
+from detectors.window_ring import Pushes, WindowRing, ks_many, stream_totals
 from monitor.checkpoints import BaselineCheckpoint, StageState
 from monitor.config.schema import NUMERIC_TYPES, FieldType, StreamSpec
 from monitor.errors import ConfigError
@@ -103,6 +113,9 @@ class _FieldPlan:
     # Per binned detector: True when it takes data-quality outcome codes of every
     # event (the data_quality detector) instead of the bins of the valid values.
     outcome: list[bool] = dataclasses.field(default_factory=list)
+    # Per binned detector: its segment of the partition's shared window row (see
+    # _Layout), when the stream's binned detectors share one count window.
+    segments: list[int] = dataclasses.field(default_factory=list)
 
     def category_bins(
         self, codes: npt.NDArray[np.int64], vocabulary_names: list[Any]
@@ -117,19 +130,30 @@ class _FieldPlan:
 
 
 class _PartitionDetectors:
-    """One partition's detector instances, field by field."""
+    """One partition's detector instances, field by field; with a ``_Layout``, one
+    ``WindowRing`` holds every binned detector's window instead."""
 
-    def __init__(self, plans: list[_FieldPlan]) -> None:
-        self.binned = {p.name: [make() for _, make in p.binned] for p in plans}
+    def __init__(self, plans: list[_FieldPlan], layout: _Layout | None = None) -> None:
+        self.ring = None if layout is None else layout.ring()
+        self.binned = (
+            {p.name: [make() for _, make in p.binned] for p in plans} if layout is None else {}
+        )
         self.raw = {p.name: [make() for _, make in p.raw] for p in plans}
 
     def state(self) -> DriftState:
         return DriftState(
             {f: tuple(d.state() for d in ds) for f, ds in self.binned.items()},
             {f: tuple(d.state() for d in ds) for f, ds in self.raw.items()},
+            {} if self.ring is None else self.ring.state(),
         )
 
     def restore(self, state: DriftState) -> None:
+        if self.ring is not None:
+            if not state.windows:
+                raise ConfigError("checkpointed windows are per detector; these share one ring")
+            self.ring.restore(dict(state.windows))
+        elif state.windows:
+            raise ConfigError("checkpointed windows share one ring; these are per detector")
         for kind, dets in ((state.binned, self.binned), (state.raw, self.raw)):
             for name, ds in dets.items():
                 saved = kind.get(name, ())
@@ -139,6 +163,186 @@ class _PartitionDetectors:
                     )
                 for det, st in zip(ds, saved, strict=True):
                     det.restore(st)
+
+
+_SCREEN_SLACK = 1e-9  # screens flag a little more than they decide; evaluate() decides
+
+
+@dataclasses.dataclass
+class _Layout:
+    """How a stream's binned detectors share one count window per partition.
+
+    Segment ``s`` of the window row is ``starts[s] .. starts[s + 1]``: one per field
+    for the bins its KS, PSI and chi-square detectors read (they bin the same values
+    on the same baseline bins), and one per field with a data_quality detector for
+    its outcome codes. ``items`` lists every binned detector with its segment.
+    """
+
+    starts: npt.NDArray[np.int64]
+    ring_size: int
+    step: int
+    fine: dict[str, int]  # field -> segment of its bins
+    quality: dict[str, int]  # field -> segment of its outcome codes
+    items: list[tuple[_FieldPlan, int, int]]  # (plan, detector index, segment)
+
+    def ring(self) -> WindowRing:
+        return WindowRing(self.starts, self.ring_size, self.step)
+
+    @property
+    def width(self) -> int:
+        return int(self.starts[-1])
+
+    @classmethod
+    def plan(cls, plans: list[_FieldPlan]) -> _Layout | None:
+        """The shared layout, or None when some binned detector needs its own window
+        (event time, raw values for exact KS, a window of its own)."""
+        shapes = set()
+        for plan in plans:
+            for det in plan.merged:
+                w = getattr(det, "_window", None)
+                if not isinstance(w, SlidingCounts) or w.timed or w.keep_values:
+                    return None
+                shapes.add((w.ring_size, w.step_events))
+        if len(shapes) != 1:
+            return None
+        ((ring_size, step),) = shapes
+        sizes: list[int] = []
+        fine: dict[str, int] = {}
+        quality: dict[str, int] = {}
+        items: list[tuple[_FieldPlan, int, int]] = []
+        for plan in plans:
+            plan.segments = []
+            for i, det in enumerate(plan.merged):
+                kinds = quality if plan.outcome[i] else fine
+                if plan.name not in kinds:
+                    kinds[plan.name] = len(sizes)
+                    sizes.append(len(QUALITY_KINDS) if plan.outcome[i] else det._window.bins)
+                elif sizes[kinds[plan.name]] != det._window.bins:
+                    return None
+                plan.segments.append(kinds[plan.name])
+                items.append((plan, i, kinds[plan.name]))
+        starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        return cls(starts, int(ring_size), int(step or 1), fine, quality, items)
+
+
+class _Screens:
+    """Which (detector, step boundary) verdicts may drift, for all detectors at once.
+
+    KS, PSI and data_quality are screened as array operations across fields (their
+    ``drifts_many`` with per-detector parameters stacked); other detectors through
+    their own ``drifts_many``. A screen flags a superset (a relative slack of 1e-9
+    on the threshold): the finding of a flagged verdict is built by the detector's
+    ``evaluate``, which decides.
+    """
+
+    def __init__(self, layout: _Layout) -> None:
+        self.layout = layout
+        self.items = layout.items
+        ks = [(j, it) for j, it in enumerate(self.items) if type(it[0].merged[it[1]]) is KS]
+        psi = [(j, it) for j, it in enumerate(self.items) if type(it[0].merged[it[1]]) is PSI]
+        qual = [
+            (j, it) for j, it in enumerate(self.items) if type(it[0].merged[it[1]]) is QualityRates
+        ]
+        done = {j for j, _ in ks + psi + qual}
+        self.other = [j for j in range(len(self.items)) if j not in done]
+        starts = layout.starts
+        # KS: per item its bins' start, the baseline CDF, d_min, critical value, n.
+        self.ks_cols = np.asarray([j for j, _ in ks], dtype=np.int64)
+        dets: list[Any] = [it[0].merged[it[1]] for _, it in ks]
+        self.ks_starts = np.asarray([starts[it[2]] for _, it in ks], dtype=np.int64)
+        cdfs = [d._cdf for d in dets]
+        self.ks_cdf = np.concatenate(cdfs) if cdfs else np.empty(0)
+        self.ks_cdf_starts = np.concatenate([[0], np.cumsum([c.size for c in cdfs])]).astype(
+            np.int64
+        )
+        self.ks_dmin = np.asarray([d.d_min for d in dets], dtype=np.float64)
+        self.ks_crit = np.asarray([d._crit for d in dets], dtype=np.float64)
+        self.ks_n = np.asarray([float(d.baseline.n) for d in dets], dtype=np.float64)
+        # PSI: coarse groups of every item as reductions over the flat row; segment
+        # starts are cut points too, so a field's last group ends with its segment.
+        self.psi_cols = np.asarray([j for j, _ in psi], dtype=np.int64)
+        pdets: list[Any] = [it[0].merged[it[1]] for _, it in psi]
+        group_starts = [starts[it[2]] + d._starts for (_, it), d in zip(psi, pdets, strict=True)]
+        self.psi_cuts = np.unique(np.concatenate([starts[:-1], *group_starts])).astype(np.int64)
+        self.psi_take = np.concatenate(
+            [np.searchsorted(self.psi_cuts, g) for g in group_starts] or [np.empty(0, np.int64)]
+        ).astype(np.int64)
+        sizes = [g.size for g in group_starts]
+        self.psi_offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1].astype(np.int64)
+        rep = np.repeat(np.arange(len(pdets)), sizes) if pdets else np.empty(0, np.int64)
+        smooth = np.asarray([d.smoothing for d in pdets], dtype=np.float64)
+        self.psi_smooth = smooth[rep] if pdets else np.empty(0)
+        self.psi_nbins = np.asarray(sizes, dtype=np.float64)[rep] if pdets else np.empty(0)
+        self.psi_b = (
+            np.concatenate(
+                [
+                    (d._base + d.smoothing) / (d._base.sum() + d.smoothing * d._base.size)
+                    for d in pdets
+                ]
+            )
+            if pdets
+            else np.empty(0)
+        )
+        self.psi_min = np.asarray([d.psi_min for d in pdets], dtype=np.float64)
+        self.psi_crit = np.asarray([d._chi2_crit for d in pdets], dtype=np.float64)
+        self.psi_n = np.asarray([float(d._base.sum()) for d in pdets], dtype=np.float64)
+        # data_quality: the outcome counts of every item side by side.
+        self.q_cols = np.asarray([j for j, _ in qual], dtype=np.int64)
+        qdets: list[Any] = [it[0].merged[it[1]] for _, it in qual]
+        K = len(QUALITY_KINDS)
+        self.q_index = (
+            np.asarray([starts[it[2]] for _, it in qual], dtype=np.int64)[:, None] + np.arange(K)
+        )
+        self.q_base = (
+            np.stack([d.baseline.counts.astype(np.float64) for d in qdets])
+            if qdets
+            else np.empty((0, K))
+        )
+        self.q_min = np.asarray([d.min_increase for d in qdets], dtype=np.float64)
+        self.q_crit = np.asarray([d._z_crit for d in qdets], dtype=np.float64)
+
+    def flags(self, totals: npt.NDArray[np.int64], closed: npt.NDArray[np.int64]) -> Any:
+        """``(C, items)`` bool: verdicts that may drift at each boundary."""
+        C = totals.shape[0]
+        out = np.zeros((C, len(self.items)), dtype=bool)
+        ready = (closed >= self.layout.ring_size)[:, None]
+        slack = 1.0 - _SCREEN_SLACK
+        if self.ks_cols.size:
+            d, m = ks_many(totals, self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
+            n = self.ks_n
+            n_eff = np.where(m > 0, n * m / (n + np.where(m > 0, m, 1.0)), 1.0)
+            threshold = np.maximum(self.ks_dmin, self.ks_crit / np.sqrt(n_eff))
+            out[:, self.ks_cols] = ready & (m > 0) & (d >= threshold * slack)
+        if self.psi_cols.size:
+            groups = np.add.reduceat(totals, self.psi_cuts, axis=1)[:, self.psi_take]
+            c = groups.astype(np.float64)
+            m = np.add.reduceat(c, self.psi_offsets, axis=1)
+            rep_m = np.repeat(m, np.diff(np.append(self.psi_offsets, c.shape[1])), axis=1)
+            w = (c + self.psi_smooth) / (rep_m + self.psi_smooth * self.psi_nbins)
+            value = np.add.reduceat((w - self.psi_b) * np.log(w / self.psi_b), self.psi_offsets, 1)
+            n = self.psi_n
+            n_eff = np.where(m > 0, n * m / (n + np.where(m > 0, m, 1.0)), 1.0)
+            threshold = np.maximum(self.psi_min, self.psi_crit / n_eff)
+            out[:, self.psi_cols] = ready & (m > 0) & (value >= threshold * slack)
+        if self.q_cols.size:
+            c = totals[:, self.q_index].astype(np.float64)  # (C, items, kinds)
+            m = c.sum(axis=-1, keepdims=True)
+            base = self.q_base
+            n = base.sum(axis=-1, keepdims=True)
+            safe_m = np.where(m > 0, m, 1.0)
+            p = (c + base) / (safe_m + n)
+            var = p * (1.0 - p) * (1.0 / safe_m + 1.0 / n)
+            rise = c / safe_m - base / n
+            z = np.where(var > 0, rise / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
+            hit = (rise >= self.q_min[:, None] * slack - _SCREEN_SLACK) & (
+                z >= self.q_crit[:, None] * slack
+            )
+            out[:, self.q_cols] = ready & (m[..., 0] > 0) & hit[..., 1:].any(axis=-1)
+        for j in self.other:
+            plan, i, seg = self.items[j]
+            a, b = int(self.layout.starts[seg]), int(self.layout.starts[seg + 1])
+            out[:, j] = plan.merged[i].drifts_many(totals[:, a:b], closed)
+        return out
 
 
 class DriftStage:
@@ -179,6 +383,8 @@ class DriftStage:
         # stage has folded in (it places the step boundaries of the verdicts).
         self.partition_count = 1
         self._seen = 0
+        self._layout: _Layout | None = None
+        self._screens: _Screens | None = None
         if baseline is None and spec.baseline.file is not None:
             try:
                 baseline = load_baseline(spec.baseline.file)
@@ -256,6 +462,8 @@ class DriftStage:
                     plan.merged.append(make())
                     plan.outcome.append(det_name == "data_quality")
             self._plans.append(plan)
+        self._layout = None if self._time_window else _Layout.plan(self._plans)
+        self._screens = None if self._layout is None else _Screens(self._layout)
         self._partitions.clear()
         log.info(
             "stream %s: baseline %s ready (%d fields)",
@@ -267,7 +475,7 @@ class DriftStage:
     def _partition(self, partition: int) -> _PartitionDetectors:
         found = self._partitions.get(partition)
         if found is None:
-            found = self._partitions[partition] = _PartitionDetectors(self._plans)
+            found = self._partitions[partition] = _PartitionDetectors(self._plans, self._layout)
         return found
 
     # -- processing ----------------------------------------------------------------
@@ -322,7 +530,8 @@ class DriftStage:
         cuts: list[int] = []
         step = self.spec.window.step
         if not self._time_window and step:
-            first_cut = step - self._seen % step
+            seen = self._seen if self._layout is None else self._position()
+            first_cut = step - seen % step
             cuts = list(range(first_cut, n + 1, step))
         self._seen += n
         bounds = [0, *cuts]
@@ -355,7 +564,10 @@ class DriftStage:
             binned.append((plan, valid, bins, column, codes))
         findings: list[Finding] = []
         due: set[tuple[str, int]] = set()
-        if not self._time_window and not self._keeps_values():
+        if self._layout is not None:
+            findings = self._fold_rings(binned, rows_of, cuts, offsets, times_all)
+            bounds = []  # done: skip the sub-batch loop below
+        elif not self._time_window and not self._keeps_values():
             findings = self._fold_and_judge(binned, rows_of, cuts, offsets, times_all)
             bounds = []  # done: skip the sub-batch loop below
         for j in range(len(bounds) - 1):
@@ -435,6 +647,109 @@ class DriftStage:
         return [
             dataclasses.replace(f, stream=self.spec.name, baseline_id=baseline_id) for f in findings
         ]
+
+    def _position(self) -> int:
+        """The stream position the step boundaries count from: the events folded into
+        this process's partitions' windows (checkpointed with them, so a restart
+        continues the same boundaries)."""
+        total = 0
+        for dets in self._partitions.values():
+            ring = dets.ring
+            if ring is not None:
+                total += ring.closed * ring.step + ring.open_n
+        return total
+
+    def _fold_rings(
+        self,
+        binned: list[tuple[_FieldPlan, Any, Any, Any, Any]],
+        rows_of: dict[int, npt.NDArray[np.intp] | None],
+        cuts: list[int],
+        offsets: npt.NDArray[np.int64] | None,
+        times_all: npt.NDArray[np.float64] | None,
+    ) -> list[Finding]:
+        """Shared count windows: fold every partition's share of the batch into its
+        ring with one ``bincount`` for all fields and partitions, then judge the
+        stream at each step boundary from the partitions' windows added there."""
+        layout, screens = self._layout, self._screens
+        assert layout is not None and screens is not None
+        T = layout.width
+        n = len(binned[0][1]) if binned else 0
+        # Flat bin of every (segment, row); T (a spare column) where nothing counts.
+        flat = np.empty((layout.starts.size - 1, n), dtype=np.int64)
+        for plan, valid, bins, _, codes in binned:
+            seg = layout.fine.get(plan.name)
+            if seg is not None:
+                row = flat[seg]
+                np.add(bins, layout.starts[seg], out=row)
+                row[~valid] = T
+            q = layout.quality.get(plan.name)
+            if q is not None:
+                np.add(codes, layout.starts[q], out=flat[q])
+        before = np.zeros(T, dtype=np.int64)  # the stream's window before the batch
+        floor = 0
+        shares: list[tuple[int, WindowRing, npt.NDArray[np.intp], int, int]] = []
+        sub = np.empty(n, dtype=np.int64)
+        used = 0
+        for partition, rows in rows_of.items():
+            ring = self._partition(partition).ring
+            assert ring is not None
+            positions = np.arange(n) if rows is None else rows
+            m = int(positions.size)
+            sub[positions] = ring.subwindows(m) + used
+            kk = ring.closes(m)
+            shares.append((partition, ring, positions, used, kk))
+            used += kk + 1
+        for dets in [*self._partitions.values(), *self._remote.values()]:
+            if dets.ring is not None:
+                before += dets.ring.total
+                floor = max(floor, dets.ring.closed)
+        flat += (sub * (T + 1))[None, :]
+        counts = np.bincount(flat.ravel(), minlength=used * (T + 1)).reshape(used, T + 1)
+        pushes: dict[int, Pushes] = {}
+        for partition, ring, positions, first, kk in shares:
+            pushes[partition] = ring.fold(
+                counts[first : first + kk + 1, :T],
+                positions,
+                None if offsets is None else offsets[positions],
+                None if times_all is None else times_all[positions],
+            )
+        if not self.judge or not cuts:
+            return []
+        cut_arr = np.asarray(cuts, dtype=np.int64)
+        totals, closed = stream_totals(before, list(pushes.values()), cut_arr)
+        closed = np.maximum(closed, floor)
+        flags = screens.flags(totals, closed)
+        flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
+        last = len(cuts) - 1
+        findings: list[Finding] = []
+        spans: dict[tuple[int, int, int], Any] = {}
+        for j, c in zip(*np.nonzero(flags.T), strict=True):
+            plan, i, seg = layout.items[j]
+            merged = plan.merged[i]
+            a, b = int(layout.starts[seg]), int(layout.starts[seg + 1])
+            merged.load_counts(totals[c, a:b].copy(), int(closed[c]))
+            finding = merged.evaluate()
+            if finding is None or not (finding.drift or c == last):
+                continue
+            located = []
+            for slot, ring in self._rings():
+                key = (slot, int(c), seg)
+                if key not in spans:
+                    p = pushes.get(slot)
+                    spans[key] = (
+                        ring.span(seg) if p is None else p.span_at(p.index_at(cuts[c]), seg)
+                    )
+                located.append((slot, spans[key]))
+            categories = [] if plan.outcome[i] else self._category_names(plan)
+            findings.append(
+                _with_evidence(finding, located, plan, categories, totals[c, a:b])
+            )
+        return findings
+
+    def _rings(self) -> list[tuple[int, WindowRing]]:
+        out = [(s, p.ring) for s, p in self._partitions.items() if p.ring is not None]
+        out += [(s, p.ring) for s, p in self._remote.items() if p.ring is not None]
+        return out
 
     def _keeps_values(self) -> bool:
         return any(
@@ -540,7 +855,8 @@ class DriftStage:
             for s, det in self._slots(plan, index)
         ]
         categories = [] if plan.outcome[index] else self._category_names(plan)
-        return _with_evidence(finding, slots, plan, categories)
+        spans, counts = _spans_and_counts(slots, categories)
+        return _with_evidence(finding, spans, plan, categories, counts)
 
     def _judge(
         self, plan: _FieldPlan, index: int, merged: Any, evidence: bool = True
@@ -571,7 +887,8 @@ class DriftStage:
         slots = [(s, p.binned[plan.name][index]) for s, p in self._partitions.items()]
         slots += [(s, p.binned[plan.name][index]) for s, p in self._remote.items()]
         categories = [] if plan.outcome[index] else self._category_names(plan)
-        return _with_evidence(finding, slots, plan, categories)
+        spans, counts = _spans_and_counts(slots, categories)
+        return _with_evidence(finding, spans, plan, categories, counts)
 
     def _category_names(self, plan: _FieldPlan) -> list[str]:
         if isinstance(plan.baseline, CategoricalBaseline):
@@ -581,6 +898,24 @@ class DriftStage:
     def evaluate(self) -> list[Finding]:
         """Stream-level verdicts of every binned detector on the windows as they are now."""
         out = []
+        if self._layout is not None:
+            rings = self._rings()
+            if not self._partitions or not rings:
+                return out
+            total = np.sum([r.total for _, r in rings], axis=0)
+            closed = max(r.closed for _, r in rings)
+            for plan, i, seg in self._layout.items:
+                a, b = int(self._layout.starts[seg]), int(self._layout.starts[seg + 1])
+                merged = plan.merged[i]
+                merged.load_counts(total[a:b].copy(), closed)
+                finding = merged.evaluate()
+                if finding is None:
+                    continue
+                categories = [] if plan.outcome[i] else self._category_names(plan)
+                spans = [(slot, ring.span(seg)) for slot, ring in rings]
+                finding = _with_evidence(finding, spans, plan, categories, total[a:b])
+                out.append(dataclasses.replace(finding, stream=self.spec.name))
+            return out
         for plan in self._plans:
             for i, merged in enumerate(plan.merged):
                 if self._partitions and (finding := self._judge(plan, i, merged)):
@@ -609,7 +944,7 @@ class DriftStage:
                 partition,
                 exc,
             )
-            self._partitions[partition] = _PartitionDetectors(self._plans)
+            self._partitions[partition] = _PartitionDetectors(self._plans, self._layout)
 
     def drop_partition(self, partition: int) -> None:
         """Forget a partition this process no longer owns."""
@@ -628,7 +963,7 @@ class DriftStage:
         for slot, state in states.items():
             if slot in self._partitions or state is None:
                 continue
-            dets = _PartitionDetectors(self._plans)
+            dets = _PartitionDetectors(self._plans, self._layout)
             try:
                 dets.restore(as_drift_state(state))
             except (ConfigError, ValueError, KeyError) as exc:
@@ -921,13 +1256,18 @@ def _locate_change(
 
 
 def _with_evidence(
-    finding: Finding, slots: list[tuple[int, Any]], plan: _FieldPlan, categories: list[str]
+    finding: Finding,
+    spans: list[tuple[int, tuple[int, int | None, int | None, float | None, float | None]]],
+    plan: _FieldPlan,
+    categories: list[str],
+    counts: npt.NDArray[np.int64] | None = None,
 ) -> Finding:
-    """A stream verdict with the span of each partition's window and, for a
-    categorical field, the categories contributing most and the unseen rate."""
+    """A stream verdict with the span of each partition's window (``(slot, (events,
+    first offset, last offset, start time, end time))``) and, for a categorical field,
+    the categories contributing most and the unseen rate (from the stream window's
+    ``counts``)."""
     parts = []
-    for slot, det in slots:
-        events, first, last, start, end = det.span()
+    for slot, (events, first, last, start, end) in spans:
         if events:
             parts.append(
                 WindowBounds(
@@ -955,16 +1295,26 @@ def _with_evidence(
         )
     top: tuple[tuple[str, float], ...] = ()
     details = finding.details
-    if categories:
-        counts = np.zeros(len(categories) + 1, np.int64)
-        for _, det in slots:
-            counts += det.window_counts
+    if categories and counts is not None:
         top, unseen = _category_contributions(counts, plan.baseline, categories)
         if "unseen_rate" not in dict(details):
             details = (*details, ("unseen_rate", unseen))
     return dataclasses.replace(
         finding, window=window, partitions=tuple(parts), top=top, details=details
     )
+
+
+def _spans_and_counts(
+    slots: list[tuple[int, Any]], categories: list[str]
+) -> tuple[list[tuple[int, Any]], npt.NDArray[np.int64] | None]:
+    """Per-detector windows' spans, and their counts added (categorical fields)."""
+    spans = [(slot, det.span()) for slot, det in slots]
+    if not categories:
+        return spans, None
+    counts = np.zeros(len(categories) + 1, np.int64)
+    for _, det in slots:
+        counts += det.window_counts
+    return spans, counts
 
 
 def _category_contributions(
