@@ -16,6 +16,7 @@ where the data is, so cells hold few edges where most values fall.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from numba import njit
 
 from detectors.base import FloatArray, IntArray
@@ -59,6 +60,46 @@ def _lookup(
         out[i] = a
 
 
+@njit(cache=True, nogil=True)
+def _lookup_into(
+    edges: FloatArray,
+    lut: IntArray,
+    lo: float,
+    hi: float,
+    scale: float,
+    values: FloatArray,
+    valid: npt.NDArray[np.bool_],
+    shift: int,
+    missing: int,
+    out: IntArray,
+) -> None:  # pragma: no cover - compiled
+    n = edges.size
+    cells = lut.size - 1
+    for i in range(values.size):
+        if not valid[i]:
+            out[i] = missing
+            continue
+        x = values[i]
+        if not x >= lo:
+            out[i] = (0 if x < lo else n) + shift
+            continue
+        if x >= hi:
+            out[i] = n + shift
+            continue
+        c = int((x - lo) * scale)
+        if c >= cells:
+            c = cells - 1
+        a = lut[c - 1] if c > 0 else 0
+        b = lut[c + 2] if c + 2 <= cells else n
+        while a < b:
+            mid = (a + b) >> 1
+            if edges[mid] <= x:
+                a = mid + 1
+            else:
+                b = mid
+        out[i] = a + shift
+
+
 class EdgeIndex:
     """A lookup structure over sorted ``edges`` (float64, shape ``(E,)``, no NaN)."""
 
@@ -87,3 +128,21 @@ class EdgeIndex:
         out = np.empty(v.size, dtype=np.int64)
         _lookup(self.edges, self._lut, self._lo, self._hi, self._scale, v, out)
         return out
+
+    def count_into(
+        self,
+        values: FloatArray,
+        valid: npt.NDArray[np.bool_],
+        out: IntArray,
+        shift: int,
+        missing: int,
+    ) -> None:
+        """``out[i] = count_at_or_below(values[i]) + shift`` where ``valid[i]``, else
+        ``missing``; ``out`` may be a strided view (a column of a matrix)."""
+        v = np.ascontiguousarray(values, dtype=np.float64)
+        ok = np.ascontiguousarray(valid, dtype=np.bool_)
+        if not self._usable:
+            found = np.searchsorted(self.edges, np.where(ok, v, 0.0), side="right")
+            out[:] = np.where(ok, found + shift, missing)
+            return
+        _lookup_into(self.edges, self._lut, self._lo, self._hi, self._scale, v, ok, shift, missing, out)

@@ -5,8 +5,8 @@ of ``S`` events) keep their bins side by side in one flat row of ``T`` bins: eac
 detector input (a field's fine bins, a field's data-quality outcomes) is a *segment*
 ``[starts[s], starts[s + 1])`` of that row. The ring is ``R`` such rows, so
 
-* a batch folds in with one ``np.bincount`` over (sub-window, flat bin) pairs for
-  every segment at once (``WindowRing.subwindows`` tells each event's sub-window);
+* a partition's share of a batch folds in with one compiled pass over its events
+  for every segment at once (``fold``);
 * the window total of every segment is one row ``total`` (shape ``(T,)``), and the
   windows of several partitions add by adding rows;
 * sub-windows count the partition's *events* (every event, whatever its fields hold):
@@ -14,28 +14,26 @@ detector input (a field's fine bins, a field's data-quality outcomes) is a *segm
   segments close their sub-windows together, so one span (offsets, event times) per
   slot locates every field's window.
 
-``fold`` returns what the batch closed (``Pushes``): for each closed sub-window its
-end position in the batch, the change of the window total it made (``deltas``: the
-new sub-window minus the one it evicted), and the slots' spans. Adding the deltas of
-all partitions in end order gives the stream's window at any position inside the
-batch (``stream_totals``), which is how verdicts are taken at every step.
+``fold`` also adds, at each given batch position (the stream's step boundaries), the
+window total as it stood there into a ``(C, T)`` matrix: summed over the partitions
+that is the stream's window at every step boundary, which is how verdicts are taken
+at every step however large the batch.
 
 >>> import numpy as np
 >>> ring = WindowRing(np.array([0, 3, 5]), ring_size=2, step=2)   # 2 segments, 5 bins
->>> k = ring.subwindows(5)            # 5 events: sub-windows 0, 0, 1, 1, 2
->>> k.tolist()
-[0, 0, 1, 1, 2]
->>> flat = np.array([[0, 3], [1, 3], [0, 4], [2, 4], [1, 3]])   # bins per event
->>> counts = np.zeros((3, 5), np.int64)
->>> np.add.at(counts, (np.repeat(k, 2), flat.ravel()), 1)
->>> pushes = ring.fold(counts, np.arange(5), np.arange(5), None)
->>> pushes.ends.tolist(), ring.closed, ring.total.tolist(), ring.open_n
-([2, 4], 2, [2, 1, 1, 2, 2], 1)
+>>> flat = np.array([[0, 3], [1, 3], [0, 4], [2, 4], [1, 3]])   # bins of 5 events
+>>> totals, closed = np.zeros((2, 5), np.int64), np.zeros(2, np.int64)
+>>> where = ring.fold(flat, np.arange(5), np.arange(5), None, np.array([3, 5]), totals, closed)
+>>> totals.tolist(), closed.tolist()   # after 3 events one sub-window had closed
+([[1, 1, 0, 2, 0], [2, 1, 1, 2, 2]], [1, 2])
+>>> where.span_at(1, 0), ring.open_n
+((4, 0, 3, None, None), 1)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -44,50 +42,138 @@ from numba import njit
 
 from detectors.base import DetectorError, FloatArray, IntArray
 
-__all__ = ["Pushes", "WindowRing", "ks_many", "stream_totals"]
+__all__ = ["CutSpans", "WindowRing", "ks_many"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Pushes:
-    """The sub-windows one partition's share of a batch closed, in batch order.
+class CutSpans:
+    """Where one partition's window lay at each step boundary of a batch.
 
-    ``ends`` (shape ``(k,)``): batch position just past the event that closed each;
-    ``deltas`` (``(k, T)``): change of the window total each made; ``closed``
-    (``(k,)``): sub-windows closed after each. ``spans`` (``(R + k, 4)``) and
-    ``segments`` (``(R + k, nseg)``): first and last offset, earliest and latest event
-    time, and per segment the count, of the ring's slots oldest first (as before the
-    batch) followed by the closed ones; the window after ``i`` of them (``i = 0``: as
-    before the batch) is rows ``i .. i + R - 1``.
+    ``events`` (shape ``(C, nseg)``): per boundary and segment, the counts in the
+    window; ``spans`` (``(C, 4)``): first and last offset (-1: unknown), earliest and
+    latest event time (NaN: unknown) of the window's events.
     """
 
-    ends: IntArray
-    deltas: IntArray
-    closed: IntArray
+    events: IntArray
     spans: FloatArray
-    segments: IntArray
-    closed0: int
-    ring_size: int
-
-    def index_at(self, cut: int) -> int:
-        """How many of these sub-windows had closed at batch position ``cut``."""
-        return int(np.searchsorted(self.ends, cut, side="right"))
 
     def span_at(
-        self, i: int, segment: int
+        self, c: int, segment: int
     ) -> tuple[int, int | None, int | None, float | None, float | None]:
         """``(events, first offset, last offset, start time, end time)`` of segment
-        ``segment``'s window after ``i`` of these sub-windows closed."""
-        rows = self.spans[i : i + self.ring_size]
-        events = int(self.segments[i : i + self.ring_size, segment].sum())
-        known = rows[:, 0] >= 0
-        tk = ~np.isnan(rows[:, 2])
-        return (
-            events,
-            int(rows[known, 0].min()) if known.any() else None,
-            int(rows[known, 1].max()) if known.any() else None,
-            float(rows[tk, 2].min()) if tk.any() else None,
-            float(rows[tk, 3].max()) if tk.any() else None,
-        )
+        ``segment``'s window at boundary ``c``."""
+        return _span_tuple(int(self.events[c, segment]), self.spans[c])
+
+
+def _span_tuple(
+    events: int, span: FloatArray
+) -> tuple[int, int | None, int | None, float | None, float | None]:
+    first, last, start, end = span.tolist()
+    return (
+        events,
+        None if first < 0 else int(first),
+        None if last < 0 else int(last),
+        None if math.isnan(start) else start,
+        None if math.isnan(end) else end,
+    )
+
+
+@njit(cache=True, nogil=True)
+def _fold(
+    flat: IntArray,
+    positions: IntArray,
+    offsets: IntArray,
+    has_offsets: bool,
+    times: FloatArray,
+    has_times: bool,
+    ring: npt.NDArray[np.int32],
+    total: IntArray,
+    open_: IntArray,
+    segment_counts: IntArray,
+    open_segments: IntArray,
+    off: IntArray,
+    tspan: FloatArray,
+    scalars: IntArray,
+    step: int,
+    cuts: IntArray,
+    out_totals: IntArray,
+    out_closed: IntArray,
+    cut_events: IntArray,
+    cut_spans: FloatArray,
+) -> None:  # pragma: no cover - compiled
+    R, T = ring.shape
+    nseg = flat.shape[1]
+    open_n, pos, closed = scalars[0], scalars[1], scalars[2]
+    C = cuts.size
+    m = positions.size
+    ci = 0
+    for j in range(m + 1):
+        r = positions[j] if j < m else np.iinfo(np.int64).max
+        while ci < C and cuts[ci] <= r:  # the state after the first cuts[ci] batch rows
+            for t in range(T):
+                out_totals[ci, t] += total[t]
+            if closed > out_closed[ci]:
+                out_closed[ci] = closed
+            first, last = -1, -1
+            lo, hi = np.nan, np.nan
+            for k in range(R):
+                for s in range(nseg):
+                    cut_events[ci, s] += segment_counts[k, s]
+                if off[k, 0] >= 0:
+                    if first < 0 or off[k, 0] < first:
+                        first = off[k, 0]
+                    if off[k, 1] > last:
+                        last = off[k, 1]
+                if not np.isnan(tspan[k, 0]):
+                    if np.isnan(lo) or tspan[k, 0] < lo:
+                        lo = tspan[k, 0]
+                    if np.isnan(hi) or tspan[k, 1] > hi:
+                        hi = tspan[k, 1]
+            cut_spans[ci, 0] = first
+            cut_spans[ci, 1] = last
+            cut_spans[ci, 2] = lo
+            cut_spans[ci, 3] = hi
+            ci += 1
+        if j == m:
+            break
+        for s in range(nseg):
+            b = flat[r, s]
+            if b < T:
+                open_[b] += 1
+                open_segments[s] += 1
+        if has_offsets:
+            if off[R, 0] < 0:
+                off[R, 0] = offsets[r]
+            off[R, 1] = offsets[r]
+        if has_times:
+            x = times[r]
+            if not np.isnan(x):
+                if np.isnan(tspan[R, 0]) or x < tspan[R, 0]:
+                    tspan[R, 0] = x
+                if np.isnan(tspan[R, 1]) or x > tspan[R, 1]:
+                    tspan[R, 1] = x
+        open_n += 1
+        if open_n == step:  # the filling sub-window closes: it replaces the oldest
+            for t in range(T):
+                v = open_[t]
+                total[t] += v - ring[pos, t]
+                ring[pos, t] = v
+                open_[t] = 0
+            for s in range(nseg):
+                segment_counts[pos, s] = open_segments[s]
+                open_segments[s] = 0
+            off[pos, 0] = off[R, 0]
+            off[pos, 1] = off[R, 1]
+            off[R, 0] = -1
+            off[R, 1] = -1
+            tspan[pos, 0] = tspan[R, 0]
+            tspan[pos, 1] = tspan[R, 1]
+            tspan[R, 0] = np.nan
+            tspan[R, 1] = np.nan
+            pos = (pos + 1) % R
+            closed += 1
+            open_n = 0
+    scalars[0], scalars[1], scalars[2] = open_n, pos, closed
 
 
 class WindowRing:
@@ -113,136 +199,94 @@ class WindowRing:
         self.segment_counts = np.zeros((R, nseg), dtype=np.int64)
         self.total = np.zeros(T, dtype=np.int64)
         self.open = np.zeros(T, dtype=np.int64)
-        self.open_n = 0
-        self.pos = 0  # next slot to overwrite (the oldest)
-        self.closed = 0
+        self.open_segments = np.zeros(nseg, dtype=np.int64)
+        # open_n (events in the filling sub-window), pos (next slot to overwrite, the
+        # oldest), closed (sub-windows closed so far).
+        self._scalars = np.zeros(3, dtype=np.int64)
         # Per slot [first offset, last offset] (-1: unknown) and [earliest, latest]
         # event time (NaN: unknown); row R is the filling sub-window.
         self.off = np.full((R + 1, 2), -1, dtype=np.int64)
         self.tspan = np.full((R + 1, 2), np.nan, dtype=np.float64)
 
     @property
+    def open_n(self) -> int:
+        return int(self._scalars[0])
+
+    @property
+    def pos(self) -> int:
+        return int(self._scalars[1])
+
+    @property
+    def closed(self) -> int:
+        return int(self._scalars[2])
+
+    @property
     def ready(self) -> bool:
         return self.closed >= self.ring_size
 
-    def subwindows(self, m: int) -> IntArray:
-        """Sub-window of each of the next ``m`` events: 0 is the filling one."""
-        return (self.open_n + np.arange(m, dtype=np.int64)) // self.step
-
-    def closes(self, m: int) -> int:
-        """Sub-windows the next ``m`` events close."""
-        return (self.open_n + m) // self.step
-
     def fold(
         self,
-        counts: IntArray,
+        flat: IntArray,
         positions: IntArray,
         offsets: IntArray | None,
         times: FloatArray | None,
-    ) -> Pushes:
-        """Fold in ``m`` events: ``counts`` (``(closes(m) + 1, T)``) are their flat bin
-        counts per sub-window (as ``subwindows(m)`` numbered them), ``positions`` their
-        positions in the batch (ascending), ``offsets`` / ``times`` (optional) their
-        Kafka offsets and event times."""
-        R, S = self.ring_size, self.step
-        m = int(positions.size)
-        kk = self.closes(m)
-        open0 = self.open_n
-        aged = (self.pos + np.arange(R)) % R  # slots, oldest first
-        old_spans = np.concatenate([self.off[aged].astype(np.float64), self.tspan[aged]], axis=1)
-        old_segments = self.segment_counts[aged]
-        if kk == 0:
-            self.open += counts[0]
-            self._widen_open(offsets, times, 0, m)
-            self.open_n += m
-            return Pushes(
-                np.empty(0, np.int64),
-                np.empty((0, self.width), np.int64),
-                np.empty(0, np.int64),
-                old_spans,
-                old_segments,
-                self.closed,
-                R,
-            )
-        pushed = counts[:kk].astype(np.int64, copy=True)
-        pushed[0] += self.open
-        seq = np.concatenate([self.ring[aged].astype(np.int64), pushed])
-        deltas = seq[R:] - seq[:kk]
-        segments = np.add.reduceat(pushed, self.starts[:-1], axis=1)
-        # Spans of the closed sub-windows: events [j S - open0, (j + 1) S - open0) of
-        # this share (the first one began before the batch when open0 > 0).
-        lo = np.maximum(np.arange(kk, dtype=np.int64) * S - open0, 0)
-        hi = np.arange(1, kk + 1, dtype=np.int64) * S - open0  # exclusive
-        spans = np.full((kk, 4), np.nan)
-        if offsets is not None:
-            spans[:, 0], spans[:, 1] = offsets[lo], offsets[hi - 1]
-        else:
-            spans[:, :2] = -1
-        if times is not None:
-            spans[:, 2] = np.minimum.reduceat(times[: hi[-1]], lo)
-            spans[:, 3] = np.maximum.reduceat(times[: hi[-1]], lo)
-        if open0 > 0:  # the first closed sub-window began in an earlier batch
-            if self.off[R, 0] >= 0:
-                spans[0, 0] = self.off[R, 0]
-            if not np.isnan(self.tspan[R, 0]):
-                spans[0, 2] = np.fmin(self.tspan[R, 0], spans[0, 2])
-                spans[0, 3] = np.fmax(self.tspan[R, 1], spans[0, 3])
-        keep = min(kk, R)  # later sub-windows of a long batch overwrite earlier ones
-        where = (self.pos + np.arange(kk - keep, kk)) % R
-        self.ring[where] = pushed[kk - keep :]
-        self.segment_counts[where] = segments[kk - keep :]
-        self.off[where] = spans[kk - keep :, :2].astype(np.int64)
-        self.tspan[where] = spans[kk - keep :, 2:]
-        self.total += deltas.sum(axis=0)
-        self.pos = (self.pos + kk) % R
-        closed0 = self.closed
-        self.closed += kk
-        self.open = counts[kk].astype(np.int64, copy=True)
-        tail = int(hi[-1])
-        self.open_n = m - tail
-        self.off[R], self.tspan[R] = -1, np.nan
-        self._widen_open(offsets, times, tail, m)
-        return Pushes(
-            positions[hi - 1] + 1,
-            deltas,
-            closed0 + np.arange(1, kk + 1, dtype=np.int64),
-            np.concatenate([old_spans, spans]),
-            np.concatenate([old_segments, segments]),
-            closed0,
-            R,
-        )
+        cuts: IntArray,
+        out_totals: IntArray,
+        out_closed: IntArray,
+    ) -> CutSpans:
+        """Fold in this partition's events of a batch.
 
-    def _widen_open(
-        self, offsets: IntArray | None, times: FloatArray | None, a: int, b: int
-    ) -> None:
-        """Widen the filling sub-window's span by this share's events ``a:b``."""
-        if b <= a:
-            return
-        R = self.ring_size
-        if offsets is not None:
-            if self.off[R, 0] < 0:
-                self.off[R, 0] = offsets[a]
-            self.off[R, 1] = offsets[b - 1]
-        if times is not None:
-            seg = times[a:b]
-            self.tspan[R, 0] = np.fmin(self.tspan[R, 0], seg.min())
-            self.tspan[R, 1] = np.fmax(self.tspan[R, 1], seg.max())
+        ``flat`` (``(n, nseg)``, the whole batch): each row's flat bin per segment
+        (``T`` or more: not counted); ``positions``: this partition's rows, ascending;
+        ``offsets`` / ``times`` (optional, the whole batch): Kafka offsets and event
+        times. At each batch position in ``cuts`` (ascending) the window total as it
+        stood there is added to ``out_totals`` (``(C, T)``) and ``out_closed`` (``(C,)``)
+        is raised to the sub-windows closed there; returns where the window lay.
+        """
+        C, nseg = int(cuts.size), self.starts.size - 1
+        events = np.zeros((C, nseg), dtype=np.int64)
+        spans = np.empty((C, 4), dtype=np.float64)
+        _fold(
+            flat,
+            np.ascontiguousarray(positions, dtype=np.int64),
+            _NO_OFFSETS if offsets is None else offsets,
+            offsets is not None,
+            _NO_TIMES if times is None else times,
+            times is not None,
+            self.ring,
+            self.total,
+            self.open,
+            self.segment_counts,
+            self.open_segments,
+            self.off,
+            self.tspan,
+            self._scalars,
+            self.step,
+            cuts,
+            out_totals,
+            out_closed,
+            events,
+            spans,
+        )
+        return CutSpans(events, spans)
 
     def span(self, segment: int) -> tuple[int, int | None, int | None, float | None, float | None]:
-        """``Pushes.span_at`` of the window as it is now."""
+        """Where segment ``segment``'s window lies now: ``(events, first offset, last
+        offset, start time, end time)``."""
         R = self.ring_size
-        aged = (self.pos + np.arange(R)) % R
-        spans = np.concatenate([self.off[aged].astype(np.float64), self.tspan[aged]], axis=1)
-        now = Pushes(
-            np.empty(0, np.int64),
-            np.empty((0, self.width), np.int64),
-            np.empty(0, np.int64),
-            spans,
-            self.segment_counts[aged],
-            self.closed,
-            R,
+        off, ts = self.off[:R], self.tspan[:R]
+        known = off[:, 0] >= 0
+        tk = ~np.isnan(ts[:, 0])
+        span = np.array(
+            [
+                off[known, 0].min() if known.any() else -1,
+                off[known, 1].max() if known.any() else -1,
+                ts[tk, 0].min() if tk.any() else np.nan,
+                ts[tk, 1].max() if tk.any() else np.nan,
+            ],
+            dtype=np.float64,
         )
-        return now.span_at(0, segment)
+        return _span_tuple(int(self.segment_counts[:, segment].sum()), span)
 
     # ------------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
@@ -254,6 +298,7 @@ class WindowRing:
             "segment_counts": self.segment_counts.copy(),
             "total": self.total.copy(),
             "open": self.open.copy(),
+            "open_segments": self.open_segments.copy(),
             "open_n": self.open_n,
             "pos": self.pos,
             "closed": self.closed,
@@ -275,39 +320,16 @@ class WindowRing:
         self.segment_counts = np.asarray(state["segment_counts"], dtype=np.int64).copy()
         self.total = np.asarray(state["total"], dtype=np.int64).copy()
         self.open = np.asarray(state["open"], dtype=np.int64).copy()
-        self.open_n = int(state["open_n"])
-        self.pos = int(state["pos"])
-        self.closed = int(state["closed"])
+        self.open_segments = np.asarray(state["open_segments"], dtype=np.int64).copy()
+        self._scalars = np.array(
+            [int(state["open_n"]), int(state["pos"]), int(state["closed"])], dtype=np.int64
+        )
         self.off = np.asarray(state["off"], dtype=np.int64).reshape(-1, 2).copy()
         self.tspan = np.asarray(state["tspan"], dtype=np.float64).reshape(-1, 2).copy()
 
 
-def stream_totals(
-    base: IntArray, pushes: list[Pushes], cuts: IntArray
-) -> tuple[IntArray, IntArray]:
-    """The stream's window total at each batch position in ``cuts`` (``(C, T)``), and
-    the most sub-windows any partition had closed there (``(C,)``).
-
-    ``base`` (``(T,)``): the sum of every partition's window total before the batch
-    (partitions the batch did not touch included); ``pushes``: what the batch closed
-    in each partition it touched.
-    """
-    C = int(cuts.size)
-    closed = np.zeros(C, dtype=np.int64)
-    for p in pushes:
-        n_at = np.searchsorted(p.ends, cuts, side="right")
-        closed = np.maximum(closed, p.closed0 + n_at)
-    moved = [p for p in pushes if p.ends.size]
-    if not moved:
-        return np.repeat(base[None, :], C, axis=0), closed
-    ends = np.concatenate([p.ends for p in moved])
-    order = np.argsort(ends, kind="stable")
-    deltas = np.concatenate([p.deltas for p in moved])[order]
-    csum = np.empty((deltas.shape[0] + 1, deltas.shape[1]), dtype=np.int64)
-    csum[0] = base
-    np.cumsum(deltas, axis=0, out=csum[1:])
-    csum[1:] += base
-    return csum[np.searchsorted(ends[order], cuts, side="right")], closed
+_NO_OFFSETS = np.empty(0, dtype=np.int64)
+_NO_TIMES = np.empty(0, dtype=np.float64)
 
 
 @njit(cache=True, nogil=True)
@@ -363,5 +385,3 @@ def ks_many(
     )
     return d, m
 
-
-_ = npt  # numpy.typing is used in annotations of callers

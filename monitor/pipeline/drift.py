@@ -79,7 +79,7 @@ from detectors.data_quality import QualityRates
 from detectors.ks import KS
 from detectors.psi import PSI
 from detectors.window import DEFAULT_ERT_EVENTS, SlidingCounts
-from detectors.window_ring import Pushes, WindowRing, ks_many, stream_totals
+from detectors.window_ring import CutSpans, WindowRing, ks_many
 from monitor.checkpoints import BaselineCheckpoint, StageState
 from monitor.config.schema import NUMERIC_TYPES, FieldType, StreamSpec
 from monitor.errors import ConfigError
@@ -547,29 +547,21 @@ class DriftStage:
         # Per field, the bins of every row (garbage where the value is not valid) and,
         # for a data_quality detector, every row's outcome code.
         binned: list[tuple[_FieldPlan, Any, Any, Any, Any]] = []
-        violations = None
-        for plan in self._plans:
-            valid = batch.valid[plan.name]
-            column = batch.columns[plan.name]
-            if plan.numeric:
-                bins = plan.baseline.bin_index(np.where(valid, column, 0.0))
-            else:
-                names = self.decoder.vocabularies[plan.name].names()
-                bins = plan.category_bins(np.where(valid, column, 0), names)
-            codes = None
-            if any(plan.outcome):
-                if violations is None:
-                    violations = violation_kinds(batch)
-                codes = outcome_codes(batch, plan.name, valid, bins, plan.baseline, violations)
-            binned.append((plan, valid, bins, column, codes))
         findings: list[Finding] = []
         due: set[tuple[str, int]] = set()
         if self._layout is not None:
-            findings = self._fold_rings(binned, rows_of, cuts, offsets, times_all)
+            findings = self._fold_rings(batch, rows_of, cuts, offsets, times_all)
+            binned = [
+                (plan, batch.valid[plan.name], None, batch.columns[plan.name], None)
+                for plan in self._plans
+                if plan.raw
+            ]
             bounds = []  # done: skip the sub-batch loop below
-        elif not self._time_window and not self._keeps_values():
-            findings = self._fold_and_judge(binned, rows_of, cuts, offsets, times_all)
-            bounds = []  # done: skip the sub-batch loop below
+        else:
+            binned = self._bin_fields(batch)
+            if not self._time_window and not self._keeps_values():
+                findings = self._fold_and_judge(binned, rows_of, cuts, offsets, times_all)
+                bounds = []  # done: skip the sub-batch loop below
         for j in range(len(bounds) - 1):
             lo, hi = bounds[j], bounds[j + 1]
             for partition, rows in rows_of.items():
@@ -661,68 +653,47 @@ class DriftStage:
 
     def _fold_rings(
         self,
-        binned: list[tuple[_FieldPlan, Any, Any, Any, Any]],
+        batch: Batch,
         rows_of: dict[int, npt.NDArray[np.intp] | None],
         cuts: list[int],
         offsets: npt.NDArray[np.int64] | None,
         times_all: npt.NDArray[np.float64] | None,
     ) -> list[Finding]:
         """Shared count windows: fold every partition's share of the batch into its
-        ring with one ``bincount`` for all fields and partitions, then judge the
-        stream at each step boundary from the partitions' windows added there."""
+        ring (one compiled pass for all fields), then judge the stream at each step
+        boundary from the partitions' windows added there."""
         layout, screens = self._layout, self._screens
         assert layout is not None and screens is not None
         T = layout.width
-        n = len(binned[0][1]) if binned else 0
-        # Flat bin of every (segment, row); T (a spare column) where nothing counts.
-        flat = np.empty((layout.starts.size - 1, n), dtype=np.int64)
-        for plan, valid, bins, _, codes in binned:
-            seg = layout.fine.get(plan.name)
-            if seg is not None:
-                row = flat[seg]
-                np.add(bins, layout.starts[seg], out=row)
-                row[~valid] = T
-            q = layout.quality.get(plan.name)
-            if q is not None:
-                np.add(codes, layout.starts[q], out=flat[q])
-        before = np.zeros(T, dtype=np.int64)  # the stream's window before the batch
-        floor = 0
-        shares: list[tuple[int, WindowRing, npt.NDArray[np.intp], int, int]] = []
-        sub = np.empty(n, dtype=np.int64)
-        used = 0
+        n = batch.n
+        flat = self._flat_bins(batch, layout)
+        judging = self.judge and bool(cuts)
+        cut_arr = np.asarray(cuts if judging else [], dtype=np.int64)
+        C = int(cut_arr.size)
+        totals = np.zeros((C, T), dtype=np.int64)
+        closed = np.zeros(C, dtype=np.int64)
+        touched = {p: self._partition(p).ring for p in rows_of}
+        if judging:  # windows the batch does not move count at every boundary as they are
+            for slot, ring in self._rings():
+                if slot not in touched or slot in self._remote:
+                    totals += ring.total
+                    closed = np.maximum(closed, ring.closed)
+        where: dict[int, CutSpans] = {}
         for partition, rows in rows_of.items():
-            ring = self._partition(partition).ring
+            ring = touched[partition]
             assert ring is not None
             positions = np.arange(n) if rows is None else rows
-            m = int(positions.size)
-            sub[positions] = ring.subwindows(m) + used
-            kk = ring.closes(m)
-            shares.append((partition, ring, positions, used, kk))
-            used += kk + 1
-        for dets in [*self._partitions.values(), *self._remote.values()]:
-            if dets.ring is not None:
-                before += dets.ring.total
-                floor = max(floor, dets.ring.closed)
-        flat += (sub * (T + 1))[None, :]
-        counts = np.bincount(flat.ravel(), minlength=used * (T + 1)).reshape(used, T + 1)
-        pushes: dict[int, Pushes] = {}
-        for partition, ring, positions, first, kk in shares:
-            pushes[partition] = ring.fold(
-                counts[first : first + kk + 1, :T],
-                positions,
-                None if offsets is None else offsets[positions],
-                None if times_all is None else times_all[positions],
+            where[partition] = ring.fold(
+                flat, positions, offsets, times_all, cut_arr, totals, closed
             )
-        if not self.judge or not cuts:
+        if not judging:
             return []
-        cut_arr = np.asarray(cuts, dtype=np.int64)
-        totals, closed = stream_totals(before, list(pushes.values()), cut_arr)
-        closed = np.maximum(closed, floor)
         flags = screens.flags(totals, closed)
         flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
-        last = len(cuts) - 1
+        last = C - 1
         findings: list[Finding] = []
         spans: dict[tuple[int, int, int], Any] = {}
+        rings = self._rings()
         for j, c in zip(*np.nonzero(flags.T), strict=True):
             plan, i, seg = layout.items[j]
             merged = plan.merged[i]
@@ -732,24 +703,81 @@ class DriftStage:
             if finding is None or not (finding.drift or c == last):
                 continue
             located = []
-            for slot, ring in self._rings():
+            for slot, ring in rings:
                 key = (slot, int(c), seg)
                 if key not in spans:
-                    p = pushes.get(slot)
-                    spans[key] = (
-                        ring.span(seg) if p is None else p.span_at(p.index_at(cuts[c]), seg)
-                    )
+                    at = where.get(slot)
+                    spans[key] = ring.span(seg) if at is None else at.span_at(int(c), seg)
                 located.append((slot, spans[key]))
             categories = [] if plan.outcome[i] else self._category_names(plan)
-            findings.append(
-                _with_evidence(finding, located, plan, categories, totals[c, a:b])
-            )
+            findings.append(_with_evidence(finding, located, plan, categories, totals[c, a:b]))
         return findings
 
     def _rings(self) -> list[tuple[int, WindowRing]]:
         out = [(s, p.ring) for s, p in self._partitions.items() if p.ring is not None]
         out += [(s, p.ring) for s, p in self._remote.items() if p.ring is not None]
         return out
+
+    def _bin_fields(self, batch: Batch) -> list[tuple[_FieldPlan, Any, Any, Any, Any]]:
+        """Per field, the bins of every row (garbage where the value is not valid) and,
+        for a data_quality detector, every row's outcome code."""
+        binned: list[tuple[_FieldPlan, Any, Any, Any, Any]] = []
+        violations = None
+        for plan in self._plans:
+            valid = batch.valid[plan.name]
+            column = batch.columns[plan.name]
+            if plan.numeric:
+                bins = plan.baseline.bin_index(np.where(valid, column, 0.0))
+            else:
+                names = self.decoder.vocabularies[plan.name].names()
+                bins = plan.category_bins(np.where(valid, column, 0), names)
+            codes = None
+            if any(plan.outcome):
+                if violations is None:
+                    violations = violation_kinds(batch)
+                codes = outcome_codes(batch, plan.name, valid, bins, plan.baseline, violations)
+            binned.append((plan, valid, bins, column, codes))
+        return binned
+
+    def _flat_bins(self, batch: Batch, layout: _Layout) -> npt.NDArray[np.int64]:
+        """Every row's flat bin in each segment of the shared window row, shape
+        ``(n, segments)``; the row width ``T`` where the value does not count."""
+        T = layout.width
+        flat = np.empty((batch.n, layout.starts.size - 1), dtype=np.int64)
+        violations = None
+        flagged = {v.field for v in batch.violations} if batch.violations else set()
+        for plan in self._plans:
+            valid = batch.valid[plan.name]
+            column = batch.columns[plan.name]
+            seg = layout.fine.get(plan.name)
+            q = layout.quality.get(plan.name)
+            bins = None
+            if seg is not None and plan.numeric:
+                assert isinstance(plan.baseline, NumericBaseline)
+                plan.baseline.bin_into(column, valid, flat[:, seg], int(layout.starts[seg]), T)
+            elif not plan.numeric:
+                names = self.decoder.vocabularies[plan.name].names()
+                bins = plan.category_bins(np.where(valid, column, 0), names)
+                if seg is not None:
+                    flat[:, seg] = np.where(valid, bins + layout.starts[seg], T)
+            if q is None:
+                continue
+            qs = int(layout.starts[q])
+            if plan.numeric and plan.name not in flagged:
+                flat[:, q] = np.where(valid, qs, qs + 1)  # ok or null
+                continue
+            if violations is None:
+                violations = violation_kinds(batch)
+            codes = outcome_codes(
+                batch,
+                plan.name,
+                valid,
+                np.zeros(batch.n, np.int64) if bins is None else bins,
+                plan.baseline,
+                violations,
+            )
+            flat[:, q] = codes + qs
+        return flat
 
     def _keeps_values(self) -> bool:
         return any(
