@@ -21,7 +21,7 @@ at every step however large the batch.
 
 >>> import numpy as np
 >>> ring = WindowRing(np.array([0, 3, 5]), ring_size=2, step=2)   # 2 segments, 5 bins
->>> flat = np.array([[0, 3], [1, 3], [0, 4], [2, 4], [1, 3]])   # bins of 5 events
+>>> flat = np.array([[0, 1, 0, 2, 1], [3, 3, 4, 4, 3]])   # bins of 5 events
 >>> totals, closed = np.zeros((2, 5), np.int64), np.zeros(2, np.int64)
 >>> where = ring.fold(flat, np.arange(5), np.arange(5), None, np.array([3, 5]), totals, closed)
 >>> totals.tolist(), closed.tolist()   # after 3 events one sub-window had closed
@@ -102,7 +102,7 @@ def _fold(
     cut_spans: FloatArray,
 ) -> None:  # pragma: no cover - compiled
     R, T = ring.shape
-    nseg = flat.shape[1]
+    nseg = flat.shape[0]
     open_n, pos, closed = scalars[0], scalars[1], scalars[2]
     C = cuts.size
     m = positions.size
@@ -137,7 +137,7 @@ def _fold(
         if j == m:
             break
         for s in range(nseg):
-            b = flat[r, s]
+            b = flat[s, r]
             if b < T:
                 open_[b] += 1
                 open_segments[s] += 1
@@ -236,7 +236,7 @@ class WindowRing:
     ) -> CutSpans:
         """Fold in this partition's events of a batch.
 
-        ``flat`` (``(n, nseg)``, the whole batch): each row's flat bin per segment
+        ``flat`` (``(nseg, n)``, the whole batch): each row's flat bin per segment
         (``T`` or more: not counted); ``positions``: this partition's rows, ascending;
         ``offsets`` / ``times`` (optional, the whole batch): Kafka offsets and event
         times. At each batch position in ``cuts`` (ascending) the window total as it

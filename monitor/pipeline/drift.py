@@ -607,7 +607,7 @@ class DriftStage:
                 due.clear()
         # ADWIN per partition over the whole batch (its change points carry their own
         # positions, so it needs no step boundaries).
-        clean: dict[tuple[str, int], Finding] = {}
+        clean: dict[tuple[str, int], Any] = {}
         for plan, valid, _, column, _ in binned:
             if not plan.raw:
                 continue
@@ -626,10 +626,8 @@ class DriftStage:
                                 _locate_change(f, partition, before, values, offs, times)
                             )
                         else:  # one clean finding per field and batch is enough
-                            clean[(plan.name, r)] = _locate_change(
-                                f, partition, before, values, offs, times
-                            )
-        findings.extend(clean.values())
+                            clean[(plan.name, r)] = (f, partition, before, values, offs, times)
+        findings.extend(_locate_change(*args) for args in clean.values())
         if not self.judge:
             findings = []  # the stream's judge reports this replica's changes from checkpoints
         else:
@@ -741,9 +739,9 @@ class DriftStage:
 
     def _flat_bins(self, batch: Batch, layout: _Layout) -> npt.NDArray[np.int64]:
         """Every row's flat bin in each segment of the shared window row, shape
-        ``(n, segments)``; the row width ``T`` where the value does not count."""
+        ``(segments, n)``; the row width ``T`` where the value does not count."""
         T = layout.width
-        flat = np.empty((batch.n, layout.starts.size - 1), dtype=np.int64)
+        flat = np.empty((layout.starts.size - 1, batch.n), dtype=np.int64)
         violations = None
         flagged = {v.field for v in batch.violations} if batch.violations else set()
         for plan in self._plans:
@@ -754,17 +752,17 @@ class DriftStage:
             bins = None
             if seg is not None and plan.numeric:
                 assert isinstance(plan.baseline, NumericBaseline)
-                plan.baseline.bin_into(column, valid, flat[:, seg], int(layout.starts[seg]), T)
+                plan.baseline.bin_into(column, valid, flat[seg], int(layout.starts[seg]), T)
             elif not plan.numeric:
                 names = self.decoder.vocabularies[plan.name].names()
                 bins = plan.category_bins(np.where(valid, column, 0), names)
                 if seg is not None:
-                    flat[:, seg] = np.where(valid, bins + layout.starts[seg], T)
+                    flat[seg] = np.where(valid, bins + layout.starts[seg], T)
             if q is None:
                 continue
             qs = int(layout.starts[q])
             if plan.numeric and plan.name not in flagged:
-                flat[:, q] = np.where(valid, qs, qs + 1)  # ok or null
+                flat[q] = np.where(valid, qs, qs + 1)  # ok or null
                 continue
             if violations is None:
                 violations = violation_kinds(batch)
@@ -776,7 +774,7 @@ class DriftStage:
                 plan.baseline,
                 violations,
             )
-            flat[:, q] = codes + qs
+            flat[q] = codes + qs
         return flat
 
     def _keeps_values(self) -> bool:
