@@ -635,7 +635,10 @@ class DriftStage:
             self._remote_findings = []
         baseline_id = self.baseline.id
         return [
-            dataclasses.replace(f, stream=self.spec.name, baseline_id=baseline_id) for f in findings
+            f
+            if f.stream == self.spec.name and f.baseline_id == baseline_id
+            else _evolve(f, stream=self.spec.name, baseline_id=baseline_id)
+            for f in findings
         ]
 
     def _position(self) -> int:
@@ -690,7 +693,7 @@ class DriftStage:
         flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
         last = C - 1
         findings: list[Finding] = []
-        spans: dict[tuple[int, int, int], Any] = {}
+        spans: dict[tuple[int, int, int], WindowBounds | None] = {}
         rings = self._rings()
         for j, c in zip(*np.nonzero(flags.T), strict=True):
             plan, i, seg = layout.items[j]
@@ -705,11 +708,22 @@ class DriftStage:
                 key = (slot, int(c), seg)
                 if key not in spans:
                     at = where.get(slot)
-                    spans[key] = ring.span(seg) if at is None else at.span_at(int(c), seg)
-                located.append((slot, spans[key]))
+                    spans[key] = _part(
+                        slot, ring.span(seg) if at is None else at.span_at(int(c), seg)
+                    )
+                located.append(spans[key])
             categories = [] if plan.outcome[i] else self._category_names(plan)
-            findings.append(_with_evidence(finding, located, plan, categories, totals[c, a:b]))
+            findings.append(
+                _with_evidence(
+                    finding, located, plan, categories, totals[c, a:b], **self._labels()
+                )
+            )
         return findings
+
+    def _labels(self) -> dict[str, Any]:
+        """What every finding of this stage carries: the stream and the baseline id."""
+        assert self.baseline is not None
+        return {"stream": self.spec.name, "baseline_id": self.baseline.id}
 
     def _rings(self) -> list[tuple[int, WindowRing]]:
         out = [(s, p.ring) for s, p in self._partitions.items() if p.ring is not None]
@@ -1281,52 +1295,66 @@ def _locate_change(
     )
 
 
+def _part(
+    slot: int, span: tuple[int, int | None, int | None, float | None, float | None]
+) -> WindowBounds | None:
+    """One partition's window as evidence (None when it holds no events)."""
+    events, first, last, start, end = span
+    if not events:
+        return None
+    return WindowBounds(events, first, last, start, end, slot)
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _evolve(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` for the frozen values built per verdict, a few times
+    cheaper (field names cached per class, no validation pass)."""
+    names = _FIELDS.get(type(obj))
+    if names is None:
+        names = _FIELDS[type(obj)] = tuple(f.name for f in dataclasses.fields(obj))
+    return type(obj)(*[changes[n] if n in changes else getattr(obj, n) for n in names])
+
+
 def _with_evidence(
     finding: Finding,
-    spans: list[tuple[int, tuple[int, int | None, int | None, float | None, float | None]]],
+    spans: list[tuple[int, tuple[int, int | None, int | None, float | None, float | None]]]
+    | list[WindowBounds | None],
     plan: _FieldPlan,
     categories: list[str],
     counts: npt.NDArray[np.int64] | None = None,
+    **extra: Any,
 ) -> Finding:
-    """A stream verdict with the span of each partition's window (``(slot, (events,
-    first offset, last offset, start time, end time))``) and, for a categorical field,
-    the categories contributing most and the unseen rate (from the stream window's
-    ``counts``)."""
-    parts = []
-    for slot, (events, first, last, start, end) in spans:
-        if events:
-            parts.append(
-                WindowBounds(
-                    events=events,
-                    first_offset=first,
-                    last_offset=last,
-                    start_time=start,
-                    end_time=end,
-                    partition=slot,
-                )
-            )
+    """A stream verdict with each partition's window (``(slot, (events, first offset,
+    last offset, start time, end time))``, or already as ``WindowBounds``) and, for a
+    categorical field, the categories contributing most and the unseen rate (from the
+    stream window's ``counts``); ``extra`` sets other fields (stream, baseline id)."""
+    parts: list[WindowBounds] = []
+    for item in spans:
+        part = item if item is None or isinstance(item, WindowBounds) else _part(*item)
+        if part is not None:
+            parts.append(part)
     starts = [p.start_time for p in parts if p.start_time is not None]
     ends = [p.end_time for p in parts if p.end_time is not None]
-    window = dataclasses.replace(
-        finding.window,
-        start_time=min(starts) if starts else finding.window.start_time,
-        end_time=max(ends) if ends else finding.window.end_time,
+    w = finding.window
+    one = parts[0] if len(parts) == 1 else None
+    window = WindowBounds(
+        w.events,
+        w.first_offset if one is None else one.first_offset,
+        w.last_offset if one is None else one.last_offset,
+        min(starts) if starts else w.start_time,
+        max(ends) if ends else w.end_time,
+        w.partition if one is None else one.partition,
     )
-    if len(parts) == 1:
-        window = dataclasses.replace(
-            window,
-            first_offset=parts[0].first_offset,
-            last_offset=parts[0].last_offset,
-            partition=parts[0].partition,
-        )
     top: tuple[tuple[str, float], ...] = ()
     details = finding.details
     if categories and counts is not None:
         top, unseen = _category_contributions(counts, plan.baseline, categories)
         if "unseen_rate" not in dict(details):
             details = (*details, ("unseen_rate", unseen))
-    return dataclasses.replace(
-        finding, window=window, partitions=tuple(parts), top=top, details=details
+    return _evolve(
+        finding, window=window, partitions=tuple(parts), top=top, details=details, **extra
     )
 
 
