@@ -80,7 +80,7 @@ def _span_tuple(
 
 @njit(cache=True, nogil=True)
 def _fold(
-    flat: IntArray,
+    flat: npt.NDArray[np.int32],
     positions: IntArray,
     offsets: IntArray,
     has_offsets: bool,
@@ -137,7 +137,7 @@ def _fold(
         if j == m:
             break
         for s in range(nseg):
-            b = flat[s, r]
+            b = flat[s, j]
             if b < T:
                 open_[b] += 1
                 open_segments[s] += 1
@@ -226,7 +226,7 @@ class WindowRing:
 
     def fold(
         self,
-        flat: IntArray,
+        flat: npt.NDArray[np.int32],
         positions: IntArray,
         offsets: IntArray | None,
         times: FloatArray | None,
@@ -236,8 +236,8 @@ class WindowRing:
     ) -> CutSpans:
         """Fold in this partition's events of a batch.
 
-        ``flat`` (``(nseg, n)``, the whole batch): each row's flat bin per segment
-        (``T`` or more: not counted); ``positions``: this partition's rows, ascending;
+        ``flat`` (``(nseg, m)``): each of these events' flat bin per segment (``T`` or
+        more: not counted); ``positions``: their rows in the batch, ascending;
         ``offsets`` / ``times`` (optional, the whole batch): Kafka offsets and event
         times. At each batch position in ``cuts`` (ascending) the window total as it
         stood there is added to ``out_totals`` (``(C, T)``) and ``out_closed`` (``(C,)``)

@@ -385,6 +385,10 @@ class DriftStage:
         self._seen = 0
         self._layout: _Layout | None = None
         self._screens: _Screens | None = None
+        # The last batch's rows grouped by partition (see _fold_rings) and its
+        # columns in that order (see _flat_bins).
+        self._order: tuple[npt.NDArray[np.intp] | None, dict[int, tuple[int, int]]] = (None, {})
+        self._gathered: dict[str, tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]] = {}
         if baseline is None and spec.baseline.file is not None:
             try:
                 baseline = load_baseline(spec.baseline.file)
@@ -551,11 +555,6 @@ class DriftStage:
         due: set[tuple[str, int]] = set()
         if self._layout is not None:
             findings = self._fold_rings(batch, rows_of, cuts, offsets, times_all)
-            binned = [
-                (plan, batch.valid[plan.name], None, batch.columns[plan.name], None)
-                for plan in self._plans
-                if plan.raw
-            ]
             bounds = []  # done: skip the sub-batch loop below
         else:
             binned = self._bin_fields(batch)
@@ -608,25 +607,18 @@ class DriftStage:
         # ADWIN per partition over the whole batch (its change points carry their own
         # positions, so it needs no step boundaries).
         clean: dict[tuple[str, int], Any] = {}
-        for plan, valid, _, column, _ in binned:
-            if not plan.raw:
-                continue
-            for partition, rows in rows_of.items():
-                idx = np.flatnonzero(valid) if rows is None else rows[valid[rows]]
-                if idx.size == 0:
-                    continue
-                values = column[idx]
-                times = None if times_all is None else times_all[idx]
-                offs = None if offsets is None else offsets[idx]
-                for r, det in enumerate(self._partition(partition).raw[plan.name]):
-                    before = float(getattr(det, "estimation", math.nan))
-                    for f in det.update(values, times):
-                        if f.drift:
-                            findings.append(
-                                _locate_change(f, partition, before, values, offs, times)
-                            )
-                        else:  # one clean finding per field and batch is enough
-                            clean[(plan.name, r)] = (f, partition, before, values, offs, times)
+        if self._layout is not None:
+            shares = self._ordered_shares(batch, offsets, times_all)
+        else:
+            shares = _raw_shares(binned, rows_of, offsets, times_all)
+        for plan, partition, values, times, offs in shares:
+            for r, det in enumerate(self._partition(partition).raw[plan.name]):
+                before = float(getattr(det, "estimation", math.nan))
+                for f in det.update(values, times):
+                    if f.drift:
+                        findings.append(_locate_change(f, partition, before, values, offs, times))
+                    else:  # one clean finding per field and batch is enough
+                        clean[(plan.name, r)] = (f, partition, before, values, offs, times)
         findings.extend(_locate_change(*args) for args in clean.values())
         if not self.judge:
             findings = []  # the stream's judge reports this replica's changes from checkpoints
@@ -667,7 +659,23 @@ class DriftStage:
         assert layout is not None and screens is not None
         T = layout.width
         n = batch.n
-        flat = self._flat_bins(batch, layout)
+        # Rows grouped by partition (each partition's rows stay in batch order), so
+        # each partition's fold reads one stretch of the flat bins.
+        order: npt.NDArray[np.intp] | None = None
+        bounds: dict[int, tuple[int, int]] = {}
+        if len(rows_of) == 1:
+            bounds = {next(iter(rows_of)): (0, n)}
+        else:
+            parts = []
+            at = 0
+            for partition, rows in rows_of.items():
+                assert rows is not None
+                bounds[partition] = (at, at + rows.size)
+                at += rows.size
+                parts.append(rows)
+            order = np.concatenate(parts)
+        self._order = (order, bounds)
+        flat = self._flat_bins(batch, layout, order)
         judging = self.judge and bool(cuts)
         cut_arr = np.asarray(cuts if judging else [], dtype=np.int64)
         C = int(cut_arr.size)
@@ -680,12 +688,12 @@ class DriftStage:
                     totals += ring.total
                     closed = np.maximum(closed, ring.closed)
         where: dict[int, CutSpans] = {}
-        for partition, rows in rows_of.items():
+        for partition, (lo, hi) in bounds.items():
             ring = touched[partition]
             assert ring is not None
-            positions = np.arange(n) if rows is None else rows
+            positions = np.arange(n) if order is None else order[lo:hi]
             where[partition] = ring.fold(
-                flat, positions, offsets, times_all, cut_arr, totals, closed
+                flat[:, lo:hi], positions, offsets, times_all, cut_arr, totals, closed
             )
         if not judging:
             return []
@@ -751,16 +759,24 @@ class DriftStage:
             binned.append((plan, valid, bins, column, codes))
         return binned
 
-    def _flat_bins(self, batch: Batch, layout: _Layout) -> npt.NDArray[np.int64]:
+    def _flat_bins(
+        self, batch: Batch, layout: _Layout, order: npt.NDArray[np.intp] | None
+    ) -> npt.NDArray[np.int32]:
         """Every row's flat bin in each segment of the shared window row, shape
-        ``(segments, n)``; the row width ``T`` where the value does not count."""
+        ``(segments, n)``, rows taken in ``order`` (grouped by partition; None: as
+        they are); the row width ``T`` where the value does not count. Keeps the
+        reordered columns for the raw-value detectors (``_ordered_shares``)."""
         T = layout.width
-        flat = np.empty((layout.starts.size - 1, batch.n), dtype=np.int64)
+        flat = np.empty((layout.starts.size - 1, batch.n), dtype=np.int32)
         violations = None
         flagged = {v.field for v in batch.violations} if batch.violations else set()
+        self._gathered: dict[str, tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]] = {}
         for plan in self._plans:
             valid = batch.valid[plan.name]
             column = batch.columns[plan.name]
+            if order is not None:
+                valid, column = valid[order], column[order]
+            self._gathered[plan.name] = (column, valid)
             seg = layout.fine.get(plan.name)
             q = layout.quality.get(plan.name)
             bins = None
@@ -783,13 +799,47 @@ class DriftStage:
             codes = outcome_codes(
                 batch,
                 plan.name,
-                valid,
-                np.zeros(batch.n, np.int64) if bins is None else bins,
+                batch.valid[plan.name],
+                np.zeros(batch.n, np.int64) if bins is None else _unorder(bins, order),
                 plan.baseline,
                 violations,
             )
-            flat[q] = codes + qs
+            flat[q] = (codes if order is None else codes[order]) + qs
         return flat
+
+    def _ordered_shares(
+        self,
+        batch: Batch,
+        offsets: npt.NDArray[np.int64] | None,
+        times_all: npt.NDArray[np.float64] | None,
+    ) -> list[_Share]:
+        """``_raw_shares`` from the columns ``_flat_bins`` grouped by partition."""
+        out: list[_Share] = []
+        order, bounds = self._order
+        offs_o = None if offsets is None else offsets if order is None else offsets[order]
+        times_o = None if times_all is None else times_all if order is None else times_all[order]
+        for plan in self._plans:
+            if not plan.raw:
+                continue
+            column, valid = self._gathered[plan.name]
+            for partition, (lo, hi) in bounds.items():
+                ok = valid[lo:hi]
+                if ok.all():
+                    sel: Any = slice(lo, hi)
+                else:
+                    sel = lo + np.flatnonzero(ok)
+                    if sel.size == 0:
+                        continue
+                out.append(
+                    (
+                        plan,
+                        partition,
+                        column[sel],
+                        None if times_o is None else times_o[sel],
+                        None if offs_o is None else offs_o[sel],
+                    )
+                )
+        return out
 
     def _keeps_values(self) -> bool:
         return any(
@@ -1243,6 +1293,46 @@ def _adwin_share(kw: dict[str, Any], partitions: int) -> dict[str, Any]:
     for key in ("min_window_length", "subwindow"):
         if key in out:
             out[key] = max(1, -(-int(out[key]) // partitions))
+    return out
+
+
+_Share = tuple[
+    _FieldPlan,
+    int,
+    npt.NDArray[Any],
+    "npt.NDArray[np.float64] | None",
+    "npt.NDArray[np.int64] | None",
+]
+
+
+def _unorder(values: npt.NDArray[Any], order: npt.NDArray[np.intp] | None) -> npt.NDArray[Any]:
+    """``values`` taken in ``order`` put back in batch order."""
+    if order is None:
+        return values
+    out = np.empty_like(values)
+    out[order] = values
+    return out
+
+
+def _raw_shares(
+    binned: list[tuple[_FieldPlan, Any, Any, Any, Any]],
+    rows_of: dict[int, npt.NDArray[np.intp] | None],
+    offsets: npt.NDArray[np.int64] | None,
+    times_all: npt.NDArray[np.float64] | None,
+) -> list[_Share]:
+    """Per field with raw-value detectors and partition: the valid values, their
+    event times and offsets, in event order."""
+    out: list[_Share] = []
+    for plan, valid, _, column, _ in binned:
+        if not plan.raw:
+            continue
+        for partition, rows in rows_of.items():
+            idx = np.flatnonzero(valid) if rows is None else rows[valid[rows]]
+            if idx.size == 0:
+                continue
+            times = None if times_all is None else times_all[idx]
+            offs = None if offsets is None else offsets[idx]
+            out.append((plan, partition, column[idx], times, offs))
     return out
 
 
