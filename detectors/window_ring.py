@@ -384,4 +384,3 @@ def ks_many(
         m,
     )
     return d, m
-

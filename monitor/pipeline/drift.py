@@ -74,10 +74,10 @@ from detectors.baseline import (
     NumericBaseline,
     load_baseline,
 )
-from detectors.registry import create
 from detectors.data_quality import QualityRates
 from detectors.ks import KS
 from detectors.psi import PSI
+from detectors.registry import create
 from detectors.window import DEFAULT_ERT_EVENTS, SlidingCounts
 from detectors.window_ring import CutSpans, WindowRing, ks_many
 from monitor.checkpoints import BaselineCheckpoint, StageState
@@ -290,9 +290,9 @@ class _Screens:
         self.q_cols = np.asarray([j for j, _ in qual], dtype=np.int64)
         qdets: list[Any] = [it[0].merged[it[1]] for _, it in qual]
         K = len(QUALITY_KINDS)
-        self.q_index = (
-            np.asarray([starts[it[2]] for _, it in qual], dtype=np.int64)[:, None] + np.arange(K)
-        )
+        self.q_index = np.asarray([starts[it[2]] for _, it in qual], dtype=np.int64)[
+            :, None
+        ] + np.arange(K)
         self.q_base = (
             np.stack([d.baseline.counts.astype(np.float64) for d in qdets])
             if qdets
@@ -722,9 +722,7 @@ class DriftStage:
                 located.append(spans[key])
             categories = [] if plan.outcome[i] else self._category_names(plan)
             findings.append(
-                _with_evidence(
-                    finding, located, plan, categories, totals[c, a:b], **self._labels()
-                )
+                _with_evidence(finding, located, plan, categories, totals[c, a:b], **self._labels())
             )
         return findings
 
