@@ -629,7 +629,7 @@ class DriftStage:
         return [
             f
             if f.stream == self.spec.name and f.baseline_id == baseline_id
-            else _evolve(f, stream=self.spec.name, baseline_id=baseline_id)
+            else _evolve_finding(f, stream=self.spec.name, baseline_id=baseline_id)
             for f in findings
         ]
 
@@ -689,10 +689,10 @@ class DriftStage:
                     closed = np.maximum(closed, ring.closed)
         where: dict[int, CutSpans] = {}
         for partition, (lo, hi) in bounds.items():
-            ring = touched[partition]
-            assert ring is not None
+            moving = touched[partition]
+            assert moving is not None
             positions = np.arange(n) if order is None else order[lo:hi]
-            where[partition] = ring.fold(
+            where[partition] = moving.fold(
                 flat[:, lo:hi], positions, offsets, times_all, cut_arr, totals, closed
             )
         if not judging:
@@ -715,9 +715,10 @@ class DriftStage:
             for slot, ring in rings:
                 key = (slot, int(c), seg)
                 if key not in spans:
-                    at = where.get(slot)
+                    cut_spans = where.get(slot)
                     spans[key] = _part(
-                        slot, ring.span(seg) if at is None else at.span_at(int(c), seg)
+                        slot,
+                        ring.span(seg) if cut_spans is None else cut_spans.span_at(int(c), seg),
                     )
                 located.append(spans[key])
             categories = [] if plan.outcome[i] else self._category_names(plan)
@@ -768,7 +769,7 @@ class DriftStage:
         flat = np.empty((layout.starts.size - 1, batch.n), dtype=np.int32)
         violations = None
         flagged = {v.field for v in batch.violations} if batch.violations else set()
-        self._gathered: dict[str, tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]] = {}
+        self._gathered = {}
         for plan in self._plans:
             valid = batch.valid[plan.name]
             column = batch.columns[plan.name]
@@ -985,7 +986,7 @@ class DriftStage:
 
     def evaluate(self) -> list[Finding]:
         """Stream-level verdicts of every binned detector on the windows as they are now."""
-        out = []
+        out: list[Finding] = []
         if self._layout is not None:
             rings = self._rings()
             if not self._partitions or not rings:
@@ -1405,6 +1406,11 @@ def _evolve(obj: Any, **changes: Any) -> Any:
     return type(obj)(*[changes[n] if n in changes else getattr(obj, n) for n in names])
 
 
+def _evolve_finding(finding: Finding, **changes: Any) -> Finding:
+    out: Finding = _evolve(finding, **changes)
+    return out
+
+
 def _with_evidence(
     finding: Finding,
     spans: list[tuple[int, tuple[int, int | None, int | None, float | None, float | None]]]
@@ -1441,7 +1447,7 @@ def _with_evidence(
         top, unseen = _category_contributions(counts, plan.baseline, categories)
         if "unseen_rate" not in dict(details):
             details = (*details, ("unseen_rate", unseen))
-    return _evolve(
+    return _evolve_finding(
         finding, window=window, partitions=tuple(parts), top=top, details=details, **extra
     )
 
