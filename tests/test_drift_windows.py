@@ -123,3 +123,20 @@ def test_batches_smaller_than_a_step_fold_in_without_verdicts() -> None:
     cols = shifted_stream(12_000, 12_000, 0.0, ["x"], seed=3)
     fed = feed(stage, cols, round_robin(12_000, 4), 300)  # most batches hold no boundary
     assert next(pos for pos, f in fed.findings if f.detector == "ks") == 4_000
+
+
+def test_the_checkpointed_windows_do_not_depend_on_the_order_fields_are_listed() -> None:
+    from monitor.pipeline.decode import StreamDecoder
+
+    one = numeric_stage(["a", "b", "c"], 2)
+    spec = one.spec.model_copy(update={"fields": {k: one.spec.fields[k] for k in "cab"}})
+    two = DriftStage(spec, StreamDecoder(spec), one.baseline)
+    two.set_partition_count(2)
+    cols = shifted_stream(6_000, 6_000, 0.0, ["a", "b", "c"], seed=4)
+    for stage in (one, two):
+        feed(stage, cols, round_robin(6_000, 2), 1_000)
+    for slot in (0, 1):
+        a, b = one.partition_state(slot), two.partition_state(slot)
+        assert a is not None and b is not None
+        for key in ("starts", "ring", "total", "segment_counts"):
+            assert np.array_equal(a.windows[key], b.windows[key]), key

@@ -210,8 +210,9 @@ class _Layout:
         fine: dict[str, int] = {}
         quality: dict[str, int] = {}
         items: list[tuple[_FieldPlan, int, int]] = []
-        for plan in plans:
-            plan.segments = []
+        # Segments in field-name order: the layout (and so the checkpointed ring) must
+        # not depend on the order a configuration file happens to list the fields in.
+        for plan in sorted(plans, key=lambda p: p.name):
             for i, det in enumerate(plan.merged):
                 kinds = quality if plan.outcome[i] else fine
                 if plan.name not in kinds:
@@ -219,8 +220,12 @@ class _Layout:
                     sizes.append(len(QUALITY_KINDS) if plan.outcome[i] else det._window.bins)
                 elif sizes[kinds[plan.name]] != det._window.bins:
                     return None
-                plan.segments.append(kinds[plan.name])
-                items.append((plan, i, kinds[plan.name]))
+        for plan in plans:
+            plan.segments = []
+            for i in range(len(plan.merged)):
+                seg = (quality if plan.outcome[i] else fine)[plan.name]
+                plan.segments.append(seg)
+                items.append((plan, i, seg))
         starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
         return cls(starts, int(ring_size), int(step or 1), fine, quality, items)
 
