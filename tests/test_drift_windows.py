@@ -140,3 +140,43 @@ def test_the_checkpointed_windows_do_not_depend_on_the_order_fields_are_listed()
         assert a is not None and b is not None
         for key in ("starts", "ring", "total", "segment_counts"):
             assert np.array_equal(a.windows[key], b.windows[key]), key
+
+
+def test_a_restart_keeps_the_step_boundaries() -> None:
+    """Verdict positions count from the checkpointed windows, not from process start:
+    restarting from checkpoints taken between two boundaries changes nothing."""
+    from monitor.pipeline.decode import Batch
+
+    n, parts = 30_000, round_robin(30_000, 2)
+    cols = shifted_stream(n, 15_000, 0.5, ["x"], seed=9)
+    offsets = np.zeros(n, np.int64)
+    for p in (0, 1):
+        offsets[parts == p] = np.arange(int((parts == p).sum()))
+
+    def run(stage: DriftStage, a: int, b: int) -> list[tuple[str, float, int, int | None]]:
+        out = []
+        for lo in range(a, b, 1_700):
+            hi = min(lo + 1_700, b)
+            batch = Batch(
+                stream="s",
+                n_input=hi - lo,
+                rows=np.arange(hi - lo, dtype=np.int64),
+                columns={"x": cols["x"][lo:hi]},
+                valid={"x": np.ones(hi - lo, bool)},
+            )
+            for f in stage.update(batch, parts[lo:hi], offsets[lo:hi]):
+                last = max(w.last_offset or 0 for w in f.partitions) if f.partitions else None
+                out.append((f.detector, f.statistic, f.window.events, last))
+        return out
+
+    whole = numeric_stage(["x"], 2)
+    reference = run(whole, 0, n)
+    first = numeric_stage(["x"], 2)
+    cut = 1_700 * 7  # 11,900: between two step boundaries
+    before = run(first, 0, cut)
+    second = numeric_stage(["x"], 2)
+    for slot in (0, 1):
+        state = first.partition_state(slot)
+        assert state is not None
+        second.restore_partition(slot, state)
+    assert before + run(second, cut, n) == reference

@@ -4,11 +4,18 @@ Windows are the stream's. ``window.events`` and ``step`` count events of the str
 whatever its partition count ``P`` (all its topics' partitions, from the topic
 metadata: ``set_partition_count``):
 
-* Each partition keeps its own ring of ``R = window.events / step`` sub-windows of
-  ``ceil(step / P)`` of *its* events. A partition's ring is a function of that
-  partition's events only (not of batching, interleaving or which process reads
-  it), so it is checkpointed with the partition's offset and a restart or a
-  rebalance continues it exactly.
+* Each partition keeps one ring (``detectors.window_ring.WindowRing``) of
+  ``R = window.events / step`` sub-windows of ``ceil(step / P)`` of *its* events,
+  holding every binned detector's bins side by side: per field one segment for the
+  baseline bins its KS, PSI and chi-square detectors read, and one for its
+  data-quality outcomes. A sub-window counts the partition's events (every accepted
+  event); a field's window holds its valid values among them. The ring is a
+  function of that partition's events only (not of batching, interleaving or which
+  process reads it), so it is checkpointed with the partition's offset and a
+  restart or a rebalance continues it exactly. The checkpointed state
+  (``DriftState.windows``) is the ring (``R x T`` bin counts, ``T`` all segments'
+  bins in field-name order), its total, the filling sub-window, per slot the
+  per-segment counts, first and last offsets and event times.
 * The stream's verdict adds the newest ``R`` sub-windows of every partition (bin
   counts add exactly; partitions other replicas own come from their latest
   checkpoints, see ``set_remote``). With the partitions read evenly that is the
@@ -16,17 +23,22 @@ metadata: ``set_partition_count``):
   ``R * (P - 1)`` more); a partition that gets fewer events contributes an older
   stretch of its own. The first verdict comes once a partition's ring is full,
   after about ``window.events`` stream events.
-* A verdict is taken at every ``step`` events this stage folds in, also inside one
-  large batch (the batch is split at the step boundaries), so detection positions
-  do not depend on ``max_batch_events``. The boundaries count the events of this
-  process since it started; they are not part of the checkpoint (a restart can
-  move the verdicts by less than one step, never the windows). Every verdict is
-  taken; a drifting one is reported at each boundary, a clean one once per batch
-  (its last boundary), which is what the gauges and the alerts' resolution read.
-  Count windows fold each partition's share of a batch in once, recording the
-  window at every sub-window it closes, and judge each boundary from the windows
-  as they stood there; windows that keep raw values (exact KS) and event-time
-  windows are folded sub-batch by sub-batch instead (slower, same verdicts).
+* A verdict is taken at every ``step`` events, also inside one large batch: one
+  compiled pass per partition folds its events in and adds its window, as it stood
+  at each step boundary of the batch, into the stream's windows there; the
+  detectors are then screened for all fields and boundaries at once (array
+  operations), and findings are built by the detectors' own ``evaluate`` for the
+  verdicts that may drift and for the batch's last boundary. So detection
+  positions do not depend on ``max_batch_events``. The boundaries count the events
+  folded into this process's partitions' rings, which are checkpointed: a restart
+  from checkpoints keeps them (a rebalance that moves partitions shifts them by
+  less than one step). Every verdict is taken; a drifting one is reported at each
+  boundary, a clean one once per batch (its last boundary), which is what the
+  gauges and the alerts' resolution read.
+* Windows that keep raw values (exact KS), event-time windows and detectors given a
+  window of their own keep one window per detector (``SlidingCounts``) and are
+  folded sub-batch by sub-batch (slower, the same verdicts); their sub-windows count
+  the field's valid values and their step boundaries count from process start.
 * Each test keeps the level ``step / (ert * family_size)`` (one test per stream
   step): per partition ``ert`` is scaled like the step.
 * A change of ``P`` (partitions added to a topic) restarts the windows: states of
@@ -37,7 +49,12 @@ metadata: ``set_partition_count``):
   ``subwindow`` are read as stream events and divided by ``P`` per partition, so a
   shift is reported after about as many stream events as on one partition (measured
   in tests/test_drift_windows.py and bench/RESULTS.md); a change reports the old
-  and new mean and where (offset, event time).
+  and new mean and where (offset, event time). The price of dividing: the minimum
+  window is also ADWIN's guard against a few outliers cutting the window, and per
+  partition it is ``P`` times smaller; and ADWIN's delay beyond the minimum window
+  (the evidence a cut needs, in the partition's own values) grows with ``P`` since
+  each partition sees ``1/P`` of the stream. With many partitions, prefer KS/PSI
+  for small shifts, or raise ``min_window_length`` (see ``_adwin_share``).
 
 Per batch and field the valid values are binned once against the field's baseline
 and the bins feed every binned detector of the field. Findings are completed with
