@@ -50,7 +50,9 @@ def _drift(monitor: FaustMonitor) -> DriftStage:
 
 def _rows(n: int) -> list[tuple[int, int, bytes | None, bytes]]:
     fleet = generate_fleet(n, seed=1, bad_rate=0.0)
-    return [(i % 4, i // 4, k, v) for i, (k, v) in enumerate(zip(fleet.keys, fleet.values))]
+    return [
+        (i % 4, i // 4, k, v) for i, (k, v) in enumerate(zip(fleet.keys, fleet.values, strict=True))
+    ]
 
 
 def test_the_partition_count_comes_from_the_apps_consumer() -> None:
