@@ -82,6 +82,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from detectors.adwin import ADWIN, update_many
 from detectors.adwin_defaults import SERVICE_DEFAULTS
 from detectors.base import Detector, Finding, WindowBounds
 from detectors.baseline import (
@@ -633,15 +634,28 @@ class DriftStage:
             shares = self._ordered_shares(batch, offsets, times_all)
         else:
             shares = _raw_shares(binned, rows_of, offsets, times_all)
-        for plan, partition, values, times, offs in shares:
-            for r, det in enumerate(self._partition(partition).raw[plan.name]):
-                before = float(getattr(det, "estimation", math.nan))
-                for f in det.update(values, times):
-                    if f.drift:
-                        findings.append(_locate_change(f, partition, before, values, offs, times))
-                    else:  # one clean finding per field and batch is enough
-                        clean[(plan.name, r)] = (f, partition, before, values, offs, times)
-        findings.extend(_locate_change(*args) for args in clean.values())
+        # One compiled ADWIN call per partition for all its fields (update_many); a
+        # finding is built for a change, and for one partition per field (the last)
+        # when there is none.
+        jobs: list[tuple[Any, ...]] = [
+            (plan, partition, r, det, values, times, offs)
+            for plan, partition, values, times, offs in shares
+            for r, det in enumerate(self._partition(partition).raw[plan.name])
+        ]
+        befores = [float(getattr(job[3], "estimation", math.nan)) for job in jobs]
+        changes = _update_adwins(jobs)
+        for job, before, changed in zip(jobs, befores, changes, strict=True):
+            plan, partition, r, det, values, times, offs = job
+            if changed is None:
+                continue
+            if changed:
+                f = det.finding(changed, times)
+                findings.append(_locate_change(f, partition, before, values, offs, times))
+            else:  # one clean finding per field and batch is enough
+                clean[(plan.name, r)] = (det, partition, before, values, offs, times)
+        for det, partition, before, values, offs, times in clean.values():
+            f = det.finding(0, times)
+            findings.append(_locate_change(f, partition, before, values, offs, times))
         if not self.judge:
             findings = []  # the stream's judge reports this replica's changes from checkpoints
         else:
@@ -1332,6 +1346,25 @@ def _unorder(values: npt.NDArray[Any], order: npt.NDArray[np.intp] | None) -> np
         return values
     out = np.empty_like(values)
     out[order] = values
+    return out
+
+
+def _update_adwins(jobs: list[tuple[Any, ...]]) -> list[int | None]:
+    """Fold each job's values into its raw-value detector: ADWINs of one partition
+    with one compiled call, others one by one; the changes each found (None: a
+    detector without ``finding``, whose findings are not reported here)."""
+    out: list[int | None] = [None] * len(jobs)
+    groups: dict[int, list[int]] = {}
+    for k, job in enumerate(jobs):
+        det = job[3]
+        if isinstance(det, ADWIN):
+            groups.setdefault(job[1], []).append(k)
+        else:
+            det.update(job[4], job[5])
+    for ks in groups.values():
+        found = update_many([jobs[k][3] for k in ks], [jobs[k][4] for k in ks])
+        for k, n in zip(ks, found, strict=True):
+            out[k] = n
     return out
 
 
