@@ -412,6 +412,7 @@ class DriftStage:
         # columns in that order (see _flat_bins).
         self._order: tuple[npt.NDArray[np.intp] | None, dict[int, tuple[int, int]]] = (None, {})
         self._gathered: dict[str, tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]] = {}
+        self._buffers: dict[str, npt.NDArray[Any]] = {}
         if baseline is None and spec.baseline.file is not None:
             try:
                 baseline = load_baseline(spec.baseline.file)
@@ -715,7 +716,8 @@ class DriftStage:
         judging = self.judge and bool(cuts)
         cut_arr = np.asarray(cuts if judging else [], dtype=np.int64)
         C = int(cut_arr.size)
-        totals = np.zeros((C, T), dtype=np.int64)
+        totals = self._scratch("totals", (C, T), np.int64)
+        totals.fill(0)
         closed = np.zeros(C, dtype=np.int64)
         touched = {p: self._partition(p).ring for p in rows_of}
         if judging:  # windows the batch does not move count at every boundary as they are
@@ -768,6 +770,17 @@ class DriftStage:
         assert self.baseline is not None
         return {"stream": self.spec.name, "baseline_id": self.baseline.id}
 
+    def _scratch(self, name: str, shape: tuple[int, int], dtype: Any) -> npt.NDArray[Any]:
+        """A working array of ``shape``, reused from batch to batch (a fresh megabyte
+        array per batch costs its page faults every time)."""
+        rows, cols = shape
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] < cols:
+            size = (max(rows, 1 if buf is None else buf.shape[0]), max(cols, 1))
+            buf = self._buffers[name] = np.empty(size, dtype=dtype)
+        # A view of the leading rows and columns (row-major: contiguous per row).
+        return buf[:rows, :cols]
+
     def _rings(self) -> list[tuple[int, WindowRing]]:
         out = [(s, p.ring) for s, p in self._partitions.items() if p.ring is not None]
         out += [(s, p.ring) for s, p in self._remote.items() if p.ring is not None]
@@ -802,7 +815,7 @@ class DriftStage:
         they are); the row width ``T`` where the value does not count. Keeps the
         reordered columns for the raw-value detectors (``_ordered_shares``)."""
         T = layout.width
-        flat = np.empty((layout.starts.size - 1, batch.n), dtype=np.int32)
+        flat = self._scratch("flat", (layout.starts.size - 1, batch.n), np.int32)
         violations = None
         flagged = {v.field for v in batch.violations} if batch.violations else set()
         self._gathered = {}
