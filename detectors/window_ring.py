@@ -270,6 +270,23 @@ class WindowRing:
         )
         return CutSpans(events, spans)
 
+    def spans(self) -> CutSpans:
+        """Where the window lies now, every segment at once (one boundary)."""
+        R = self.ring_size
+        off, ts = self.off[:R], self.tspan[:R]
+        known = off[:, 0] >= 0
+        tk = ~np.isnan(ts[:, 0])
+        span = np.array(
+            [
+                off[known, 0].min() if known.any() else -1,
+                off[known, 1].max() if known.any() else -1,
+                ts[tk, 0].min() if tk.any() else np.nan,
+                ts[tk, 1].max() if tk.any() else np.nan,
+            ],
+            dtype=np.float64,
+        )
+        return CutSpans(self.segment_counts.sum(axis=0)[None, :], span[None, :])
+
     def span(self, segment: int) -> tuple[int, int | None, int | None, float | None, float | None]:
         """Where segment ``segment``'s window lies now: ``(events, first offset, last
         offset, start time, end time)``."""

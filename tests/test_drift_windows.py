@@ -92,15 +92,21 @@ def test_windows_of_another_partition_count_restart_instead_of_failing() -> None
     assert int(np.asarray(ring).sum()) == 0
 
 
-@pytest.mark.parametrize("partitions", [1, 4])
-def test_evidence_offsets_bound_the_judged_window_for_any_batching(partitions: int) -> None:
+@pytest.mark.parametrize(("partitions", "blocks"), [(1, False), (4, False), (4, True)])
+def test_evidence_offsets_bound_the_judged_window_for_any_batching(
+    partitions: int, blocks: bool
+) -> None:
     """Every finding's per-partition offsets hold exactly its events, and the
-    statistic recomputed from the events at those offsets is the reported one."""
+    statistic recomputed from the events at those offsets is the reported one
+    (``blocks``: partitions take turns of 1,500 events, so most batches leave some
+    partitions' windows as they were)."""
     from detectors.ks import ks_from_counts
 
     n = 24_000
     cols = shifted_stream(n, 10_000, 0.25, ["x"], seed=7)
     parts = round_robin(n, partitions)
+    if blocks:
+        parts = ((np.arange(n) // 1_500) % partitions).astype(np.int32)
     for batch in (1_000, 5_000, 7_777):
         stage = numeric_stage(["x"], partitions, detectors=("ks",), window=4_000, step=500)
         base = stage.baseline.fields["x"]  # type: ignore[union-attr]

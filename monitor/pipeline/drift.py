@@ -740,6 +740,7 @@ class DriftStage:
         last = C - 1
         findings: list[Finding] = []
         spans: dict[tuple[int, int, int], WindowBounds | None] = {}
+        still: dict[int, CutSpans] = {}
         rings = self._rings()
         for j, c in zip(*np.nonzero(flags.T), strict=True):
             plan, i, seg = layout.items[j]
@@ -753,11 +754,13 @@ class DriftStage:
             for slot, ring in rings:
                 key = (slot, int(c), seg)
                 if key not in spans:
-                    cut_spans = where.get(slot)
-                    spans[key] = _part(
-                        slot,
-                        ring.span(seg) if cut_spans is None else cut_spans.span_at(int(c), seg),
-                    )
+                    moved = where.get(slot)
+                    if moved is not None:
+                        spans[key] = _part(slot, moved.span_at(int(c), seg))
+                    else:  # a window this batch did not move: as it is
+                        if slot not in still:
+                            still[slot] = ring.spans()
+                        spans[key] = _part(slot, still[slot].span_at(0, seg))
                 located.append(spans[key])
             categories = [] if plan.outcome[i] else self._category_names(plan)
             findings.append(
