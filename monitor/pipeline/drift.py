@@ -822,11 +822,19 @@ class DriftStage:
         violations = None
         flagged = {v.field for v in batch.violations} if batch.violations else set()
         self._gathered = {}
+        every = None  # one all-valid mask for the fields with no invalid value
         for plan in self._plans:
             valid = batch.valid[plan.name]
             column = batch.columns[plan.name]
+            whole = bool(valid.all())
+            if whole:
+                if every is None:
+                    every = np.ones(batch.n, dtype=bool)
+                valid = every
             if order is not None:
-                valid, column = valid[order], column[order]
+                column = column[order]
+                if not whole:
+                    valid = valid[order]
             self._gathered[plan.name] = (column, valid)
             seg = layout.fine.get(plan.name)
             q = layout.quality.get(plan.name)
@@ -843,7 +851,10 @@ class DriftStage:
                 continue
             qs = int(layout.starts[q])
             if plan.numeric and plan.name not in flagged:
-                flat[q] = np.where(valid, qs, qs + 1)  # ok or null
+                if whole:
+                    flat[q] = qs  # ok
+                else:
+                    flat[q] = np.where(valid, qs, qs + 1)  # ok or null
                 continue
             if violations is None:
                 violations = violation_kinds(batch)
