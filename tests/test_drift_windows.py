@@ -186,3 +186,44 @@ def test_a_restart_keeps_the_step_boundaries() -> None:
         assert state is not None
         second.restore_partition(slot, state)
     assert before + run(second, cut, n) == reference
+
+
+def test_a_detector_with_a_window_of_its_own_keeps_per_detector_windows() -> None:
+    from detectors.baseline import Baseline, build_numeric
+    from monitor.config.schema import parse_config
+    from monitor.pipeline.decode import StreamDecoder
+
+    config = parse_config(
+        {
+            "kafka": {"bootstrap.servers": "127.0.0.1:9"},
+            "group": "g",
+            "metrics": {"enabled": False},
+            "dead_letter_topic": "dlq",
+            "streams": [
+                {
+                    "name": "s",
+                    "topic": "t",
+                    "fields": {
+                        "x": {
+                            "type": "float",
+                            "detectors": {"ks": {"window_events": 4_000, "step_events": 500}},
+                        },
+                        "y": {"type": "float", "detectors": ["ks"]},
+                    },
+                    "baseline": {"first_events": 1},
+                }
+            ],
+        },
+        env={},
+    )
+    spec = config.streams[0]
+    rng = np.random.default_rng(0)
+    base = {f: build_numeric(rng.normal(size=50_000)) for f in ("x", "y")}
+    stage = DriftStage(spec, StreamDecoder(spec), Baseline("b", "2026-11-30", "t", base))
+    stage.set_partition_count(2)
+    fed = feed(
+        stage, shifted_stream(12_000, 6_000, 1.0, ["x", "y"], seed=2), round_robin(12_000, 2), 1_000
+    )
+    state = stage.partition_state(0)
+    assert state is not None and not state.windows and set(state.binned) == {"x", "y"}
+    assert fed.first_drift("x", "ks") is not None and fed.first_drift("y", "ks") is not None
