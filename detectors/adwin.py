@@ -50,7 +50,7 @@ from numba import njit
 
 from detectors.base import DetectorError, Finding, FloatArray, IntArray, WindowBounds
 
-__all__ = ["ADWIN"]
+__all__ = ["ADWIN", "update_many"]
 
 # Levels of the exponential histogram: level i holds buckets of 2**i values, so 64
 # levels cover any width a float64 count can represent.
@@ -336,6 +336,8 @@ class ADWIN:
     """
 
     name: ClassVar[str] = "adwin"
+    # The shared state arrays of ``update_many`` (set on the first instance of a group).
+    _stack: _Stack | None = None
 
     def __init__(
         self,
@@ -432,6 +434,7 @@ class ADWIN:
 
     def update(self, values: Any, times: FloatArray | None = None) -> list[Finding]:
         """Fold a batch in, in order; one finding (or none for an empty batch).
+        (``update_many`` folds batches into many instances with one compiled call.)
 
         ``values``: 1-D array-like of numbers (converted to float64), event order.
         ``times``: optional event times (s since the epoch); only the last is used.
@@ -466,6 +469,12 @@ class ADWIN:
         self._last = out[:n].copy()
         self._n_detections += n
         self._n_seen += x.shape[0]
+        return [self.finding(n, times)]
+
+    def finding(self, changes: int, times: FloatArray | None = None) -> Finding:
+        """The finding of the latest ``update`` (``changes`` it detected; ``times``
+        its event times, of which the last is the window's end)."""
+        n = changes
         width = self.width
         details: tuple[tuple[str, float], ...] = (
             ("changes", float(n)),
@@ -475,20 +484,18 @@ class ADWIN:
         )
         if n:
             details += (("first_change_index", float(self._last[0])),)
-        return [
-            Finding(
-                detector=self.name,
-                subject=self.subject,
-                statistic=float(n),
-                threshold=1.0,
-                drift=n > 0,
-                window=WindowBounds(
-                    events=width + int(self._is[_PCOUNT]),
-                    end_time=None if times is None or len(times) == 0 else float(times[-1]),
-                ),
-                details=details,
-            )
-        ]
+        return Finding(
+            detector=self.name,
+            subject=self.subject,
+            statistic=float(n),
+            threshold=1.0,
+            drift=n > 0,
+            window=WindowBounds(
+                events=width + int(self._is[_PCOUNT]),
+                end_time=None if times is None or len(times) == 0 else float(times[-1]),
+            ),
+            details=details,
+        )
 
     def state(self) -> dict[str, Any]:
         """Plain-typed state: scalars, lists and the live rows of the histogram.
@@ -524,3 +531,128 @@ class ADWIN:
         self._last = np.zeros(0, dtype=np.int64)
         self._n_detections = int(state["n_detections"])
         self._n_seen = int(state["n_seen"])
+
+
+@njit(cache=True, error_model="numpy")
+def _adwin_many(
+    values: FloatArray,
+    starts: IntArray,
+    fs: FloatArray,
+    ist: IntArray,
+    counts: IntArray,
+    totals: FloatArray,
+    variances: FloatArray,
+    delta: FloatArray,
+    clock: IntArray,
+    max_buckets: int,
+    min_len: FloatArray,
+    grace: FloatArray,
+    subwindow: IntArray,
+    out: IntArray,
+    found: IntArray,
+    scratch: FloatArray,
+) -> None:  # pragma: no cover - compiled
+    for f in range(starts.size - 1):
+        a, b = starts[f], starts[f + 1]
+        if b > a:
+            found[f] = _adwin_batch(
+                values[a:b],
+                fs[f],
+                ist[f],
+                counts[f],
+                totals[f],
+                variances[f],
+                delta[f],
+                clock[f],
+                max_buckets,
+                min_len[f],
+                grace[f],
+                subwindow[f],
+                out[a:b],
+                scratch,
+            )
+
+
+class _Stack:
+    """The states of several ADWIN instances side by side; each instance's state
+    arrays are views into these while the stack is current."""
+
+    def __init__(self, dets: list[ADWIN]) -> None:
+        self.fs = np.stack([d._fs for d in dets])
+        self.ist = np.stack([d._is for d in dets])
+        self.counts = np.stack([d._counts for d in dets])
+        self.totals = np.stack([d._totals for d in dets])
+        self.variances = np.stack([d._variances for d in dets])
+        self.scratch = dets[0]._scratch
+        for f, d in enumerate(dets):
+            d._fs, d._is, d._counts = self.fs[f], self.ist[f], self.counts[f]
+            d._totals, d._variances = self.totals[f], self.variances[f]
+        self.views = [d._fs for d in dets]
+        self.delta = np.asarray([float(d.delta) for d in dets], dtype=np.float64)
+        self.clock = np.asarray([d._chunk_clock for d in dets], dtype=np.int64)
+        self.min_len = np.asarray([float(d.min_window_length) for d in dets], dtype=np.float64)
+        self.grace = np.asarray([float(d.grace_period) for d in dets], dtype=np.float64)
+        self.chunk = np.asarray([int(d._chunk) for d in dets], dtype=np.int64)
+
+    def current(self, dets: list[ADWIN]) -> bool:
+        return len(dets) == len(self.views) and all(
+            d._fs is v for d, v in zip(dets, self.views, strict=True)
+        )
+
+
+def update_many(dets: list[ADWIN], values: list[FloatArray]) -> list[int]:
+    """``dets[i].update(values[i])`` for every ``i`` with one compiled call, without
+    building findings (``ADWIN.finding`` builds one); returns each one's changes.
+
+    The instances must share ``max_buckets``. Their states are kept side by side
+    (each instance's arrays become views into shared arrays), so repeated calls with
+    the same instances cost no copying; ``state`` and ``restore`` work as before.
+    """
+    if not dets:
+        return []
+    if len({d.max_buckets for d in dets}) != 1:
+        each = [d.update(v) for d, v in zip(dets, values, strict=True)]
+        return [int(f[0].statistic) if f else 0 for f in each]
+    xs = [np.ascontiguousarray(v, dtype=np.float64) for v in values]
+    sizes = np.fromiter((x.shape[0] for x in xs), dtype=np.int64, count=len(xs))
+    starts = np.zeros(len(xs) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=starts[1:])
+    flat = np.concatenate(xs) if xs else np.empty(0)
+    if flat.ndim != 1:
+        raise DetectorError("values must be 1-D")
+    if not np.isfinite(flat).all():
+        raise DetectorError("values must be finite (drop NaN/inf before ADWIN)")
+    stack: _Stack | None = getattr(dets[0], "_stack", None)
+    if stack is None or not stack.current(dets):
+        stack = _Stack(dets)
+        dets[0]._stack = stack  # lives as long as the instances
+    out = np.empty(flat.shape[0], dtype=np.int64)
+    found = np.zeros(len(dets), dtype=np.int64)
+    _adwin_many(
+        flat,
+        starts,
+        stack.fs,
+        stack.ist,
+        stack.counts,
+        stack.totals,
+        stack.variances,
+        stack.delta,
+        stack.clock,
+        int(dets[0].max_buckets),
+        stack.min_len,
+        stack.grace,
+        stack.chunk,
+        out,
+        found,
+        stack.scratch,
+    )
+    changes: list[int] = [int(c) for c in found]
+    for f, d in enumerate(dets):
+        n = changes[f]
+        d._last = out[starts[f] : starts[f] + n].copy() if n else _NONE
+        d._n_detections += n
+        d._n_seen += int(sizes[f])
+    return changes
+
+
+_NONE = np.zeros(0, dtype=np.int64)

@@ -138,6 +138,22 @@ class NumericBaseline:
         arr = np.asarray(values, dtype=np.float64)
         return index.count_at_or_below(arr).reshape(arr.shape)
 
+    def bin_into(
+        self,
+        values: FloatArray,
+        valid: npt.NDArray[np.bool_],
+        out: IntArray,
+        shift: int = 0,
+        missing: int = -1,
+    ) -> None:
+        """``out[i] = bin_index(values[i]) + shift`` where ``valid[i]``, else ``missing``
+        (shape ``(m,)`` each; ``out`` may be a column of a matrix)."""
+        index = self.__dict__.get("_edge_index")
+        if index is None:
+            index = EdgeIndex(self.inner_edges)
+            object.__setattr__(self, "_edge_index", index)
+        index.count_into(values, valid, out, shift, missing)
+
     def content(self) -> dict[str, Any]:
         """JSON-ready content (inner edges only: JSON has no infinities)."""
         return {

@@ -16,16 +16,21 @@ where the data is, so cells hold few edges where most values fall.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from numba import njit
 
 from detectors.base import FloatArray, IntArray
 
 __all__ = ["EdgeIndex"]
 
+_MAX_CANDIDATES = 12
+
 
 @njit(cache=True, nogil=True)
 def _lookup(
     edges: FloatArray,
+    padded: FloatArray,
+    k: int,
     lut: IntArray,
     lo: float,
     hi: float,
@@ -49,14 +54,68 @@ def _lookup(
         # The answer lies between the counts at the cell's bounds; one cell of slack on
         # each side absorbs rounding in the cell computation.
         a = lut[c - 1] if c > 0 else 0
-        b = lut[c + 2] if c + 2 <= cells else n
-        while a < b:
-            mid = (a + b) >> 1
-            if edges[mid] <= x:
-                a = mid + 1
-            else:
-                b = mid
+        if k > 0:  # count a fixed number of candidates: no data-dependent branch
+            found = a
+            for j in range(k):
+                found += padded[a + j] <= x
+            a = found
+        else:
+            b = lut[c + 2] if c + 2 <= cells else n
+            while a < b:
+                mid = (a + b) >> 1
+                if edges[mid] <= x:
+                    a = mid + 1
+                else:
+                    b = mid
         out[i] = a
+
+
+@njit(cache=True, nogil=True)
+def _lookup_into(
+    edges: FloatArray,
+    padded: FloatArray,
+    k: int,
+    lut: IntArray,
+    lo: float,
+    hi: float,
+    scale: float,
+    values: FloatArray,
+    valid: npt.NDArray[np.bool_],
+    shift: int,
+    missing: int,
+    out: IntArray,
+) -> None:  # pragma: no cover - compiled
+    n = edges.size
+    cells = lut.size - 1
+    for i in range(values.size):
+        if not valid[i]:
+            out[i] = missing
+            continue
+        x = values[i]
+        if not x >= lo:
+            out[i] = (0 if x < lo else n) + shift
+            continue
+        if x >= hi:
+            out[i] = n + shift
+            continue
+        c = int((x - lo) * scale)
+        if c >= cells:
+            c = cells - 1
+        a = lut[c - 1] if c > 0 else 0
+        if k > 0:  # count a fixed number of candidates: no data-dependent branch
+            found = a
+            for j in range(k):
+                found += padded[a + j] <= x
+            a = found
+        else:
+            b = lut[c + 2] if c + 2 <= cells else n
+            while a < b:
+                mid = (a + b) >> 1
+                if edges[mid] <= x:
+                    a = mid + 1
+                else:
+                    b = mid
+        out[i] = a + shift
 
 
 class EdgeIndex:
@@ -77,6 +136,16 @@ class EdgeIndex:
         # lut[c]: how many edges are <= the start of cell c.
         self._lut = np.searchsorted(e, grid, side="right").astype(np.int64)
         self._usable = finite.size == e.size and e.size > 0 and self._scale > 0
+        # The answer for a value in cell c lies in lut[c - 1] .. lut[c + 2] (one cell of
+        # slack each side). When no cell has more than _MAX_CANDIDATES candidates, the
+        # kernels count k edges from lut[c - 1] (edges past the range are > the value;
+        # +inf pads the end) instead of a binary search that mispredicts half its steps.
+        n = e.size
+        a = np.concatenate([[0], self._lut[: cells - 1]])
+        b = np.concatenate([self._lut[2:], [n]])
+        widest = int((b - a).max()) if cells and n else 0
+        self._k = widest if 0 < widest <= _MAX_CANDIDATES else 0
+        self._padded = np.concatenate([e, np.full(max(self._k, 1), np.inf)])
 
     def count_at_or_below(self, values: FloatArray) -> IntArray:
         """For each value, how many edges are ``<= value`` (int64, shape ``(m,)``):
@@ -85,5 +154,38 @@ class EdgeIndex:
         if not self._usable:
             return np.searchsorted(self.edges, v, side="right").astype(np.int64)
         out = np.empty(v.size, dtype=np.int64)
-        _lookup(self.edges, self._lut, self._lo, self._hi, self._scale, v, out)
+        _lookup(
+            self.edges, self._padded, self._k, self._lut, self._lo, self._hi, self._scale, v, out
+        )
         return out
+
+    def count_into(
+        self,
+        values: FloatArray,
+        valid: npt.NDArray[np.bool_],
+        out: IntArray,
+        shift: int,
+        missing: int,
+    ) -> None:
+        """``out[i] = count_at_or_below(values[i]) + shift`` where ``valid[i]``, else
+        ``missing``; ``out`` may be a strided view (a column of a matrix)."""
+        v = np.ascontiguousarray(values, dtype=np.float64)
+        ok = np.ascontiguousarray(valid, dtype=np.bool_)
+        if not self._usable:
+            found = np.searchsorted(self.edges, np.where(ok, v, 0.0), side="right")
+            out[:] = np.where(ok, found + shift, missing)
+            return
+        _lookup_into(
+            self.edges,
+            self._padded,
+            self._k,
+            self._lut,
+            self._lo,
+            self._hi,
+            self._scale,
+            v,
+            ok,
+            shift,
+            missing,
+            out,
+        )

@@ -53,6 +53,18 @@ def rate_z(count: float, m: float, base_count: float, n: float) -> float:
     return (count / m - base_count / n) / math.sqrt(var)
 
 
+def _rate_z_many(
+    count: npt.NDArray[np.float64], m: float, base_count: npt.NDArray[np.float64], n: float
+) -> npt.NDArray[np.float64]:
+    """``rate_z`` of every kind at once (the same operations, element by element)."""
+    if m <= 0 or n <= 0:
+        return np.zeros(count.shape)
+    p = (count + base_count) / (m + n)
+    var = p * (1.0 - p) * (1.0 / m + 1.0 / n)
+    ok = var > 0
+    return np.where(ok, (count / m - base_count / n) / np.sqrt(np.where(ok, var, 1.0)), 0.0)
+
+
 class QualityRates(WindowedDetector):
     """Rise of a field's null / unseen / out-of-range / invalid rates over the baseline's.
 
@@ -156,9 +168,7 @@ class QualityRates(WindowedDetector):
         n = int(base.sum())
         rates = counts / m
         base_rates = base / n
-        z = np.array(
-            [rate_z(float(counts[k]), m, float(base[k]), n) for k in range(len(QUALITY_KINDS))]
-        )
+        z = _rate_z_many(counts.astype(np.float64), float(m), base.astype(np.float64), float(n))
         rises = rates - base_rates
         z[0] = -np.inf  # "ok" is not a problem kind
         enough = rises >= self.min_increase

@@ -161,6 +161,7 @@ class KS(WindowedDetector):
         )
         counts = baseline.counts.astype(np.float64)
         self._cdf = np.cumsum(counts[:-1]) / baseline.n
+        self._p_max = float((counts / counts.sum()).max())
         self._crit = float(special.kolmogi(self._alpha))
         self._reset()
 
@@ -216,7 +217,9 @@ class KS(WindowedDetector):
         d_crit = self._crit / math.sqrt(n_eff)
         threshold = max(self.d_min, d_crit)
         p = float(special.kolmogorov(math.sqrt(n_eff) * d))
-        resolution = 0.0 if self._exact else float(ks_resolution(self.baseline.counts, counts))
+        # ks_resolution(baseline counts, counts): max_i max(p_i, w_i / m) is the larger
+        # of the two maxima, and the baseline's is fixed.
+        resolution = 0.0 if self._exact else max(self._p_max, float(counts.max()) / m)
         details: tuple[tuple[str, float], ...] = (
             ("n_window", float(m)),
             ("n_baseline", float(n)),

@@ -412,8 +412,10 @@ class MetricsServer:
                 f"choose another address or port with {setting}"
             ) from None
         self._httpd.daemon_threads = True
+        # serve_forever checks for shutdown every poll_interval (default 0.5 s), which
+        # stop() waits for: a shorter one ends the service without that pause.
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="metrics", daemon=True
+            target=self._httpd.serve_forever, args=(0.05,), name="metrics", daemon=True
         )
 
     @property

@@ -88,19 +88,25 @@ def test_windows_of_another_partition_count_restart_instead_of_failing() -> None
     two.restore_partition(0, state)  # logged, windows restart
     restored = two.partition_state(0)
     assert restored is not None
-    ring = restored.binned["x"][0]["window"]["ring"]
+    ring = restored.windows["ring"]  # every binned detector's window, one ring
     assert int(np.asarray(ring).sum()) == 0
 
 
-@pytest.mark.parametrize("partitions", [1, 4])
-def test_evidence_offsets_bound_the_judged_window_for_any_batching(partitions: int) -> None:
+@pytest.mark.parametrize(("partitions", "blocks"), [(1, False), (4, False), (4, True)])
+def test_evidence_offsets_bound_the_judged_window_for_any_batching(
+    partitions: int, blocks: bool
+) -> None:
     """Every finding's per-partition offsets hold exactly its events, and the
-    statistic recomputed from the events at those offsets is the reported one."""
+    statistic recomputed from the events at those offsets is the reported one
+    (``blocks``: partitions take turns of 1,500 events, so most batches leave some
+    partitions' windows as they were)."""
     from detectors.ks import ks_from_counts
 
     n = 24_000
     cols = shifted_stream(n, 10_000, 0.25, ["x"], seed=7)
     parts = round_robin(n, partitions)
+    if blocks:
+        parts = ((np.arange(n) // 1_500) % partitions).astype(np.int32)
     for batch in (1_000, 5_000, 7_777):
         stage = numeric_stage(["x"], partitions, detectors=("ks",), window=4_000, step=500)
         base = stage.baseline.fields["x"]  # type: ignore[union-attr]
@@ -123,3 +129,101 @@ def test_batches_smaller_than_a_step_fold_in_without_verdicts() -> None:
     cols = shifted_stream(12_000, 12_000, 0.0, ["x"], seed=3)
     fed = feed(stage, cols, round_robin(12_000, 4), 300)  # most batches hold no boundary
     assert next(pos for pos, f in fed.findings if f.detector == "ks") == 4_000
+
+
+def test_the_checkpointed_windows_do_not_depend_on_the_order_fields_are_listed() -> None:
+    from monitor.pipeline.decode import StreamDecoder
+
+    one = numeric_stage(["a", "b", "c"], 2)
+    spec = one.spec.model_copy(update={"fields": {k: one.spec.fields[k] for k in "cab"}})
+    two = DriftStage(spec, StreamDecoder(spec), one.baseline)
+    two.set_partition_count(2)
+    cols = shifted_stream(6_000, 6_000, 0.0, ["a", "b", "c"], seed=4)
+    for stage in (one, two):
+        feed(stage, cols, round_robin(6_000, 2), 1_000)
+    for slot in (0, 1):
+        a, b = one.partition_state(slot), two.partition_state(slot)
+        assert a is not None and b is not None
+        for key in ("starts", "ring", "total", "segment_counts"):
+            assert np.array_equal(a.windows[key], b.windows[key]), key
+
+
+def test_a_restart_keeps_the_step_boundaries() -> None:
+    """Verdict positions count from the checkpointed windows, not from process start:
+    restarting from checkpoints taken between two boundaries changes nothing."""
+    from monitor.pipeline.decode import Batch
+
+    n, parts = 30_000, round_robin(30_000, 2)
+    cols = shifted_stream(n, 15_000, 0.5, ["x"], seed=9)
+    offsets = np.zeros(n, np.int64)
+    for p in (0, 1):
+        offsets[parts == p] = np.arange(int((parts == p).sum()))
+
+    def run(stage: DriftStage, a: int, b: int) -> list[tuple[str, float, int, int | None]]:
+        out = []
+        for lo in range(a, b, 1_700):
+            hi = min(lo + 1_700, b)
+            batch = Batch(
+                stream="s",
+                n_input=hi - lo,
+                rows=np.arange(hi - lo, dtype=np.int64),
+                columns={"x": cols["x"][lo:hi]},
+                valid={"x": np.ones(hi - lo, bool)},
+            )
+            for f in stage.update(batch, parts[lo:hi], offsets[lo:hi]):
+                last = max(w.last_offset or 0 for w in f.partitions) if f.partitions else None
+                out.append((f.detector, f.statistic, f.window.events, last))
+        return out
+
+    whole = numeric_stage(["x"], 2)
+    reference = run(whole, 0, n)
+    first = numeric_stage(["x"], 2)
+    cut = 1_700 * 7  # 11,900: between two step boundaries
+    before = run(first, 0, cut)
+    second = numeric_stage(["x"], 2)
+    for slot in (0, 1):
+        state = first.partition_state(slot)
+        assert state is not None
+        second.restore_partition(slot, state)
+    assert before + run(second, cut, n) == reference
+
+
+def test_a_detector_with_a_window_of_its_own_keeps_per_detector_windows() -> None:
+    from detectors.baseline import Baseline, build_numeric
+    from monitor.config.schema import parse_config
+    from monitor.pipeline.decode import StreamDecoder
+
+    config = parse_config(
+        {
+            "kafka": {"bootstrap.servers": "127.0.0.1:9"},
+            "group": "g",
+            "metrics": {"enabled": False},
+            "dead_letter_topic": "dlq",
+            "streams": [
+                {
+                    "name": "s",
+                    "topic": "t",
+                    "fields": {
+                        "x": {
+                            "type": "float",
+                            "detectors": {"ks": {"window_events": 4_000, "step_events": 500}},
+                        },
+                        "y": {"type": "float", "detectors": ["ks"]},
+                    },
+                    "baseline": {"first_events": 1},
+                }
+            ],
+        },
+        env={},
+    )
+    spec = config.streams[0]
+    rng = np.random.default_rng(0)
+    base = {f: build_numeric(rng.normal(size=50_000)) for f in ("x", "y")}
+    stage = DriftStage(spec, StreamDecoder(spec), Baseline("b", "2026-11-30", "t", base))
+    stage.set_partition_count(2)
+    fed = feed(
+        stage, shifted_stream(12_000, 6_000, 1.0, ["x", "y"], seed=2), round_robin(12_000, 2), 1_000
+    )
+    state = stage.partition_state(0)
+    assert state is not None and not state.windows and set(state.binned) == {"x", "y"}
+    assert fed.first_drift("x", "ks") is not None and fed.first_drift("y", "ks") is not None

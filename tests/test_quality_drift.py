@@ -141,3 +141,16 @@ def test_baselines_with_and_without_quality_load_and_keep_their_hash(tmp_path: o
         again = load_baseline(tmp_path / f"{b.id}.json")
         assert again.content_hash == b.content_hash
         assert set(again.quality) == set(b.quality)
+
+
+def test_the_vectorised_rate_z_is_rate_z_bit_for_bit() -> None:
+    from detectors.data_quality import _rate_z_many
+
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        m, n = int(rng.integers(0, 20_000)), int(rng.integers(1, 200_000))
+        counts = rng.multinomial(m, [0.8, 0.1, 0.04, 0.03, 0.02, 0.01]).astype(np.float64)
+        base = rng.multinomial(n, [0.85, 0.1, 0.0, 0.03, 0.02, 0.0]).astype(np.float64)
+        many = _rate_z_many(counts, float(m), base, float(n))
+        one = [rate_z(float(c), m, float(b), n) for c, b in zip(counts, base, strict=True)]
+        assert many.tolist() == one

@@ -4,11 +4,18 @@ Windows are the stream's. ``window.events`` and ``step`` count events of the str
 whatever its partition count ``P`` (all its topics' partitions, from the topic
 metadata: ``set_partition_count``):
 
-* Each partition keeps its own ring of ``R = window.events / step`` sub-windows of
-  ``ceil(step / P)`` of *its* events. A partition's ring is a function of that
-  partition's events only (not of batching, interleaving or which process reads
-  it), so it is checkpointed with the partition's offset and a restart or a
-  rebalance continues it exactly.
+* Each partition keeps one ring (``detectors.window_ring.WindowRing``) of
+  ``R = window.events / step`` sub-windows of ``ceil(step / P)`` of *its* events,
+  holding every binned detector's bins side by side: per field one segment for the
+  baseline bins its KS, PSI and chi-square detectors read, and one for its
+  data-quality outcomes. A sub-window counts the partition's events (every accepted
+  event); a field's window holds its valid values among them. The ring is a
+  function of that partition's events only (not of batching, interleaving or which
+  process reads it), so it is checkpointed with the partition's offset and a
+  restart or a rebalance continues it exactly. The checkpointed state
+  (``DriftState.windows``) is the ring (``R x T`` bin counts, ``T`` all segments'
+  bins in field-name order), its total, the filling sub-window, per slot the
+  per-segment counts, first and last offsets and event times.
 * The stream's verdict adds the newest ``R`` sub-windows of every partition (bin
   counts add exactly; partitions other replicas own come from their latest
   checkpoints, see ``set_remote``). With the partitions read evenly that is the
@@ -16,17 +23,22 @@ metadata: ``set_partition_count``):
   ``R * (P - 1)`` more); a partition that gets fewer events contributes an older
   stretch of its own. The first verdict comes once a partition's ring is full,
   after about ``window.events`` stream events.
-* A verdict is taken at every ``step`` events this stage folds in, also inside one
-  large batch (the batch is split at the step boundaries), so detection positions
-  do not depend on ``max_batch_events``. The boundaries count the events of this
-  process since it started; they are not part of the checkpoint (a restart can
-  move the verdicts by less than one step, never the windows). Every verdict is
-  taken; a drifting one is reported at each boundary, a clean one once per batch
-  (its last boundary), which is what the gauges and the alerts' resolution read.
-  Count windows fold each partition's share of a batch in once, recording the
-  window at every sub-window it closes, and judge each boundary from the windows
-  as they stood there; windows that keep raw values (exact KS) and event-time
-  windows are folded sub-batch by sub-batch instead (slower, same verdicts).
+* A verdict is taken at every ``step`` events, also inside one large batch: one
+  compiled pass per partition folds its events in and adds its window, as it stood
+  at each step boundary of the batch, into the stream's windows there; the
+  detectors are then screened for all fields and boundaries at once (array
+  operations), and findings are built by the detectors' own ``evaluate`` for the
+  verdicts that may drift and for the batch's last boundary. So detection
+  positions do not depend on ``max_batch_events``. The boundaries count the events
+  folded into this process's partitions' rings, which are checkpointed: a restart
+  from checkpoints keeps them (a rebalance that moves partitions shifts them by
+  less than one step). Every verdict is taken; a drifting one is reported at each
+  boundary, a clean one once per batch (its last boundary), which is what the
+  gauges and the alerts' resolution read.
+* Windows that keep raw values (exact KS), event-time windows and detectors given a
+  window of their own keep one window per detector (``SlidingCounts``) and are
+  folded sub-batch by sub-batch (slower, the same verdicts); their sub-windows count
+  the field's valid values and their step boundaries count from process start.
 * Each test keeps the level ``step / (ert * family_size)`` (one test per stream
   step): per partition ``ert`` is scaled like the step.
 * A change of ``P`` (partitions added to a topic) restarts the windows: states of
@@ -37,7 +49,12 @@ metadata: ``set_partition_count``):
   ``subwindow`` are read as stream events and divided by ``P`` per partition, so a
   shift is reported after about as many stream events as on one partition (measured
   in tests/test_drift_windows.py and bench/RESULTS.md); a change reports the old
-  and new mean and where (offset, event time).
+  and new mean and where (offset, event time). The price of dividing: the minimum
+  window is also ADWIN's guard against a few outliers cutting the window, and per
+  partition it is ``P`` times smaller; and ADWIN's delay beyond the minimum window
+  (the evidence a cut needs, in the partition's own values) grows with ``P`` since
+  each partition sees ``1/P`` of the stream. With many partitions, prefer KS/PSI
+  for small shifts, or raise ``min_window_length`` (see ``_adwin_share``).
 
 Per batch and field the valid values are binned once against the field's baseline
 and the bins feed every binned detector of the field. Findings are completed with
@@ -65,11 +82,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from detectors.adwin import ADWIN, update_many
 from detectors.adwin_defaults import SERVICE_DEFAULTS
 from detectors.base import Detector, Finding, WindowBounds
-from detectors.baseline import Baseline, CategoricalBaseline, NumericBaseline, load_baseline
+from detectors.baseline import (
+    QUALITY_KINDS,
+    Baseline,
+    CategoricalBaseline,
+    NumericBaseline,
+    load_baseline,
+)
+from detectors.data_quality import QualityRates
+from detectors.ks import KS
+from detectors.psi import PSI
 from detectors.registry import create
 from detectors.window import DEFAULT_ERT_EVENTS, SlidingCounts
+from detectors.window_ring import CutSpans, WindowRing, ks_many
 from monitor.checkpoints import BaselineCheckpoint, StageState
 from monitor.config.schema import NUMERIC_TYPES, FieldType, StreamSpec
 from monitor.errors import ConfigError
@@ -103,6 +131,9 @@ class _FieldPlan:
     # Per binned detector: True when it takes data-quality outcome codes of every
     # event (the data_quality detector) instead of the bins of the valid values.
     outcome: list[bool] = dataclasses.field(default_factory=list)
+    # Per binned detector: its segment of the partition's shared window row (see
+    # _Layout), when the stream's binned detectors share one count window.
+    segments: list[int] = dataclasses.field(default_factory=list)
 
     def category_bins(
         self, codes: npt.NDArray[np.int64], vocabulary_names: list[Any]
@@ -117,19 +148,30 @@ class _FieldPlan:
 
 
 class _PartitionDetectors:
-    """One partition's detector instances, field by field."""
+    """One partition's detector instances, field by field; with a ``_Layout``, one
+    ``WindowRing`` holds every binned detector's window instead."""
 
-    def __init__(self, plans: list[_FieldPlan]) -> None:
-        self.binned = {p.name: [make() for _, make in p.binned] for p in plans}
+    def __init__(self, plans: list[_FieldPlan], layout: _Layout | None = None) -> None:
+        self.ring = None if layout is None else layout.ring()
+        self.binned = (
+            {p.name: [make() for _, make in p.binned] for p in plans} if layout is None else {}
+        )
         self.raw = {p.name: [make() for _, make in p.raw] for p in plans}
 
     def state(self) -> DriftState:
         return DriftState(
             {f: tuple(d.state() for d in ds) for f, ds in self.binned.items()},
             {f: tuple(d.state() for d in ds) for f, ds in self.raw.items()},
+            {} if self.ring is None else self.ring.state(),
         )
 
     def restore(self, state: DriftState) -> None:
+        if self.ring is not None:
+            if not state.windows:
+                raise ConfigError("checkpointed windows are per detector; these share one ring")
+            self.ring.restore(dict(state.windows))
+        elif state.windows:
+            raise ConfigError("checkpointed windows share one ring; these are per detector")
         for kind, dets in ((state.binned, self.binned), (state.raw, self.raw)):
             for name, ds in dets.items():
                 saved = kind.get(name, ())
@@ -139,6 +181,191 @@ class _PartitionDetectors:
                     )
                 for det, st in zip(ds, saved, strict=True):
                     det.restore(st)
+
+
+_SCREEN_SLACK = 1e-9  # screens flag a little more than they decide; evaluate() decides
+
+
+@dataclasses.dataclass
+class _Layout:
+    """How a stream's binned detectors share one count window per partition.
+
+    Segment ``s`` of the window row is ``starts[s] .. starts[s + 1]``: one per field
+    for the bins its KS, PSI and chi-square detectors read (they bin the same values
+    on the same baseline bins), and one per field with a data_quality detector for
+    its outcome codes. ``items`` lists every binned detector with its segment.
+    """
+
+    starts: npt.NDArray[np.int64]
+    ring_size: int
+    step: int
+    fine: dict[str, int]  # field -> segment of its bins
+    quality: dict[str, int]  # field -> segment of its outcome codes
+    items: list[tuple[_FieldPlan, int, int]]  # (plan, detector index, segment)
+
+    def ring(self) -> WindowRing:
+        return WindowRing(self.starts, self.ring_size, self.step)
+
+    @property
+    def width(self) -> int:
+        return int(self.starts[-1])
+
+    @classmethod
+    def plan(cls, plans: list[_FieldPlan]) -> _Layout | None:
+        """The shared layout, or None when some binned detector needs its own window
+        (event time, raw values for exact KS, a window of its own)."""
+        shapes = set()
+        for plan in plans:
+            for det in plan.merged:
+                w = getattr(det, "_window", None)
+                if not isinstance(w, SlidingCounts) or w.timed or w.keep_values:
+                    return None
+                shapes.add((w.ring_size, w.step_events))
+        if len(shapes) != 1:
+            return None
+        ((ring_size, step),) = shapes
+        sizes: list[int] = []
+        fine: dict[str, int] = {}
+        quality: dict[str, int] = {}
+        items: list[tuple[_FieldPlan, int, int]] = []
+        # Segments in field-name order: the layout (and so the checkpointed ring) must
+        # not depend on the order a configuration file happens to list the fields in.
+        for plan in sorted(plans, key=lambda p: p.name):
+            for i, det in enumerate(plan.merged):
+                kinds = quality if plan.outcome[i] else fine
+                if plan.name not in kinds:
+                    kinds[plan.name] = len(sizes)
+                    sizes.append(len(QUALITY_KINDS) if plan.outcome[i] else det._window.bins)
+                elif sizes[kinds[plan.name]] != det._window.bins:
+                    return None
+        for plan in plans:
+            plan.segments = []
+            for i in range(len(plan.merged)):
+                seg = (quality if plan.outcome[i] else fine)[plan.name]
+                plan.segments.append(seg)
+                items.append((plan, i, seg))
+        starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        return cls(starts, int(ring_size), int(step or 1), fine, quality, items)
+
+
+class _Screens:
+    """Which (detector, step boundary) verdicts may drift, for all detectors at once.
+
+    KS, PSI and data_quality are screened as array operations across fields (their
+    ``drifts_many`` with per-detector parameters stacked); other detectors through
+    their own ``drifts_many``. A screen flags a superset (a relative slack of 1e-9
+    on the threshold): the finding of a flagged verdict is built by the detector's
+    ``evaluate``, which decides.
+    """
+
+    def __init__(self, layout: _Layout) -> None:
+        self.layout = layout
+        self.items = layout.items
+        ks = [(j, it) for j, it in enumerate(self.items) if type(it[0].merged[it[1]]) is KS]
+        psi = [(j, it) for j, it in enumerate(self.items) if type(it[0].merged[it[1]]) is PSI]
+        qual = [
+            (j, it) for j, it in enumerate(self.items) if type(it[0].merged[it[1]]) is QualityRates
+        ]
+        done = {j for j, _ in ks + psi + qual}
+        self.other = [j for j in range(len(self.items)) if j not in done]
+        starts = layout.starts
+        # KS: per item its bins' start, the baseline CDF, d_min, critical value, n.
+        self.ks_cols = np.asarray([j for j, _ in ks], dtype=np.int64)
+        dets: list[Any] = [it[0].merged[it[1]] for _, it in ks]
+        self.ks_starts = np.asarray([starts[it[2]] for _, it in ks], dtype=np.int64)
+        cdfs = [d._cdf for d in dets]
+        self.ks_cdf = np.concatenate(cdfs) if cdfs else np.empty(0)
+        self.ks_cdf_starts = np.concatenate([[0], np.cumsum([c.size for c in cdfs])]).astype(
+            np.int64
+        )
+        self.ks_dmin = np.asarray([d.d_min for d in dets], dtype=np.float64)
+        self.ks_crit = np.asarray([d._crit for d in dets], dtype=np.float64)
+        self.ks_n = np.asarray([float(d.baseline.n) for d in dets], dtype=np.float64)
+        # PSI: coarse groups of every item as reductions over the flat row; segment
+        # starts are cut points too, so a field's last group ends with its segment.
+        self.psi_cols = np.asarray([j for j, _ in psi], dtype=np.int64)
+        pdets: list[Any] = [it[0].merged[it[1]] for _, it in psi]
+        group_starts = [starts[it[2]] + d._starts for (_, it), d in zip(psi, pdets, strict=True)]
+        self.psi_cuts = np.unique(np.concatenate([starts[:-1], *group_starts])).astype(np.int64)
+        self.psi_take = np.concatenate(
+            [np.searchsorted(self.psi_cuts, g) for g in group_starts] or [np.empty(0, np.int64)]
+        ).astype(np.int64)
+        sizes = [g.size for g in group_starts]
+        self.psi_offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1].astype(np.int64)
+        rep = np.repeat(np.arange(len(pdets)), sizes) if pdets else np.empty(0, np.int64)
+        smooth = np.asarray([d.smoothing for d in pdets], dtype=np.float64)
+        self.psi_smooth = smooth[rep] if pdets else np.empty(0)
+        self.psi_nbins = np.asarray(sizes, dtype=np.float64)[rep] if pdets else np.empty(0)
+        self.psi_b = (
+            np.concatenate(
+                [
+                    (d._base + d.smoothing) / (d._base.sum() + d.smoothing * d._base.size)
+                    for d in pdets
+                ]
+            )
+            if pdets
+            else np.empty(0)
+        )
+        self.psi_min = np.asarray([d.psi_min for d in pdets], dtype=np.float64)
+        self.psi_crit = np.asarray([d._chi2_crit for d in pdets], dtype=np.float64)
+        self.psi_n = np.asarray([float(d._base.sum()) for d in pdets], dtype=np.float64)
+        # data_quality: the outcome counts of every item side by side.
+        self.q_cols = np.asarray([j for j, _ in qual], dtype=np.int64)
+        qdets: list[Any] = [it[0].merged[it[1]] for _, it in qual]
+        K = len(QUALITY_KINDS)
+        self.q_index = np.asarray([starts[it[2]] for _, it in qual], dtype=np.int64)[
+            :, None
+        ] + np.arange(K)
+        self.q_base = (
+            np.stack([d.baseline.counts.astype(np.float64) for d in qdets])
+            if qdets
+            else np.empty((0, K))
+        )
+        self.q_min = np.asarray([d.min_increase for d in qdets], dtype=np.float64)
+        self.q_crit = np.asarray([d._z_crit for d in qdets], dtype=np.float64)
+
+    def flags(self, totals: npt.NDArray[np.int64], closed: npt.NDArray[np.int64]) -> Any:
+        """``(C, items)`` bool: verdicts that may drift at each boundary."""
+        C = totals.shape[0]
+        out = np.zeros((C, len(self.items)), dtype=bool)
+        ready = (closed >= self.layout.ring_size)[:, None]
+        slack = 1.0 - _SCREEN_SLACK
+        if self.ks_cols.size:
+            d, m = ks_many(totals, self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
+            n = self.ks_n
+            n_eff = np.where(m > 0, n * m / (n + np.where(m > 0, m, 1.0)), 1.0)
+            threshold = np.maximum(self.ks_dmin, self.ks_crit / np.sqrt(n_eff))
+            out[:, self.ks_cols] = ready & (m > 0) & (d >= threshold * slack)
+        if self.psi_cols.size:
+            groups = np.add.reduceat(totals, self.psi_cuts, axis=1)[:, self.psi_take]
+            c = groups.astype(np.float64)
+            m = np.add.reduceat(c, self.psi_offsets, axis=1)
+            rep_m = np.repeat(m, np.diff(np.append(self.psi_offsets, c.shape[1])), axis=1)
+            w = (c + self.psi_smooth) / (rep_m + self.psi_smooth * self.psi_nbins)
+            value = np.add.reduceat((w - self.psi_b) * np.log(w / self.psi_b), self.psi_offsets, 1)
+            n = self.psi_n
+            n_eff = np.where(m > 0, n * m / (n + np.where(m > 0, m, 1.0)), 1.0)
+            threshold = np.maximum(self.psi_min, self.psi_crit / n_eff)
+            out[:, self.psi_cols] = ready & (m > 0) & (value >= threshold * slack)
+        if self.q_cols.size:
+            c = totals[:, self.q_index].astype(np.float64)  # (C, items, kinds)
+            m = c.sum(axis=-1, keepdims=True)
+            base = self.q_base
+            n = base.sum(axis=-1, keepdims=True)
+            safe_m = np.where(m > 0, m, 1.0)
+            p = (c + base) / (safe_m + n)
+            var = p * (1.0 - p) * (1.0 / safe_m + 1.0 / n)
+            rise = c / safe_m - base / n
+            z = np.where(var > 0, rise / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
+            hit = (rise >= self.q_min[:, None] * slack - _SCREEN_SLACK) & (
+                z >= self.q_crit[:, None] * slack
+            )
+            out[:, self.q_cols] = ready & (m[..., 0] > 0) & hit[..., 1:].any(axis=-1)
+        for j in self.other:
+            plan, i, seg = self.items[j]
+            a, b = int(self.layout.starts[seg]), int(self.layout.starts[seg + 1])
+            out[:, j] = plan.merged[i].drifts_many(totals[:, a:b], closed)
+        return out
 
 
 class DriftStage:
@@ -185,6 +412,13 @@ class DriftStage:
         # stage has folded in (it places the step boundaries of the verdicts).
         self.partition_count = 1
         self._seen = 0
+        self._layout: _Layout | None = None
+        self._screens: _Screens | None = None
+        # The last batch's rows grouped by partition (see _fold_rings) and its
+        # columns in that order (see _flat_bins).
+        self._order: tuple[npt.NDArray[np.intp] | None, dict[int, tuple[int, int]]] = (None, {})
+        self._gathered: dict[str, tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]] = {}
+        self._buffers: dict[str, npt.NDArray[Any]] = {}
         if baseline is None and spec.baseline.file is not None:
             try:
                 baseline = load_baseline(spec.baseline.file)
@@ -262,6 +496,8 @@ class DriftStage:
                     plan.merged.append(make())
                     plan.outcome.append(det_name == "data_quality")
             self._plans.append(plan)
+        self._layout = None if self._time_window else _Layout.plan(self._plans)
+        self._screens = None if self._layout is None else _Screens(self._layout)
         self._partitions.clear()
         log.info(
             "stream %s: baseline %s ready (%d fields)",
@@ -273,7 +509,7 @@ class DriftStage:
     def _partition(self, partition: int) -> _PartitionDetectors:
         found = self._partitions.get(partition)
         if found is None:
-            found = self._partitions[partition] = _PartitionDetectors(self._plans)
+            found = self._partitions[partition] = _PartitionDetectors(self._plans, self._layout)
         return found
 
     # -- processing ----------------------------------------------------------------
@@ -323,7 +559,8 @@ class DriftStage:
         cuts: list[int] = []
         step = self.spec.window.step
         if not self._time_window and step:
-            first_cut = step - self._seen % step
+            seen = self._seen if self._layout is None else self._position()
+            first_cut = step - seen % step
             cuts = list(range(first_cut, n + 1, step))
         self._seen += n
         bounds = [0, *cuts]
@@ -339,26 +576,16 @@ class DriftStage:
         # Per field, the bins of every row (garbage where the value is not valid) and,
         # for a data_quality detector, every row's outcome code.
         binned: list[tuple[_FieldPlan, Any, Any, Any, Any]] = []
-        violations = None
-        for plan in self._plans:
-            valid = batch.valid[plan.name]
-            column = batch.columns[plan.name]
-            if plan.numeric:
-                bins = plan.baseline.bin_index(np.where(valid, column, 0.0))
-            else:
-                names = self.decoder.vocabularies[plan.name].names()
-                bins = plan.category_bins(np.where(valid, column, 0), names)
-            codes = None
-            if any(plan.outcome):
-                if violations is None:
-                    violations = violation_kinds(batch)
-                codes = outcome_codes(batch, plan.name, valid, bins, plan.baseline, violations)
-            binned.append((plan, valid, bins, column, codes))
         findings: list[Finding] = []
         due: set[tuple[str, int]] = set()
-        if not self._time_window and not self._keeps_values():
-            findings = self._fold_and_judge(binned, rows_of, cuts, offsets, times_all)
+        if self._layout is not None:
+            findings = self._fold_rings(batch, rows_of, cuts, offsets, times_all)
             bounds = []  # done: skip the sub-batch loop below
+        else:
+            binned = self._bin_fields(batch)
+            if not self._time_window and not self._keeps_values():
+                findings = self._fold_and_judge(binned, rows_of, cuts, offsets, times_all)
+                bounds = []  # done: skip the sub-batch loop below
         for j in range(len(bounds) - 1):
             lo, hi = bounds[j], bounds[j + 1]
             for partition, rows in rows_of.items():
@@ -404,29 +631,33 @@ class DriftStage:
                 due.clear()
         # ADWIN per partition over the whole batch (its change points carry their own
         # positions, so it needs no step boundaries).
-        clean: dict[tuple[str, int], Finding] = {}
-        for plan, valid, _, column, _ in binned:
-            if not plan.raw:
+        clean: dict[tuple[str, int], Any] = {}
+        if self._layout is not None:
+            shares = self._ordered_shares(batch, offsets, times_all)
+        else:
+            shares = _raw_shares(binned, rows_of, offsets, times_all)
+        # One compiled ADWIN call per partition for all its fields (update_many); a
+        # finding is built for a change, and for one partition per field (the last)
+        # when there is none.
+        jobs: list[tuple[Any, ...]] = [
+            (plan, partition, r, det, values, times, offs)
+            for plan, partition, values, times, offs in shares
+            for r, det in enumerate(self._partition(partition).raw[plan.name])
+        ]
+        befores = [float(getattr(job[3], "estimation", math.nan)) for job in jobs]
+        changes = _update_adwins(jobs)
+        for job, before, changed in zip(jobs, befores, changes, strict=True):
+            plan, partition, r, det, values, times, offs = job
+            if changed is None:
                 continue
-            for partition, rows in rows_of.items():
-                idx = np.flatnonzero(valid) if rows is None else rows[valid[rows]]
-                if idx.size == 0:
-                    continue
-                values = column[idx]
-                times = None if times_all is None else times_all[idx]
-                offs = None if offsets is None else offsets[idx]
-                for r, det in enumerate(self._partition(partition).raw[plan.name]):
-                    before = float(getattr(det, "estimation", math.nan))
-                    for f in det.update(values, times):
-                        if f.drift:
-                            findings.append(
-                                _locate_change(f, partition, before, values, offs, times)
-                            )
-                        else:  # one clean finding per field and batch is enough
-                            clean[(plan.name, r)] = _locate_change(
-                                f, partition, before, values, offs, times
-                            )
-        findings.extend(clean.values())
+            if changed:
+                f = det.finding(changed, times)
+                findings.append(_locate_change(f, partition, before, values, offs, times))
+            else:  # one clean finding per field and batch is enough
+                clean[(plan.name, r)] = (det, partition, before, values, offs, times)
+        for det, partition, before, values, offs, times in clean.values():
+            f = det.finding(0, times)
+            findings.append(_locate_change(f, partition, before, values, offs, times))
         if not self.judge:
             findings = []  # the stream's judge reports this replica's changes from checkpoints
         else:
@@ -434,8 +665,244 @@ class DriftStage:
             self._remote_findings = []
         baseline_id = self.baseline.id
         return [
-            dataclasses.replace(f, stream=self.spec.name, baseline_id=baseline_id) for f in findings
+            f
+            if f.stream == self.spec.name and f.baseline_id == baseline_id
+            else _evolve_finding(f, stream=self.spec.name, baseline_id=baseline_id)
+            for f in findings
         ]
+
+    def _position(self) -> int:
+        """The stream position the step boundaries count from: the events folded into
+        this process's partitions' windows (checkpointed with them, so a restart
+        continues the same boundaries)."""
+        total = 0
+        for dets in self._partitions.values():
+            ring = dets.ring
+            if ring is not None:
+                total += ring.closed * ring.step + ring.open_n
+        return total
+
+    def _fold_rings(
+        self,
+        batch: Batch,
+        rows_of: dict[int, npt.NDArray[np.intp] | None],
+        cuts: list[int],
+        offsets: npt.NDArray[np.int64] | None,
+        times_all: npt.NDArray[np.float64] | None,
+    ) -> list[Finding]:
+        """Shared count windows: fold every partition's share of the batch into its
+        ring (one compiled pass for all fields), then judge the stream at each step
+        boundary from the partitions' windows added there."""
+        layout, screens = self._layout, self._screens
+        assert layout is not None and screens is not None
+        T = layout.width
+        n = batch.n
+        # Rows grouped by partition (each partition's rows stay in batch order), so
+        # each partition's fold reads one stretch of the flat bins.
+        order: npt.NDArray[np.intp] | None = None
+        bounds: dict[int, tuple[int, int]] = {}
+        if len(rows_of) == 1:
+            bounds = {next(iter(rows_of)): (0, n)}
+        else:
+            parts = []
+            at = 0
+            for partition, rows in rows_of.items():
+                assert rows is not None
+                bounds[partition] = (at, at + rows.size)
+                at += rows.size
+                parts.append(rows)
+            order = np.concatenate(parts)
+        self._order = (order, bounds)
+        flat = self._flat_bins(batch, layout, order)
+        judging = self.judge and bool(cuts)
+        cut_arr = np.asarray(cuts if judging else [], dtype=np.int64)
+        C = int(cut_arr.size)
+        totals = self._scratch("totals", (C, T), np.int64)
+        totals.fill(0)
+        closed = np.zeros(C, dtype=np.int64)
+        touched = {p: self._partition(p).ring for p in rows_of}
+        if judging:  # windows the batch does not move count at every boundary as they are
+            for slot, ring in self._rings():
+                if slot not in touched or slot in self._remote:
+                    totals += ring.total
+                    closed = np.maximum(closed, ring.closed)
+        where: dict[int, CutSpans] = {}
+        for partition, (lo, hi) in bounds.items():
+            moving = touched[partition]
+            assert moving is not None
+            positions = np.arange(n) if order is None else order[lo:hi]
+            where[partition] = moving.fold(
+                flat[:, lo:hi], positions, offsets, times_all, cut_arr, totals, closed
+            )
+        if not judging:
+            return []
+        flags = screens.flags(totals, closed)
+        flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
+        last = C - 1
+        findings: list[Finding] = []
+        spans: dict[tuple[int, int, int], WindowBounds | None] = {}
+        still: dict[int, CutSpans] = {}
+        rings = self._rings()
+        for j, c in zip(*np.nonzero(flags.T), strict=True):
+            plan, i, seg = layout.items[j]
+            merged = plan.merged[i]
+            a, b = int(layout.starts[seg]), int(layout.starts[seg + 1])
+            merged.load_counts(totals[c, a:b].copy(), int(closed[c]))
+            finding = merged.evaluate()
+            if finding is None or not (finding.drift or c == last):
+                continue
+            located = []
+            for slot, ring in rings:
+                key = (slot, int(c), seg)
+                if key not in spans:
+                    moved = where.get(slot)
+                    if moved is not None:
+                        spans[key] = _part(slot, moved.span_at(int(c), seg))
+                    else:  # a window this batch did not move: as it is
+                        if slot not in still:
+                            still[slot] = ring.spans()
+                        spans[key] = _part(slot, still[slot].span_at(0, seg))
+                located.append(spans[key])
+            categories = [] if plan.outcome[i] else self._category_names(plan)
+            findings.append(
+                _with_evidence(finding, located, plan, categories, totals[c, a:b], **self._labels())
+            )
+        return findings
+
+    def _labels(self) -> dict[str, Any]:
+        """What every finding of this stage carries: the stream and the baseline id."""
+        assert self.baseline is not None
+        return {"stream": self.spec.name, "baseline_id": self.baseline.id}
+
+    def _scratch(self, name: str, shape: tuple[int, int], dtype: Any) -> npt.NDArray[Any]:
+        """A working array of ``shape``, reused from batch to batch (a fresh megabyte
+        array per batch costs its page faults every time)."""
+        rows, cols = shape
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] < cols:
+            size = (max(rows, 1 if buf is None else buf.shape[0]), max(cols, 1))
+            buf = self._buffers[name] = np.empty(size, dtype=dtype)
+        # A view of the leading rows and columns (row-major: contiguous per row).
+        return buf[:rows, :cols]
+
+    def _rings(self) -> list[tuple[int, WindowRing]]:
+        out = [(s, p.ring) for s, p in self._partitions.items() if p.ring is not None]
+        out += [(s, p.ring) for s, p in self._remote.items() if p.ring is not None]
+        return out
+
+    def _bin_fields(self, batch: Batch) -> list[tuple[_FieldPlan, Any, Any, Any, Any]]:
+        """Per field, the bins of every row (garbage where the value is not valid) and,
+        for a data_quality detector, every row's outcome code."""
+        binned: list[tuple[_FieldPlan, Any, Any, Any, Any]] = []
+        violations = None
+        for plan in self._plans:
+            valid = batch.valid[plan.name]
+            column = batch.columns[plan.name]
+            if plan.numeric:
+                bins = plan.baseline.bin_index(np.where(valid, column, 0.0))
+            else:
+                names = self.decoder.vocabularies[plan.name].names()
+                bins = plan.category_bins(np.where(valid, column, 0), names)
+            codes = None
+            if any(plan.outcome):
+                if violations is None:
+                    violations = violation_kinds(batch)
+                codes = outcome_codes(batch, plan.name, valid, bins, plan.baseline, violations)
+            binned.append((plan, valid, bins, column, codes))
+        return binned
+
+    def _flat_bins(
+        self, batch: Batch, layout: _Layout, order: npt.NDArray[np.intp] | None
+    ) -> npt.NDArray[np.int32]:
+        """Every row's flat bin in each segment of the shared window row, shape
+        ``(segments, n)``, rows taken in ``order`` (grouped by partition; None: as
+        they are); the row width ``T`` where the value does not count. Keeps the
+        reordered columns for the raw-value detectors (``_ordered_shares``)."""
+        T = layout.width
+        flat = self._scratch("flat", (layout.starts.size - 1, batch.n), np.int32)
+        violations = None
+        flagged = {v.field for v in batch.violations} if batch.violations else set()
+        self._gathered = {}
+        every = None  # one all-valid mask for the fields with no invalid value
+        for plan in self._plans:
+            valid = batch.valid[plan.name]
+            column = batch.columns[plan.name]
+            whole = bool(valid.all())
+            if whole:
+                if every is None:
+                    every = np.ones(batch.n, dtype=bool)
+                valid = every
+            if order is not None:
+                column = column[order]
+                if not whole:
+                    valid = valid[order]
+            self._gathered[plan.name] = (column, valid)
+            seg = layout.fine.get(plan.name)
+            q = layout.quality.get(plan.name)
+            bins = None
+            if seg is not None and plan.numeric:
+                assert isinstance(plan.baseline, NumericBaseline)
+                plan.baseline.bin_into(column, valid, flat[seg], int(layout.starts[seg]), T)
+            elif not plan.numeric:
+                names = self.decoder.vocabularies[plan.name].names()
+                bins = plan.category_bins(np.where(valid, column, 0), names)
+                if seg is not None:
+                    flat[seg] = np.where(valid, bins + layout.starts[seg], T)
+            if q is None:
+                continue
+            qs = int(layout.starts[q])
+            if plan.numeric and plan.name not in flagged:
+                if whole:
+                    flat[q] = qs  # ok
+                else:
+                    flat[q] = np.where(valid, qs, qs + 1)  # ok or null
+                continue
+            if violations is None:
+                violations = violation_kinds(batch)
+            codes = outcome_codes(
+                batch,
+                plan.name,
+                batch.valid[plan.name],
+                np.zeros(batch.n, np.int64) if bins is None else _unorder(bins, order),
+                plan.baseline,
+                violations,
+            )
+            flat[q] = (codes if order is None else codes[order]) + qs
+        return flat
+
+    def _ordered_shares(
+        self,
+        batch: Batch,
+        offsets: npt.NDArray[np.int64] | None,
+        times_all: npt.NDArray[np.float64] | None,
+    ) -> list[_Share]:
+        """``_raw_shares`` from the columns ``_flat_bins`` grouped by partition."""
+        out: list[_Share] = []
+        order, bounds = self._order
+        offs_o = None if offsets is None else offsets if order is None else offsets[order]
+        times_o = None if times_all is None else times_all if order is None else times_all[order]
+        for plan in self._plans:
+            if not plan.raw:
+                continue
+            column, valid = self._gathered[plan.name]
+            for partition, (lo, hi) in bounds.items():
+                ok = valid[lo:hi]
+                if ok.all():
+                    sel: Any = slice(lo, hi)
+                else:
+                    sel = lo + np.flatnonzero(ok)
+                    if sel.size == 0:
+                        continue
+                out.append(
+                    (
+                        plan,
+                        partition,
+                        column[sel],
+                        None if times_o is None else times_o[sel],
+                        None if offs_o is None else offs_o[sel],
+                    )
+                )
+        return out
 
     def _keeps_values(self) -> bool:
         return any(
@@ -541,7 +1008,8 @@ class DriftStage:
             for s, det in self._slots(plan, index)
         ]
         categories = [] if plan.outcome[index] else self._category_names(plan)
-        return _with_evidence(finding, slots, plan, categories)
+        spans, counts = _spans_and_counts(slots, categories)
+        return _with_evidence(finding, spans, plan, categories, counts)
 
     def _judge(
         self, plan: _FieldPlan, index: int, merged: Any, evidence: bool = True
@@ -572,7 +1040,8 @@ class DriftStage:
         slots = [(s, p.binned[plan.name][index]) for s, p in self._partitions.items()]
         slots += [(s, p.binned[plan.name][index]) for s, p in self._remote.items()]
         categories = [] if plan.outcome[index] else self._category_names(plan)
-        return _with_evidence(finding, slots, plan, categories)
+        spans, counts = _spans_and_counts(slots, categories)
+        return _with_evidence(finding, spans, plan, categories, counts)
 
     def _category_names(self, plan: _FieldPlan) -> list[str]:
         if isinstance(plan.baseline, CategoricalBaseline):
@@ -581,7 +1050,25 @@ class DriftStage:
 
     def evaluate(self) -> list[Finding]:
         """Stream-level verdicts of every binned detector on the windows as they are now."""
-        out = []
+        out: list[Finding] = []
+        if self._layout is not None:
+            rings = self._rings()
+            if not self._partitions or not rings:
+                return out
+            total = np.sum([r.total for _, r in rings], axis=0)
+            closed = max(r.closed for _, r in rings)
+            for plan, i, seg in self._layout.items:
+                a, b = int(self._layout.starts[seg]), int(self._layout.starts[seg + 1])
+                merged = plan.merged[i]
+                merged.load_counts(total[a:b].copy(), closed)
+                finding = merged.evaluate()
+                if finding is None:
+                    continue
+                categories = [] if plan.outcome[i] else self._category_names(plan)
+                spans = [(slot, ring.span(seg)) for slot, ring in rings]
+                finding = _with_evidence(finding, spans, plan, categories, total[a:b])
+                out.append(dataclasses.replace(finding, stream=self.spec.name))
+            return out
         for plan in self._plans:
             for i, merged in enumerate(plan.merged):
                 if self._partitions and (finding := self._judge(plan, i, merged)):
@@ -610,7 +1097,7 @@ class DriftStage:
                 partition,
                 exc,
             )
-            self._partitions[partition] = _PartitionDetectors(self._plans)
+            self._partitions[partition] = _PartitionDetectors(self._plans, self._layout)
 
     def drop_partition(self, partition: int) -> None:
         """Forget a partition this process no longer owns."""
@@ -629,7 +1116,7 @@ class DriftStage:
         for slot, state in states.items():
             if slot in self._partitions or state is None:
                 continue
-            dets = _PartitionDetectors(self._plans)
+            dets = _PartitionDetectors(self._plans, self._layout)
             try:
                 dets.restore(as_drift_state(state))
             except (ConfigError, ValueError, KeyError) as exc:
@@ -872,6 +1359,65 @@ def _adwin_share(kw: dict[str, Any], partitions: int) -> dict[str, Any]:
     return out
 
 
+_Share = tuple[
+    _FieldPlan,
+    int,
+    npt.NDArray[Any],
+    "npt.NDArray[np.float64] | None",
+    "npt.NDArray[np.int64] | None",
+]
+
+
+def _unorder(values: npt.NDArray[Any], order: npt.NDArray[np.intp] | None) -> npt.NDArray[Any]:
+    """``values`` taken in ``order`` put back in batch order."""
+    if order is None:
+        return values
+    out = np.empty_like(values)
+    out[order] = values
+    return out
+
+
+def _update_adwins(jobs: list[tuple[Any, ...]]) -> list[int | None]:
+    """Fold each job's values into its raw-value detector: ADWINs of one partition
+    with one compiled call, others one by one; the changes each found (None: a
+    detector without ``finding``, whose findings are not reported here)."""
+    out: list[int | None] = [None] * len(jobs)
+    groups: dict[int, list[int]] = {}
+    for k, job in enumerate(jobs):
+        det = job[3]
+        if isinstance(det, ADWIN):
+            groups.setdefault(job[1], []).append(k)
+        else:
+            det.update(job[4], job[5])
+    for ks in groups.values():
+        found = update_many([jobs[k][3] for k in ks], [jobs[k][4] for k in ks])
+        for k, n in zip(ks, found, strict=True):
+            out[k] = n
+    return out
+
+
+def _raw_shares(
+    binned: list[tuple[_FieldPlan, Any, Any, Any, Any]],
+    rows_of: dict[int, npt.NDArray[np.intp] | None],
+    offsets: npt.NDArray[np.int64] | None,
+    times_all: npt.NDArray[np.float64] | None,
+) -> list[_Share]:
+    """Per field with raw-value detectors and partition: the valid values, their
+    event times and offsets, in event order."""
+    out: list[_Share] = []
+    for plan, valid, _, column, _ in binned:
+        if not plan.raw:
+            continue
+        for partition, rows in rows_of.items():
+            idx = np.flatnonzero(valid) if rows is None else rows[valid[rows]]
+            if idx.size == 0:
+                continue
+            times = None if times_all is None else times_all[idx]
+            offs = None if offsets is None else offsets[idx]
+            out.append((plan, partition, column[idx], times, offs))
+    return out
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
 
@@ -921,51 +1467,85 @@ def _locate_change(
     )
 
 
+def _part(
+    slot: int, span: tuple[int, int | None, int | None, float | None, float | None]
+) -> WindowBounds | None:
+    """One partition's window as evidence (None when it holds no events)."""
+    events, first, last, start, end = span
+    if not events:
+        return None
+    return WindowBounds(events, first, last, start, end, slot)
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _evolve(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` for the frozen values built per verdict, a few times
+    cheaper (field names cached per class, no validation pass)."""
+    names = _FIELDS.get(type(obj))
+    if names is None:
+        names = _FIELDS[type(obj)] = tuple(f.name for f in dataclasses.fields(obj))
+    return type(obj)(*[changes[n] if n in changes else getattr(obj, n) for n in names])
+
+
+def _evolve_finding(finding: Finding, **changes: Any) -> Finding:
+    out: Finding = _evolve(finding, **changes)
+    return out
+
+
 def _with_evidence(
-    finding: Finding, slots: list[tuple[int, Any]], plan: _FieldPlan, categories: list[str]
+    finding: Finding,
+    spans: list[tuple[int, tuple[int, int | None, int | None, float | None, float | None]]]
+    | list[WindowBounds | None],
+    plan: _FieldPlan,
+    categories: list[str],
+    counts: npt.NDArray[np.int64] | None = None,
+    **extra: Any,
 ) -> Finding:
-    """A stream verdict with the span of each partition's window and, for a
-    categorical field, the categories contributing most and the unseen rate."""
-    parts = []
-    for slot, det in slots:
-        events, first, last, start, end = det.span()
-        if events:
-            parts.append(
-                WindowBounds(
-                    events=events,
-                    first_offset=first,
-                    last_offset=last,
-                    start_time=start,
-                    end_time=end,
-                    partition=slot,
-                )
-            )
+    """A stream verdict with each partition's window (``(slot, (events, first offset,
+    last offset, start time, end time))``, or already as ``WindowBounds``) and, for a
+    categorical field, the categories contributing most and the unseen rate (from the
+    stream window's ``counts``); ``extra`` sets other fields (stream, baseline id)."""
+    parts: list[WindowBounds] = []
+    for item in spans:
+        part = item if item is None or isinstance(item, WindowBounds) else _part(*item)
+        if part is not None:
+            parts.append(part)
     starts = [p.start_time for p in parts if p.start_time is not None]
     ends = [p.end_time for p in parts if p.end_time is not None]
-    window = dataclasses.replace(
-        finding.window,
-        start_time=min(starts) if starts else finding.window.start_time,
-        end_time=max(ends) if ends else finding.window.end_time,
+    w = finding.window
+    one = parts[0] if len(parts) == 1 else None
+    window = WindowBounds(
+        w.events,
+        w.first_offset if one is None else one.first_offset,
+        w.last_offset if one is None else one.last_offset,
+        min(starts) if starts else w.start_time,
+        max(ends) if ends else w.end_time,
+        w.partition if one is None else one.partition,
     )
-    if len(parts) == 1:
-        window = dataclasses.replace(
-            window,
-            first_offset=parts[0].first_offset,
-            last_offset=parts[0].last_offset,
-            partition=parts[0].partition,
-        )
     top: tuple[tuple[str, float], ...] = ()
     details = finding.details
-    if categories:
-        counts = np.zeros(len(categories) + 1, np.int64)
-        for _, det in slots:
-            counts += det.window_counts
+    if categories and counts is not None:
         top, unseen = _category_contributions(counts, plan.baseline, categories)
         if "unseen_rate" not in dict(details):
             details = (*details, ("unseen_rate", unseen))
-    return dataclasses.replace(
-        finding, window=window, partitions=tuple(parts), top=top, details=details
+    return _evolve_finding(
+        finding, window=window, partitions=tuple(parts), top=top, details=details, **extra
     )
+
+
+def _spans_and_counts(
+    slots: list[tuple[int, Any]], categories: list[str]
+) -> tuple[list[tuple[int, Any]], npt.NDArray[np.int64] | None]:
+    """Per-detector windows' spans, and their counts added (categorical fields)."""
+    spans = [(slot, det.span()) for slot, det in slots]
+    if not categories:
+        return spans, None
+    counts = np.zeros(len(categories) + 1, np.int64)
+    for _, det in slots:
+        counts += det.window_counts
+    return spans, counts
 
 
 def _category_contributions(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -524,18 +525,36 @@ def output_topics(config: Config) -> list[str]:
     return list(dict.fromkeys(topics))
 
 
+_GAUGES: weakref.WeakKeyDictionary[Metrics, dict[tuple[str, str, str], list[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def record_findings(metrics: Metrics, findings: Sequence[Finding]) -> None:
     """The drift gauges and ADWIN's change counter, from a batch's findings."""
     m = metrics
+    # The labelled gauges of each (stream, subject, detector), looked up once: a batch
+    # reports ~4 findings per field and ``labels()`` costs a lock and a validation.
+    children = _GAUGES.setdefault(m, {})
     for f in findings:
         if f.kind == "entity":  # per-device: the fleet stage keeps its own metrics
             continue
         labels = (f.stream, f.subject, f.detector)
-        m.drift_statistic.labels(*labels).set(f.statistic)
-        m.drift_threshold.labels(*labels).set(f.threshold)
+        found = children.get(labels)
+        if found is None:
+            found = children[labels] = [
+                m.drift_statistic.labels(*labels),
+                m.drift_threshold.labels(*labels),
+                m.drift_detected.labels(*labels),
+                None,  # the p-value's, made at the first p-value (none for ADWIN)
+            ]
+        found[0].set(f.statistic)
+        found[1].set(f.threshold)
         if f.p_value is not None:
-            m.drift_p_value.labels(*labels).set(f.p_value)
-        m.drift_detected.labels(*labels).set(1 if f.drift else 0)
+            if found[3] is None:
+                found[3] = m.drift_p_value.labels(*labels)
+            found[3].set(f.p_value)
+        found[2].set(1 if f.drift else 0)
         if f.detector == "adwin" and f.drift:
             m.adwin_changes.labels(f.stream, f.subject).inc(dict(f.details).get("changes", 1.0))
 

@@ -52,6 +52,11 @@ failure in the group's very first batches can be skipped over by later commits.
 offset + 1 per partition). Run the agent with ``concurrency=1`` (the default): the
 detectors need each partition's events in order.
 
+Partition counts: windows count events of the whole stream, so each stream needs
+its topics' partition counts. Give them (``partitions={"iot.sensors": 12}``) or let
+the monitor read them from the app's consumer (``app.consumer.topic_partitions``)
+at the stream's first batch (and at later ones until the metadata knows them).
+
 Metrics go to ``registry`` (a fresh one by default); ``attach`` serves them on the
 configuration's ``metrics.listen`` address when ``metrics.enabled`` (``/metrics``,
 ``/healthz``, ``/readyz``), from worker start to worker stop.
@@ -149,6 +154,7 @@ class FaustMonitor:
         app: Any = None,
         drift: bool = True,
         flush_timeout: float = 30.0,
+        partitions: dict[str, int] | None = None,
     ) -> None:
         self.config = config
         self.metrics = Metrics(registry)
@@ -162,6 +168,10 @@ class FaustMonitor:
             self.pipelines, self.metrics, self.findings_handler, self.stats
         )
         self.server: MetricsServer | None = None
+        # Partition count per topic (given, or read from the app's consumer): stream
+        # windows count events of the whole stream (see monitor.pipeline.drift).
+        self.partitions = dict(partitions or {})
+        self._sized: set[str] = set()
         self._declared = False
         self._healthy = True
         self.metrics.ready.set(0)
@@ -184,6 +194,8 @@ class FaustMonitor:
             raise ValueError(f"topic {topic!r} is not in any configured stream")
         if not events:
             return BatchResult(stream=pipeline.spec.name, events=0, accepted=0, rejected={})
+        if pipeline.spec.name not in self._sized:
+            self._size(pipeline)
         try:
             prepared = self.transaction.prepare([to_raw_batch(topic, events)], t0)
             await self._deliver(list(prepared.out))
@@ -200,6 +212,26 @@ class FaustMonitor:
         self.metrics.ready.set(1)
         (result,) = prepared.results
         return result
+
+    def partition_count(self, topic: str) -> int | None:
+        """``topic``'s partition count: given to the constructor, else from the Faust
+        app's consumer metadata (None while it does not know the topic)."""
+        if topic in self.partitions:
+            return self.partitions[topic]
+        consumer = getattr(self.app, "consumer", None)
+        try:
+            count = None if consumer is None else consumer.topic_partitions(topic)
+        except Exception:  # the app's transport may not know the topic yet
+            count = None
+        return int(count) if count else None
+
+    def _size(self, pipeline: Any) -> None:
+        """Give ``pipeline`` its stream's partition count once every topic's is known."""
+        counts = [self.partition_count(t) for t in pipeline.spec.all_topics]
+        if any(c is None for c in counts):
+            return  # asked again with the next batch
+        pipeline.set_partition_count(sum(c for c in counts if c is not None))
+        self._sized.add(pipeline.spec.name)
 
     async def _deliver(self, out: list[OutMessage]) -> None:
         if not out:
@@ -295,14 +327,17 @@ def attach(
     sink: MessageSink | None = None,
     serve_metrics: bool = True,
     agent_name: str | None = None,
+    partitions: dict[str, int] | None = None,
 ) -> FaustMonitor:
     """Declare on ``app`` an agent that feeds ``topic_name`` to driftwarden; return the monitor.
 
     The topic is read as raw bytes. Batches are up to ``batch_size`` events, or what
     arrived within ``within`` seconds. With ``serve_metrics`` (and
     ``config.metrics.enabled``) the worker serves the metrics while it runs.
+    ``partitions`` (topic -> partition count) sizes the stream windows; without it
+    the count is read from the app's consumer metadata at the first batch.
     """
-    monitor = FaustMonitor(config, registry=registry, sink=sink, app=app)
+    monitor = FaustMonitor(config, registry=registry, sink=sink, app=app, partitions=partitions)
     if topic_name not in monitor.pipelines:
         raise ConfigError(f"topic {topic_name!r} is not in any configured stream")
     topic = app.topic(

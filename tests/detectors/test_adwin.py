@@ -225,3 +225,27 @@ def test_bad_values_are_rejected() -> None:
         det.update(np.zeros((2, 2)))
     with pytest.raises(DetectorError, match="times"):
         det.update(np.zeros(3), times=np.zeros(2))
+
+
+def test_update_many_is_update_of_each() -> None:
+    from detectors.adwin import ADWIN, update_many
+
+    rng = np.random.default_rng(11)
+    kw = {"mode": "subwindow", "subwindow": 50, "min_window_length": 200, "delta": 1e-3}
+    one = [ADWIN(**kw) for _ in range(5)]  # type: ignore[arg-type]
+    many = [ADWIN(**kw) for _ in range(5)]  # type: ignore[arg-type]
+    for step in range(30):
+        shift = 1.5 if step >= 15 else 0.0
+        batches = [rng.normal(shift * (i % 2), 1, int(rng.integers(0, 400))) for i in range(5)]
+        want = [int(f.statistic) for d, b in zip(one, batches, strict=True) for f in d.update(b)]
+        got = update_many(many, batches)
+        assert [g for g, b in zip(got, batches, strict=True) if b.size] == want
+        if step == 20:  # a restored instance leaves the shared arrays; the next call re-stacks
+            many[2].restore(many[2].state())
+        for a, b in zip(one, many, strict=True):
+            sa, sb = a.state(), b.state()
+            assert sa.keys() == sb.keys()
+            for k in sa:
+                assert np.array_equal(np.asarray(sa[k]), np.asarray(sb[k])), k
+            assert a.last_detections.tolist() == b.last_detections.tolist()
+    assert sum(d.n_detections for d in many) > 0

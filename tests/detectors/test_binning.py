@@ -43,3 +43,26 @@ def test_any_edges_and_values(edges: np.ndarray, values: np.ndarray) -> None:
     edges = np.sort(edges)
     got = EdgeIndex(edges).count_at_or_below(values)
     assert np.array_equal(got, np.searchsorted(edges, values, side="right"))
+
+
+@pytest.mark.parametrize("n_edges", [1, 7, 999])
+def test_count_into_a_column_with_shift_and_missing(n_edges: int) -> None:
+    rng = np.random.default_rng(n_edges)
+    edges = np.unique(rng.normal(size=n_edges * 3))[:n_edges]
+    values = rng.normal(size=5_000)
+    valid = rng.random(5_000) > 0.1
+    out = np.zeros((3, 5_000), np.int64)
+    EdgeIndex(edges).count_into(values, valid, out[1], 100, -7)
+    want = np.where(valid, np.searchsorted(edges, values, side="right") + 100, -7)
+    assert np.array_equal(out[1], want) and not out[0].any() and not out[2].any()
+
+
+@given(
+    hnp.arrays(np.float64, st.integers(1, 50), elements=finite, unique=True),
+    hnp.arrays(np.float64, st.integers(0, 50), elements=st.floats(width=64)),
+)
+def test_count_into_any_edges_and_values(edges: np.ndarray, values: np.ndarray) -> None:
+    edges = np.sort(edges)
+    out = np.empty(values.size, np.int64)
+    EdgeIndex(edges).count_into(values, np.ones(values.size, bool), out, 0, -1)
+    assert np.array_equal(out, np.searchsorted(edges, values, side="right"))

@@ -1,0 +1,403 @@
+"""One count window for many binned detectors: a ring of sub-windows x all their bins.
+
+A partition's binned detectors that share a count window (the same ``R`` sub-windows
+of ``S`` events) keep their bins side by side in one flat row of ``T`` bins: each
+detector input (a field's fine bins, a field's data-quality outcomes) is a *segment*
+``[starts[s], starts[s + 1])`` of that row. The ring is ``R`` such rows, so
+
+* a partition's share of a batch folds in with one compiled pass over its events
+  for every segment at once (``fold``);
+* the window total of every segment is one row ``total`` (shape ``(T,)``), and the
+  windows of several partitions add by adding rows;
+* sub-windows count the partition's *events* (every event, whatever its fields hold):
+  a field's window holds its valid values among the window's events, and all
+  segments close their sub-windows together, so one span (offsets, event times) per
+  slot locates every field's window.
+
+``fold`` also adds, at each given batch position (the stream's step boundaries), the
+window total as it stood there into a ``(C, T)`` matrix: summed over the partitions
+that is the stream's window at every step boundary, which is how verdicts are taken
+at every step however large the batch.
+
+>>> import numpy as np
+>>> ring = WindowRing(np.array([0, 3, 5]), ring_size=2, step=2)   # 2 segments, 5 bins
+>>> flat = np.array([[0, 1, 0, 2, 1], [3, 3, 4, 4, 3]])   # bins of 5 events
+>>> totals, closed = np.zeros((2, 5), np.int64), np.zeros(2, np.int64)
+>>> where = ring.fold(flat, np.arange(5), np.arange(5), None, np.array([3, 5]), totals, closed)
+>>> totals.tolist(), closed.tolist()   # after 3 events one sub-window had closed
+([[1, 1, 0, 2, 0], [2, 1, 1, 2, 2]], [1, 2])
+>>> where.span_at(1, 0), ring.open_n
+((4, 0, 3, None, None), 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from detectors.base import DetectorError, FloatArray, IntArray
+
+__all__ = ["CutSpans", "WindowRing", "ks_many"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CutSpans:
+    """Where one partition's window lay at each step boundary of a batch.
+
+    ``events`` (shape ``(C, nseg)``): per boundary and segment, the counts in the
+    window; ``spans`` (``(C, 4)``): first and last offset (-1: unknown), earliest and
+    latest event time (NaN: unknown) of the window's events.
+    """
+
+    events: IntArray
+    spans: FloatArray
+
+    def span_at(
+        self, c: int, segment: int
+    ) -> tuple[int, int | None, int | None, float | None, float | None]:
+        """``(events, first offset, last offset, start time, end time)`` of segment
+        ``segment``'s window at boundary ``c``."""
+        return _span_tuple(int(self.events[c, segment]), self.spans[c])
+
+
+def _span_tuple(
+    events: int, span: FloatArray
+) -> tuple[int, int | None, int | None, float | None, float | None]:
+    first, last, start, end = span.tolist()
+    return (
+        events,
+        None if first < 0 else int(first),
+        None if last < 0 else int(last),
+        None if math.isnan(start) else start,
+        None if math.isnan(end) else end,
+    )
+
+
+@njit(cache=True, nogil=True)
+def _fold(
+    flat: npt.NDArray[np.int32],
+    positions: IntArray,
+    offsets: IntArray,
+    has_offsets: bool,
+    times: FloatArray,
+    has_times: bool,
+    ring: npt.NDArray[np.int32],
+    total: IntArray,
+    open_: IntArray,
+    segment_counts: IntArray,
+    open_segments: IntArray,
+    off: IntArray,
+    tspan: FloatArray,
+    scalars: IntArray,
+    step: int,
+    cuts: IntArray,
+    out_totals: IntArray,
+    out_closed: IntArray,
+    cut_events: IntArray,
+    cut_spans: FloatArray,
+) -> None:  # pragma: no cover - compiled
+    R, T = ring.shape
+    nseg = flat.shape[0]
+    open_n, pos, closed = scalars[0], scalars[1], scalars[2]
+    C = cuts.size
+    m = positions.size
+    ci = 0
+    for j in range(m + 1):
+        r = positions[j] if j < m else np.iinfo(np.int64).max
+        while ci < C and cuts[ci] <= r:  # the state after the first cuts[ci] batch rows
+            for t in range(T):
+                out_totals[ci, t] += total[t]
+            if closed > out_closed[ci]:
+                out_closed[ci] = closed
+            first, last = -1, -1
+            lo, hi = np.nan, np.nan
+            for k in range(R):
+                for s in range(nseg):
+                    cut_events[ci, s] += segment_counts[k, s]
+                if off[k, 0] >= 0:
+                    if first < 0 or off[k, 0] < first:
+                        first = off[k, 0]
+                    if off[k, 1] > last:
+                        last = off[k, 1]
+                if not np.isnan(tspan[k, 0]):
+                    if np.isnan(lo) or tspan[k, 0] < lo:
+                        lo = tspan[k, 0]
+                    if np.isnan(hi) or tspan[k, 1] > hi:
+                        hi = tspan[k, 1]
+            cut_spans[ci, 0] = first
+            cut_spans[ci, 1] = last
+            cut_spans[ci, 2] = lo
+            cut_spans[ci, 3] = hi
+            ci += 1
+        if j == m:
+            break
+        for s in range(nseg):
+            b = flat[s, j]
+            if b < T:
+                open_[b] += 1
+                open_segments[s] += 1
+        if has_offsets:
+            if off[R, 0] < 0:
+                off[R, 0] = offsets[r]
+            off[R, 1] = offsets[r]
+        if has_times:
+            x = times[r]
+            if not np.isnan(x):
+                if np.isnan(tspan[R, 0]) or x < tspan[R, 0]:
+                    tspan[R, 0] = x
+                if np.isnan(tspan[R, 1]) or x > tspan[R, 1]:
+                    tspan[R, 1] = x
+        open_n += 1
+        if open_n == step:  # the filling sub-window closes: it replaces the oldest
+            for t in range(T):
+                v = open_[t]
+                total[t] += v - ring[pos, t]
+                ring[pos, t] = v
+                open_[t] = 0
+            for s in range(nseg):
+                segment_counts[pos, s] = open_segments[s]
+                open_segments[s] = 0
+            off[pos, 0] = off[R, 0]
+            off[pos, 1] = off[R, 1]
+            off[R, 0] = -1
+            off[R, 1] = -1
+            tspan[pos, 0] = tspan[R, 0]
+            tspan[pos, 1] = tspan[R, 1]
+            tspan[R, 0] = np.nan
+            tspan[R, 1] = np.nan
+            pos = (pos + 1) % R
+            closed += 1
+            open_n = 0
+    scalars[0], scalars[1], scalars[2] = open_n, pos, closed
+
+
+class WindowRing:
+    """One partition's count window over segments of a flat bin row.
+
+    ``starts``: int64, shape ``(nseg + 1,)``, ascending, ``starts[0] = 0``, the last
+    is the row width ``T``. ``ring_size`` (``R``) sub-windows of ``step`` (``S``)
+    events of the partition each.
+    """
+
+    def __init__(self, starts: IntArray, ring_size: int, step: int) -> None:
+        if ring_size < 1 or step < 1:
+            raise DetectorError(f"need ring_size >= 1 and step >= 1, got {ring_size}, {step}")
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.width = int(self.starts[-1])
+        self.ring_size = int(ring_size)
+        self.step = int(step)
+        self._reset()
+
+    def _reset(self) -> None:
+        R, T, nseg = self.ring_size, self.width, self.starts.size - 1
+        self.ring = np.zeros((R, T), dtype=np.int32)
+        self.segment_counts = np.zeros((R, nseg), dtype=np.int64)
+        self.total = np.zeros(T, dtype=np.int64)
+        self.open = np.zeros(T, dtype=np.int64)
+        self.open_segments = np.zeros(nseg, dtype=np.int64)
+        # open_n (events in the filling sub-window), pos (next slot to overwrite, the
+        # oldest), closed (sub-windows closed so far).
+        self._scalars = np.zeros(3, dtype=np.int64)
+        # Per slot [first offset, last offset] (-1: unknown) and [earliest, latest]
+        # event time (NaN: unknown); row R is the filling sub-window.
+        self.off = np.full((R + 1, 2), -1, dtype=np.int64)
+        self.tspan = np.full((R + 1, 2), np.nan, dtype=np.float64)
+
+    @property
+    def open_n(self) -> int:
+        return int(self._scalars[0])
+
+    @property
+    def pos(self) -> int:
+        return int(self._scalars[1])
+
+    @property
+    def closed(self) -> int:
+        return int(self._scalars[2])
+
+    @property
+    def ready(self) -> bool:
+        return self.closed >= self.ring_size
+
+    def fold(
+        self,
+        flat: npt.NDArray[np.int32],
+        positions: IntArray,
+        offsets: IntArray | None,
+        times: FloatArray | None,
+        cuts: IntArray,
+        out_totals: IntArray,
+        out_closed: IntArray,
+    ) -> CutSpans:
+        """Fold in this partition's events of a batch.
+
+        ``flat`` (``(nseg, m)``): each of these events' flat bin per segment (``T`` or
+        more: not counted); ``positions``: their rows in the batch, ascending;
+        ``offsets`` / ``times`` (optional, the whole batch): Kafka offsets and event
+        times. At each batch position in ``cuts`` (ascending) the window total as it
+        stood there is added to ``out_totals`` (``(C, T)``) and ``out_closed`` (``(C,)``)
+        is raised to the sub-windows closed there; returns where the window lay.
+        """
+        C, nseg = int(cuts.size), self.starts.size - 1
+        events = np.zeros((C, nseg), dtype=np.int64)
+        spans = np.empty((C, 4), dtype=np.float64)
+        _fold(
+            flat,
+            np.ascontiguousarray(positions, dtype=np.int64),
+            _NO_OFFSETS if offsets is None else offsets,
+            offsets is not None,
+            _NO_TIMES if times is None else times,
+            times is not None,
+            self.ring,
+            self.total,
+            self.open,
+            self.segment_counts,
+            self.open_segments,
+            self.off,
+            self.tspan,
+            self._scalars,
+            self.step,
+            cuts,
+            out_totals,
+            out_closed,
+            events,
+            spans,
+        )
+        return CutSpans(events, spans)
+
+    def spans(self) -> CutSpans:
+        """Where the window lies now, every segment at once (one boundary)."""
+        R = self.ring_size
+        off, ts = self.off[:R], self.tspan[:R]
+        known = off[:, 0] >= 0
+        tk = ~np.isnan(ts[:, 0])
+        span = np.array(
+            [
+                off[known, 0].min() if known.any() else -1,
+                off[known, 1].max() if known.any() else -1,
+                ts[tk, 0].min() if tk.any() else np.nan,
+                ts[tk, 1].max() if tk.any() else np.nan,
+            ],
+            dtype=np.float64,
+        )
+        return CutSpans(self.segment_counts.sum(axis=0)[None, :], span[None, :])
+
+    def span(self, segment: int) -> tuple[int, int | None, int | None, float | None, float | None]:
+        """Where segment ``segment``'s window lies now: ``(events, first offset, last
+        offset, start time, end time)``."""
+        R = self.ring_size
+        off, ts = self.off[:R], self.tspan[:R]
+        known = off[:, 0] >= 0
+        tk = ~np.isnan(ts[:, 0])
+        span = np.array(
+            [
+                off[known, 0].min() if known.any() else -1,
+                off[known, 1].max() if known.any() else -1,
+                ts[tk, 0].min() if tk.any() else np.nan,
+                ts[tk, 1].max() if tk.any() else np.nan,
+            ],
+            dtype=np.float64,
+        )
+        return _span_tuple(int(self.segment_counts[:, segment].sum()), span)
+
+    # ------------------------------------------------------------------- state
+    def state(self) -> dict[str, Any]:
+        """Plain values and numpy arrays; ``restore`` continues exactly."""
+        return {
+            "starts": self.starts.copy(),
+            "step": self.step,
+            "ring": self.ring.copy(),
+            "segment_counts": self.segment_counts.copy(),
+            "total": self.total.copy(),
+            "open": self.open.copy(),
+            "open_segments": self.open_segments.copy(),
+            "open_n": self.open_n,
+            "pos": self.pos,
+            "closed": self.closed,
+            "off": self.off.copy(),
+            "tspan": self.tspan.copy(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state()`` of a ring built with the same arguments."""
+        starts = np.asarray(state["starts"], dtype=np.int64)
+        ring = np.asarray(state["ring"], dtype=np.int32)
+        if not np.array_equal(starts, self.starts) or ring.shape != self.ring.shape:
+            raise DetectorError("window state has another layout of bins (other detectors)")
+        if int(state["step"]) != self.step:
+            raise DetectorError(
+                f"window state has sub-windows of {state['step']}, this window needs {self.step}"
+            )
+        self.ring = ring.copy()
+        self.segment_counts = np.asarray(state["segment_counts"], dtype=np.int64).copy()
+        self.total = np.asarray(state["total"], dtype=np.int64).copy()
+        self.open = np.asarray(state["open"], dtype=np.int64).copy()
+        self.open_segments = np.asarray(state["open_segments"], dtype=np.int64).copy()
+        self._scalars = np.array(
+            [int(state["open_n"]), int(state["pos"]), int(state["closed"])], dtype=np.int64
+        )
+        self.off = np.asarray(state["off"], dtype=np.int64).reshape(-1, 2).copy()
+        self.tspan = np.asarray(state["tspan"], dtype=np.float64).reshape(-1, 2).copy()
+
+
+_NO_OFFSETS = np.empty(0, dtype=np.int64)
+_NO_TIMES = np.empty(0, dtype=np.float64)
+
+
+@njit(cache=True, nogil=True)
+def _ks_many(
+    totals: IntArray,
+    starts: IntArray,
+    cdf: FloatArray,
+    cdf_starts: IntArray,
+    d_out: FloatArray,
+    m_out: FloatArray,
+) -> None:  # pragma: no cover - compiled
+    C = totals.shape[0]
+    F = starts.size
+    for c in range(C):
+        for f in range(F):
+            a = starts[f]
+            b0 = cdf_starts[f]
+            inner = cdf_starts[f + 1] - b0
+            m = 0.0
+            for i in range(inner + 1):
+                m += totals[c, a + i]
+            m_out[c, f] = m
+            if m <= 0:
+                d_out[c, f] = 0.0
+                continue
+            run = 0.0
+            best = 0.0
+            for i in range(inner):
+                run += totals[c, a + i]
+                d = abs(run / m - cdf[b0 + i])
+                if d > best:
+                    best = d
+            d_out[c, f] = best
+
+
+def ks_many(
+    totals: IntArray, starts: IntArray, cdf: FloatArray, cdf_starts: IntArray
+) -> tuple[FloatArray, FloatArray]:
+    """Binned KS ``D`` (``ks.ks_from_counts``) and window size of many fields at many
+    positions: field ``f``'s ``B_f`` bins are ``totals[:, starts[f] : starts[f] + B_f]``
+    and its baseline CDF at the inner edges ``cdf[cdf_starts[f] : cdf_starts[f + 1]]``
+    (``B_f - 1`` values). Returns ``(D, m)``, each shape ``(C, F)``."""
+    C, F = totals.shape[0], starts.size
+    d = np.zeros((C, F), dtype=np.float64)
+    m = np.zeros((C, F), dtype=np.float64)
+    _ks_many(
+        np.ascontiguousarray(totals, dtype=np.int64),
+        np.ascontiguousarray(starts, dtype=np.int64),
+        np.ascontiguousarray(cdf, dtype=np.float64),
+        np.ascontiguousarray(cdf_starts, dtype=np.int64),
+        d,
+        m,
+    )
+    return d, m
