@@ -127,6 +127,11 @@ _CLS = operator.attrgetter("cls")
 _VALUE = operator.attrgetter("value")
 
 
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _norm(value: object) -> str:
     return "" if value is None else str(value)
 
@@ -152,11 +157,13 @@ class _Vocab:
         ``"None"`` (a JSON null) is read as ``none_as`` when given."""
         if not values:
             return np.empty(0, np.int64)
-        uniq, inverse = np.unique(np.asarray(values, dtype=np.str_), return_inverse=True)
-        names = [none_as if none_as is not None and u == "None" else u for u in uniq.tolist()]
-        lut = np.array([self.code(str(u)) for u in names], np.int64)
-        codes: npt.NDArray[np.int64] = lut[inverse.reshape(-1)]
-        return codes
+        # distinct values in sorted order (as np.unique did), without a fixed-width
+        # array as wide as the longest value times the batch
+        lut = {
+            u: self.code(none_as if none_as is not None and u == "None" else u)
+            for u in sorted(set(values))
+        }
+        return np.fromiter(map(lut.__getitem__, values), np.int64, len(values))
 
 
 @dataclasses.dataclass
@@ -555,6 +562,9 @@ class ModelStage:
             try:
                 rows.extend(map(decoder.decode, it))  # type: ignore[arg-type]  # None raises TypeError
                 return rows, failed
+            except RecursionError:  # msgspec skipping a deeply nested unknown member
+                failed.append((len(rows), "too_deep", "nesting too deep for the parser"))
+                rows.append(None)
             except (msgspec.DecodeError, TypeError) as exc:
                 msg = str(exc)
                 reason = (
@@ -566,6 +576,50 @@ class ModelStage:
                 )
                 failed.append((len(rows), reason, msg[:300]))
                 rows.append(None)  # keeps rows aligned with payloads
+
+    def _decode_side(
+        self, decoder: msgspec.json.Decoder[Any], payloads: Sequence[bytes | None]
+    ) -> tuple[list[Any], list[tuple[int, str, str]]]:
+        """``_decode`` for the label and deploy topics, which the stream decoder does not
+        see: a payload over the stream's ``max_event_bytes`` is rejected ``too_large``
+        without being parsed."""
+        limit = self.spec.max_event_bytes
+        if not any(p is not None and len(p) > limit for p in payloads):
+            return self._decode(decoder, payloads)
+        big = {i for i, p in enumerate(payloads) if p is not None and len(p) > limit}
+        rows, failed = self._decode(
+            decoder, [b"{}" if i in big else p for i, p in enumerate(payloads)]
+        )
+        failed = [f for f in failed if f[0] not in big] + [
+            (i, "too_large", f"{len(payloads[i] or b'')} bytes > max_event_bytes {limit}")
+            for i in sorted(big)
+        ]
+        for i in big:
+            rows[i] = None
+        return rows, sorted(failed)
+
+    def _check_side(self, rows: list[Any], failed: list[tuple[int, str, str]]) -> None:
+        """Decoded label / deploy events the stage cannot use become ``failed`` rows (and
+        None): an id, class or version longer than ``max_string_length``; a regression
+        label that is not a number."""
+        limit = self.spec.max_string_length
+        regression = not self.classification
+        for i, row in enumerate(rows):
+            if row is None:
+                continue
+            problem: tuple[str, str] | None = None
+            for attr in ("key", "value", "version"):
+                v = getattr(row, attr, None)
+                if isinstance(v, str) and len(v) > limit:
+                    problem = ("string_too_long", f"{attr}: {len(v)} characters > {limit}")
+                    break
+            if problem is None and regression and hasattr(row, "time"):
+                if isinstance(row.value, str | bool):
+                    problem = ("wrong_type", f"label value {_show(row.value)} is not a number")
+            if problem is not None:
+                failed.append((i, *problem))
+                rows[i] = None
+        failed.sort()
 
     # -- parts ---------------------------------------------------------------------
     def _part(self, p: int) -> _Part:
@@ -704,7 +758,8 @@ class ModelStage:
         self, raw: RawBatch, partitions: npt.NDArray[np.int32]
     ) -> tuple[list[Finding], list[Reject]]:
         """Deploy events ``{"model": NAME, "version": V}``: switch to the version."""
-        rows, failed = self._decode(self._deploy_decoder, raw.values)
+        rows, failed = self._decode_side(self._deploy_decoder, raw.values)
+        self._check_side(rows, failed)
         bad = {i for i, _, _ in failed}
         for i, row in enumerate(rows):
             p = int(partitions[i]) & _PART_MASK
@@ -723,7 +778,8 @@ class ModelStage:
         self, raw: RawBatch, partitions: npt.NDArray[np.int32]
     ) -> tuple[list[Finding], list[Reject]]:
         """Fold a batch of label events in; undecodable ones are returned as rejects."""
-        rows, failed = self._decode(self._label_decoder, raw.values)
+        rows, failed = self._decode_side(self._label_decoder, raw.values)
+        self._check_side(rows, failed)
         rejects = [Reject(i, reason, detail) for i, reason, detail in failed]
         ok = np.ones(len(rows), np.bool_)
         for r in rejects:
