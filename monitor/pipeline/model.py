@@ -113,6 +113,7 @@ DEPLOY_SLOT = 2 << 20
 _PART_MASK = LABEL_SLOT - 1
 _TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _UNVERSIONED = "unversioned"
+_FLOAT_MAX = int(np.finfo(np.float64).max)
 _TESTED = frozenset(
     {"accuracy", "precision", "recall", "roc_auc", "log_loss", "mae", "rmse", "bias"}
 )
@@ -616,6 +617,8 @@ class ModelStage:
             if problem is None and regression and hasattr(row, "time"):
                 if isinstance(row.value, str | bool):
                     problem = ("wrong_type", f"label value {_show(row.value)} is not a number")
+                elif isinstance(row.value, int) and not -_FLOAT_MAX <= row.value <= _FLOAT_MAX:
+                    problem = ("number_too_large", "label value does not fit a float64")
             if problem is not None:
                 failed.append((i, *problem))
                 rows[i] = None
