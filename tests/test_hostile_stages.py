@@ -114,6 +114,10 @@ class Harness:
         from it gives back the same fleet and model states."""
         fresh = StreamPipeline(self.spec, Metrics(CollectorRegistry()), "dlq")
         fresh.stages.extend(registered_stages(fresh))
+        for mine, theirs in zip(self.pipeline.stages, fresh.stages, strict=True):
+            baseline = mine.baseline_checkpoint()  # restored before partitions, as the runner does
+            if baseline is not None:
+                theirs.restore_baseline(baseline)
         names = [s.name for s in self.pipeline.stages]
         for topic, partition in sorted(self.pipeline.partition_events):
             state = self.pipeline.partition_state(topic, partition)
@@ -569,3 +573,30 @@ def test_a_baseline_of_values_near_the_float_max_has_a_finite_mean_and_sd() -> N
     assert base.std == pytest.approx(scaled.std() * 1e308, rel=1e-12)
     small = np.array([1.0, 2.0, 4.0])  # the usual path is unchanged
     assert build_numeric(small).mean == small.mean() and build_numeric(small).std == small.std()
+
+
+def test_a_new_version_per_event_is_capped_at_max_versions() -> None:
+    stream = copy.deepcopy(BINARY)
+    stream["model"]["max_versions"] = 5
+    stream["model"]["versions"] = []
+    h = Harness(stream)
+    rows = [
+        _payload(
+            {"request_id": f"r{i}", "ts": NOW + i, "x1": 0.1, "x2": 0.2, "p_default": 0.3}
+            | {"model_version": 10**12 + i}  # every event a new version
+        )
+        for i in range(2000)
+    ]
+    for k in range(0, 2000, 500):
+        h.feed("ml.loans.inference", rows[k : k + 500])
+    h.feed("ml.loans.deploys", [_payload({"model": "loans", "version": "v-new"})])
+    model = h.pipeline.stages[0]
+    names = model.versions.names  # type: ignore[attr-defined]
+    assert len(names) == 6 and names[-1] == "other"
+    assert "v-new" not in names
+    hits = h.metric("driftwarden_limit_hits_total", stream="loans-model", limit="max_versions")
+    assert hits == 2000 - 5 + 1
+    rings = model.partition_state(0).predicted  # type: ignore[attr-defined]
+    assert sorted(rings) == sorted(names)
+    h.check_metrics()
+    h.check_state()

@@ -357,6 +357,14 @@ class ModelSpec(_Model):
         default=None,
         description="One-partition topic of deploy events (`driftwarden model deploy`).",
     )
+    max_versions: int = Field(
+        default=100,
+        gt=0,
+        description=(
+            "Model versions tracked (each has its own windows); the predictions of further "
+            "new versions are judged together as version `other`."
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:

@@ -113,6 +113,7 @@ DEPLOY_SLOT = 2 << 20
 _PART_MASK = LABEL_SLOT - 1
 _TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _UNVERSIONED = "unversioned"
+_OTHER = "other"  # the versions beyond ``model.max_versions``
 _FLOAT_MAX = int(np.finfo(np.float64).max)
 _TESTED = frozenset(
     {"accuracy", "precision", "recall", "roc_auc", "log_loss", "mae", "rmse", "bias"}
@@ -460,6 +461,12 @@ class ModelStage:
         self.baselines: dict[str, Baseline] = {}
         self.current: str | None = None
         self._drift_reference: Baseline | None = None
+        self._capped_hits = 0  # predictions and deploys of versions beyond max_versions
+        # versions always tracked: the configured ones (and a null version)
+        self._configured = frozenset(
+            {"None", _UNVERSIONED, *(v.version for v in self.model.versions)}
+            | ({self.model.version} if self.model.version else set())
+        )
 
     # -- the stage contract: references and the drift stage ----------------------------
     def _drift_baseline(self, ref: ReferenceSpec, ref_id: str) -> Baseline:
@@ -679,7 +686,7 @@ class ModelStage:
         n = len(rows)
         keys = hash_ids(list(map(_RID, rows)))
         if "version" in self._has:
-            names = list(map(str, map(_VERSION, rows)))
+            names = self._capped(list(map(str, map(_VERSION, rows))))
         else:
             names = [self.model.version or _UNVERSIONED] * n
         known = len(self.versions.names)
@@ -747,6 +754,34 @@ class ModelStage:
         self.current = version
         self.drift._start(baseline)  # the drift stage has no public switch yet
 
+    def _capped(self, names: list[str]) -> list[str]:
+        """``names`` with the versions beyond ``model.max_versions`` as ``other`` (each
+        version has its own windows: a producer sending a new version per event must
+        not grow memory without bound); counted in ``driftwarden_limit_hits_total``
+        (limit ``max_versions``)."""
+        codes = self.versions.codes
+        configured = self._configured
+        new = [v for v in dict.fromkeys(names) if v not in codes and v not in configured]
+        room = self.model.max_versions - len(codes)
+        if len(new) <= room:
+            return names
+        over = set(new[max(room, 0) :])
+        out = [_OTHER if v in over else v for v in names]
+        hits = sum(v in over for v in names)
+        if not self._capped_hits:
+            log.warning(
+                "stream %s: model %s has more than max_versions=%d versions; the "
+                "predictions of further new ones are judged together as version %r",
+                self.spec.name,
+                self.model.name,
+                self.model.max_versions,
+                _OTHER,
+            )
+        self._capped_hits += hits
+        if self._metrics is not None:
+            self._metrics.limit_hits.labels(self.spec.name, "max_versions").inc(hits)
+        return out
+
     def update_topic(
         self, raw: RawBatch, slots: npt.NDArray[np.int32]
     ) -> tuple[list[Finding], list[Reject]]:
@@ -772,7 +807,7 @@ class ModelStage:
                 continue
             self._deploy_next[p] = offset + 1
             if row.model == self.model.name:
-                version = str(row.version)
+                version = self._capped([str(row.version)])[0]
                 self.versions.code(version)
                 self._deployed(version, explicit=True)
         return [], [Reject(i, reason, detail) for i, reason, detail in failed]
