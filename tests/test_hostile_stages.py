@@ -357,7 +357,7 @@ MULTICLASS = _model_stream(
     {f: {"type": "float"} for f in ("pa", "pb", "pc")} | {"k": {"type": "category"}},
 )
 REGRESSION = _model_stream({"task": "regression", "value": "yhat"}, {"yhat": {"type": "float"}})
-# (stream, inference topic, label topic, deploy topic, request id, label value, label time)
+# kind -> (stream, inference topic, label topic, deploy topic)
 MODELS = {
     "binary": (BINARY, "ml.loans.inference", "ml.loans.labels", "ml.loans.deploys"),
     "multiclass": (MULTICLASS, "inf", "lab", "dep"),
@@ -598,5 +598,17 @@ def test_a_new_version_per_event_is_capped_at_max_versions() -> None:
     assert hits == 2000 - 5 + 1
     rings = model.partition_state(0).predicted  # type: ignore[attr-defined]
     assert sorted(rings) == sorted(names)
+    h.check_metrics()
+    h.check_state()
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_empty_batches_on_every_topic(kind: str) -> None:
+    stream, *topics = MODELS[kind]
+    h = Harness(stream)
+    for topic in topics:
+        assert h.feed(topic, []).events == 0
+    f = Harness(_fleet_stream())
+    assert f.feed("iot.fleet", []).events == 0
     h.check_metrics()
     h.check_state()
