@@ -596,7 +596,7 @@ def test_a_new_version_per_event_is_capped_at_max_versions() -> None:
     assert "v-new" not in names
     hits = h.metric("driftwarden_limit_hits_total", stream="loans-model", limit="max_versions")
     assert hits == 2000 - 5 + 1
-    rings = model.partition_state(0).predicted  # type: ignore[attr-defined]
+    rings = model.partition_state(0).predicted  # type: ignore[union-attr]
     assert sorted(rings) == sorted(names)
     h.check_metrics()
     h.check_state()
