@@ -612,3 +612,17 @@ def test_empty_batches_on_every_topic(kind: str) -> None:
     assert f.feed("iot.fleet", []).events == 0
     h.check_metrics()
     h.check_state()
+
+
+def test_one_far_future_label_or_prediction_does_not_expire_every_pending_join() -> None:
+    h = Harness(REGRESSION)
+    h.feed("inf", [_payload({"rid": f"r{i}", "ts": NOW + i, "yhat": 1.0}) for i in range(50)])
+    assert _one(h, "lab", _payload({"rid": "zzz", "ts": 1e300, "y": 1.0})) == "invalid_time"
+    h.feed("inf", [_payload({"rid": "yyy", "ts": 1e300, "yhat": 1.0})])  # accepted, not joined
+    h.feed("lab", [_payload({"rid": f"r{i}", "ts": NOW + i + 5, "y": 1.0}) for i in range(50)])
+    counts = h.pipeline.stages[0].join_counts()  # type: ignore[attr-defined]
+    assert counts["joined"] == 50 and counts["expired"] == counts["late"] == 0
+    hits = h.metric("driftwarden_limit_hits_total", stream="m", limit="max_future")
+    assert hits == 1
+    h.check_metrics()
+    h.check_state()

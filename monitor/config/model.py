@@ -202,6 +202,15 @@ class LabelsSpec(_Model):
         default=86_400.0,
         description="Event time a label may come after its prediction; older predictions expire.",
     )
+    max_future: Duration = Field(
+        default=365 * 86_400.0,
+        description=(
+            "Label and prediction event times more than this ahead of the wall clock do not "
+            "join (one such event would expire every pending prediction): such a label is "
+            "rejected `invalid_time`, such a prediction is left out of the join and the "
+            "model's windows."
+        ),
+    )
     max_pending: int = Field(
         default=100_000,
         gt=0,

@@ -65,6 +65,7 @@ import hashlib
 import logging
 import math
 import operator
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -462,6 +463,7 @@ class ModelStage:
         self.current: str | None = None
         self._drift_reference: Baseline | None = None
         self._capped_hits = 0  # predictions and deploys of versions beyond max_versions
+        self.clock = time.time  # event times beyond it + labels.max_future do not join
         # versions always tracked: the configured ones (and a null version)
         self._configured = frozenset(
             {"None", _UNVERSIONED, *(v.version for v in self.model.versions)}
@@ -612,6 +614,7 @@ class ModelStage:
         label that is not a number."""
         limit = self.spec.max_string_length
         regression = not self.classification
+        scale, latest = self._label_scale, self.clock() + self.labels.max_future
         for i, row in enumerate(rows):
             if row is None:
                 continue
@@ -621,6 +624,8 @@ class ModelStage:
                 if isinstance(v, str) and len(v) > limit:
                     problem = ("string_too_long", f"{attr}: {len(v)} characters > {limit}")
                     break
+            if problem is None and hasattr(row, "time") and row.time * scale > latest:
+                problem = ("invalid_time", f"label time {row.time!r} is after labels.max_future")
             if problem is None and regression and hasattr(row, "time"):
                 if isinstance(row.value, str | bool):
                     problem = ("wrong_type", f"label value {_show(row.value)} is not a number")
@@ -666,6 +671,12 @@ class ModelStage:
         ok = np.ones(len(rows), np.bool_)
         for i, _, _ in failed:
             ok[i] = False
+        future = batch.event_time > self.clock() + self.labels.max_future
+        if future.any():  # a wrong clock must not expire every pending label
+            ok &= ~future
+            if self._metrics is not None:
+                hits = int(np.count_nonzero(future))
+                self._metrics.limit_hits.labels(self.spec.name, "max_future").inc(hits)
         touched: set[str] = set()
         parts = partitions & _PART_MASK
         for p in np.unique(parts).tolist():
