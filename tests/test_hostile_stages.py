@@ -626,3 +626,31 @@ def test_one_far_future_label_or_prediction_does_not_expire_every_pending_join()
     assert hits == 1
     h.check_metrics()
     h.check_state()
+
+
+def test_labels_and_predicted_classes_of_ever_new_names_do_not_grow_the_classes() -> None:
+    h = Harness(MULTICLASS | {"max_categories": 10})
+    rows = [
+        _payload(
+            {"rid": f"r{i}", "ts": NOW + i, "v": "v1", "pa": 0.2, "pb": 0.5, "pc": 0.3}
+            | {"k": f"class-{i}"}  # every prediction a new class
+        )
+        for i in range(300)
+    ]
+    h.feed("inf", rows)
+    h.feed(
+        "lab", [_payload({"rid": f"r{i}", "ts": NOW + i + 1, "y": f"y-{i}"}) for i in range(300)]
+    )
+    model = h.pipeline.stages[0]
+    assert len(model.classes.names) == 10  # type: ignore[attr-defined]
+    assert model.join_counts()["joined"] == 300  # type: ignore[attr-defined]
+    binary = Harness(BINARY)  # positive or not: labels need no vocabulary at all
+    labels = [
+        _payload({"request_id": f"r{i}", "ts": NOW + i, "defaulted": f"label-{i}"})
+        for i in range(300)
+    ]
+    binary.feed("ml.loans.labels", labels)
+    assert len(binary.pipeline.stages[0].classes.names) == 1  # type: ignore[attr-defined]
+    h.check_metrics()
+    h.check_state()
+    binary.check_state()

@@ -155,17 +155,21 @@ class _Vocab:
             self.names.append(name)
         return found
 
-    def encode(self, values: list[str], none_as: str | None = None) -> npt.NDArray[np.int64]:
+    def encode(
+        self, values: list[str], none_as: str | None = None, limit: int | None = None
+    ) -> npt.NDArray[np.int64]:
         """Codes of ``values`` (a loop over the distinct values only); the string
-        ``"None"`` (a JSON null) is read as ``none_as`` when given."""
+        ``"None"`` (a JSON null) is read as ``none_as`` when given. New values once the
+        vocabulary holds ``limit`` names get code -1 (no class)."""
         if not values:
             return np.empty(0, np.int64)
         # distinct values in sorted order (as np.unique did), without a fixed-width
         # array as wide as the longest value times the batch
-        lut = {
-            u: self.code(none_as if none_as is not None and u == "None" else u)
-            for u in sorted(set(values))
-        }
+        lut = {}
+        for u in sorted(set(values)):
+            name = none_as if none_as is not None and u == "None" else u
+            full = limit is not None and len(self.names) >= limit and name not in self.codes
+            lut[u] = -1 if full else self.code(name)
         return np.fromiter(map(lut.__getitem__, values), np.int64, len(values))
 
 
@@ -731,7 +735,8 @@ class ModelStage:
             probs = np.array(list(map(self._probs, rows)), np.float64).reshape(n, -1)
             score = probs[:, self._prob_positive].copy()
         if "cls" in self._has:
-            klass = self.classes.encode(list(map(str, map(_CLS, rows))))
+            names = list(map(str, map(_CLS, rows)))
+            klass = self.classes.encode(names, limit=self.spec.max_categories)
         elif probs is not None:
             best = np.argmax(np.where(np.isnan(probs), -np.inf, probs), axis=1)
             klass = self._prob_codes[best] if n else np.empty(0, np.int64)
@@ -855,10 +860,12 @@ class ModelStage:
         return self._after(touched), rejects
 
     def _label_codes(self, values: list[str]) -> npt.NDArray[np.float64]:
-        """Class codes of labels; without a class field, positive or not (-1)."""
-        codes = self.classes.encode(values)
-        if "cls" not in self._has and not self._prob_codes.size:
-            codes = np.where(codes == self.positive, self.positive, -1)
+        """Class codes of labels; without a class field, positive or not (-1). At most
+        ``max_categories`` classes are told apart (further new ones: -1, no class)."""
+        if "cls" not in self._has and not self._prob_codes.size:  # no vocabulary needed
+            pos = self.prediction.positive_class
+            return np.array([self.positive if v == pos else -1 for v in values], np.float64)
+        codes = self.classes.encode(values, limit=self.spec.max_categories)
         return codes.astype(np.float64)
 
     def _add_joined(self, part: _Part, joined: Joined) -> set[str]:
