@@ -5,7 +5,7 @@ Only fatal errors stop the service loop. ``monitor.errors`` re-exports these.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DriftwardenError", "SinkError"]
+__all__ = ["ConfigError", "DriftwardenError", "InputFileError", "SinkError"]
 
 
 class DriftwardenError(Exception):
@@ -18,3 +18,8 @@ class ConfigError(DriftwardenError):
 
 class SinkError(DriftwardenError):
     """An outgoing message or webhook could not be delivered."""
+
+
+class InputFileError(DriftwardenError):
+    """A data file (replay, labels, baseline) cannot be read as its type says; the
+    message names the file and the problem, on one line."""

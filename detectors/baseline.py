@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -419,12 +420,17 @@ def build_numeric(values: npt.ArrayLike, bins: int = 1000, keep_sample: int = 0)
             sample = x
         else:
             sample = x[np.linspace(0, n - 1, keep_sample).round().astype(np.int64)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(x.mean()), float(x.std())
+        if not (math.isfinite(mean) and math.isfinite(std)):  # values near the float max
+            scale = max(abs(float(x[0])), abs(float(x[-1])))
+            mean, std = float((x / scale).mean() * scale), float((x / scale).std() * scale)
     return NumericBaseline(
         edges=edges,
         counts=counts,
         n=n,
-        mean=float(x.mean()),
-        std=float(x.std()),
+        mean=mean,
+        std=std,
         min=float(x[0]),
         max=float(x[-1]),
         sample=sample,

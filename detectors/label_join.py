@@ -96,12 +96,32 @@ def hash_ids(ids: list[str] | list[Any]) -> npt.NDArray[np.uint64]:
     """
     if not ids:
         return np.empty(0, np.uint64)
-    arr = np.asarray(ids if isinstance(ids[0], str) else list(map(str, ids)), dtype=np.str_)
-    if arr.dtype.kind != "U":
-        arr = arr.astype(np.str_)
-    width = max(arr.dtype.itemsize // 4, 1)
-    codes = np.ascontiguousarray(arr).view(np.uint32).reshape(arr.size, width)
-    out: npt.NDArray[np.uint64] = _fnv(codes)
+    texts = ids if all(type(i) is str for i in ids) else list(map(str, ids))
+    # The ids' code points end to end (no padding to the longest id: one huge id in a
+    # batch must not cost its length times the batch size).
+    codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), np.uint32)
+    ends = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
+    out: npt.NDArray[np.uint64] = _fnv_ragged(codes, ends)
+    return out
+
+
+@njit(cache=True)
+def _fnv_ragged(
+    codes: npt.NDArray[np.uint32], ends: npt.NDArray[np.int64]
+) -> npt.NDArray[np.uint64]:
+    """``_fnv`` of the ids ``codes[ends[i-1]:ends[i]]`` (each up to its first 0)."""
+    out = np.empty(ends.size, np.uint64)
+    prime = np.uint64(0x100000001B3)
+    start = 0
+    for i in range(ends.size):
+        h = np.uint64(0xCBF29CE484222325)
+        for j in range(start, ends[i]):
+            c = codes[j]
+            if c == 0:
+                break
+            h = (h ^ np.uint64(c)) * prime
+        out[i] = h if h != 0 else np.uint64(1)
+        start = ends[i]
     return out
 
 

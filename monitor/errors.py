@@ -6,6 +6,6 @@ nothing of ``monitor``); this module is where the service imports them from.
 
 from __future__ import annotations
 
-from connectors.errors import ConfigError, DriftwardenError, SinkError
+from connectors.errors import ConfigError, DriftwardenError, InputFileError, SinkError
 
-__all__ = ["ConfigError", "DriftwardenError", "SinkError"]
+__all__ = ["ConfigError", "DriftwardenError", "InputFileError", "SinkError"]

@@ -14,7 +14,7 @@ PACKAGES = ("connectors", "detectors", "monitor")
 
 PINNED: dict[str, list[str]] = {
     "connectors.base": ["MemorySink", "MessageSink", "OutMessage"],
-    "connectors.errors": ["ConfigError", "DriftwardenError", "SinkError"],
+    "connectors.errors": ["ConfigError", "DriftwardenError", "InputFileError", "SinkError"],
     "connectors.kafka": [
         "RECORD_OVERHEAD_BYTES",
         "BrokerUnreachableError",
@@ -58,7 +58,7 @@ PINNED: dict[str, list[str]] = {
         "StageState",
         "StreamCheckpoint",
     ],
-    "monitor.errors": ["ConfigError", "DriftwardenError", "SinkError"],
+    "monitor.errors": ["ConfigError", "DriftwardenError", "InputFileError", "SinkError"],
     "monitor.pipeline.stream": [
         "BatchInput",
         "BatchResult",

@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from monitor.errors import ConfigError, DriftwardenError
+from monitor.errors import ConfigError, DriftwardenError, InputFileError
 from monitor.runtime.signals import install_stop as _install_stop
 
 __all__ = ["main"]
@@ -269,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log_format, args.log_level)
     try:
         return int(args.func(args))
+    except InputFileError as exc:  # a data file that cannot be read: a usage error
+        log.error("%s", exc)
+        return 2
     except DriftwardenError as exc:
         log.error("%s", exc)
         return 1

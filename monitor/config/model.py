@@ -203,6 +203,15 @@ class LabelsSpec(_Model):
         default=86_400.0,
         description="Event time a label may come after its prediction; older predictions expire.",
     )
+    max_future: Duration = Field(
+        default=365 * 86_400.0,
+        description=(
+            "Label and prediction event times more than this ahead of the wall clock do not "
+            "join (one such event would expire every pending prediction): such a label is "
+            "rejected `invalid_time`, such a prediction is left out of the join and the "
+            "model's windows."
+        ),
+    )
     max_pending: int = Field(
         default=100_000,
         gt=0,
@@ -364,6 +373,14 @@ class ModelSpec(_Model):
     deploy_topic: str | None = Field(
         default=None,
         description="One-partition topic of deploy events (`driftwarden model deploy`).",
+    )
+    max_versions: int = Field(
+        default=100,
+        gt=0,
+        description=(
+            "Model versions tracked (each has its own windows); the predictions of further "
+            "new versions are judged together as version `other`."
+        ),
     )
 
     @model_validator(mode="after")

@@ -124,6 +124,16 @@ _AT = re.compile(r" - at `\$\.?([^`]*)`$")
 # Codes the category lookup gives to values outside the vocabulary, to nulls and to
 # new values longer than max_string_length.
 _UNKNOWN, _NULL, _TOO_LONG = -1, -2, -3
+
+
+def _unfit(v: Any, limit: int) -> bool:
+    """A value no vocabulary takes: a string over ``limit`` characters, or an integer
+    outside int64 (it could not be checkpointed)."""
+    if isinstance(v, str):
+        return len(v) > limit
+    return type(v) is int and not -(2**63) <= v < 2**63
+
+
 _MAX_DETAIL = 300
 _FREE: Any = object()  # the value of a code not in use (_Vocabulary.by_code)
 
@@ -257,7 +267,7 @@ class _Vocabulary:
         for v in values:  # loops over the distinct new values of a batch only
             if v in self.codes:
                 continue
-            if self.max_length is not None and isinstance(v, str) and len(v) > self.max_length:
+            if self.max_length is not None and _unfit(v, self.max_length):
                 continue
             if self.frozen or len(self.codes) - 1 >= self.limit:
                 overflow += 1
@@ -332,7 +342,7 @@ class _Vocabulary:
             )
             if self.max_length is not None:
                 limit = self.max_length
-                long = {v for v in new if isinstance(v, str) and len(v) > limit}
+                long = {v for v in new if _unfit(v, limit)}
                 if long:
                     hit = np.fromiter(map(long.__contains__, values), np.bool_, len(values))
                     codes[hit] = _TOO_LONG
@@ -551,6 +561,15 @@ class StreamDecoder:
             long = entity == _TOO_LONG
             if long.any():
                 for pos in np.flatnonzero(long & ~drop).tolist():
+                    if isinstance(names[pos], int):  # outside int64
+                        rejects.append(
+                            Reject(
+                                int(index[pos]),
+                                "number_too_large",
+                                f"{spec.entity} is an integer outside int64",
+                            )
+                        )
+                        continue
                     _hit(hits, "max_string_length")
                     rejects.append(
                         Reject(

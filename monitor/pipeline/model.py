@@ -185,6 +185,8 @@ _PART_MASK = LABEL_SLOT - 1
 IDLE_SECONDS = 60.0
 _TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _UNVERSIONED = "unversioned"
+_OTHER = "other"  # the versions beyond ``model.max_versions``
+_FLOAT_MAX = int(np.finfo(np.float64).max)
 _TESTED = frozenset(
     {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece", "mae", "rmse", "bias"}
 )
@@ -198,6 +200,11 @@ _VERSION = operator.attrgetter("version")
 _SCORE = operator.attrgetter("score")
 _CLS = operator.attrgetter("cls")
 _VALUE = operator.attrgetter("value")
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _norm(value: object) -> str:
@@ -220,16 +227,22 @@ class _Vocab:
             self.names.append(name)
         return found
 
-    def encode(self, values: list[str], none_as: str | None = None) -> npt.NDArray[np.int64]:
+    def encode(
+        self, values: list[str], none_as: str | None = None, limit: int | None = None
+    ) -> npt.NDArray[np.int64]:
         """Codes of ``values`` (a loop over the distinct values only); the string
-        ``"None"`` (a JSON null) is read as ``none_as`` when given."""
+        ``"None"`` (a JSON null) is read as ``none_as`` when given. New values once the
+        vocabulary holds ``limit`` names get code -1 (no class)."""
         if not values:
             return np.empty(0, np.int64)
-        uniq, inverse = np.unique(np.asarray(values, dtype=np.str_), return_inverse=True)
-        names = [none_as if none_as is not None and u == "None" else u for u in uniq.tolist()]
-        lut = np.array([self.code(str(u)) for u in names], np.int64)
-        codes: npt.NDArray[np.int64] = lut[inverse.reshape(-1)]
-        return codes
+        # distinct values in sorted order (as np.unique did), without a fixed-width
+        # array as wide as the longest value times the batch
+        lut = {}
+        for u in sorted(set(values)):
+            name = none_as if none_as is not None and u == "None" else u
+            full = limit is not None and len(self.names) >= limit and name not in self.codes
+            lut[u] = -1 if full else self.code(name)
+        return np.fromiter(map(lut.__getitem__, values), np.int64, len(values))
 
 
 # The quality window of one partition and version (deterministic order; see
@@ -489,6 +502,13 @@ class ModelStage:
         self.baselines: dict[str, Baseline] = {}
         self.current: str | None = None
         self._drift_reference: Baseline | None = None
+        self._capped_hits = 0  # predictions and deploys of versions beyond max_versions
+        self.clock = time.time  # event times beyond it + labels.max_future do not join
+        # versions always tracked: the configured ones (and a null version)
+        self._configured = frozenset(
+            {"None", _UNVERSIONED, *(v.version for v in self.model.versions)}
+            | ({self.model.version} if self.model.version else set())
+        )
 
     # -- the stage contract: references and the drift stage ----------------------------
     def _drift_baseline(self, ref: ReferenceSpec, ref_id: str) -> Baseline:
@@ -593,6 +613,9 @@ class ModelStage:
             try:
                 rows.extend(map(decoder.decode, it))  # type: ignore[arg-type]  # None raises TypeError
                 return rows, failed
+            except RecursionError:  # msgspec skipping a deeply nested unknown member
+                failed.append((len(rows), "too_deep", "nesting too deep for the parser"))
+                rows.append(None)
             except (msgspec.DecodeError, TypeError) as exc:
                 msg = str(exc)
                 reason = (
@@ -604,6 +627,55 @@ class ModelStage:
                 )
                 failed.append((len(rows), reason, msg[:300]))
                 rows.append(None)  # keeps rows aligned with payloads
+
+    def _decode_side(
+        self, decoder: msgspec.json.Decoder[Any], payloads: Sequence[bytes | None]
+    ) -> tuple[list[Any], list[tuple[int, str, str]]]:
+        """``_decode`` for the label and deploy topics, which the stream decoder does not
+        see: a payload over the stream's ``max_event_bytes`` is rejected ``too_large``
+        without being parsed."""
+        limit = self.spec.max_event_bytes
+        if not any(p is not None and len(p) > limit for p in payloads):
+            return self._decode(decoder, payloads)
+        big = {i for i, p in enumerate(payloads) if p is not None and len(p) > limit}
+        rows, failed = self._decode(
+            decoder, [b"{}" if i in big else p for i, p in enumerate(payloads)]
+        )
+        failed = [f for f in failed if f[0] not in big] + [
+            (i, "too_large", f"{len(payloads[i] or b'')} bytes > max_event_bytes {limit}")
+            for i in sorted(big)
+        ]
+        for i in big:
+            rows[i] = None
+        return rows, sorted(failed)
+
+    def _check_side(self, rows: list[Any], failed: list[tuple[int, str, str]]) -> None:
+        """Decoded label / deploy events the stage cannot use become ``failed`` rows (and
+        None): an id, class or version longer than ``max_string_length``; a regression
+        label that is not a number."""
+        limit = self.spec.max_string_length
+        regression = not self.classification
+        scale, latest = self._label_scale, self.clock() + self.labels.max_future
+        for i, row in enumerate(rows):
+            if row is None:
+                continue
+            problem: tuple[str, str] | None = None
+            for attr in ("key", "value", "version"):
+                v = getattr(row, attr, None)
+                if isinstance(v, str) and len(v) > limit:
+                    problem = ("string_too_long", f"{attr}: {len(v)} characters > {limit}")
+                    break
+            if problem is None and hasattr(row, "time") and row.time * scale > latest:
+                problem = ("invalid_time", f"label time {row.time!r} is after labels.max_future")
+            if problem is None and regression and hasattr(row, "time"):
+                if isinstance(row.value, str | bool):
+                    problem = ("wrong_type", f"label value {_show(row.value)} is not a number")
+                elif isinstance(row.value, int) and not -_FLOAT_MAX <= row.value <= _FLOAT_MAX:
+                    problem = ("number_too_large", "label value does not fit a float64")
+            if problem is not None:
+                failed.append((i, *problem))
+                rows[i] = None
+        failed.sort()
 
     # -- parts ---------------------------------------------------------------------
     def _part(self, p: int) -> _Part:
@@ -640,6 +712,12 @@ class ModelStage:
         ok = np.ones(len(rows), np.bool_)
         for i, _, _ in failed:
             ok[i] = False
+        future = batch.event_time > self.clock() + self.labels.max_future
+        if future.any():  # a wrong clock must not expire every pending label
+            ok &= ~future
+            if self._metrics is not None:
+                hits = int(np.count_nonzero(future))
+                self._metrics.limit_hits.labels(self.spec.name, "max_future").inc(hits)
         self._begin()
         findings: list[Finding] = []
         estimated: set[str] = set()
@@ -675,7 +753,7 @@ class ModelStage:
         n = len(rows)
         keys = hash_ids(list(map(_RID, rows)))
         if "version" in self._has:
-            names = list(map(str, map(_VERSION, rows)))
+            names = self._capped(list(map(str, map(_VERSION, rows))))
         else:
             names = [self.model.version or _UNVERSIONED] * n
         known = len(self.versions.names)
@@ -859,7 +937,8 @@ class ModelStage:
             probs = np.array(list(map(self._probs, rows)), np.float64).reshape(n, -1)
             score = probs[:, self._prob_positive].copy()
         if "cls" in self._has:
-            klass = self.classes.encode(list(map(str, map(_CLS, rows))))
+            names = list(map(str, map(_CLS, rows)))
+            klass = self.classes.encode(names, limit=self.spec.max_categories)
         elif probs is not None:
             best = np.argmax(np.where(np.isnan(probs), -np.inf, probs), axis=1)
             klass = self._prob_codes[best] if n else np.empty(0, np.int64)
@@ -912,6 +991,34 @@ class ModelStage:
         self.current = version
         self.drift._start(baseline)  # the drift stage has no public switch yet
 
+    def _capped(self, names: list[str]) -> list[str]:
+        """``names`` with the versions beyond ``model.max_versions`` as ``other`` (each
+        version has its own windows: a producer sending a new version per event must
+        not grow memory without bound); counted in ``driftwarden_limit_hits_total``
+        (limit ``max_versions``)."""
+        codes = self.versions.codes
+        configured = self._configured
+        new = [v for v in dict.fromkeys(names) if v not in codes and v not in configured]
+        room = self.model.max_versions - len(codes)
+        if len(new) <= room:
+            return names
+        over = set(new[max(room, 0) :])
+        out = [_OTHER if v in over else v for v in names]
+        hits = sum(v in over for v in names)
+        if not self._capped_hits:
+            log.warning(
+                "stream %s: model %s has more than max_versions=%d versions; the "
+                "predictions of further new ones are judged together as version %r",
+                self.spec.name,
+                self.model.name,
+                self.model.max_versions,
+                _OTHER,
+            )
+        self._capped_hits += hits
+        if self._metrics is not None:
+            self._metrics.limit_hits.labels(self.spec.name, "max_versions").inc(hits)
+        return out
+
     def update_topic(
         self, raw: RawBatch, slots: npt.NDArray[np.int32]
     ) -> tuple[list[Finding], list[Reject]]:
@@ -926,7 +1033,8 @@ class ModelStage:
         self, raw: RawBatch, partitions: npt.NDArray[np.int32]
     ) -> tuple[list[Finding], list[Reject]]:
         """Deploy events ``{"model": NAME, "version": V}``: switch to the version."""
-        rows, failed = self._decode(self._deploy_decoder, raw.values)
+        rows, failed = self._decode_side(self._deploy_decoder, raw.values)
+        self._check_side(rows, failed)
         bad = {i for i, _, _ in failed}
         for i, row in enumerate(rows):
             p = int(partitions[i]) & _PART_MASK
@@ -936,7 +1044,7 @@ class ModelStage:
                 continue
             self._deploy_next[p] = offset + 1
             if row.model == self.model.name:
-                version = str(row.version)
+                version = self._capped([str(row.version)])[0]
                 self.versions.code(version)
                 self._deployed(version, explicit=True)
         return [], [Reject(i, reason, detail) for i, reason, detail in failed]
@@ -945,7 +1053,8 @@ class ModelStage:
         self, raw: RawBatch, partitions: npt.NDArray[np.int32]
     ) -> tuple[list[Finding], list[Reject]]:
         """Fold a batch of label events in; undecodable ones are returned as rejects."""
-        rows, failed = self._decode(self._label_decoder, raw.values)
+        rows, failed = self._decode_side(self._label_decoder, raw.values)
+        self._check_side(rows, failed)
         rejects = [Reject(i, reason, detail) for i, reason, detail in failed]
         ok = np.ones(len(rows), np.bool_)
         for r in rejects:
@@ -976,10 +1085,12 @@ class ModelStage:
         return self._after(findings, set()), rejects
 
     def _label_codes(self, values: list[str]) -> npt.NDArray[np.float64]:
-        """Class codes of labels; without a class field, positive or not (-1)."""
-        codes = self.classes.encode(values)
-        if "cls" not in self._has and not self._prob_codes.size:
-            codes = np.where(codes == self.positive, self.positive, -1)
+        """Class codes of labels; without a class field, positive or not (-1). At most
+        ``max_categories`` classes are told apart (further new ones: -1, no class)."""
+        if "cls" not in self._has and not self._prob_codes.size:  # no vocabulary needed
+            pos = self.prediction.positive_class
+            return np.array([self.positive if v == pos else -1 for v in values], np.float64)
+        codes = self.classes.encode(values, limit=self.spec.max_categories)
         return codes.astype(np.float64)
 
     def _add_joined(self, part: _Part, joined: Joined) -> None:

@@ -407,7 +407,7 @@ class FileLabels:
                 t = self._time.decode(payload) if payload is not None else None
                 stamp = getattr(t, "time", None)
                 times[i] = -math.inf if stamp is None else float(stamp) * self._scale
-            except (msgspec.DecodeError, TypeError):
+            except (msgspec.DecodeError, TypeError, RecursionError):
                 times[i] = -math.inf  # handed out at once: the stage rejects it
         self._payloads.extend(batch)
         self._times = np.concatenate([self._times, times])

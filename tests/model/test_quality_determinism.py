@@ -211,12 +211,13 @@ def test_an_unseen_or_idle_partition_holds_the_stream_back_until_idle(tmp_path: 
     stream = _stream(tmp_path, window={"events": 1000, "step": 250})
     ev = generate_model_events(6_000, seed=24)
     batches = [b for b in _lagged(_sequences(ev, 500), 2, labels_lag=True) if b.partitions[0] != 3]
-    now = [0.0]
+    start = 1.8e9  # the stage's clock (labels more than max_future ahead of it are refused)
+    now = [start]
     pipeline = _pipeline(stream)
     _model(pipeline).clock = lambda: now[0]
     held = _run(pipeline, batches[:-12])
     assert not [f for f in held if f.detector == "quality"]
-    now[0] = IDLE_SECONDS  # partition 3: no event since the stage started
+    now[0] = start + IDLE_SECONDS  # partition 3: no event since the stage started
     got = _run(pipeline, batches[-12:])
     quality = sorted({dict(f.details)["position"] for f in got if f.detector == "quality"})
     assert quality and quality == [250.0 * (i + 1) for i in range(len(quality))]
