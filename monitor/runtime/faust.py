@@ -331,7 +331,9 @@ def attach(
 ) -> FaustMonitor:
     """Declare on ``app`` an agent that feeds ``topic_name`` to driftwarden; return the monitor.
 
-    The topic is read as raw bytes. Batches are up to ``batch_size`` events, or what
+    The stream's other topics (a model's label and deploy topics) get an agent each on
+    the same monitor, so their events reach the same stages. The topics are read as
+    raw bytes. Batches are up to ``batch_size`` events, or what
     arrived within ``within`` seconds. With ``serve_metrics`` (and
     ``config.metrics.enabled``) the worker serves the metrics while it runs.
     ``partitions`` (topic -> partition count) sizes the stream windows; without it
@@ -340,6 +342,37 @@ def attach(
     monitor = FaustMonitor(config, registry=registry, sink=sink, app=app, partitions=partitions)
     if topic_name not in monitor.pipelines:
         raise ConfigError(f"topic {topic_name!r} is not in any configured stream")
+    # the stream's other topics (a model's label and deploy topics) feed the same stages
+    topics = [
+        topic_name,
+        *(t for t in monitor.pipelines[topic_name].spec.all_topics if t != topic_name),
+    ]
+    for each in topics:
+        _declare_agent(
+            app, monitor, each, batch_size, within, agent_name if each == topic_name else None
+        )
+
+    if serve_metrics and config.metrics.enabled:
+
+        async def driftwarden_metrics() -> None:
+            monitor.start_metrics_server()
+            try:
+                await asyncio.Event().wait()  # until the worker stops (cancels the task)
+            finally:
+                monitor.close()
+
+        app.task(driftwarden_metrics)
+    return monitor
+
+
+def _declare_agent(
+    app: Any,
+    monitor: FaustMonitor,
+    topic_name: str,
+    batch_size: int,
+    within: float,
+    agent_name: str | None,
+) -> None:
     topic = app.topic(
         topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
@@ -356,15 +389,3 @@ def attach(
                 raise
 
     app.agent(topic, name=name)(driftwarden_agent)
-
-    if serve_metrics and config.metrics.enabled:
-
-        async def driftwarden_metrics() -> None:
-            monitor.start_metrics_server()
-            try:
-                await asyncio.Event().wait()  # until the worker stops (cancels the task)
-            finally:
-                monitor.close()
-
-        app.task(driftwarden_metrics)
-    return monitor
