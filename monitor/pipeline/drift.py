@@ -81,6 +81,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import special
 
 from detectors.adwin import ADWIN, update_many
 from detectors.adwin_defaults import SERVICE_DEFAULTS
@@ -323,6 +324,138 @@ class _Screens:
         )
         self.q_min = np.asarray([d.min_increase for d in qdets], dtype=np.float64)
         self.q_crit = np.asarray([d._z_crit for d in qdets], dtype=np.float64)
+        # Clean findings (``clean``): the detectors and their segments.
+        self.ks_dets = dets
+        self.ks_segs = [it[2] for _, it in ks]
+        self.q_dets = qdets
+        self.q_base_rates = self.q_base / self.q_base.sum(axis=-1, keepdims=True)
+
+    def clean(
+        self, row: npt.NDArray[np.int64], closed: int, skip: npt.NDArray[np.bool_]
+    ) -> dict[int, Finding | None]:
+        """What ``evaluate`` returns on the stream window ``row`` (``(T,)``, one
+        boundary, ``closed`` sub-windows) for each KS and data_quality item not in
+        ``skip`` (the items the screen flagged: their own ``evaluate`` decides).
+
+        The statistics of all fields come from array operations (the same operations
+        as ``evaluate``'s, value by value, so the findings are equal); only the
+        findings themselves are built per field.
+        """
+        out: dict[int, Finding | None] = {}
+        if closed < self.layout.ring_size:  # not ready: evaluate gives None
+            for j in [*self.ks_cols.tolist(), *self.q_cols.tolist()]:
+                if not skip[j]:
+                    out[j] = None
+            return out
+        if self.ks_cols.size:
+            d, m = ks_many(row[None, :], self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
+            seg_max = np.maximum.reduceat(row, self.layout.starts[:-1])
+            # special.kolmogorov(sqrt(n_eff) * d) of every item in one call.
+            args = []
+            for k, det in enumerate(self.ks_dets):
+                mk, n = int(m[0, k]), det.baseline.n
+                args.append(math.sqrt(n * mk / (n + mk)) * float(d[0, k]) if mk else 0.0)
+            peaks = special.kolmogorov(np.asarray(args, dtype=np.float64)).tolist()
+            for k, j in enumerate(self.ks_cols.tolist()):
+                det = self.ks_dets[k]
+                if skip[j] or det._exact:
+                    continue
+                mk = int(m[0, k])
+                if mk == 0:
+                    out[j] = None
+                    continue
+                n = det.baseline.n
+                dk = float(d[0, k])
+                n_eff = n * mk / (n + mk)
+                d_crit = det._crit / math.sqrt(n_eff)
+                threshold = max(det.d_min, d_crit)
+                resolution = max(det._p_max, float(seg_max[self.ks_segs[k]]) / mk)
+                out[j] = Finding(
+                    detector=det.name,
+                    subject=det.subject,
+                    statistic=dk,
+                    threshold=threshold,
+                    drift=dk >= threshold,
+                    p_value=float(peaks[k]),
+                    window=WindowBounds(events=mk),
+                    details=(
+                        ("n_window", float(mk)),
+                        ("n_baseline", float(n)),
+                        ("n_eff", n_eff),
+                        ("alpha", det._alpha),
+                        ("d_critical", d_crit),
+                        ("resolution", resolution),
+                        ("exact", 0.0),
+                    ),
+                )
+        if self.q_cols.size:
+            # QualityRates.evaluate for every item at once (see there).
+            counts = row[self.q_index]  # (items, kinds), int64
+            ms = counts.sum(axis=-1)
+            safe = np.where(ms > 0, ms, 1)[:, None]
+            rates_all = counts / safe
+            base = self.q_base
+            nf = base.sum(axis=-1, keepdims=True)
+            mf = safe.astype(np.float64)
+            c = counts.astype(np.float64)
+            p = (c + base) / (mf + nf)
+            var = p * (1.0 - p) * (1.0 / mf + 1.0 / nf)
+            ok = var > 0
+            z = np.where(ok, (c / mf - base / nf) / np.sqrt(np.where(ok, var, 1.0)), 0.0)
+            z[(nf[:, 0] <= 0)] = 0.0
+            rises = rates_all - self.q_base_rates
+            z[:, 0] = -np.inf  # "ok" is not a problem kind
+            enough = rises >= self.q_min[:, None]
+            pick = np.argmax(np.where(enough, z, -np.inf), axis=-1)
+            best_k = np.where(enough[:, 1:].any(axis=-1), pick, 0)
+            best_k = np.where(best_k == 0, np.argmax(z, axis=-1), best_k)
+            rows = np.arange(best_k.size)
+            best_all = z[rows, best_k]
+            tail = special.ndtr(-best_all)
+            enough_best = enough[rows, best_k].tolist()
+            rise_best = rises[rows, best_k].tolist()
+            for k, j in enumerate(self.q_cols.tolist()):
+                if skip[j]:
+                    continue
+                mk = int(ms[k])
+                if mk == 0:
+                    out[j] = None
+                    continue
+                det = self.q_dets[k]
+                bk = int(best_k[k])
+                best = float(best_all[k])
+                crit = det._z_crit
+                rates = rates_all[k].tolist()
+                base_rates = self.q_base_rates[k].tolist()
+                kind = QUALITY_KINDS[bk].replace("_", " ")
+                summary = (
+                    f"{kind} rate {rates[bk]:.2%} vs baseline {base_rates[bk]:.2%}; "
+                    f"z {best:.4g} {'>=' if best >= crit else '<'} threshold "
+                    f"{crit:.4g}; rise {rise_best[k] * 100:.2f} points "
+                    f"{'>=' if enough_best[k] else '<'} minimum {det.min_increase * 100:.2f}"
+                )
+                details: tuple[tuple[str, float], ...] = (
+                    ("n_window", float(mk)),
+                    ("n_baseline", float(nf[k, 0])),
+                    ("alpha", det._alpha),
+                )
+                for q in range(1, len(QUALITY_KINDS)):
+                    details += (
+                        (f"rate_{QUALITY_KINDS[q]}", rates[q]),
+                        (f"baseline_rate_{QUALITY_KINDS[q]}", base_rates[q]),
+                    )
+                out[j] = Finding(
+                    detector=det.name,
+                    subject=det.subject,
+                    statistic=best,
+                    threshold=crit,
+                    drift=bool(enough_best[k]) and best >= crit,
+                    p_value=min(1.0, float(tail[k]) * det._kinds),
+                    window=WindowBounds(events=mk),
+                    details=details,
+                    summary=summary,
+                )
+        return out
 
     def flags(self, totals: npt.NDArray[np.int64], closed: npt.NDArray[np.int64]) -> Any:
         """``(C, items)`` bool: verdicts that may drift at each boundary."""
@@ -737,18 +870,23 @@ class DriftStage:
         if not judging:
             return []
         flags = screens.flags(totals, closed)
-        flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
         last = C - 1
+        # Verdicts the screen clears at the last boundary are clean: built from arrays.
+        fast = screens.clean(totals[last], int(closed[last]), flags[-1])
+        flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
         findings: list[Finding] = []
         spans: dict[tuple[int, int, int], WindowBounds | None] = {}
         still: dict[int, CutSpans] = {}
         rings = self._rings()
         for j, c in zip(*np.nonzero(flags.T), strict=True):
             plan, i, seg = layout.items[j]
-            merged = plan.merged[i]
             a, b = int(layout.starts[seg]), int(layout.starts[seg + 1])
-            merged.load_counts(totals[c, a:b].copy(), int(closed[c]))
-            finding = merged.evaluate()
+            if c == last and j in fast:
+                finding = fast[j]
+            else:
+                merged = plan.merged[i]
+                merged.load_counts(totals[c, a:b].copy(), int(closed[c]))
+                finding = merged.evaluate()
             if finding is None or not (finding.drift or c == last):
                 continue
             located = []
