@@ -328,13 +328,29 @@ class _Screens:
         self.ks_dets = dets
         self.ks_segs = [it[2] for _, it in ks]
         self.q_dets = qdets
+        self.psi_dets = pdets
+        # PSI items by their number of coarse bins: (items, their groups' columns in
+        # the reduced row, baseline counts, smoothing, bins).
+        by_size: dict[int, list[int]] = {}
+        for k, size in enumerate(sizes):
+            by_size.setdefault(int(size), []).append(k)
+        self.psi_groups = [
+            (
+                np.asarray(ks_, dtype=np.int64),
+                self.psi_offsets[ks_][:, None] + np.arange(size),
+                np.stack([pdets[k]._base.astype(np.float64) for k in ks_]),
+                np.asarray([pdets[k].smoothing for k in ks_], dtype=np.float64)[:, None],
+                size,
+            )
+            for size, ks_ in by_size.items()
+        ]
         self.q_base_rates = self.q_base / self.q_base.sum(axis=-1, keepdims=True)
 
     def clean(
         self, row: npt.NDArray[np.int64], closed: int, skip: npt.NDArray[np.bool_]
     ) -> dict[int, Finding | None]:
         """What ``evaluate`` returns on the stream window ``row`` (``(T,)``, one
-        boundary, ``closed`` sub-windows) for each KS and data_quality item not in
+        boundary, ``closed`` sub-windows) for each KS, PSI and data_quality item not in
         ``skip`` (the items the screen flagged: their own ``evaluate`` decides).
 
         The statistics of all fields come from array operations (the same operations
@@ -343,7 +359,7 @@ class _Screens:
         """
         out: dict[int, Finding | None] = {}
         if closed < self.layout.ring_size:  # not ready: evaluate gives None
-            for j in [*self.ks_cols.tolist(), *self.q_cols.tolist()]:
+            for j in [*self.ks_cols.tolist(), *self.psi_cols.tolist(), *self.q_cols.tolist()]:
                 if not skip[j]:
                     out[j] = None
             return out
@@ -386,6 +402,57 @@ class _Screens:
                         ("d_critical", d_crit),
                         ("resolution", resolution),
                         ("exact", 0.0),
+                    ),
+                )
+        if self.psi_cols.size:
+            # psi_from_counts of every item, items with as many coarse bins together.
+            g = np.add.reduceat(row, self.psi_cuts)[self.psi_take]
+            K = len(self.psi_dets)
+            values = np.zeros(K, dtype=np.float64)
+            pm = np.zeros(K, dtype=np.int64)
+            for items, cols, base_c, sm, size in self.psi_groups:
+                cg = g[cols]
+                pm[items] = cg.sum(axis=-1)
+                cf = cg.astype(np.float64)
+                b = (base_c + sm) / (base_c.sum(axis=-1, keepdims=True) + sm * size)
+                w = (cf + sm) / (cf.sum(axis=-1, keepdims=True) + sm * size)
+                values[items] = ((w - b) * np.log(w / b)).sum(axis=-1)
+            effs: list[float] = []
+            for k, det in enumerate(self.psi_dets):
+                mk, n = int(pm[k]), int(det._base.sum())
+                effs.append(n * mk / (n + mk) if mk else 0.0)
+            chi = special.chdtrc(
+                np.asarray([d._dof for d in self.psi_dets], dtype=np.float64),
+                np.asarray(effs, dtype=np.float64) * values,
+            ).tolist()
+            for k, j in enumerate(self.psi_cols.tolist()):
+                if skip[j]:
+                    continue
+                mk = int(pm[k])
+                if mk == 0:
+                    out[j] = None
+                    continue
+                pdet = self.psi_dets[k]
+                n = int(pdet._base.sum())
+                value = float(values[k])
+                n_eff = effs[k]
+                crit = pdet._chi2_crit / n_eff
+                threshold = max(pdet.psi_min, crit)
+                out[j] = Finding(
+                    detector=pdet.name,
+                    subject=pdet.subject,
+                    statistic=value,
+                    threshold=threshold,
+                    drift=value >= threshold,
+                    p_value=float(chi[k]),
+                    window=WindowBounds(events=mk),
+                    details=(
+                        ("n_window", float(mk)),
+                        ("n_baseline", float(n)),
+                        ("n_eff", n_eff),
+                        ("alpha", pdet._alpha),
+                        ("psi_critical", crit),
+                        ("bins", float(pdet._starts.size)),
                     ),
                 )
         if self.q_cols.size:
