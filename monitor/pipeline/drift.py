@@ -942,10 +942,15 @@ class DriftStage:
         fast = screens.clean(totals[last], int(closed[last]), flags[-1])
         flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
         findings: list[Finding] = []
-        spans: dict[tuple[int, int, int], WindowBounds | None] = {}
+        # Evidence per (boundary, segment), shared by the items of a segment, from
+        # each ring's window per boundary (counts per segment, and one span).
+        frames: dict[tuple[int, int], _Frame] = {}
+        heads: dict[tuple[int, int], tuple[list[int], tuple[Any, Any, Any, Any]]] = {}
         still: dict[int, CutSpans] = {}
         rings = self._rings()
-        for j, c in zip(*np.nonzero(flags.T), strict=True):
+        labels = self._labels()
+        flagged_j, flagged_c = np.nonzero(flags.T)
+        for j, c in zip(flagged_j.tolist(), flagged_c.tolist(), strict=True):
             plan, i, seg = layout.items[j]
             a, b = int(layout.starts[seg]), int(layout.starts[seg + 1])
             if c == last and j in fast:
@@ -956,22 +961,30 @@ class DriftStage:
                 finding = merged.evaluate()
             if finding is None or not (finding.drift or c == last):
                 continue
-            located = []
-            for slot, ring in rings:
-                key = (slot, int(c), seg)
-                if key not in spans:
-                    moved = where.get(slot)
-                    if moved is not None:
-                        spans[key] = _part(slot, moved.span_at(int(c), seg))
-                    else:  # a window this batch did not move: as it is
-                        if slot not in still:
-                            still[slot] = ring.spans()
-                        spans[key] = _part(slot, still[slot].span_at(0, seg))
-                located.append(spans[key])
+            frame = frames.get((c, seg))
+            if frame is None:
+                located: list[WindowBounds | None] = []
+                for slot, ring in rings:
+                    head = heads.get((slot, c))
+                    if head is None:
+                        moved = where.get(slot)
+                        at = c
+                        if moved is None:  # a window this batch did not move: as it is
+                            if slot not in still:
+                                still[slot] = ring.spans()
+                            moved, at = still[slot], 0
+                        head = heads[(slot, c)] = (
+                            moved.events[at].tolist(),
+                            _span_fields(moved.spans[at]),
+                        )
+                    events = head[0][seg]
+                    first, last_off, start, end = head[1]
+                    located.append(
+                        WindowBounds(events, first, last_off, start, end, slot) if events else None
+                    )
+                frame = frames[(c, seg)] = _frame(located)
             categories = [] if plan.outcome[i] else self._category_names(plan)
-            findings.append(
-                _with_evidence(finding, located, plan, categories, totals[c, a:b], **self._labels())
-            )
+            findings.append(_with_frame(finding, frame, plan, categories, totals[c, a:b], **labels))
         return findings
 
     def _labels(self) -> dict[str, Any]:
@@ -1699,6 +1712,41 @@ def _evolve_finding(finding: Finding, **changes: Any) -> Finding:
     return out
 
 
+def _span_fields(
+    span: npt.NDArray[np.float64],
+) -> tuple[int | None, int | None, float | None, float | None]:
+    """``(first offset, last offset, start time, end time)`` of a ``CutSpans`` row
+    (None where unknown), as ``CutSpans.span_at`` gives them."""
+    first, last, start, end = span.tolist()
+    return (
+        None if first < 0 else int(first),
+        None if last < 0 else int(last),
+        None if math.isnan(start) else start,
+        None if math.isnan(end) else end,
+    )
+
+
+# A verdict's evidence: the partitions' windows, the one window when there is only
+# one, and the earliest start and latest end of theirs (None: none known).
+_Frame = tuple[tuple[WindowBounds, ...], WindowBounds | None, float | None, float | None]
+
+
+def _frame(
+    spans: list[tuple[int, tuple[int, int | None, int | None, float | None, float | None]]]
+    | list[WindowBounds | None],
+) -> _Frame:
+    """The evidence of ``spans`` (see ``_with_evidence``)."""
+    parts: list[WindowBounds] = []
+    for item in spans:
+        part = item if item is None or isinstance(item, WindowBounds) else _part(*item)
+        if part is not None:
+            parts.append(part)
+    starts = [p.start_time for p in parts if p.start_time is not None]
+    ends = [p.end_time for p in parts if p.end_time is not None]
+    one = parts[0] if len(parts) == 1 else None
+    return tuple(parts), one, min(starts) if starts else None, max(ends) if ends else None
+
+
 def _with_evidence(
     finding: Finding,
     spans: list[tuple[int, tuple[int, int | None, int | None, float | None, float | None]]]
@@ -1712,21 +1760,26 @@ def _with_evidence(
     last offset, start time, end time))``, or already as ``WindowBounds``) and, for a
     categorical field, the categories contributing most and the unseen rate (from the
     stream window's ``counts``); ``extra`` sets other fields (stream, baseline id)."""
-    parts: list[WindowBounds] = []
-    for item in spans:
-        part = item if item is None or isinstance(item, WindowBounds) else _part(*item)
-        if part is not None:
-            parts.append(part)
-    starts = [p.start_time for p in parts if p.start_time is not None]
-    ends = [p.end_time for p in parts if p.end_time is not None]
+    return _with_frame(finding, _frame(spans), plan, categories, counts, **extra)
+
+
+def _with_frame(
+    finding: Finding,
+    frame: _Frame,
+    plan: _FieldPlan,
+    categories: list[str],
+    counts: npt.NDArray[np.int64] | None = None,
+    **extra: Any,
+) -> Finding:
+    """``_with_evidence`` from the evidence ``_frame`` made of the spans."""
+    parts, one, start, end = frame
     w = finding.window
-    one = parts[0] if len(parts) == 1 else None
     window = WindowBounds(
         w.events,
         w.first_offset if one is None else one.first_offset,
         w.last_offset if one is None else one.last_offset,
-        min(starts) if starts else w.start_time,
-        max(ends) if ends else w.end_time,
+        w.start_time if start is None else start,
+        w.end_time if end is None else end,
         w.partition if one is None else one.partition,
     )
     top: tuple[tuple[str, float], ...] = ()
@@ -1736,7 +1789,7 @@ def _with_evidence(
         if "unseen_rate" not in dict(details):
             details = (*details, ("unseen_rate", unseen))
     return _evolve_finding(
-        finding, window=window, partitions=tuple(parts), top=top, details=details, **extra
+        finding, window=window, partitions=parts, top=top, details=details, **extra
     )
 
 
