@@ -326,9 +326,12 @@ class _Screens:
         self.q_crit = np.asarray([d._z_crit for d in qdets], dtype=np.float64)
         # Clean findings (``clean``): the detectors and their segments.
         self.ks_dets = dets
+        self.ks_nint = [int(d.baseline.n) for d in dets]
         self.ks_segs = [it[2] for _, it in ks]
         self.q_dets = qdets
         self.psi_dets = pdets
+        self.psi_nint = [int(d._base.sum()) for d in pdets]
+        self.psi_dofs = np.asarray([d._dof for d in pdets], dtype=np.float64)
         # PSI items by their number of coarse bins: (items, their groups' columns in
         # the reduced row, baseline counts, smoothing, bins).
         by_size: dict[int, list[int]] = {}
@@ -358,30 +361,32 @@ class _Screens:
         findings themselves are built per field.
         """
         out: dict[int, Finding | None] = {}
+        skip_l: list[bool] = skip.tolist()
         if closed < self.layout.ring_size:  # not ready: evaluate gives None
             for j in [*self.ks_cols.tolist(), *self.psi_cols.tolist(), *self.q_cols.tolist()]:
-                if not skip[j]:
+                if not skip_l[j]:
                     out[j] = None
             return out
         if self.ks_cols.size:
             d, m = ks_many(row[None, :], self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
-            seg_max = np.maximum.reduceat(row, self.layout.starts[:-1])
+            seg_max = np.maximum.reduceat(row, self.layout.starts[:-1]).tolist()
+            d_l, m_l = d[0].tolist(), m[0].tolist()
             # special.kolmogorov(sqrt(n_eff) * d) of every item in one call.
             args = []
-            for k, det in enumerate(self.ks_dets):
-                mk, n = int(m[0, k]), det.baseline.n
-                args.append(math.sqrt(n * mk / (n + mk)) * float(d[0, k]) if mk else 0.0)
+            for k, n in enumerate(self.ks_nint):
+                mk = int(m_l[k])
+                args.append(math.sqrt(n * mk / (n + mk)) * d_l[k] if mk else 0.0)
             peaks = special.kolmogorov(np.asarray(args, dtype=np.float64)).tolist()
             for k, j in enumerate(self.ks_cols.tolist()):
                 det = self.ks_dets[k]
-                if skip[j] or det._exact:
+                if skip_l[j] or det._exact:
                     continue
-                mk = int(m[0, k])
+                mk = int(m_l[k])
                 if mk == 0:
                     out[j] = None
                     continue
-                n = det.baseline.n
-                dk = float(d[0, k])
+                n = self.ks_nint[k]
+                dk = d_l[k]
                 n_eff = n * mk / (n + mk)
                 d_crit = det._crit / math.sqrt(n_eff)
                 threshold = max(det.d_min, d_crit)
@@ -418,23 +423,24 @@ class _Screens:
                 w = (cf + sm) / (cf.sum(axis=-1, keepdims=True) + sm * size)
                 values[items] = ((w - b) * np.log(w / b)).sum(axis=-1)
             effs: list[float] = []
-            for k, det in enumerate(self.psi_dets):
-                mk, n = int(pm[k]), int(det._base.sum())
+            for k, n in enumerate(self.psi_nint):
+                mk = int(pm[k])
                 effs.append(n * mk / (n + mk) if mk else 0.0)
             chi = special.chdtrc(
-                np.asarray([d._dof for d in self.psi_dets], dtype=np.float64),
+                self.psi_dofs,
                 np.asarray(effs, dtype=np.float64) * values,
             ).tolist()
+            pm_l, values_l = pm.tolist(), values.tolist()
             for k, j in enumerate(self.psi_cols.tolist()):
-                if skip[j]:
+                if skip_l[j]:
                     continue
-                mk = int(pm[k])
+                mk = pm_l[k]
                 if mk == 0:
                     out[j] = None
                     continue
                 pdet = self.psi_dets[k]
-                n = int(pdet._base.sum())
-                value = float(values[k])
+                n = self.psi_nint[k]
+                value = values_l[k]
                 n_eff = effs[k]
                 crit = pdet._chi2_crit / n_eff
                 threshold = max(pdet.psi_min, crit)
@@ -478,19 +484,25 @@ class _Screens:
             best_k = np.where(best_k == 0, np.argmax(z, axis=-1), best_k)
             rows = np.arange(best_k.size)
             best_all = z[rows, best_k]
-            tail = special.ndtr(-best_all)
+            tail = special.ndtr(-best_all).tolist()
+            best_l, bk_l, ms_l, nf_l = (
+                best_all.tolist(),
+                best_k.tolist(),
+                ms.tolist(),
+                nf[:, 0].tolist(),
+            )
             enough_best = enough[rows, best_k].tolist()
             rise_best = rises[rows, best_k].tolist()
             for k, j in enumerate(self.q_cols.tolist()):
-                if skip[j]:
+                if skip_l[j]:
                     continue
-                mk = int(ms[k])
+                mk = ms_l[k]
                 if mk == 0:
                     out[j] = None
                     continue
                 det = self.q_dets[k]
-                bk = int(best_k[k])
-                best = float(best_all[k])
+                bk = bk_l[k]
+                best = best_l[k]
                 crit = det._z_crit
                 rates = rates_all[k].tolist()
                 base_rates = self.q_base_rates[k].tolist()
@@ -503,7 +515,7 @@ class _Screens:
                 )
                 details: tuple[tuple[str, float], ...] = (
                     ("n_window", float(mk)),
-                    ("n_baseline", float(nf[k, 0])),
+                    ("n_baseline", nf_l[k]),
                     ("alpha", det._alpha),
                 )
                 for q in range(1, len(QUALITY_KINDS)):
@@ -517,7 +529,7 @@ class _Screens:
                     statistic=best,
                     threshold=crit,
                     drift=bool(enough_best[k]) and best >= crit,
-                    p_value=min(1.0, float(tail[k]) * det._kinds),
+                    p_value=min(1.0, tail[k] * det._kinds),
                     window=WindowBounds(events=mk),
                     details=details,
                     summary=summary,
