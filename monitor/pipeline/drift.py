@@ -1608,15 +1608,16 @@ def _unorder(values: npt.NDArray[Any], order: npt.NDArray[np.intp] | None) -> np
 
 
 def _update_adwins(jobs: list[tuple[Any, ...]]) -> list[int | None]:
-    """Fold each job's values into its raw-value detector: ADWINs of one partition
-    with one compiled call, others one by one; the changes each found (None: a
-    detector without ``finding``, whose findings are not reported here)."""
+    """Fold each job's values into its raw-value detector: the ADWINs of all
+    partitions (independent instances) with one compiled call per ``max_buckets``,
+    others one by one; the changes each found (None: a detector without
+    ``finding``, whose findings are not reported here)."""
     out: list[int | None] = [None] * len(jobs)
     groups: dict[int, list[int]] = {}
     for k, job in enumerate(jobs):
         det = job[3]
         if isinstance(det, ADWIN):
-            groups.setdefault(job[1], []).append(k)
+            groups.setdefault(det.max_buckets, []).append(k)
         else:
             det.update(job[4], job[5])
     for ks in groups.values():
@@ -1661,9 +1662,9 @@ def _locate_change(
     times: npt.NDArray[np.float64] | None,
 ) -> Finding:
     """An ADWIN finding with its partition, and for a change where and how much."""
-    window = dataclasses.replace(f.window, partition=slot)
+    window = _evolve(f.window, partition=slot)
     if not f.drift:
-        return dataclasses.replace(f, window=window, partitions=(window,))
+        return _evolve_finding(f, window=window, partitions=(window,))
     details = dict(f.details)
     i = int(details.get("first_change_index", 0))
     recent = values[max(0, i + 1 - _RECENT) : i + 1].astype(np.float64)
