@@ -87,8 +87,8 @@ def _fold(
     times: FloatArray,
     has_times: bool,
     ring: npt.NDArray[np.int32],
-    total: IntArray,
-    open_: IntArray,
+    total: npt.NDArray[np.int32],
+    open_: npt.NDArray[np.int32],
     segment_counts: IntArray,
     open_segments: IntArray,
     off: IntArray,
@@ -197,8 +197,10 @@ class WindowRing:
         R, T, nseg = self.ring_size, self.width, self.starts.size - 1
         self.ring = np.zeros((R, T), dtype=np.int32)
         self.segment_counts = np.zeros((R, nseg), dtype=np.int64)
-        self.total = np.zeros(T, dtype=np.int64)
-        self.open = np.zeros(T, dtype=np.int64)
+        # Counts of a window's bins fit 32 bits (half the memory a sub-window's
+        # close and a boundary walk through); state() gives them as int64.
+        self.total = np.zeros(T, dtype=np.int32)
+        self.open = np.zeros(T, dtype=np.int32)
         self.open_segments = np.zeros(nseg, dtype=np.int64)
         # open_n (events in the filling sub-window), pos (next slot to overwrite, the
         # oldest), closed (sub-windows closed so far).
@@ -313,8 +315,8 @@ class WindowRing:
             "step": self.step,
             "ring": self.ring.copy(),
             "segment_counts": self.segment_counts.copy(),
-            "total": self.total.copy(),
-            "open": self.open.copy(),
+            "total": self.total.astype(np.int64),
+            "open": self.open.astype(np.int64),
             "open_segments": self.open_segments.copy(),
             "open_n": self.open_n,
             "pos": self.pos,
@@ -335,8 +337,8 @@ class WindowRing:
             )
         self.ring = ring.copy()
         self.segment_counts = np.asarray(state["segment_counts"], dtype=np.int64).copy()
-        self.total = np.asarray(state["total"], dtype=np.int64).copy()
-        self.open = np.asarray(state["open"], dtype=np.int64).copy()
+        self.total = np.asarray(state["total"], dtype=np.int32).copy()
+        self.open = np.asarray(state["open"], dtype=np.int32).copy()
         self.open_segments = np.asarray(state["open_segments"], dtype=np.int64).copy()
         self._scalars = np.array(
             [int(state["open_n"]), int(state["pos"]), int(state["closed"])], dtype=np.int64

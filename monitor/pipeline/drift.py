@@ -76,11 +76,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import operator
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import special
 
 from detectors.adwin import ADWIN, update_many
 from detectors.adwin_defaults import SERVICE_DEFAULTS
@@ -323,6 +325,217 @@ class _Screens:
         )
         self.q_min = np.asarray([d.min_increase for d in qdets], dtype=np.float64)
         self.q_crit = np.asarray([d._z_crit for d in qdets], dtype=np.float64)
+        # Clean findings (``clean``): the detectors and their segments.
+        self.ks_dets = dets
+        self.ks_nint = [int(d.baseline.n) for d in dets]
+        self.ks_segs = [it[2] for _, it in ks]
+        self.q_dets = qdets
+        self.psi_dets = pdets
+        self.psi_nint = [int(d._base.sum()) for d in pdets]
+        self.psi_dofs = np.asarray([d._dof for d in pdets], dtype=np.float64)
+        # PSI items by their number of coarse bins: (items, their groups' columns in
+        # the reduced row, baseline counts, smoothing, bins).
+        by_size: dict[int, list[int]] = {}
+        for k, size in enumerate(sizes):
+            by_size.setdefault(int(size), []).append(k)
+        self.psi_groups = [
+            (
+                np.asarray(ks_, dtype=np.int64),
+                self.psi_offsets[ks_][:, None] + np.arange(size),
+                np.stack([pdets[k]._base.astype(np.float64) for k in ks_]),
+                np.asarray([pdets[k].smoothing for k in ks_], dtype=np.float64)[:, None],
+                size,
+            )
+            for size, ks_ in by_size.items()
+        ]
+        self.q_base_rates = self.q_base / self.q_base.sum(axis=-1, keepdims=True)
+
+    def clean(
+        self, row: npt.NDArray[np.int64], closed: int, skip: npt.NDArray[np.bool_]
+    ) -> dict[int, Finding | None]:
+        """What ``evaluate`` returns on the stream window ``row`` (``(T,)``, one
+        boundary, ``closed`` sub-windows) for each KS, PSI and data_quality item not in
+        ``skip`` (the items the screen flagged: their own ``evaluate`` decides).
+
+        The statistics of all fields come from array operations (the same operations
+        as ``evaluate``'s, value by value, so the findings are equal); only the
+        findings themselves are built per field.
+        """
+        out: dict[int, Finding | None] = {}
+        skip_l: list[bool] = skip.tolist()
+        if closed < self.layout.ring_size:  # not ready: evaluate gives None
+            for j in [*self.ks_cols.tolist(), *self.psi_cols.tolist(), *self.q_cols.tolist()]:
+                if not skip_l[j]:
+                    out[j] = None
+            return out
+        if self.ks_cols.size:
+            d, m = ks_many(row[None, :], self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
+            seg_max = np.maximum.reduceat(row, self.layout.starts[:-1]).tolist()
+            d_l, m_l = d[0].tolist(), m[0].tolist()
+            # special.kolmogorov(sqrt(n_eff) * d) of every item in one call.
+            args = []
+            for k, n in enumerate(self.ks_nint):
+                mk = int(m_l[k])
+                args.append(math.sqrt(n * mk / (n + mk)) * d_l[k] if mk else 0.0)
+            peaks = special.kolmogorov(np.asarray(args, dtype=np.float64)).tolist()
+            for k, j in enumerate(self.ks_cols.tolist()):
+                det = self.ks_dets[k]
+                if skip_l[j] or det._exact:
+                    continue
+                mk = int(m_l[k])
+                if mk == 0:
+                    out[j] = None
+                    continue
+                n = self.ks_nint[k]
+                dk = d_l[k]
+                n_eff = n * mk / (n + mk)
+                d_crit = det._crit / math.sqrt(n_eff)
+                threshold = max(det.d_min, d_crit)
+                resolution = max(det._p_max, float(seg_max[self.ks_segs[k]]) / mk)
+                out[j] = Finding(
+                    detector=det.name,
+                    subject=det.subject,
+                    statistic=dk,
+                    threshold=threshold,
+                    drift=dk >= threshold,
+                    p_value=float(peaks[k]),
+                    window=WindowBounds(events=mk),
+                    details=(
+                        ("n_window", float(mk)),
+                        ("n_baseline", float(n)),
+                        ("n_eff", n_eff),
+                        ("alpha", det._alpha),
+                        ("d_critical", d_crit),
+                        ("resolution", resolution),
+                        ("exact", 0.0),
+                    ),
+                )
+        if self.psi_cols.size:
+            # psi_from_counts of every item, items with as many coarse bins together.
+            g = np.add.reduceat(row, self.psi_cuts)[self.psi_take]
+            K = len(self.psi_dets)
+            values = np.zeros(K, dtype=np.float64)
+            pm = np.zeros(K, dtype=np.int64)
+            for items, cols, base_c, sm, size in self.psi_groups:
+                cg = g[cols]
+                pm[items] = cg.sum(axis=-1)
+                cf = cg.astype(np.float64)
+                b = (base_c + sm) / (base_c.sum(axis=-1, keepdims=True) + sm * size)
+                w = (cf + sm) / (cf.sum(axis=-1, keepdims=True) + sm * size)
+                values[items] = ((w - b) * np.log(w / b)).sum(axis=-1)
+            effs: list[float] = []
+            for k, n in enumerate(self.psi_nint):
+                mk = int(pm[k])
+                effs.append(n * mk / (n + mk) if mk else 0.0)
+            chi = special.chdtrc(
+                self.psi_dofs,
+                np.asarray(effs, dtype=np.float64) * values,
+            ).tolist()
+            pm_l, values_l = pm.tolist(), values.tolist()
+            for k, j in enumerate(self.psi_cols.tolist()):
+                if skip_l[j]:
+                    continue
+                mk = pm_l[k]
+                if mk == 0:
+                    out[j] = None
+                    continue
+                pdet = self.psi_dets[k]
+                n = self.psi_nint[k]
+                value = values_l[k]
+                n_eff = effs[k]
+                crit = pdet._chi2_crit / n_eff
+                threshold = max(pdet.psi_min, crit)
+                out[j] = Finding(
+                    detector=pdet.name,
+                    subject=pdet.subject,
+                    statistic=value,
+                    threshold=threshold,
+                    drift=value >= threshold,
+                    p_value=float(chi[k]),
+                    window=WindowBounds(events=mk),
+                    details=(
+                        ("n_window", float(mk)),
+                        ("n_baseline", float(n)),
+                        ("n_eff", n_eff),
+                        ("alpha", pdet._alpha),
+                        ("psi_critical", crit),
+                        ("bins", float(pdet._starts.size)),
+                    ),
+                )
+        if self.q_cols.size:
+            # QualityRates.evaluate for every item at once (see there).
+            counts = row[self.q_index]  # (items, kinds), int64
+            ms = counts.sum(axis=-1)
+            safe = np.where(ms > 0, ms, 1)[:, None]
+            rates_all = counts / safe
+            base = self.q_base
+            nf = base.sum(axis=-1, keepdims=True)
+            mf = safe.astype(np.float64)
+            c = counts.astype(np.float64)
+            p = (c + base) / (mf + nf)
+            var = p * (1.0 - p) * (1.0 / mf + 1.0 / nf)
+            ok = var > 0
+            z = np.where(ok, (c / mf - base / nf) / np.sqrt(np.where(ok, var, 1.0)), 0.0)
+            z[(nf[:, 0] <= 0)] = 0.0
+            rises = rates_all - self.q_base_rates
+            z[:, 0] = -np.inf  # "ok" is not a problem kind
+            enough = rises >= self.q_min[:, None]
+            pick = np.argmax(np.where(enough, z, -np.inf), axis=-1)
+            best_k = np.where(enough[:, 1:].any(axis=-1), pick, 0)
+            best_k = np.where(best_k == 0, np.argmax(z, axis=-1), best_k)
+            rows = np.arange(best_k.size)
+            best_all = z[rows, best_k]
+            tail = special.ndtr(-best_all).tolist()
+            best_l, bk_l, ms_l, nf_l = (
+                best_all.tolist(),
+                best_k.tolist(),
+                ms.tolist(),
+                nf[:, 0].tolist(),
+            )
+            enough_best = enough[rows, best_k].tolist()
+            rise_best = rises[rows, best_k].tolist()
+            for k, j in enumerate(self.q_cols.tolist()):
+                if skip_l[j]:
+                    continue
+                mk = ms_l[k]
+                if mk == 0:
+                    out[j] = None
+                    continue
+                det = self.q_dets[k]
+                bk = bk_l[k]
+                best = best_l[k]
+                crit = det._z_crit
+                rates = rates_all[k].tolist()
+                base_rates = self.q_base_rates[k].tolist()
+                kind = QUALITY_KINDS[bk].replace("_", " ")
+                summary = (
+                    f"{kind} rate {rates[bk]:.2%} vs baseline {base_rates[bk]:.2%}; "
+                    f"z {best:.4g} {'>=' if best >= crit else '<'} threshold "
+                    f"{crit:.4g}; rise {rise_best[k] * 100:.2f} points "
+                    f"{'>=' if enough_best[k] else '<'} minimum {det.min_increase * 100:.2f}"
+                )
+                details: tuple[tuple[str, float], ...] = (
+                    ("n_window", float(mk)),
+                    ("n_baseline", nf_l[k]),
+                    ("alpha", det._alpha),
+                )
+                for q in range(1, len(QUALITY_KINDS)):
+                    details += (
+                        (f"rate_{QUALITY_KINDS[q]}", rates[q]),
+                        (f"baseline_rate_{QUALITY_KINDS[q]}", base_rates[q]),
+                    )
+                out[j] = Finding(
+                    detector=det.name,
+                    subject=det.subject,
+                    statistic=best,
+                    threshold=crit,
+                    drift=bool(enough_best[k]) and best >= crit,
+                    p_value=min(1.0, tail[k] * det._kinds),
+                    window=WindowBounds(events=mk),
+                    details=details,
+                    summary=summary,
+                )
+        return out
 
     def flags(self, totals: npt.NDArray[np.int64], closed: npt.NDArray[np.int64]) -> Any:
         """``(C, items)`` bool: verdicts that may drift at each boundary."""
@@ -737,36 +950,54 @@ class DriftStage:
         if not judging:
             return []
         flags = screens.flags(totals, closed)
-        flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
         last = C - 1
+        # Verdicts the screen clears at the last boundary are clean: built from arrays.
+        fast = screens.clean(totals[last], int(closed[last]), flags[-1])
+        flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
         findings: list[Finding] = []
-        spans: dict[tuple[int, int, int], WindowBounds | None] = {}
+        # Evidence per (boundary, segment), shared by the items of a segment, from
+        # each ring's window per boundary (counts per segment, and one span).
+        frames: dict[tuple[int, int], _Frame] = {}
+        heads: dict[tuple[int, int], tuple[list[int], tuple[Any, Any, Any, Any]]] = {}
         still: dict[int, CutSpans] = {}
         rings = self._rings()
-        for j, c in zip(*np.nonzero(flags.T), strict=True):
+        labels = self._labels()
+        flagged_j, flagged_c = np.nonzero(flags.T)
+        for j, c in zip(flagged_j.tolist(), flagged_c.tolist(), strict=True):
             plan, i, seg = layout.items[j]
-            merged = plan.merged[i]
             a, b = int(layout.starts[seg]), int(layout.starts[seg + 1])
-            merged.load_counts(totals[c, a:b].copy(), int(closed[c]))
-            finding = merged.evaluate()
+            if c == last and j in fast:
+                finding = fast[j]
+            else:
+                merged = plan.merged[i]
+                merged.load_counts(totals[c, a:b].copy(), int(closed[c]))
+                finding = merged.evaluate()
             if finding is None or not (finding.drift or c == last):
                 continue
-            located = []
-            for slot, ring in rings:
-                key = (slot, int(c), seg)
-                if key not in spans:
-                    moved = where.get(slot)
-                    if moved is not None:
-                        spans[key] = _part(slot, moved.span_at(int(c), seg))
-                    else:  # a window this batch did not move: as it is
-                        if slot not in still:
-                            still[slot] = ring.spans()
-                        spans[key] = _part(slot, still[slot].span_at(0, seg))
-                located.append(spans[key])
+            frame = frames.get((c, seg))
+            if frame is None:
+                located: list[WindowBounds | None] = []
+                for slot, ring in rings:
+                    head = heads.get((slot, c))
+                    if head is None:
+                        moved = where.get(slot)
+                        at = c
+                        if moved is None:  # a window this batch did not move: as it is
+                            if slot not in still:
+                                still[slot] = ring.spans()
+                            moved, at = still[slot], 0
+                        head = heads[(slot, c)] = (
+                            moved.events[at].tolist(),
+                            _span_fields(moved.spans[at]),
+                        )
+                    events = head[0][seg]
+                    first, last_off, start, end = head[1]
+                    located.append(
+                        WindowBounds(events, first, last_off, start, end, slot) if events else None
+                    )
+                frame = frames[(c, seg)] = _frame(located)
             categories = [] if plan.outcome[i] else self._category_names(plan)
-            findings.append(
-                _with_evidence(finding, located, plan, categories, totals[c, a:b], **self._labels())
-            )
+            findings.append(_with_frame(finding, frame, plan, categories, totals[c, a:b], **labels))
         return findings
 
     def _labels(self) -> dict[str, Any]:
@@ -1378,15 +1609,16 @@ def _unorder(values: npt.NDArray[Any], order: npt.NDArray[np.intp] | None) -> np
 
 
 def _update_adwins(jobs: list[tuple[Any, ...]]) -> list[int | None]:
-    """Fold each job's values into its raw-value detector: ADWINs of one partition
-    with one compiled call, others one by one; the changes each found (None: a
-    detector without ``finding``, whose findings are not reported here)."""
+    """Fold each job's values into its raw-value detector: the ADWINs of all
+    partitions (independent instances) with one compiled call per ``max_buckets``,
+    others one by one; the changes each found (None: a detector without
+    ``finding``, whose findings are not reported here)."""
     out: list[int | None] = [None] * len(jobs)
     groups: dict[int, list[int]] = {}
     for k, job in enumerate(jobs):
         det = job[3]
         if isinstance(det, ADWIN):
-            groups.setdefault(job[1], []).append(k)
+            groups.setdefault(det.max_buckets, []).append(k)
         else:
             det.update(job[4], job[5])
     for ks in groups.values():
@@ -1431,9 +1663,9 @@ def _locate_change(
     times: npt.NDArray[np.float64] | None,
 ) -> Finding:
     """An ADWIN finding with its partition, and for a change where and how much."""
-    window = dataclasses.replace(f.window, partition=slot)
+    window = _evolve(f.window, partition=slot)
     if not f.drift:
-        return dataclasses.replace(f, window=window, partitions=(window,))
+        return _evolve_finding(f, window=window, partitions=(window,))
     details = dict(f.details)
     i = int(details.get("first_change_index", 0))
     recent = values[max(0, i + 1 - _RECENT) : i + 1].astype(np.float64)
@@ -1477,21 +1709,66 @@ def _part(
     return WindowBounds(events, first, last, start, end, slot)
 
 
-_FIELDS: dict[type, tuple[str, ...]] = {}
+# Per class: its fields' positions by name, and one getter of all their values.
+_FIELDS: dict[type, tuple[dict[str, int], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
 def _evolve(obj: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` for the frozen values built per verdict, a few times
     cheaper (field names cached per class, no validation pass)."""
-    names = _FIELDS.get(type(obj))
-    if names is None:
-        names = _FIELDS[type(obj)] = tuple(f.name for f in dataclasses.fields(obj))
-    return type(obj)(*[changes[n] if n in changes else getattr(obj, n) for n in names])
+    known = _FIELDS.get(type(obj))
+    if known is None:
+        names = tuple(f.name for f in dataclasses.fields(obj))
+        one = operator.attrgetter(*names)
+        getter = one if len(names) > 1 else (lambda o: (one(o),))
+        known = _FIELDS[type(obj)] = ({n: i for i, n in enumerate(names)}, getter)
+    index, getter = known
+    values = list(getter(obj))
+    for name, value in changes.items():
+        at = index.get(name)
+        if at is not None:  # like before: a name that is no field changes nothing
+            values[at] = value
+    return type(obj)(*values)
 
 
 def _evolve_finding(finding: Finding, **changes: Any) -> Finding:
     out: Finding = _evolve(finding, **changes)
     return out
+
+
+def _span_fields(
+    span: npt.NDArray[np.float64],
+) -> tuple[int | None, int | None, float | None, float | None]:
+    """``(first offset, last offset, start time, end time)`` of a ``CutSpans`` row
+    (None where unknown), as ``CutSpans.span_at`` gives them."""
+    first, last, start, end = span.tolist()
+    return (
+        None if first < 0 else int(first),
+        None if last < 0 else int(last),
+        None if math.isnan(start) else start,
+        None if math.isnan(end) else end,
+    )
+
+
+# A verdict's evidence: the partitions' windows, the one window when there is only
+# one, and the earliest start and latest end of theirs (None: none known).
+_Frame = tuple[tuple[WindowBounds, ...], WindowBounds | None, float | None, float | None]
+
+
+def _frame(
+    spans: list[tuple[int, tuple[int, int | None, int | None, float | None, float | None]]]
+    | list[WindowBounds | None],
+) -> _Frame:
+    """The evidence of ``spans`` (see ``_with_evidence``)."""
+    parts: list[WindowBounds] = []
+    for item in spans:
+        part = item if item is None or isinstance(item, WindowBounds) else _part(*item)
+        if part is not None:
+            parts.append(part)
+    starts = [p.start_time for p in parts if p.start_time is not None]
+    ends = [p.end_time for p in parts if p.end_time is not None]
+    one = parts[0] if len(parts) == 1 else None
+    return tuple(parts), one, min(starts) if starts else None, max(ends) if ends else None
 
 
 def _with_evidence(
@@ -1507,21 +1784,26 @@ def _with_evidence(
     last offset, start time, end time))``, or already as ``WindowBounds``) and, for a
     categorical field, the categories contributing most and the unseen rate (from the
     stream window's ``counts``); ``extra`` sets other fields (stream, baseline id)."""
-    parts: list[WindowBounds] = []
-    for item in spans:
-        part = item if item is None or isinstance(item, WindowBounds) else _part(*item)
-        if part is not None:
-            parts.append(part)
-    starts = [p.start_time for p in parts if p.start_time is not None]
-    ends = [p.end_time for p in parts if p.end_time is not None]
+    return _with_frame(finding, _frame(spans), plan, categories, counts, **extra)
+
+
+def _with_frame(
+    finding: Finding,
+    frame: _Frame,
+    plan: _FieldPlan,
+    categories: list[str],
+    counts: npt.NDArray[np.int64] | None = None,
+    **extra: Any,
+) -> Finding:
+    """``_with_evidence`` from the evidence ``_frame`` made of the spans."""
+    parts, one, start, end = frame
     w = finding.window
-    one = parts[0] if len(parts) == 1 else None
     window = WindowBounds(
         w.events,
         w.first_offset if one is None else one.first_offset,
         w.last_offset if one is None else one.last_offset,
-        min(starts) if starts else w.start_time,
-        max(ends) if ends else w.end_time,
+        w.start_time if start is None else start,
+        w.end_time if end is None else end,
         w.partition if one is None else one.partition,
     )
     top: tuple[tuple[str, float], ...] = ()
@@ -1531,7 +1813,7 @@ def _with_evidence(
         if "unseen_rate" not in dict(details):
             details = (*details, ("unseen_rate", unseen))
     return _evolve_finding(
-        finding, window=window, partitions=tuple(parts), top=top, details=details, **extra
+        finding, window=window, partitions=parts, top=top, details=details, **extra
     )
 
 
