@@ -291,7 +291,8 @@ class Metrics:
         self.model_labels = Counter(
             "driftwarden_model_labels",
             "Label join outcomes: joined, expired, orphan, late, duplicate_labels, "
-            "duplicate_predictions, dropped",
+            "duplicate_predictions, dropped, unusable_predictions (no readable request id, "
+            "score or version)",
             ["stream", "model", "outcome"],
             registry=r,
         )

@@ -654,3 +654,15 @@ def test_labels_and_predicted_classes_of_ever_new_names_do_not_grow_the_classes(
     h.check_metrics()
     h.check_state()
     binary.check_state()
+
+
+def test_inference_events_the_join_cannot_read_are_counted() -> None:
+    """Accepted by the stream (drift counts them), but without a readable request id the
+    join cannot use them: counted as ``unusable_predictions``, never silently skipped."""
+    h = Harness(REGRESSION)
+    good = {"rid": "r1", "ts": NOW, "v": "1", "yhat": 0.5}
+    missing = {"ts": NOW, "v": "1", "yhat": 0.5}
+    result = h.feed("inf", [_payload(good), _payload(missing), _payload(missing | {"rid": None})])
+    assert result.accepted == 3
+    outcome = {"stream": "m", "model": "mm", "outcome": "unusable_predictions"}
+    assert h.registry.get_sample_value("driftwarden_model_labels_total", outcome) == 2.0

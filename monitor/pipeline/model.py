@@ -474,6 +474,7 @@ class ModelStage:
         self._remote: dict[int, _Part] = {}
         # (partition, version) -> the count of a remote estimate window last judged
         self._remote_judged: dict[tuple[int, str], int] = {}
+        self._unusable_seen = 0  # inference events the join could not read
         # The stream's quality verdicts (see the module docstring): partition count
         # (None: the partitions seen), the stream position judged last per version,
         # whether restored states set that position, the frontier judged last.
@@ -712,6 +713,8 @@ class ModelStage:
         ok = np.ones(len(rows), np.bool_)
         for i, _, _ in failed:
             ok[i] = False
+        if failed:  # accepted stream events (drift counts them) the join cannot use
+            self._unusable(failed)
         future = batch.event_time > self.clock() + self.labels.max_future
         if future.any():  # a wrong clock must not expire every pending label
             ok &= ~future
@@ -738,6 +741,26 @@ class ModelStage:
             )
         findings += self._release()
         return self._after(findings, estimated)
+
+    def _unusable(self, failed: list[tuple[int, str, str]]) -> None:
+        """Count (and log, the first time and every 1,000th) inference events whose
+        request id, score or version the join cannot read: they still count in the
+        stream's statistics, but no label can join them (theirs end as orphans)."""
+        seen = self._unusable_seen
+        self._unusable_seen += len(failed)
+        if self._metrics is not None:
+            self._metrics.model_labels.labels(
+                self.spec.name, self.model.name, "unusable_predictions"
+            ).inc(len(failed))
+        if seen == 0 or seen // 1000 != self._unusable_seen // 1000:
+            _, reason, detail = failed[0]
+            log.warning(
+                "stream %s: %d inference event(s) the label join cannot use so far (%s: %s)",
+                self.spec.name,
+                self._unusable_seen,
+                reason,
+                detail,
+            )
 
     def _add_predictions(
         self,
