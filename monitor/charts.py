@@ -146,15 +146,7 @@ def line_chart(
         )
     line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pairs)
     out.append(f'<polyline fill="none" stroke="{_BLUE}" stroke-width="1.5" points="{line}"/>')
-    out.append(
-        f'<text x="{pad_l - 4}" y="{pad_t + 4}" text-anchor="end" font-size="10">'
-        f"{_short(hi)}</text>"
-        f'<text x="{pad_l - 4}" y="{pad_t + h}" text-anchor="end" font-size="10">'
-        f"{_short(lo)}</text>"
-        f'<text x="{pad_l}" y="{height - 6}" font-size="10">{x0:,.0f}</text>'
-        f'<text x="{pad_l + w}" y="{height - 6}" text-anchor="end" font-size="10">'
-        f"{x1:,.0f} {e(x_label)}</text>"
-    )
+    out.append(_axis_labels(pad_l, pad_t, w, h, height, lo, hi, x0, x1, x_label))
     out.append("</svg>")
     return "".join(out)
 
@@ -288,14 +280,30 @@ def lines(
             f'<text x="{legend_x + 12}" y="14" font-size="10">{e(name)}</text>'
         )
         legend_x += step
-    out.append(
+    out.append(_axis_labels(pad_l, pad_t, w, h, height, lo, hi, x0, x1, x_label))
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _axis_labels(
+    pad_l: float,
+    pad_t: float,
+    w: float,
+    h: float,
+    height: int,
+    lo: float,
+    hi: float,
+    x0: float,
+    x1: float,
+    x_label: str,
+) -> str:
+    """The y range at the left and the x range (with its label) under a chart."""
+    return (
         f'<text x="{pad_l - 4}" y="{pad_t + 4}" text-anchor="end" font-size="10">'
         f"{_short(hi)}</text>"
         f'<text x="{pad_l - 4}" y="{pad_t + h}" text-anchor="end" font-size="10">'
         f"{_short(lo)}</text>"
         f'<text x="{pad_l}" y="{height - 6}" font-size="10">{x0:,.0f}</text>'
         f'<text x="{pad_l + w}" y="{height - 6}" text-anchor="end" font-size="10">'
-        f"{x1:,.0f} {e(x_label)}</text>"
+        f"{x1:,.0f} {html.escape(x_label)}</text>"
     )
-    out.append("</svg>")
-    return "".join(out)
