@@ -294,18 +294,28 @@ def _number(buf: Any, p: int, end: int, pow10: Any) -> Any:  # pragma: no cover 
     # -0 is a float -0.0 but an integer 0 (then 0.0): let the fallback say which.
     if big or (neg and w == 0):
         return p, 1, 0.0, integral, np.int64(0)
-    if integral:  # an int64 literal: one correctly rounded conversion, as float(int)
+    return _exact(p, w, neg, integral, e10, pow10)
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _exact(
+    p: int, w: Any, neg: bool, integral: bool, e10: int, pow10: Any
+) -> Any:  # pragma: no cover
+    """The parsers' result for mantissa ``w`` (< 2**63) times 10**e10: an int64 literal
+    is one correctly rounded conversion (as float(int)); a decimal only on Clinger's
+    fast path (w <= 2**53, |e10| <= 22), else status 1 (the fallback parses it)."""
+    if integral:
         v = np.float64(w)
         if neg:
             return p, 0, -v, True, -w
         return p, 0, v, True, w
     if w > _TWO53 or e10 < -22 or e10 > 22:
-        return p, 1, 0.0, integral, np.int64(0)
+        return p, 1, 0.0, False, np.int64(0)
     v = np.float64(w)
     v = v * pow10[e10] if e10 >= 0 else v / pow10[-e10]
     if neg:
-        return p, 0, -v, integral, -w
-    return p, 0, v, integral, w
+        return p, 0, -v, False, -w
+    return p, 0, v, False, w
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -411,19 +421,7 @@ def _fast_number(buf: Any, p: int, end: int, pow10: Any) -> Any:  # pragma: no c
             exp = -exp
     if neg and w == 0:  # -0: a float -0.0 but an integer 0; the fallback says which
         return p, 1, 0.0, integral, np.int64(0)
-    if integral:
-        v = np.float64(w)
-        if neg:
-            return p, 0, -v, True, -w
-        return p, 0, v, True, w
-    e10 = exp - frac
-    if w > _TWO53 or e10 < -22 or e10 > 22:
-        return p, 1, 0.0, False, np.int64(0)
-    v = np.float64(w)
-    v = v * pow10[e10] if e10 >= 0 else v / pow10[-e10]
-    if neg:
-        return p, 0, -v, False, -w
-    return p, 0, v, False, w
+    return _exact(p, w, neg, integral, exp - frac, pow10)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
