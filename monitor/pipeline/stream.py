@@ -369,44 +369,44 @@ class StreamPipeline:
         try:
             return stage.tick()
         except Exception as exc:
-            name = getattr(stage, "name", type(stage).__name__)
-            seen = self._stage_error_counts.get(name, 0)
-            self._stage_error_counts[name] = seen + 1
-            self.metrics.stage_errors.labels(self.spec.name, name).inc()
-            if seen % 100 == 0:
-                log.error(
-                    "stream %s: stage %s failed on a tick", self.spec.name, name, exc_info=exc
-                )
+            self._stage_fault(getattr(stage, "name", type(stage).__name__), exc, "a tick")
             return []
 
     def _stage_failed(
         self, stage: Stage, exc: Exception, raw: BatchInput, rows: npt.NDArray[np.int64]
     ) -> list[OutMessage]:
-        """A stage raised on a batch: count it, log it (the first time and then every
-        100th), and dead-letter the batch's events it did not fold in as ``stage_error``
-        so they can be replayed once the fault is fixed. The other stages and the
-        stream go on; the failed stage keeps what it had folded before the fault."""
+        """A stage raised on a batch: count and log it (``_stage_fault``), and
+        dead-letter the batch's events it did not fold in as ``stage_error`` so they can
+        be replayed once the fault is fixed. The other stages and the stream go on; the
+        failed stage keeps what it had folded before the fault."""
         name = stage.name
-        counter = self.metrics.stage_errors.labels(self.spec.name, name)
-        seen = self._stage_error_counts.get(name, 0)
-        self._stage_error_counts[name] = seen + 1
-        counter.inc()
-        if seen % 100 == 0:
-            log.error(
-                "stream %s: stage %s failed on a batch of %d events (%d so far); its "
-                "events go to the dead-letter topic as stage_error",
-                self.spec.name,
-                name,
-                len(rows),
-                seen + 1,
-                exc_info=exc,
-            )
+        self._stage_fault(
+            name,
+            exc,
+            f"a batch of {len(rows)} events (they go to the dead-letter topic as stage_error)",
+        )
         detail = f"stage {name}: {type(exc).__name__}: {exc}"
         topic, cap = self.dead_letter_topic, self.dead_letter_max_bytes
         return [
             dead_letter(topic, self.spec.name, raw, int(i), "stage_error", detail, max_bytes=cap)
             for i in rows
         ]
+
+    def _stage_fault(self, name: str, exc: Exception, what: str) -> None:
+        """Count a stage's fault; log it with its traceback the first time and then
+        every 100th."""
+        seen = self._stage_error_counts.get(name, 0)
+        self._stage_error_counts[name] = seen + 1
+        self.metrics.stage_errors.labels(self.spec.name, name).inc()
+        if seen % 100 == 0:
+            log.error(
+                "stream %s: stage %s failed on %s (%d so far)",
+                self.spec.name,
+                name,
+                what,
+                seen + 1,
+                exc_info=exc,
+            )
 
     def _count_partitions(self, raw: BatchInput) -> None:
         parts = raw.partitions
