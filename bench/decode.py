@@ -5,8 +5,9 @@ Four tables:
 1. decode µs/event for 5, 20 and 100 float fields (``generate_wide``: values with four
    decimals), compiled vs msgspec, on the same 10,000-event batch;
 2. an entity id and an ISO-8601 event time (both parsed by the kernel), then payload
-   shapes that fall back (escaped strings, nested objects, 17-digit floats off
-   the exact path, 1% escaped rows), to show what the fallback costs;
+   shortest round-trip floats as Python's ``repr`` writes them (16-17 digits, for 5, 20
+   and 100 fields, and with exponents), then payload shapes that fall back (escaped
+   strings, nested objects, 1% escaped rows), to show what the fallback costs;
 3. the compile cost at start-up, in fresh processes: cold (empty numba cache) and warm
    (``cache=True`` files present);
 4. consume + decode from the embedded broker, 20 float fields, one consumer process
@@ -21,6 +22,7 @@ time inside ``decode``). Each in-process
 figure is the best of ``--repeat`` runs.
 
 Usage: python bench/decode.py [--events 300000] [--batch 10000] [--repeat 7] [--skip-broker]
+       [--skip-startup]
        [--rounds 3] [--modes consume,compiled,...]   (table 4: interleaved runs, best kept)
        [--against DIR]   (A/B: the compiled decoder of another checkout against this one)
 """
@@ -94,6 +96,32 @@ def _compare(
 
 def _bytes(a: Any) -> bytes | None:
     return None if a is None else bytes(a.tobytes())
+
+
+def _repr_shapes(n: int) -> list[tuple[str, dict[str, Any], list[bytes | None]]]:
+    """Shortest round-trip floats as Python's ``json``/``repr`` (Java's and JavaScript's
+    number printing write the same digits) prints them: ``random() * 1000`` has 16-17
+    significant digits (past Clinger's 2**53), and values of mixed magnitude also
+    carry exponents (``1.2345678901234567e-05``)."""
+    rng = np.random.default_rng(11)
+    shapes: list[tuple[str, dict[str, Any], list[bytes | None]]] = []
+    for fields in (5, 20, 100):
+        names = [f"f{i:02d}" for i in range(fields)]
+        values = (rng.random((n, fields)) * 1000).tolist()
+        payloads: list[bytes | None] = [
+            json.dumps(dict(zip(names, row, strict=True))).encode() for row in values
+        ]
+        shapes.append((f"{fields} floats, repr 17 digits", wide_stream(fields, "t"), payloads))
+    names = [f"f{i:02d}" for i in range(20)]
+    mixed = (rng.random((n, 20)) * 10.0 ** rng.integers(-9, 9, size=(n, 20))).tolist()
+    shapes.append(
+        (
+            "20 floats, repr, e-9..e9",
+            wide_stream(20, "t"),
+            [json.dumps(dict(zip(names, row, strict=True))).encode() for row in mixed],
+        )
+    )
+    return shapes
 
 
 def _fallback_shapes(n: int) -> list[tuple[str, dict[str, Any], list[bytes | None]]]:
@@ -194,6 +222,7 @@ def _against(root: str, repeat: int, n: int) -> None:
     ]
     shapes.append(("20 floats + id + epoch", fleet, rows(stamps.tolist())))
     shapes.append(("20 floats + id + ISO time", fleet, rows([t + "Z" for t in iso])))
+    shapes += _repr_shapes(n)
     print(f"\nA/B: {root} against this checkout (CPU µs/event, best of {repeat}, alternating)")
     print(f"{'shape':<28} {'other':>9} {'this':>9} {'msgspec':>9} {'fallback':>17}")
     for name, stream, payloads in shapes:
@@ -326,6 +355,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--skip-broker", action="store_true")
+    parser.add_argument("--skip-startup", action="store_true", help="no table 3")
     parser.add_argument("--rounds", type=int, default=1, help="broker runs per mode (best kept)")
     parser.add_argument("--broker-only", action="store_true", help="table 4 alone")
     parser.add_argument("--against", help="another checkout: A/B of its compiled decoder")
@@ -357,7 +387,7 @@ def main() -> None:
             results.append(
                 _compare(f"{fields} floats", wide_stream(fields, "t"), payloads, args.repeat)
             )
-        for name, stream, payloads in _fallback_shapes(args.batch):
+        for name, stream, payloads in _repr_shapes(args.batch) + _fallback_shapes(args.batch):
             results.append(_compare(name, stream, payloads, args.repeat))
         for r in results:
             print(
@@ -374,10 +404,11 @@ def main() -> None:
                 )
             )
 
-        print("\n3. start-up: import, then construct + first decode (fresh process each)")
-        print("{:<22} {:>9} {:>18}".format("numba cache", "import s", "first decode s"))
-        for label, imp, first in _startup():
-            print(f"{label:<22} {imp:>9.2f} {first:>18.2f}")
+        if not args.skip_startup:
+            print("\n3. start-up: import, then construct + first decode (fresh process each)")
+            print("{:<22} {:>9} {:>18}".format("numba cache", "import s", "first decode s"))
+            for label, imp, first in _startup():
+                print(f"{label:<22} {imp:>9.2f} {first:>18.2f}")
 
     if args.skip_broker:
         return
