@@ -105,7 +105,42 @@ _KIND = {
 # Exact powers of ten: every 10**k for k <= 22 is a double.
 _POW10 = np.array([float(10**k) for k in range(23)], dtype=np.float64)
 _TWO53 = 2**53
-_INT64_TENTH = (2**63 - 1) // 10
+_INT64_MAX = 2**63 - 1
+_INT64_TENTH = _INT64_MAX // 10
+# Eisel-Lemire (as Go's strconv.eiselLemire64 and fast_float): decimal exponents it
+# may be asked about, and the 128-bit mantissas of 10**e for them, rounded down.
+_E10_MIN, _E10_MAX = -342, 308
+
+
+def _powers_of_ten(lo: int, hi: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """The high and low 64-bit halves of ``floor(10**e * 2**k)`` for ``e`` in
+    ``lo..hi``, ``k`` chosen so that the value has exactly 128 bits (for ``e >= 0``
+    the top 128 bits of ``10**e``, else of ``2**k // 10**-e``): exact integer
+    arithmetic, the table of Go's ``detailedPowersOfTen`` restricted to this range.
+
+    >>> top, low = _powers_of_ten(-1, 1)
+    >>> [hex(v) for v in top]
+    ['0xcccccccccccccccc', '0x8000000000000000', '0xa000000000000000']
+    >>> [hex(v) for v in low]
+    ['0xcccccccccccccccc', '0x0', '0x0']
+    """
+    tops, lows = [], []
+    for e in range(lo, hi + 1):
+        if e >= 0:
+            v = 10**e
+            n = v.bit_length()
+            m = v << (128 - n) if n <= 128 else v >> (n - 128)
+        else:
+            d = 10**-e
+            m = (1 << (d.bit_length() + 127)) // d  # 127 or 128 bits
+            if m.bit_length() < 128:
+                m = (1 << (d.bit_length() + 128)) // d
+        tops.append(m >> 64)
+        lows.append(m & 0xFFFF_FFFF_FFFF_FFFF)
+    return np.array(tops, dtype=np.uint64), np.array(lows, dtype=np.uint64)
+
+
+_P10_HI, _P10_LO = _powers_of_ten(_E10_MIN, _E10_MAX)
 # Settings whose effect the kernel knows; any other setting away from its default
 # turns the compiled path off for the stream (the msgspec path decodes everything).
 _KNOWN_FIELD_SETTINGS = frozenset(
@@ -234,9 +269,11 @@ def _number(buf: Any, p: int, end: int, pow10: Any) -> Any:  # pragma: no cover 
     """Parse a JSON number at ``p``.
 
     Returns ``(p_after, status, value, integral, signed_mantissa)``: status 0 is an
-    exact value on the fast path, 1 valid JSON off the fast path, 2 not a number.
+    exact value (see ``_exact``), 1 valid JSON the kernel does not convert, 2 not a
+    number. A decimal keeps its first 19 significant digits (a uint64); with more,
+    the value lies between the truncated mantissa and the next one up, and is taken
+    when Eisel-Lemire rounds both to the same double.
     """
-    limit = np.int64(100_000_000_000_000_000)  # w < 1e17 can take one more digit
     neg = False
     if p < end and buf[p] == 45:
         neg = True
@@ -244,8 +281,14 @@ def _number(buf: Any, p: int, end: int, pow10: Any) -> Any:  # pragma: no cover 
     if p >= end:
         return p, 2, 0.0, False, np.int64(0)
     c = buf[p]
-    w = np.int64(0)
+    w = np.int64(0)  # an integer literal's value
     big = False
+    u = np.uint64(0)  # the first 19 significant digits
+    nd = 0  # their count
+    dropped = 0  # significant digits of the integer part past the 19th
+    frac = 0  # digits of the fraction before the first one dropped
+    many = False  # a significant digit was dropped
+    ten = np.uint64(10)
     if c == 48:
         p += 1
     elif 49 <= c <= 57:
@@ -255,21 +298,29 @@ def _number(buf: Any, p: int, end: int, pow10: Any) -> Any:  # pragma: no cover 
                 w = w * 10 + d
             else:
                 big = True
+            if nd < 19:
+                u = u * ten + np.uint64(d)
+                nd += 1
+            else:
+                dropped += 1
+                many = True
             p += 1
     else:
         return p, 2, 0.0, False, np.int64(0)
     integral = True
-    frac = 0
     if p < end and buf[p] == 46:
         integral = False
         p += 1
         start = p
         while p < end and 48 <= buf[p] <= 57:
-            if w < limit:
-                w = w * 10 + np.int64(buf[p] - 48)
+            d = np.int64(buf[p] - 48)
+            if nd < 19:
+                if nd > 0 or d != 0:  # leading zeros are not significant
+                    u = u * ten + np.uint64(d)
+                    nd += 1
                 frac += 1
             else:
-                big = True
+                many = True
             p += 1
         if p == start:
             return p, 2, 0.0, False, np.int64(0)
@@ -290,11 +341,103 @@ def _number(buf: Any, p: int, end: int, pow10: Any) -> Any:  # pragma: no cover 
             return p, 2, 0.0, False, np.int64(0)
         if eneg:
             exp = -exp
-    e10 = exp - frac
-    # -0 is a float -0.0 but an integer 0 (then 0.0): let the fallback say which.
-    if big or (neg and w == 0):
-        return p, 1, 0.0, integral, np.int64(0)
-    return _exact(p, w, neg, integral, e10, pow10)
+    if integral:
+        # -0 is a float -0.0 but an integer 0 (then 0.0): let the fallback say which.
+        if big or (neg and w == 0):
+            return p, 1, 0.0, True, np.int64(0)
+        return _exact(p, w, neg, True, 0, pow10)
+    if neg and nd == 0:  # -0.0
+        return p, 1, 0.0, False, np.int64(0)
+    e10 = exp + dropped - frac
+    if not many and u < np.uint64(_INT64_MAX):
+        return _exact(p, np.int64(u), neg, False, e10, pow10)
+    ok, v = _eisel_lemire(u, e10)
+    if ok and many:  # the exact value is in [u, u + 1) * 10**e10
+        ok, up = _eisel_lemire(u + np.uint64(1), e10)
+        ok = ok and up == v
+    if not ok:
+        return p, 1, 0.0, False, np.int64(0)
+    return p, 0, -v if neg else v, False, np.int64(0)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mul64(a: Any, b: Any) -> Any:  # pragma: no cover - compiled
+    """The 128-bit product of two uint64 as (high, low) uint64 halves, from four
+    32x32-bit products (numba has no 128-bit integer)."""
+    m32 = np.uint64(0xFFFF_FFFF)
+    s32 = np.uint64(32)
+    a0, a1 = a & m32, a >> s32
+    b0, b1 = b & m32, b >> s32
+    p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
+    mid = (p00 >> s32) + (p01 & m32) + (p10 & m32)  # < 2**34
+    return p11 + (p01 >> s32) + (p10 >> s32) + (mid >> s32), (mid << s32) | (p00 & m32)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _normalized(x: Any) -> Any:  # pragma: no cover - compiled
+    """``x`` (a nonzero uint64) shifted left until its top bit is set, and the shift
+    (its count of leading zeros)."""
+    n = 0
+    if x >> np.uint64(32) == 0:
+        x <<= np.uint64(32)
+        n += 32
+    if x >> np.uint64(48) == 0:
+        x <<= np.uint64(16)
+        n += 16
+    if x >> np.uint64(56) == 0:
+        x <<= np.uint64(8)
+        n += 8
+    if x >> np.uint64(60) == 0:
+        x <<= np.uint64(4)
+        n += 4
+    if x >> np.uint64(62) == 0:
+        x <<= np.uint64(2)
+        n += 2
+    if x >> np.uint64(63) == 0:
+        x <<= np.uint64(1)
+        n += 1
+    return x, n
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _eisel_lemire(w: Any, e10: int) -> Any:  # pragma: no cover - compiled
+    """``(ok, value)``: the double nearest to ``w * 10**e10`` (``w`` a nonzero uint64)
+    by the Eisel-Lemire algorithm, as Go's ``strconv.eiselLemire64``: the product of
+    the normalized ``w`` and the 128-bit mantissa of ``10**e10`` (rounded down) gives
+    the result's 54 top bits, and the algorithm proves they round as the exact product
+    would. Not ok (the caller falls back) where it cannot prove it (the truncated
+    product too close to a rounding boundary, an exact halfway case), for a result
+    that is subnormal, zero or infinite, an exponent outside the table, or ``w == 0``.
+    """
+    if w == 0 or e10 < _E10_MIN or e10 > _E10_MAX:
+        return False, 0.0
+    man, clz = _normalized(np.uint64(w))
+    exp2 = ((217706 * e10) >> 16) + 64 + 1023 - clz  # the biased binary exponent
+    i = e10 - _E10_MIN
+    zero, one = np.uint64(0), np.uint64(1)
+    low9 = np.uint64(0x1FF)
+    x_hi, x_lo = _mul64(man, _P10_HI[i])
+    if x_hi & low9 == low9 and x_lo + man < man:  # the low bits may carry: widen
+        y_hi, y_lo = _mul64(man, _P10_LO[i])
+        m_hi, m_lo = x_hi, x_lo + y_hi
+        if m_lo < x_lo:
+            m_hi += one
+        if m_hi & low9 == low9 and m_lo + one == zero and y_lo + man < man:
+            return False, 0.0
+        x_hi, x_lo = m_hi, m_lo
+    msb = x_hi >> np.uint64(63)
+    mant = x_hi >> (msb + np.uint64(9))  # 54 bits
+    exp2 -= 1 - int(msb)
+    if x_lo == zero and x_hi & low9 == zero and mant & np.uint64(3) == one:
+        return False, 0.0  # exactly halfway, maybe: round-half-even needs all bits
+    mant = (mant + (mant & one)) >> one
+    if mant >> np.uint64(53) != zero:
+        mant >>= one
+        exp2 += 1
+    if exp2 <= 0 or exp2 >= 0x7FF:
+        return False, 0.0  # subnormal or zero, or infinite
+    # mant < 2**53 is exact as a double, and so is the scaling by a power of two
+    return True, math.ldexp(np.float64(mant), exp2 - 1075)
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
@@ -302,15 +445,21 @@ def _exact(
     p: int, w: Any, neg: bool, integral: bool, e10: int, pow10: Any
 ) -> Any:  # pragma: no cover
     """The parsers' result for mantissa ``w`` (< 2**63) times 10**e10: an int64 literal
-    is one correctly rounded conversion (as float(int)); a decimal only on Clinger's
-    fast path (w <= 2**53, |e10| <= 22), else status 1 (the fallback parses it)."""
+    is one correctly rounded conversion (as float(int)); a decimal on Clinger's fast
+    path (w <= 2**53, |e10| <= 22: one exact IEEE multiply or divide), else by
+    Eisel-Lemire where it decides, else status 1 (the fallback parses it)."""
     if integral:
         v = np.float64(w)
         if neg:
             return p, 0, -v, True, -w
         return p, 0, v, True, w
     if w > _TWO53 or e10 < -22 or e10 > 22:
-        return p, 1, 0.0, False, np.int64(0)
+        ok, v = _eisel_lemire(np.uint64(w), e10)
+        if not ok:
+            return p, 1, 0.0, False, np.int64(0)
+        if neg:
+            return p, 0, -v, False, -w
+        return p, 0, v, False, w
     v = np.float64(w)
     v = v * pow10[e10] if e10 >= 0 else v / pow10[-e10]
     if neg:
