@@ -107,6 +107,8 @@ _POW10 = np.array([float(10**k) for k in range(23)], dtype=np.float64)
 _TWO53 = 2**53
 _INT64_MAX = 2**63 - 1
 _INT64_TENTH = _INT64_MAX // 10
+# Powers of five below 2**64, to find decimals that are binary fractions.
+_POW5 = np.array([5**k for k in range(28)], dtype=np.uint64)
 # Eisel-Lemire (as Go's strconv.eiselLemire64 and fast_float): decimal exponents it
 # may be asked about, and the 128-bit mantissas of 10**e for them, rounded down.
 _E10_MIN, _E10_MAX = -342, 308
@@ -401,17 +403,36 @@ def _normalized(x: Any) -> Any:  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _eisel_lemire(w: Any, e10: int) -> Any:  # pragma: no cover - compiled
-    """``(ok, value)``: the double nearest to ``w * 10**e10`` (``w`` a nonzero uint64)
-    by the Eisel-Lemire algorithm, as Go's ``strconv.eiselLemire64``: the product of
-    the normalized ``w`` and the 128-bit mantissa of ``10**e10`` (rounded down) gives
-    the result's 54 top bits, and the algorithm proves they round as the exact product
-    would. Not ok (the caller falls back) where it cannot prove it (the truncated
-    product too close to a rounding boundary, an exact halfway case), for a result
-    that is subnormal, zero or infinite, an exponent outside the table, or ``w == 0``.
+    """``(ok, value)``: the double nearest to ``w * 10**e10`` (``w`` a uint64).
+
+    Trailing zeros are dropped first; then Clinger's fast path, or an exact binary
+    fraction, or the Eisel-Lemire algorithm as Go's ``strconv.eiselLemire64``: the
+    product of the normalized ``w`` and the 128-bit mantissa of ``10**e10`` (rounded
+    down) gives the result's 54 top bits, and the algorithm proves they round as the
+    exact product would. Not ok (the caller falls back) where it cannot prove it (the
+    truncated product too close to a rounding boundary, an exact halfway case), for a
+    result that is subnormal, zero or infinite, an exponent outside the table, or
+    ``w == 0``.
     """
-    if w == 0 or e10 < _E10_MIN or e10 > _E10_MAX:
+    if w == 0:
         return False, 0.0
-    man, clz = _normalized(np.uint64(w))
+    # Trailing zeros first: an exact value (6812229848299539.0 is 68122298482995390
+    # times 10**-1) makes the rounded-down product fall just short of it, undecided.
+    ten = np.uint64(10)
+    while w % ten == 0:
+        w //= ten
+        e10 += 1
+    if w <= np.uint64(_TWO53) and -22 <= e10 <= 22:  # Clinger's fast path after all
+        v = np.float64(w)
+        return True, v * _POW10[e10] if e10 >= 0 else v / _POW10[-e10]
+    if -27 <= e10 < 0 and w % _POW5[-e10] == 0:
+        # w * 10**e10 = (w / 5**-e10) * 2**e10: a binary fraction (617655779845522.25),
+        # which the rounded-down power of ten leaves undecided too. One correctly
+        # rounded conversion of the integer, then an exact scaling by a power of two.
+        return True, math.ldexp(np.float64(w // _POW5[-e10]), e10)
+    if e10 < _E10_MIN or e10 > _E10_MAX:
+        return False, 0.0
+    man, clz = _normalized(w)
     exp2 = ((217706 * e10) >> 16) + 64 + 1023 - clz  # the biased binary exponent
     i = e10 - _E10_MIN
     zero, one = np.uint64(0), np.uint64(1)
