@@ -401,37 +401,10 @@ def _normalized(x: Any) -> Any:  # pragma: no cover - compiled
     return x, n
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _eisel_lemire(w: Any, e10: int) -> Any:  # pragma: no cover - compiled
-    """``(ok, value)``: the double nearest to ``w * 10**e10`` (``w`` a uint64).
-
-    Trailing zeros are dropped first; then Clinger's fast path, or an exact binary
-    fraction, or the Eisel-Lemire algorithm as Go's ``strconv.eiselLemire64``: the
-    product of the normalized ``w`` and the 128-bit mantissa of ``10**e10`` (rounded
-    down) gives the result's 54 top bits, and the algorithm proves they round as the
-    exact product would. Not ok (the caller falls back) where it cannot prove it (the
-    truncated product too close to a rounding boundary, an exact halfway case), for a
-    result that is subnormal, zero or infinite, an exponent outside the table, or
-    ``w == 0``.
-    """
-    if w == 0:
-        return False, 0.0
-    # Trailing zeros first: an exact value (6812229848299539.0 is 68122298482995390
-    # times 10**-1) makes the rounded-down product fall just short of it, undecided.
-    ten = np.uint64(10)
-    while w % ten == 0:
-        w //= ten
-        e10 += 1
-    if w <= np.uint64(_TWO53) and -22 <= e10 <= 22:  # Clinger's fast path after all
-        v = np.float64(w)
-        return True, v * _POW10[e10] if e10 >= 0 else v / _POW10[-e10]
-    if -27 <= e10 < 0 and w % _POW5[-e10] == 0:
-        # w * 10**e10 = (w / 5**-e10) * 2**e10: a binary fraction (617655779845522.25),
-        # which the rounded-down power of ten leaves undecided too. One correctly
-        # rounded conversion of the integer, then an exact scaling by a power of two.
-        return True, math.ldexp(np.float64(w // _POW5[-e10]), e10)
-    if e10 < _E10_MIN or e10 > _E10_MAX:
-        return False, 0.0
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _lemire(w: Any, e10: int) -> Any:  # pragma: no cover - compiled
+    """The Eisel-Lemire algorithm as Go's ``strconv.eiselLemire64``, for a nonzero
+    uint64 ``w`` and ``e10`` in the table: ``(ok, value)``, see ``_eisel_lemire``."""
     man, clz = _normalized(w)
     exp2 = ((217706 * e10) >> 16) + 64 + 1023 - clz  # the biased binary exponent
     i = e10 - _E10_MIN
@@ -457,8 +430,43 @@ def _eisel_lemire(w: Any, e10: int) -> Any:  # pragma: no cover - compiled
         exp2 += 1
     if exp2 <= 0 or exp2 >= 0x7FF:
         return False, 0.0  # subnormal or zero, or infinite
-    # mant < 2**53 is exact as a double, and so is the scaling by a power of two
-    return True, math.ldexp(np.float64(mant), exp2 - 1075)
+    bits = (np.uint64(exp2) << np.uint64(52)) | (mant & np.uint64(0xF_FFFF_FFFF_FFFF))
+    return True, np.uint64(bits).view(np.float64)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _eisel_lemire(w: Any, e10: int) -> Any:  # pragma: no cover - compiled
+    """``(ok, value)``: the double nearest to ``w * 10**e10`` (``w`` a uint64).
+
+    The Eisel-Lemire algorithm as Go's ``strconv.eiselLemire64``: the product of the
+    normalized ``w`` and the 128-bit mantissa of ``10**e10`` (rounded down) gives the
+    result's 54 top bits, and the algorithm proves they round as the exact product
+    would. Where it cannot prove it (the truncated product too close to a rounding
+    boundary, an exact halfway case), exact values are tried: trailing zeros dropped
+    (then Clinger's fast path), and decimals that are binary fractions. Not ok (the
+    caller falls back) for the rest of those, for a result that is subnormal, zero or
+    infinite, an exponent outside the table, or ``w == 0``.
+    """
+    if w == 0:
+        return False, 0.0
+    if _E10_MIN <= e10 <= _E10_MAX:
+        ok, v = _lemire(w, e10)
+        if ok:
+            return True, v
+    # An exact value (6812229848299539.0 is 68122298482995390 times 10**-1) makes the
+    # rounded-down product fall just short of it, undecided: drop trailing zeros.
+    ten = np.uint64(10)
+    while w % ten == 0:
+        w //= ten
+        e10 += 1
+    if w <= np.uint64(_TWO53) and -22 <= e10 <= 22:  # Clinger's fast path after all
+        v = np.float64(w)
+        return True, v * _POW10[e10] if e10 >= 0 else v / _POW10[-e10]
+    if -27 <= e10 < 0 and w % _POW5[-e10] == 0:
+        # w * 10**e10 = (w / 5**-e10) * 2**e10: a binary fraction (617655779845522.25).
+        # One correctly rounded conversion of the integer, then an exact scaling.
+        return True, math.ldexp(np.float64(w // _POW5[-e10]), e10)
+    return False, 0.0
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
