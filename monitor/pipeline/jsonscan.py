@@ -12,11 +12,17 @@ Exactness comes first. The kernel accepts a row only when it is sure of every
 byte of it: a flat object of declared keys (each at most once; unknown keys only
 on lenient streams, with scalar values), the four JSON whitespace bytes, numbers
 that follow the JSON grammar and are either integer literals within int64 (one
-correctly rounded conversion, as msgspec's and Python's ``float(int)``) or lie on
-Clinger's fast path (a decimal mantissa ``w <= 2**53`` and a power of ten
-``|e| <= 22``, so ``float(w)`` and ``10.0**|e|`` are exact and the one IEEE
-multiply or divide that joins them is correctly rounded), strings of printable
-ASCII without escapes, event-time texts of the form
+correctly rounded conversion, as msgspec's and Python's ``float(int)``) or decimals
+whose nearest double is proven: on Clinger's fast path (a decimal mantissa
+``w <= 2**53`` and a power of ten ``|e| <= 22``, so ``float(w)`` and ``10.0**|e|``
+are exact and the one IEEE multiply or divide that joins them is correctly
+rounded), else by the Eisel-Lemire algorithm (as Go's ``strconv`` and fast_float:
+up to 19 significant digits times a 128-bit power of ten, 10**-342..10**308, with
+its proof that the truncated product rounds as the exact one; past 19 digits when
+the truncated mantissa and the next one up round alike; it covers the shortest
+round-trip floats of Python's ``repr``, Java and JavaScript, 16-17 digits), but
+not exact ties nor subnormal or infinite results; strings of printable ASCII
+without escapes, event-time texts of the form
 ``YYYY-MM-DD[T ]HH:MM:SS[.f{1,6}][Z|+HH:MM|-HH:MM]`` (computed with the
 arithmetic of ``event_time``), values inside their declared range, and values of
 the declared JSON type. Every other row goes, as it is, to
