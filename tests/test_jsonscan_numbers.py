@@ -185,10 +185,13 @@ def test_edge_numbers(text: str) -> None:
 def test_what_is_decided() -> None:
     decided = ["0.30000000000000004", "1.2345678901234567e-05", "9999999999999999999.0"]
     decided += ["1.7976931348623157e308", "2.2250738585072014e-308", "12345678901234567890.5"]
+    # exact values the rounded-down powers leave undecided, found another way
+    decided += ["6812229848299539.0", "617655779845522.25", "9182368114234214.0"]
+    decided += ["9007199254740993.0"]  # an integer: rounded once, to 2**53
     for text in decided:
         assert assert_exact(text) == [0, 0], text
     # ties (1e23 lies halfway between two doubles), subnormals, infinities, -0.0
-    for text in ["1e23", "9007199254740993.0", "5e-324", "1e309", "1.5e-400", "-0.0"]:
+    for text in ["1e23", "5e-324", "1e309", "1.5e-400", "-0.0"]:
         assert assert_exact(text) == [1, 1], text
 
 
@@ -200,6 +203,16 @@ def test_repr_of_any_double(x: float) -> None:
     if x != 0:
         assert_exact(f"{x:.18e}")  # 19 digits, not the shortest
         assert_exact(f"{x:.19e}")  # 20
+
+
+@settings(max_examples=300, **_SETTINGS)
+@given(st.integers(2**53, 2**64 + 2**12))
+def test_integers_written_as_decimals(i: int) -> None:
+    assert_exact(f"{i}.0")
+    assert_exact(f"{i}e0")
+    assert_exact(repr(float(i)))
+    if i < 2**64:
+        assert assert_exact(f"{i}.0") == [0, 0]
 
 
 @settings(max_examples=600, **_SETTINGS)
@@ -233,8 +246,9 @@ def test_halfway_and_near_halfway(x: float, digits: int) -> None:
             assert_exact(_decimal_text(d))
 
 
-def test_exact_ties_fall_back() -> None:
-    """An exact tie needs every digit: never decided by the truncated product."""
+def test_exact_ties() -> None:
+    """An exact tie is never decided by the truncated product: by an exact route (an
+    integer below 2**64, a binary fraction) or else by the fallback."""
     for x in (1.0, 9007199254740992.0, 1e22, 0.5, 3.0517578125e-05):
         mid = _midpoint(x)
         d = _rounded(mid, 400, ROUND_DOWN)
@@ -295,3 +309,26 @@ def test_numbers_through_every_numeric_field_kind() -> None:
         payloads.append(b'{"x": %s, "n": %d, "ts": 5, "id": %d}' % (t.encode(), i, i))
     compiled, reference = _pair(stream)
     assert_same(compiled.decode(payloads), reference.decode_msgspec(payloads))
+
+
+@pytest.mark.slow
+def test_many_doubles_and_digit_strings_against_float() -> None:
+    """Bulk, seeded: random bit patterns' shortest repr and 17-20 digit forms, and
+    random 15-21 digit mantissas with exponents across the table, through both
+    parsers; every conversion exact, and shortest reprs (almost) all decided."""
+    rng = np.random.default_rng(2026)
+    doubles = rng.integers(1, 0x7FF0_0000_0000_0000, 100_000, dtype=np.int64).view(np.float64)
+    undecided = 0
+    for x in doubles.tolist():
+        if MIN_NORMAL <= x <= MAX_FLOAT:
+            undecided += assert_exact(repr(x))[1]
+        else:
+            assert_exact(repr(x))
+        assert_exact(f"{x:.{int(rng.integers(16, 20))}e}")
+    assert undecided <= 2  # of 100,000: 0 here
+    digits = rng.integers(15, 22, 100_000)
+    exponents = rng.integers(-360, 330, 100_000)
+    for n, e in zip(digits.tolist(), exponents.tolist(), strict=True):
+        mantissa = "".join(map(str, rng.integers(0, 10, n).tolist())).lstrip("0") or "0"
+        assert_exact(f"{mantissa}e{e}")
+        assert_exact(f"0.{mantissa}e{e}")

@@ -113,8 +113,11 @@ _POW10 = np.array([float(10**k) for k in range(23)], dtype=np.float64)
 _TWO53 = 2**53
 _INT64_MAX = 2**63 - 1
 _INT64_TENTH = _INT64_MAX // 10
-# Powers of five below 2**64, to find decimals that are binary fractions.
+# Powers of five and ten below 2**64, to find decimals that are binary fractions or
+# integers.
 _POW5 = np.array([5**k for k in range(28)], dtype=np.uint64)
+_POW10_U64 = np.array([10**k for k in range(20)], dtype=np.uint64)
+_U64_MAX = np.uint64(2**64 - 1)
 # Eisel-Lemire (as Go's strconv.eiselLemire64 and fast_float): decimal exponents it
 # may be asked about, and the 128-bit mantissas of 10**e for them, rounded down.
 _E10_MIN, _E10_MAX = -342, 308
@@ -449,7 +452,8 @@ def _eisel_lemire(w: Any, e10: int) -> Any:  # pragma: no cover - compiled
     result's 54 top bits, and the algorithm proves they round as the exact product
     would. Where it cannot prove it (the truncated product too close to a rounding
     boundary, an exact halfway case), exact values are tried: trailing zeros dropped
-    (then Clinger's fast path), and decimals that are binary fractions. Not ok (the
+    (then Clinger's fast path), integers below 2**64, and decimals that are binary
+    fractions. Not ok (the
     caller falls back) for the rest of those, for a result that is subnormal, zero or
     infinite, an exponent outside the table, or ``w == 0``.
     """
@@ -468,6 +472,9 @@ def _eisel_lemire(w: Any, e10: int) -> Any:  # pragma: no cover - compiled
     if w <= np.uint64(_TWO53) and -22 <= e10 <= 22:  # Clinger's fast path after all
         v = np.float64(w)
         return True, v * _POW10[e10] if e10 >= 0 else v / _POW10[-e10]
+    if 0 <= e10 <= 19 and w <= _U64_MAX // _POW10_U64[e10]:
+        # an integer below 2**64 (9182368114234214.0): one correctly rounded conversion
+        return True, np.float64(w * _POW10_U64[e10])
     if -27 <= e10 < 0 and w % _POW5[-e10] == 0:
         # w * 10**e10 = (w / 5**-e10) * 2**e10: a binary fraction (617655779845522.25).
         # One correctly rounded conversion of the integer, then an exact scaling.
