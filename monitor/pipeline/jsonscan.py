@@ -482,17 +482,6 @@ def _eisel_lemire(w: Any, e10: int) -> Any:  # pragma: no cover - compiled
     return False, 0.0
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _off_clinger(p: int, w: Any, neg: bool, e10: int) -> Any:  # pragma: no cover - compiled
-    """``_exact`` for a decimal off Clinger's fast path: Eisel-Lemire, or status 1."""
-    ok, v = _eisel_lemire(np.uint64(w), e10)
-    if not ok:
-        return p, 1, 0.0, False, np.int64(0)
-    if neg:
-        return p, 0, -v, False, -w
-    return p, 0, v, False, w
-
-
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _exact(
     p: int, w: Any, neg: bool, integral: bool, e10: int, pow10: Any
@@ -507,7 +496,12 @@ def _exact(
             return p, 0, -v, True, -w
         return p, 0, v, True, w
     if w > _TWO53 or e10 < -22 or e10 > 22:
-        return _off_clinger(p, w, neg, e10)  # a call: the kernel inlines this one
+        ok, v = _eisel_lemire(np.uint64(w), e10)
+        if not ok:
+            return p, 1, 0.0, False, np.int64(0)
+        if neg:
+            return p, 0, -v, False, -w
+        return p, 0, v, False, w
     v = np.float64(w)
     v = v * pow10[e10] if e10 >= 0 else v / pow10[-e10]
     if neg:
