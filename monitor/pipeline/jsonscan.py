@@ -453,9 +453,8 @@ def _eisel_lemire(w: Any, e10: int) -> Any:  # pragma: no cover - compiled
     would. Where it cannot prove it (the truncated product too close to a rounding
     boundary, an exact halfway case), exact values are tried: trailing zeros dropped
     (then Clinger's fast path), integers below 2**64, and decimals that are binary
-    fractions. Not ok (the
-    caller falls back) for the rest of those, for a result that is subnormal, zero or
-    infinite, an exponent outside the table, or ``w == 0``.
+    fractions. Not ok (the caller falls back) for the rest of those, for a result
+    that is subnormal, zero or infinite, an exponent outside the table, or ``w == 0``.
     """
     if w == 0:
         return False, 0.0
@@ -496,6 +495,8 @@ def _exact(
             return p, 0, -v, True, -w
         return p, 0, v, True, w
     if w > _TWO53 or e10 < -22 or e10 > 22:
+        # inlined here (the kernel's), a call returning this 5-tuple cost 40% on
+        # 17-digit payloads; _eisel_lemire's own (ok, value) stays a call
         ok, v = _eisel_lemire(np.uint64(w), e10)
         if not ok:
             return p, 1, 0.0, False, np.int64(0)
