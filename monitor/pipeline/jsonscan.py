@@ -83,7 +83,7 @@ CAUSES = (
     "",
     "tombstone_or_too_large",
     "syntax",  # not a flat object of the JSON grammar, unusual whitespace, trailing bytes
-    "number",  # a number off the exact fast path
+    "number",  # a number not converted exactly (a tie, subnormal, infinite, -0.0, ...)
     "string",  # an escape, a control or non-ASCII byte
     "new_value",  # a category or entity value not yet in the vocabulary
     "type",  # null where not allowed, another JSON type, a nested value
