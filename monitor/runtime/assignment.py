@@ -173,6 +173,7 @@ def kafka_source(
         on_assign=assignment.on_assign,
         on_revoke=assignment.on_revoke,
         on_error=on_error,
+        fetch=c.source.fetch,
     )
 
 
