@@ -153,6 +153,11 @@ class _Connection:
             got += k
         return buf
 
+    def interrupt(self) -> None:
+        """Make a read in progress on another thread end now."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
@@ -319,6 +324,8 @@ class DirectFetcher:
         with self._lock:
             self._stop = True
             self._lock.notify_all()
+        for conn in list(self._conns.values()):  # ends a fetch waiting on the broker
+            conn.interrupt()
         self._thread.join(timeout=5.0)
         for conn in self._conns.values():
             conn.close()
@@ -349,6 +356,8 @@ class DirectFetcher:
                 self._failed(exc)
 
     def _failed(self, exc: BaseException) -> None:
+        if self._stop:
+            return
         log.warning("direct fetch: %s; retrying", exc)
         self._report("_TRANSPORT")
         for conn in self._conns.values():
