@@ -9,21 +9,30 @@ compiled kernels (:mod:`connectors.records`): a batch reaches the decoder as one
 buffer of values end to end, with no object per record.
 
 The thread fetches ahead while the caller decodes (sockets and kernels release the
-GIL), up to ``max_queued_bytes``. It follows leaders through metadata, reconnects
-with backoff after broker failures, resets a partition whose offset is out of range
-(``auto.offset.reset``) and reports every failure through ``on_error`` (librdkafka's
-error names where one exists); nothing it meets stops it.
+GIL), up to ``queued.max.messages.kbytes``; requests are bounded by
+``fetch.max.bytes`` and ``max.partition.fetch.bytes`` as librdkafka's are. It follows
+leaders through metadata, reconnects with backoff after broker failures, resets a
+partition whose offset is out of range (``auto.offset.reset``) and reports every
+failure through ``on_error`` (librdkafka's error names where one exists); nothing it
+meets stops it.
 
-Supported: ``security.protocol`` plaintext and ssl (``ssl.ca.location``,
-``ssl.certificate.location``, ``ssl.key.location``, ``ssl.key.password``,
-``enable.ssl.certificate.verification``, ``ssl.endpoint.identification.algorithm``).
-SASL is not: :func:`direct_fetch_problem` says so before anything starts.
+Supported: ``security.protocol`` plaintext, ssl, sasl_plaintext and sasl_ssl; TLS
+with ``ssl.ca.location``, ``ssl.certificate.location``, ``ssl.key.location``,
+``ssl.key.password``, ``enable.ssl.certificate.verification`` and
+``ssl.endpoint.identification.algorithm``; SASL PLAIN, SCRAM-SHA-256 and
+SCRAM-SHA-512 with ``sasl.username`` and ``sasl.password``. Other mechanisms
+(GSSAPI, OAUTHBEARER) are not: :func:`direct_fetch_problem` says so before anything
+starts, and librdkafka's path serves them.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -60,7 +69,13 @@ _ERRORS = {
 }
 _OFFSET_OUT_OF_RANGE = 1
 _CORRUPT_TRIES = 3
-_SUPPORTED_PROTOCOLS = ("plaintext", "ssl")
+_SUPPORTED_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_API_SASL_HANDSHAKE, _API_SASL_AUTHENTICATE = 17, 36
+
+
+def _mechanism(options: Mapping[str, Any]) -> str:
+    return str(options.get("sasl.mechanism", options.get("sasl.mechanisms", "GSSAPI"))).upper()
 
 
 def direct_fetch_problem(options: Mapping[str, Any]) -> str | None:
@@ -69,7 +84,12 @@ def direct_fetch_problem(options: Mapping[str, Any]) -> str | None:
     if protocol not in _SUPPORTED_PROTOCOLS:
         return (
             f"kafka.security.protocol {protocol!r} is not supported by source.fetch 'direct' "
-            "(plaintext or ssl); use source.fetch 'librdkafka'"
+            f"({', '.join(_SUPPORTED_PROTOCOLS)}); use source.fetch 'librdkafka'"
+        )
+    if protocol.startswith("sasl") and _mechanism(options) not in _SASL_MECHANISMS:
+        return (
+            f"kafka.sasl.mechanism {_mechanism(options)!r} is not supported by source.fetch "
+            f"'direct' ({', '.join(_SASL_MECHANISMS)}); use source.fetch 'librdkafka'"
         )
     return None
 
@@ -118,16 +138,70 @@ class _Reader:
         return raw.decode(errors="replace")
 
 
+@dataclass(frozen=True)
+class _Sasl:
+    """SASL credentials (never logged)."""
+
+    mechanism: str
+    username: str
+    password: str = field(repr=False)
+
+
+def _sasl(options: Mapping[str, Any]) -> _Sasl | None:
+    if not str(options.get("security.protocol", "plaintext")).lower().startswith("sasl"):
+        return None
+    return _Sasl(
+        _mechanism(options),
+        str(options.get("sasl.username", "")),
+        str(options.get("sasl.password", "")),
+    )
+
+
 class _Connection:
     """One socket to one broker; requests are answered in order."""
 
-    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, timeout: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        timeout: float,
+        sasl: _Sasl | None = None,
+    ) -> None:
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock: socket.socket = (
             tls.wrap_socket(sock, server_hostname=host) if tls is not None else sock
         )
         self.correlation = 0
+        if sasl is not None:
+            try:
+                self._authenticate(sasl)
+            except BaseException:
+                self.close()
+                raise
+
+    def _authenticate(self, sasl: _Sasl) -> None:
+        """SaslHandshake v1 + SaslAuthenticate v0: PLAIN, or SCRAM (RFC 5802)."""
+        r = _Reader(self.request(_API_SASL_HANDSHAKE, 1, _string(sasl.mechanism)))
+        if r.int16() != 0:
+            raise _ProtocolError(f"the broker does not offer SASL {sasl.mechanism}")
+        if sasl.mechanism == "PLAIN":
+            self._sasl_step(b"\0" + sasl.username.encode() + b"\0" + sasl.password.encode())
+            return
+        scram = _Scram(sasl)
+        server_first = self._sasl_step(scram.first())
+        server_final = self._sasl_step(scram.final(server_first))
+        scram.verify(server_final)
+
+    def _sasl_step(self, token: bytes) -> bytes:
+        r = _Reader(self.request(_API_SASL_AUTHENTICATE, 0, struct.pack(">i", len(token)) + token))
+        code = r.int16()
+        message = r.string()
+        if code != 0:
+            raise _ProtocolError(f"SASL authentication failed: {message or code}")
+        size = r.int32()
+        return bytes(r.data[r.pos : r.pos + max(size, 0)])
 
     def request(self, api: int, version: int, body: bytes) -> memoryview:
         self.correlation += 1
@@ -163,8 +237,49 @@ class _Connection:
             self.sock.close()
 
 
+class _Scram:
+    """The client side of SCRAM-SHA-256/512 (RFC 5802, as Kafka uses it)."""
+
+    def __init__(self, sasl: _Sasl) -> None:
+        self.sasl = sasl
+        self.hash = "sha256" if sasl.mechanism.endswith("256") else "sha512"
+        name = sasl.username.replace("=", "=3D").replace(",", "=2C")
+        self.nonce = base64.b64encode(os.urandom(24)).decode()
+        self.first_bare = f"n={name},r={self.nonce}"
+        self.server_key = b""
+        self.auth_message = b""
+
+    def first(self) -> bytes:
+        return f"n,,{self.first_bare}".encode()
+
+    def final(self, server_first: bytes) -> bytes:
+        fields = dict(p.split("=", 1) for p in server_first.decode().split(",") if "=" in p)
+        nonce, salt, rounds = fields.get("r", ""), fields.get("s", ""), int(fields.get("i", "0"))
+        if not nonce.startswith(self.nonce) or not salt or rounds < 1:
+            raise _ProtocolError("SASL SCRAM: the broker's first message is not valid")
+        salted = hashlib.pbkdf2_hmac(
+            self.hash, self.sasl.password.encode(), base64.b64decode(salt), rounds
+        )
+        client_key = hmac.digest(salted, b"Client Key", self.hash)
+        stored = hashlib.new(self.hash, client_key).digest()
+        without_proof = f"c=biws,r={nonce}"
+        self.auth_message = f"{self.first_bare},{server_first.decode()},{without_proof}".encode()
+        signature = hmac.digest(stored, self.auth_message, self.hash)
+        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+        self.server_key = hmac.digest(salted, b"Server Key", self.hash)
+        return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
+
+    def verify(self, server_final: bytes) -> None:
+        expected = hmac.digest(self.server_key, self.auth_message, self.hash)
+        text = server_final.decode(errors="replace")
+        if not text.startswith("v=") or not hmac.compare_digest(
+            base64.b64decode(text[2:]), expected
+        ):
+            raise _ProtocolError("SASL SCRAM: the broker's signature does not verify")
+
+
 def _tls_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
-    if str(options.get("security.protocol", "plaintext")).lower() != "ssl":
+    if str(options.get("security.protocol", "plaintext")).lower() not in ("ssl", "sasl_ssl"):
         return None
     ctx = ssl.create_default_context(cafile=options.get("ssl.ca.location") or None)
     if options.get("ssl.certificate.location"):
@@ -219,8 +334,8 @@ class DirectFetcher:
         *,
         on_error: Callable[[str, bool], None] | None = None,
         max_wait: float = 0.5,
-        max_queued_bytes: int = 32 << 20,
-        partition_max_bytes: int = 1 << 20,
+        max_queued_bytes: int | None = None,
+        partition_max_bytes: int | None = None,
         timeout: float = 10.0,
     ) -> None:
         problem = direct_fetch_problem(options)
@@ -228,6 +343,7 @@ class DirectFetcher:
             raise ValueError(problem)
         self._servers = _servers(options)
         self._tls = _tls_context(options)
+        self._sasl = _sasl(options)
         self._committed = str(options.get("isolation.level", "read_committed")) == "read_committed"
         self._reset_latest = str(options.get("auto.offset.reset", "earliest")).lower() in (
             "latest",
@@ -236,8 +352,13 @@ class DirectFetcher:
         )
         self._on_error = on_error
         self._max_wait_ms = max(1, min(int(max_wait * 1000), 500))
-        self._max_queued = max_queued_bytes
-        self._partition_max = partition_max_bytes
+        # librdkafka's own bounds, in bytes, unless given
+        kbytes = int(options.get("queued.max.messages.kbytes", 32_768))
+        self._max_queued = max_queued_bytes or max(1 << 20, kbytes * 1024)
+        self._partition_max = partition_max_bytes or int(
+            options.get("max.partition.fetch.bytes", 1 << 20)
+        )
+        self._fetch_max = int(options.get("fetch.max.bytes", 16 << 20))
         self._timeout = timeout
         self._lock = threading.Condition()
         self._parts: dict[TopicPartitionKey, _Part] = {}
@@ -385,14 +506,14 @@ class DirectFetcher:
             last: Exception | None = None
             for host, port in self._servers:
                 try:
-                    conn = _Connection(host, port, self._tls, self._timeout)
+                    conn = _Connection(host, port, self._tls, self._timeout, self._sasl)
                     self._conns[-1] = conn
                     return conn
                 except OSError as exc:
                     last = exc
             raise _ProtocolError(f"no bootstrap server answers: {last}")
         host, port = self._brokers[node]
-        conn = _Connection(host, port, self._tls, self._timeout)
+        conn = _Connection(host, port, self._tls, self._timeout, self._sasl)
         self._conns[node] = conn
         return conn
 
@@ -489,7 +610,7 @@ class DirectFetcher:
             -1,
             self._max_wait_ms,
             1,
-            self._max_queued,
+            self._fetch_max,
             1 if self._committed else 0,
             len(by_topic),
         )
