@@ -414,14 +414,21 @@ class SourceConfig(_Model):
     # librdkafka idles a busy consumer for fetch.queue.backoff.ms once its queue is full.
     fetch_queue_backoff_ms: int = Field(default=10, ge=0)
     queued_min_messages: int = Field(default=200_000, gt=0)
-    fetch: Literal["librdkafka", "direct"] = Field(
-        default="librdkafka",
-        description="Who reads records: `librdkafka` (a Python object per record, ~1.2 µs "
-        "of CPU each) or `direct`: the consumer group stays librdkafka's, but records are "
-        "fetched by driftwarden's own Fetch requests and packed into columns with no object "
-        "per record (about 4x cheaper; plaintext, TLS, SASL PLAIN and SCRAM; not GSSAPI "
-        "or OAUTHBEARER).",
+    fetch: Literal["auto", "librdkafka", "direct"] = Field(
+        default="auto",
+        description="Who reads records. `direct`: the consumer group stays librdkafka's, "
+        "but records are fetched by driftwarden's own Fetch requests and packed into "
+        "columns with no object per record (about 4x less CPU than librdkafka's Python "
+        "message per record); it speaks plaintext, TLS, SASL PLAIN and SCRAM, not GSSAPI "
+        "or OAUTHBEARER. `librdkafka`: librdkafka reads the records too. `auto`: `direct` "
+        "where the `kafka` options allow it, else `librdkafka`.",
     )
+
+    def fetch_path(self, kafka: Mapping[str, Any]) -> str:
+        """`direct` or `librdkafka`: what `fetch` means for these client options."""
+        if self.fetch != "auto":
+            return self.fetch
+        return "librdkafka" if direct_fetch_problem(kafka) is not None else "direct"
     connect_timeout: Duration = Field(
         default=30.0,
         description="How long `run` waits at start for the cluster to answer before it "
