@@ -1,0 +1,434 @@
+"""connectors.records: Kafka record batches (message format v2) read into columns.
+
+A small encoder here writes batches as the Kafka protocol guide describes them
+(https://kafka.apache.org/documentation/#recordbatch: a 61-byte header, then records
+framed by zigzag varints); the CRC is left zero, as nothing here checks it. Every test
+compares :func:`read_records` with what was encoded, exactly, and hostile framing must
+only ever give :class:`CorruptRecordsError`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cramjam
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connectors.fetch import DirectFetcher, _Part
+from connectors.records import CorruptRecordsError, PackedValues, RecordColumns, read_records
+
+GZIP, SNAPPY, LZ4, ZSTD = 1, 2, 3, 4
+XERIAL = 5  # snappy in the Java client's (xerial) block framing; codec 2 on the wire
+LOG_APPEND_TIME, TRANSACTIONAL, CONTROL = 0x08, 0x10, 0x20
+ABORT, COMMIT = 0, 1
+
+# -- the encoder ----------------------------------------------------------------------
+
+
+def varint(n: int) -> bytes:
+    """A signed integer as Kafka writes it: zigzag, then 7 bits a byte, low first."""
+    z = ((n << 1) ^ (n >> 63)) & ((1 << 64) - 1)
+    out = bytearray()
+    while z >= 0x80:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def _sized(data: bytes | None) -> bytes:
+    return varint(-1) if data is None else varint(len(data)) + data
+
+
+@dataclass(frozen=True)
+class Rec:
+    """One record: its offset and timestamp deltas from the batch's base."""
+
+    key: bytes | None
+    value: bytes | None
+    offset_delta: int = 0
+    timestamp_delta: int = 0
+    headers: tuple[tuple[bytes, bytes | None], ...] = ()
+
+    def encode(self) -> bytes:
+        body = b"\x00" + varint(self.timestamp_delta) + varint(self.offset_delta)
+        body += _sized(self.key) + _sized(self.value) + varint(len(self.headers))
+        for name, value in self.headers:
+            body += _sized(name) + _sized(value)
+        return varint(len(body)) + body
+
+
+def compress(codec: int, data: bytes) -> bytes:
+    if codec == GZIP:
+        return gzip.compress(data, mtime=0)
+    if codec == SNAPPY:
+        return bytes(cramjam.snappy.compress_raw(data))
+    if codec == XERIAL:  # magic, version 1, compatible version 1, then sized blocks
+        out = b"\x82SNAPPY\x00" + struct.pack(">ii", 1, 1)
+        for i in range(0, max(len(data), 1), 32):
+            block = bytes(cramjam.snappy.compress_raw(data[i : i + 32]))
+            out += struct.pack(">i", len(block)) + block
+        return out
+    if codec == LZ4:
+        return bytes(cramjam.lz4.compress(data))
+    if codec == ZSTD:
+        return bytes(cramjam.zstd.compress(data))
+    assert codec == 0
+    return data
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A v2 record batch; ``encode`` gives its bytes on the wire."""
+
+    base_offset: int
+    records: tuple[Rec, ...]
+    base_timestamp: int = 1_700_000_000_000
+    codec: int = 0
+    attributes: int = 0  # timestamp type, transactional, control bits
+    producer_id: int = -1
+    last_offset_delta: int | None = None  # default: the last record's offset delta
+    max_timestamp: int | None = None  # default: the largest record timestamp
+    count: int | None = None  # default: len(records)
+    magic: int = 2
+
+    @property
+    def lod(self) -> int:
+        if self.last_offset_delta is not None:
+            return self.last_offset_delta
+        return max((r.offset_delta for r in self.records), default=0)
+
+    @property
+    def max_ts(self) -> int:
+        if self.max_timestamp is not None:
+            return self.max_timestamp
+        deltas = [r.timestamp_delta for r in self.records]
+        return self.base_timestamp + max(deltas, default=0)
+
+    def encode(self) -> bytes:
+        records = b"".join(r.encode() for r in self.records)
+        wire_codec = SNAPPY if self.codec == XERIAL else self.codec
+        body = struct.pack(
+            ">hiqqqhii",
+            self.attributes | wire_codec,
+            self.lod,
+            self.base_timestamp,
+            self.max_ts,
+            self.producer_id,
+            0 if self.producer_id >= 0 else -1,  # producer epoch
+            0 if self.producer_id >= 0 else -1,  # base sequence
+            len(self.records) if self.count is None else self.count,
+        ) + compress(self.codec, records)
+        after_length = struct.pack(">ibI", 0, self.magic, 0) + body  # leader epoch, magic, crc
+        return struct.pack(">qi", self.base_offset, len(after_length)) + after_length
+
+    def expected(self) -> list[tuple[int, int, bytes | None, bytes | None]]:
+        """(offset, timestamp, key, value) of each record, as a consumer sees it."""
+        log_append = self.attributes & LOG_APPEND_TIME
+        return [
+            (
+                self.base_offset + r.offset_delta,
+                self.max_ts if log_append else self.base_timestamp + r.timestamp_delta,
+                r.key,
+                r.value,
+            )
+            for r in self.records
+        ]
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.lod + 1
+
+
+def control(base_offset: int, producer_id: int, kind: int) -> Batch:
+    """A transaction marker: key (version, type), value (version, coordinator epoch)."""
+    marker = Rec(struct.pack(">hh", 0, kind), struct.pack(">hi", 0, 0))
+    return Batch(base_offset, (marker,), attributes=TRANSACTIONAL | CONTROL, producer_id=producer_id)
+
+
+def as_buf(*batches: Batch | bytes) -> npt.NDArray[np.uint8]:
+    raw = b"".join(b.encode() if isinstance(b, Batch) else b for b in batches)
+    return np.frombuffer(raw, np.uint8) if raw else np.zeros(0, np.uint8)
+
+
+def read(
+    buf: npt.NDArray[np.uint8], fetch_offset: int = 0, aborted: Sequence[tuple[int, int]] = ()
+) -> RecordColumns:
+    return read_records(buf, 0, len(buf), fetch_offset, aborted)
+
+
+def rows(cols: RecordColumns) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    assert len(cols.values) == len(cols.keys) == len(cols.offsets) == len(cols.timestamps)
+    return [
+        (int(o), int(t), k, v)
+        for o, t, k, v in zip(cols.offsets, cols.timestamps, cols.keys, cols.values, strict=True)
+    ]
+
+
+def simple(base: int, n: int, *, codec: int = 0, value: bytes = b"v") -> Batch:
+    recs = tuple(
+        Rec(b"k%d" % i, value + b"%d" % (base + i), offset_delta=i, timestamp_delta=i)
+        for i in range(n)
+    )
+    return Batch(base, recs, codec=codec)
+
+
+def expected_rows(
+    batches: Sequence[Batch], fetch_offset: int = 0
+) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    return [r for b in batches for r in b.expected() if r[0] >= fetch_offset]
+
+
+# -- the encoder against the protocol guide -------------------------------------------
+
+
+def test_varints_are_zigzag_as_the_protocol_guide_writes_them() -> None:
+    assert [varint(v) for v in (0, -1, 1, -2, 2, 63, -64, 64)] == [
+        b"\x00",
+        b"\x01",
+        b"\x02",
+        b"\x03",
+        b"\x04",
+        b"\x7e",
+        b"\x7f",
+        b"\x80\x01",
+    ]
+    assert varint(150) == b"\xac\x02"  # zigzag 300
+    assert varint(-(2**63)) == b"\xff" * 9 + b"\x01"
+    raw = Batch(7, (Rec(b"k", b"v", 0, 0),), attributes=TRANSACTIONAL, producer_id=9).encode()
+    assert struct.unpack_from(">qi", raw, 0) == (7, len(raw) - 12)  # length: after itself
+    assert raw[16] == 2  # magic, after the leader epoch
+    assert struct.unpack_from(">hi", raw, 21) == (TRANSACTIONAL, 0)  # attributes, lod
+    assert struct.unpack_from(">q", raw, 43) == (9,)  # producer id
+    assert struct.unpack_from(">i", raw, 57) == (1,)  # the record count ends the header
+    # the record: length 8 (zigzag 16), attributes, timestamp 0, offset 0, key, value, headers
+    assert raw[61:] == b"\x10\x00\x00\x00\x02k\x02v\x00"
+
+
+@given(st.integers(-(2**63), 2**63 - 1))
+def test_the_varint_kernel_reads_every_int64(value: int) -> None:
+    from connectors.records import _varint
+
+    raw = np.frombuffer(varint(value) + b"\xff", np.uint8)
+    assert _varint(raw, 0, len(raw) - 1) == (value, len(raw) - 1)
+    assert _varint(raw, 0, len(raw) - 2)[1] == -1  # one byte short: malformed
+
+
+# -- exact reading ----------------------------------------------------------------------
+
+
+def test_one_batch_with_null_and_empty_keys_values_and_headers() -> None:
+    recs = (
+        Rec(b"a", b'{"x": 1}', 0, 0, headers=((b"trace", b"1"), (b"none", None))),
+        Rec(None, b"", 1, -5),
+        Rec(b"", None, 2, 7),
+        Rec(None, None, 4, 3, headers=((b"", b""),)),
+    )
+    batch = Batch(1000, recs, base_timestamp=50, last_offset_delta=6)
+    cols = read(as_buf(batch), 1000)
+    assert rows(cols) == [
+        (1000, 50, b"a", b'{"x": 1}'),
+        (1001, 45, None, b""),
+        (1002, 57, b"", None),
+        (1004, 53, None, None),
+    ]
+    assert cols.next_offset == 1007  # base + last offset delta + 1, past the compacted gap
+    assert len(cols) == 4
+    assert cols.values.sizes().tolist() == [8, 0, -1, -1]
+    assert cols.keys.sizes().tolist() == [1, -1, 0, -1]
+    assert cols.offsets.dtype == np.int64 and cols.timestamps.dtype == np.int64
+    assert cols.values.data[cols.values.starts[0] : cols.values.starts[-1]].tobytes() == (
+        b'{"x": 1}'
+    )
+
+
+def test_empty_record_sets() -> None:
+    empty = read(np.zeros(0, np.uint8), 42)
+    assert (len(empty), empty.next_offset, list(empty.values)) == (0, 42, [])
+    short = read(np.zeros(60, np.uint8), 42)  # less than a batch header
+    assert (len(short), short.next_offset) == (0, 42)
+
+
+@st.composite
+def batch_lists(draw: st.DrawFn, codecs: Sequence[int] = (0,)) -> list[Batch]:
+    """Several batches in offset order: compacted gaps inside and between them,
+    random keys and values (empty and null too), timestamp deltas of both signs."""
+    payload = st.none() | st.binary(max_size=24)
+    base = draw(st.integers(0, 2**40))
+    out = []
+    for _ in range(draw(st.integers(1, 4))):
+        count = draw(st.integers(0, 5))
+        deltas = sorted(draw(st.sets(st.integers(0, 12), min_size=count, max_size=count)))
+        recs = tuple(
+            Rec(
+                draw(payload),
+                draw(payload),
+                od,
+                draw(st.integers(-(2**40), 2**40)),
+                headers=draw(st.lists(st.tuples(st.binary(max_size=4), payload), max_size=2)),
+            )
+            for od in deltas
+        )
+        lod = max(deltas, default=0) + draw(st.integers(0, 2))  # compaction drops the tail
+        out.append(
+            Batch(
+                base,
+                recs,
+                base_timestamp=draw(st.integers(0, 2**42)),
+                codec=draw(st.sampled_from(codecs)),
+                attributes=draw(st.sampled_from([0, LOG_APPEND_TIME])),
+                last_offset_delta=lod,
+            )
+        )
+        base += lod + 1 + draw(st.integers(0, 3))
+    return out
+
+
+@settings(max_examples=300)
+@given(batch_lists(), st.data())
+def test_round_trip_is_exact(batches: list[Batch], data: st.DataObject) -> None:
+    first, last = batches[0].base_offset, batches[-1].next_offset
+    fetch_offset = data.draw(st.integers(max(0, first - 2), last + 1), "fetch offset")
+    cols = read(as_buf(*batches), fetch_offset)
+    assert rows(cols) == expected_rows(batches, fetch_offset)
+    assert cols.next_offset == max(fetch_offset, last)
+    want = expected_rows(batches, fetch_offset)
+    assert (cols.values.sizes() == [-1 if r[3] is None else len(r[3]) for r in want]).all()
+    assert (cols.keys.sizes() == [-1 if r[2] is None else len(r[2]) for r in want]).all()
+
+
+@settings(max_examples=150)
+@given(batch_lists(codecs=(0, GZIP, SNAPPY, XERIAL, LZ4, ZSTD)), st.data())
+def test_round_trip_with_compressed_batches_among_plain_ones(
+    batches: list[Batch], data: st.DataObject
+) -> None:
+    first, last = batches[0].base_offset, batches[-1].next_offset
+    fetch_offset = data.draw(st.integers(max(0, first - 2), last + 1), "fetch offset")
+    cols = read(as_buf(*batches), fetch_offset)
+    assert rows(cols) == expected_rows(batches, fetch_offset)
+    assert cols.next_offset == max(fetch_offset, last)
+
+
+def test_the_fetch_offset_in_the_middle_of_a_batch_drops_the_records_before_it() -> None:
+    batches = [simple(100, 5), simple(105, 3, codec=GZIP)]
+    buf = as_buf(*batches)
+    for fetch_offset in range(98, 110):
+        cols = read(buf, fetch_offset)
+        assert [int(o) for o in cols.offsets] == [o for o in range(100, 108) if o >= fetch_offset]
+        assert rows(cols) == expected_rows(batches, fetch_offset)
+        assert cols.next_offset == max(108, fetch_offset)
+
+
+def test_next_offset_follows_the_last_offset_delta_past_compacted_records() -> None:
+    gappy = Batch(10, (Rec(b"a", b"1", 0), Rec(b"b", b"2", 3)), last_offset_delta=9)
+    emptied = Batch(25, (), last_offset_delta=4)  # compaction left no record in it
+    cols = read(as_buf(gappy, emptied), 10)
+    assert [int(o) for o in cols.offsets] == [10, 13]
+    assert cols.next_offset == 30
+    only_empty = read(as_buf(emptied), 25)
+    assert (len(only_empty), only_empty.next_offset) == (0, 30)
+
+
+def test_a_record_set_inside_a_larger_response_is_read_between_start_and_end() -> None:
+    batches = [simple(0, 3), simple(3, 2, codec=LZ4)]
+    inner = as_buf(*batches).tobytes()
+    raw = b"\xff" * 13 + inner + Batch(5, (Rec(b"x", b"y"),)).encode() + b"\x00" * 7
+    buf = np.frombuffer(raw, np.uint8)
+    cols = read_records(buf, 13, 13 + len(inner), 0)
+    assert rows(cols) == expected_rows(batches)
+    assert cols.next_offset == 5
+
+
+def test_a_trailing_partial_batch_is_left_for_the_next_fetch() -> None:
+    batches = [simple(0, 3), simple(3, 4, codec=ZSTD), simple(7, 2)]
+    raw = as_buf(*batches).tobytes()
+    ends = np.cumsum([len(b.encode()) for b in batches])
+    for cut in range(len(raw) + 1):
+        whole = int(np.searchsorted(ends, cut, side="right"))  # batches entirely in raw[:cut]
+        cols = read(np.frombuffer(raw[:cut], np.uint8), 1)
+        assert rows(cols) == expected_rows(batches[:whole], 1)
+        assert cols.next_offset == (batches[whole - 1].next_offset if whole else 1)
+
+
+def test_an_end_past_the_buffer_reads_only_what_is_there() -> None:
+    raw = as_buf(simple(0, 2), simple(2, 2)).tobytes()
+    first = len(simple(0, 2).encode())
+    cols = read_records(np.frombuffer(raw[: first + 20], np.uint8), -5, len(raw) * 4, 0)
+    assert rows(cols) == expected_rows([simple(0, 2)])
+
+
+def test_log_append_time_batches_stamp_every_record_with_the_max_timestamp() -> None:
+    recs = (Rec(b"a", b"1", 0, 5), Rec(b"b", b"2", 1, -3))
+    stamped = Batch(0, recs, base_timestamp=1000, attributes=LOG_APPEND_TIME, max_timestamp=9999)
+    created = Batch(2, recs, base_timestamp=1000)
+    packed = Batch(4, recs, base_timestamp=1000, attributes=LOG_APPEND_TIME, codec=SNAPPY,
+                   max_timestamp=7777)  # fmt: skip
+    cols = read(as_buf(stamped, created, packed))
+    assert cols.timestamps.tolist() == [9999, 9999, 1005, 997, 7777, 7777]
+
+
+# -- transactions ---------------------------------------------------------------------
+
+
+def txn(base: int, producer: int, n: int, codec: int = 0) -> Batch:
+    recs = tuple(Rec(b"p%d" % producer, b"%d" % (base + i), i, i) for i in range(n))
+    return Batch(base, recs, codec=codec, attributes=TRANSACTIONAL, producer_id=producer)
+
+
+# producer 7 aborts [0, 5], producer 8 commits [3, 8], producer 7 commits [9, 11],
+# producer 7 aborts again [12, 14] (one compressed batch), plain records between
+LOG = [
+    txn(0, 7, 3),
+    txn(3, 8, 2),
+    control(5, 7, ABORT),
+    simple(6, 2),
+    control(8, 8, COMMIT),
+    txn(9, 7, 2),
+    control(11, 7, COMMIT),
+    txn(12, 7, 2, codec=GZIP),
+    control(14, 7, ABORT),
+    simple(15, 1),
+]
+ABORTED = [(7, 12), (7, 0)]  # as the broker lists them (any order)
+
+
+def test_read_committed_skips_aborted_transactions_and_control_batches() -> None:
+    cols = read(as_buf(*LOG), 0, ABORTED)
+    assert [int(o) for o in cols.offsets] == [3, 4, 6, 7, 9, 10, 15]
+    assert list(cols.values) == [b"3", b"4", b"v6", b"v7", b"9", b"10", b"v15"]
+    assert cols.next_offset == 16
+
+
+def test_read_uncommitted_keeps_every_record_but_control_batches() -> None:
+    cols = read(as_buf(*LOG), 0)
+    assert [int(o) for o in cols.offsets] == [0, 1, 2, 3, 4, 6, 7, 9, 10, 12, 13, 15]
+    assert cols.next_offset == 16
+
+
+def test_an_aborted_transaction_begun_before_the_fetch_offset_is_still_skipped() -> None:
+    # the response starts inside producer 7's aborted transaction [0, 5]
+    cols = read(as_buf(*LOG[1:]), 3, ABORTED)
+    assert [int(o) for o in cols.offsets] == [3, 4, 6, 7, 9, 10, 15]
+    cols = read(as_buf(*LOG[:2]), 1, ABORTED)
+    assert [int(o) for o in cols.offsets] == [3, 4]
+    assert cols.next_offset == 5
+
+
+def test_records_of_a_producer_before_its_aborted_transaction_are_kept() -> None:
+    batches = [txn(0, 7, 2), control(2, 7, COMMIT), txn(3, 7, 2), control(5, 7, ABORT)]
+    cols = read(as_buf(*batches), 0, [(7, 3)])
+    assert [int(o) for o in cols.offsets] == [0, 1]
+    assert cols.next_offset == 6
+
+
+def test_a_response_of_control_batches_only_moves_the_offset_on() -> None:
+    cols = read(as_buf(control(40, 3, COMMIT), control(41, 4, ABORT)), 40, [(4, 30)])
+    assert (len(cols), cols.next_offset) == (0, 42)
