@@ -99,6 +99,7 @@ class Batch:
     max_timestamp: int | None = None  # default: the largest record timestamp
     count: int | None = None  # default: len(records)
     magic: int = 2
+    raw_records: bytes | None = None  # instead of the encoded records (hostile framing)
 
     @property
     def lod(self) -> int:
@@ -115,6 +116,8 @@ class Batch:
 
     def encode(self) -> bytes:
         records = b"".join(r.encode() for r in self.records)
+        if self.raw_records is not None:
+            records = self.raw_records
         wire_codec = SNAPPY if self.codec == XERIAL else self.codec
         body = struct.pack(
             ">hiqqqhii",
@@ -432,3 +435,145 @@ def test_records_of_a_producer_before_its_aborted_transaction_are_kept() -> None
 def test_a_response_of_control_batches_only_moves_the_offset_on() -> None:
     cols = read(as_buf(control(40, 3, COMMIT), control(41, 4, ABORT)), 40, [(4, 30)])
     assert (len(cols), cols.next_offset) == (0, 42)
+
+
+# -- hostile framing --------------------------------------------------------------------
+
+
+def framed(base: int, records: bytes, *, count: int = 1, lod: int = 0, codec: int = 0) -> Batch:
+    return Batch(base, (), raw_records=records, count=count, last_offset_delta=lod, codec=codec)
+
+
+def record_body(key: bytes, value: bytes) -> bytes:
+    """A record after its length varint (attributes, deltas, key, value, headers)."""
+    return b"\x00" + varint(0) + varint(0) + key + value + varint(0)
+
+
+def corrupt(buf: npt.NDArray[np.uint8], fetch_offset: int = 0) -> CorruptRecordsError:
+    with pytest.raises(CorruptRecordsError) as info:
+        read(buf, fetch_offset)
+    exc = info.value
+    assert exc.after > exc.at and exc.after > fetch_offset
+    return exc
+
+
+HOSTILE_RECORDS = {
+    "truncated length varint": b"\xff\xff\xff",
+    "truncated timestamp varint": varint(4) + b"\x00\xff\xff\xff",
+    "truncated key length varint": varint(5) + b"\x00\x00\x00\xff\xff",
+    "length past the batch": varint(200) + record_body(varint(1) + b"k", varint(1) + b"v"),
+    "negative length": varint(-3) + record_body(varint(1) + b"k", varint(1) + b"v"),
+    "zero length": varint(0) + record_body(varint(1) + b"k", varint(1) + b"v"),
+    "key past the record": varint(6) + record_body(varint(9) + b"k", varint(1) + b"v")[:6],
+    "value past the record": varint(8) + record_body(varint(1) + b"k", varint(30) + b"v"),
+    "key length near 2**63": varint(30) + record_body(varint(2**63 - 1) + b"k", b"") + b"\x00" * 20,
+    "value length near 2**63": varint(30) + record_body(varint(0), varint(2**63 - 3)) + b"\0" * 20,
+    "record length near 2**63": varint(2**63 - 1) + record_body(varint(0), varint(0)),
+    "varint of eleven bytes": varint(12) + b"\x00" + b"\x80" * 10 + b"\x00",
+    "fewer records than counted": varint(5) + record_body(varint(0), varint(0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_RECORDS))
+def test_malformed_records_raise_with_the_batch_offsets(name: str) -> None:
+    count = 2 if name == "fewer records than counted" else 1
+    bad = framed(500, HOSTILE_RECORDS[name], count=count, lod=4)
+    exc = corrupt(as_buf(bad), 500)
+    assert (exc.at, exc.after) == (500, 505)
+    assert "offset 500" in str(exc)
+    # the same inside a compressed batch
+    exc = corrupt(as_buf(framed(500, HOSTILE_RECORDS[name], count=count, lod=4, codec=LZ4)), 502)
+    assert (exc.at, exc.after) == (500, 505)
+
+
+def test_a_negative_key_length_other_than_minus_one_is_a_null_key_as_in_kafka() -> None:
+    rec = record_body(varint(-7), varint(1) + b"v")
+    cols = read(as_buf(framed(0, varint(len(rec)) + rec)))
+    assert list(cols.keys) == [None] and list(cols.values) == [b"v"]
+
+
+def test_a_huge_record_count_allocates_by_the_bytes_there_are() -> None:
+    one = Rec(b"k", b"v").encode()
+    exc = corrupt(as_buf(framed(9, one, count=2**31 - 1, lod=2**31 - 2)))
+    assert (exc.at, exc.after) == (9, 9 + 2**31 - 1)
+    exc = corrupt(as_buf(framed(9, one, count=2**31 - 1, codec=ZSTD)))
+    assert exc.at == 9
+
+
+@pytest.mark.parametrize(
+    ("batch", "why"),
+    [
+        (Batch(70, (Rec(b"k", b"v"),), magic=1), "message format v1"),
+        (Batch(70, (Rec(b"k", b"v"),), magic=0), "message format v0"),
+        (Batch(70, (Rec(b"k", b"v"),), count=-1), "negative record count"),
+    ],
+)
+def test_bad_headers_raise_with_the_batch_offsets(batch: Batch, why: str) -> None:
+    exc = corrupt(as_buf(batch), 70)
+    assert (exc.at, exc.after) == (70, 71)
+    assert why in str(exc)
+
+
+@pytest.mark.parametrize("length", [-1, -(2**31), 0, 48])
+def test_a_batch_length_shorter_than_the_header_raises(length: int) -> None:
+    raw = bytearray(Batch(70, (Rec(b"k", b"v"),), last_offset_delta=3).encode())
+    raw[8:12] = struct.pack(">i", length)
+    exc = corrupt(np.frombuffer(bytes(raw), np.uint8), 72)
+    assert (exc.at, exc.after) == (70, 74)
+    assert "bad length" in str(exc)
+
+
+@pytest.mark.parametrize("codec", [GZIP, SNAPPY, LZ4, ZSTD, 5, 6, 7])
+def test_batches_that_do_not_inflate_raise(codec: int) -> None:
+    raw = bytearray(framed(30, b"\x00\x01garbage that inflates to nothing" * 3, lod=1).encode())
+    raw[22] = codec  # the attributes' low byte
+    exc = corrupt(np.frombuffer(bytes(raw), np.uint8), 30)
+    assert (exc.at, exc.after) == (30, 32)
+    assert "does not inflate" in str(exc)
+
+
+def test_xerial_snappy_with_a_cut_block_raises() -> None:
+    raw = compress(XERIAL, Rec(b"k", b"v" * 100).encode())
+    assert raw.count(b"\x00\x00\x00") >= 4  # several blocks
+    batch = bytearray(framed(0, raw[:-3]).encode())
+    batch[22] = SNAPPY
+    exc = corrupt(np.frombuffer(bytes(batch), np.uint8))
+    assert exc.at == 0
+
+
+def test_records_before_a_bad_batch_are_returned_and_the_next_fetch_raises() -> None:
+    good = [simple(0, 3), simple(3, 2, codec=GZIP)]
+    bad = framed(5, HOSTILE_RECORDS["negative length"], lod=2)
+    tail = simple(8, 2)
+    buf = as_buf(*good, bad, tail)
+    cols = read(buf, 1)
+    assert rows(cols) == expected_rows(good, 1)
+    assert cols.next_offset == 5  # the next fetch starts at the bad batch
+    exc = corrupt(as_buf(bad, tail), 5)
+    assert (exc.at, exc.after) == (5, 8)
+    assert rows(read(as_buf(tail), 8)) == expected_rows([tail])
+
+
+def test_a_bad_header_after_good_batches_ends_the_record_set() -> None:
+    good = [simple(0, 3)]
+    for bad in (Batch(3, (Rec(b"k", b"v"),), magic=1), Batch(3, (), count=-5)):
+        cols = read(as_buf(*good, bad, simple(4, 1)), 0)
+        assert rows(cols) == expected_rows(good)
+        assert cols.next_offset == 3
+
+
+def test_a_bad_batch_after_records_before_the_fetch_offset_raises() -> None:
+    # nothing before the bad batch moves past the fetch offset: returning nothing with
+    # the same offset would fetch the same response for ever
+    bad = framed(5, HOSTILE_RECORDS["negative length"], lod=2)
+    exc = corrupt(as_buf(simple(0, 5), bad), 5)
+    assert (exc.at, exc.after) == (5, 8)
+
+
+def test_garbage_lengths_after_a_good_batch_never_read_past_the_end() -> None:
+    good = simple(0, 2)
+    tail = bytearray(Batch(2, (Rec(b"k", b"v"),)).encode())
+    tail[8:12] = struct.pack(">i", 2**31 - 1)  # points far past the end: a partial batch
+    cols = read(as_buf(good, bytes(tail)))
+    assert rows(cols) == expected_rows([good])
+    assert cols.next_offset == 2
