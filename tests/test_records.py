@@ -10,10 +10,14 @@ only ever give :class:`CorruptRecordsError`.
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import cramjam
 import numpy as np
@@ -25,6 +29,7 @@ from hypothesis import strategies as st
 from connectors.fetch import DirectFetcher, _Part
 from connectors.records import CorruptRecordsError, PackedValues, RecordColumns, read_records
 
+ROOT = Path(__file__).resolve().parents[1]
 GZIP, SNAPPY, LZ4, ZSTD = 1, 2, 3, 4
 XERIAL = 5  # snappy in the Java client's (xerial) block framing; codec 2 on the wire
 LOG_APPEND_TIME, TRANSACTIONAL, CONTROL = 0x08, 0x10, 0x20
@@ -506,6 +511,7 @@ def test_a_huge_record_count_allocates_by_the_bytes_there_are() -> None:
         (Batch(70, (Rec(b"k", b"v"),), magic=1), "message format v1"),
         (Batch(70, (Rec(b"k", b"v"),), magic=0), "message format v0"),
         (Batch(70, (Rec(b"k", b"v"),), count=-1), "negative record count"),
+        (Batch(70, (Rec(b"k", b"v"),), count=-9, codec=GZIP), "negative record count"),
     ],
 )
 def test_bad_headers_raise_with_the_batch_offsets(batch: Batch, why: str) -> None:
@@ -577,3 +583,99 @@ def test_garbage_lengths_after_a_good_batch_never_read_past_the_end() -> None:
     cols = read(as_buf(good, bytes(tail)))
     assert rows(cols) == expected_rows([good])
     assert cols.next_offset == 2
+
+
+# -- random damage ------------------------------------------------------------------------
+
+HEADER_FIELDS = (0, 8, 16, 21, 22, 23, 57)  # base offset, length, magic, attributes, lod, count
+INTERESTING = (0, 1, 2, 0x7F, 0x80, 0xFF)
+
+
+@st.composite
+def damaged(draw: st.DrawFn) -> tuple[bytes, int]:
+    """A valid buffer (plain and compressed batches) with a few bytes changed, cut,
+    inserted or deleted, often in a header field or a record's framing."""
+    batches = draw(batch_lists(codecs=(0, 0, GZIP, SNAPPY, LZ4, ZSTD)))
+    raw = bytearray(as_buf(*batches).tobytes())
+    starts = np.cumsum([0] + [len(b.encode()) for b in batches])[:-1].tolist()
+    for _ in range(draw(st.integers(1, 4))):
+        if not raw:
+            break
+        kind = draw(st.sampled_from(["byte", "byte", "field", "insert", "delete", "cut"]))
+        at = draw(st.integers(0, len(raw) - 1))
+        if kind == "field":
+            at = min(len(raw) - 1, draw(st.sampled_from(starts)) + draw(st.sampled_from(HEADER_FIELDS)))
+            width = draw(st.sampled_from([1, 4, 8]))
+            raw[at : at + width] = draw(st.binary(min_size=width, max_size=width))[: len(raw) - at]
+        elif kind == "byte":
+            raw[at] = draw(st.sampled_from(INTERESTING) | st.integers(0, 255))
+        elif kind == "insert":
+            raw[at:at] = draw(st.binary(min_size=1, max_size=12))
+        elif kind == "delete":
+            del raw[at : at + draw(st.integers(1, 12))]
+        else:
+            del raw[at:]
+    first = batches[0].base_offset
+    return bytes(raw), draw(st.integers(max(0, first - 1), batches[-1].next_offset))
+
+
+def check_columns(cols: RecordColumns, fetch_offset: int) -> None:
+    n = len(cols)
+    assert len(cols.values) == len(cols.keys) == len(cols.timestamps) == n
+    for packed in (cols.values, cols.keys):
+        starts = packed.starts
+        assert len(starts) == n + 1 and (np.diff(starts) >= 0).all()
+        assert 0 <= starts[0] and starts[-1] <= len(packed.data)
+        assert packed.null is None or len(packed.null) == n
+        assert len(list(packed)) == n
+    assert cols.next_offset >= fetch_offset
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(damaged(), st.data())
+def test_damaged_buffers_give_records_or_corrupt_records_error(
+    case: tuple[bytes, int], data: st.DataObject
+) -> None:
+    raw, fetch_offset = case
+    buf = np.frombuffer(raw, np.uint8) if raw else np.zeros(0, np.uint8)
+    end = data.draw(st.integers(0, len(raw) + 100), "end")
+    aborted = data.draw(st.sampled_from([(), ((-1, 0),), ((0, 0), (5, 2**40))]), "aborted")
+    for stop in (len(raw), end):
+        try:
+            cols = read_records(buf, 0, stop, fetch_offset, aborted)
+        except CorruptRecordsError as exc:
+            assert exc.after > exc.at and exc.after > fetch_offset
+        else:
+            check_columns(cols, fetch_offset)
+
+
+@pytest.mark.slow
+def test_the_kernels_never_index_out_of_bounds(tmp_path: Path) -> None:
+    """The kernels skip numba's bounds checks for speed: run the damage and round-trip
+    tests again with every check compiled in (a fresh cache), where a read past an
+    array is an IndexError instead of a silent read."""
+    code = (
+        "from tests import test_records as t\n"
+        "t.test_damaged_buffers_give_records_or_corrupt_records_error()\n"
+        "for name in sorted(t.HOSTILE_RECORDS):\n"
+        "    t.test_malformed_records_raise_with_the_batch_offsets(name)\n"
+        "t.test_a_trailing_partial_batch_is_left_for_the_next_fetch()\n"
+        "t.test_an_end_past_the_buffer_reads_only_what_is_there()\n"
+        "t.test_read_committed_skips_aborted_transactions_and_control_batches()\n"
+    )
+    env = {
+        **os.environ,
+        "NUMBA_BOUNDSCHECK": "1",
+        "NUMBA_CACHE_DIR": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
