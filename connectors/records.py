@@ -100,7 +100,9 @@ class PackedValues(Sequence[bytes | None]):
     @staticmethod
     def concat(parts: Sequence[PackedValues]) -> PackedValues:
         """The rows of ``parts`` one after the other, in one new buffer."""
-        data = np.concatenate([p.data[p.starts[0] : p.starts[-1]] for p in parts])
+        data = np.concatenate(
+            [np.zeros(0, np.uint8)] + [p.data[p.starts[0] : p.starts[-1]] for p in parts]
+        )
         starts = np.zeros(sum(len(p) for p in parts) + 1, np.int64)
         at, base = 1, 0
         for p in parts:
@@ -313,7 +315,7 @@ def _inflate(codec: int, data: bytes) -> bytes:
 _EMPTY = np.zeros(0, np.uint8)
 
 
-class _BadBatch(Exception):
+class _BadBatchError(Exception):
     """Batch ``row`` of the table cannot be read (internal: read_records decides)."""
 
     def __init__(self, row: int, why: str) -> None:
@@ -358,15 +360,15 @@ def read_records(
         )
         if not nb_ or _past(table, nb_ - 1) <= fetch_offset:
             raise _corrupt_error(base, lod, fetch_offset, why)
-    try:
-        return _read(buf, table, fetch_offset, aborted)
-    except _BadBatch as exc:
-        if exc.row == 0 or _past(table, exc.row - 1) <= fetch_offset:
-            raise _corrupt_error(
-                int(table[exc.row, 2]), int(table[exc.row, 3]), fetch_offset, exc.why
-            ) from exc.__cause__
-        # the batches before it, read again without it
-        return _read(buf, table[: exc.row], fetch_offset, aborted)
+    while True:  # each round reads fewer batches: it ends
+        try:
+            return _read(buf, table, fetch_offset, aborted)
+        except _BadBatchError as exc:
+            if exc.row == 0 or _past(table, exc.row - 1) <= fetch_offset:
+                raise _corrupt_error(
+                    int(table[exc.row, 2]), int(table[exc.row, 3]), fetch_offset, exc.why
+                ) from exc.__cause__
+            table = table[: exc.row]  # the batches before it (an earlier one may be bad too)
 
 
 def _past(table: npt.NDArray[np.int64], row: int) -> int:
@@ -386,7 +388,7 @@ def _read(
     aborted: Sequence[tuple[int, int]],
 ) -> RecordColumns:
     """The records of the batches in ``table`` (all with good headers); raises
-    ``_BadBatch`` for the first batch whose records cannot be read."""
+    ``_BadBatchError`` for the first batch whose records cannot be read."""
     nb_ = len(table)
     next_offset = max(fetch_offset, _past(table, nb_ - 1)) if nb_ else fetch_offset
     special = (table[:, 4] & (_COMPRESSION | _CONTROL)) != 0
@@ -415,7 +417,7 @@ def _read(
                 data, sections, vbuf, vstarts, vnull, kbuf, kstarts, knull, offsets, times, state
             )
             if failed >= 0:
-                raise _BadBatch(int(sections[failed, 7]), "has malformed records")
+                raise _BadBatchError(int(sections[failed, 7]), "has malformed records")
     n = int(state[0])
     keep = slice(0, n)
     if n and offsets[0] < fetch_offset:  # a batch starts before the fetch offset
@@ -480,7 +482,7 @@ def _special_runs(
         try:
             inner = _inflate(attrs & _COMPRESSION, buf[pos + HEADER_BYTES : pos + total].tobytes())
         except Exception as exc:  # the codec's own error, or an unknown codec
-            raise _BadBatch(i, f"does not inflate: {exc}") from exc
+            raise _BadBatchError(i, f"does not inflate: {exc}") from exc
         data = np.frombuffer(inner, np.uint8) if inner else _EMPTY
         sec = _sections(table, np.array([i], np.int64))
         sec[0, 0], sec[0, 1] = 0, len(data)

@@ -159,7 +159,9 @@ class Batch:
 def control(base_offset: int, producer_id: int, kind: int) -> Batch:
     """A transaction marker: key (version, type), value (version, coordinator epoch)."""
     marker = Rec(struct.pack(">hh", 0, kind), struct.pack(">hi", 0, 0))
-    return Batch(base_offset, (marker,), attributes=TRANSACTIONAL | CONTROL, producer_id=producer_id)
+    return Batch(
+        base_offset, (marker,), attributes=TRANSACTIONAL | CONTROL, producer_id=producer_id
+    )
 
 
 def as_buf(*batches: Batch | bytes) -> npt.NDArray[np.uint8]:
@@ -281,7 +283,9 @@ def batch_lists(draw: st.DrawFn, codecs: Sequence[int] = (0,)) -> list[Batch]:
                 draw(payload),
                 od,
                 draw(st.integers(-(2**40), 2**40)),
-                headers=draw(st.lists(st.tuples(st.binary(max_size=4), payload), max_size=2)),
+                headers=tuple(
+                    draw(st.lists(st.tuples(st.binary(max_size=4), payload), max_size=2))
+                ),
             )
             for od in deltas
         )
@@ -604,7 +608,9 @@ def damaged(draw: st.DrawFn) -> tuple[bytes, int]:
         kind = draw(st.sampled_from(["byte", "byte", "field", "insert", "delete", "cut"]))
         at = draw(st.integers(0, len(raw) - 1))
         if kind == "field":
-            at = min(len(raw) - 1, draw(st.sampled_from(starts)) + draw(st.sampled_from(HEADER_FIELDS)))
+            at = min(
+                len(raw) - 1, draw(st.sampled_from(starts)) + draw(st.sampled_from(HEADER_FIELDS))
+            )
             width = draw(st.sampled_from([1, 4, 8]))
             raw[at : at + width] = draw(st.binary(min_size=width, max_size=width))[: len(raw) - at]
         elif kind == "byte":
@@ -625,7 +631,7 @@ def check_columns(cols: RecordColumns, fetch_offset: int) -> None:
     for packed in (cols.values, cols.keys):
         starts = packed.starts
         assert len(starts) == n + 1 and (np.diff(starts) >= 0).all()
-        assert 0 <= starts[0] and starts[-1] <= len(packed.data)
+        assert starts[0] >= 0 and starts[-1] <= len(packed.data)
         assert packed.null is None or len(packed.null) == n
         assert len(list(packed)) == n
     assert cols.next_offset >= fetch_offset
@@ -647,12 +653,20 @@ def test_damaged_buffers_give_records_or_corrupt_records_error(
     end = data.draw(st.integers(0, len(raw) + 100), "end")
     aborted = data.draw(st.sampled_from([(), ((-1, 0),), ((0, 0), (5, 2**40))]), "aborted")
     for stop in (len(raw), end):
-        try:
-            cols = read_records(buf, 0, stop, fetch_offset, aborted)
-        except CorruptRecordsError as exc:
-            assert exc.after > exc.at and exc.after > fetch_offset
+        got = outcome(buf, stop, fetch_offset, aborted)
+        if isinstance(got, CorruptRecordsError):
+            assert got.after > got.at and got.after > fetch_offset
         else:
-            check_columns(cols, fetch_offset)
+            check_columns(got, fetch_offset)
+
+
+def outcome(
+    buf: npt.NDArray[np.uint8], end: int, fetch_offset: int, aborted: Sequence[tuple[int, int]]
+) -> RecordColumns | CorruptRecordsError:
+    try:
+        return read_records(buf, 0, end, fetch_offset, aborted)
+    except CorruptRecordsError as exc:
+        return exc
 
 
 @pytest.mark.slow
@@ -679,3 +693,139 @@ def test_the_kernels_never_index_out_of_bounds(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, timeout=120
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
+
+
+# -- the fetcher's answer to a bad batch --------------------------------------------------
+
+KEY = ("events", 0)
+
+
+def idle_fetcher(position: int) -> tuple[DirectFetcher, _Part]:
+    """A fetcher's partition bookkeeping, with no thread and no broker."""
+    fetcher = DirectFetcher.__new__(DirectFetcher)
+    fetcher._lock = threading.Condition()
+    fetcher._on_error = None
+    part = _Part(generation=1, position=position)
+    fetcher._parts = {KEY: part}
+    return fetcher, part
+
+
+def test_the_fetcher_moves_to_a_bad_batch_after_the_fetch_offset() -> None:
+    fetcher, part = idle_fetcher(10)
+    fetcher._corrupt(KEY, 1, 10, CorruptRecordsError("bad", 14, 20))
+    assert (part.position, part.corrupt_tries) == (14, 0)
+    fetcher._corrupt(KEY, 2, 14, CorruptRecordsError("bad", 30, 40))  # an old generation
+    assert part.position == 14
+
+
+def test_the_fetcher_skips_a_bad_batch_after_three_tries_and_always_moves_forward() -> None:
+    fetcher, part = idle_fetcher(14)
+    for tries in (1, 2):
+        fetcher._corrupt(KEY, 1, 14, CorruptRecordsError("bad", 14, 20))
+        assert (part.position, part.corrupt_tries) == (14, tries)
+        assert part.retry_at > 0
+    fetcher._corrupt(KEY, 1, 14, CorruptRecordsError("bad", 14, 20))
+    assert (part.position, part.corrupt_tries) == (20, 0)
+    for _ in range(3):  # offsets unknown: one past the position, never a stall
+        fetcher._corrupt(KEY, 1, 20, CorruptRecordsError("bad"))
+    assert part.position == 21
+
+
+def test_a_partition_with_bad_batches_delivers_every_good_record_once() -> None:
+    """The fetch loop against a log with broken batches, the responses cut after a
+    few batches as a broker cuts them: every good record arrives once, in order; each
+    broken batch is fetched three times, then skipped with exactly its offsets."""
+    bad_records = framed(5, HOSTILE_RECORDS["negative length"], count=1, lod=2)
+    bad_inflate = bytearray(framed(13, b"not zstd at all", lod=1).encode())
+    bad_inflate[22] = ZSTD
+    old_format = Batch(18, (Rec(b"k", b"v"),), magic=1)
+    good = [simple(0, 3), simple(3, 2, codec=GZIP), simple(8, 2), simple(10, 3, codec=SNAPPY)]
+    good += [simple(15, 3), simple(19, 2)]
+    log: list[tuple[int, bytes]] = [(b.next_offset, b.encode()) for b in good]
+    log += [(8, bad_records.encode()), (15, bytes(bad_inflate)), (19, old_format.encode())]
+    log.sort()
+    fetcher, part = idle_fetcher(0)
+    delivered: list[int] = []
+    fetches = 0
+    while part.position is not None and part.position < 21 and fetches < 50:
+        position = part.position
+        fetches += 1
+        response = b"".join(raw for past, raw in log if past > position)[:400]
+        buf = np.frombuffer(response, np.uint8)
+        try:
+            cols = read_records(buf, 0, len(buf), position)
+        except CorruptRecordsError as exc:
+            fetcher._corrupt(KEY, 1, position, exc)
+            continue
+        assert cols.next_offset > position or len(cols) == 0
+        delivered += [int(o) for o in cols.offsets]
+        part.position = cols.next_offset
+    assert delivered == [int(o) for o in read(as_buf(*good)).offsets]
+    assert fetches <= 3 * 3 + len(good) + 2
+
+
+# -- PackedValues ---------------------------------------------------------------------------
+
+
+def packed(items: Sequence[bytes | None]) -> PackedValues:
+    data = b"".join(x or b"" for x in items)
+    starts = np.cumsum([0] + [len(x or b"") for x in items]).astype(np.int64)
+    null = np.array([x is None for x in items], np.bool_)
+    return PackedValues(np.frombuffer(data, np.uint8) if data else np.zeros(0, np.uint8),
+                        starts, null)  # fmt: skip
+
+
+ITEMS: list[bytes | None] = [b"ab", None, b"", b"{}", None, b"xyz"]
+
+
+def test_packed_values_index_slice_and_iterate_like_a_list() -> None:
+    p = packed(ITEMS)
+    assert len(p) == 6 and list(p) == ITEMS
+    assert [p[i] for i in range(-6, 6)] == ITEMS + ITEMS
+    assert p[np.int64(3)] == b"{}"  # type: ignore[call-overload]  # numpy ints index too
+    for s in (slice(None), slice(1, 4), slice(None, None, -1), slice(-2, None), slice(0, 6, 2),
+              slice(4, 1, -2), slice(7, 9)):  # fmt: skip
+        assert p[s] == ITEMS[s]
+    for bad in (6, -7, 100):
+        with pytest.raises(IndexError):
+            p[bad]
+    assert p.sizes().tolist() == [2, -1, 0, 2, -1, 3]
+    assert isinstance(p, Sequence) and p.index(b"{}") == 3 and None in p
+
+
+def test_packed_values_without_nulls_keep_no_mask() -> None:
+    p = packed([b"a", b"", b"bc"])
+    assert p.null is None
+    assert p.sizes().tolist() == [1, 0, 2]
+    assert PackedValues(p.data, p.starts).null is None
+
+
+def test_rows_share_the_buffer_and_concat_packs_them_anew() -> None:
+    p = packed(ITEMS)
+    mid = p.rows(1, 5)
+    assert mid.data is p.data and list(mid) == ITEMS[1:5]
+    assert list(mid.rows(1, 3)) == ITEMS[2:4]
+    assert mid.sizes().tolist() == [-1, 0, 2, -1]
+    tail = p.rows(3, 6)
+    plain = packed([b"q", b"rs"])
+    joined = PackedValues.concat([mid, plain, tail, p.rows(2, 2)])
+    assert list(joined) == [*ITEMS[1:5], b"q", b"rs", *ITEMS[3:6]]
+    assert joined.starts[0] == 0 and joined.starts[-1] == len(joined.data)
+    assert joined.data.tobytes() == b"{}" + b"qrs" + b"{}xyz"
+    assert list(PackedValues.concat([plain, plain])) == [b"q", b"rs", b"q", b"rs"]
+    assert PackedValues.concat([plain, plain]).null is None
+    assert list(PackedValues.concat([p])) == ITEMS
+    assert list(PackedValues.concat([])) == []
+
+
+def test_record_columns_split_at_any_row() -> None:
+    from connectors.fetch import _split
+
+    batches = [simple(0, 3), simple(3, 3, codec=GZIP)]
+    cols = read(as_buf(*batches), 1)
+    for n in range(1, len(cols)):
+        head, tail = _split(cols, n)
+        assert rows(head) + rows(tail) == rows(cols)
+        assert (head.next_offset, tail.next_offset) == (int(cols.offsets[n]), cols.next_offset)
+        both = PackedValues.concat([head.values, tail.values])
+        assert list(both) == list(cols.values)
