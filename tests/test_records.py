@@ -304,7 +304,7 @@ def batch_lists(draw: st.DrawFn, codecs: Sequence[int] = (0,)) -> list[Batch]:
     return out
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(batch_lists(), st.data())
 def test_round_trip_is_exact(batches: list[Batch], data: st.DataObject) -> None:
     first, last = batches[0].base_offset, batches[-1].next_offset
@@ -317,7 +317,7 @@ def test_round_trip_is_exact(batches: list[Batch], data: st.DataObject) -> None:
     assert (cols.keys.sizes() == [-1 if r[2] is None else len(r[2]) for r in want]).all()
 
 
-@settings(max_examples=150)
+@settings(max_examples=100)
 @given(batch_lists(codecs=(0, GZIP, SNAPPY, XERIAL, LZ4, ZSTD)), st.data())
 def test_round_trip_with_compressed_batches_among_plain_ones(
     batches: list[Batch], data: st.DataObject
