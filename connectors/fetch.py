@@ -685,18 +685,19 @@ class DirectFetcher:
     def _corrupt(
         self, key: TopicPartitionKey, generation: int, position: int, exc: CorruptRecordsError
     ) -> None:
-        """Records before an unreadable batch are fetched again up to it; the batch
-        itself is fetched again ``_CORRUPT_TRIES`` times, then skipped (logged with its
-        offsets), so one broken batch never stalls its partition."""
+        """An unreadable batch (``read_records`` raises only when no good record comes
+        before it, so nothing is skipped by moving to it) is fetched again
+        ``_CORRUPT_TRIES`` times, then skipped (logged with its offsets), so one broken
+        batch never stalls its partition."""
         with self._lock:
             part = self._parts.get(key)
             if part is None or part.generation != generation:
                 return
             if exc.at > position:
-                part.position = exc.at  # the good records before it come next
+                part.position = exc.at  # no record between: fetch from the bad batch
                 return
             part.corrupt_tries += 1
-            if part.corrupt_tries < _CORRUPT_TRIES or exc.after <= position:
+            if part.corrupt_tries < _CORRUPT_TRIES:
                 log.warning("%s[%d]: %s; fetching it again", key[0], key[1], exc)
                 part.retry_at = time.monotonic() + 0.5
                 return
@@ -710,7 +711,7 @@ class DirectFetcher:
                 part.corrupt_tries,
             )
             part.corrupt_tries = 0
-            part.position = exc.after
+            part.position = max(exc.after, position + 1)  # always forward
 
 
 def _split(cols: RecordColumns, n: int) -> tuple[RecordColumns, RecordColumns]:

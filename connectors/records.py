@@ -36,7 +36,8 @@ _MIN_RECORD_BYTES = 7  # length, attributes, timestamp, offset, key, value, head
 
 class CorruptRecordsError(ValueError):
     """A record batch that cannot be read (wrong magic, bad framing, bad compression):
-    ``at`` is its base offset (-1 when unknown), ``after`` the offset past it."""
+    ``at`` is its base offset (-1 when unknown), ``after`` the offset past it (from
+    :func:`read_records`, always past ``at`` and past the fetch offset)."""
 
     def __init__(self, message: str, at: int = -1, after: int = -1) -> None:
         super().__init__(message)
@@ -99,7 +100,9 @@ class PackedValues(Sequence[bytes | None]):
     @staticmethod
     def concat(parts: Sequence[PackedValues]) -> PackedValues:
         """The rows of ``parts`` one after the other, in one new buffer."""
-        data = np.concatenate([p.data[p.starts[0] : p.starts[-1]] for p in parts])
+        data = np.concatenate(
+            [np.zeros(0, np.uint8)] + [p.data[p.starts[0] : p.starts[-1]] for p in parts]
+        )
         starts = np.zeros(sum(len(p) for p in parts) + 1, np.int64)
         at, base = 1, 0
         for p in parts:
@@ -161,16 +164,17 @@ def _scan_batches(
 ) -> tuple[int, int]:
     """Fill ``out`` rows with the complete batches in ``buf[start:end]``: position,
     total length, base offset, last offset delta, attributes, producer id, record
-    count, base timestamp, max timestamp, magic. Returns (batches, error position
-    or -1); a trailing partial batch (the broker cuts responses) is left out."""
+    count, base timestamp, max timestamp, magic. Returns (batches, position of the
+    first batch whose header is bad (magic, length or record count), or -1); a
+    trailing partial batch (the broker cuts responses) is left out."""
     pos = start
     n = 0
     while pos + HEADER_BYTES <= end and n < out.shape[0]:
         length = _int(buf, pos + 8, 4)
-        total = 12 + length
-        if length < HEADER_BYTES - 12:
+        if buf[pos + 16] != 2 or length < HEADER_BYTES - 12 or _int(buf, pos + 57, 4) < 0:
             return n, pos
-        if pos + total > end:
+        total = 12 + length
+        if total > end - pos:
             break
         out[n, 0] = pos
         out[n, 1] = total
@@ -235,7 +239,7 @@ def _walk(
         mts = sections[s, 6]
         for _ in range(count):
             length, p = _varint(buf, p, end)
-            if p < 0 or length < 0 or p + length > end or n >= cap:
+            if p < 0 or length < 0 or length > end - p or n >= cap:
                 return s
             rend = p + length
             p += 1  # attributes
@@ -246,10 +250,10 @@ def _walk(
             if p < 0:
                 return s
             kl, p = _varint(buf, p, rend)
-            if p < 0 or p + max(kl, 0) > rend:
+            if p < 0 or kl > rend - p:
                 return s
             if kl >= 0:
-                if kused + kl > kbuf.shape[0]:
+                if kl > kbuf.shape[0] - kused:
                     return s
                 kbuf[kused : kused + kl] = buf[p : p + kl]
                 kused += kl
@@ -259,10 +263,10 @@ def _walk(
                 knull[n] = True
             kstarts[n + 1] = kused
             vl, p = _varint(buf, p, rend)
-            if p < 0 or p + max(vl, 0) > rend:
+            if p < 0 or vl > rend - p:
                 return s
             if vl >= 0:
-                if vused + vl > vbuf.shape[0]:
+                if vl > vbuf.shape[0] - vused:
                     return s
                 vbuf[vused : vused + vl] = buf[p : p + vl]
                 vused += vl
@@ -311,6 +315,15 @@ def _inflate(codec: int, data: bytes) -> bytes:
 _EMPTY = np.zeros(0, np.uint8)
 
 
+class _BadBatchError(Exception):
+    """Batch ``row`` of the table cannot be read (internal: read_records decides)."""
+
+    def __init__(self, row: int, why: str) -> None:
+        super().__init__(why)
+        self.row = row
+        self.why = why
+
+
 def read_records(
     buf: npt.NDArray[np.uint8],
     start: int,
@@ -322,25 +335,63 @@ def read_records(
     response) at or after ``fetch_offset``, in offset order.
 
     ``aborted``: the response's aborted transactions (producer id, first offset);
-    given only to ``read_committed`` consumers. Raises ``CorruptRecordsError`` for
-    batches that cannot be read (their offsets are in the message)."""
+    given only to ``read_committed`` consumers. A batch that cannot be read ends the
+    record set: the records before it are returned (``next_offset`` is then the
+    offset past them, so the next fetch starts at the bad batch); when nothing
+    before it moves past ``fetch_offset``, ``CorruptRecordsError`` is raised with the
+    bad batch's base offset (``at``) and the offset past it (``after``, always past
+    both ``at`` and ``fetch_offset``)."""
+    start = max(0, int(start))
+    end = min(int(end), buf.shape[0])
     table = np.empty((max(1, (end - start) // HEADER_BYTES), 10), np.int64)
     nb_, bad = _scan_batches(buf, start, end, table)
-    if bad >= 0:
-        raise CorruptRecordsError(f"record batch at byte {bad - start} has a bad length")
     table = table[:nb_]
-    next_offset = fetch_offset
-    if nb_:
-        next_offset = max(fetch_offset, int(table[-1, 2] + table[-1, 3] + 1))
-        if (table[:, 9] != 2).any():
-            i = int(np.flatnonzero(table[:, 9] != 2)[0])
-            raise CorruptRecordsError(
-                f"record batch at offset {int(table[i, 2])} has message format "
-                f"v{int(table[i, 9])} (only v2 is read)",
-                int(table[i, 2]),
-                int(table[i, 2] + table[i, 3] + 1),
-            )
-    special = (table[:, 4] & (_COMPRESSION | _CONTROL)) != 0 if nb_ else np.zeros(0, bool)
+    if bad >= 0:  # a header that cannot be read: the batches before it are all we have
+        base = int.from_bytes(buf[bad : bad + 8].tobytes(), "big", signed=True)
+        lod = int.from_bytes(buf[bad + 23 : bad + 27].tobytes(), "big", signed=True)
+        magic = int(buf[bad + 16])
+        why = (
+            f"has message format v{magic} (only v2 is read)"
+            if magic != 2
+            else "has a bad length"
+            if int.from_bytes(buf[bad + 8 : bad + 12].tobytes(), "big", signed=True)
+            < HEADER_BYTES - 12
+            else "has a negative record count"
+        )
+        if not nb_ or _past(table, nb_ - 1) <= fetch_offset:
+            raise _corrupt_error(base, lod, fetch_offset, why)
+    while True:  # each round reads fewer batches: it ends
+        try:
+            return _read(buf, table, fetch_offset, aborted)
+        except _BadBatchError as exc:
+            if exc.row == 0 or _past(table, exc.row - 1) <= fetch_offset:
+                raise _corrupt_error(
+                    int(table[exc.row, 2]), int(table[exc.row, 3]), fetch_offset, exc.why
+                ) from exc.__cause__
+            table = table[: exc.row]  # the batches before it (an earlier one may be bad too)
+
+
+def _past(table: npt.NDArray[np.int64], row: int) -> int:
+    """The offset past batch ``row``: its base offset + last offset delta + 1."""
+    return int(table[row, 2]) + int(table[row, 3]) + 1
+
+
+def _corrupt_error(base: int, lod: int, fetch_offset: int, why: str) -> CorruptRecordsError:
+    after = max(base + lod + 1, base + 1, fetch_offset + 1)
+    return CorruptRecordsError(f"record batch at offset {base} {why}", base, after)
+
+
+def _read(
+    buf: npt.NDArray[np.uint8],
+    table: npt.NDArray[np.int64],
+    fetch_offset: int,
+    aborted: Sequence[tuple[int, int]],
+) -> RecordColumns:
+    """The records of the batches in ``table`` (all with good headers); raises
+    ``_BadBatchError`` for the first batch whose records cannot be read."""
+    nb_ = len(table)
+    next_offset = max(fetch_offset, _past(table, nb_ - 1)) if nb_ else fetch_offset
+    special = (table[:, 4] & (_COMPRESSION | _CONTROL)) != 0
     if aborted:
         special |= (table[:, 4] & _TRANSACTIONAL) != 0
     # sections over buf (plain batches) and over inflated buffers (compressed ones)
@@ -366,13 +417,7 @@ def read_records(
                 data, sections, vbuf, vstarts, vnull, kbuf, kstarts, knull, offsets, times, state
             )
             if failed >= 0:
-                at = int(sections[failed, 3])
-                row = int(np.flatnonzero(table[:, 2] == at)[0])
-                raise CorruptRecordsError(
-                    f"record batch at offset {at} has malformed records",
-                    at,
-                    int(table[row, 2] + table[row, 3] + 1),
-                )
+                raise _BadBatchError(int(sections[failed, 7]), "has malformed records")
     n = int(state[0])
     keep = slice(0, n)
     if n and offsets[0] < fetch_offset:  # a batch starts before the fetch offset
@@ -384,8 +429,10 @@ def read_records(
 
 
 def _sections(table: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Rows for ``_walk`` (records start, end, count, base offset, base timestamp,
+    log-append time flag, max timestamp) and the batch's table row."""
     t = table[rows]
-    out = np.empty((len(t), 7), np.int64)
+    out = np.empty((len(t), 8), np.int64)
     out[:, 0] = t[:, 0] + HEADER_BYTES
     out[:, 1] = t[:, 0] + t[:, 1]
     out[:, 2] = np.minimum(t[:, 6], (t[:, 1] - HEADER_BYTES) // _MIN_RECORD_BYTES + 1)
@@ -394,6 +441,7 @@ def _sections(table: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]) -> npt.
     out[:, 4] = t[:, 7]
     out[:, 5] = (t[:, 4] & _LOG_APPEND_TIME) != 0
     out[:, 6] = t[:, 8]
+    out[:, 7] = rows
     return out
 
 
@@ -417,8 +465,8 @@ def _special_runs(
             plain.clear()
 
     for i in range(len(table)):
-        base, attrs, producer = int(table[i, 2]), int(table[i, 4]), int(table[i, 5])
-        while pending and pending[0][1] <= base + int(table[i, 3]):
+        attrs, producer = int(table[i, 4]), int(table[i, 5])
+        while pending and pending[0][1] < _past(table, i):  # first offset <= last offset
             aborting.add(pending.pop(0)[0])
         if attrs & _CONTROL:
             if attrs & _TRANSACTIONAL:
@@ -433,18 +481,12 @@ def _special_runs(
         pos, total = int(table[i, 0]), int(table[i, 1])
         try:
             inner = _inflate(attrs & _COMPRESSION, buf[pos + HEADER_BYTES : pos + total].tobytes())
-        except CorruptRecordsError:
-            raise
-        except Exception as exc:  # the codec's own error
-            raise CorruptRecordsError(
-                f"record batch at offset {base} does not inflate: {exc}",
-                base,
-                base + int(table[i, 3]) + 1,
-            ) from exc
+        except Exception as exc:  # the codec's own error, or an unknown codec
+            raise _BadBatchError(i, f"does not inflate: {exc}") from exc
         data = np.frombuffer(inner, np.uint8) if inner else _EMPTY
         sec = _sections(table, np.array([i], np.int64))
         sec[0, 0], sec[0, 1] = 0, len(data)
-        sec[0, 2] = min(int(table[i, 6]), len(data) // _MIN_RECORD_BYTES + 1)
+        sec[0, 2] = max(0, min(int(table[i, 6]), len(data) // _MIN_RECORD_BYTES + 1))
         runs.append((data, sec))
     flush()
     return runs
