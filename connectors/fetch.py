@@ -370,6 +370,7 @@ class DirectFetcher:
         self._backoff = 0.0
         self._stop = False
         self._rr = 0
+        self._turn = 0
         self._thread = threading.Thread(target=self._run, name="driftwarden-fetch", daemon=True)
         self._thread.start()
 
@@ -588,18 +589,21 @@ class DirectFetcher:
         now = time.monotonic()
         with self._lock:
             plan: dict[int, list[tuple[TopicPartitionKey, int, int]]] = {}
-            room = self._max_queued - self._queued_bytes
+            share = self._max_queued // max(1, len(self._parts))
             for key, part in self._parts.items():
                 if part.position is None or part.leader is None or part.retry_at > now:
                     continue
-                if part.queued_bytes >= room // max(1, len(self._parts)):
+                if part.queued_bytes >= share:  # fetched far enough ahead
                     continue
                 plan.setdefault(part.leader, []).append((key, part.position, part.generation))
-        sent = False
+        # A broker returns a batch larger than max.partition.fetch.bytes whole only for
+        # the first partition of a request that has data: the order turns every round
+        # so no partition waits behind the others for ever (as the Java client does).
+        self._turn += 1
         for node, items in plan.items():
-            sent = True
-            self._fetch_from(node, items)
-        return sent
+            k = self._turn % len(items)
+            self._fetch_from(node, items[k:] + items[:k])
+        return bool(plan)
 
     def _fetch_from(self, node: int, items: list[tuple[TopicPartitionKey, int, int]]) -> None:
         by_topic: dict[str, list[tuple[int, int]]] = {}
