@@ -25,6 +25,7 @@ from tests.kafka_utils import create_topics
 pytestmark = pytest.mark.integration
 
 Record = tuple[bytes | None, bytes | None, int]  # key, value, timestamp (ms)
+CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 
 
 def _records(n: int, seed: int = 3) -> list[tuple[bytes | None, bytes | None]]:
@@ -62,14 +63,17 @@ def _produce(bootstrap: str, topic: str, n: int, options: dict[str, Any] | None 
     assert producer.flush(30) == 0
 
 
-def _drain(source: KafkaSource, total: int, seconds: float = 60.0) -> dict[tuple[int, int], Record]:
-    """(partition, offset) -> record, polling until ``total`` arrived; no record twice."""
-    out: dict[tuple[int, int], Record] = {}
+def _drain(
+    source: KafkaSource, total: int, seconds: float = 60.0
+) -> dict[tuple[str, int, int], Record]:
+    """(topic, partition, offset) -> record, polling until ``total`` arrived; no record
+    twice."""
+    out: dict[tuple[str, int, int], Record] = {}
     deadline = time.monotonic() + seconds
     while len(out) < total and time.monotonic() < deadline:
         for batch in source.poll():
             for i in range(len(batch)):
-                where = (int(batch.partitions[i]), int(batch.offsets[i]))
+                where = (batch.topic, int(batch.partitions[i]), int(batch.offsets[i]))
                 assert where not in out, f"{where} read twice"
                 out[where] = (batch.keys[i], batch.values[i], int(batch.timestamps[i]))
     return out
@@ -83,24 +87,25 @@ def _options(bootstrap: str) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
-def test_direct_fetch_reads_what_librdkafka_reads(
-    kafka_bootstrap: str, unique: str, codec: str
-) -> None:
-    topic, n = f"direct.{codec}.{unique}", 3_000
-    create_topics(kafka_bootstrap, {topic: 3}, {"max.message.bytes": "2097152"})
-    _produce(kafka_bootstrap, topic, n, {"compression.type": codec})
+def test_direct_fetch_reads_what_librdkafka_reads(kafka_bootstrap: str, unique: str) -> None:
+    """One topic per codec, one member per path subscribed to all five (one group join)."""
+    n = 3_000
+    topics = [f"direct.{codec}.{unique}" for codec in CODECS]
+    create_topics(kafka_bootstrap, dict.fromkeys(topics, 3), {"max.message.bytes": "2097152"})
+    for codec, topic in zip(CODECS, topics, strict=True):
+        _produce(kafka_bootstrap, topic, n, {"compression.type": codec})
     got = {}
     for fetch in ("librdkafka", "direct"):
-        source = KafkaSource(_options(kafka_bootstrap), f"g-{fetch}-{unique}", [topic], fetch=fetch)
+        source = KafkaSource(_options(kafka_bootstrap), f"g-{fetch}-{unique}", topics, fetch=fetch)
         try:
-            got[fetch] = _drain(source, n)
+            got[fetch] = _drain(source, n * len(topics))
         finally:
             source.close()
-    assert len(got["librdkafka"]) == n
+    assert len(got["librdkafka"]) == n * len(topics)
     assert got["direct"] == got["librdkafka"]
-    values = [v for _, v, _ in got["direct"].values()]
-    assert values.count(None) == len([1 for _, v in _records(n) if v is None])
+    for topic in topics:
+        values = [v for (t, _, _), (_, v, _) in got["direct"].items() if t == topic]
+        assert values.count(None) == len([1 for _, v in _records(n) if v is None])
 
 
 def test_two_direct_members_hand_partitions_over_exactly(kafka_bootstrap: str, unique: str) -> None:
@@ -221,6 +226,6 @@ def test_direct_fetch_over_tls(tls_broker: tuple[str, Path], unique: str) -> Non
     finally:
         source.close()
     assert len(got) == n
-    for p in {p for p, _ in got}:
-        offsets = sorted(o for q, o in got if q == p)
+    for p in {p for _, p, _ in got}:
+        offsets = sorted(o for _, q, o in got if q == p)
         assert offsets == list(range(len(offsets)))
