@@ -212,6 +212,15 @@ class LabelsSpec(_Model):
             "model's windows."
         ),
     )
+    idle_after: Duration = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "Wall clock a partition may go without events on either topic before it stops "
+            "holding the stream's quality frontier back (its later joins below the frontier "
+            "count as late). The one place timing enters the quality verdicts."
+        ),
+    )
     max_pending: int = Field(
         default=100_000,
         gt=0,

@@ -429,6 +429,7 @@ class SourceConfig(_Model):
         if self.fetch != "auto":
             return self.fetch
         return "librdkafka" if direct_fetch_problem(kafka) is not None else "direct"
+
     connect_timeout: Duration = Field(
         default=30.0,
         description="How long `run` waits at start for the cluster to answer before it "

@@ -90,17 +90,16 @@ out-of-order joins (a join below a frontier already passed is released at the ne
 release and merges into the stream's past):
 
 * An idle partition. A partition not seen yet counts as frontier -inf (the stream
-  waits for it). A partition with no event on either topic for ``IDLE_SECONDS`` of
-  wall clock before the newest event of a local partition (never seen: since the
-  stage started; remote: since its checkpointed offsets last moved, and for at
-  least 3 times the longest gap seen between two moves of a remote partition's
-  checkpointed offsets, so that the checkpoint cadence is not taken for idleness)
-  no longer holds
-  the frontier back; when it wakes up, its joins below the frontier already passed
-  are late. A partition whose prediction topic stops while one of its labels waits
-  for its prediction holds its later joins (at most its pending predictions) until
-  that label joins or becomes an orphan, and the stream frontier with it, until it
-  is idle.
+  waits for it). A partition with no event on either topic for ``labels.idle_after``
+  (default ``IDLE_SECONDS``) of wall clock before the newest event of a local
+  partition (never seen: since the stage started; remote: since its checkpointed
+  offsets last moved, and for at least 3 times the longest gap seen between two
+  moves of a remote partition's checkpointed offsets, so that the checkpoint cadence
+  is not taken for idleness) no longer holds the frontier back; when it wakes up,
+  its joins below the frontier already passed are late. A partition whose prediction
+  topic stops while one of its labels waits for its prediction holds its later joins
+  (at most its pending predictions) until that label joins or becomes an orphan, and
+  the stream frontier with it, until it is idle.
 * Remote partitions. Non-judging replicas release at their partitions' own
   frontiers and report nothing; the judging replica reads their latest checkpoints
   (``set_remote``, at checkpoint cadence) and their frontier is the one their rings
@@ -182,7 +181,7 @@ DEPLOY_SLOT = 2 << 20
 _PART_MASK = LABEL_SLOT - 1
 # A partition with no event on either topic for this long (wall-clock seconds) no
 # longer holds the stream's quality frontier back (see the module docstring).
-IDLE_SECONDS = 60.0
+IDLE_SECONDS = 60.0  # the default of labels.idle_after
 _TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _UNVERSIONED = "unversioned"
 _OTHER = "other"  # the versions beyond ``model.max_versions``
@@ -828,14 +827,14 @@ class ModelStage:
         return [part.joined[version] for part in self._all_parts() if version in part.joined]
 
     def _idle(self, seen: float, now: float) -> bool:
-        return now - seen >= IDLE_SECONDS if math.isfinite(seen) else False
+        return now - seen >= self.labels.idle_after if math.isfinite(seen) else False
 
     def _stream_frontier(self, local: Mapping[int, float] | None = None) -> float:
         """The stream's settled frontier: the smallest over its partitions of the
         frontier below which each has every join (local: its join table's
         ``settled_before``; remote: the frontier its checkpointed windows were
         released to); a partition not seen yet counts as -inf; partitions idle (no
-        event for ``IDLE_SECONDS`` of wall-clock before the newest event of a local
+        event for ``labels.idle_after`` of wall-clock before the newest event of a local
         partition) are left out while others are not."""
         latest = [part.seen for part in self._parts.values() if math.isfinite(part.seen)]
         now = max(latest) if latest else self.clock()
@@ -1570,7 +1569,7 @@ class ModelStage:
 
     def set_remote(self, states: Mapping[int, StageState]) -> None:
         """Quality windows of partitions other replicas own (from their checkpoints);
-        a remote partition whose offsets have not moved for ``IDLE_SECONDS`` counts
+        a remote partition whose offsets have not moved for ``labels.idle_after`` counts
         as idle for the stream frontier."""
         self._remote = {}
         now = self.clock()
