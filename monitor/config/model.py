@@ -221,6 +221,18 @@ class LabelsSpec(_Model):
             "count as late). The one place timing enters the quality verdicts."
         ),
     )
+    max_held: int = Field(
+        default=1_000_000,
+        gt=0,
+        le=100_000_000,
+        description=(
+            "Joins held per partition and model version until the stream frontier (the "
+            "slowest partition) passes them (48 bytes each). Beyond it the oldest are "
+            'released early (counted in `driftwarden_limit_hits_total{limit="max_held"}`): '
+            "verdicts stay exact while the quality window still holds them when the frontier "
+            "passes, else those positions are skipped."
+        ),
+    )
     max_pending: int = Field(
         default=100_000,
         gt=0,

@@ -474,6 +474,7 @@ class ModelStage:
         # (partition, version) -> the count of a remote estimate window last judged
         self._remote_judged: dict[tuple[int, str], int] = {}
         self._unusable_seen = 0  # inference events the join could not read
+        self._early = 0  # joins released before the stream frontier (labels.max_held)
         # The stream's quality verdicts (see the module docstring): partition count
         # (None: the partitions seen), the stream position judged last per version,
         # whether restored states set that position, the frontier judged last.
@@ -873,9 +874,32 @@ class ModelStage:
         for p, part in self._parts.items():
             for window in part.joined.values():
                 window.settle(cuts[p])
+                if window.n_held > self.labels.max_held:
+                    self._release_early(p, window)
             if math.isfinite(cuts[p]):
                 part.released = max(part.released, cuts[p])
         return findings
+
+    def _release_early(self, p: int, window: _Ring) -> None:
+        """Bound the joins held back by a slow partition of the stream (read skew):
+        the oldest beyond ``labels.max_held`` go into the ring now. The verdicts stay
+        the same while the ring still holds them when the frontier passes; otherwise
+        the positions whose window they left are skipped (counted in ``skipped``)."""
+        keys = np.sort(window.held["key"])
+        extra = window.n_held - self.labels.max_held
+        released = window.settle(float(np.nextafter(keys[extra - 1], np.inf)))
+        self._early += released
+        if self._metrics is not None:
+            self._metrics.limit_hits.labels(self.spec.name, "max_held").inc(released)
+        if self._early == released or self._early // 100_000 != (self._early - released) // 100_000:
+            log.warning(
+                "stream %s partition %d: %d joins released before the stream frontier "
+                "(labels.max_held %d; a partition of the stream lags far behind)",
+                self.spec.name,
+                p,
+                self._early,
+                self.labels.max_held,
+            )
 
     def _judge_stream(self, frontier: float, cuts: Mapping[int, float]) -> list[Finding]:
         """Verdicts at every ``step`` of each version's stream sequence below

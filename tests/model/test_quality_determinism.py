@@ -234,3 +234,28 @@ def test_an_unseen_or_idle_partition_holds_the_stream_back_until_idle(
     assert [k for k in _verdicts(got) if k[0] == "quality"] == [
         k for k in want if k[3] <= quality[-1]
     ]
+
+
+def test_joins_held_behind_a_silent_partition_are_bounded(tmp_path: Path) -> None:
+    """Partition 3 never gets an event and is never idle (the clock stands still): the
+    others' joins wait for it, at most ``labels.max_held`` per partition and version;
+    the oldest beyond are released early and counted."""
+    from prometheus_client import CollectorRegistry
+
+    stream = _stream(tmp_path, window={"events": 1000, "step": 250})
+    stream["model"]["labels"]["max_held"] = 300
+    ev = generate_model_events(6_000, seed=24)
+    batches = [b for b in _lagged(_sequences(ev, 500), 2, labels_lag=True) if b.partitions[0] != 3]
+    registry = CollectorRegistry()
+    pipeline = _any_pipeline(stream, registry)
+    pipeline.set_partition_count(PARTS)
+    model = _model(pipeline)
+    model.clock = lambda: 1.8e9
+    got = _run(pipeline, batches)
+    assert not [f for f in got if f.detector == "quality"]  # the frontier never passed
+    held = [w.n_held for part in model._parts.values() for w in part.joined.values()]
+    assert held and max(held) <= 300
+    early = registry.get_sample_value(
+        "driftwarden_limit_hits_total", {"stream": stream["name"], "limit": "max_held"}
+    )
+    assert early is not None and early > 0
