@@ -122,6 +122,7 @@ import hashlib
 import logging
 import math
 import operator
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -158,7 +159,7 @@ from monitor.config.model import ModelSpec, ReferenceSpec
 from monitor.config.schema import StreamSpec
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
-from monitor.pipeline.decode import Batch, Reject, StreamDecoder
+from monitor.pipeline.decode import Batch, Reject, StreamDecoder, Violation
 from monitor.pipeline.drift import DriftStage
 from monitor.status import StatusSection
 
@@ -181,6 +182,7 @@ DEPLOY_SLOT = 2 << 20
 _PART_MASK = LABEL_SLOT - 1
 # A partition with no event on either topic for this long (wall-clock seconds) no
 # longer holds the stream's quality frontier back (see the module docstring).
+_ERROR_FIELD = re.compile(r"at `\$\.([^`\[.]+)|required field `([^`]+)`")
 IDLE_SECONDS = 60.0  # the default of labels.idle_after
 _TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _UNVERSIONED = "unversioned"
@@ -474,6 +476,7 @@ class ModelStage:
         # (partition, version) -> the count of a remote estimate window last judged
         self._remote_judged: dict[tuple[int, str], int] = {}
         self._unusable_seen = 0  # inference events the join could not read
+        self._violations: list[Violation] = []  # the last batch's, for the pipeline
         self._early = 0  # joins released before the stream frontier (labels.max_held)
         # The stream's quality verdicts (see the module docstring): partition count
         # (None: the partitions seen), the stream position judged last per version,
@@ -715,6 +718,12 @@ class ModelStage:
             ok[i] = False
         if failed:  # accepted stream events (drift counts them) the join cannot use
             self._unusable(failed)
+            self._violations = [
+                Violation(
+                    i, self._failed_field(detail), reason, f"model {self.model.name}: {detail}"
+                )
+                for i, reason, detail in failed
+            ]
         future = batch.event_time > self.clock() + self.labels.max_future
         if future.any():  # a wrong clock must not expire every pending label
             ok &= ~future
@@ -741,6 +750,20 @@ class ModelStage:
             )
         findings += self._release()
         return self._after(findings, estimated)
+
+    def take_violations(self) -> list[Violation]:
+        """The last batch's inference events the label join cannot read (``Violating``):
+        dead-lettered by the pipeline, with the field and the reason."""
+        out, self._violations = self._violations, []
+        return out
+
+    def _failed_field(self, detail: str) -> str:
+        """The payload field a msgspec error names (``at `$.score```, ``missing required
+        field `version```), else the join key's field."""
+        match = _ERROR_FIELD.search(detail)
+        if match is not None:
+            return match.group(1) or match.group(2)
+        return self.model.request_id or "request_id"
 
     def _unusable(self, failed: list[tuple[int, str, str]]) -> None:
         """Count (and log, the first time and every 1,000th) inference events whose
