@@ -367,6 +367,7 @@ class DirectFetcher:
         self._brokers: dict[int, tuple[str, int]] = {}
         self._conns: dict[int, _Connection] = {}
         self._metadata_due = True
+        self._metadata_at = 0.0
         self._backoff = 0.0
         self._stop = False
         self._rr = 0
@@ -464,7 +465,9 @@ class DirectFetcher:
                 if self._stop:
                     return
             try:
-                if self._metadata_due:
+                now = time.monotonic()
+                if self._metadata_due or (self._leaderless() and now >= self._metadata_at):
+                    self._metadata_at = now + 1.0  # a partition without a leader: ask again
                     self._refresh_metadata()
                 self._resolve_positions()
                 fetched = self._fetch_round()
@@ -476,6 +479,10 @@ class DirectFetcher:
             except Exception as exc:  # a bug must not end the thread silently
                 log.exception("direct fetch failed")
                 self._failed(exc)
+
+    def _leaderless(self) -> bool:
+        with self._lock:
+            return any(part.leader is None for part in self._parts.values())
 
     def _failed(self, exc: BaseException) -> None:
         if self._stop:

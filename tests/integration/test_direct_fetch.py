@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 
 from connectors.embedded import EmbeddedBroker, free_port
 from connectors.fetch import DirectFetcher
-from connectors.kafka import KafkaSource
+from connectors.kafka import KafkaSource, ensure_topics
 from tests.integration.test_kafka_security import make_certificate
 from tests.kafka_auth_proxy import AuthProxy
 from tests.kafka_utils import create_topics
@@ -229,3 +229,28 @@ def test_direct_fetch_over_tls(tls_broker: tuple[str, Path], unique: str) -> Non
     for p in {p for _, p, _ in got}:
         offsets = sorted(o for _, q, o in got if q == p)
         assert offsets == list(range(len(offsets)))
+
+
+def test_a_partition_assigned_before_its_topic_exists_is_read(
+    kafka_bootstrap: str, unique: str
+) -> None:
+    """Assigned before its topic exists (metadata is asked again every second while a
+    partition has no leader; this broker creates the topic on the metadata request)."""
+    topic = f"direct.later.{unique}"
+    fetcher = DirectFetcher({"bootstrap.servers": kafka_bootstrap}, max_wait=0.1)
+    offsets: list[int] = []
+    try:
+        fetcher.assign({(topic, 0): 0})
+        time.sleep(1.5)
+        ensure_topics({"bootstrap.servers": kafka_bootstrap}, [topic], partitions=1)
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 5})
+        for i in range(500):
+            producer.produce(topic, value=b'{"i":%d}' % i, partition=0)
+        assert producer.flush(30) == 0
+        deadline = time.monotonic() + 20
+        while len(offsets) < 500 and time.monotonic() < deadline:
+            for _, cols in fetcher.take(1_000, 0.2):
+                offsets.extend(int(o) for o in cols.offsets)
+    finally:
+        fetcher.close()
+    assert offsets == list(range(500))
