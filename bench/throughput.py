@@ -20,7 +20,7 @@ values, and one 2 MB record per 2,000 events) and runs every mode on it as well,
 so each row has a ``[hostile]`` twin: events/s and peak RSS side by side.
 
 Usage: python bench/throughput.py [--events 1000000] [--fields 20] [--batch 10000]
-       [--hostile 0.1]
+       [--hostile 0.1] [--fetch librdkafka|direct|both]
 """
 
 from __future__ import annotations
@@ -173,28 +173,52 @@ def _child(args: argparse.Namespace) -> None:
             env={},
         )
         decoder = StreamDecoder(config.streams[0])
-        consumer = Consumer(_consumer_options(bootstrap))
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(args.partitions)])
         seen = 0
         decode_s = 0.0
         started = None
         deadline = time.monotonic() + 300
-        while seen < total and time.monotonic() < deadline:
-            msgs = consumer.consume(args.batch, 1.0)
-            if not msgs:
-                continue
-            if started is None:
-                started = time.perf_counter()
-                cpu0 = time.process_time()
-            values = list(map(Message.value, msgs))
-            if mode == "consume+decode":
-                t = time.perf_counter()
-                decoder.decode(values)
-                decode_s += time.perf_counter() - t
-            seen += len(msgs)
-        elapsed = time.perf_counter() - (started or time.perf_counter())
-        cpu = time.process_time() - cpu0 if started is not None else 0.0
-        consumer.close()
+        if args.fetch == "direct":  # what KafkaSource does with source.fetch: direct
+            from connectors.fetch import DirectFetcher
+            from connectors.records import PackedValues
+
+            fetcher = DirectFetcher(_consumer_options(bootstrap), max_wait=1.0)
+            fetcher.assign({(topic, p): 0 for p in range(args.partitions)})
+            while seen < total and time.monotonic() < deadline:
+                taken = fetcher.take(args.batch, 1.0)
+                if not taken:
+                    continue
+                if started is None:
+                    started = time.perf_counter()
+                    cpu0 = time.process_time()
+                parts = [c.values for _, c in taken]
+                values = parts[0] if len(parts) == 1 else PackedValues.concat(parts)
+                if mode == "consume+decode":
+                    t = time.perf_counter()
+                    decoder.decode(values)
+                    decode_s += time.perf_counter() - t
+                seen += len(values)
+            elapsed = time.perf_counter() - (started or time.perf_counter())
+            cpu = time.process_time() - cpu0 if started is not None else 0.0
+            fetcher.close()
+        else:
+            consumer = Consumer(_consumer_options(bootstrap))
+            consumer.assign([TopicPartition(topic, p, 0) for p in range(args.partitions)])
+            while seen < total and time.monotonic() < deadline:
+                msgs = consumer.consume(args.batch, 1.0)
+                if not msgs:
+                    continue
+                if started is None:
+                    started = time.perf_counter()
+                    cpu0 = time.process_time()
+                values = list(map(Message.value, msgs))
+                if mode == "consume+decode":
+                    t = time.perf_counter()
+                    decoder.decode(values)
+                    decode_s += time.perf_counter() - t
+                seen += len(msgs)
+            elapsed = time.perf_counter() - (started or time.perf_counter())
+            cpu = time.process_time() - cpu0 if started is not None else 0.0
+            consumer.close()
         result.update(
             events=seen, seconds=elapsed, cpu=cpu, stages={"decode": decode_s} if decode_s else {}
         )
@@ -214,7 +238,7 @@ def _child(args: argparse.Namespace) -> None:
                 "kafka": {"bootstrap.servers": bootstrap, "session.timeout.ms": 6000},
                 "group": f"bench-{time.monotonic_ns()}",
                 "metrics": {"listen": "127.0.0.1:0"},
-                "source": {"max_batch_events": args.batch, "max_wait": "1s"},
+                "source": {"max_batch_events": args.batch, "max_wait": "1s", "fetch": args.fetch},
                 "dead_letter_topic": f"{topic}.dlq",
                 "streams": [{**stream, "baseline": {"first_events": 10_000}}],
             },
@@ -286,6 +310,12 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--hostile", type=float, default=0.0, help="hostile share, e.g. 0.1")
     parser.add_argument("--profile", help="directory for a cProfile dump of each service mode")
+    parser.add_argument(
+        "--fetch",
+        default="librdkafka",
+        choices=("librdkafka", "direct", "both"),
+        help="who reads records (source.fetch); both: every mode with each",
+    )
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--topic", default="bench.wide", help=argparse.SUPPRESS)
@@ -325,8 +355,14 @@ def main() -> None:
                 for mode, _, _ in runs
                 for r in ((mode, args.topic, ""), (mode, hostile_topic, " [hostile]"))
             ]
+        fetches = ("librdkafka", "direct") if args.fetch == "both" else (args.fetch,)
+        runs = [
+            (mode, topic, label + ("" if fetch == "librdkafka" else " [direct]"), fetch)
+            for fetch in fetches
+            for mode, topic, label in runs
+        ]
         rows = []
-        for mode, topic, label in runs:
+        for mode, topic, label, fetch in runs:
             cmd = [
                 sys.executable,
                 __file__,
@@ -344,6 +380,8 @@ def main() -> None:
                 str(args.batch),
                 "--partitions",
                 str(args.partitions),
+                "--fetch",
+                fetch,
                 *(["--profile", os.path.abspath(args.profile)] if args.profile else []),
             ]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
@@ -373,9 +411,10 @@ def main() -> None:
         row = f"{name:<26} {r['events']:>9,} {rate:>10,.0f} {per:>9.2f} {cpu_per:>7.2f}"
         close = f"  (close {r['close_seconds']:.2f}s)" if "close_seconds" in r else ""
         print(f"{row} {' '.join(cells)} {rss:>7.0f}MB{close}")
-        if r["mode"] == "consume+decode" and not r.get("label"):
+        label = r.get("label", "")
+        if r["mode"] == "consume+decode" and label in ("", " [direct]"):
             base = rate
-        elif base and r["mode"].startswith("pipeline") and not r.get("label"):
+        elif base and r["mode"].startswith("pipeline") and label in ("", " [direct]"):
             print(f"{'':<26} {'':>9} {100 * rate / base:>9.0f}% of consume+decode")
 
 

@@ -25,6 +25,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from connectors.base import OutMessage
 from connectors.errors import DriftwardenError, SinkError
+from connectors.fetch import DirectFetcher
+from connectors.records import PackedValues, RecordColumns
 
 __all__ = [
     "RECORD_OVERHEAD_BYTES",
@@ -263,7 +265,7 @@ class RawBatch:
     """
 
     topic: str
-    values: list[bytes | None]
+    values: Sequence[bytes | None]  # a list, or PackedValues from the direct fetch path
     partitions: npt.NDArray[np.int32]
     offsets: npt.NDArray[np.int64]
     keys: Sequence[bytes | None]
@@ -334,6 +336,48 @@ def _raw_batch(topic: str, msgs: list[Message]) -> RawBatch:
     )
 
 
+def _columns_batch(topic: str, parts: list[tuple[int, RecordColumns]]) -> RawBatch:
+    """One RawBatch of a topic from the direct fetcher's columns (values stay packed)."""
+    if len(parts) == 1:
+        _partition, cols = parts[0]
+        values, keys = cols.values, cols.keys
+    else:
+        values = PackedValues.concat([c.values for _, c in parts])
+        keys = PackedValues.concat([c.keys for _, c in parts])
+    partitions = np.concatenate([np.full(len(c), p, dtype=np.int32) for p, c in parts])
+    return RawBatch(
+        topic=topic,
+        values=values,
+        partitions=partitions,
+        offsets=np.concatenate([c.offsets for _, c in parts]),
+        keys=keys,
+        timestamps=_Ints(np.concatenate([c.timestamps for _, c in parts])),
+    )
+
+
+class _Ints(Sequence[int]):
+    """An int64 array read as Python ints."""
+
+    __slots__ = ("_a",)
+
+    def __init__(self, a: npt.NDArray[np.int64]) -> None:
+        self._a = a
+
+    def __len__(self) -> int:
+        return len(self._a)
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            return [int(x) for x in self._a[index]]
+        return int(self._a[index])
+
+
 class KafkaSource:
     """A consumer-group member reading batches from one or many topics."""
 
@@ -349,7 +393,10 @@ class KafkaSource:
         | None = None,
         on_revoke: Callable[[list[TopicPartitionKey]], None] | None = None,
         on_error: Callable[[str, bool], None] | None = None,
+        fetch: str = "librdkafka",
     ) -> None:
+        if fetch not in ("librdkafka", "direct"):
+            raise ValueError(f"fetch must be 'librdkafka' or 'direct', not {fetch!r}")
         self.topics = tuple(topics)
         # One topic name (not a ^regex): every message is from it.
         self._only_topic = (
@@ -372,6 +419,11 @@ class KafkaSource:
         # cooperative-sticky hands partitions over incrementally (no stop-the-world).
         self._cooperative = "cooperative" in str(conf.get("partition.assignment.strategy", ""))
         self._consumer = Consumer(_with_logger(conf))
+        # "direct": librdkafka keeps the group (its partitions paused); records come
+        # from connectors.fetch, packed into columns with no object per record.
+        self._direct: DirectFetcher | None = None
+        if fetch == "direct":
+            self._direct = DirectFetcher(conf, on_error=self._on_error, max_wait=max_wait)
         self.assignment: set[TopicPartitionKey] = set()
         self.errors: list[str] = []
         self._partition_counts: dict[str, int] = {}
@@ -401,15 +453,42 @@ class KafkaSource:
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
+        if self._direct is not None:
+            consumer.pause(partitions)  # the group stays librdkafka's, the records ours
+            self._direct.assign(self._direct_starts(consumer, partitions))
+
+    def _direct_starts(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> dict[TopicPartitionKey, int | None]:
+        """Where the direct fetcher starts: the checkpoint's offset, else the group's
+        committed one, else None (``auto.offset.reset``)."""
+        starts: dict[TopicPartitionKey, int | None] = {
+            (tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in partitions
+        }
+        ask = [TopicPartition(t, p) for (t, p), o in starts.items() if o is None]
+        while ask:
+            try:
+                for tp in consumer.committed(ask, timeout=10.0):
+                    if tp.offset >= 0:
+                        starts[(tp.topic, tp.partition)] = tp.offset
+                break
+            except KafkaException as exc:  # retried: starting elsewhere would not be exact
+                log.warning("reading committed offsets failed (%s); retrying", exc)
+                time.sleep(1.0)
+        return starts
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         if self._on_revoke is not None:
             self._on_revoke(keys)
         self.assignment.difference_update(keys)
+        if self._direct is not None:
+            self._direct.revoke(keys)
 
     def poll(self) -> list[RawBatch]:
         """Wait up to ``max_wait`` for up to ``max_batch_events`` messages, split by topic."""
+        if self._direct is not None:
+            return self._poll_direct(self._direct)
         messages = self._consumer.consume(self.max_batch_events, self.max_wait)
         if not messages:
             return []
@@ -429,6 +508,25 @@ class KafkaSource:
             if not messages:
                 return []
         return _split_by_topic(messages, self._only_topic)
+
+    def _poll_direct(self, direct: DirectFetcher) -> list[RawBatch]:
+        # serve the group (rebalance callbacks, errors); records of paused partitions
+        # that librdkafka fetched before the pause are not used
+        for msg in self._consumer.consume(1_000, 0):
+            err = msg.error()
+            if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                self.errors.append(err.str())
+                if self._on_error is not None:
+                    self._on_error(err.name(), bool(err.fatal()))
+                if err.fatal():
+                    raise KafkaException(err)
+        taken = direct.take(self.max_batch_events, self.max_wait)
+        if not taken:
+            return []
+        by_topic: dict[str, list[tuple[int, RecordColumns]]] = {}
+        for (topic, partition), cols in taken:
+            by_topic.setdefault(topic, []).append((partition, cols))
+        return [_columns_batch(topic, parts) for topic, parts in by_topic.items()]
 
     def commit(self, next_offsets: Mapping[TopicPartitionKey, int]) -> None:
         """Commit ``next_offsets`` (the offset of the next message to read) synchronously."""
@@ -456,6 +554,11 @@ class KafkaSource:
         """
         out = {}
         for key in sorted(self.assignment):
+            if self._direct is not None:
+                high = self._direct.high_watermark(key)
+                if high is not None:
+                    out[key] = max(0, high - positions.get(key, 0)) if key in positions else high
+                continue
             try:
                 _, high = self._consumer.get_watermark_offsets(TopicPartition(*key), cached=True)
             except KafkaException:
@@ -483,6 +586,8 @@ class KafkaSource:
         return True
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         self._consumer.close()
 
 

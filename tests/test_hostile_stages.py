@@ -658,11 +658,26 @@ def test_labels_and_predicted_classes_of_ever_new_names_do_not_grow_the_classes(
 
 def test_inference_events_the_join_cannot_read_are_counted() -> None:
     """Accepted by the stream (drift counts them), but without a readable request id the
-    join cannot use them: counted as ``unusable_predictions``, never silently skipped."""
+    join cannot use them: counted as ``unusable_predictions`` and dead-lettered once,
+    with the field and the reason (field level: the event still counts), never
+    silently skipped."""
     h = Harness(REGRESSION)
     good = {"rid": "r1", "ts": NOW, "v": "1", "yhat": 0.5}
     missing = {"ts": NOW, "v": "1", "yhat": 0.5}
-    result = h.feed("inf", [_payload(good), _payload(missing), _payload(missing | {"rid": None})])
+    wrong = missing | {"rid": None}
+    result = h.feed("inf", [_payload(good), _payload(missing), _payload(wrong)])
     assert result.accepted == 3
     outcome = {"stream": "m", "model": "mm", "outcome": "unusable_predictions"}
     assert h.registry.get_sample_value("driftwarden_model_labels_total", outcome) == 2.0
+    letters = [dict(m.headers) for m in result.out]
+    assert [int(d["driftwarden.offset"]) for d in letters] == [1, 2]
+    assert [d["driftwarden.violations"] for d in letters] == [
+        b"rid:missing_field",
+        b"rid:wrong_type",
+    ]
+    assert all(d["driftwarden.level"] == b"field" for d in letters)
+    assert result.violations == {"missing_field": 1, "wrong_type": 1}
+    for reason in ("missing_field", "wrong_type"):
+        labels = {"stream": "m", "field": "rid", "reason": reason}
+        assert h.metric("driftwarden_field_violations_total", **labels) == 1.0
+    h.check_metrics()

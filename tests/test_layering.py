@@ -37,11 +37,14 @@ def test_detectors_import_only_numpy_scipy_numba_and_themselves() -> None:
 
 
 def test_connectors_know_no_statistics() -> None:
+    """numba is allowed: the direct fetch path compiles its record-batch walk
+    (connectors/records.py), which is parsing, not statistics."""
     for where, name in _imports("connectors"):
         top = name.split(".")[0]
-        assert top not in {"numpy.linalg", "scipy", "numba", "detectors", "prometheus_client"}, (
+        assert top not in {"numpy.linalg", "scipy", "detectors", "prometheus_client"}, (
             f"{where} imports {name}"
         )
+        assert top != "numba" or where == "connectors/records.py", f"{where} imports {name}"
         assert top != "monitor", f"{where} imports {name}: connectors import nothing of monitor"
 
 

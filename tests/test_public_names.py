@@ -84,6 +84,7 @@ PINNED: dict[str, list[str]] = {
         "StageContext",
         "StageFactory",
         "Ticking",
+        "Violating",
         "registered_stages",
         "stage_class",
         "stages_for",

@@ -212,6 +212,27 @@ class LabelsSpec(_Model):
             "model's windows."
         ),
     )
+    idle_after: Duration = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "Wall clock a partition may go without events on either topic before it stops "
+            "holding the stream's quality frontier back (its later joins below the frontier "
+            "count as late). The one place timing enters the quality verdicts."
+        ),
+    )
+    max_held: int = Field(
+        default=1_000_000,
+        gt=0,
+        le=100_000_000,
+        description=(
+            "Joins held per partition and model version until the stream frontier (the "
+            "slowest partition) passes them (48 bytes each). Beyond it the oldest are "
+            'released early (counted in `driftwarden_limit_hits_total{limit="max_held"}`): '
+            "verdicts stay exact while the quality window still holds them when the frontier "
+            "passes, else those positions are skipped."
+        ),
+    )
     max_pending: int = Field(
         default=100_000,
         gt=0,

@@ -48,6 +48,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from connectors.records import PackedValues
 from detectors.schema import SCHEMA_REASONS, ColumnRule, SchemaCheck
 from monitor.config.schema import NUMERIC_TYPES, FieldSpec, FieldType, StreamSpec
 from monitor.pipeline.event_time import parse_event_times, valid_time_value
@@ -469,6 +470,8 @@ class StreamDecoder:
 
     def decode_msgspec(self, payloads: Sequence[bytes | None]) -> Batch:
         """``decode`` by msgspec alone (the compiled decoder's fallback)."""
+        if isinstance(payloads, PackedValues):
+            payloads = list(payloads)
         try:
             return self._decode(payloads)
         except Exception:  # something no check foresaw: find the rows that cause it

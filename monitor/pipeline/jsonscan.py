@@ -71,6 +71,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from connectors.records import PackedValues
 from monitor.config.schema import NUMERIC_TYPES, FieldSpec, FieldType, StreamSpec
 
 if TYPE_CHECKING:
@@ -1604,21 +1605,29 @@ class CompiledDecoder:
             self.last_causes = np.full(n, _UNPROBED, dtype=np.int8)
             return dataclasses.replace(self.base.decode_msgspec(payloads), fallback_rows=n)
         cause = np.zeros(n, dtype=np.int8)
-        try:
-            sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=n)  # type: ignore[arg-type]
-            joined = b"".join(payloads)  # type: ignore[arg-type]
-        except TypeError:  # a None value (tombstone) somewhere in the batch
-            present = [p if p is not None else b"" for p in payloads]
-            sizes = np.fromiter(map(len, present), dtype=np.int64, count=n)
-            cause[[i for i, p in enumerate(payloads) if p is None]] = _PRE
-            joined = b"".join(present)
+        if isinstance(payloads, PackedValues):  # already one buffer (direct fetch)
+            first = int(payloads.starts[0])
+            starts = payloads.starts - first if first else payloads.starts
+            buf = payloads.data[first : int(payloads.starts[-1])]
+            sizes = np.diff(starts)
+            if payloads.null is not None:
+                cause[payloads.null] = _PRE
+        else:
+            try:
+                sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=n)  # type: ignore[arg-type]
+                joined = b"".join(payloads)  # type: ignore[arg-type]
+            except TypeError:  # a None value (tombstone) somewhere in the batch
+                present = [p if p is not None else b"" for p in payloads]
+                sizes = np.fromiter(map(len, present), dtype=np.int64, count=n)
+                cause[[i for i, p in enumerate(payloads) if p is None]] = _PRE
+                joined = b"".join(present)
+            starts = np.empty(n + 1, dtype=np.int64)
+            starts[0] = 0
+            np.cumsum(sizes, out=starts[1:])
+            buf = np.frombuffer(joined, dtype=np.uint8)
         over = sizes > self.spec.max_event_bytes
         if over.any():
             cause[over] = _PRE
-        starts = np.empty(n + 1, dtype=np.int64)
-        starts[0] = 0
-        np.cumsum(sizes, out=starts[1:])
-        buf = np.frombuffer(joined, dtype=np.uint8)
         sources = self._sources()
         self._vocab.refresh(sources)
         vfree = self._allocation(sources) if self._vocab_keys else _NO_CODES

@@ -90,17 +90,16 @@ out-of-order joins (a join below a frontier already passed is released at the ne
 release and merges into the stream's past):
 
 * An idle partition. A partition not seen yet counts as frontier -inf (the stream
-  waits for it). A partition with no event on either topic for ``IDLE_SECONDS`` of
-  wall clock before the newest event of a local partition (never seen: since the
-  stage started; remote: since its checkpointed offsets last moved, and for at
-  least 3 times the longest gap seen between two moves of a remote partition's
-  checkpointed offsets, so that the checkpoint cadence is not taken for idleness)
-  no longer holds
-  the frontier back; when it wakes up, its joins below the frontier already passed
-  are late. A partition whose prediction topic stops while one of its labels waits
-  for its prediction holds its later joins (at most its pending predictions) until
-  that label joins or becomes an orphan, and the stream frontier with it, until it
-  is idle.
+  waits for it). A partition with no event on either topic for ``labels.idle_after``
+  (default ``IDLE_SECONDS``) of wall clock before the newest event of a local
+  partition (never seen: since the stage started; remote: since its checkpointed
+  offsets last moved, and for at least 3 times the longest gap seen between two
+  moves of a remote partition's checkpointed offsets, so that the checkpoint cadence
+  is not taken for idleness) no longer holds the frontier back; when it wakes up,
+  its joins below the frontier already passed are late. A partition whose prediction
+  topic stops while one of its labels waits for its prediction holds its later joins
+  (at most its pending predictions) until that label joins or becomes an orphan, and
+  the stream frontier with it, until it is idle.
 * Remote partitions. Non-judging replicas release at their partitions' own
   frontiers and report nothing; the judging replica reads their latest checkpoints
   (``set_remote``, at checkpoint cadence) and their frontier is the one their rings
@@ -123,6 +122,7 @@ import hashlib
 import logging
 import math
 import operator
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -159,7 +159,7 @@ from monitor.config.model import ModelSpec, ReferenceSpec
 from monitor.config.schema import StreamSpec
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
-from monitor.pipeline.decode import Batch, Reject, StreamDecoder
+from monitor.pipeline.decode import Batch, Reject, StreamDecoder, Violation
 from monitor.pipeline.drift import DriftStage
 from monitor.status import StatusSection
 
@@ -182,7 +182,8 @@ DEPLOY_SLOT = 2 << 20
 _PART_MASK = LABEL_SLOT - 1
 # A partition with no event on either topic for this long (wall-clock seconds) no
 # longer holds the stream's quality frontier back (see the module docstring).
-IDLE_SECONDS = 60.0
+_ERROR_FIELD = re.compile(r"at `\$\.([^`\[.]+)|required field `([^`]+)`")
+IDLE_SECONDS = 60.0  # the default of labels.idle_after
 _TIME_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _UNVERSIONED = "unversioned"
 _OTHER = "other"  # the versions beyond ``model.max_versions``
@@ -475,6 +476,8 @@ class ModelStage:
         # (partition, version) -> the count of a remote estimate window last judged
         self._remote_judged: dict[tuple[int, str], int] = {}
         self._unusable_seen = 0  # inference events the join could not read
+        self._violations: list[Violation] = []  # the last batch's, for the pipeline
+        self._early = 0  # joins released before the stream frontier (labels.max_held)
         # The stream's quality verdicts (see the module docstring): partition count
         # (None: the partitions seen), the stream position judged last per version,
         # whether restored states set that position, the frontier judged last.
@@ -715,6 +718,12 @@ class ModelStage:
             ok[i] = False
         if failed:  # accepted stream events (drift counts them) the join cannot use
             self._unusable(failed)
+            self._violations = [
+                Violation(
+                    i, self._failed_field(detail), reason, f"model {self.model.name}: {detail}"
+                )
+                for i, reason, detail in failed
+            ]
         future = batch.event_time > self.clock() + self.labels.max_future
         if future.any():  # a wrong clock must not expire every pending label
             ok &= ~future
@@ -741,6 +750,20 @@ class ModelStage:
             )
         findings += self._release()
         return self._after(findings, estimated)
+
+    def take_violations(self) -> list[Violation]:
+        """The last batch's inference events the label join cannot read (``Violating``):
+        dead-lettered by the pipeline, with the field and the reason."""
+        out, self._violations = self._violations, []
+        return out
+
+    def _failed_field(self, detail: str) -> str:
+        """The payload field a msgspec error names (``at `$.score```, ``missing required
+        field `version```), else the join key's field."""
+        match = _ERROR_FIELD.search(detail)
+        if match is not None:
+            return match.group(1) or match.group(2)
+        return self.model.request_id or "request_id"
 
     def _unusable(self, failed: list[tuple[int, str, str]]) -> None:
         """Count (and log, the first time and every 1,000th) inference events whose
@@ -828,14 +851,14 @@ class ModelStage:
         return [part.joined[version] for part in self._all_parts() if version in part.joined]
 
     def _idle(self, seen: float, now: float) -> bool:
-        return now - seen >= IDLE_SECONDS if math.isfinite(seen) else False
+        return now - seen >= self.labels.idle_after if math.isfinite(seen) else False
 
     def _stream_frontier(self, local: Mapping[int, float] | None = None) -> float:
         """The stream's settled frontier: the smallest over its partitions of the
         frontier below which each has every join (local: its join table's
         ``settled_before``; remote: the frontier its checkpointed windows were
         released to); a partition not seen yet counts as -inf; partitions idle (no
-        event for ``IDLE_SECONDS`` of wall-clock before the newest event of a local
+        event for ``labels.idle_after`` of wall-clock before the newest event of a local
         partition) are left out while others are not."""
         latest = [part.seen for part in self._parts.values() if math.isfinite(part.seen)]
         now = max(latest) if latest else self.clock()
@@ -874,9 +897,32 @@ class ModelStage:
         for p, part in self._parts.items():
             for window in part.joined.values():
                 window.settle(cuts[p])
+                if window.n_held > self.labels.max_held:
+                    self._release_early(p, window)
             if math.isfinite(cuts[p]):
                 part.released = max(part.released, cuts[p])
         return findings
+
+    def _release_early(self, p: int, window: _Ring) -> None:
+        """Bound the joins held back by a slow partition of the stream (read skew):
+        the oldest beyond ``labels.max_held`` go into the ring now. The verdicts stay
+        the same while the ring still holds them when the frontier passes; otherwise
+        the positions whose window they left are skipped (counted in ``skipped``)."""
+        keys = np.sort(window.held["key"])
+        extra = window.n_held - self.labels.max_held
+        released = window.settle(float(np.nextafter(keys[extra - 1], np.inf)))
+        self._early += released
+        if self._metrics is not None:
+            self._metrics.limit_hits.labels(self.spec.name, "max_held").inc(released)
+        if self._early == released or self._early // 100_000 != (self._early - released) // 100_000:
+            log.warning(
+                "stream %s partition %d: %d joins released before the stream frontier "
+                "(labels.max_held %d; a partition of the stream lags far behind)",
+                self.spec.name,
+                p,
+                self._early,
+                self.labels.max_held,
+            )
 
     def _judge_stream(self, frontier: float, cuts: Mapping[int, float]) -> list[Finding]:
         """Verdicts at every ``step`` of each version's stream sequence below
@@ -1570,7 +1616,7 @@ class ModelStage:
 
     def set_remote(self, states: Mapping[int, StageState]) -> None:
         """Quality windows of partitions other replicas own (from their checkpoints);
-        a remote partition whose offsets have not moved for ``IDLE_SECONDS`` counts
+        a remote partition whose offsets have not moved for ``labels.idle_after`` counts
         as idle for the stream frontier."""
         self._remote = {}
         now = self.clock()

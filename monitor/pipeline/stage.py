@@ -41,7 +41,7 @@ from monitor.errors import ConfigError
 if TYPE_CHECKING:
     from monitor.config.schema import StreamSpec
     from monitor.metrics import Metrics
-    from monitor.pipeline.decode import Batch, Reject, StreamDecoder
+    from monitor.pipeline.decode import Batch, Reject, StreamDecoder, Violation
     from monitor.pipeline.stream import StreamPipeline
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "StageContext",
     "StageFactory",
     "Ticking",
+    "Violating",
     "registered_stages",
     "stage_class",
     "stages_for",
@@ -144,6 +145,17 @@ class SideTopics(Protocol):
     def update_topic(
         self, raw: RawBatch, slots: SlotArray
     ) -> tuple[list[Finding], list[Reject]]: ...
+
+
+@runtime_checkable
+class Violating(Protocol):
+    """A stage that finds values of accepted events it cannot use (a prediction the
+    label join cannot read): after each ``update``, ``take_violations`` hands them
+    over (``index``: the accepted row of that batch) and forgets them. The pipeline
+    dead-letters each such event once, with the decoder's violations of it, and
+    counts them per field and reason; the event still counts everywhere else."""
+
+    def take_violations(self) -> list[Violation]: ...
 
 
 @runtime_checkable

@@ -39,6 +39,7 @@ from monitor.pipeline.stage import (
     SideTopics,
     Stage,
     Ticking,
+    Violating,
     registered_stages,
 )
 
@@ -249,22 +250,11 @@ class StreamPipeline:
         ]
         if batch.fallback_rows:
             self._decode_fallback.inc(batch.fallback_rows)
-        order = [r.index for r in batch.rejects]
         counts = batch.reason_counts()
-        violated: dict[str, int] = {}
         excluded: dict[str, int] = {}
-        if batch.violations:
-            for index, vs in batch.violated_events().items():
-                out.append(violations_dead_letter(topic, name, raw, vs, max_bytes=cap))
-                order.append(index)
-                violated[vs[0].reason] = violated.get(vs[0].reason, 0) + 1
-            for (fld, reason), count in batch.violation_counts().items():
-                self._violations[(fld, reason)].inc(count)
-                excluded[fld] = excluded.get(fld, 0) + count
-            out = [m for _, m in sorted(zip(order, out, strict=True), key=lambda p: p[0])]
+        for (fld, _), count in batch.violation_counts().items():
+            excluded[fld] = excluded.get(fld, 0) + count
         for reason, count in counts.items():
-            self._invalid[reason].inc(count)
-        for reason, count in violated.items():  # dead-lettered events, by their first reason
             self._invalid[reason].inc(count)
         for limit, count in batch.limit_hits:
             self._limits[limit].inc(count)
@@ -289,17 +279,24 @@ class StreamPipeline:
         t2 = time.perf_counter()
         findings: list[Finding] = []
         stage_errors = 0
+        violations = list(batch.violations)
         if self.stages and batch.n:
             partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
             coordinates = Coordinates(raw, raw.offsets[batch.rows])
             for stage in self.stages:
                 try:
                     findings.extend(stage.update(batch, partitions, coordinates=coordinates))
+                    if isinstance(stage, Violating):
+                        violations += [
+                            Violation(int(batch.rows[v.index]), v.field, v.reason, v.detail)
+                            for v in stage.take_violations()
+                        ]
                 except Exception as exc:  # a stage's fault on some data never stops the stream
                     failed = self._stage_failed(stage, exc, raw, batch.rows)
                     out.extend(failed)
                     stage_errors += len(failed)
             self.refresh_ready()
+        violated = self._dead_letter_violations(raw, batch, violations, out)
         t3 = time.perf_counter()
         self._last.set(time.time())
         self._count_partitions(raw)
@@ -315,6 +312,45 @@ class StreamPipeline:
             violations=violated,
             stage_errors=stage_errors,
         )
+
+    def _dead_letter_violations(
+        self, raw: BatchInput, batch: Batch, violations: list[Violation], out: list[OutMessage]
+    ) -> dict[str, int]:
+        """One dead letter per accepted event with violations (the decoder's and the
+        stages'), in input order after the rejects; counts per field and reason, and
+        the events per first reason (returned)."""
+        violated: dict[str, int] = {}
+        if not violations:
+            return violated
+        by_event: dict[int, list[Violation]] = {}
+        for v in violations:
+            by_event.setdefault(v.index, []).append(v)
+            key = (v.field, v.reason)
+            counter = self._violations.get(key)
+            if counter is None:  # a stage's field outside the declared ones
+                counter = self._violations[key] = self.metrics.field_violations.labels(
+                    self.spec.name, v.field, v.reason
+                )
+            counter.inc()
+        topic, name, cap = self.dead_letter_topic, self.spec.name, self.dead_letter_max_bytes
+        rejects = [r.index for r in batch.rejects]
+        order = rejects + sorted(by_event)
+        letters = [
+            violations_dead_letter(topic, name, raw, by_event[i], max_bytes=cap)
+            for i in sorted(by_event)
+        ]
+        for vs in by_event.values():
+            violated[vs[0].reason] = violated.get(vs[0].reason, 0) + 1
+        for reason, count in violated.items():  # dead-lettered events, by their first reason
+            self._invalid[reason].inc(count)
+        if cap is not None:
+            cut = sum(_TRUNCATED in m.headers for m in letters)
+            if cut:
+                self._truncated.inc(cut)
+        head = out[: len(rejects)]
+        merged = sorted(zip(order, head + letters, strict=True), key=lambda p: p[0])
+        out[: len(rejects)] = [m for _, m in merged]
+        return violated
 
     def _process_side(self, raw: BatchInput) -> BatchResult:
         """A batch of the label (or deploy) topic, for the stages that read it."""

@@ -164,6 +164,8 @@ def kafka_source(
         "partition.assignment.strategy": "cooperative-sticky",
         **c.kafka,
     }
+    fetch = c.source.fetch_path(c.kafka)
+    log.info("records are fetched by %s (source.fetch %s)", fetch, c.source.fetch)
     return KafkaSource(
         options,
         c.group,
@@ -173,6 +175,7 @@ def kafka_source(
         on_assign=assignment.on_assign,
         on_revoke=assignment.on_revoke,
         on_error=on_error,
+        fetch=fetch,
     )
 
 

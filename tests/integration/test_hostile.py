@@ -182,7 +182,11 @@ def _records(seed: int = 8) -> tuple[list[bytes | None], list[str | None]]:
     return values, labels
 
 
-def test_hostile_mix_never_stops_the_stream(kafka_bootstrap: str, unique: str) -> None:
+@pytest.mark.parametrize("fetch", ["librdkafka", "direct"])
+def test_hostile_mix_never_stops_the_stream(kafka_bootstrap: str, unique: str, fetch: str) -> None:
+    """Both fetch paths (``source.fetch``): the direct one reads the same lz4 batches,
+    tombstones and 9 MB records itself."""
+    unique = f"{unique}{fetch[0]}"
     started = time.monotonic()
     values, labels = _records()
     topic, dlq = f"hostile.{unique}", f"hostile.dlq.{unique}"
@@ -203,6 +207,7 @@ def test_hostile_mix_never_stops_the_stream(kafka_bootstrap: str, unique: str) -
             "metrics": {"listen": "127.0.0.1:0"},
             "dead_letter_topic": dlq,
             "state": {"topic": f"state.{unique}"},
+            "source": {"fetch": fetch},
             "streams": [
                 {
                     "name": "sensors",

@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from connectors.base import OutMessage
 from connectors.embedded import free_port
-from connectors.kafka import BrokerUnreachableError, KafkaSink, wait_for_cluster
+from connectors.kafka import BrokerUnreachableError, KafkaSink, ensure_topics, wait_for_cluster
 from monitor.config.schema import load_config
 from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
 from monitor.runtime.service import Service
@@ -397,3 +397,51 @@ def test_secrets_never_appear_in_any_output(
         for name, secret in secrets.items():
             assert secret not in text, f"{name} leaked into {where}"
             assert secret[::-1] not in text, f"{name} (reversed) leaked into {where}"
+
+
+def _fetch_all(
+    options: dict[str, Any], topic: str, n: int, seconds: float
+) -> tuple[list[int], list[str]]:
+    """Offsets read from partition 0 by the direct fetcher, and the errors it reported."""
+    from connectors.fetch import DirectFetcher
+
+    errors: list[str] = []
+    fetcher = DirectFetcher(options, on_error=lambda name, _: errors.append(name), max_wait=0.1)
+    offsets: list[int] = []
+    try:
+        fetcher.assign({(topic, 0): 0})
+        deadline = time.monotonic() + seconds
+        while len(offsets) < n and time.monotonic() < deadline:
+            for _, cols in fetcher.take(1_000, 0.2):
+                offsets.extend(int(o) for o in cols.offsets)
+    finally:
+        fetcher.close()
+    return offsets, errors
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_direct_fetch_authenticates_over_tls(
+    secured: SecuredBroker, unique: str, mechanism: str
+) -> None:
+    """source.fetch 'direct' speaks SASL itself (PLAIN and SCRAM) over TLS."""
+    topic = f"direct.auth.{unique}"
+    assert not ensure_topics(_options(secured, mechanism), [topic], partitions=1)
+    sink = KafkaSink(_options(secured, mechanism))
+    for i in range(300):
+        sink.send(OutMessage(topic=topic, value=b'{"i":%d}' % i, key=None))
+    assert sink.flush(10) == 0
+    before = len(secured.proxy.authenticated)
+    offsets, _ = _fetch_all(_options(secured, mechanism), topic, 300, 20)
+    assert offsets == list(range(300))
+    assert (mechanism, USER) in secured.proxy.authenticated[before:]
+
+
+def test_direct_fetch_with_a_wrong_password_reports_and_never_logs_it(
+    secured: SecuredBroker, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    options = _options(secured, "SCRAM-SHA-256", password="nope-Qw9")
+    offsets, errors = _fetch_all(options, f"direct.denied.{unique}", 1, 3)
+    assert not offsets and "_TRANSPORT" in errors
+    assert "SASL authentication failed" in caplog.text
+    assert "nope-Qw9" not in caplog.text

@@ -1,7 +1,8 @@
 """Replicas, crashes and rebalances: nothing lost, nothing counted twice.
 
 Replicas are real ``driftwarden run`` processes in one consumer group, fed while a
-producer writes a live stream. Afterwards every partition's checkpoint (the
+producer writes a live stream; one reads with librdkafka, the others with the direct
+fetch path. Afterwards every partition's checkpoint (the
 state the group ended with) must equal, exactly, the state of an uninterrupted
 single-process run over the same partition: event counts, detector windows,
 ADWIN's histogram.
@@ -228,7 +229,11 @@ def _scenario(
     raw = _raw_config(bootstrap, topic, f"g-{unique}", unique, baseline)
     path = tmp_path / "replica.yaml"
     path.write_text(yaml.safe_dump(raw))
-    replicas = [Replica(path, f"r{i}", tmp_path) for i in range(3)]
+    # A mixed group, as in a rolling upgrade: r0 reads with librdkafka, r1 and r2
+    # with the direct fetch path (source.fetch: direct).
+    direct = tmp_path / "replica-direct.yaml"
+    direct.write_text(yaml.safe_dump({**raw, "source": {**raw["source"], "fetch": "direct"}}))
+    replicas = [Replica(path if i == 0 else direct, f"r{i}", tmp_path) for i in range(3)]
     producer = LiveProducer(bootstrap, topic, events.values, events.keys, rate)
     store = StateStore({"bootstrap.servers": bootstrap}, raw["state"]["topic"])
     replicas[0].start()

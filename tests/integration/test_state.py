@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 TOTAL = 40_000
 
 
-def _config(bootstrap: str, topic: str, group: str, suffix: str) -> Any:
+def _config(bootstrap: str, topic: str, group: str, suffix: str, fetch: str = "librdkafka") -> Any:
     stream = copy.deepcopy(DEMO_STREAM) | {
         "topic": topic,
         "baseline": {"first_events": 8_000},
@@ -30,7 +30,7 @@ def _config(bootstrap: str, topic: str, group: str, suffix: str) -> Any:
             "group": group,
             "metrics": {"enabled": False},
             "dead_letter_topic": f"dlq.{suffix}",
-            "source": {"max_batch_events": 1500, "max_wait": "100ms"},
+            "source": {"max_batch_events": 1500, "max_wait": "100ms", "fetch": fetch},
             "state": {"topic": f"state.{suffix}", "every_events": 3000, "every_seconds": "1h"},
             "streams": [stream],
         },
@@ -71,11 +71,17 @@ def _run_until(service: Service, events: int) -> dict[str, Any]:
     return taken
 
 
-@pytest.mark.parametrize("crash", [False, True], ids=["graceful", "crash"])
+@pytest.mark.parametrize(
+    ("crash", "fetch"),
+    [(False, "librdkafka"), (True, "librdkafka"), (True, "direct")],
+    ids=["graceful", "crash", "crash-direct-fetch"],
+)
 def test_restart_from_checkpoint_equals_an_uninterrupted_run(
-    kafka_bootstrap: str, unique: str, crash: bool
+    kafka_bootstrap: str, unique: str, crash: bool, fetch: str
 ) -> None:
-    unique = f"{unique}{int(crash)}"
+    """``crash-direct-fetch``: the restarted run reads with ``source.fetch: direct``
+    (from the checkpoint's offsets) and still equals librdkafka's uninterrupted run."""
+    unique = f"{unique}{int(crash)}{fetch[0]}"
     topic = f"iot.{unique}"
     # One partition: a baseline built from the "first events" is then the same in every
     # run (with several, which events come first follows how partitions interleave;
@@ -84,16 +90,16 @@ def test_restart_from_checkpoint_equals_an_uninterrupted_run(
     events = generate_fleet(TOTAL, seed=12, bad_rate=0.02, drift_at=25_000)
     produced = produce(kafka_bootstrap, topic, events.values, events.keys)
 
-    def service(group: str, suffix: str) -> Service:
-        config = _config(kafka_bootstrap, topic, group, suffix)
+    def service(group: str, suffix: str, fetch: str = "librdkafka") -> Service:
+        config = _config(kafka_bootstrap, topic, group, suffix, fetch)
         return Service(config, registry=CollectorRegistry())
 
     reference = _run_until(service(f"whole-{unique}", f"{unique}w"), TOTAL)
     assert reference["events"] == {(topic, p): n for p, n in produced.items()}
     assert any(drift for *_, drift in reference["verdicts"])
 
-    first = service(f"split-{unique}", f"{unique}s")
+    first = service(f"split-{unique}", f"{unique}s", fetch)
     first.runner.final_checkpoint = not crash
     _run_until(first, 15_000)
-    resumed = _run_until(service(f"split-{unique}", f"{unique}s"), TOTAL)
+    resumed = _run_until(service(f"split-{unique}", f"{unique}s", fetch), TOTAL)
     assert_same(resumed, reference)

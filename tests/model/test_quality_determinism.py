@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from connectors.kafka import RawBatch
 from detectors.base import Finding
@@ -203,12 +204,18 @@ def test_the_judging_replica_judges_remote_partitions_from_their_checkpoints(
     assert not [f for f in again if f.detector == "quality"]
 
 
-def test_an_unseen_or_idle_partition_holds_the_stream_back_until_idle(tmp_path: Path) -> None:
+@pytest.mark.parametrize("idle_after", [None, 5.0], ids=["default", "configured"])
+def test_an_unseen_or_idle_partition_holds_the_stream_back_until_idle(
+    tmp_path: Path, idle_after: float | None
+) -> None:
     """Partition 3 never gets an event: the stream frontier waits for it (no quality
-    verdict), until it has been idle for IDLE_SECONDS (the stage's clock) before the
-    newest event of the others; then their joins are judged, at the positions a
-    3-partition stream has."""
+    verdict), until it has been idle for ``labels.idle_after`` (IDLE_SECONDS unless
+    configured; the stage's clock) before the newest event of the others; then their
+    joins are judged, at the positions a 3-partition stream has."""
     stream = _stream(tmp_path, window={"events": 1000, "step": 250})
+    if idle_after is not None:
+        stream["model"]["labels"]["idle_after"] = f"{idle_after}s"
+    idle = IDLE_SECONDS if idle_after is None else idle_after
     ev = generate_model_events(6_000, seed=24)
     batches = [b for b in _lagged(_sequences(ev, 500), 2, labels_lag=True) if b.partitions[0] != 3]
     start = 1.8e9  # the stage's clock (labels more than max_future ahead of it are refused)
@@ -217,7 +224,7 @@ def test_an_unseen_or_idle_partition_holds_the_stream_back_until_idle(tmp_path: 
     _model(pipeline).clock = lambda: now[0]
     held = _run(pipeline, batches[:-12])
     assert not [f for f in held if f.detector == "quality"]
-    now[0] = start + IDLE_SECONDS  # partition 3: no event since the stage started
+    now[0] = start + idle  # partition 3: no event since the stage started
     got = _run(pipeline, batches[-12:])
     quality = sorted({dict(f.details)["position"] for f in got if f.detector == "quality"})
     assert quality and quality == [250.0 * (i + 1) for i in range(len(quality))]
@@ -227,3 +234,28 @@ def test_an_unseen_or_idle_partition_holds_the_stream_back_until_idle(tmp_path: 
     assert [k for k in _verdicts(got) if k[0] == "quality"] == [
         k for k in want if k[3] <= quality[-1]
     ]
+
+
+def test_joins_held_behind_a_silent_partition_are_bounded(tmp_path: Path) -> None:
+    """Partition 3 never gets an event and is never idle (the clock stands still): the
+    others' joins wait for it, at most ``labels.max_held`` per partition and version;
+    the oldest beyond are released early and counted."""
+    from prometheus_client import CollectorRegistry
+
+    stream = _stream(tmp_path, window={"events": 1000, "step": 250})
+    stream["model"]["labels"]["max_held"] = 300
+    ev = generate_model_events(6_000, seed=24)
+    batches = [b for b in _lagged(_sequences(ev, 500), 2, labels_lag=True) if b.partitions[0] != 3]
+    registry = CollectorRegistry()
+    pipeline = _any_pipeline(stream, registry)
+    pipeline.set_partition_count(PARTS)
+    model = _model(pipeline)
+    model.clock = lambda: 1.8e9
+    got = _run(pipeline, batches)
+    assert not [f for f in got if f.detector == "quality"]  # the frontier never passed
+    held = [w.n_held for part in model._parts.values() for w in part.joined.values()]
+    assert held and max(held) <= 300
+    early = registry.get_sample_value(
+        "driftwarden_limit_hits_total", {"stream": stream["name"], "limit": "max_held"}
+    )
+    assert early is not None and early > 0
