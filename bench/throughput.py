@@ -3,14 +3,17 @@
 Produces N events of 20 float fields once, then consumes them from the start in a
 fresh process per mode (so peak RSS is per mode):
 
-* consume:        confluent-kafka ``consume()`` batches, values pulled out
-* consume+decode: + msgspec decode to numpy columns (``StreamDecoder``)
+* consume:        confluent-kafka ``consume()`` batches, values pulled out; ``[direct]``:
+                  the direct fetch path's packed columns (``source.fetch: direct``)
+* consume+decode: + decode to numpy columns (``StreamDecoder``: the compiled scanner,
+                  msgspec for the rows it is not sure of)
 * pipeline:       the service's runner: decode, schema checks, dead letters, metrics,
                   producer flush and a synchronous offset commit per batch
 * pipeline+drift: the same with the default drift detectors on every field
 
 Prints a table (events/s, µs per event, CPU µs per event of the process, per-stage
-µs per event, peak RSS). ``--profile DIR`` dumps a cProfile of each service mode
+µs per event, peak RSS); the pipeline rows' share is of the same path's
+consume+decode. ``--profile DIR`` dumps a cProfile of each service mode
 (``DIR/<mode>.prof``).
 
 ``--hostile 0.1`` also produces a second topic where 10% of the same events are
@@ -312,9 +315,9 @@ def main() -> None:
     parser.add_argument("--profile", help="directory for a cProfile dump of each service mode")
     parser.add_argument(
         "--fetch",
-        default="librdkafka",
+        default="both",
         choices=("librdkafka", "direct", "both"),
-        help="who reads records (source.fetch); both: every mode with each",
+        help="who reads records (source.fetch); both (default): every mode with each",
     )
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
