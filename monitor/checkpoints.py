@@ -18,7 +18,7 @@ Values convert to and from plain msgpack-able mappings (``to_plain`` /
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -128,36 +128,74 @@ StageDecoder = Callable[[Mapping[str, Any]], StageState]
 
 @dataclass(frozen=True, slots=True)
 class PartitionState:
-    """Everything that continues one partition of a stream exactly.
+    """Everything that continues one partition of a stream exactly: the event count
+    and one state per stage, named by the stage (``names``, in the same order) so a
+    stream that gains or loses a stage still restores the others' states.
 
-    >>> s = PartitionState(7, (None, PlainStageState({"n": 1})))
+    >>> s = PartitionState(7, (None, PlainStageState({"n": 1})), ("model", "drift"))
     >>> PartitionState.from_plain(s.to_plain()) == s
     True
+    >>> s.by_name()["drift"]
+    PlainStageState(data={'n': 1})
     """
 
     events: int
     stages: tuple[StageState | None, ...] = ()
+    names: tuple[str, ...] = ()  # empty: a checkpoint written before stages were named
 
     def to_plain(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "events": self.events,
             "stages": [None if s is None else s.to_plain() for s in self.stages],
         }
+        if self.names:
+            out["names"] = list(self.names)
+        return out
+
+    def by_name(self) -> dict[str, StageState | None]:
+        """The stage states by stage name (empty for an unnamed, older checkpoint)."""
+        return dict(zip(self.names, self.stages, strict=False)) if self.names else {}
+
+    def aligned(self, names: Sequence[str]) -> list[StageState | None]:
+        """The states for stages called ``names``, in that order: by name, or by
+        position for a checkpoint written before stages were named."""
+        if not self.names:
+            return [self.stages[i] if i < len(self.stages) else None for i in range(len(names))]
+        found = self.by_name()
+        return [found.get(name) for name in names]
 
     @classmethod
     def from_plain(
-        cls, plain: Mapping[str, Any], decoders: tuple[StageDecoder, ...] | None = None
+        cls,
+        plain: Mapping[str, Any],
+        decoders: Mapping[str, StageDecoder] | tuple[StageDecoder, ...] | None = None,
     ) -> PartitionState:
-        """Decode; ``decoders`` (one per stage) type each stage's state, else it stays plain."""
+        """Decode; ``decoders`` (by stage name, or one per stage in order) type each
+        stage's state, else (or for a stage not known) it stays plain."""
+        raw = list(plain.get("stages", []))
+        names = tuple(str(n) for n in plain.get("names", []))
+        if names and len(names) != len(raw):
+            names = ()  # not a layout this version wrote: read by position
+        order: list[StageDecoder | None]
+        if decoders is None:
+            order = [None] * len(raw)
+        elif isinstance(decoders, Mapping):
+            if names:
+                order = [decoders.get(n) for n in names]
+            else:
+                listed = list(decoders.values())
+                order = [listed[i] if i < len(listed) else None for i in range(len(raw))]
+        else:
+            order = [decoders[i] if i < len(decoders) else None for i in range(len(raw))]
         stages: list[StageState | None] = []
-        for i, st in enumerate(plain.get("stages", [])):
+        for st, decode in zip(raw, order, strict=True):
             if st is None:
                 stages.append(None)
-            elif decoders is None:
+            elif decode is None:
                 stages.append(PlainStageState(st))
-            elif i < len(decoders):
-                stages.append(decoders[i](st))
-        return cls(int(plain.get("events", 0)), tuple(stages))
+            else:
+                stages.append(decode(st))
+        return cls(int(plain.get("events", 0)), tuple(stages), names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +211,9 @@ class PartitionCheckpoint:
 
     @classmethod
     def from_plain(
-        cls, plain: Mapping[str, Any], decoders: tuple[StageDecoder, ...] | None = None
+        cls,
+        plain: Mapping[str, Any],
+        decoders: Mapping[str, StageDecoder] | tuple[StageDecoder, ...] | None = None,
     ) -> PartitionCheckpoint:
         return cls(
             int(plain["offset"]),

@@ -154,3 +154,42 @@ def test_a_checkpoint_of_another_stage_layout_does_not_crash_a_restore(tmp_path:
     assert isinstance(fleet.decode_state(fleet_plain), PlainStageState)
     fleet.restore_partition(0, fleet.decode_state(fleet_plain))
     assert pipeline.partition_state("ml.loans.inference", 0).events == 5
+
+
+def test_a_stream_that_gains_stages_keeps_the_drift_state_by_name(tmp_path: Path) -> None:
+    """Checkpoints name each stage's state: a drift-only stream's checkpoint restores
+    into the drift stage of the same stream once it has a model and a fleet (which
+    start afresh), exactly."""
+    from detectors.baseline import save_baseline
+    from monitor.pipeline.stage import ReferenceSource
+
+    events = generate_model_events(3000, seed=9)
+    full = _model_fleet_config(tmp_path)
+    after = build_pipelines(full, Metrics(CollectorRegistry()))["ml.loans.inference"]
+    model = after.stages[0]
+    assert isinstance(model, ReferenceSource)
+    reference = model.drift_reference()  # the same baseline, as a file, for drift alone
+    assert reference is not None
+    save_baseline(reference, tmp_path / "baseline.json")
+    spec = copy.deepcopy(MODEL_STREAM) | {"entity": "request_id"}
+    spec["baseline"] = {"file": str(tmp_path / "baseline.json")}
+    del spec["model"]
+    drift_only = parse_config(
+        {"kafka": {"bootstrap.servers": "127.0.0.1:1"}, "streams": [spec]}, env={}
+    )
+    before = build_pipelines(drift_only, Metrics(CollectorRegistry()))["ml.loans.inference"]
+    assert before.stage_names == ("drift",)
+    before.process(_raw("ml.loans.inference", events.inference[:2000], 0))
+    saved = before.partition_state("ml.loans.inference", 0)
+    assert saved.to_plain()["names"] == ["drift"] and saved.stages[0] is not None
+    assert after.stage_names == ("model", "drift", "fleet")
+    typed = PartitionState.from_plain(
+        decode_state(encode_state(saved.to_plain())), after.state_decoders
+    )
+    assert typed.by_name().keys() == {"drift"}
+    after.restore_partition("ml.loans.inference", 0, typed)
+    restored = after.partition_state("ml.loans.inference", 0).by_name()
+    one, two = restored["drift"], saved.by_name()["drift"]
+    assert one is not None and two is not None
+    assert encode_state(one.to_plain()) == encode_state(two.to_plain())
+    assert restored["model"] is None and restored["fleet"] is None  # they start afresh

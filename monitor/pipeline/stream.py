@@ -466,16 +466,24 @@ class StreamPipeline:
         return PartitionState(
             self.partition_events.get((topic, partition), 0),
             tuple(s.partition_state(slot) for s in self.stages),
+            self.stage_names,
         )
 
     @property
-    def state_decoders(self) -> tuple[StageDecoder, ...]:
-        """One decoder per stage, to type a checkpointed ``PartitionState``."""
-        return tuple(s.decode_state for s in self.stages)
+    def stage_names(self) -> tuple[str, ...]:
+        """The stages' names, in run order (checkpoints key stage states by them)."""
+        return tuple(s.name for s in self.stages)
+
+    @property
+    def state_decoders(self) -> dict[str, StageDecoder]:
+        """Each stage's decoder by its name, to type a checkpointed ``PartitionState``."""
+        return {s.name: s.decode_state for s in self.stages}
 
     def restore_partition(self, topic: str, partition: int, state: PartitionState) -> None:
+        """Each stage restores its own state (by name; by position from a checkpoint
+        written before stages were named); a stage without one starts afresh."""
         self.partition_events[(topic, partition)] = state.events
-        for stage, st in zip(self.stages, state.stages, strict=False):
+        for stage, st in zip(self.stages, state.aligned(self.stage_names), strict=True):
             if st is not None:
                 stage.restore_partition(self._slot(topic, partition), st)
 
@@ -507,15 +515,16 @@ class StreamPipeline:
         """Checkpointed pipeline states of partitions other processes own (for the
         stages that judge here: all of them on the stream's judge, the fleet's
         everywhere, since each replica judges its own devices against the fleet)."""
+        names = self.stage_names
+        aligned = {key: st.aligned(names) for key, st in states.items()}
         for index, stage in enumerate(self.stages):
             if not stage.judge:
                 continue
             remote: dict[int, StageState] = {}
-            for (t, p), st in states.items():
-                if t in self._slot_base and len(st.stages) > index:
-                    found = st.stages[index]
-                    if found is not None:
-                        remote[self._slot(t, p)] = found
+            for (t, p), sts in aligned.items():
+                found = sts[index]
+                if t in self._slot_base and found is not None:
+                    remote[self._slot(t, p)] = found
             stage.set_remote(remote)
 
     def _slot(self, topic: str, partition: int) -> int:

@@ -153,7 +153,9 @@ class StateStore:
         self.log.read_to_end(timeout)
 
     def partition(
-        self, key: CheckpointKey, decoders: tuple[StageDecoder, ...] | None = None
+        self,
+        key: CheckpointKey,
+        decoders: Mapping[str, StageDecoder] | tuple[StageDecoder, ...] | None = None,
     ) -> PartitionCheckpoint | None:
         """The latest partition checkpoint under ``key``; ``decoders`` type its stage states."""
         plain = self._get(key.format())
