@@ -36,6 +36,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -180,48 +181,46 @@ def _child(args: argparse.Namespace) -> None:
         decode_s = 0.0
         started = None
         deadline = time.monotonic() + 300
+        next_values: Callable[[], Sequence[bytes | None] | None]
         if args.fetch == "direct":  # what KafkaSource does with source.fetch: direct
             from connectors.fetch import DirectFetcher
             from connectors.records import PackedValues
 
             fetcher = DirectFetcher(_consumer_options(bootstrap), max_wait=1.0)
             fetcher.assign({(topic, p): 0 for p in range(args.partitions)})
-            while seen < total and time.monotonic() < deadline:
+
+            def next_values() -> Sequence[bytes | None] | None:
                 taken = fetcher.take(args.batch, 1.0)
-                if not taken:
-                    continue
-                if started is None:
-                    started = time.perf_counter()
-                    cpu0 = time.process_time()
                 parts = [c.values for _, c in taken]
-                values = parts[0] if len(parts) == 1 else PackedValues.concat(parts)
-                if mode == "consume+decode":
-                    t = time.perf_counter()
-                    decoder.decode(values)
-                    decode_s += time.perf_counter() - t
-                seen += len(values)
-            elapsed = time.perf_counter() - (started or time.perf_counter())
-            cpu = time.process_time() - cpu0 if started is not None else 0.0
-            fetcher.close()
+                if not parts:
+                    return None
+                return parts[0] if len(parts) == 1 else PackedValues.concat(parts)
+
+            close = fetcher.close
         else:
             consumer = Consumer(_consumer_options(bootstrap))
             consumer.assign([TopicPartition(topic, p, 0) for p in range(args.partitions)])
-            while seen < total and time.monotonic() < deadline:
+
+            def next_values() -> Sequence[bytes | None] | None:
                 msgs = consumer.consume(args.batch, 1.0)
-                if not msgs:
-                    continue
-                if started is None:
-                    started = time.perf_counter()
-                    cpu0 = time.process_time()
-                values = list(map(Message.value, msgs))
-                if mode == "consume+decode":
-                    t = time.perf_counter()
-                    decoder.decode(values)
-                    decode_s += time.perf_counter() - t
-                seen += len(msgs)
-            elapsed = time.perf_counter() - (started or time.perf_counter())
-            cpu = time.process_time() - cpu0 if started is not None else 0.0
-            consumer.close()
+                return list(map(Message.value, msgs)) if msgs else None
+
+            close = consumer.close
+        while seen < total and time.monotonic() < deadline:
+            values = next_values()
+            if values is None:
+                continue
+            if started is None:
+                started = time.perf_counter()
+                cpu0 = time.process_time()
+            if mode == "consume+decode":
+                t = time.perf_counter()
+                decoder.decode(values)
+                decode_s += time.perf_counter() - t
+            seen += len(values)
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+        cpu = time.process_time() - cpu0 if started is not None else 0.0
+        close()
         result.update(
             events=seen, seconds=elapsed, cpu=cpu, stages={"decode": decode_s} if decode_s else {}
         )
@@ -359,13 +358,13 @@ def main() -> None:
                 for r in ((mode, args.topic, ""), (mode, hostile_topic, " [hostile]"))
             ]
         fetches = ("librdkafka", "direct") if args.fetch == "both" else (args.fetch,)
-        runs = [
+        jobs = [
             (mode, topic, label + ("" if fetch == "librdkafka" else " [direct]"), fetch)
             for fetch in fetches
             for mode, topic, label in runs
         ]
         rows = []
-        for mode, topic, label, fetch in runs:
+        for mode, topic, label, fetch in jobs:
             cmd = [
                 sys.executable,
                 __file__,

@@ -276,11 +276,12 @@ class RawBatch:
 
 
 class _Column(Sequence[_T]):
-    """One field of a batch's messages, read from a message only when asked for."""
+    """One field of a batch's messages (or an array's items), read from a message
+    only when asked for."""
 
     __slots__ = ("_get", "_msgs")
 
-    def __init__(self, msgs: list[Message], get: Callable[[Message], _T]) -> None:
+    def __init__(self, msgs: Sequence[Any] | npt.NDArray[Any], get: Callable[[Any], _T]) -> None:
         self._msgs = msgs
         self._get = get
 
@@ -351,31 +352,8 @@ def _columns_batch(topic: str, parts: list[tuple[int, RecordColumns]]) -> RawBat
         partitions=partitions,
         offsets=np.concatenate([c.offsets for _, c in parts]),
         keys=keys,
-        timestamps=_Ints(np.concatenate([c.timestamps for _, c in parts])),
+        timestamps=_Column(np.concatenate([c.timestamps for _, c in parts]), int),
     )
-
-
-class _Ints(Sequence[int]):
-    """An int64 array read as Python ints."""
-
-    __slots__ = ("_a",)
-
-    def __init__(self, a: npt.NDArray[np.int64]) -> None:
-        self._a = a
-
-    def __len__(self) -> int:
-        return len(self._a)
-
-    @overload
-    def __getitem__(self, index: int) -> int: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[int]: ...
-
-    def __getitem__(self, index: int | slice) -> int | list[int]:
-        if isinstance(index, slice):
-            return [int(x) for x in self._a[index]]
-        return int(self._a[index])
 
 
 class KafkaSource:

