@@ -107,7 +107,8 @@ def _fold(
     C = cuts.size
     m = positions.size
     ci = 0
-    for j in range(m + 1):
+    j = 0
+    while True:
         r = positions[j] if j < m else np.iinfo(np.int64).max
         while ci < C and cuts[ci] <= r:  # the state after the first cuts[ci] batch rows
             for t in range(T):
@@ -136,23 +137,38 @@ def _fold(
             ci += 1
         if j == m:
             break
+        # The events up to the filling sub-window's close or the next boundary,
+        # whichever comes first, are counted segment by segment (each segment's
+        # bins are a few kB: the scattered increments stay in the L1 cache).
+        e = min(m, j + (step - open_n))
+        if ci < C:
+            e = min(e, j + np.searchsorted(positions[j:e], cuts[ci]))
+        if e <= j:  # (a restored sub-window fuller than step: one event at a time)
+            e = j + 1
         for s in range(nseg):
-            b = flat[s, j]
-            if b < T:
-                open_[b] += 1
-                open_segments[s] += 1
-        if has_offsets:
-            if off[R, 0] < 0:
-                off[R, 0] = offsets[r]
-            off[R, 1] = offsets[r]
-        if has_times:
-            x = times[r]
-            if not np.isnan(x):
-                if np.isnan(tspan[R, 0]) or x < tspan[R, 0]:
-                    tspan[R, 0] = x
-                if np.isnan(tspan[R, 1]) or x > tspan[R, 1]:
-                    tspan[R, 1] = x
-        open_n += 1
+            row = flat[s]
+            counted = 0
+            for jj in range(j, e):
+                b = row[jj]
+                if b < T:
+                    open_[b] += 1
+                    counted += 1
+            open_segments[s] += counted
+        for jj in range(j, e):
+            r = positions[jj]
+            if has_offsets:
+                if off[R, 0] < 0:
+                    off[R, 0] = offsets[r]
+                off[R, 1] = offsets[r]
+            if has_times:
+                x = times[r]
+                if not np.isnan(x):
+                    if np.isnan(tspan[R, 0]) or x < tspan[R, 0]:
+                        tspan[R, 0] = x
+                    if np.isnan(tspan[R, 1]) or x > tspan[R, 1]:
+                        tspan[R, 1] = x
+        open_n += e - j
+        j = e
         if open_n == step:  # the filling sub-window closes: it replaces the oldest
             for t in range(T):
                 v = open_[t]

@@ -351,7 +351,13 @@ class _Screens:
         self.q_base_rates = self.q_base / self.q_base.sum(axis=-1, keepdims=True)
 
     def clean(
-        self, row: npt.NDArray[np.int64], closed: int, skip: npt.NDArray[np.bool_]
+        self,
+        row: npt.NDArray[np.int64],
+        closed: int,
+        skip: npt.NDArray[np.bool_],
+        frame_of: Callable[[int], _Frame] | None = None,
+        stream: str = "",
+        baseline_id: str | None = None,
     ) -> dict[int, Finding | None]:
         """What ``evaluate`` returns on the stream window ``row`` (``(T,)``, one
         boundary, ``closed`` sub-windows) for each KS, PSI and data_quality item not in
@@ -359,9 +365,67 @@ class _Screens:
 
         The statistics of all fields come from array operations (the same operations
         as ``evaluate``'s, value by value, so the findings are equal); only the
-        findings themselves are built per field.
+        findings themselves are built per field. With ``frame_of`` (a segment's
+        evidence ``_Frame``), a finding of a field without categories comes with its
+        evidence, ``stream`` and ``baseline_id`` (what ``_with_frame`` would make of
+        it, built once).
         """
         out: dict[int, Finding | None] = {}
+        frames: dict[int, _Frame] = {}
+
+        def found(
+            item: int,
+            detector: str,
+            subject: str,
+            statistic: float,
+            threshold: float,
+            drift: bool,
+            p_value: float,
+            events: int,
+            details: tuple[tuple[str, float], ...],
+            summary: str = "",
+        ) -> Finding:
+            plan, _, seg = self.items[item]
+            if frame_of is None or isinstance(plan.baseline, CategoricalBaseline):
+                return Finding(
+                    detector=detector,
+                    subject=subject,
+                    statistic=statistic,
+                    threshold=threshold,
+                    drift=drift,
+                    p_value=p_value,
+                    window=WindowBounds(events=events),
+                    details=details,
+                    summary=summary,
+                )
+            frame = frames.get(seg)
+            if frame is None:
+                frame = frames[seg] = frame_of(seg)
+            parts, one, start, end = frame
+            window = (
+                WindowBounds(events, None, None, start, end, None)
+                if one is None
+                else WindowBounds(
+                    events, one.first_offset, one.last_offset, start, end, one.partition
+                )
+            )
+            return Finding(
+                detector,
+                subject,
+                statistic,
+                threshold,
+                drift,
+                p_value,
+                "field",
+                stream,
+                window,
+                baseline_id,
+                details,
+                parts,
+                (),
+                summary,
+            )
+
         skip_l: list[bool] = skip.tolist()
         if closed < self.layout.ring_size:  # not ready: evaluate gives None
             for j in [*self.ks_cols.tolist(), *self.psi_cols.tolist(), *self.q_cols.tolist()]:
@@ -392,15 +456,16 @@ class _Screens:
                 d_crit = det._crit / math.sqrt(n_eff)
                 threshold = max(det.d_min, d_crit)
                 resolution = max(det._p_max, float(seg_max[self.ks_segs[k]]) / mk)
-                out[j] = Finding(
-                    detector=det.name,
-                    subject=det.subject,
-                    statistic=dk,
-                    threshold=threshold,
-                    drift=dk >= threshold,
-                    p_value=float(peaks[k]),
-                    window=WindowBounds(events=mk),
-                    details=(
+                out[j] = found(
+                    j,
+                    det.name,
+                    det.subject,
+                    dk,
+                    threshold,
+                    dk >= threshold,
+                    float(peaks[k]),
+                    mk,
+                    (
                         ("n_window", float(mk)),
                         ("n_baseline", float(n)),
                         ("n_eff", n_eff),
@@ -445,15 +510,16 @@ class _Screens:
                 n_eff = effs[k]
                 crit = pdet._chi2_crit / n_eff
                 threshold = max(pdet.psi_min, crit)
-                out[j] = Finding(
-                    detector=pdet.name,
-                    subject=pdet.subject,
-                    statistic=value,
-                    threshold=threshold,
-                    drift=value >= threshold,
-                    p_value=float(chi[k]),
-                    window=WindowBounds(events=mk),
-                    details=(
+                out[j] = found(
+                    j,
+                    pdet.name,
+                    pdet.subject,
+                    value,
+                    threshold,
+                    value >= threshold,
+                    float(chi[k]),
+                    mk,
+                    (
                         ("n_window", float(mk)),
                         ("n_baseline", float(n)),
                         ("n_eff", n_eff),
@@ -524,16 +590,17 @@ class _Screens:
                         (f"rate_{QUALITY_KINDS[q]}", rates[q]),
                         (f"baseline_rate_{QUALITY_KINDS[q]}", base_rates[q]),
                     )
-                out[j] = Finding(
-                    detector=det.name,
-                    subject=det.subject,
-                    statistic=best,
-                    threshold=crit,
-                    drift=bool(enough_best[k]) and best >= crit,
-                    p_value=min(1.0, tail[k] * det._kinds),
-                    window=WindowBounds(events=mk),
-                    details=details,
-                    summary=summary,
+                out[j] = found(
+                    j,
+                    det.name,
+                    det.subject,
+                    best,
+                    crit,
+                    bool(enough_best[k]) and best >= crit,
+                    min(1.0, tail[k] * det._kinds),
+                    mk,
+                    details,
+                    summary,
                 )
         return out
 
@@ -868,9 +935,12 @@ class DriftStage:
                 findings.append(_locate_change(f, partition, before, values, offs, times))
             else:  # one clean finding per field and batch is enough
                 clean[(plan.name, r)] = (det, partition, before, values, offs, times)
-        for det, partition, before, values, offs, times in clean.values():
+        labels = self._labels()
+        for det, partition, _, _, _, times in clean.values():
+            # What _locate_change makes of a finding without a change, labelled.
             f = det.finding(0, times)
-            findings.append(_locate_change(f, partition, before, values, offs, times))
+            window = _evolve(f.window, partition=partition)
+            findings.append(_evolve_finding(f, window=window, partitions=(window,), **labels))
         if not self.judge:
             findings = []  # the stream's judge reports this replica's changes from checkpoints
         else:
@@ -951,51 +1021,67 @@ class DriftStage:
             return []
         flags = screens.flags(totals, closed)
         last = C - 1
-        # Verdicts the screen clears at the last boundary are clean: built from arrays.
-        fast = screens.clean(totals[last], int(closed[last]), flags[-1])
-        flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
-        findings: list[Finding] = []
         # Evidence per (boundary, segment), shared by the items of a segment, from
         # each ring's window per boundary (counts per segment, and one span).
         frames: dict[tuple[int, int], _Frame] = {}
         heads: dict[tuple[int, int], tuple[list[int], tuple[Any, Any, Any, Any]]] = {}
         still: dict[int, CutSpans] = {}
         rings = self._rings()
+
+        def frame_at(c: int, seg: int) -> _Frame:
+            frame = frames.get((c, seg))
+            if frame is not None:
+                return frame
+            located: list[WindowBounds | None] = []
+            for slot, ring in rings:
+                head = heads.get((slot, c))
+                if head is None:
+                    moved = where.get(slot)
+                    at = c
+                    if moved is None:  # a window this batch did not move: as it is
+                        if slot not in still:
+                            still[slot] = ring.spans()
+                        moved, at = still[slot], 0
+                    head = heads[(slot, c)] = (
+                        moved.events[at].tolist(),
+                        _span_fields(moved.spans[at]),
+                    )
+                events = head[0][seg]
+                first, last_off, start, end = head[1]
+                located.append(
+                    WindowBounds(events, first, last_off, start, end, slot) if events else None
+                )
+            frame = frames[(c, seg)] = _frame(located)
+            return frame
+
         labels = self._labels()
+        # Verdicts the screen clears at the last boundary are clean: built from arrays,
+        # with their evidence (fields without categories; see _Screens.clean).
+        fast = screens.clean(
+            totals[last],
+            int(closed[last]),
+            flags[-1],
+            lambda seg: frame_at(last, seg),
+            **labels,
+        )
+        flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
+        findings: list[Finding] = []
         flagged_j, flagged_c = np.nonzero(flags.T)
         for j, c in zip(flagged_j.tolist(), flagged_c.tolist(), strict=True):
             plan, i, seg = layout.items[j]
             a, b = int(layout.starts[seg]), int(layout.starts[seg + 1])
             if c == last and j in fast:
                 finding = fast[j]
+                if finding is not None and not isinstance(plan.baseline, CategoricalBaseline):
+                    findings.append(finding)  # complete (see _Screens.clean)
+                    continue
             else:
                 merged = plan.merged[i]
                 merged.load_counts(totals[c, a:b].copy(), int(closed[c]))
                 finding = merged.evaluate()
             if finding is None or not (finding.drift or c == last):
                 continue
-            frame = frames.get((c, seg))
-            if frame is None:
-                located: list[WindowBounds | None] = []
-                for slot, ring in rings:
-                    head = heads.get((slot, c))
-                    if head is None:
-                        moved = where.get(slot)
-                        at = c
-                        if moved is None:  # a window this batch did not move: as it is
-                            if slot not in still:
-                                still[slot] = ring.spans()
-                            moved, at = still[slot], 0
-                        head = heads[(slot, c)] = (
-                            moved.events[at].tolist(),
-                            _span_fields(moved.spans[at]),
-                        )
-                    events = head[0][seg]
-                    first, last_off, start, end = head[1]
-                    located.append(
-                        WindowBounds(events, first, last_off, start, end, slot) if events else None
-                    )
-                frame = frames[(c, seg)] = _frame(located)
+            frame = frame_at(c, seg)
             categories = [] if plan.outcome[i] else self._category_names(plan)
             findings.append(_with_frame(finding, frame, plan, categories, totals[c, a:b], **labels))
         return findings
