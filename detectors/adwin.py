@@ -646,12 +646,12 @@ def update_many(dets: list[ADWIN], values: list[FloatArray]) -> list[int]:
         found,
         stack.scratch,
     )
-    changes: list[int] = [int(c) for c in found]
-    for f, d in enumerate(dets):
-        n = changes[f]
-        d._last = out[starts[f] : starts[f] + n].copy() if n else _NONE
+    changes: list[int] = found.tolist()
+    at = starts.tolist()
+    for f, (d, n, size) in enumerate(zip(dets, changes, sizes.tolist(), strict=True)):
+        d._last = out[at[f] : at[f] + n].copy() if n else _NONE
         d._n_detections += n
-        d._n_seen += int(sizes[f])
+        d._n_seen += size
     return changes
 
 

@@ -146,13 +146,24 @@ def _fold(
         if e <= j:  # (a restored sub-window fuller than step: one event at a time)
             e = j + 1
         for s in range(nseg):
+            # Runs of one bin (a data-quality segment is mostly "ok") add up in a
+            # register instead of one dependent increment of the same cell per event.
             row = flat[s]
             counted = 0
+            prev = row[j]
+            run = 0
             for jj in range(j, e):
                 b = row[jj]
-                if b < T:
-                    open_[b] += 1
-                    counted += 1
+                if b != prev:
+                    if prev < T:
+                        open_[prev] += run
+                        counted += run
+                    prev = b
+                    run = 0
+                run += 1
+            if prev < T:
+                open_[prev] += run
+                counted += run
             open_segments[s] += counted
         for jj in range(j, e):
             r = positions[jj]

@@ -185,6 +185,11 @@ class _PartitionDetectors:
                     det.restore(st)
 
 
+# data_quality details: per problem kind, the names of its rate and its baseline rate;
+# and each kind in words (summaries).
+_RATE_NAMES = [(q, (f"rate_{k}", f"baseline_rate_{k}")) for q, k in enumerate(QUALITY_KINDS) if q]
+_KIND_WORDS = [k.replace("_", " ") for k in QUALITY_KINDS]
+
 _SCREEN_SLACK = 1e-9  # screens flag a little more than they decide; evaluate() decides
 
 
@@ -349,6 +354,8 @@ class _Screens:
             for size, ks_ in by_size.items()
         ]
         self.q_base_rates = self.q_base / self.q_base.sum(axis=-1, keepdims=True)
+        self.q_base_rates_l: list[list[float]] = self.q_base_rates.tolist()
+        self.last_ks: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
 
     def clean(
         self,
@@ -358,6 +365,7 @@ class _Screens:
         frame_of: Callable[[int], _Frame] | None = None,
         stream: str = "",
         baseline_id: str | None = None,
+        ks: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
     ) -> dict[int, Finding | None]:
         """What ``evaluate`` returns on the stream window ``row`` (``(T,)``, one
         boundary, ``closed`` sub-windows) for each KS, PSI and data_quality item not in
@@ -368,7 +376,7 @@ class _Screens:
         findings themselves are built per field. With ``frame_of`` (a segment's
         evidence ``_Frame``), a finding of a field without categories comes with its
         evidence, ``stream`` and ``baseline_id`` (what ``_with_frame`` would make of
-        it, built once).
+        it, built once). ``ks``: the KS ``(D, m)`` of ``row`` if known (``last_ks``).
         """
         out: dict[int, Finding | None] = {}
         frames: dict[int, _Frame] = {}
@@ -433,7 +441,10 @@ class _Screens:
                     out[j] = None
             return out
         if self.ks_cols.size:
-            d, m = ks_many(row[None, :], self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
+            if ks is None:
+                d, m = ks_many(row[None, :], self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
+            else:
+                d, m = ks[0][None, :], ks[1][None, :]
             seg_max = np.maximum.reduceat(row, self.layout.starts[:-1]).tolist()
             d_l, m_l = d[0].tolist(), m[0].tolist()
             # special.kolmogorov(sqrt(n_eff) * d) of every item in one call.
@@ -560,6 +571,8 @@ class _Screens:
             )
             enough_best = enough[rows, best_k].tolist()
             rise_best = rises[rows, best_k].tolist()
+            rates_l = rates_all.tolist()
+            base_l = self.q_base_rates_l
             for k, j in enumerate(self.q_cols.tolist()):
                 if skip_l[j]:
                     continue
@@ -571,9 +584,9 @@ class _Screens:
                 bk = bk_l[k]
                 best = best_l[k]
                 crit = det._z_crit
-                rates = rates_all[k].tolist()
-                base_rates = self.q_base_rates[k].tolist()
-                kind = QUALITY_KINDS[bk].replace("_", " ")
+                rates = rates_l[k]
+                base_rates = base_l[k]
+                kind = _KIND_WORDS[bk]
                 summary = (
                     f"{kind} rate {rates[bk]:.2%} vs baseline {base_rates[bk]:.2%}; "
                     f"z {best:.4g} {'>=' if best >= crit else '<'} threshold "
@@ -584,12 +597,12 @@ class _Screens:
                     ("n_window", float(mk)),
                     ("n_baseline", nf_l[k]),
                     ("alpha", det._alpha),
+                    *[
+                        pair
+                        for q, (rate_name, base_name) in _RATE_NAMES
+                        for pair in ((rate_name, rates[q]), (base_name, base_rates[q]))
+                    ],
                 )
-                for q in range(1, len(QUALITY_KINDS)):
-                    details += (
-                        (f"rate_{QUALITY_KINDS[q]}", rates[q]),
-                        (f"baseline_rate_{QUALITY_KINDS[q]}", base_rates[q]),
-                    )
                 out[j] = found(
                     j,
                     det.name,
@@ -605,13 +618,16 @@ class _Screens:
         return out
 
     def flags(self, totals: npt.NDArray[np.int64], closed: npt.NDArray[np.int64]) -> Any:
-        """``(C, items)`` bool: verdicts that may drift at each boundary."""
+        """``(C, items)`` bool: verdicts that may drift at each boundary (and the KS
+        ``(D, m)`` of the last boundary in ``last_ks``, for ``clean``)."""
+        self.last_ks = None
         C = totals.shape[0]
         out = np.zeros((C, len(self.items)), dtype=bool)
         ready = (closed >= self.layout.ring_size)[:, None]
         slack = 1.0 - _SCREEN_SLACK
         if self.ks_cols.size:
             d, m = ks_many(totals, self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
+            self.last_ks = (d[-1], m[-1])
             n = self.ks_n
             n_eff = np.where(m > 0, n * m / (n + np.where(m > 0, m, 1.0)), 1.0)
             threshold = np.maximum(self.ks_dmin, self.ks_crit / np.sqrt(n_eff))
@@ -697,7 +713,7 @@ class DriftStage:
         # The last batch's rows grouped by partition (see _fold_rings) and its
         # columns in that order (see _flat_bins).
         self._order: tuple[npt.NDArray[np.intp] | None, dict[int, tuple[int, int]]] = (None, {})
-        self._gathered: dict[str, tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]] = {}
+        self._gathered: dict[str, tuple[npt.NDArray[Any], npt.NDArray[np.bool_], bool]] = {}
         self._buffers: dict[str, npt.NDArray[Any]] = {}
         if baseline is None and spec.baseline.file is not None:
             try:
@@ -1028,11 +1044,38 @@ class DriftStage:
         still: dict[int, CutSpans] = {}
         rings = self._rings()
 
+        # Segments whose windows hold as many events in every partition (all fields
+        # without nulls, say) have equal evidence: built once (frozen values).
+        by_events: dict[tuple[int, tuple[int, ...]], _Frame] = {}
+
         def frame_at(c: int, seg: int) -> _Frame:
             frame = frames.get((c, seg))
             if frame is not None:
                 return frame
-            located: list[WindowBounds | None] = []
+            per_c = events_at.get(c)
+            if per_c is None:
+                per_c = events_at[c] = head_rows(c)
+            heads_c, columns = per_c
+            key = (c, columns[seg])
+            frame = by_events.get(key)
+            if frame is None:
+                located: list[WindowBounds | None] = []
+                for (slot, _), head in zip(rings, heads_c, strict=True):
+                    events = head[0][seg]
+                    first, last_off, start, end = head[1]
+                    located.append(
+                        WindowBounds(events, first, last_off, start, end, slot) if events else None
+                    )
+                frame = by_events[key] = _frame(located)
+            frames[(c, seg)] = frame
+            return frame
+
+        events_at: dict[int, tuple[list[Any], list[tuple[int, ...]]]] = {}
+
+        def head_rows(c: int) -> tuple[list[Any], list[tuple[int, ...]]]:
+            """Each ring's (segment counts, span) at boundary ``c``, and per segment
+            its counts across the rings."""
+            heads_c = []
             for slot, ring in rings:
                 head = heads.get((slot, c))
                 if head is None:
@@ -1046,13 +1089,10 @@ class DriftStage:
                         moved.events[at].tolist(),
                         _span_fields(moved.spans[at]),
                     )
-                events = head[0][seg]
-                first, last_off, start, end = head[1]
-                located.append(
-                    WindowBounds(events, first, last_off, start, end, slot) if events else None
-                )
-            frame = frames[(c, seg)] = _frame(located)
-            return frame
+                heads_c.append(head)
+            if not heads_c:
+                return heads_c, [()] * (layout.starts.size - 1)
+            return heads_c, list(zip(*(head[0] for head in heads_c), strict=True))
 
         labels = self._labels()
         # Verdicts the screen clears at the last boundary are clean: built from arrays,
@@ -1063,6 +1103,7 @@ class DriftStage:
             flags[-1],
             lambda seg: frame_at(last, seg),
             **labels,
+            ks=screens.last_ks,
         )
         flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
         findings: list[Finding] = []
@@ -1153,7 +1194,7 @@ class DriftStage:
                 column = column[order]
                 if not whole:
                     valid = valid[order]
-            self._gathered[plan.name] = (column, valid)
+            self._gathered[plan.name] = (column, valid, whole)
             seg = layout.fine.get(plan.name)
             q = layout.quality.get(plan.name)
             bins = None
@@ -1201,10 +1242,10 @@ class DriftStage:
         for plan in self._plans:
             if not plan.raw:
                 continue
-            column, valid = self._gathered[plan.name]
+            column, valid, whole = self._gathered[plan.name]
             for partition, (lo, hi) in bounds.items():
                 ok = valid[lo:hi]
-                if ok.all():
+                if whole or ok.all():
                     sel: Any = slice(lo, hi)
                 else:
                     sel = lo + np.flatnonzero(ok)
