@@ -617,7 +617,9 @@ class _Screens:
                 )
         return out
 
-    def flags(self, totals: npt.NDArray[np.int64], closed: npt.NDArray[np.int64]) -> Any:
+    def flags(
+        self, totals: npt.NDArray[np.int32] | npt.NDArray[np.int64], closed: npt.NDArray[np.int64]
+    ) -> Any:
         """``(C, items)`` bool: verdicts that may drift at each boundary (and the KS
         ``(D, m)`` of the last boundary in ``last_ks``, for ``clean``)."""
         self.last_ks = None
@@ -626,8 +628,9 @@ class _Screens:
         ready = (closed >= self.layout.ring_size)[:, None]
         slack = 1.0 - _SCREEN_SLACK
         if self.ks_cols.size:
-            d, m = ks_many(totals, self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
-            self.last_ks = (d[-1], m[-1])
+            d, m = ks_many(totals, self.ks_starts, self.ks_cdf, self.ks_cdf_starts, exact=False)
+            d_last, m_last = ks_many(totals[-1:], self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
+            self.last_ks = (d_last[0], m_last[0])
             n = self.ks_n
             n_eff = np.where(m > 0, n * m / (n + np.where(m > 0, m, 1.0)), 1.0)
             threshold = np.maximum(self.ks_dmin, self.ks_crit / np.sqrt(n_eff))
@@ -660,7 +663,7 @@ class _Screens:
         for j in self.other:
             plan, i, seg = self.items[j]
             a, b = int(self.layout.starts[seg]), int(self.layout.starts[seg + 1])
-            out[:, j] = plan.merged[i].drifts_many(totals[:, a:b], closed)
+            out[:, j] = plan.merged[i].drifts_many(totals[:, a:b].astype(np.int64), closed)
         return out
 
 
@@ -1016,7 +1019,13 @@ class DriftStage:
         judging = self.judge and bool(cuts)
         cut_arr = np.asarray(cuts if judging else [], dtype=np.int64)
         C = int(cut_arr.size)
-        totals = self._scratch("totals", (C, T), np.int64)
+        # Stream windows at the boundaries: 32-bit counts (half the memory every
+        # boundary writes and the screens read) when no bin can reach 2**31 events.
+        rings_all = len(self._partitions) + len(self._remote)
+        wide = layout.ring_size * layout.step * max(rings_all, len(rows_of)) >= 2**31 - 1
+        totals = self._scratch(
+            "totals64" if wide else "totals", (C, T), np.int64 if wide else np.int32
+        )
         totals.fill(0)
         closed = np.zeros(C, dtype=np.int64)
         touched = {p: self._partition(p).ring for p in rows_of}
@@ -1098,7 +1107,7 @@ class DriftStage:
         # Verdicts the screen clears at the last boundary are clean: built from arrays,
         # with their evidence (fields without categories; see _Screens.clean).
         fast = screens.clean(
-            totals[last],
+            totals[last].astype(np.int64),
             int(closed[last]),
             flags[-1],
             lambda seg: frame_at(last, seg),
@@ -1118,13 +1127,14 @@ class DriftStage:
                     continue
             else:
                 merged = plan.merged[i]
-                merged.load_counts(totals[c, a:b].copy(), int(closed[c]))
+                merged.load_counts(totals[c, a:b].astype(np.int64), int(closed[c]))
                 finding = merged.evaluate()
             if finding is None or not (finding.drift or c == last):
                 continue
             frame = frame_at(c, seg)
             categories = [] if plan.outcome[i] else self._category_names(plan)
-            findings.append(_with_frame(finding, frame, plan, categories, totals[c, a:b], **labels))
+            counts = totals[c, a:b].astype(np.int64)
+            findings.append(_with_frame(finding, frame, plan, categories, counts, **labels))
         return findings
 
     def _labels(self) -> dict[str, Any]:
