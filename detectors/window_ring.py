@@ -100,6 +100,7 @@ def _fold(
     out_closed: IntArray,
     cut_events: IntArray,
     cut_spans: FloatArray,
+    constant: IntArray,
 ) -> None:  # pragma: no cover - compiled
     R, T = ring.shape
     nseg = flat.shape[0]
@@ -146,6 +147,10 @@ def _fold(
         if e <= j:  # (a restored sub-window fuller than step: one event at a time)
             e = j + 1
         for s in range(nseg):
+            if constant[s] >= 0:  # every event counts in one bin (see fold)
+                open_[constant[s]] += e - j
+                open_segments[s] += e - j
+                continue
             # Runs of one bin (a data-quality segment is mostly "ok") add up in a
             # register instead of one dependent increment of the same cell per event.
             row = flat[s]
@@ -265,6 +270,7 @@ class WindowRing:
         cuts: IntArray,
         out_totals: npt.NDArray[np.int32] | IntArray,
         out_closed: IntArray,
+        constant: IntArray | None = None,
     ) -> CutSpans:
         """Fold in this partition's events of a batch.
 
@@ -274,6 +280,8 @@ class WindowRing:
         times. At each batch position in ``cuts`` (ascending) the window total as it
         stood there is added to ``out_totals`` (``(C, T)``) and ``out_closed`` (``(C,)``)
         is raised to the sub-windows closed there; returns where the window lay.
+        ``constant`` (optional, ``(nseg,)``): where ``>= 0``, the flat bin every event
+        has in that segment (its row of ``flat`` is not read).
         """
         C, nseg = int(cuts.size), self.starts.size - 1
         events = np.zeros((C, nseg), dtype=np.int64)
@@ -299,6 +307,7 @@ class WindowRing:
             out_closed,
             events,
             spans,
+            _no_constants(nseg) if constant is None else constant,
         )
         return CutSpans(events, spans)
 
@@ -383,6 +392,10 @@ class WindowRing:
         )
         self.off = np.asarray(state["off"], dtype=np.int64).reshape(-1, 2).copy()
         self.tspan = np.asarray(state["tspan"], dtype=np.float64).reshape(-1, 2).copy()
+
+
+def _no_constants(nseg: int) -> IntArray:
+    return np.full(nseg, -1, dtype=np.int64)
 
 
 _NO_OFFSETS = np.empty(0, dtype=np.int64)

@@ -718,6 +718,7 @@ class DriftStage:
         self._order: tuple[npt.NDArray[np.intp] | None, dict[int, tuple[int, int]]] = (None, {})
         self._gathered: dict[str, tuple[npt.NDArray[Any], npt.NDArray[np.bool_], bool]] = {}
         self._buffers: dict[str, npt.NDArray[Any]] = {}
+        self._constant: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
         if baseline is None and spec.baseline.file is not None:
             try:
                 baseline = load_baseline(spec.baseline.file)
@@ -1040,7 +1041,14 @@ class DriftStage:
             assert moving is not None
             positions = np.arange(n) if order is None else order[lo:hi]
             where[partition] = moving.fold(
-                flat[:, lo:hi], positions, offsets, times_all, cut_arr, totals, closed
+                flat[:, lo:hi],
+                positions,
+                offsets,
+                times_all,
+                cut_arr,
+                totals,
+                closed,
+                self._constant,
             )
         if not judging:
             return []
@@ -1184,10 +1192,13 @@ class DriftStage:
     ) -> npt.NDArray[np.int32]:
         """Every row's flat bin in each segment of the shared window row, shape
         ``(segments, n)``, rows taken in ``order`` (grouped by partition; None: as
-        they are); the row width ``T`` where the value does not count. Keeps the
+        they are); the row width ``T`` where the value does not count; a segment where
+        every event has one bin is left unwritten and named in ``self._constant``. Keeps the
         reordered columns for the raw-value detectors (``_ordered_shares``)."""
         T = layout.width
         flat = self._scratch("flat", (layout.starts.size - 1, batch.n), np.int32)
+        # Segments where every event has one bin (a field's data quality, all ok).
+        constant = self._constant = np.full(layout.starts.size - 1, -1, dtype=np.int64)
         violations = None
         flagged = {v.field for v in batch.violations} if batch.violations else set()
         self._gathered = {}
@@ -1221,7 +1232,7 @@ class DriftStage:
             qs = int(layout.starts[q])
             if plan.numeric and plan.name not in flagged:
                 if whole:
-                    flat[q] = qs  # ok
+                    constant[q] = qs  # ok, every event (the fold reads no row)
                 else:
                     flat[q] = np.where(valid, qs, qs + 1)  # ok or null
                 continue
