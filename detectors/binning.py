@@ -15,6 +15,8 @@ where the data is, so cells hold few edges where most values fall.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 from numba import njit
@@ -31,7 +33,7 @@ def _lookup(
     edges: FloatArray,
     padded: FloatArray,
     k: int,
-    lut: IntArray,
+    lut: npt.NDArray[Any],  # int32 (or int64 past 2**31 edges)
     lo: float,
     hi: float,
     scale: float,
@@ -75,7 +77,7 @@ def _lookup_into(
     edges: FloatArray,
     padded: FloatArray,
     k: int,
-    lut: IntArray,
+    lut: npt.NDArray[Any],  # int32 (or int64 past 2**31 edges)
     lo: float,
     hi: float,
     scale: float,
