@@ -50,7 +50,7 @@ from numba import njit
 
 from detectors.base import DetectorError, Finding, FloatArray, IntArray, WindowBounds
 
-__all__ = ["ADWIN", "update_many"]
+__all__ = ["ADWIN", "estimations", "update_many"]
 
 # Levels of the exponential histogram: level i holds buckets of 2**i values, so 64
 # levels cover any width a float64 count can represent.
@@ -598,6 +598,19 @@ class _Stack:
         return len(dets) == len(self.views) and all(
             d._fs is v for d, v in zip(dets, self.views, strict=True)
         )
+
+
+def estimations(dets: list[ADWIN]) -> list[float]:
+    """``[d.estimation for d in dets]``, from their shared state in one array
+    operation when ``update_many`` keeps them side by side."""
+    stack: _Stack | None = getattr(dets[0], "_stack", None) if dets else None
+    if stack is None or not stack.current(dets):
+        return [d.estimation for d in dets]
+    width = stack.fs[:, _WIDTH]
+    some = width > 0
+    mean = np.where(some, stack.fs[:, _TOTAL] / np.where(some, width, 1.0), 0.0)
+    out: list[float] = mean.tolist()
+    return out
 
 
 def update_many(dets: list[ADWIN], values: list[FloatArray]) -> list[int]:

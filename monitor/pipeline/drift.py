@@ -84,7 +84,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from detectors.adwin import ADWIN, update_many
+from detectors.adwin import ADWIN, estimations, update_many
 from detectors.adwin_defaults import SERVICE_DEFAULTS
 from detectors.base import Detector, Finding, WindowBounds
 from detectors.baseline import (
@@ -944,7 +944,11 @@ class DriftStage:
             for plan, partition, values, times, offs in shares
             for r, det in enumerate(self._partition(partition).raw[plan.name])
         ]
-        befores = [float(getattr(job[3], "estimation", math.nan)) for job in jobs]
+        raw_dets = [job[3] for job in jobs]
+        if all(type(d) is ADWIN for d in raw_dets):
+            befores = estimations(raw_dets)
+        else:
+            befores = [float(getattr(d, "estimation", math.nan)) for d in raw_dets]
         changes = _update_adwins(jobs)
         for job, before, changed in zip(jobs, befores, changes, strict=True):
             plan, partition, r, det, values, times, offs = job
