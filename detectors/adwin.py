@@ -50,7 +50,7 @@ from numba import njit
 
 from detectors.base import DetectorError, Finding, FloatArray, IntArray, WindowBounds
 
-__all__ = ["ADWIN", "update_many"]
+__all__ = ["ADWIN", "estimations", "update_many"]
 
 # Levels of the exponential histogram: level i holds buckets of 2**i values, so 64
 # levels cover any width a float64 count can represent.
@@ -600,6 +600,19 @@ class _Stack:
         )
 
 
+def estimations(dets: list[ADWIN]) -> list[float]:
+    """``[d.estimation for d in dets]``, from their shared state in one array
+    operation when ``update_many`` keeps them side by side."""
+    stack: _Stack | None = getattr(dets[0], "_stack", None) if dets else None
+    if stack is None or not stack.current(dets):
+        return [d.estimation for d in dets]
+    width = stack.fs[:, _WIDTH]
+    some = width > 0
+    mean = np.where(some, stack.fs[:, _TOTAL] / np.where(some, width, 1.0), 0.0)
+    out: list[float] = mean.tolist()
+    return out
+
+
 def update_many(dets: list[ADWIN], values: list[FloatArray]) -> list[int]:
     """``dets[i].update(values[i])`` for every ``i`` with one compiled call, without
     building findings (``ADWIN.finding`` builds one); returns each one's changes.
@@ -646,12 +659,12 @@ def update_many(dets: list[ADWIN], values: list[FloatArray]) -> list[int]:
         found,
         stack.scratch,
     )
-    changes: list[int] = [int(c) for c in found]
-    for f, d in enumerate(dets):
-        n = changes[f]
-        d._last = out[starts[f] : starts[f] + n].copy() if n else _NONE
+    changes: list[int] = found.tolist()
+    at = starts.tolist()
+    for f, (d, n, size) in enumerate(zip(dets, changes, sizes.tolist(), strict=True)):
+        d._last = out[at[f] : at[f] + n].copy() if n else _NONE
         d._n_detections += n
-        d._n_seen += int(sizes[f])
+        d._n_seen += size
     return changes
 
 

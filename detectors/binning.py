@@ -15,6 +15,8 @@ where the data is, so cells hold few edges where most values fall.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 from numba import njit
@@ -31,7 +33,7 @@ def _lookup(
     edges: FloatArray,
     padded: FloatArray,
     k: int,
-    lut: IntArray,
+    lut: npt.NDArray[Any],  # int32 (or int64 past 2**31 edges)
     lo: float,
     hi: float,
     scale: float,
@@ -75,7 +77,7 @@ def _lookup_into(
     edges: FloatArray,
     padded: FloatArray,
     k: int,
-    lut: IntArray,
+    lut: npt.NDArray[Any],  # int32 (or int64 past 2**31 edges)
     lo: float,
     hi: float,
     scale: float,
@@ -134,7 +136,10 @@ class EdgeIndex:
         else:
             grid = np.full(cells + 1, self._lo)
         # lut[c]: how many edges are <= the start of cell c.
-        self._lut = np.searchsorted(e, grid, side="right").astype(np.int64)
+        # (int32: half the cache a batch's lookups of many fields compete for)
+        self._lut = np.searchsorted(e, grid, side="right").astype(
+            np.int32 if e.size < 2**31 - 1 else np.int64
+        )
         self._usable = finite.size == e.size and e.size > 0 and self._scale > 0
         # The answer for a value in cell c lies in lut[c - 1] .. lut[c + 2] (one cell of
         # slack each side). When no cell has more than _MAX_CANDIDATES candidates, the

@@ -86,9 +86,9 @@ def _fold(
     has_offsets: bool,
     times: FloatArray,
     has_times: bool,
-    ring: npt.NDArray[np.int32],
+    ring: npt.NDArray[Any],  # uint16 or int32
     total: npt.NDArray[np.int32],
-    open_: npt.NDArray[np.int32],
+    open_: npt.NDArray[Any],
     segment_counts: IntArray,
     open_segments: IntArray,
     off: IntArray,
@@ -96,10 +96,11 @@ def _fold(
     scalars: IntArray,
     step: int,
     cuts: IntArray,
-    out_totals: IntArray,
+    out_totals: npt.NDArray[Any],  # int32 or int64
     out_closed: IntArray,
     cut_events: IntArray,
     cut_spans: FloatArray,
+    constant: IntArray,
 ) -> None:  # pragma: no cover - compiled
     R, T = ring.shape
     nseg = flat.shape[0]
@@ -107,7 +108,8 @@ def _fold(
     C = cuts.size
     m = positions.size
     ci = 0
-    for j in range(m + 1):
+    j = 0
+    while True:
         r = positions[j] if j < m else np.iinfo(np.int64).max
         while ci < C and cuts[ci] <= r:  # the state after the first cuts[ci] batch rows
             for t in range(T):
@@ -136,27 +138,57 @@ def _fold(
             ci += 1
         if j == m:
             break
+        # The events up to the filling sub-window's close or the next boundary,
+        # whichever comes first, are counted segment by segment (each segment's
+        # bins are a few kB: the scattered increments stay in the L1 cache).
+        e = min(m, j + (step - open_n))
+        if ci < C:
+            e = min(e, j + np.searchsorted(positions[j:e], cuts[ci]))
+        if e <= j:  # (a restored sub-window fuller than step: one event at a time)
+            e = j + 1
         for s in range(nseg):
-            b = flat[s, j]
-            if b < T:
-                open_[b] += 1
-                open_segments[s] += 1
-        if has_offsets:
-            if off[R, 0] < 0:
-                off[R, 0] = offsets[r]
-            off[R, 1] = offsets[r]
-        if has_times:
-            x = times[r]
-            if not np.isnan(x):
-                if np.isnan(tspan[R, 0]) or x < tspan[R, 0]:
-                    tspan[R, 0] = x
-                if np.isnan(tspan[R, 1]) or x > tspan[R, 1]:
-                    tspan[R, 1] = x
-        open_n += 1
+            if constant[s] >= 0:  # every event counts in one bin (see fold)
+                open_[constant[s]] += e - j
+                open_segments[s] += e - j
+                continue
+            # Runs of one bin (a data-quality segment is mostly "ok") add up in a
+            # register instead of one dependent increment of the same cell per event.
+            row = flat[s]
+            counted = 0
+            prev = row[j]
+            run = 0
+            for jj in range(j, e):
+                b = row[jj]
+                if b != prev:
+                    if prev < T:
+                        open_[prev] += run
+                        counted += run
+                    prev = b
+                    run = 0
+                run += 1
+            if prev < T:
+                open_[prev] += run
+                counted += run
+            open_segments[s] += counted
+        for jj in range(j, e):
+            r = positions[jj]
+            if has_offsets:
+                if off[R, 0] < 0:
+                    off[R, 0] = offsets[r]
+                off[R, 1] = offsets[r]
+            if has_times:
+                x = times[r]
+                if not np.isnan(x):
+                    if np.isnan(tspan[R, 0]) or x < tspan[R, 0]:
+                        tspan[R, 0] = x
+                    if np.isnan(tspan[R, 1]) or x > tspan[R, 1]:
+                        tspan[R, 1] = x
+        open_n += e - j
+        j = e
         if open_n == step:  # the filling sub-window closes: it replaces the oldest
             for t in range(T):
                 v = open_[t]
-                total[t] += v - ring[pos, t]
+                total[t] += np.int32(v) - np.int32(ring[pos, t])
                 ring[pos, t] = v
                 open_[t] = 0
             for s in range(nseg):
@@ -195,12 +227,15 @@ class WindowRing:
 
     def _reset(self) -> None:
         R, T, nseg = self.ring_size, self.width, self.starts.size - 1
-        self.ring = np.zeros((R, T), dtype=np.int32)
+        # A sub-window's counts are at most step: 16 bits when that fits (half the
+        # memory a close walks through); state() gives them as int32.
+        self._narrow = np.uint16 if self.step <= np.iinfo(np.uint16).max else np.int32
+        self.ring: npt.NDArray[Any] = np.zeros((R, T), dtype=self._narrow)
         self.segment_counts = np.zeros((R, nseg), dtype=np.int64)
         # Counts of a window's bins fit 32 bits (half the memory a sub-window's
         # close and a boundary walk through); state() gives them as int64.
         self.total = np.zeros(T, dtype=np.int32)
-        self.open = np.zeros(T, dtype=np.int32)
+        self.open: npt.NDArray[Any] = np.zeros(T, dtype=self._narrow)
         self.open_segments = np.zeros(nseg, dtype=np.int64)
         # open_n (events in the filling sub-window), pos (next slot to overwrite, the
         # oldest), closed (sub-windows closed so far).
@@ -233,8 +268,9 @@ class WindowRing:
         offsets: IntArray | None,
         times: FloatArray | None,
         cuts: IntArray,
-        out_totals: IntArray,
+        out_totals: npt.NDArray[np.int32] | IntArray,
         out_closed: IntArray,
+        constant: IntArray | None = None,
     ) -> CutSpans:
         """Fold in this partition's events of a batch.
 
@@ -244,6 +280,8 @@ class WindowRing:
         times. At each batch position in ``cuts`` (ascending) the window total as it
         stood there is added to ``out_totals`` (``(C, T)``) and ``out_closed`` (``(C,)``)
         is raised to the sub-windows closed there; returns where the window lay.
+        ``constant`` (optional, ``(nseg,)``): where ``>= 0``, the flat bin every event
+        has in that segment (its row of ``flat`` is not read).
         """
         C, nseg = int(cuts.size), self.starts.size - 1
         events = np.zeros((C, nseg), dtype=np.int64)
@@ -269,6 +307,7 @@ class WindowRing:
             out_closed,
             events,
             spans,
+            _no_constants(nseg) if constant is None else constant,
         )
         return CutSpans(events, spans)
 
@@ -313,7 +352,7 @@ class WindowRing:
         return {
             "starts": self.starts.copy(),
             "step": self.step,
-            "ring": self.ring.copy(),
+            "ring": self.ring.astype(np.int32),
             "segment_counts": self.segment_counts.copy(),
             "total": self.total.astype(np.int64),
             "open": self.open.astype(np.int64),
@@ -325,6 +364,14 @@ class WindowRing:
             "tspan": self.tspan.copy(),
         }
 
+    def _fit(self, counts: npt.NDArray[np.int32]) -> npt.NDArray[Any]:
+        """Sub-window counts in the ring's narrow type if they fit (a restored state
+        can hold anything), else as int32."""
+        info = np.iinfo(self._narrow)
+        if counts.size and (counts.min() < info.min or counts.max() > info.max):
+            return counts.copy()
+        return counts.astype(self._narrow)
+
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from ``state()`` of a ring built with the same arguments."""
         starts = np.asarray(state["starts"], dtype=np.int64)
@@ -335,16 +382,20 @@ class WindowRing:
             raise DetectorError(
                 f"window state has sub-windows of {state['step']}, this window needs {self.step}"
             )
-        self.ring = ring.copy()
+        self.ring = self._fit(ring)
         self.segment_counts = np.asarray(state["segment_counts"], dtype=np.int64).copy()
         self.total = np.asarray(state["total"], dtype=np.int32).copy()
-        self.open = np.asarray(state["open"], dtype=np.int32).copy()
+        self.open = self._fit(np.asarray(state["open"], dtype=np.int32))
         self.open_segments = np.asarray(state["open_segments"], dtype=np.int64).copy()
         self._scalars = np.array(
             [int(state["open_n"]), int(state["pos"]), int(state["closed"])], dtype=np.int64
         )
         self.off = np.asarray(state["off"], dtype=np.int64).reshape(-1, 2).copy()
         self.tspan = np.asarray(state["tspan"], dtype=np.float64).reshape(-1, 2).copy()
+
+
+def _no_constants(nseg: int) -> IntArray:
+    return np.full(nseg, -1, dtype=np.int64)
 
 
 _NO_OFFSETS = np.empty(0, dtype=np.int64)
@@ -359,6 +410,7 @@ def _ks_many(
     cdf_starts: IntArray,
     d_out: FloatArray,
     m_out: FloatArray,
+    exact: bool,
 ) -> None:  # pragma: no cover - compiled
     C = totals.shape[0]
     F = starts.size
@@ -376,30 +428,46 @@ def _ks_many(
                 continue
             run = 0.0
             best = 0.0
-            for i in range(inner):
-                run += totals[c, a + i]
-                d = abs(run / m - cdf[b0 + i])
-                if d > best:
-                    best = d
+            if exact:
+                for i in range(inner):
+                    run += totals[c, a + i]
+                    d = abs(run / m - cdf[b0 + i])
+                    if d > best:
+                        best = d
+            else:  # a multiplication instead of a division: within 1e-15 of D
+                inv = 1.0 / m
+                for i in range(inner):
+                    run += totals[c, a + i]
+                    d = abs(run * inv - cdf[b0 + i])
+                    if d > best:
+                        best = d
             d_out[c, f] = best
 
 
 def ks_many(
-    totals: IntArray, starts: IntArray, cdf: FloatArray, cdf_starts: IntArray
+    totals: npt.NDArray[np.int32] | IntArray,
+    starts: IntArray,
+    cdf: FloatArray,
+    cdf_starts: IntArray,
+    *,
+    exact: bool = True,
 ) -> tuple[FloatArray, FloatArray]:
     """Binned KS ``D`` (``ks.ks_from_counts``) and window size of many fields at many
     positions: field ``f``'s ``B_f`` bins are ``totals[:, starts[f] : starts[f] + B_f]``
     and its baseline CDF at the inner edges ``cdf[cdf_starts[f] : cdf_starts[f + 1]]``
-    (``B_f - 1`` values). Returns ``(D, m)``, each shape ``(C, F)``."""
+    (``B_f - 1`` values). Returns ``(D, m)``, each shape ``(C, F)``. ``exact=False``
+    (for screens): ``D`` within a few ulp (it multiplies by ``1 / m``), faster."""
     C, F = totals.shape[0], starts.size
     d = np.zeros((C, F), dtype=np.float64)
     m = np.zeros((C, F), dtype=np.float64)
+    counts = totals if totals.dtype in (np.int32, np.int64) else totals.astype(np.int64)
     _ks_many(
-        np.ascontiguousarray(totals, dtype=np.int64),
+        np.ascontiguousarray(counts),
         np.ascontiguousarray(starts, dtype=np.int64),
         np.ascontiguousarray(cdf, dtype=np.float64),
         np.ascontiguousarray(cdf_starts, dtype=np.int64),
         d,
         m,
+        exact,
     )
     return d, m

@@ -84,7 +84,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from detectors.adwin import ADWIN, update_many
+from detectors.adwin import ADWIN, estimations, update_many
 from detectors.adwin_defaults import SERVICE_DEFAULTS
 from detectors.base import Detector, Finding, WindowBounds
 from detectors.baseline import (
@@ -184,6 +184,11 @@ class _PartitionDetectors:
                 for det, st in zip(ds, saved, strict=True):
                     det.restore(st)
 
+
+# data_quality details: per problem kind, the names of its rate and its baseline rate;
+# and each kind in words (summaries).
+_RATE_NAMES = [(q, (f"rate_{k}", f"baseline_rate_{k}")) for q, k in enumerate(QUALITY_KINDS) if q]
+_KIND_WORDS = [k.replace("_", " ") for k in QUALITY_KINDS]
 
 _SCREEN_SLACK = 1e-9  # screens flag a little more than they decide; evaluate() decides
 
@@ -349,9 +354,18 @@ class _Screens:
             for size, ks_ in by_size.items()
         ]
         self.q_base_rates = self.q_base / self.q_base.sum(axis=-1, keepdims=True)
+        self.q_base_rates_l: list[list[float]] = self.q_base_rates.tolist()
+        self.last_ks: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
 
     def clean(
-        self, row: npt.NDArray[np.int64], closed: int, skip: npt.NDArray[np.bool_]
+        self,
+        row: npt.NDArray[np.int64],
+        closed: int,
+        skip: npt.NDArray[np.bool_],
+        frame_of: Callable[[int], _Frame] | None = None,
+        stream: str = "",
+        baseline_id: str | None = None,
+        ks: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
     ) -> dict[int, Finding | None]:
         """What ``evaluate`` returns on the stream window ``row`` (``(T,)``, one
         boundary, ``closed`` sub-windows) for each KS, PSI and data_quality item not in
@@ -359,9 +373,67 @@ class _Screens:
 
         The statistics of all fields come from array operations (the same operations
         as ``evaluate``'s, value by value, so the findings are equal); only the
-        findings themselves are built per field.
+        findings themselves are built per field. With ``frame_of`` (a segment's
+        evidence ``_Frame``), a finding of a field without categories comes with its
+        evidence, ``stream`` and ``baseline_id`` (what ``_with_frame`` would make of
+        it, built once). ``ks``: the KS ``(D, m)`` of ``row`` if known (``last_ks``).
         """
         out: dict[int, Finding | None] = {}
+        frames: dict[int, _Frame] = {}
+
+        def found(
+            item: int,
+            detector: str,
+            subject: str,
+            statistic: float,
+            threshold: float,
+            drift: bool,
+            p_value: float,
+            events: int,
+            details: tuple[tuple[str, float], ...],
+            summary: str = "",
+        ) -> Finding:
+            plan, _, seg = self.items[item]
+            if frame_of is None or isinstance(plan.baseline, CategoricalBaseline):
+                return Finding(
+                    detector=detector,
+                    subject=subject,
+                    statistic=statistic,
+                    threshold=threshold,
+                    drift=drift,
+                    p_value=p_value,
+                    window=WindowBounds(events=events),
+                    details=details,
+                    summary=summary,
+                )
+            frame = frames.get(seg)
+            if frame is None:
+                frame = frames[seg] = frame_of(seg)
+            parts, one, start, end = frame
+            window = (
+                WindowBounds(events, None, None, start, end, None)
+                if one is None
+                else WindowBounds(
+                    events, one.first_offset, one.last_offset, start, end, one.partition
+                )
+            )
+            return Finding(
+                detector,
+                subject,
+                statistic,
+                threshold,
+                drift,
+                p_value,
+                "field",
+                stream,
+                window,
+                baseline_id,
+                details,
+                parts,
+                (),
+                summary,
+            )
+
         skip_l: list[bool] = skip.tolist()
         if closed < self.layout.ring_size:  # not ready: evaluate gives None
             for j in [*self.ks_cols.tolist(), *self.psi_cols.tolist(), *self.q_cols.tolist()]:
@@ -369,7 +441,10 @@ class _Screens:
                     out[j] = None
             return out
         if self.ks_cols.size:
-            d, m = ks_many(row[None, :], self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
+            if ks is None:
+                d, m = ks_many(row[None, :], self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
+            else:
+                d, m = ks[0][None, :], ks[1][None, :]
             seg_max = np.maximum.reduceat(row, self.layout.starts[:-1]).tolist()
             d_l, m_l = d[0].tolist(), m[0].tolist()
             # special.kolmogorov(sqrt(n_eff) * d) of every item in one call.
@@ -392,15 +467,16 @@ class _Screens:
                 d_crit = det._crit / math.sqrt(n_eff)
                 threshold = max(det.d_min, d_crit)
                 resolution = max(det._p_max, float(seg_max[self.ks_segs[k]]) / mk)
-                out[j] = Finding(
-                    detector=det.name,
-                    subject=det.subject,
-                    statistic=dk,
-                    threshold=threshold,
-                    drift=dk >= threshold,
-                    p_value=float(peaks[k]),
-                    window=WindowBounds(events=mk),
-                    details=(
+                out[j] = found(
+                    j,
+                    det.name,
+                    det.subject,
+                    dk,
+                    threshold,
+                    dk >= threshold,
+                    float(peaks[k]),
+                    mk,
+                    (
                         ("n_window", float(mk)),
                         ("n_baseline", float(n)),
                         ("n_eff", n_eff),
@@ -445,15 +521,16 @@ class _Screens:
                 n_eff = effs[k]
                 crit = pdet._chi2_crit / n_eff
                 threshold = max(pdet.psi_min, crit)
-                out[j] = Finding(
-                    detector=pdet.name,
-                    subject=pdet.subject,
-                    statistic=value,
-                    threshold=threshold,
-                    drift=value >= threshold,
-                    p_value=float(chi[k]),
-                    window=WindowBounds(events=mk),
-                    details=(
+                out[j] = found(
+                    j,
+                    pdet.name,
+                    pdet.subject,
+                    value,
+                    threshold,
+                    value >= threshold,
+                    float(chi[k]),
+                    mk,
+                    (
                         ("n_window", float(mk)),
                         ("n_baseline", float(n)),
                         ("n_eff", n_eff),
@@ -494,6 +571,8 @@ class _Screens:
             )
             enough_best = enough[rows, best_k].tolist()
             rise_best = rises[rows, best_k].tolist()
+            rates_l = rates_all.tolist()
+            base_l = self.q_base_rates_l
             for k, j in enumerate(self.q_cols.tolist()):
                 if skip_l[j]:
                     continue
@@ -505,9 +584,9 @@ class _Screens:
                 bk = bk_l[k]
                 best = best_l[k]
                 crit = det._z_crit
-                rates = rates_all[k].tolist()
-                base_rates = self.q_base_rates[k].tolist()
-                kind = QUALITY_KINDS[bk].replace("_", " ")
+                rates = rates_l[k]
+                base_rates = base_l[k]
+                kind = _KIND_WORDS[bk]
                 summary = (
                     f"{kind} rate {rates[bk]:.2%} vs baseline {base_rates[bk]:.2%}; "
                     f"z {best:.4g} {'>=' if best >= crit else '<'} threshold "
@@ -518,33 +597,40 @@ class _Screens:
                     ("n_window", float(mk)),
                     ("n_baseline", nf_l[k]),
                     ("alpha", det._alpha),
+                    *[
+                        pair
+                        for q, (rate_name, base_name) in _RATE_NAMES
+                        for pair in ((rate_name, rates[q]), (base_name, base_rates[q]))
+                    ],
                 )
-                for q in range(1, len(QUALITY_KINDS)):
-                    details += (
-                        (f"rate_{QUALITY_KINDS[q]}", rates[q]),
-                        (f"baseline_rate_{QUALITY_KINDS[q]}", base_rates[q]),
-                    )
-                out[j] = Finding(
-                    detector=det.name,
-                    subject=det.subject,
-                    statistic=best,
-                    threshold=crit,
-                    drift=bool(enough_best[k]) and best >= crit,
-                    p_value=min(1.0, tail[k] * det._kinds),
-                    window=WindowBounds(events=mk),
-                    details=details,
-                    summary=summary,
+                out[j] = found(
+                    j,
+                    det.name,
+                    det.subject,
+                    best,
+                    crit,
+                    bool(enough_best[k]) and best >= crit,
+                    min(1.0, tail[k] * det._kinds),
+                    mk,
+                    details,
+                    summary,
                 )
         return out
 
-    def flags(self, totals: npt.NDArray[np.int64], closed: npt.NDArray[np.int64]) -> Any:
-        """``(C, items)`` bool: verdicts that may drift at each boundary."""
+    def flags(
+        self, totals: npt.NDArray[np.int32] | npt.NDArray[np.int64], closed: npt.NDArray[np.int64]
+    ) -> Any:
+        """``(C, items)`` bool: verdicts that may drift at each boundary (and the KS
+        ``(D, m)`` of the last boundary in ``last_ks``, for ``clean``)."""
+        self.last_ks = None
         C = totals.shape[0]
         out = np.zeros((C, len(self.items)), dtype=bool)
         ready = (closed >= self.layout.ring_size)[:, None]
         slack = 1.0 - _SCREEN_SLACK
         if self.ks_cols.size:
-            d, m = ks_many(totals, self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
+            d, m = ks_many(totals, self.ks_starts, self.ks_cdf, self.ks_cdf_starts, exact=False)
+            d_last, m_last = ks_many(totals[-1:], self.ks_starts, self.ks_cdf, self.ks_cdf_starts)
+            self.last_ks = (d_last[0], m_last[0])
             n = self.ks_n
             n_eff = np.where(m > 0, n * m / (n + np.where(m > 0, m, 1.0)), 1.0)
             threshold = np.maximum(self.ks_dmin, self.ks_crit / np.sqrt(n_eff))
@@ -577,7 +663,7 @@ class _Screens:
         for j in self.other:
             plan, i, seg = self.items[j]
             a, b = int(self.layout.starts[seg]), int(self.layout.starts[seg + 1])
-            out[:, j] = plan.merged[i].drifts_many(totals[:, a:b], closed)
+            out[:, j] = plan.merged[i].drifts_many(totals[:, a:b].astype(np.int64), closed)
         return out
 
 
@@ -630,8 +716,9 @@ class DriftStage:
         # The last batch's rows grouped by partition (see _fold_rings) and its
         # columns in that order (see _flat_bins).
         self._order: tuple[npt.NDArray[np.intp] | None, dict[int, tuple[int, int]]] = (None, {})
-        self._gathered: dict[str, tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]] = {}
+        self._gathered: dict[str, tuple[npt.NDArray[Any], npt.NDArray[np.bool_], bool]] = {}
         self._buffers: dict[str, npt.NDArray[Any]] = {}
+        self._constant: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
         if baseline is None and spec.baseline.file is not None:
             try:
                 baseline = load_baseline(spec.baseline.file)
@@ -857,7 +944,11 @@ class DriftStage:
             for plan, partition, values, times, offs in shares
             for r, det in enumerate(self._partition(partition).raw[plan.name])
         ]
-        befores = [float(getattr(job[3], "estimation", math.nan)) for job in jobs]
+        raw_dets = [job[3] for job in jobs]
+        if all(type(d) is ADWIN for d in raw_dets):
+            befores = estimations(raw_dets)
+        else:
+            befores = [float(getattr(d, "estimation", math.nan)) for d in raw_dets]
         changes = _update_adwins(jobs)
         for job, before, changed in zip(jobs, befores, changes, strict=True):
             plan, partition, r, det, values, times, offs = job
@@ -868,9 +959,12 @@ class DriftStage:
                 findings.append(_locate_change(f, partition, before, values, offs, times))
             else:  # one clean finding per field and batch is enough
                 clean[(plan.name, r)] = (det, partition, before, values, offs, times)
-        for det, partition, before, values, offs, times in clean.values():
+        labels = self._labels()
+        for det, partition, _, _, _, times in clean.values():
+            # What _locate_change makes of a finding without a change, labelled.
             f = det.finding(0, times)
-            findings.append(_locate_change(f, partition, before, values, offs, times))
+            window = _evolve(f.window, partition=partition)
+            findings.append(_evolve_finding(f, window=window, partitions=(window,), **labels))
         if not self.judge:
             findings = []  # the stream's judge reports this replica's changes from checkpoints
         else:
@@ -930,7 +1024,13 @@ class DriftStage:
         judging = self.judge and bool(cuts)
         cut_arr = np.asarray(cuts if judging else [], dtype=np.int64)
         C = int(cut_arr.size)
-        totals = self._scratch("totals", (C, T), np.int64)
+        # Stream windows at the boundaries: 32-bit counts (half the memory every
+        # boundary writes and the screens read) when no bin can reach 2**31 events.
+        rings_all = len(self._partitions) + len(self._remote)
+        wide = layout.ring_size * layout.step * max(rings_all, len(rows_of)) >= 2**31 - 1
+        totals = self._scratch(
+            "totals64" if wide else "totals", (C, T), np.int64 if wide else np.int32
+        )
         totals.fill(0)
         closed = np.zeros(C, dtype=np.int64)
         touched = {p: self._partition(p).ring for p in rows_of}
@@ -945,59 +1045,108 @@ class DriftStage:
             assert moving is not None
             positions = np.arange(n) if order is None else order[lo:hi]
             where[partition] = moving.fold(
-                flat[:, lo:hi], positions, offsets, times_all, cut_arr, totals, closed
+                flat[:, lo:hi],
+                positions,
+                offsets,
+                times_all,
+                cut_arr,
+                totals,
+                closed,
+                self._constant,
             )
         if not judging:
             return []
         flags = screens.flags(totals, closed)
         last = C - 1
-        # Verdicts the screen clears at the last boundary are clean: built from arrays.
-        fast = screens.clean(totals[last], int(closed[last]), flags[-1])
-        flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
-        findings: list[Finding] = []
         # Evidence per (boundary, segment), shared by the items of a segment, from
         # each ring's window per boundary (counts per segment, and one span).
         frames: dict[tuple[int, int], _Frame] = {}
         heads: dict[tuple[int, int], tuple[list[int], tuple[Any, Any, Any, Any]]] = {}
         still: dict[int, CutSpans] = {}
         rings = self._rings()
+
+        # Segments whose windows hold as many events in every partition (all fields
+        # without nulls, say) have equal evidence: built once (frozen values).
+        by_events: dict[tuple[int, tuple[int, ...]], _Frame] = {}
+
+        def frame_at(c: int, seg: int) -> _Frame:
+            frame = frames.get((c, seg))
+            if frame is not None:
+                return frame
+            per_c = events_at.get(c)
+            if per_c is None:
+                per_c = events_at[c] = head_rows(c)
+            heads_c, columns = per_c
+            key = (c, columns[seg])
+            frame = by_events.get(key)
+            if frame is None:
+                located: list[WindowBounds | None] = []
+                for (slot, _), head in zip(rings, heads_c, strict=True):
+                    events = head[0][seg]
+                    first, last_off, start, end = head[1]
+                    located.append(
+                        WindowBounds(events, first, last_off, start, end, slot) if events else None
+                    )
+                frame = by_events[key] = _frame(located)
+            frames[(c, seg)] = frame
+            return frame
+
+        events_at: dict[int, tuple[list[Any], list[tuple[int, ...]]]] = {}
+
+        def head_rows(c: int) -> tuple[list[Any], list[tuple[int, ...]]]:
+            """Each ring's (segment counts, span) at boundary ``c``, and per segment
+            its counts across the rings."""
+            heads_c = []
+            for slot, ring in rings:
+                head = heads.get((slot, c))
+                if head is None:
+                    moved = where.get(slot)
+                    at = c
+                    if moved is None:  # a window this batch did not move: as it is
+                        if slot not in still:
+                            still[slot] = ring.spans()
+                        moved, at = still[slot], 0
+                    head = heads[(slot, c)] = (
+                        moved.events[at].tolist(),
+                        _span_fields(moved.spans[at]),
+                    )
+                heads_c.append(head)
+            if not heads_c:
+                return heads_c, [()] * (layout.starts.size - 1)
+            return heads_c, list(zip(*(head[0] for head in heads_c), strict=True))
+
         labels = self._labels()
+        # Verdicts the screen clears at the last boundary are clean: built from arrays,
+        # with their evidence (fields without categories; see _Screens.clean).
+        fast = screens.clean(
+            totals[last].astype(np.int64),
+            int(closed[last]),
+            flags[-1],
+            lambda seg: frame_at(last, seg),
+            **labels,
+            ks=screens.last_ks,
+        )
+        flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
+        findings: list[Finding] = []
         flagged_j, flagged_c = np.nonzero(flags.T)
         for j, c in zip(flagged_j.tolist(), flagged_c.tolist(), strict=True):
             plan, i, seg = layout.items[j]
             a, b = int(layout.starts[seg]), int(layout.starts[seg + 1])
             if c == last and j in fast:
                 finding = fast[j]
+                if finding is not None and not isinstance(plan.baseline, CategoricalBaseline):
+                    findings.append(finding)  # complete (see _Screens.clean)
+                    continue
             else:
                 merged = plan.merged[i]
-                merged.load_counts(totals[c, a:b].copy(), int(closed[c]))
+                merged.load_counts(totals[c, a:b].astype(np.int64), int(closed[c]))
                 finding = merged.evaluate()
             if finding is None or not (finding.drift or c == last):
                 continue
-            frame = frames.get((c, seg))
-            if frame is None:
-                located: list[WindowBounds | None] = []
-                for slot, ring in rings:
-                    head = heads.get((slot, c))
-                    if head is None:
-                        moved = where.get(slot)
-                        at = c
-                        if moved is None:  # a window this batch did not move: as it is
-                            if slot not in still:
-                                still[slot] = ring.spans()
-                            moved, at = still[slot], 0
-                        head = heads[(slot, c)] = (
-                            moved.events[at].tolist(),
-                            _span_fields(moved.spans[at]),
-                        )
-                    events = head[0][seg]
-                    first, last_off, start, end = head[1]
-                    located.append(
-                        WindowBounds(events, first, last_off, start, end, slot) if events else None
-                    )
-                frame = frames[(c, seg)] = _frame(located)
+            frame = frame_at(c, seg)
             categories = [] if plan.outcome[i] else self._category_names(plan)
-            findings.append(_with_frame(finding, frame, plan, categories, totals[c, a:b], **labels))
+            counts = totals[c, a:b].astype(np.int64)
+            findings.append(_with_frame(finding, frame, plan, categories, counts, **labels))
         return findings
 
     def _labels(self) -> dict[str, Any]:
@@ -1047,10 +1196,13 @@ class DriftStage:
     ) -> npt.NDArray[np.int32]:
         """Every row's flat bin in each segment of the shared window row, shape
         ``(segments, n)``, rows taken in ``order`` (grouped by partition; None: as
-        they are); the row width ``T`` where the value does not count. Keeps the
+        they are); the row width ``T`` where the value does not count; a segment where
+        every event has one bin is left unwritten and named in ``self._constant``. Keeps the
         reordered columns for the raw-value detectors (``_ordered_shares``)."""
         T = layout.width
         flat = self._scratch("flat", (layout.starts.size - 1, batch.n), np.int32)
+        # Segments where every event has one bin (a field's data quality, all ok).
+        constant = self._constant = np.full(layout.starts.size - 1, -1, dtype=np.int64)
         violations = None
         flagged = {v.field for v in batch.violations} if batch.violations else set()
         self._gathered = {}
@@ -1067,7 +1219,7 @@ class DriftStage:
                 column = column[order]
                 if not whole:
                     valid = valid[order]
-            self._gathered[plan.name] = (column, valid)
+            self._gathered[plan.name] = (column, valid, whole)
             seg = layout.fine.get(plan.name)
             q = layout.quality.get(plan.name)
             bins = None
@@ -1084,7 +1236,7 @@ class DriftStage:
             qs = int(layout.starts[q])
             if plan.numeric and plan.name not in flagged:
                 if whole:
-                    flat[q] = qs  # ok
+                    constant[q] = qs  # ok, every event (the fold reads no row)
                 else:
                     flat[q] = np.where(valid, qs, qs + 1)  # ok or null
                 continue
@@ -1115,10 +1267,10 @@ class DriftStage:
         for plan in self._plans:
             if not plan.raw:
                 continue
-            column, valid = self._gathered[plan.name]
+            column, valid, whole = self._gathered[plan.name]
             for partition, (lo, hi) in bounds.items():
                 ok = valid[lo:hi]
-                if ok.all():
+                if whole or ok.all():
                     sel: Any = slice(lo, hi)
                 else:
                     sel = lo + np.flatnonzero(ok)

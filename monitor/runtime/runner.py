@@ -10,10 +10,12 @@ batch finish all its steps before closing.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from connectors.base import MessageSink
 from monitor.config.schema import Config
@@ -40,6 +42,34 @@ from monitor.status import StatusBoard
 __all__ = ["BatchSource", "FindingsHandler", "RunStats", "Runner"]
 
 log = logging.getLogger("driftwarden.runner")
+
+# Runners inside their loop (see _frozen_heap).
+_running = 0
+_running_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """While a runner loops, the objects that existed when it started (modules, the
+    compiled kernels, configuration, the baselines: hundreds of thousands) are left
+    out of the garbage collector's full passes (``gc.freeze``). Each batch makes
+    thousands of short-lived findings; the collections they trigger otherwise walk
+    that whole heap again and again (measured: ~0.8 µs of CPU per event of a 20-field
+    stream, over a quarter of the service's). A collection first frees what is garbage;
+    the last runner to stop hands the objects back (``gc.unfreeze``)."""
+    global _running
+    with _running_lock:
+        _running += 1
+        if _running == 1:
+            gc.collect()
+            gc.freeze()
+    try:
+        yield
+    finally:
+        with _running_lock:
+            _running -= 1
+            if _running == 0:
+                gc.unfreeze()
 
 
 class Runner:
@@ -125,6 +155,17 @@ class Runner:
         on_summary: Callable[[str], None] | None = None,
     ) -> RunStats:
         """Run until ``stop()``, ``max_seconds`` or ``until(stats)``; then commit and close."""
+        with _frozen_heap():
+            return self._run(max_seconds=max_seconds, until=until, on_summary=on_summary)
+
+    def _run(
+        self,
+        *,
+        max_seconds: float | None = None,
+        until: Callable[[RunStats], bool] | None = None,
+        on_summary: Callable[[str], None] | None = None,
+    ) -> RunStats:
+        """The loop of ``run``."""
         started = last_summary = time.monotonic()
         summary_events = 0
         try:
