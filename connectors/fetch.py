@@ -36,6 +36,7 @@ import os
 import socket
 import ssl
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -69,6 +70,7 @@ _ERRORS = {
 }
 _OFFSET_OUT_OF_RANGE = 1
 _CORRUPT_TRIES = 3
+SWITCH_INTERVAL = 0.001  # s: the GIL switch interval a process with a fetcher runs with
 _SUPPORTED_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _API_SASL_HANDSHAKE, _API_SASL_AUTHENTICATE = 17, 36
@@ -220,8 +222,11 @@ class _Connection:
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
+        # One system call for the whole response where the socket allows it: each
+        # return to Python waits for the GIL, which the decoding thread holds.
+        flags = 0 if isinstance(self.sock, ssl.SSLSocket) else socket.MSG_WAITALL
         while got < n:
-            k = self.sock.recv_into(view[got:], n - got)
+            k = self.sock.recv_into(view[got:], n - got, flags)
             if not k:
                 raise _ProtocolError("connection closed by the broker")
             got += k
@@ -372,6 +377,11 @@ class DirectFetcher:
         self._stop = False
         self._rr = 0
         self._turn = 0
+        # The fetch thread needs the GIL a few times per response; with Python's
+        # default switch interval (5 ms) a thread busy decoding and judging kept it
+        # waiting long enough to starve the stream (356k against 411-476k events/s
+        # at 1 ms, bench/RESULTS.md). A process-wide setting: it is only lowered.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._thread = threading.Thread(target=self._run, name="driftwarden-fetch", daemon=True)
         self._thread.start()
 
