@@ -133,7 +133,7 @@ def produce_hostile(
     return time.perf_counter() - t0
 
 
-def _consumer_options(bootstrap: str) -> dict[str, Any]:
+def _consumer_options(bootstrap: str, fetch: str = "librdkafka") -> dict[str, Any]:
     return {
         "bootstrap.servers": bootstrap,
         "group.id": f"bench-{time.monotonic_ns()}",
@@ -142,7 +142,7 @@ def _consumer_options(bootstrap: str) -> dict[str, Any]:
         "fetch.queue.backoff.ms": 10,
         "queued.min.messages": 200_000,
         "session.timeout.ms": 6000,
-        **consumer_limits(),
+        **consumer_limits(fetch),
     }
 
 
@@ -186,7 +186,7 @@ def _child(args: argparse.Namespace) -> None:
             from connectors.fetch import DirectFetcher
             from connectors.records import PackedValues
 
-            fetcher = DirectFetcher(_consumer_options(bootstrap), max_wait=1.0)
+            fetcher = DirectFetcher(_consumer_options(bootstrap, "direct"), max_wait=1.0)
             fetcher.assign({(topic, p): 0 for p in range(args.partitions)})
 
             def next_values() -> Sequence[bytes | None] | None:

@@ -167,9 +167,10 @@ def test_kafka_sink_sends_a_refused_record_again_and_counts_it() -> None:
     strict._producer.purge()
 
 
-def test_size_settings_are_consistent() -> None:
+@pytest.mark.parametrize("fetch", ["librdkafka", "direct"])
+def test_size_settings_are_consistent(fetch: str) -> None:
     producer = producer_limits(900_000)
-    consumer = consumer_limits()
+    consumer = consumer_limits(fetch)
     assert producer["message.max.bytes"] >= 900_000 + 16_384  # value, key and headers fit
     assert consumer["fetch.max.bytes"] >= producer["message.max.bytes"]
     assert consumer["queued.max.messages.kbytes"] * 1024 >= consumer["fetch.max.bytes"]

@@ -155,8 +155,9 @@ def kafka_source(
 ) -> KafkaSource:
     """The consumer of ``config``'s topics, with ``assignment``'s rebalance callbacks."""
     c = config
+    fetch = c.source.fetch_path(c.kafka)
     options: dict[str, Any] = {
-        **consumer_limits(),
+        **consumer_limits(fetch),
         "fetch.queue.backoff.ms": c.source.fetch_queue_backoff_ms,
         "queued.min.messages": c.source.queued_min_messages,
         # Incremental rebalances: a joining replica takes partitions without the
@@ -164,7 +165,6 @@ def kafka_source(
         "partition.assignment.strategy": "cooperative-sticky",
         **c.kafka,
     }
-    fetch = c.source.fetch_path(c.kafka)
     log.info("records are fetched by %s (source.fetch %s)", fetch, c.source.fetch)
     return KafkaSource(
         options,
