@@ -51,31 +51,38 @@ def _batches(n: int, seed: int, size: int = 700, drift_at: int | None = None) ->
     return _batches_of(generate_model_events(n, seed=seed, drift_at=drift_at), size)
 
 
-def _batches_of(ev: ModelEvents, size: int = 700) -> list[RawBatch]:
-    """Both topics cut into batches per partition (key hash = partition), interleaved."""
-    out: list[RawBatch] = []
-    streams = []
+def _partition_sequences(ev: ModelEvents, parts: int, size: int) -> list[list[RawBatch]]:
+    """Per (topic, partition), inference topic first: its batches of ``size`` in offset
+    order (key hash = partition)."""
+    out = []
     for topic, values, keys in (
         ("ml.loans.inference", ev.inference, ev.inference_keys),
         ("ml.loans.labels", ev.labels, ev.label_keys),
     ):
-        part = np.array([int(k.rsplit(b"-", 1)[1]) % PARTS for k in keys], np.int32)
-        for p in range(PARTS):
+        part = np.array([int(k.rsplit(b"-", 1)[1]) % parts for k in keys], np.int32)
+        for p in range(parts):
             idx = np.flatnonzero(part == p)
-            chunks = [idx[i : i + size] for i in range(0, idx.size, size)]
-            streams.append(
+            out.append(
                 [
                     RawBatch(
                         topic=topic,
                         values=[values[i] for i in c.tolist()],
                         partitions=np.full(c.size, p, np.int32),
                         offsets=np.arange(start, start + c.size, dtype=np.int64),
-                        keys=(_keys := [keys[i] for i in c.tolist()]),
-                        timestamps=[1_700_000_000_000] * len(_keys),
+                        keys=[keys[i] for i in c.tolist()],
+                        timestamps=[1_700_000_000_000] * c.size,
                     )
-                    for start, c in zip(range(0, idx.size, size), chunks, strict=True)
+                    for start in range(0, idx.size, size)
+                    for c in (idx[start : start + size],)
                 ]
             )
+    return out
+
+
+def _batches_of(ev: ModelEvents, size: int = 700) -> list[RawBatch]:
+    """Both topics cut into batches per partition (key hash = partition), interleaved."""
+    out: list[RawBatch] = []
+    streams = _partition_sequences(ev, PARTS, size)
     # predictions run ahead of labels by a few batches, as in production
     for i in range(max(len(s) for s in streams) + 3):
         for j, s in enumerate(streams):

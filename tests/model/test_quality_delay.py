@@ -16,9 +16,8 @@ import pytest
 
 from connectors.kafka import RawBatch
 from monitor.dev.model_synthetic import ModelEvents, generate_model_events
-from tests.model.test_model_stage import _model, _pipeline, _stream
+from tests.model.test_model_stage import _model, _partition_sequences, _pipeline, _stream
 
-TOPICS = ("ml.loans.inference", "ml.loans.labels")
 N, DRIFT_AT, DROP = 36_000, 24_000, 0.025
 
 
@@ -46,28 +45,7 @@ def _drop_accuracy(ev: ModelEvents, seed: int) -> ModelEvents:
 
 def _batches(ev: ModelEvents, parts: int, size: int = 1000) -> list[RawBatch]:
     """Both topics' partitions (request number modulo ``parts``), round robin."""
-    seqs = []
-    for topic, values, keys in (
-        (TOPICS[0], ev.inference, ev.inference_keys),
-        (TOPICS[1], ev.labels, ev.label_keys),
-    ):
-        part = np.array([int(k.rsplit(b"-", 1)[1]) % parts for k in keys], np.int32)
-        for p in range(parts):
-            idx = np.flatnonzero(part == p)
-            seqs.append(
-                [
-                    RawBatch(
-                        topic=topic,
-                        values=[values[i] for i in c.tolist()],
-                        partitions=np.full(c.size, p, np.int32),
-                        offsets=np.arange(start, start + c.size, dtype=np.int64),
-                        keys=[keys[i] for i in c.tolist()],
-                        timestamps=[1_700_000_000_000] * c.size,
-                    )
-                    for start in range(0, idx.size, size)
-                    for c in (idx[start : start + size],)
-                ]
-            )
+    seqs = _partition_sequences(ev, parts, size)
     return [s[i] for i in range(max(map(len, seqs))) for s in seqs if i < len(s)]
 
 

@@ -20,7 +20,7 @@ from detectors.base import Finding
 from monitor.dev.model_synthetic import ModelEvents, generate_model_events
 from monitor.pipeline.model import IDLE_SECONDS
 from monitor.pipeline.stream import StreamPipeline
-from tests.model.test_model_stage import _model, _stream
+from tests.model.test_model_stage import _model, _partition_sequences, _stream
 from tests.model.test_model_stage import _pipeline as _any_pipeline
 
 PARTS = 4
@@ -36,29 +36,7 @@ def _pipeline(stream: dict[str, Any]) -> StreamPipeline:
 
 def _sequences(ev: ModelEvents, size: int) -> list[list[RawBatch]]:
     """Per (topic, partition): its batches of ``size`` in offset order."""
-    out = []
-    for topic, values, keys in (
-        (TOPICS[0], ev.inference, ev.inference_keys),
-        (TOPICS[1], ev.labels, ev.label_keys),
-    ):
-        part = np.array([int(k.rsplit(b"-", 1)[1]) % PARTS for k in keys], np.int32)
-        for p in range(PARTS):
-            idx = np.flatnonzero(part == p)
-            out.append(
-                [
-                    RawBatch(
-                        topic=topic,
-                        values=[values[i] for i in c.tolist()],
-                        partitions=np.full(c.size, p, np.int32),
-                        offsets=np.arange(start, start + c.size, dtype=np.int64),
-                        keys=[keys[i] for i in c.tolist()],
-                        timestamps=[1_700_000_000_000] * c.size,
-                    )
-                    for start in range(0, idx.size, size)
-                    for c in (idx[start : start + size],)
-                ]
-            )
-    return out
+    return _partition_sequences(ev, PARTS, size)
 
 
 def _lagged(seqs: list[list[RawBatch]], lag: int, labels_lag: bool) -> list[RawBatch]:
