@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from detectors.base import Finding
 from detectors.baseline import Baseline, build_numeric
-from monitor.config.schema import parse_config
+from monitor.config.schema import StreamSpec, parse_config
 from monitor.pipeline.decode import Batch, StreamDecoder
 from monitor.pipeline.drift import DriftStage
+
+
+def stream_spec(fields: dict[str, Any], **stream: Any) -> StreamSpec:
+    """Stream ``s`` on topic ``t`` with these fields (and other stream keys), its
+    baseline from its first event, in an otherwise minimal configuration."""
+    config = parse_config(
+        {
+            "kafka": {"bootstrap.servers": "127.0.0.1:9"},
+            "group": "g",
+            "metrics": {"enabled": False},
+            "dead_letter_topic": "dlq",
+            "streams": [
+                {"name": "s", "topic": "t", "fields": fields, "baseline": {"first_events": 1}}
+                | stream
+            ],
+        },
+        env={},
+    )
+    return config.streams[0]
 
 
 def numeric_stage(
@@ -24,26 +44,11 @@ def numeric_stage(
     baseline_events: int = 100_000,
 ) -> DriftStage:
     """A stage over float fields with an N(0, 1) baseline per field."""
-    config = parse_config(
-        {
-            "kafka": {"bootstrap.servers": "127.0.0.1:9"},
-            "group": "g",
-            "metrics": {"enabled": False},
-            "dead_letter_topic": "dlq",
-            "streams": [
-                {
-                    "name": "s",
-                    "topic": "t",
-                    "format": "json",
-                    "fields": {f: {"type": "float", "detectors": list(detectors)} for f in fields},
-                    "baseline": {"first_events": 1},
-                    "window": {"events": window, "step": step},
-                }
-            ],
-        },
-        env={},
+    spec = stream_spec(
+        {f: {"type": "float", "detectors": list(detectors)} for f in fields},
+        format="json",
+        window={"events": window, "step": step},
     )
-    spec = config.streams[0]
     rng = np.random.default_rng(seed)
     base = {f: build_numeric(rng.normal(size=baseline_events)) for f in fields}
     baseline = Baseline(id="ref-1", created_at="2026-11-29", source="test", fields=base)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from monitor.pipeline.drift import DriftStage
-from tests.drift_utils import feed, numeric_stage, round_robin, shifted_stream
+from tests.drift_utils import feed, numeric_stage, round_robin, shifted_stream, stream_spec
 
 N, SHIFT_AT = 50_000, 25_000
 
@@ -190,33 +190,17 @@ def test_a_restart_keeps_the_step_boundaries() -> None:
 
 def test_a_detector_with_a_window_of_its_own_keeps_per_detector_windows() -> None:
     from detectors.baseline import Baseline, build_numeric
-    from monitor.config.schema import parse_config
     from monitor.pipeline.decode import StreamDecoder
 
-    config = parse_config(
+    spec = stream_spec(
         {
-            "kafka": {"bootstrap.servers": "127.0.0.1:9"},
-            "group": "g",
-            "metrics": {"enabled": False},
-            "dead_letter_topic": "dlq",
-            "streams": [
-                {
-                    "name": "s",
-                    "topic": "t",
-                    "fields": {
-                        "x": {
-                            "type": "float",
-                            "detectors": {"ks": {"window_events": 4_000, "step_events": 500}},
-                        },
-                        "y": {"type": "float", "detectors": ["ks"]},
-                    },
-                    "baseline": {"first_events": 1},
-                }
-            ],
-        },
-        env={},
+            "x": {
+                "type": "float",
+                "detectors": {"ks": {"window_events": 4_000, "step_events": 500}},
+            },
+            "y": {"type": "float", "detectors": ["ks"]},
+        }
     )
-    spec = config.streams[0]
     rng = np.random.default_rng(0)
     base = {f: build_numeric(rng.normal(size=50_000)) for f in ("x", "y")}
     stage = DriftStage(spec, StreamDecoder(spec), Baseline("b", "2026-11-30", "t", base))

@@ -16,40 +16,21 @@ from detectors.baseline import (
     save_baseline,
 )
 from detectors.data_quality import rate_z
-from monitor.config.schema import parse_config
 from monitor.pipeline.decode import Batch, StreamDecoder
 from monitor.pipeline.drift import DriftStage
+from tests.drift_utils import stream_spec
 
 WINDOW, STEP = 10_000, 1_000
 
 
 def _stage() -> DriftStage:
-    config = parse_config(
+    spec = stream_spec(
         {
-            "kafka": {"bootstrap.servers": "127.0.0.1:9"},
-            "group": "g",
-            "metrics": {"enabled": False},
-            "dead_letter_topic": "dlq",
-            "streams": [
-                {
-                    "name": "s",
-                    "topic": "t",
-                    "fields": {
-                        "h": {
-                            "type": "float",
-                            "nullable": True,
-                            "detectors": ["ks", "data_quality"],
-                        },
-                        "c": {"type": "category", "detectors": ["chi2", "data_quality"]},
-                    },
-                    "baseline": {"first_events": 1},
-                    "window": {"events": WINDOW, "step": STEP},
-                }
-            ],
+            "h": {"type": "float", "nullable": True, "detectors": ["ks", "data_quality"]},
+            "c": {"type": "category", "detectors": ["chi2", "data_quality"]},
         },
-        env={},
+        window={"events": WINDOW, "step": STEP},
     )
-    spec = config.streams[0]
     rng = np.random.default_rng(0)
     baseline = Baseline(
         id="ref",
