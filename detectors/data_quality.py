@@ -35,7 +35,7 @@ from detectors.base import DetectorError, Finding, IntArray
 from detectors.baseline import QUALITY_KINDS, QualityBaseline
 from detectors.window import WindowedDetector
 
-__all__ = ["QualityRates", "rate_z"]
+__all__ = ["QualityRates", "quality_summary", "rate_z"]
 
 
 def rate_z(count: float, m: float, base_count: float, n: float) -> float:
@@ -63,6 +63,30 @@ def _rate_z_many(
     var = p * (1.0 - p) * (1.0 / m + 1.0 / n)
     ok = var > 0
     return np.where(ok, (count / m - base_count / n) / np.sqrt(np.where(ok, var, 1.0)), 0.0)
+
+
+def quality_summary(
+    kind: str,
+    rate: float,
+    base_rate: float,
+    z: float,
+    threshold: float,
+    rise: float,
+    enough: bool,
+    min_increase: float,
+) -> str:
+    """The sentence of a data-quality finding (true as written: each comparison is
+    the one that holds).
+
+    >>> quality_summary("null", 0.22, 0.1, 9.5, 4.2, 0.12, True, 0.01)
+    'null rate 22.00% vs baseline 10.00%; z 9.5 >= threshold 4.2; rise 12.00 points >= minimum 1.00'
+    """
+    return (
+        f"{kind} rate {rate:.2%} vs baseline {base_rate:.2%}; "
+        f"z {z:.4g} {'>=' if z >= threshold else '<'} threshold "
+        f"{threshold:.4g}; rise {rise * 100:.2f} points "
+        f"{'>=' if enough else '<'} minimum {min_increase * 100:.2f}"
+    )
 
 
 class QualityRates(WindowedDetector):
@@ -181,11 +205,15 @@ class QualityRates(WindowedDetector):
         kind = QUALITY_KINDS[best_k].replace("_", " ")
         p_value = min(1.0, float(special.ndtr(-best)) * self._kinds)  # ndtr(-z) = norm.sf(z)
         rise = float(rises[best_k])
-        summary = (
-            f"{kind} rate {rates[best_k]:.2%} vs baseline {base_rates[best_k]:.2%}; "
-            f"z {best:.4g} {'>=' if best >= self._z_crit else '<'} threshold "
-            f"{self._z_crit:.4g}; rise {rise * 100:.2f} points "
-            f"{'>=' if enough[best_k] else '<'} minimum {self.min_increase * 100:.2f}"
+        summary = quality_summary(
+            kind,
+            rates[best_k],
+            base_rates[best_k],
+            best,
+            self._z_crit,
+            rise,
+            bool(enough[best_k]),
+            self.min_increase,
         )
         details: tuple[tuple[str, float], ...] = (
             ("n_window", float(m)),

@@ -94,7 +94,7 @@ from detectors.baseline import (
     NumericBaseline,
     load_baseline,
 )
-from detectors.data_quality import QualityRates
+from detectors.data_quality import QualityRates, quality_summary
 from detectors.ks import KS
 from detectors.psi import PSI
 from detectors.registry import create
@@ -587,11 +587,15 @@ class _Screens:
                 rates = rates_l[k]
                 base_rates = base_l[k]
                 kind = _KIND_WORDS[bk]
-                summary = (
-                    f"{kind} rate {rates[bk]:.2%} vs baseline {base_rates[bk]:.2%}; "
-                    f"z {best:.4g} {'>=' if best >= crit else '<'} threshold "
-                    f"{crit:.4g}; rise {rise_best[k] * 100:.2f} points "
-                    f"{'>=' if enough_best[k] else '<'} minimum {det.min_increase * 100:.2f}"
+                summary = quality_summary(
+                    kind,
+                    rates[bk],
+                    base_rates[bk],
+                    best,
+                    crit,
+                    rise_best[k],
+                    bool(enough_best[k]),
+                    det.min_increase,
                 )
                 details: tuple[tuple[str, float], ...] = (
                     ("n_window", float(mk)),
