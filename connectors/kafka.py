@@ -347,8 +347,7 @@ def _raw_batch(topic: str, msgs: list[Message]) -> RawBatch:
 def _columns_batch(topic: str, parts: list[tuple[int, RecordColumns]]) -> RawBatch:
     """One RawBatch of a topic from the direct fetcher's columns (values stay packed)."""
     if len(parts) == 1:
-        _partition, cols = parts[0]
-        values, keys = cols.values, cols.keys
+        values, keys = parts[0][1].values, parts[0][1].keys
     else:
         values = PackedValues.concat([c.values for _, c in parts])
         keys = PackedValues.concat([c.keys for _, c in parts])
@@ -478,33 +477,29 @@ class KafkaSource:
         if not messages:
             return []
         if any(map(Message.error, messages)):  # rare: look again, message by message
-            errors = list(map(Message.error, messages))
-            good = []
-            for msg, err in zip(messages, errors, strict=True):
-                if err is None:
-                    good.append(msg)
-                elif err.code() != KafkaError._PARTITION_EOF:
-                    self.errors.append(err.str())
-                    if self._on_error is not None:
-                        self._on_error(err.name(), bool(err.fatal()))
-                    if err.fatal():
-                        raise KafkaException(err)
-            messages = good
+            messages = self._without_errors(messages)
             if not messages:
                 return []
         return _split_by_topic(messages, self._only_topic)
 
+    def _without_errors(self, messages: list[Message]) -> list[Message]:
+        """The messages that are records; the errors among them are reported (end of
+        partition events ignored) and a fatal one raises."""
+        good = []
+        for msg in messages:
+            err = msg.error()
+            if err is None:
+                good.append(msg)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                self._error(err)
+                if err.fatal():
+                    raise KafkaException(err)
+        return good
+
     def _poll_direct(self, direct: DirectFetcher) -> list[RawBatch]:
         # serve the group (rebalance callbacks, errors); records of paused partitions
         # that librdkafka fetched before the pause are not used
-        for msg in self._consumer.consume(1_000, 0):
-            err = msg.error()
-            if err is not None and err.code() != KafkaError._PARTITION_EOF:
-                self.errors.append(err.str())
-                if self._on_error is not None:
-                    self._on_error(err.name(), bool(err.fatal()))
-                if err.fatal():
-                    raise KafkaException(err)
+        self._without_errors(self._consumer.consume(1_000, 0))
         taken = direct.take(self.max_batch_events, self.max_wait)
         if not taken:
             return []
