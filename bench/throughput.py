@@ -284,6 +284,7 @@ def _child(args: argparse.Namespace) -> None:
         cpu = marks.get("cpu_end", time.process_time()) - marks.get("cpu", time.process_time())
         if profile is not None:
             profile.disable()
+            os.makedirs(args.profile, exist_ok=True)
             profile.dump_stats(os.path.join(args.profile, f"{mode}.prof"))
         stages = {}
         for stage in ("decode", "checks", "detectors"):

@@ -65,7 +65,7 @@ _N_FLOAT_STATE = 7
 _NBUCKETS, _NLEVELS, _TICK, _PENDING, _PCOUNT = range(5)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adwin_batch(
     values: FloatArray,
     fs: FloatArray,
@@ -533,7 +533,7 @@ class ADWIN:
         self._n_seen = int(state["n_seen"])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adwin_many(
     values: FloatArray,
     starts: IntArray,

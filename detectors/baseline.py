@@ -132,12 +132,16 @@ class NumericBaseline:
         Equal to ``np.searchsorted(inner_edges, values, side="right")``, computed
         with a grid lookup (``detectors.binning``), ~20x faster on unsorted values.
         """
+        arr = np.asarray(values, dtype=np.float64)
+        return self.edge_index().count_at_or_below(arr).reshape(arr.shape)
+
+    def edge_index(self) -> EdgeIndex:
+        """The lookup structure over ``inner_edges`` (built once)."""
         index = self.__dict__.get("_edge_index")
         if index is None:
             index = EdgeIndex(self.inner_edges)
             object.__setattr__(self, "_edge_index", index)
-        arr = np.asarray(values, dtype=np.float64)
-        return index.count_at_or_below(arr).reshape(arr.shape)
+        return index
 
     def bin_into(
         self,
@@ -149,11 +153,7 @@ class NumericBaseline:
     ) -> None:
         """``out[i] = bin_index(values[i]) + shift`` where ``valid[i]``, else ``missing``
         (shape ``(m,)`` each; ``out`` may be a column of a matrix)."""
-        index = self.__dict__.get("_edge_index")
-        if index is None:
-            index = EdgeIndex(self.inner_edges)
-            object.__setattr__(self, "_edge_index", index)
-        index.count_into(values, valid, out, shift, missing)
+        self.edge_index().count_into(values, valid, out, shift, missing)
 
     def content(self) -> dict[str, Any]:
         """JSON-ready content (inner edges only: JSON has no infinities)."""

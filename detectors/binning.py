@@ -23,7 +23,7 @@ from numba import njit
 
 from detectors.base import FloatArray, IntArray
 
-__all__ = ["EdgeIndex"]
+__all__ = ["EdgeIndex", "EdgeIndexes"]
 
 _MAX_CANDIDATES = 12
 
@@ -120,6 +120,56 @@ def _lookup_into(
         out[i] = a + shift
 
 
+@njit(cache=True, nogil=True)
+def _lookup_rows(
+    values: npt.NDArray[np.float64],  # (rows, n)
+    rows: IntArray,  # (F,) the row of values each index reads
+    valid: npt.NDArray[np.bool_],  # (rows', n)
+    valid_rows: IntArray,  # (F,) the row of valid (-1: every value is valid)
+    positions: IntArray,  # (m,) the columns to read, in this order
+    gather: bool,  # False: positions are 0..n-1
+    edges: FloatArray,  # every index's edges end to end
+    padded: FloatArray,
+    luts: npt.NDArray[np.int32],
+    e_at: IntArray,  # (F + 1,) where each index's edges start
+    p_at: IntArray,
+    l_at: IntArray,
+    ks: IntArray,
+    lo_: FloatArray,
+    hi_: FloatArray,
+    scale_: FloatArray,
+    shifts: IntArray,
+    missing: int,
+    out: npt.NDArray[np.int32],  # (out rows, m)
+    out_rows: IntArray,  # (F,) the row of out each index writes
+    every: npt.NDArray[np.bool_],  # (n,) all True
+    scratch: FloatArray,  # (m,)
+    scratch_ok: npt.NDArray[np.bool_],  # (m,)
+) -> None:  # pragma: no cover - compiled
+    for f in range(rows.size):
+        column = values[rows[f]]
+        ok = every if valid_rows[f] < 0 else valid[valid_rows[f]]
+        if gather:
+            for i in range(positions.size):
+                scratch[i] = column[positions[i]]
+                scratch_ok[i] = ok[positions[i]]
+            column, ok = scratch, scratch_ok
+        _lookup_into(
+            edges[e_at[f] : e_at[f + 1]],
+            padded[p_at[f] : p_at[f + 1]],
+            ks[f],
+            luts[l_at[f] : l_at[f + 1]],
+            lo_[f],
+            hi_[f],
+            scale_[f],
+            column,
+            ok,
+            shifts[f],
+            missing,
+            out[out_rows[f]],
+        )
+
+
 class EdgeIndex:
     """A lookup structure over sorted ``edges`` (float64, shape ``(E,)``, no NaN)."""
 
@@ -151,6 +201,12 @@ class EdgeIndex:
         widest = int((b - a).max()) if cells and n else 0
         self._k = widest if 0 < widest <= _MAX_CANDIDATES else 0
         self._padded = np.concatenate([e, np.full(max(self._k, 1), np.inf)])
+
+    @property
+    def usable(self) -> bool:
+        """True when the grid lookup applies (finite edges, a positive span); else
+        ``np.searchsorted`` answers."""
+        return self._usable
 
     def count_at_or_below(self, values: FloatArray) -> IntArray:
         """For each value, how many edges are ``<= value`` (int64, shape ``(m,)``):
@@ -194,3 +250,97 @@ class EdgeIndex:
             missing,
             out,
         )
+
+
+class EdgeIndexes:
+    """Several ``EdgeIndex`` lookups done in one compiled call (one pass per index
+    over a batch, no Python between them).
+
+    >>> import numpy as np
+    >>> both = EdgeIndexes([EdgeIndex(np.array([0.0, 1.0])), EdgeIndex(np.array([4.0, 6.0]))])
+    >>> values = np.array([[0.5, 2.0, -1.0], [4.0, 5.0, 9.0]])
+    >>> out = np.zeros((2, 3), dtype=np.int32)
+    >>> both.count_into(values, np.array([0, 1]), None, np.array([-1, -1]), None,
+    ...                 out, np.array([0, 1]), np.array([0, 10]), -1)
+    >>> out.tolist()
+    [[1, 2, 0], [11, 11, 12]]
+    """
+
+    def __init__(self, indexes: list[EdgeIndex]) -> None:
+        if not all(ix.usable for ix in indexes):
+            raise ValueError("every index must have finite edges and a positive span")
+        self.size = len(indexes)
+
+        def at(sizes: list[int]) -> IntArray:
+            return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+        self._edges = np.concatenate([ix.edges for ix in indexes] or [np.empty(0)])
+        self._padded = np.concatenate([ix._padded for ix in indexes] or [np.empty(0)])
+        self._luts = np.concatenate([ix._lut.astype(np.int32) for ix in indexes] or [_NO_LUT])
+        self._e_at = at([ix.edges.size for ix in indexes])
+        self._p_at = at([ix._padded.size for ix in indexes])
+        self._l_at = at([ix._lut.size for ix in indexes])
+        self._ks = np.asarray([ix._k for ix in indexes], dtype=np.int64)
+        self._lo = np.asarray([ix._lo for ix in indexes], dtype=np.float64)
+        self._hi = np.asarray([ix._hi for ix in indexes], dtype=np.float64)
+        self._scale = np.asarray([ix._scale for ix in indexes], dtype=np.float64)
+        if self._edges.size >= 2**31 - 1:
+            raise ValueError("too many edges for one call")
+        self._every = np.ones(0, dtype=np.bool_)
+        self._scratch = np.empty(0, dtype=np.float64)
+        self._scratch_ok = np.empty(0, dtype=np.bool_)
+
+    def count_into(
+        self,
+        values: npt.NDArray[np.float64],
+        rows: IntArray,
+        valid: npt.NDArray[np.bool_] | None,
+        valid_rows: IntArray,
+        positions: IntArray | None,
+        out: npt.NDArray[np.int32],
+        out_rows: IntArray,
+        shifts: IntArray,
+        missing: int,
+    ) -> None:
+        """For index ``f`` and each column ``positions[i]`` (every column when None):
+        ``out[out_rows[f], i] = count_at_or_below(values[rows[f], positions[i]]) +
+        shifts[f]``, or ``missing`` where ``valid[valid_rows[f], positions[i]]`` is
+        False (``valid_rows[f] = -1``: every value is valid). ``values`` (``(r, n)``
+        float64) and ``out`` (``(r', m)`` int32) are C-contiguous."""
+        n = values.shape[1]
+        m = n if positions is None else positions.size
+        if self._every.size < n:
+            self._every = np.ones(n, dtype=np.bool_)
+        if self._scratch.size < m:
+            self._scratch = np.empty(m, dtype=np.float64)
+            self._scratch_ok = np.empty(m, dtype=np.bool_)
+        _lookup_rows(
+            values,
+            rows,
+            _NO_VALID if valid is None else valid,
+            valid_rows,
+            _NO_POSITIONS if positions is None else positions,
+            positions is not None,
+            self._edges,
+            self._padded,
+            self._luts,
+            self._e_at,
+            self._p_at,
+            self._l_at,
+            self._ks,
+            self._lo,
+            self._hi,
+            self._scale,
+            shifts,
+            missing,
+            out,
+            out_rows,
+            self._every[:n],
+            self._scratch[:m],
+            self._scratch_ok[:m],
+        )
+
+
+_NO_POSITIONS = np.zeros(0, dtype=np.int64)
+_NO_LUT = np.zeros(0, dtype=np.int32)
+_NO_VALID = np.ones((1, 1), dtype=np.bool_)

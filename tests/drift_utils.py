@@ -76,8 +76,11 @@ def feed(
     partitions: npt.NDArray[np.int32],
     batch: int,
     times: npt.NDArray[np.float64] | None = None,
+    as_matrix: bool = False,
 ) -> Fed:
     """Feed the stream in batches of ``batch`` rows (offsets counted per partition).
+    ``as_matrix``: each batch's columns and masks are rows of one matrix each, as the
+    decoder hands them out (else separate arrays).
 
     A finding's position is the stream index just past the window it judges when
     the stage reports it: the batch end, or for verdicts inside a batch the step
@@ -95,6 +98,11 @@ def feed(
         b = min(a + batch, n)
         cols = {k: v[a:b] for k, v in columns.items()}
         valid = {k: ~np.isnan(v) for k, v in cols.items()}
+        if as_matrix:
+            values_m = np.stack(list(cols.values()))
+            valid_m = np.stack(list(valid.values()))
+            cols = {k: values_m[i] for i, k in enumerate(cols)}
+            valid = {k: valid_m[i] for i, k in enumerate(valid)}
         bt = Batch(
             stream="s",
             n_input=b - a,

@@ -211,3 +211,34 @@ def test_a_detector_with_a_window_of_its_own_keeps_per_detector_windows() -> Non
     state = stage.partition_state(0)
     assert state is not None and not state.windows and set(state.binned) == {"x", "y"}
     assert fed.first_drift("x", "ks") is not None and fed.first_drift("y", "ks") is not None
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_one_call_binning_and_the_adwin_worker_change_nothing(
+    grouped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Columns as rows of one matrix (binned in one compiled call) and ADWIN folded
+    on the worker thread give the findings and states of the field-by-field path."""
+    import monitor.pipeline.drift as drift
+
+    fields = ["a", "b", "c"]
+    n, parts = 24_000, 4
+    cols = shifted_stream(n, 15_000, 0.4, fields, seed=5)
+    rng = np.random.default_rng(6)
+    cols["b"][rng.random(n) < 0.1] = np.nan  # a field with nulls: masks not all valid
+    if grouped:  # batches of one partition each, as the direct fetch hands them out
+        partitions = np.repeat(np.arange(n // 1_500) % parts, 1_500).astype(np.int32)
+    else:
+        partitions = round_robin(n, parts)
+    detectors = ("ks", "psi", "adwin", "data_quality")
+    runs = []
+    for as_matrix, parallel in ((False, 10**12), (True, 10**12), (True, 1)):
+        monkeypatch.setattr(drift, "_PARALLEL_VALUES", parallel)
+        stage = numeric_stage(fields, parts, detectors=detectors, window=6_000, step=600)
+        fed = feed(stage, cols, partitions, 1_500, as_matrix=as_matrix)
+        states = [stage.partition_state(p) for p in range(parts)]
+        runs.append((fed.findings, [None if s is None else s.to_plain() for s in states]))
+    assert any(f.drift for _, f in runs[0][0])
+    for findings, states in runs[1:]:
+        assert findings == runs[0][0]
+        assert repr(states) == repr(runs[0][1])

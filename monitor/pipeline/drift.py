@@ -77,7 +77,10 @@ import dataclasses
 import logging
 import math
 import operator
+import os
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -94,6 +97,7 @@ from detectors.baseline import (
     NumericBaseline,
     load_baseline,
 )
+from detectors.binning import EdgeIndexes
 from detectors.data_quality import QualityRates, quality_summary
 from detectors.ks import KS
 from detectors.psi import PSI
@@ -117,6 +121,22 @@ log = logging.getLogger("driftwarden.drift")
 
 _UNBINNED = frozenset({"adwin"})  # detectors that take raw values, not baseline bins
 _RECENT = 1000  # values whose mean an ADWIN change reports as the new mean
+# A batch's ADWIN values from which their fold runs on the worker thread (below that
+# the hand-over costs more than it overlaps).
+_PARALLEL_VALUES = 8192
+_WORKERS: dict[int, ThreadPoolExecutor] = {}  # by process id (a fork starts its own)
+_WORKERS_LOCK = threading.Lock()
+
+
+def _worker() -> ThreadPoolExecutor:
+    """The process's one worker thread for drift stages' ADWIN folds (each stage
+    waits for its own before its update returns, so one thread serves them all)."""
+    pid = os.getpid()
+    with _WORKERS_LOCK:
+        pool = _WORKERS.get(pid)
+        if pool is None:
+            pool = _WORKERS[pid] = ThreadPoolExecutor(1, thread_name_prefix="driftwarden-adwin")
+        return pool
 
 
 @dataclasses.dataclass
@@ -721,6 +741,8 @@ class DriftStage:
         # columns in that order (see _flat_bins).
         self._order: tuple[npt.NDArray[np.intp] | None, dict[int, tuple[int, int]]] = (None, {})
         self._gathered: dict[str, tuple[npt.NDArray[Any], npt.NDArray[np.bool_], bool]] = {}
+        # (key, field names, their EdgeIndexes or None, fine segments, segment starts)
+        self._together: tuple[Any, list[str], EdgeIndexes | None, Any, Any] | None = None
         self._buffers: dict[str, npt.NDArray[Any]] = {}
         self._constant: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
         if baseline is None and spec.baseline.file is not None:
@@ -882,7 +904,16 @@ class DriftStage:
         binned: list[tuple[_FieldPlan, Any, Any, Any, Any]] = []
         findings: list[Finding] = []
         due: set[tuple[str, int]] = set()
+        pending: Future[list[int | None]] | None = None
         if self._layout is not None:
+            # The partitions' ADWINs fold in on a worker thread (a compiled pass that
+            # releases the GIL) while this thread folds the windows and judges.
+            self._group_rows(rows_of, n)
+            self._gather(batch)
+            jobs = self._raw_jobs(self._ordered_shares(batch, offsets, times_all))
+            befores = self._estimations(jobs)
+            if sum(int(job[4].size) for job in jobs) >= _PARALLEL_VALUES:
+                pending = _worker().submit(_update_adwins, jobs)
             findings = self._fold_rings(batch, rows_of, cuts, offsets, times_all)
             bounds = []  # done: skip the sub-batch loop below
         else:
@@ -936,24 +967,15 @@ class DriftStage:
         # ADWIN per partition over the whole batch (its change points carry their own
         # positions, so it needs no step boundaries).
         clean: dict[tuple[str, int], Any] = {}
-        if self._layout is not None:
-            shares = self._ordered_shares(batch, offsets, times_all)
-        else:
-            shares = _raw_shares(binned, rows_of, offsets, times_all)
-        # One compiled ADWIN call per partition for all its fields (update_many); a
+        # One compiled ADWIN call for all partitions and fields (update_many); a
         # finding is built for a change, and for one partition per field (the last)
         # when there is none.
-        jobs: list[tuple[Any, ...]] = [
-            (plan, partition, r, det, values, times, offs)
-            for plan, partition, values, times, offs in shares
-            for r, det in enumerate(self._partition(partition).raw[plan.name])
-        ]
-        raw_dets = [job[3] for job in jobs]
-        if all(type(d) is ADWIN for d in raw_dets):
-            befores = estimations(raw_dets)
+        if self._layout is not None:
+            changes = _update_adwins(jobs) if pending is None else pending.result()
         else:
-            befores = [float(getattr(d, "estimation", math.nan)) for d in raw_dets]
-        changes = _update_adwins(jobs)
+            jobs = self._raw_jobs(_raw_shares(binned, rows_of, offsets, times_all))
+            befores = self._estimations(jobs)
+            changes = _update_adwins(jobs)
         for job, before, changed in zip(jobs, befores, changes, strict=True):
             plan, partition, r, det, values, times, offs = job
             if changed is None:
@@ -982,6 +1004,63 @@ class DriftStage:
             for f in findings
         ]
 
+    def _raw_jobs(self, shares: list[_Share]) -> list[tuple[Any, ...]]:
+        """Per share and raw-value detector: (plan, partition, index, detector,
+        values, times, offsets)."""
+        return [
+            (plan, partition, r, det, values, times, offs)
+            for plan, partition, values, times, offs in shares
+            for r, det in enumerate(self._partition(partition).raw[plan.name])
+        ]
+
+    @staticmethod
+    def _estimations(jobs: list[tuple[Any, ...]]) -> list[float]:
+        """Each job's detector's estimate before the batch (an ADWIN change reports it
+        as the old mean)."""
+        dets = [job[3] for job in jobs]
+        if all(type(d) is ADWIN for d in dets):
+            return estimations(dets)
+        return [float(getattr(d, "estimation", math.nan)) for d in dets]
+
+    def _group_rows(self, rows_of: dict[int, npt.NDArray[np.intp] | None], n: int) -> None:
+        """Rows grouped by partition (each partition's rows stay in batch order), so
+        each partition's fold reads one stretch: ``self._order`` = (the order, None
+        when the batch already is; per partition its stretch)."""
+        order: npt.NDArray[np.intp] | None = None
+        bounds: dict[int, tuple[int, int]] = {}
+        if len(rows_of) == 1:
+            bounds = {next(iter(rows_of)): (0, n)}
+        else:
+            parts = []
+            at = 0
+            for partition, rows in rows_of.items():
+                assert rows is not None
+                bounds[partition] = (at, at + rows.size)
+                at += rows.size
+                parts.append(rows)
+            order = np.concatenate(parts)
+        self._order = (order, bounds)
+
+    def _gather(self, batch: Batch) -> None:
+        """Every field's column and validity in ``self._order`` (``self._gathered``:
+        column, valid, whether every value is valid)."""
+        order = self._order[0]
+        self._gathered = {}
+        every = None  # one all-valid mask for the fields with no invalid value
+        for plan in self._plans:
+            valid = batch.valid[plan.name]
+            column = batch.columns[plan.name]
+            whole = bool(valid.all())
+            if whole:
+                if every is None:
+                    every = np.ones(batch.n, dtype=bool)
+                valid = every
+            if order is not None:
+                column = column[order]
+                if not whole:
+                    valid = valid[order]
+            self._gathered[plan.name] = (column, valid, whole)
+
     def _position(self) -> int:
         """The stream position the step boundaries count from: the events folded into
         this process's partitions' windows (checkpointed with them, so a restart
@@ -1008,22 +1087,7 @@ class DriftStage:
         assert layout is not None and screens is not None
         T = layout.width
         n = batch.n
-        # Rows grouped by partition (each partition's rows stay in batch order), so
-        # each partition's fold reads one stretch of the flat bins.
-        order: npt.NDArray[np.intp] | None = None
-        bounds: dict[int, tuple[int, int]] = {}
-        if len(rows_of) == 1:
-            bounds = {next(iter(rows_of)): (0, n)}
-        else:
-            parts = []
-            at = 0
-            for partition, rows in rows_of.items():
-                assert rows is not None
-                bounds[partition] = (at, at + rows.size)
-                at += rows.size
-                parts.append(rows)
-            order = np.concatenate(parts)
-        self._order = (order, bounds)
+        order, bounds = self._order  # (_group_rows; _gather has the columns)
         flat = self._flat_bins(batch, layout, order)
         judging = self.judge and bool(cuts)
         cut_arr = np.asarray(cuts if judging else [], dtype=np.int64)
@@ -1201,35 +1265,26 @@ class DriftStage:
         """Every row's flat bin in each segment of the shared window row, shape
         ``(segments, n)``, rows taken in ``order`` (grouped by partition; None: as
         they are); the row width ``T`` where the value does not count; a segment where
-        every event has one bin is left unwritten and named in ``self._constant``. Keeps the
-        reordered columns for the raw-value detectors (``_ordered_shares``)."""
+        every event has one bin is left unwritten and named in ``self._constant``. Reads
+        the columns ``_gather`` took in ``order``."""
         T = layout.width
         flat = self._scratch("flat", (layout.starts.size - 1, batch.n), np.int32)
         # Segments where every event has one bin (a field's data quality, all ok).
         constant = self._constant = np.full(layout.starts.size - 1, -1, dtype=np.int64)
         violations = None
         flagged = {v.field for v in batch.violations} if batch.violations else set()
-        self._gathered = {}
-        every = None  # one all-valid mask for the fields with no invalid value
+        # The numeric fields' fine bins in one compiled call when their columns are
+        # rows of one matrix (the decoder's output), else field by field.
+        together = self._bin_together(batch, layout, order, flat)
         for plan in self._plans:
-            valid = batch.valid[plan.name]
-            column = batch.columns[plan.name]
-            whole = bool(valid.all())
-            if whole:
-                if every is None:
-                    every = np.ones(batch.n, dtype=bool)
-                valid = every
-            if order is not None:
-                column = column[order]
-                if not whole:
-                    valid = valid[order]
-            self._gathered[plan.name] = (column, valid, whole)
+            column, valid, whole = self._gathered[plan.name]
             seg = layout.fine.get(plan.name)
             q = layout.quality.get(plan.name)
             bins = None
             if seg is not None and plan.numeric:
-                assert isinstance(plan.baseline, NumericBaseline)
-                plan.baseline.bin_into(column, valid, flat[seg], int(layout.starts[seg]), T)
+                if not together:
+                    assert isinstance(plan.baseline, NumericBaseline)
+                    plan.baseline.bin_into(column, valid, flat[seg], int(layout.starts[seg]), T)
             elif not plan.numeric:
                 names = self.decoder.vocabularies[plan.name].names()
                 bins = plan.category_bins(np.where(valid, column, 0), names)
@@ -1256,6 +1311,64 @@ class DriftStage:
             )
             flat[q] = (codes if order is None else codes[order]) + qs
         return flat
+
+    def _bin_together(
+        self,
+        batch: Batch,
+        layout: _Layout,
+        order: npt.NDArray[np.intp] | None,
+        flat: npt.NDArray[np.int32],
+    ) -> bool:
+        """Write every numeric field's fine bins into ``flat`` with one
+        ``EdgeIndexes`` call; False (nothing written) when the fields' columns or
+        masks are not rows of one matrix or an index cannot take part."""
+        key = (id(self.baseline), id(layout))
+        if self._together is None or self._together[0] != key:
+            plans = [p for p in self._plans if p.numeric and layout.fine.get(p.name) is not None]
+            indexes = [p.baseline.edge_index() for p in plans]  # type: ignore[union-attr]
+            usable = bool(plans) and all(ix.usable for ix in indexes)
+            self._together = (
+                key,
+                [p.name for p in plans],
+                EdgeIndexes(indexes) if usable else None,
+                np.asarray([layout.fine[p.name] for p in plans], dtype=np.int64),
+                np.asarray([layout.starts[layout.fine[p.name]] for p in plans], dtype=np.int64),
+            )
+        _, names, indexes_all, segs, shifts = self._together
+        if indexes_all is None:
+            return False
+        values = _rows_of_one([batch.columns[name] for name in names])
+        if values is None:
+            return False
+        masks: list[npt.NDArray[np.bool_]] = []
+        valid_at: list[int] = []
+        for name in names:
+            if self._gathered[name][2]:  # every value valid
+                valid_at.append(-1)
+            else:
+                valid_at.append(len(masks))
+                masks.append(batch.valid[name])
+        valid = None
+        valid_rows = np.asarray(valid_at, dtype=np.int64)
+        if masks:
+            found = _rows_of_one(masks)
+            if found is None:
+                return False
+            valid, at = found
+            valid_rows[valid_rows >= 0] = at
+        matrix, rows = values
+        indexes_all.count_into(
+            matrix,
+            rows,
+            valid,
+            valid_rows,
+            None if order is None else order.astype(np.int64, copy=False),
+            flat,
+            segs,
+            shifts,
+            layout.width,
+        )
+        return True
 
     def _ordered_shares(
         self,
@@ -1753,6 +1866,27 @@ _Share = tuple[
     "npt.NDArray[np.float64] | None",
     "npt.NDArray[np.int64] | None",
 ]
+
+
+def _rows_of_one(
+    columns: list[npt.NDArray[Any]],
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]] | None:
+    """``(matrix, the row of each column)`` when every column is a whole row of one
+    C-contiguous 2-D array (how the decoder hands out a batch's columns), else None."""
+    base = columns[0].base if columns else None
+    if not isinstance(base, np.ndarray) or base.ndim != 2 or not base.flags.c_contiguous:
+        return None
+    width, stride = base.shape[1], base.strides[0]
+    start = base.__array_interface__["data"][0]
+    rows = []
+    for c in columns:
+        if c.base is not base or c.ndim != 1 or c.size != width or c.strides != base.strides[1:]:
+            return None
+        off = c.__array_interface__["data"][0] - start
+        if stride <= 0 or off % stride:
+            return None
+        rows.append(off // stride)
+    return base, np.asarray(rows, dtype=np.int64)
 
 
 def _unorder(values: npt.NDArray[Any], order: npt.NDArray[np.intp] | None) -> npt.NDArray[Any]:

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from detectors.binning import EdgeIndex
+from detectors.binning import EdgeIndex, EdgeIndexes
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
@@ -66,3 +66,46 @@ def test_count_into_any_edges_and_values(edges: np.ndarray, values: np.ndarray) 
     out = np.empty(values.size, np.int64)
     EdgeIndex(edges).count_into(values, np.ones(values.size, bool), out, 0, -1)
     assert np.array_equal(out, np.searchsorted(edges, values, side="right"))
+
+
+def _indexes(rng: np.random.Generator, fields: int) -> list[EdgeIndex]:
+    out = []
+    for f in range(fields):
+        size = [2, 7, 999, 4000, 50][f % 5]
+        spread = [1.0, 1e6, 1e-3, 10.0, 3.0][f % 5]
+        edges = np.unique(rng.standard_t(2, size * 3) * spread + f)[:size]
+        out.append(EdgeIndex(edges))
+    return out
+
+
+@pytest.mark.parametrize("gather", [False, True])
+def test_indexes_in_one_call_equal_each_index(gather: bool) -> None:
+    rng = np.random.default_rng(7)
+    indexes = _indexes(rng, 9)
+    together = EdgeIndexes(indexes)
+    n = 3_000
+    values = rng.standard_t(2, (9, n)) * 10
+    values[:, :6] = [np.nan, np.inf, -np.inf, 1e308, -1e308, 0.0]
+    valid = rng.random((4, n)) > 0.2
+    rows = rng.permutation(9).astype(np.int64)
+    valid_rows = np.array([-1, 0, 3, -1, 1, 2, -1, 0, 3], dtype=np.int64)
+    positions = rng.permutation(n)[: n // 2].astype(np.int64) if gather else None
+    m = n if positions is None else positions.size
+    out = np.full((12, m), -99, dtype=np.int32)
+    out_rows = np.array([11, 0, 2, 4, 6, 8, 10, 1, 3], dtype=np.int64)
+    shifts = np.arange(9, dtype=np.int64) * 5_000
+    together.count_into(values, rows, valid, valid_rows, positions, out, out_rows, shifts, -7)
+    cols = np.arange(n) if positions is None else positions
+    for f, index in enumerate(indexes):
+        x = values[rows[f], cols]
+        want = index.count_at_or_below(x) + shifts[f]
+        if valid_rows[f] >= 0:
+            want = np.where(valid[valid_rows[f], cols], want, -7)
+        assert np.array_equal(out[out_rows[f]], want), f
+    untouched = sorted(set(range(12)) - set(out_rows.tolist()))
+    assert (out[untouched] == -99).all()
+
+
+def test_indexes_need_usable_edges() -> None:
+    with pytest.raises(ValueError, match="finite edges"):
+        EdgeIndexes([EdgeIndex(np.array([1.0]))])
