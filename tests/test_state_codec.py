@@ -47,3 +47,16 @@ def test_window_counts_are_stored_narrow() -> None:
     ring[:, ::3] = 2
     wide = len(zlib.compress(msgspec.msgpack.encode({"d": ring.tobytes()}), 1))
     assert len(encode_state({"r": ring})) < wide
+
+
+def test_records_written_with_zlib_still_read() -> None:
+    """Checkpoints are zstd now; records of earlier versions (zlib) read the same."""
+    from monitor.runtime.state import _to_plain
+
+    state = {"ring": np.arange(600, dtype=np.int64).reshape(20, 30), "n": 7, "x": [1.5, None]}
+    old = zlib.compress(msgspec.msgpack.encode(_to_plain(dict(state))), 1)
+    for blob in (old, encode_state(state)):
+        back = decode_state(blob)
+        assert back["n"] == 7 and back["x"] == [1.5, None]
+        assert np.array_equal(back["ring"], state["ring"])
+    assert encode_state(state)[:4] == b"\x28\xb5\x2f\xfd"

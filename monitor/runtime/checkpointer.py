@@ -1,10 +1,11 @@
 """The checkpoint scheduler: when and what this process writes to the state store.
 
 After a batch's outgoing messages are durable, ``advance`` moves each partition's
-position; ``maybe_checkpoint`` then writes, every ``state.every_events`` events or
-``state.every_seconds`` seconds, every owned partition's state with its position,
-a baseline built from first events (once), and the alert state of every stream
-this process judges. One ownership rule: whoever judges a stream (owns its first
+position; ``maybe_checkpoint`` then writes the state of each partition that has
+read ``state.every_events`` events (offsets) since its last checkpoint, and every
+``state.every_seconds`` seconds every owned partition's, each with its position;
+with them a baseline built from first events (once) and the alert state of every
+stream this process judges. One ownership rule: whoever judges a stream (owns its first
 partition) checkpoints that stream's alert episodes and webhook queue.
 
 After a checkpoint, streams judged here receive the latest checkpointed windows of
@@ -64,10 +65,17 @@ class Checkpointer:
         self.clock = clock
         self.positions: dict[TopicPartitionKey, int] = {}
         self.checkpointed_at: dict[TopicPartitionKey, float] = {}
-        self.events_since = 0
+        # Per partition, the events (offsets) read since its last checkpoint.
+        self.since: dict[TopicPartitionKey, int] = {}
         self.last = clock()
         self.baselines_saved: set[str] = set()
         self.written = 0  # checkpoint rounds confirmed, for tests and the log
+        self.saved: dict[TopicPartitionKey, int] = {}  # checkpoints per partition
+
+    @property
+    def events_since(self) -> int:
+        """Events read since their partitions' last checkpoints."""
+        return sum(self.since.values())
 
     @property
     def source(self) -> BatchSource:
@@ -82,17 +90,24 @@ class Checkpointer:
         """The batch's outputs are durable: its partitions continue after ``offsets``."""
         if self.store is None:
             self.source.commit(offsets)
+        for key, offset in offsets.items():
+            before = self.positions.get(key)
+            # (its first batch here: a share of the batch's events)
+            read = events // max(len(offsets), 1) if before is None else max(offset - before, 0)
+            self.since[key] = self.since.get(key, 0) + read
         self.positions.update(offsets)
-        self.events_since += events
 
     def maybe_checkpoint(self) -> None:
         if self.store is None:
             return
         cfg = self.config.state
         now = self.clock()
-        if self.events_since >= cfg.every_events or now - self.last >= cfg.every_seconds:
+        due: list[TopicPartitionKey] | None = None  # None: every owned partition
+        if now - self.last < cfg.every_seconds:
+            due = [k for k, n in self.since.items() if n >= cfg.every_events]
+        if due is None or due:
             try:
-                self.checkpoint()
+                self.checkpoint(due)
                 self.share_windows()
             except DriftwardenError as exc:
                 # Queued checkpoint records are still delivered when the broker returns;
@@ -144,8 +159,10 @@ class Checkpointer:
                 log.warning("group offsets not committed (the checkpoint holds them): %s", exc)
         for key in keys:
             self.checkpointed_at[key] = now
-        self.events_since = 0
-        self.last = now
+            self.since.pop(key, None)
+            self.saved[key] = self.saved.get(key, 0) + 1
+        if partitions is None:
+            self.last = now
         self.written += 1
         return len(keys)
 
@@ -180,4 +197,5 @@ class Checkpointer:
         """A revoked partition: no position, no age gauge."""
         self.positions.pop(key, None)
         self.checkpointed_at.pop(key, None)
+        self.since.pop(key, None)
         self.metrics.checkpoint_age.remove(self.pipelines[key[0]].spec.name, str(key[1]))

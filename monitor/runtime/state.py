@@ -9,7 +9,7 @@ the state exactly once; group offsets are committed too, for tooling, but the
 checkpoint is the truth.
 
 Records are msgpack (numpy arrays as raw bytes; large integer arrays in the narrowest
-integer type that holds them), zlib-compressed, and split into
+integer type that holds them), zstd-compressed (older records: zlib), and split into
 chunks of at most ``CHUNK_BYTES``: chunk records ``KEY#i`` first, then the
 manifest ``KEY`` naming the checkpoint id and chunk count, so a reader never
 assembles chunks of two different checkpoints.
@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
+import cramjam
 import msgspec
 import numpy as np
 import numpy.typing as npt
@@ -111,6 +112,9 @@ def _from_plain(obj: Any) -> Any:
     return obj
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def encode_state(state: Mapping[str, Any]) -> bytes:
     """Plain values and numpy arrays to compressed bytes (round-trips exactly).
 
@@ -123,12 +127,17 @@ def encode_state(state: Mapping[str, Any]) -> bytes:
     >>> back.dtype, bool((back == big).all())
     (dtype('int64'), True)
     """
-    # Level 1: a partition's windows compress 2.5x faster than at 3, 10% larger.
-    return zlib.compress(msgspec.msgpack.encode(_to_plain(dict(state))), 1)
+    # zstd level 1: a partition's windows compress ~3x faster than zlib's level 1
+    # and ~10% smaller. Records written as zlib (before) still read.
+    raw = msgspec.msgpack.encode(_to_plain(dict(state)))
+    return bytes(cramjam.zstd.compress(raw, 1))
 
 
 def decode_state(data: bytes) -> dict[str, Any]:
-    value = _from_plain(msgspec.msgpack.decode(zlib.decompress(data)))
+    # (written before zstd: zlib)
+    zstd = data[:4] == _ZSTD_MAGIC
+    raw = bytes(cramjam.zstd.decompress(data)) if zstd else zlib.decompress(data)
+    value = _from_plain(msgspec.msgpack.decode(raw))
     if not isinstance(value, dict):
         raise DriftwardenError("a checkpoint record must hold a mapping")
     return value
