@@ -22,8 +22,13 @@ wrong types, NaN, huge numbers, deep nesting, too many fields, out-of-range
 values, and one 2 MB record per 2,000 events) and runs every mode on it as well,
 so each row has a ``[hostile]`` twin: events/s and peak RSS side by side.
 
+``--repeat N`` runs the whole list of modes N times, one round after the other (the
+speed of a shared VM drifts by 20% and more over minutes), prints every round's
+table, then the median events/s of each row over the rounds and the pipeline rows'
+share of the median consume+decode.
+
 Usage: python bench/throughput.py [--events 1000000] [--fields 20] [--batch 10000]
-       [--hostile 0.1] [--fetch librdkafka|direct|both]
+       [--hostile 0.1] [--fetch librdkafka|direct|both] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -313,6 +318,7 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--hostile", type=float, default=0.0, help="hostile share, e.g. 0.1")
     parser.add_argument("--profile", help="directory for a cProfile dump of each service mode")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of all modes (medians)")
     parser.add_argument(
         "--fetch",
         default="both",
@@ -364,38 +370,78 @@ def main() -> None:
             for fetch in fetches
             for mode, topic, label in runs
         ]
-        rows = []
-        for mode, topic, label, fetch in jobs:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--mode",
-                mode,
-                "--bootstrap",
-                broker.bootstrap,
-                "--topic",
-                topic,
-                "--events",
-                str(args.events),
-                "--fields",
-                str(args.fields),
-                "--batch",
-                str(args.batch),
-                "--partitions",
-                str(args.partitions),
-                "--fetch",
-                fetch,
-                *(["--profile", os.path.abspath(args.profile)] if args.profile else []),
-            ]
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-            if out.returncode != 0 or not lines:
-                print(f"{mode}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
-                continue
-            row = json.loads(lines[-1])
-            row["label"] = label
-            rows.append(row)
+        rounds: list[list[dict[str, Any]]] = []
+        for _ in range(max(1, args.repeat)):
+            rounds.append(_run_jobs(args, broker.bootstrap, jobs))
     cpu = cpu_model()
+    for rows in rounds:
+        _print_table(rows, cpu)
+    if len(rounds) > 1:
+        _print_medians(rounds)
+
+
+def _run_jobs(
+    args: argparse.Namespace, bootstrap: str, jobs: list[tuple[str, str, str, str]]
+) -> list[dict[str, Any]]:
+    """Each job (mode, topic, label, fetch) in a fresh process; their result rows."""
+    rows = []
+    for mode, topic, label, fetch in jobs:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--mode",
+            mode,
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--events",
+            str(args.events),
+            "--fields",
+            str(args.fields),
+            "--batch",
+            str(args.batch),
+            "--partitions",
+            str(args.partitions),
+            "--fetch",
+            fetch,
+            *(["--profile", os.path.abspath(args.profile)] if args.profile else []),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        if out.returncode != 0 or not lines:
+            print(f"{mode}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        row = json.loads(lines[-1])
+        row["label"] = label
+        rows.append(row)
+    return rows
+
+
+def _print_medians(rounds: list[list[dict[str, Any]]]) -> None:
+    """Median events/s of every row over the rounds, and the pipeline rows' share of
+    their path's median consume+decode."""
+    import statistics
+
+    rates: dict[str, list[float]] = {}
+    for rows in rounds:
+        for r in rows:
+            name = r["mode"] + r.get("label", "")
+            rates.setdefault(name, []).append(r["events"] / r["seconds"] if r["seconds"] else 0.0)
+    print(f"\nmedian of {len(rounds)} rounds")
+    print("{:<26} {:>10}  {}".format("mode", "events/s", "rounds"))
+    for name, values in rates.items():
+        median = statistics.median(values)
+        each = " ".join(f"{v / 1e3:,.0f}k" for v in values)
+        share = ""
+        if name.startswith("pipeline") and "[hostile]" not in name:
+            base = rates.get(name.replace(name.split(" ")[0], "consume+decode", 1))
+            if base:
+                share = f"  {100 * median / statistics.median(base):.0f}% of consume+decode"
+        print(f"{name:<26} {median:>10,.0f}  {each}{share}")
+
+
+def _print_table(rows: list[dict[str, Any]], cpu: str) -> None:
     print(f"\nmachine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
     head = ("mode", "events", "events/s", "us/event", "cpu us", "decode", "checks", "detect")
     print("{:<26} {:>9} {:>10} {:>9} {:>7} {:>7} {:>7} {:>7} {:>9}".format(*head, "peak RSS"))

@@ -176,6 +176,11 @@ class _Connection:
             tls.wrap_socket(sock, server_hostname=host) if tls is not None else sock
         )
         self.correlation = 0
+        # The receive buffer, reused by every response: a fresh multi-megabyte buffer
+        # per response is zero-filled and page-faulted while this thread holds the GIL
+        # (the decoding thread waits); the pages of a reused one stay mapped. A
+        # response is only read until the next request (records are copied out).
+        self._rx = np.empty(0, np.uint8)
         if sasl is not None:
             try:
                 self._authenticate(sasl)
@@ -206,21 +211,25 @@ class _Connection:
         return bytes(r.data[r.pos : r.pos + max(size, 0)])
 
     def request(self, api: int, version: int, body: bytes) -> memoryview:
+        """Send a request and return its response body, valid until the next request
+        on this connection (it lives in the reused receive buffer)."""
         self.correlation += 1
         head = struct.pack(">hhi", api, version, self.correlation) + _string("driftwarden")
         self.sock.sendall(struct.pack(">i", len(head) + len(body)) + head + body)
-        (size,) = struct.unpack(">i", self._read(4))
+        (size,) = struct.unpack(">i", self._read(memoryview(bytearray(4))))
         if size < 4:
             raise _ProtocolError(f"response of {size} bytes")
-        data = self._read(size)
+        if self._rx.size < size:
+            self._rx = np.empty(max(size, 2 * self._rx.size), np.uint8)
+        data = self._read(memoryview(self._rx.data)[:size])
         (correlation,) = struct.unpack_from(">i", data, 0)
         if correlation != self.correlation:
             raise _ProtocolError("response out of order")
-        return memoryview(data)[4:]
+        return data[4:]
 
-    def _read(self, n: int) -> bytearray:
-        buf = bytearray(n)
-        view = memoryview(buf)
+    def _read(self, view: memoryview) -> memoryview:
+        """Fill ``view`` from the socket; returns it."""
+        n = len(view)
         got = 0
         # One system call for the whole response where the socket allows it: each
         # return to Python waits for the GIL, which the decoding thread holds.
@@ -230,7 +239,7 @@ class _Connection:
             if not k:
                 raise _ProtocolError("connection closed by the broker")
             got += k
-        return buf
+        return view
 
     def interrupt(self) -> None:
         """Make a read in progress on another thread end now."""

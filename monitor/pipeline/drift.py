@@ -57,7 +57,11 @@ metadata: ``set_partition_count``):
   for small shifts, or raise ``min_window_length`` (see ``_adwin_share``).
 
 Per batch and field the valid values are binned once against the field's baseline
-and the bins feed every binned detector of the field. Findings are completed with
+and the bins feed every binned detector of the field (all numeric fields in one
+compiled call when their columns are rows of the decoder's matrix). The partitions'
+ADWINs fold their values on a worker thread (a compiled pass without the GIL) while
+this thread folds the windows and judges; the batch's update returns after both, so
+the results do not depend on the thread. Findings are completed with
 the stream name, the baseline id and their evidence: per partition the first and
 last offsets and event times of the window (``Finding.partitions``), and for a
 categorical field the categories contributing most and the unseen rate.
@@ -1099,14 +1103,23 @@ class DriftStage:
         totals = self._scratch(
             "totals64" if wide else "totals", (C, T), np.int64 if wide else np.int32
         )
-        totals.fill(0)
         closed = np.zeros(C, dtype=np.int64)
         touched = {p: self._partition(p).ring for p in rows_of}
-        if judging:  # windows the batch does not move count at every boundary as they are
+        # Windows the batch does not move count at every boundary as they are: their
+        # sum is every boundary's starting row (the folds add the moving ones).
+        still_sum: npt.NDArray[Any] | None = None
+        if judging:
             for slot, ring in self._rings():
                 if slot not in touched or slot in self._remote:
-                    totals += ring.total
+                    if still_sum is None:
+                        still_sum = ring.total.astype(totals.dtype)
+                    else:
+                        still_sum += ring.total
                     closed = np.maximum(closed, ring.closed)
+        if still_sum is None:
+            totals.fill(0)
+        else:
+            totals[:] = still_sum
         where: dict[int, CutSpans] = {}
         for partition, (lo, hi) in bounds.items():
             moving = touched[partition]
