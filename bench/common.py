@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
+
+
+def run_child(cmd: list[str], name: str) -> dict[str, Any] | None:
+    """Run one measuring child process; its last JSON line, or None (the failure is
+    printed to stderr)."""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    row: dict[str, Any] = json.loads(lines[-1])
+    return row
 
 
 def cpu_model() -> str:

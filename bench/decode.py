@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import cpu_model, produce_wide
+from bench.common import cpu_model, produce_wide, run_child
 from monitor.config.schema import StreamSpec
 from monitor.dev.synthetic import generate_wide, wide_stream
 from monitor.pipeline.decode import Batch, StreamDecoder
@@ -334,12 +334,9 @@ def _broker(args: argparse.Namespace) -> list[dict[str, Any]]:
             cmd += ["--bootstrap", broker.bootstrap, "--topic", topic]
             cmd += ["--events", str(args.events), "--batch", str(args.batch)]
             cmd += ["--partitions", str(args.partitions)]
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-            if out.returncode != 0 or not lines:
-                print(f"{mode}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            row = run_child(cmd, mode)
+            if row is None:
                 continue
-            row = json.loads(lines[-1])
             per_event = row["cpu"] / max(row["events"], 1)
             if mode not in best or per_event < best[mode]["cpu"] / max(best[mode]["events"], 1):
                 best[mode] = row

@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import cpu_model, produce_wide
+from bench.common import cpu_model, produce_wide, run_child
 from connectors.kafka import consumer_limits
 
 MODES = ("consume", "consume+decode", "pipeline", "pipeline+drift")
@@ -407,12 +406,9 @@ def _run_jobs(
             fetch,
             *(["--profile", os.path.abspath(args.profile)] if args.profile else []),
         ]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-        if out.returncode != 0 or not lines:
-            print(f"{mode}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        row = run_child(cmd, mode)
+        if row is None:
             continue
-        row = json.loads(lines[-1])
         row["label"] = label
         rows.append(row)
     return rows
