@@ -242,3 +242,35 @@ def test_one_call_binning_and_the_adwin_worker_change_nothing(
     for findings, states in runs[1:]:
         assert findings == runs[0][0]
         assert repr(states) == repr(runs[0][1])
+
+
+def test_a_failing_fold_waits_for_the_adwin_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the window fold raises (a stage error), update returns only after the
+    worker's ADWIN fold has ended: nothing folds in the background afterwards."""
+    import threading
+    import time
+
+    import monitor.pipeline.drift as drift
+
+    slow_fold = drift._update_adwins
+
+    def slow(jobs: list[tuple[object, ...]]) -> list[int | None]:
+        time.sleep(0.3)  # the worker still folding when the window fold fails
+        return slow_fold(jobs)
+
+    monkeypatch.setattr(drift, "_update_adwins", slow)
+    stage = numeric_stage(["a", "b"], 1, detectors=("ks", "adwin"), window=4_000, step=400)
+    cols = shifted_stream(20_000, 10_000, 0.0, ["a", "b"], seed=2)
+    feed(stage, {k: v[:4_000] for k, v in cols.items()}, round_robin(4_000, 1), 4_000)
+    started = threading.Event()
+
+    def failing(*args: object, **kwargs: object) -> list[object]:
+        started.set()
+        raise RuntimeError("a bug meeting some data")
+
+    monkeypatch.setattr(stage, "_fold_rings", failing)
+    with pytest.raises(RuntimeError, match="a bug"):
+        feed(stage, {k: v[4_000:] for k, v in cols.items()}, round_robin(16_000, 1), 16_000)
+    assert started.is_set()
+    seen = [det._n_seen for det in stage._partition(0).raw["a"]]
+    assert seen == [20_000]  # the worker's fold of the failed batch had ended

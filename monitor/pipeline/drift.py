@@ -77,6 +77,7 @@ baseline is part of the checkpointed state, so a restart keeps it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import math
@@ -918,7 +919,12 @@ class DriftStage:
             befores = self._estimations(jobs)
             if sum(int(job[4].size) for job in jobs) >= _PARALLEL_VALUES:
                 pending = _worker().submit(_update_adwins, jobs)
-            findings = self._fold_rings(batch, rows_of, cuts, offsets, times_all)
+            try:
+                findings = self._fold_rings(batch, rows_of, cuts, offsets, times_all)
+            except BaseException:
+                if pending is not None:  # never leave the worker folding after we return
+                    concurrent.futures.wait([pending])
+                raise
             bounds = []  # done: skip the sub-batch loop below
         else:
             binned = self._bin_fields(batch)
@@ -1335,19 +1341,22 @@ class DriftStage:
         """Write every numeric field's fine bins into ``flat`` with one
         ``EdgeIndexes`` call; False (nothing written) when the fields' columns or
         masks are not rows of one matrix or an index cannot take part."""
-        key = (id(self.baseline), id(layout))
-        if self._together is None or self._together[0] != key:
+        # Keyed by the baseline and layout themselves (held here, so never confused
+        # with later objects at the same address).
+        key = (self.baseline, layout)
+        cached = self._together
+        if cached is None or cached[0][0] is not key[0] or cached[0][1] is not key[1]:
             plans = [p for p in self._plans if p.numeric and layout.fine.get(p.name) is not None]
             indexes = [p.baseline.edge_index() for p in plans]  # type: ignore[union-attr]
             usable = bool(plans) and all(ix.usable for ix in indexes)
-            self._together = (
+            cached = self._together = (
                 key,
                 [p.name for p in plans],
                 EdgeIndexes(indexes) if usable else None,
                 np.asarray([layout.fine[p.name] for p in plans], dtype=np.int64),
                 np.asarray([layout.starts[layout.fine[p.name]] for p in plans], dtype=np.int64),
             )
-        _, names, indexes_all, segs, shifts = self._together
+        _, names, indexes_all, segs, shifts = cached
         if indexes_all is None:
             return False
         values = _rows_of_one([batch.columns[name] for name in names])
