@@ -419,26 +419,29 @@ def _ks_many(
             a = starts[f]
             b0 = cdf_starts[f]
             inner = cdf_starts[f + 1] - b0
-            m = 0.0
+            # Counts add up in integers (exact, and no floating-point add in the loop's
+            # dependency chain); as floats they are the same values.
+            mi = 0
             for i in range(inner + 1):
-                m += totals[c, a + i]
+                mi += totals[c, a + i]
+            m = float(mi)
             m_out[c, f] = m
             if m <= 0:
                 d_out[c, f] = 0.0
                 continue
-            run = 0.0
+            run = 0
             best = 0.0
             if exact:
                 for i in range(inner):
                     run += totals[c, a + i]
-                    d = abs(run / m - cdf[b0 + i])
+                    d = abs(float(run) / m - cdf[b0 + i])
                     if d > best:
                         best = d
             else:  # a multiplication instead of a division: within 1e-15 of D
                 inv = 1.0 / m
                 for i in range(inner):
                     run += totals[c, a + i]
-                    d = abs(run * inv - cdf[b0 + i])
+                    d = abs(float(run) * inv - cdf[b0 + i])
                     if d > best:
                         best = d
             d_out[c, f] = best
