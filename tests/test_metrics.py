@@ -135,3 +135,28 @@ def test_server_endpoints() -> None:
             assert r.status == 200
     finally:
         server.stop()
+
+
+def test_drift_gauges_follow_every_finding() -> None:
+    """The gauges read each finding's values, also when the threshold and the drift
+    flag are set only on change."""
+    from detectors.base import Finding
+    from monitor.pipeline.stream import record_findings
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+
+    def finding(stat: float, thr: float, drift: bool) -> Finding:
+        return Finding("ks", "x", stat, thr, drift, 0.5, stream="s")
+
+    def gauges() -> tuple[float | None, ...]:
+        labels = {"stream": "s", "field": "x", "detector": "ks"}
+        return tuple(
+            registry.get_sample_value(f"driftwarden_drift_{name}", labels)
+            for name in ("statistic", "threshold", "detected")
+        )
+
+    steps = [(0.01, 0.1, False), (0.2, 0.1, True), (0.02, 0.1, False), (0.03, 0.2, False)]
+    for stat, thr, drift in steps:
+        record_findings(metrics, [finding(stat, thr, drift)])
+        assert gauges() == (stat, thr, 1.0 if drift else 0.0)

@@ -995,12 +995,33 @@ class DriftStage:
                 findings.append(_locate_change(f, partition, before, values, offs, times))
             else:  # one clean finding per field and batch is enough
                 clean[(plan.name, r)] = (det, partition, before, values, offs, times)
-        labels = self._labels()
+        stream, baseline_id = self.spec.name, self.baseline.id
         for det, partition, _, _, _, times in clean.values():
-            # What _locate_change makes of a finding without a change, labelled.
+            # What _locate_change makes of a finding without a change, labelled (built
+            # directly: one per field and batch).
             f = det.finding(0, times)
-            window = _evolve(f.window, partition=partition)
-            findings.append(_evolve_finding(f, window=window, partitions=(window,), **labels))
+            w = f.window
+            window = WindowBounds(
+                w.events, w.first_offset, w.last_offset, w.start_time, w.end_time, partition
+            )
+            findings.append(
+                Finding(
+                    f.detector,
+                    f.subject,
+                    f.statistic,
+                    f.threshold,
+                    f.drift,
+                    f.p_value,
+                    f.kind,
+                    stream,
+                    window,
+                    baseline_id,
+                    f.details,
+                    (window,),
+                    f.top,
+                    f.summary,
+                )
+            )
         if not self.judge:
             findings = []  # the stream's judge reports this replica's changes from checkpoints
         else:

@@ -593,14 +593,20 @@ def record_findings(metrics: Metrics, findings: Sequence[Finding]) -> None:
                 m.drift_threshold.labels(*labels),
                 m.drift_detected.labels(*labels),
                 None,  # the p-value's, made at the first p-value (none for ADWIN)
+                None,  # the threshold and drift flag last set (set again only on change:
+                None,  # each set takes the gauge's lock; these two rarely change)
             ]
         found[0].set(f.statistic)
-        found[1].set(f.threshold)
+        if f.threshold != found[4]:
+            found[1].set(f.threshold)
+            found[4] = f.threshold
         if f.p_value is not None:
             if found[3] is None:
                 found[3] = m.drift_p_value.labels(*labels)
             found[3].set(f.p_value)
-        found[2].set(1 if f.drift else 0)
+        if f.drift is not found[5]:
+            found[2].set(1 if f.drift else 0)
+            found[5] = f.drift
         if f.detector == "adwin" and f.drift:
             m.adwin_changes.labels(f.stream, f.subject).inc(dict(f.details).get("changes", 1.0))
 
