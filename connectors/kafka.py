@@ -188,9 +188,9 @@ def consumer_limits(fetch: str = "librdkafka") -> dict[str, Any]:
     ``queued.max.messages.kbytes`` whatever the message count (librdkafka's path:
     32 MiB; the direct path, ``fetch="direct"``: 128 MiB, see below), from fetches of
     at most ``fetch.max.bytes`` (16 MiB per request, ``max.partition.fetch.bytes``
-    1 MiB per partition; the direct path 4 MiB). A record larger than these is still fetched whole (Kafka
-    returns the first record even when over the limit), so huge records slow
-    consumption but never block it; the decoder rejects those over
+    1 MiB per partition; the direct path 4 MiB). A record larger than these is still
+    fetched whole (Kafka returns the first record even when over the limit), so huge
+    records slow consumption but never block it; the decoder rejects those over
     ``max_event_bytes`` without copying them. ``receive.message.max.bytes`` keeps
     librdkafka's default (100 MB, a bound on one response, not an allocation), so a
     record up to that size cannot wedge the consumer.
