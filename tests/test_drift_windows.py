@@ -274,3 +274,28 @@ def test_a_failing_fold_waits_for_the_adwin_worker(monkeypatch: pytest.MonkeyPat
     assert started.is_set()
     seen = [det._n_seen for det in stage._partition(0).raw["a"]]
     assert seen == [20_000]  # the worker's fold of the failed batch had ended
+
+
+def test_clean_verdicts_from_arrays_equal_the_detectors_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The batch's clean verdicts built from arrays (``_Screens.clean``) are the
+    findings the detectors' own ``evaluate`` gives, evidence included."""
+    import monitor.pipeline.drift as drift
+
+    fields = ["a", "b", "c"]
+    n, parts = 30_000, 4
+    cols = shifted_stream(n, 20_000, 0.3, fields, seed=8)
+    rng = np.random.default_rng(9)
+    cols["b"][rng.random(n) < 0.15] = np.nan
+    partitions = np.repeat(np.arange(n // 2_000) % parts, 2_000).astype(np.int32)
+    detectors = ("ks", "psi", "data_quality")
+    runs = []
+    for from_arrays in (True, False):
+        if not from_arrays:
+            monkeypatch.setattr(drift._Screens, "clean", lambda self, *a, **k: {})
+        stage = numeric_stage(fields, parts, detectors=detectors, window=6_000, step=500)
+        runs.append(feed(stage, cols, partitions, 2_000, as_matrix=True).findings)
+    clean = [f for _, f in runs[0] if not f.drift]
+    assert len(clean) > 50 and any(f.drift for _, f in runs[0])
+    assert runs[0] == runs[1]
