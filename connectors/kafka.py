@@ -416,6 +416,13 @@ class KafkaSource:
         self.assignment: set[TopicPartitionKey] = set()
         self.errors: list[str] = []
         self._partition_counts: dict[str, int] = {}
+        # Metadata is asked on a handle of its own: ``list_topics`` on the group's
+        # consumer from inside a rebalance callback (the runner asks partition counts
+        # while it restores an assignment) ends the consumer's call state early, and
+        # the next callback served by the same ``consume`` then aborts the process
+        # (confluent-kafka's "CallState_get: Assertion `cs != NULL' failed").
+        self._metadata_options = _with_logger(client_options(options))
+        self._metadata_client: Any = None
         self._consumer.subscribe(
             list(self.topics), on_assign=self._assigned, on_revoke=self._revoked
         )
@@ -557,7 +564,7 @@ class KafkaSource:
         """How many partitions ``topic`` has (from cached metadata, refreshed when unknown)."""
         known = self._partition_counts.get(topic)
         if known is None:
-            meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+            meta = self._metadata().list_topics(topic, timeout=10).topics.get(topic)
             known = len(meta.partitions) if meta is not None and meta.partitions else 0
             self._partition_counts[topic] = known
         return known
@@ -565,10 +572,19 @@ class KafkaSource:
     def probe(self, timeout: float) -> bool:
         """True when the cluster answers a metadata request within ``timeout`` s."""
         try:
-            self._consumer.list_topics(timeout=timeout)
+            self._metadata().list_topics(timeout=timeout)
         except KafkaException:
             return False
         return True
+
+    def _metadata(self) -> Any:
+        """The handle metadata requests go to (an admin client, made once; never the
+        group's consumer, see ``__init__``)."""
+        if self._metadata_client is None:
+            from confluent_kafka.admin import AdminClient
+
+            self._metadata_client = AdminClient(self._metadata_options)
+        return self._metadata_client
 
     def close(self) -> None:
         if self._direct is not None:
