@@ -22,6 +22,17 @@ def create_topics(
         future.result(10)
 
 
+def produce_waiting(producer: Producer, topic: str, **message: Any) -> None:
+    """``producer.produce(topic, **message)``, serving delivery reports while
+    librdkafka's queue is full."""
+    while True:
+        try:
+            producer.produce(topic, **message)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def produce(
     bootstrap: str,
     topic: str,
@@ -49,12 +60,7 @@ def produce(
     )
     for i, value in enumerate(values):
         key = keys[i] if keys is not None else None
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, topic, value=value, key=key, on_delivery=delivered)
         producer.poll(0)
     assert producer.flush(30) == 0, "producer did not finish"
     assert not failures, failures[:3]

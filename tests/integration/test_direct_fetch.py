@@ -18,7 +18,7 @@ from connectors.fetch import DirectFetcher
 from connectors.kafka import KafkaSource, ensure_topics
 from tests.integration.test_kafka_security import make_certificate
 from tests.kafka_auth_proxy import fronted_broker
-from tests.kafka_utils import create_topics
+from tests.kafka_utils import create_topics, produce_waiting
 
 pytestmark = pytest.mark.integration
 
@@ -52,12 +52,7 @@ def _produce(bootstrap: str, topic: str, n: int, options: dict[str, Any] | None 
     )
     for i, (key, value) in enumerate(_records(n)):
         stamp = 1_700_000_000_000 + i * 3 if i % 3 else 0  # 0: the producer stamps it
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, timestamp=stamp)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, topic, value=value, key=key, timestamp=stamp)
     assert producer.flush(30) == 0
 
 

@@ -34,7 +34,7 @@ from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
 from monitor.pipeline.baselines import baseline_from_batches
 from monitor.runtime.service import Service
 from monitor.runtime.state import StateStore
-from tests.kafka_utils import assert_same, create_topics, read_topic
+from tests.kafka_utils import assert_same, create_topics, produce_waiting, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).parents[2]
@@ -70,12 +70,7 @@ class LiveProducer(threading.Thread):
         )
         started = time.monotonic()
         for i, (value, key) in enumerate(zip(self.values, self.keys, strict=True)):
-            while True:
-                try:
-                    producer.produce(self.topic, value=value, key=key, on_delivery=self._delivered)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_waiting(producer, self.topic, value=value, key=key, on_delivery=self._delivered)
             if i % 1000 == 999:
                 producer.poll(0)
                 ahead = (i + 1) / self.rate - (time.monotonic() - started)

@@ -18,7 +18,7 @@ from detectors.baseline import Baseline, build_numeric, save_baseline
 from detectors.ks import ks_from_counts
 from monitor.config.schema import parse_config
 from monitor.runtime.service import Service
-from tests.kafka_utils import create_topics, read_topic
+from tests.kafka_utils import create_topics, produce_waiting, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +43,7 @@ def _produce_round_robin(bootstrap: str, topic: str, partitions: int, x: np.ndar
             producer.flush(10)
             time.sleep(0.02)
         doc = {"x": float(x[i]), "ts": T0 + i}
-        while True:
-            try:
-                producer.produce(topic, json.dumps(doc).encode(), partition=i % partitions)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, topic, value=json.dumps(doc).encode(), partition=i % partitions)
         producer.poll(0)
     assert producer.flush(30) == 0
 
