@@ -269,7 +269,6 @@ class EdgeIndexes:
     def __init__(self, indexes: list[EdgeIndex]) -> None:
         if not all(ix.usable for ix in indexes):
             raise ValueError("every index must have finite edges and a positive span")
-        self.size = len(indexes)
 
         def at(sizes: list[int]) -> IntArray:
             return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)

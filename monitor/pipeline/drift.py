@@ -997,31 +997,7 @@ class DriftStage:
                 clean[(plan.name, r)] = (det, partition, before, values, offs, times)
         stream, baseline_id = self.spec.name, self.baseline.id
         for det, partition, _, _, _, times in clean.values():
-            # What _locate_change makes of a finding without a change, labelled (built
-            # directly: one per field and batch).
-            f = det.finding(0, times)
-            w = f.window
-            window = WindowBounds(
-                w.events, w.first_offset, w.last_offset, w.start_time, w.end_time, partition
-            )
-            findings.append(
-                Finding(
-                    f.detector,
-                    f.subject,
-                    f.statistic,
-                    f.threshold,
-                    f.drift,
-                    f.p_value,
-                    f.kind,
-                    stream,
-                    window,
-                    baseline_id,
-                    f.details,
-                    (window,),
-                    f.top,
-                    f.summary,
-                )
-            )
+            findings.append(_on_partition(det.finding(0, times), partition, stream, baseline_id))
         if not self.judge:
             findings = []  # the stream's judge reports this replica's changes from checkpoints
         else:
@@ -1987,6 +1963,29 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
 
 
+def _on_partition(f: Finding, slot: int, stream: str, baseline_id: str | None) -> Finding:
+    """``f`` with its window on partition slot ``slot`` (its one partition), in
+    ``stream`` against ``baseline_id``; built directly (one per field and batch)."""
+    w = f.window
+    window = WindowBounds(w.events, w.first_offset, w.last_offset, w.start_time, w.end_time, slot)
+    return Finding(
+        f.detector,
+        f.subject,
+        f.statistic,
+        f.threshold,
+        f.drift,
+        f.p_value,
+        f.kind,
+        stream,
+        window,
+        baseline_id,
+        f.details,
+        (window,),
+        f.top,
+        f.summary,
+    )
+
+
 def _locate_change(
     f: Finding,
     slot: int,
@@ -1996,9 +1995,9 @@ def _locate_change(
     times: npt.NDArray[np.float64] | None,
 ) -> Finding:
     """An ADWIN finding with its partition, and for a change where and how much."""
-    window = _evolve(f.window, partition=slot)
     if not f.drift:
-        return _evolve_finding(f, window=window, partitions=(window,))
+        return _on_partition(f, slot, f.stream, f.baseline_id)
+    window = _evolve(f.window, partition=slot)
     details = dict(f.details)
     i = int(details.get("first_change_index", 0))
     recent = values[max(0, i + 1 - _RECENT) : i + 1].astype(np.float64)
