@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import Any, overload
 
 import numba as nb
 import numpy as np
 import numpy.typing as npt
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 __all__ = ["CorruptRecordsError", "PackedValues", "RecordColumns", "read_records"]
 
@@ -207,6 +210,29 @@ def _varint(buf: npt.NDArray[np.uint8], pos: int, end: int) -> tuple[int, int]:
     return 0, -1
 
 
+def _copy_bytes_typed(
+    typingctx: object, dst: Any, dst_at: Any, src: Any, src_at: Any, n: Any
+) -> Any:
+    """``dst[dst_at : dst_at + n] = src[src_at : src_at + n]`` as one ``memcpy`` (1-d
+    contiguous uint8 arrays; the caller checks the bounds). A compiled slice assignment
+    copies a record's few hundred bytes at about a tenth of ``memcpy``'s speed, and
+    that copy was ~90% of reading a response."""
+    sig = types.void(dst, types.intp, src, types.intp, types.intp)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        d, d_at, s, s_at, count = args
+        d_arr = context.make_array(signature.args[0])(context, builder, d)
+        s_arr = context.make_array(signature.args[2])(context, builder, s)
+        memcpy: Any = cgutils.raw_memcpy
+        memcpy(builder, builder.gep(d_arr.data, [d_at]), builder.gep(s_arr.data, [s_at]), count, 1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_copy_bytes: Any = intrinsic(_copy_bytes_typed)
+
+
 @nb.njit(cache=True, nogil=True, boundscheck=False)
 def _bytes_field(
     buf: npt.NDArray[np.uint8],
@@ -226,7 +252,7 @@ def _bytes_field(
     if length >= 0:
         if length > out.shape[0] - used:
             return -1, used
-        out[used : used + length] = buf[p : p + length]
+        _copy_bytes(out, used, buf, p, length)
         used += length
         p += length
         null[n] = False

@@ -102,19 +102,27 @@ def _adwin_batch(
     pending = ist[_PENDING]
     pcount = ist[_PCOUNT]
     n_out = 0
-    for i in range(values.shape[0]):
+    n = values.shape[0]
+    i = -1
+    while i + 1 < n:
         if subwindow == 1:
+            i += 1
             value = values[i]  # the summary of one value: itself, no deviations
             m2 = 0.0
         else:
-            x = values[i]
+            # The chunk's values in one tight loop (the same additions in the same
+            # order as one value at a time, so batch splits change no bit).
             if pcount == 0:
-                pshift = x  # shifted sums keep the chunk's M2 free of cancellation
-            xs = x - pshift
-            psum += x
-            ps1 += xs
-            ps2 += xs * xs
-            pcount += 1
+                pshift = values[i + 1]  # shifted sums keep the chunk's M2 free of cancellation
+            take = min(subwindow - pcount, n - i - 1)
+            for j in range(i + 1, i + 1 + take):
+                x = values[j]
+                xs = x - pshift
+                psum += x
+                ps1 += xs
+                ps2 += xs * xs
+            i += take
+            pcount += take
             if pcount < subwindow:
                 continue
             value = psum  # a chunk enters the window as (sum, M2) of `unit` values
@@ -536,7 +544,8 @@ class ADWIN:
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adwin_many(
     values: FloatArray,
-    starts: IntArray,
+    at: IntArray,
+    out_at: IntArray,
     fs: FloatArray,
     ist: IntArray,
     counts: IntArray,
@@ -551,12 +560,20 @@ def _adwin_many(
     out: IntArray,
     found: IntArray,
     scratch: FloatArray,
-) -> None:  # pragma: no cover - compiled
-    for f in range(starts.size - 1):
-        a, b = starts[f], starts[f + 1]
-        if b > a:
+) -> int:  # pragma: no cover - compiled
+    """Instance ``f`` folds ``values[at[f] : at[f] + n_f]`` (``n_f = out_at[f + 1] -
+    out_at[f]``) and writes its change indices from ``out[out_at[f]]``. Returns -1, or
+    the first instance with a value that is not finite (then nothing is folded)."""
+    for f in range(at.size):
+        a = at[f]
+        for i in range(a, a + out_at[f + 1] - out_at[f]):
+            if not np.isfinite(values[i]):
+                return f
+    for f in range(at.size):
+        a, n = at[f], out_at[f + 1] - out_at[f]
+        if n > 0:
             found[f] = _adwin_batch(
-                values[a:b],
+                values[a : a + n],
                 fs[f],
                 ist[f],
                 counts[f],
@@ -568,9 +585,37 @@ def _adwin_many(
                 min_len[f],
                 grace[f],
                 subwindow[f],
-                out[a:b],
+                out[out_at[f] : out_at[f + 1]],
                 scratch,
             )
+    return -1
+
+
+def _one_buffer(xs: list[FloatArray]) -> tuple[FloatArray, IntArray] | None:
+    """``(flat, at)`` when every array is a contiguous float64 view into one
+    C-contiguous float64 array (rows, or parts of rows, of the decoder's matrix):
+    ``xs[f]`` is ``flat[at[f] : at[f] + xs[f].size]``. Else None (then the values are
+    copied end to end)."""
+    base = xs[0].base if xs else None
+    if (
+        not isinstance(base, np.ndarray)
+        or base.dtype != np.float64
+        or not base.flags.c_contiguous
+        or base.size == 0
+    ):
+        return None
+    start = base.__array_interface__["data"][0]
+    at = []
+    for x in xs:
+        if x.base is not base or x.dtype != np.float64 or x.ndim != 1:
+            return None
+        if x.size > 1 and x.strides[0] != 8:
+            return None
+        off = x.__array_interface__["data"][0] - start
+        if off % 8 or off < 0 or off // 8 + x.size > base.size:
+            return None
+        at.append(off // 8)
+    return base.reshape(-1), np.asarray(at, dtype=np.int64)
 
 
 class _Stack:
@@ -593,6 +638,7 @@ class _Stack:
         self.min_len = np.asarray([float(d.min_window_length) for d in dets], dtype=np.float64)
         self.grace = np.asarray([float(d.grace_period) for d in dets], dtype=np.float64)
         self.chunk = np.asarray([int(d._chunk) for d in dets], dtype=np.int64)
+        self.out: IntArray = np.empty(0, dtype=np.int64)
 
     def current(self, dets: list[ADWIN]) -> bool:
         return len(dets) == len(self.views) and all(
@@ -627,22 +673,26 @@ def update_many(dets: list[ADWIN], values: list[FloatArray]) -> list[int]:
         each = [d.update(v) for d, v in zip(dets, values, strict=True)]
         return [int(f[0].statistic) if f else 0 for f in each]
     xs = [np.ascontiguousarray(v, dtype=np.float64) for v in values]
+    if any(x.ndim != 1 for x in xs):
+        raise DetectorError("values must be 1-D")
     sizes = np.fromiter((x.shape[0] for x in xs), dtype=np.int64, count=len(xs))
     starts = np.zeros(len(xs) + 1, dtype=np.int64)
     np.cumsum(sizes, out=starts[1:])
-    flat = np.concatenate(xs) if xs else np.empty(0)
-    if flat.ndim != 1:
-        raise DetectorError("values must be 1-D")
-    if not np.isfinite(flat).all():
-        raise DetectorError("values must be finite (drop NaN/inf before ADWIN)")
+    # Rows of one matrix are read where they are; other values are copied end to end.
+    shared = _one_buffer(xs)
+    flat, at = shared if shared is not None else (np.concatenate(xs), starts[:-1])
     stack: _Stack | None = getattr(dets[0], "_stack", None)
     if stack is None or not stack.current(dets):
         stack = _Stack(dets)
         dets[0]._stack = stack  # lives as long as the instances
-    out = np.empty(flat.shape[0], dtype=np.int64)
+    total = int(starts[-1])
+    if stack.out.size < total:  # change positions: reused, never smaller than a batch
+        stack.out = np.empty(max(total, 2 * stack.out.size), dtype=np.int64)
+    out = stack.out
     found = np.zeros(len(dets), dtype=np.int64)
-    _adwin_many(
+    bad = _adwin_many(
         flat,
+        at,
         starts,
         stack.fs,
         stack.ist,
@@ -659,10 +709,12 @@ def update_many(dets: list[ADWIN], values: list[FloatArray]) -> list[int]:
         found,
         stack.scratch,
     )
+    if bad >= 0:
+        raise DetectorError("values must be finite (drop NaN/inf before ADWIN)")
     changes: list[int] = found.tolist()
-    at = starts.tolist()
+    firsts = starts.tolist()
     for f, (d, n, size) in enumerate(zip(dets, changes, sizes.tolist(), strict=True)):
-        d._last = out[at[f] : at[f] + n].copy() if n else _NONE
+        d._last = out[firsts[f] : firsts[f] + n].copy() if n else _NONE
         d._n_detections += n
         d._n_seen += size
     return changes

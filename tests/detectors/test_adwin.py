@@ -249,3 +249,49 @@ def test_update_many_is_update_of_each() -> None:
                 assert np.array_equal(np.asarray(sa[k]), np.asarray(sb[k])), k
             assert a.last_detections.tolist() == b.last_detections.tolist()
     assert sum(d.n_detections for d in many) > 0
+
+
+def test_update_many_reads_rows_of_one_matrix_in_place_and_equals_update_of_each() -> None:
+    """Columns that are rows (or parts of rows) of one matrix, as the decoder hands
+    them out, are read where they are; the result is that of ``update`` per instance,
+    in value mode too (change positions included)."""
+    from detectors import adwin as adwin_mod
+    from detectors.adwin import ADWIN, update_many
+
+    rng = np.random.default_rng(5)
+    for kw in (
+        {"mode": "subwindow", "subwindow": 20, "min_window_length": 50, "delta": 1e-3},
+        {"mode": "value", "min_window_length": 10, "delta": 1e-2},
+    ):
+        one = [ADWIN(**kw) for _ in range(4)]  # type: ignore[arg-type]
+        many = [ADWIN(**kw) for _ in range(4)]  # type: ignore[arg-type]
+        for step in range(12):
+            matrix = rng.normal(2.0 * (step >= 6), 1.0, (4, 300))
+            lo = int(rng.integers(0, 50))
+            views = [matrix[0], matrix[1, lo:], matrix[3, : 300 - lo], matrix[2, 10:20]]
+            assert adwin_mod._one_buffer(views) is not None
+            want = [int(f.statistic) for d, v in zip(one, views, strict=True) for f in d.update(v)]
+            assert update_many(many, views) == want
+            for a, b in zip(one, many, strict=True):
+                assert a.last_detections.tolist() == b.last_detections.tolist()
+                assert a.state().keys() == b.state().keys()
+                for k, v in a.state().items():
+                    assert np.array_equal(np.asarray(v), np.asarray(b.state()[k])), k
+        assert sum(d.n_detections for d in many) > 0
+
+
+def test_update_many_refuses_a_non_finite_value_before_folding_anything() -> None:
+    from detectors.adwin import ADWIN, update_many
+
+    dets = [ADWIN(min_window_length=5) for _ in range(3)]
+    matrix = np.random.default_rng(2).normal(size=(3, 100))
+    update_many(dets, list(matrix))
+    before = [d.state() for d in dets]
+    matrix[2, 50] = np.nan
+    with pytest.raises(DetectorError, match="finite"):
+        update_many(dets, list(matrix))  # rows of one matrix
+    with pytest.raises(DetectorError, match="finite"):
+        update_many(dets, [m.copy() for m in matrix])  # separate arrays
+    for d, b in zip(dets, before, strict=True):
+        for k, v in d.state().items():
+            assert np.array_equal(np.asarray(v), np.asarray(b[k])), k
