@@ -48,7 +48,7 @@ import numpy as np
 
 from connectors.records import CorruptRecordsError, RecordColumns, read_records
 
-__all__ = ["DirectFetcher", "direct_fetch_problem"]
+__all__ = ["DirectFetcher", "FetchStatus", "direct_fetch_problem"]
 
 log = logging.getLogger("driftwarden.fetch")
 
@@ -334,6 +334,21 @@ class _Part:
     corrupt_tries: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class FetchStatus:
+    """What the direct fetcher has done so far: record bytes fetched ahead and not yet
+    taken (``queued_bytes``), and since start the fetch requests answered and the
+    record bytes they delivered.
+
+    >>> FetchStatus(queued_bytes=0, requests=0, fetched_bytes=0).queued_bytes
+    0
+    """
+
+    queued_bytes: int
+    requests: int
+    fetched_bytes: int
+
+
 class DirectFetcher:
     """Fetches assigned partitions ahead of the caller, into :class:`RecordColumns`.
 
@@ -378,6 +393,8 @@ class DirectFetcher:
         self._parts: dict[TopicPartitionKey, _Part] = {}
         self._generation = 0
         self._queued_bytes = 0
+        self._requests = 0
+        self._fetched_bytes = 0
         self._brokers: dict[int, tuple[str, int]] = {}
         self._conns: dict[int, _Connection] = {}
         self._metadata_due = True
@@ -456,6 +473,11 @@ class DirectFetcher:
                     break
             self._lock.notify_all()
         return out
+
+    def status(self) -> FetchStatus:
+        """Queued bytes now, requests and delivered bytes since start."""
+        with self._lock:
+            return FetchStatus(self._queued_bytes, self._requests, self._fetched_bytes)
 
     def high_watermark(self, key: TopicPartitionKey) -> int | None:
         """The partition's high watermark from the latest fetch response, or None."""
@@ -648,6 +670,7 @@ class DirectFetcher:
             body += _string(topic) + struct.pack(">i", len(parts))
             body += b"".join(struct.pack(">iqi", p, o, self._partition_max) for p, o in parts)
         data = self._connection(node).request(_API_FETCH, _FETCH_VERSION, body)
+        self._requests += 1  # this thread's counter (read under the lock: an int)
         buf = np.frombuffer(data, np.uint8)
         r = _Reader(data)
         r.int32()  # throttle time
@@ -697,6 +720,7 @@ class DirectFetcher:
                 part.queued.append(cols)
                 part.queued_bytes += size
                 self._queued_bytes += size
+                self._fetched_bytes += size
                 self._lock.notify_all()
 
     def _partition_error(self, key: TopicPartitionKey, generation: int, err: int) -> None:

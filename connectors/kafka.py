@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from connectors.base import OutMessage
 from connectors.errors import DriftwardenError, SinkError
-from connectors.fetch import DirectFetcher
+from connectors.fetch import DirectFetcher, FetchStatus
 from connectors.records import PackedValues, RecordColumns
 
 __all__ = [
@@ -537,6 +537,11 @@ class KafkaSource:
             [TopicPartition(t, p) for t, p in partitions], timeout=timeout
         )
         return {(tp.topic, tp.partition): tp.offset for tp in tps}
+
+    def fetch_status(self) -> FetchStatus | None:
+        """The direct fetcher's queue and totals (None on librdkafka's path, whose
+        queue is its own)."""
+        return None if self._direct is None else self._direct.status()
 
     def lag(self, positions: Mapping[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
         """Messages between each assigned partition's high watermark and ``positions``.

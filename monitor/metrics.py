@@ -117,6 +117,29 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.poll_seconds = Counter(
+            "driftwarden_poll_seconds",
+            "Seconds the main loop spent in the source's poll, waiting for records and "
+            "taking them; a large share of wall time means fetching, not the stages, "
+            "bounds the rate",
+            registry=r,
+        )
+        self.fetch_queued_bytes = Gauge(
+            "driftwarden_fetch_queued_bytes",
+            "Record bytes fetched ahead and not yet processed (direct fetch); the "
+            "fetcher waits at queued.max.messages.kbytes",
+            registry=r,
+        )
+        self.fetch_requests = Counter(
+            "driftwarden_fetch_requests",
+            "Fetch requests answered by the brokers (direct fetch)",
+            registry=r,
+        )
+        self.fetch_bytes = Counter(
+            "driftwarden_fetch_bytes",
+            "Record bytes delivered by fetch responses (direct fetch)",
+            registry=r,
+        )
         self.last_processed = Gauge(
             "driftwarden_last_processed_timestamp_seconds",
             "Wall-clock time of the last processed batch",

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connectors.base import MemorySink
+from connectors.fetch import FetchStatus
 from connectors.kafka import RawBatch
 from detectors.baseline import save_baseline
 from monitor.checkpoints import CheckpointKey, PartitionState
@@ -306,3 +307,41 @@ def test_losing_the_first_partition_stops_judging_at_once(
     source.assign([(TOPIC, 0)])
     assert stage.judge and runner.assignment.judging == {"sensors"}
     runner.close()
+
+
+class FetchingSource(MemorySource):
+    """A source that fetches ahead and reports it (as ``KafkaSource`` does on the
+    direct path): queued bytes fall as batches are taken, totals only grow."""
+
+    def __init__(self, data: Mapping[int, list[bytes]]) -> None:
+        super().__init__(data)
+        self.taken = 0
+
+    def poll(self) -> list[RawBatch]:
+        out = super().poll()
+        self.taken += sum(len(v) for b in out for v in b.values if v is not None)
+        return out
+
+    def fetch_status(self) -> FetchStatus:
+        total = sum(len(v) for values in self.data.values() for v in values)
+        return FetchStatus(queued_bytes=total - self.taken, requests=7, fetched_bytes=total)
+
+
+def test_the_poll_time_and_the_fetchers_queue_are_metrics(
+    data: tuple[dict[int, list[bytes]], Path],
+) -> None:
+    values, baseline = data
+    for source in (MemorySource(values), FetchingSource(values)):
+        runner, registry = _runner(_config(baseline), source, MemoryStateStore())
+        source.assign([(TOPIC, 0), (TOPIC, 1)])
+        _drain(runner)
+        assert (registry.get_sample_value("driftwarden_poll_seconds_total") or 0.0) > 0.0
+        queued = registry.get_sample_value("driftwarden_fetch_queued_bytes")
+        requests = registry.get_sample_value("driftwarden_fetch_requests_total")
+        fetched = registry.get_sample_value("driftwarden_fetch_bytes_total")
+        if isinstance(source, FetchingSource):
+            total = sum(len(v) for vs in values.values() for v in vs)
+            assert (queued, requests, fetched) == (0.0, 7.0, float(total))
+        else:  # a source that does not fetch ahead leaves them at zero
+            assert (queued, requests, fetched) == (0.0, 0.0, 0.0)
+        runner.close()

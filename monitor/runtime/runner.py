@@ -31,6 +31,7 @@ from monitor.runtime.summary import summary_line
 from monitor.runtime.transaction import (
     BatchSource,
     BatchTransaction,
+    FetchReporting,
     FindingsHandler,
     RunStats,
     flush_durably,
@@ -128,6 +129,8 @@ class Runner:
         )
         self.sink: MessageSink = sink if sink is not None else kafka_sink(config, self.metrics)
         self.positions = self.checkpointer.positions
+        self._fetching = self.source if isinstance(self.source, FetchReporting) else None
+        self._fetch_totals = (0, 0)  # the fetcher's requests and bytes counted so far
 
     def _on_kafka_error(self, name: str, fatal: bool) -> None:
         self.metrics.kafka_errors.labels(name.lstrip("_").lower() or "unknown").inc()
@@ -188,6 +191,7 @@ class Runner:
         """Consume and fully process one batch; return how many events it had."""
         started = time.perf_counter()
         batches = self.source.poll()
+        self._account_poll(time.perf_counter() - started)
         if not batches:
             self.readiness.on_idle()  # nothing tells a quiet topic from a frozen broker
             if self.readiness.broker_ok and self.checkpointer.events_since:
@@ -206,6 +210,19 @@ class Runner:
             self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
         self.readiness.refresh()
         return prepared.events
+
+    def _account_poll(self, seconds: float) -> None:
+        """The poll's time and, on the direct path, the fetcher's queue and totals."""
+        m = self.metrics
+        m.poll_seconds.inc(seconds)
+        status = None if self._fetching is None else self._fetching.fetch_status()
+        if status is None:
+            return
+        m.fetch_queued_bytes.set(status.queued_bytes)
+        requests, fetched = self._fetch_totals
+        m.fetch_requests.inc(status.requests - requests)
+        m.fetch_bytes.inc(status.fetched_bytes - fetched)
+        self._fetch_totals = (status.requests, status.fetched_bytes)
 
     def _tick_stages(self) -> None:
         """Stages that judge by wall clock while no event arrives (fleet: a quiet

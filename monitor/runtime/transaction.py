@@ -22,9 +22,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from connectors.base import MessageSink, OutMessage
+from connectors.fetch import FetchStatus
 from connectors.kafka import RawBatch, TopicPartitionKey
 from detectors.base import Finding
 from monitor.checkpoints import AlertState
@@ -71,6 +72,14 @@ class BatchSource(Protocol):
     def partition_count(self, topic: str) -> int: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class FetchReporting(Protocol):
+    """A source that fetches ahead on a thread of its own and says how far
+    (``KafkaSource`` on the direct path; None otherwise)."""
+
+    def fetch_status(self) -> FetchStatus | None: ...
 
 
 class FindingsHandler(Protocol):

@@ -92,8 +92,15 @@ def test_direct_fetch_reads_what_librdkafka_reads(kafka_bootstrap: str, unique: 
         source = KafkaSource(_options(kafka_bootstrap), f"g-{fetch}-{unique}", topics, fetch=fetch)
         try:
             got[fetch] = _drain(source, n * len(topics))
+            status = source.fetch_status()
         finally:
             source.close()
+        if fetch == "librdkafka":
+            assert status is None  # librdkafka's queue is its own
+        else:  # everything fetched was taken; a partition fetched again counts again
+            assert status is not None and status.queued_bytes == 0 and status.requests > 0
+            taken = sum(len(v) for _, v, _ in got[fetch].values() if v is not None)
+            assert status.fetched_bytes >= taken
     assert len(got["librdkafka"]) == n * len(topics)
     assert got["direct"] == got["librdkafka"]
     for topic in topics:
