@@ -53,16 +53,16 @@ def _lookup(
         c = int((x - lo) * scale)
         if c >= cells:
             c = cells - 1
-        # The answer lies between the counts at the cell's bounds; one cell of slack on
-        # each side absorbs rounding in the cell computation.
-        a = lut[c - 1] if c > 0 else 0
+        # Edges of earlier cells are < x, edges of later cells > x (the cell of an
+        # edge is computed as here): only the cell's own edges need comparing.
+        a = lut[c]
         if k > 0:  # count a fixed number of candidates: no data-dependent branch
             found = a
             for j in range(k):
                 found += padded[a + j] <= x
             a = found
         else:
-            b = lut[c + 2] if c + 2 <= cells else n
+            b = lut[c + 1]
             while a < b:
                 mid = (a + b) >> 1
                 if edges[mid] <= x:
@@ -103,14 +103,14 @@ def _lookup_into(
         c = int((x - lo) * scale)
         if c >= cells:
             c = cells - 1
-        a = lut[c - 1] if c > 0 else 0
+        a = lut[c]
         if k > 0:  # count a fixed number of candidates: no data-dependent branch
             found = a
             for j in range(k):
                 found += padded[a + j] <= x
             a = found
         else:
-            b = lut[c + 2] if c + 2 <= cells else n
+            b = lut[c + 1]
             while a < b:
                 mid = (a + b) >> 1
                 if edges[mid] <= x:
@@ -181,24 +181,25 @@ class EdgeIndex:
         self._hi = float(finite[-1]) if finite.size else 0.0
         span = self._hi - self._lo
         self._scale = cells / span if span > 0 and np.isfinite(span) else 0.0
-        if self._scale:
-            grid = self._lo + np.arange(cells + 1, dtype=np.float64) / self._scale
+        # lut[c]: how many edges fall in cells before c, each edge's cell computed with
+        # the kernels' own operations, so an edge of an earlier cell is < any value of
+        # cell c and an edge of a later cell is > it (the map is monotone), whatever
+        # the rounding. (int32: half the cache a batch's lookups of many fields share)
+        finite_all = finite.size == e.size and e.size > 0
+        if self._scale and finite_all:
+            at = np.minimum(((e - self._lo) * self._scale).astype(np.int64), cells - 1)
         else:
-            grid = np.full(cells + 1, self._lo)
-        # lut[c]: how many edges are <= the start of cell c.
-        # (int32: half the cache a batch's lookups of many fields compete for)
-        self._lut = np.searchsorted(e, grid, side="right").astype(
+            at = np.zeros(e.size, dtype=np.int64)
+        self._lut = np.searchsorted(at, np.arange(cells + 1), side="left").astype(
             np.int32 if e.size < 2**31 - 1 else np.int64
         )
-        self._usable = finite.size == e.size and e.size > 0 and self._scale > 0
-        # The answer for a value in cell c lies in lut[c - 1] .. lut[c + 2] (one cell of
-        # slack each side). When no cell has more than _MAX_CANDIDATES candidates, the
-        # kernels count k edges from lut[c - 1] (edges past the range are > the value;
-        # +inf pads the end) instead of a binary search that mispredicts half its steps.
+        self._usable = finite_all and self._scale > 0
+        # A value of cell c is compared with the cell's edges only. When no cell holds
+        # more than _MAX_CANDIDATES edges, the kernels count k edges from lut[c] (edges
+        # past the cell are > the value; +inf pads the end) instead of a binary search
+        # that mispredicts half its steps.
         n = e.size
-        a = np.concatenate([[0], self._lut[: cells - 1]])
-        b = np.concatenate([self._lut[2:], [n]])
-        widest = int((b - a).max()) if cells and n else 0
+        widest = int(np.diff(self._lut).max()) if cells and n else 0
         self._k = widest if 0 < widest <= _MAX_CANDIDATES else 0
         self._padded = np.concatenate([e, np.full(max(self._k, 1), np.inf)])
 

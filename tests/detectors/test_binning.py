@@ -35,6 +35,29 @@ def test_equals_searchsorted_right(dist: str, n_edges: int) -> None:
     assert np.array_equal(got, np.searchsorted(edges, values, side="right"))
 
 
+@pytest.mark.parametrize("cells", [1, 7, 4096])
+def test_edges_on_cell_bounds_and_crowded_cells(cells: int) -> None:
+    """Only a value's own cell is searched: edges exactly on cell bounds (where the
+    cell computation rounds either way), repeated edges, and cells holding more
+    edges than the fixed-count path takes (a binary search then) stay exact."""
+    rng = np.random.default_rng(cells)
+    lo, hi = -3.3, 7.1
+    bounds = lo + np.arange(cells + 1) * ((hi - lo) / cells)
+    crowded = 0.5 + rng.uniform(0, 1e-9, 40)  # more than _MAX_CANDIDATES in one cell
+    edges = np.sort(np.concatenate([bounds, np.nextafter(bounds, np.inf), crowded, [1.0, 1.0]]))
+    values = np.concatenate(
+        [
+            rng.uniform(lo - 1, hi + 1, 20_000),
+            edges,
+            np.nextafter(edges, np.inf),
+            np.nextafter(edges, -np.inf),
+        ]
+    )
+    for index in (EdgeIndex(edges, cells), EdgeIndex(edges[::3], cells)):
+        got = index.count_at_or_below(values)
+        assert np.array_equal(got, np.searchsorted(index.edges, values, side="right"))
+
+
 @given(
     hnp.arrays(np.float64, st.integers(1, 50), elements=finite, unique=True),
     hnp.arrays(np.float64, st.integers(0, 50), elements=st.floats(width=64)),
