@@ -591,6 +591,26 @@ SERVICE_HEALTH = DashboardSpec(
                     ),
                     unit="ops",
                 ),
+                _ts(
+                    "Share of time waiting for records",
+                    Query(f"rate(driftwarden_poll_seconds_total[{RATE}])", "{{instance}}"),
+                    unit="percentunit",
+                    desc="Seconds per second the main loop spent in the source's poll. Near 1 on "
+                    "a lagging consumer: fetching, not the stages, bounds the rate.",
+                ),
+                _ts(
+                    "Fetch queue (direct fetch)",
+                    Query("driftwarden_fetch_queued_bytes", "queued {{instance}}"),
+                    Query(
+                        f"rate(driftwarden_fetch_bytes_total[{RATE}])"
+                        f" / clamp_min(rate(driftwarden_fetch_requests_total[{RATE}]), 1e-9)",
+                        "per request {{instance}}",
+                    ),
+                    unit="bytes",
+                    desc="Record bytes fetched ahead and not yet processed, and record bytes "
+                    "per fetch response. A full queue with lag growing: the stages bound the "
+                    "rate; an empty one: the fetch does.",
+                ),
             ),
         ),
         RowSpec(
