@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from detectors.baseline import QualityBaseline
+from monitor.pipeline.decode import StreamDecoder
 from monitor.pipeline.drift import DriftStage
 from tests.drift_utils import feed, numeric_stage, round_robin, shifted_stream, stream_spec
 
@@ -299,3 +303,45 @@ def test_clean_verdicts_from_arrays_equal_the_detectors_own(
     clean = [f for _, f in runs[0] if not f.drift]
     assert len(clean) > 50 and any(f.drift for _, f in runs[0])
     assert runs[0] == runs[1]
+
+
+def test_the_compiled_screens_flag_what_each_detector_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At every step boundary of a drifting stream with nulls, the screens' flags for
+    KS, PSI and data_quality (one compiled pass each) are the detectors' own
+    ``drifts_many`` on the same window counts (a verdict right at its threshold, within
+    the screens' 1e-9 slack, would be the only difference)."""
+    import monitor.pipeline.drift as drift
+
+    seen: list[tuple[np.ndarray, np.ndarray, np.ndarray, drift._Screens]] = []
+    flags = drift._Screens.flags
+
+    def spy(self: drift._Screens, totals: np.ndarray, closed: np.ndarray) -> np.ndarray:
+        out = flags(self, totals, closed)
+        seen.append((totals.copy(), closed.copy(), out.copy(), self))
+        return out
+
+    monkeypatch.setattr(drift._Screens, "flags", spy)
+    fields = ["a", "b", "c"]
+    n, parts = 40_000, 3
+    cols = shifted_stream(n, 22_000, 0.4, fields, seed=4)
+    rng = np.random.default_rng(5)
+    cols["b"][rng.random(n) < np.where(np.arange(n) < 30_000, 0.1, 0.3)] = np.nan
+    plain = numeric_stage(fields, parts, detectors=("ks", "psi", "data_quality"), window=4_000)
+    assert plain.baseline is not None
+    quality = {f: QualityBaseline(np.array([90_000, 10_000, 0, 0, 0, 0])) for f in fields}
+    baseline = dataclasses.replace(plain.baseline, quality=quality, content_hash="")
+    stage = DriftStage(plain.spec, StreamDecoder(plain.spec), baseline)
+    stage.set_partition_count(parts)
+    feed(stage, cols, round_robin(n, parts), 2_500, as_matrix=True)
+    flagged = 0
+    for totals, closed, out, screens in seen:
+        starts = screens.layout.starts
+        for j, (plan, i, seg) in enumerate(screens.items):
+            a, b = int(starts[seg]), int(starts[seg + 1])
+            want = plan.merged[i].drifts_many(totals[:, a:b].astype(np.int64), closed)
+            assert out[:, j].tolist() == want.tolist(), (plan.name, plan.merged[i].name)
+            flagged += int(want.sum())
+    kinds = {type(it[0].merged[it[1]]).__name__ for it in seen[0][3].items}
+    assert kinds == {"KS", "PSI", "QualityRates"} and flagged > 20

@@ -107,6 +107,7 @@ from detectors.data_quality import QualityRates, quality_summary
 from detectors.ks import KS
 from detectors.psi import PSI
 from detectors.registry import create
+from detectors.screens import psi_screens, quality_screens
 from detectors.window import DEFAULT_ERT_EVENTS, SlidingCounts
 from detectors.window_ring import CutSpans, WindowRing, ks_many
 from monitor.checkpoints import BaselineCheckpoint, StageState
@@ -324,10 +325,7 @@ class _Screens:
         ).astype(np.int64)
         sizes = [g.size for g in group_starts]
         self.psi_offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1].astype(np.int64)
-        rep = np.repeat(np.arange(len(pdets)), sizes) if pdets else np.empty(0, np.int64)
         smooth = np.asarray([d.smoothing for d in pdets], dtype=np.float64)
-        self.psi_smooth = smooth[rep] if pdets else np.empty(0)
-        self.psi_nbins = np.asarray(sizes, dtype=np.float64)[rep] if pdets else np.empty(0)
         self.psi_b = (
             np.concatenate(
                 [
@@ -338,6 +336,12 @@ class _Screens:
             if pdets
             else np.empty(0)
         )
+        # Each coarse group's columns in a row, and each item's groups (psi_screens).
+        ends = np.append(self.psi_cuts, starts[-1])
+        self.psi_g_start = self.psi_cuts[self.psi_take].astype(np.int64)
+        self.psi_g_end = ends[self.psi_take + 1].astype(np.int64)
+        self.psi_g_offsets = np.append(self.psi_offsets, self.psi_take.size).astype(np.int64)
+        self.psi_smooth_items = smooth
         self.psi_min = np.asarray([d.psi_min for d in pdets], dtype=np.float64)
         self.psi_crit = np.asarray([d._chi2_crit for d in pdets], dtype=np.float64)
         self.psi_n = np.asarray([float(d._base.sum()) for d in pdets], dtype=np.float64)
@@ -665,30 +669,30 @@ class _Screens:
             threshold = np.maximum(self.ks_dmin, self.ks_crit / np.sqrt(n_eff))
             out[:, self.ks_cols] = ready & (m > 0) & (d >= threshold * slack)
         if self.psi_cols.size:
-            groups = np.add.reduceat(totals, self.psi_cuts, axis=1)[:, self.psi_take]
-            c = groups.astype(np.float64)
-            m = np.add.reduceat(c, self.psi_offsets, axis=1)
-            rep_m = np.repeat(m, np.diff(np.append(self.psi_offsets, c.shape[1])), axis=1)
-            w = (c + self.psi_smooth) / (rep_m + self.psi_smooth * self.psi_nbins)
-            value = np.add.reduceat((w - self.psi_b) * np.log(w / self.psi_b), self.psi_offsets, 1)
-            n = self.psi_n
-            n_eff = np.where(m > 0, n * m / (n + np.where(m > 0, m, 1.0)), 1.0)
-            threshold = np.maximum(self.psi_min, self.psi_crit / n_eff)
-            out[:, self.psi_cols] = ready & (m > 0) & (value >= threshold * slack)
-        if self.q_cols.size:
-            c = totals[:, self.q_index].astype(np.float64)  # (C, items, kinds)
-            m = c.sum(axis=-1, keepdims=True)
-            base = self.q_base
-            n = base.sum(axis=-1, keepdims=True)
-            safe_m = np.where(m > 0, m, 1.0)
-            p = (c + base) / (safe_m + n)
-            var = p * (1.0 - p) * (1.0 / safe_m + 1.0 / n)
-            rise = c / safe_m - base / n
-            z = np.where(var > 0, rise / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
-            hit = (rise >= self.q_min[:, None] * slack - _SCREEN_SLACK) & (
-                z >= self.q_crit[:, None] * slack
+            out[:, self.psi_cols] = psi_screens(
+                totals,
+                self.psi_g_start,
+                self.psi_g_end,
+                self.psi_g_offsets,
+                self.psi_smooth_items,
+                self.psi_b,
+                self.psi_n,
+                self.psi_min,
+                self.psi_crit,
+                ready[:, 0],
+                slack,
             )
-            out[:, self.q_cols] = ready & (m[..., 0] > 0) & hit[..., 1:].any(axis=-1)
+        if self.q_cols.size:
+            out[:, self.q_cols] = quality_screens(
+                totals,
+                self.q_index,
+                self.q_base,
+                self.q_crit,
+                self.q_min,
+                ready[:, 0],
+                slack,
+                _SCREEN_SLACK,
+            )
         for j in self.other:
             plan, i, seg = self.items[j]
             a, b = int(self.layout.starts[seg]), int(self.layout.starts[seg + 1])
