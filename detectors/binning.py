@@ -180,7 +180,9 @@ class EdgeIndex:
         self._lo = float(finite[0]) if finite.size else 0.0
         self._hi = float(finite[-1]) if finite.size else 0.0
         span = self._hi - self._lo
-        self._scale = cells / span if span > 0 and np.isfinite(span) else 0.0
+        scale = cells / span if span > 0 and np.isfinite(span) else 0.0
+        # A span of a few subnormals overflows the scale: searchsorted answers then.
+        self._scale = scale if np.isfinite(scale) else 0.0
         # lut[c]: how many edges fall in cells before c, each edge's cell computed with
         # the kernels' own operations, so an edge of an earlier cell is < any value of
         # cell c and an edge of a later cell is > it (the map is monotone), whatever

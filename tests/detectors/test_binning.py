@@ -58,6 +58,27 @@ def test_edges_on_cell_bounds_and_crowded_cells(cells: int) -> None:
         assert np.array_equal(got, np.searchsorted(index.edges, values, side="right"))
 
 
+@pytest.mark.parametrize(
+    "edges",
+    [
+        [0.0, 5e-324],
+        [0.0, 1e-320, 2e-320],
+        [-1e308, 1e308],
+        [1.0, float(np.nextafter(1.0, 2.0))],
+        [-5e-324, 0.0, 5e-324],
+    ],
+)
+def test_extreme_spans(edges: list[float]) -> None:
+    """Spans of a few subnormals (the grid's scale overflows) or of the whole float
+    range (the span overflows) fall back to searchsorted; tiny normal spans stay exact."""
+    e = np.array(edges)
+    values = np.concatenate(
+        [e, np.nextafter(e, np.inf), np.nextafter(e, -np.inf), [0.0, -np.inf, np.inf, np.nan]]
+    )
+    got = EdgeIndex(e).count_at_or_below(values)
+    assert np.array_equal(got, np.searchsorted(e, values, side="right"))
+
+
 @given(
     hnp.arrays(np.float64, st.integers(1, 50), elements=finite, unique=True),
     hnp.arrays(np.float64, st.integers(0, 50), elements=st.floats(width=64)),
