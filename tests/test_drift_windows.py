@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from detectors.baseline import QualityBaseline
-from monitor.pipeline.decode import StreamDecoder
+from detectors.baseline import Baseline, QualityBaseline, build_numeric
+from monitor.pipeline.decode import Batch, StreamDecoder
 from monitor.pipeline.drift import DriftStage
 from tests.drift_utils import feed, numeric_stage, round_robin, shifted_stream, stream_spec
 
@@ -345,3 +345,59 @@ def test_the_compiled_screens_flag_what_each_detector_would(
             flagged += int(want.sum())
     kinds = {type(it[0].merged[it[1]]).__name__ for it in seen[0][3].items}
     assert kinds == {"KS", "PSI", "QualityRates"} and flagged > 20
+
+
+def test_baselines_of_extreme_values_bin_within_their_fields() -> None:
+    """Baselines built from subnormals, one value, two values, huge magnitudes and the
+    whole float range, fed values of every kind (NaN, infinities, subnormals, values
+    outside the baseline): every field's window counts exactly its own valid values,
+    and a control field beside them sees every event (a bin computed past a field's
+    range would land in another field's counts)."""
+    rng = np.random.default_rng(12)
+    n_base, n, window = 5_000, 12_000, 4_000
+    makers = {
+        "subnormal": lambda k: rng.uniform(0, 1e-320, k),
+        "constant": lambda k: np.full(k, 3.0),
+        "two_point": lambda k: rng.integers(0, 2, k).astype(float),
+        "huge": lambda k: rng.normal(0, 1e300, k),
+        "whole_range": lambda k: rng.choice([-1.7e308, 1.7e308, 0.0], k),
+        "control": lambda k: rng.normal(size=k),
+    }
+    fields = list(makers)
+    spec = stream_spec(
+        {f: {"type": "float", "detectors": ["ks", "psi"]} for f in fields},
+        format="json",
+        window={"events": window, "step": 1_000},
+    )
+    base = {f: build_numeric(make(n_base)) for f, make in makers.items()}
+    stage = DriftStage(spec, StreamDecoder(spec), Baseline("x", "2026-11-30", "test", base))
+    stage.set_partition_count(2)
+    weird = np.array([np.nan, np.inf, -np.inf, 5e-324, -5e-324, 1e308, -1e308, 0.0, 3.0])
+    cols = {f: make(n) for f, make in makers.items()}
+    for f in fields[:-1]:  # every field but the control gets weird values too
+        at = rng.random(n) < 0.2
+        cols[f][at] = rng.choice(weird, int(at.sum()))
+    for as_matrix in (True, False):
+        stage = DriftStage(spec, StreamDecoder(spec), Baseline("x", "2026-11-30", "t", base))
+        stage.set_partition_count(2)
+        parts = round_robin(n, 2)
+        for a in range(0, n, 3_000):
+            b = a + 3_000
+            batch_cols = {f: v[a:b] for f, v in cols.items()}
+            valid = {f: np.isfinite(v) for f, v in batch_cols.items()}
+            if as_matrix:
+                values_m, valid_m = (
+                    np.stack(list(batch_cols.values())),
+                    np.stack(list(valid.values())),
+                )
+                batch_cols = {f: values_m[i] for i, f in enumerate(fields)}
+                valid = {f: valid_m[i] for i, f in enumerate(fields)}
+            bt = Batch(
+                stream="s", n_input=3_000, rows=np.arange(3_000), columns=batch_cols, valid=valid
+            )
+            stage.update(bt, parts[a:b], np.arange(a, b) // 2)
+        got = {(f.subject, f.detector): dict(f.details)["n_window"] for f in stage.evaluate()}
+        for f in fields:
+            want = float(np.isfinite(cols[f][n - window :]).sum())
+            assert got[(f, "ks")] == got[(f, "psi")] == want, (f, as_matrix)
+        assert got[("control", "ks")] == window
