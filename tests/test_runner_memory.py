@@ -327,11 +327,21 @@ class FetchingSource(MemorySource):
         return FetchStatus(queued_bytes=total - self.taken, requests=7, fetched_bytes=total)
 
 
+class RestartingFetcher(FetchingSource):
+    """Its fetcher starts over halfway (counters back at zero): totals keep growing."""
+
+    def fetch_status(self) -> FetchStatus:
+        status = super().fetch_status()
+        if self.taken * 2 < status.fetched_bytes:
+            return status
+        return FetchStatus(status.queued_bytes, 3, self.taken)
+
+
 def test_the_poll_time_and_the_fetchers_queue_are_metrics(
     data: tuple[dict[int, list[bytes]], Path],
 ) -> None:
     values, baseline = data
-    for source in (MemorySource(values), FetchingSource(values)):
+    for source in (MemorySource(values), FetchingSource(values), RestartingFetcher(values)):
         runner, registry = _runner(_config(baseline), source, MemoryStateStore())
         source.assign([(TOPIC, 0), (TOPIC, 1)])
         _drain(runner)
@@ -339,8 +349,11 @@ def test_the_poll_time_and_the_fetchers_queue_are_metrics(
         queued = registry.get_sample_value("driftwarden_fetch_queued_bytes")
         requests = registry.get_sample_value("driftwarden_fetch_requests_total")
         fetched = registry.get_sample_value("driftwarden_fetch_bytes_total")
-        if isinstance(source, FetchingSource):
-            total = sum(len(v) for vs in values.values() for v in vs)
+        total = sum(len(v) for vs in values.values() for v in vs)
+        if isinstance(source, RestartingFetcher):  # 7 before the restart, 3 after it
+            assert queued == 0.0 and requests == 10.0 and fetched is not None
+            assert fetched >= total
+        elif isinstance(source, FetchingSource):
             assert (queued, requests, fetched) == (0.0, 7.0, float(total))
         else:  # a source that does not fetch ahead leaves them at zero
             assert (queued, requests, fetched) == (0.0, 0.0, 0.0)

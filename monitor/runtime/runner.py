@@ -220,6 +220,8 @@ class Runner:
             return
         m.fetch_queued_bytes.set(status.queued_bytes)
         requests, fetched = self._fetch_totals
+        if status.requests < requests or status.fetched_bytes < fetched:
+            requests, fetched = 0, 0  # a new fetcher counts from zero
         m.fetch_requests.inc(status.requests - requests)
         m.fetch_bytes.inc(status.fetched_bytes - fetched)
         self._fetch_totals = (status.requests, status.fetched_bytes)
