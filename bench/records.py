@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import struct
 import sys
 import time
 
@@ -24,46 +23,21 @@ import numpy as np
 
 from bench.common import cpu_model
 from connectors.records import RecordColumns, read_records
-
-
-def _varint(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
-def _record(delta: int, key: bytes, value: bytes) -> bytes:
-    body = (
-        b"\x00"
-        + _varint(delta)  # timestamp delta
-        + _varint(delta)  # offset delta
-        + _varint(len(key))
-        + key
-        + _varint(len(value))
-        + value
-        + _varint(0)  # no headers
-    )
-    return _varint(len(body)) + body
+from tests.test_records import Batch, Rec, as_buf
 
 
 def record_set(records: int, value_bytes: int, per_batch: int) -> np.ndarray:
-    """Uncompressed v2 record batches holding ``records`` records."""
+    """Uncompressed v2 record batches holding ``records`` records (the tests' encoder,
+    checked there against the protocol guide)."""
     value = (b'{"f0": 0.123456789, ' * (value_bytes // 20 + 1))[:value_bytes]
-    out = bytearray()
-    base = 0
-    while base < records:
-        n = min(per_batch, records - base)
-        recs = b"".join(_record(i, b"key%d" % i, value) for i in range(n))
-        stamp = 1_700_000_000_000
-        body = struct.pack(">hiqqqhii", 0, n - 1, stamp, stamp, -1, -1, -1, n)
-        after_length = struct.pack(">ibI", 0, 2, 0) + body + recs
-        out += struct.pack(">qi", base, len(after_length)) + after_length
-        base += n
-    return np.frombuffer(bytes(out), np.uint8)
+    batches = [
+        Batch(
+            base,
+            tuple(Rec(b"key%d" % i, value, i, i) for i in range(min(per_batch, records - base))),
+        )
+        for base in range(0, records, per_batch)
+    ]
+    return as_buf(*batches)
 
 
 def main() -> None:
