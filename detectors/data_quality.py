@@ -29,6 +29,7 @@ from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from numba import njit
 from scipy import special, stats
 
 from detectors.base import DetectorError, Finding, IntArray
@@ -38,6 +39,7 @@ from detectors.window import WindowedDetector
 __all__ = ["QualityRates", "quality_summary", "rate_z"]
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
 def rate_z(count: float, m: float, base_count: float, n: float) -> float:
     """Pooled two-proportion z of ``count / m`` against ``base_count / n`` (0 if undefined).
 

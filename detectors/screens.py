@@ -24,6 +24,7 @@ import numpy.typing as npt
 from numba import njit
 
 from detectors.base import FloatArray, IntArray
+from detectors.data_quality import rate_z
 
 __all__ = ["psi_screens", "quality_screens"]
 
@@ -136,11 +137,10 @@ def _quality(
                 continue
             for q in range(1, kinds):  # kind 0 ("ok") is not a problem
                 x = float(totals[c, index[k, q]])
-                p = (x + base[k, q]) / (m + n)
-                var = p * (1.0 - p) * (1.0 / m + 1.0 / n)
                 rise = x / m - base[k, q] / n
-                z = rise / math.sqrt(var) if var > 0 else 0.0
-                if rise >= rise_min[k] * slack - absolute and z >= z_min[k] * slack:
+                if rise >= rise_min[k] * slack - absolute and (
+                    rate_z(x, m, base[k, q], n) >= z_min[k] * slack
+                ):
                     out[c, k] = True
                     break
 
