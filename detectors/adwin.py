@@ -49,6 +49,7 @@ import numpy as np
 from numba import njit
 
 from detectors.base import DetectorError, Finding, FloatArray, IntArray, WindowBounds
+from detectors.views import views_of_one
 
 __all__ = ["ADWIN", "estimations", "update_many"]
 
@@ -591,33 +592,6 @@ def _adwin_many(
     return -1
 
 
-def _one_buffer(xs: list[FloatArray]) -> tuple[FloatArray, IntArray] | None:
-    """``(flat, at)`` when every array is a contiguous float64 view into one
-    C-contiguous float64 array (rows, or parts of rows, of the decoder's matrix):
-    ``xs[f]`` is ``flat[at[f] : at[f] + xs[f].size]``. Else None (then the values are
-    copied end to end)."""
-    base = xs[0].base if xs else None
-    if (
-        not isinstance(base, np.ndarray)
-        or base.dtype != np.float64
-        or not base.flags.c_contiguous
-        or base.size == 0
-    ):
-        return None
-    start = base.__array_interface__["data"][0]
-    at = []
-    for x in xs:
-        if x.base is not base or x.dtype != np.float64 or x.ndim != 1:
-            return None
-        if x.size > 1 and x.strides[0] != 8:
-            return None
-        off = x.__array_interface__["data"][0] - start
-        if off % 8 or off < 0 or off // 8 + x.size > base.size:
-            return None
-        at.append(off // 8)
-    return base.reshape(-1), np.asarray(at, dtype=np.int64)
-
-
 class _Stack:
     """The states of several ADWIN instances side by side; each instance's state
     arrays are views into these while the stack is current."""
@@ -679,8 +653,12 @@ def update_many(dets: list[ADWIN], values: list[FloatArray]) -> list[int]:
     starts = np.zeros(len(xs) + 1, dtype=np.int64)
     np.cumsum(sizes, out=starts[1:])
     # Rows of one matrix are read where they are; other values are copied end to end.
-    shared = _one_buffer(xs)
-    flat, at = shared if shared is not None else (np.concatenate(xs), starts[:-1])
+    shared = views_of_one(xs)
+    flat, at = (
+        (shared[0].reshape(-1), shared[1])
+        if shared is not None
+        else (np.concatenate(xs), starts[:-1])
+    )
     stack: _Stack | None = getattr(dets[0], "_stack", None)
     if stack is None or not stack.current(dets):
         stack = _Stack(dets)

@@ -108,6 +108,7 @@ from detectors.ks import KS
 from detectors.psi import PSI
 from detectors.registry import create
 from detectors.screens import psi_screens, quality_screens
+from detectors.views import views_of_one
 from detectors.window import DEFAULT_ERT_EVENTS, SlidingCounts
 from detectors.window_ring import CutSpans, WindowRing, ks_many
 from monitor.checkpoints import BaselineCheckpoint, StageState
@@ -1896,20 +1897,14 @@ def _rows_of_one(
 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]] | None:
     """``(matrix, the row of each column)`` when every column is a whole row of one
     C-contiguous 2-D array (how the decoder hands out a batch's columns), else None."""
-    base = columns[0].base if columns else None
-    if not isinstance(base, np.ndarray) or base.ndim != 2 or not base.flags.c_contiguous:
+    found = views_of_one(columns)
+    if found is None or found[0].ndim != 2:
         return None
-    width, stride = base.shape[1], base.strides[0]
-    start = base.__array_interface__["data"][0]
-    rows = []
-    for c in columns:
-        if c.base is not base or c.ndim != 1 or c.size != width or c.strides != base.strides[1:]:
-            return None
-        off = c.__array_interface__["data"][0] - start
-        if stride <= 0 or off % stride:
-            return None
-        rows.append(off // stride)
-    return base, np.asarray(rows, dtype=np.int64)
+    base, at = found
+    width = base.shape[1]
+    if any(c.size != width for c in columns) or (at % width).any():
+        return None
+    return base, at // width
 
 
 def _unorder(values: npt.NDArray[Any], order: npt.NDArray[np.intp] | None) -> npt.NDArray[Any]:

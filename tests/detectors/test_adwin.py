@@ -255,8 +255,8 @@ def test_update_many_reads_rows_of_one_matrix_in_place_and_equals_update_of_each
     """Columns that are rows (or parts of rows) of one matrix, as the decoder hands
     them out, are read where they are; the result is that of ``update`` per instance,
     in value mode too (change positions included)."""
-    from detectors import adwin as adwin_mod
     from detectors.adwin import ADWIN, update_many
+    from detectors.views import views_of_one
 
     rng = np.random.default_rng(5)
     for kw in (
@@ -269,7 +269,7 @@ def test_update_many_reads_rows_of_one_matrix_in_place_and_equals_update_of_each
             matrix = rng.normal(2.0 * (step >= 6), 1.0, (4, 300))
             lo = int(rng.integers(0, 50))
             views = [matrix[0], matrix[1, lo:], matrix[3, : 300 - lo], matrix[2, 10:20]]
-            assert adwin_mod._one_buffer(views) is not None
+            assert views_of_one(views) is not None
             want = [int(f.statistic) for d, v in zip(one, views, strict=True) for f in d.update(v)]
             assert update_many(many, views) == want
             for a, b in zip(one, many, strict=True):
