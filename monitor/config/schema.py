@@ -442,7 +442,7 @@ class StateConfig(_Model):
 
     enabled: bool = True
     topic: str = "driftwarden.state"
-    every_events: int = Field(default=100_000, gt=0)
+    every_events: int = Field(default=1_000_000, gt=0)
     every_seconds: Duration = 30.0
 
 
