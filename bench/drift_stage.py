@@ -1,7 +1,8 @@
 """Cost of the drift stage alone: µs of CPU per event for F float fields.
 
-Feeds the stage in process (no broker, no decode) with N(0, 1) columns, rows
-round-robin over P partitions, in batches of B; the default detectors of a float
+Feeds the stage in process (no broker, no decode) with N(0, 1) columns in batches
+of B, each a run of rows per partition of P as the Kafka source hands them over
+(``--interleaved``: rows round-robin over the partitions); the default detectors of a float
 field (ks, psi, adwin, data_quality) with a baseline carrying quality rates; window
 10,000 / step 1,000. A first pass warms up (numba, scipy); then ``--repeat`` passes
 on fresh stages are timed, each with ``time.process_time`` (CPU of this process, so
@@ -62,21 +63,35 @@ def _stage(fields: list[str], partitions: int) -> DriftStage:
 
 
 def _run(
-    stage: DriftStage, cols: dict[str, np.ndarray], partitions: int, batch: int
+    stage: DriftStage,
+    cols: dict[str, np.ndarray],
+    partitions: int,
+    batch: int,
+    interleaved: bool = False,
 ) -> tuple[float, float]:
     """(CPU, wall) µs per event of feeding ``cols`` to ``stage``."""
     n = len(next(iter(cols.values())))
-    parts = (np.arange(n) % partitions).astype(np.int32)
-    offsets = np.arange(n) // partitions
+    if interleaved:  # rows round-robin over the partitions
+        parts = (np.arange(n) % partitions).astype(np.int32)
+    else:  # each batch a run of records per partition, as the Kafka source hands them over
+        within = np.arange(n) % batch
+        parts = (within * partitions // batch).astype(np.int32)
+    offsets = np.zeros(n, dtype=np.int64)
+    for p in range(partitions):
+        at = np.flatnonzero(parts == p)
+        offsets[at] = np.arange(at.size)
     ones = np.ones(batch, bool)
+    # Each batch's columns are rows of one matrix, as the decoder hands them out.
+    names = list(cols)
+    matrices = [np.stack([cols[k][a : a + batch] for k in names]) for a in range(0, n, batch)]
     t, w = time.process_time(), time.perf_counter()
-    for a in range(0, n, batch):
+    for a, matrix in zip(range(0, n, batch), matrices, strict=True):
         b = a + batch
         bt = Batch(
             stream="s",
             n_input=batch,
             rows=np.arange(batch, dtype=np.int64),
-            columns={k: v[a:b] for k, v in cols.items()},
+            columns={k: matrix[i] for i, k in enumerate(names)},
             valid={k: ones for k in cols},
         )
         stage.update(bt, parts[a:b], offsets[a:b])
@@ -90,6 +105,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--partitions", default="1,4")
     ap.add_argument("--batches", default="1000,10000")
+    ap.add_argument(
+        "--interleaved", action="store_true", help="rows round-robin over the partitions"
+    )
     args = ap.parse_args()
     fields = [f"f{i}" for i in range(args.fields)]
     rng = np.random.default_rng(1)
@@ -98,9 +116,9 @@ def main() -> None:
     print("{:>10} {:>7} {:>13} {:>14} {:>13}".format(*head))
     for partitions in map(int, args.partitions.split(",")):
         for batch in map(int, args.batches.split(",")):
-            _run(_stage(fields, partitions), cols, partitions, batch)  # warm-up
+            _run(_stage(fields, partitions), cols, partitions, batch, args.interleaved)  # warm-up
             runs = [
-                _run(_stage(fields, partitions), cols, partitions, batch)
+                _run(_stage(fields, partitions), cols, partitions, batch, args.interleaved)
                 for _ in range(args.repeat)
             ]
             cpu, wall = min(r[0] for r in runs), min(r[1] for r in runs)

@@ -248,6 +248,40 @@ def test_one_call_binning_and_the_adwin_worker_change_nothing(
         assert repr(states) == repr(runs[0][1])
 
 
+@pytest.mark.parametrize("as_matrix", [False, True])
+def test_partitions_in_runs_fold_in_place_as_if_regrouped(
+    as_matrix: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch holding a run of rows per partition (as the Kafka source hands them
+    over) is folded without regrouping its rows: the findings (with their evidence)
+    and the checkpointed states equal those of the regrouping path."""
+    import monitor.pipeline.drift as drift
+
+    fields = ["a", "b", "c"]
+    n, parts, batch = 24_000, 4, 2_000
+    cols = shifted_stream(n, 15_000, 0.4, fields, seed=7)
+    rng = np.random.default_rng(8)
+    cols["c"][rng.random(n) < 0.1] = np.nan
+    # Each batch: runs of uneven length per partition, in a varying partition order.
+    partitions = np.empty(n, dtype=np.int32)
+    for a in range(0, n, batch):
+        order = rng.permutation(parts)
+        cuts = np.sort(rng.choice(np.arange(1, batch), parts - 1, replace=False))
+        for p, run in zip(order, np.split(np.arange(a, a + batch), cuts), strict=True):
+            partitions[run] = p
+    detectors = ("ks", "psi", "adwin", "data_quality")
+    runs = []
+    for keep in (False, True):
+        monkeypatch.setattr(drift, "_KEEP_RUNS", keep)
+        stage = numeric_stage(fields, parts, detectors=detectors, window=6_000, step=600)
+        fed = feed(stage, cols, partitions, batch, as_matrix=as_matrix)
+        states = [stage.partition_state(p) for p in range(parts)]
+        runs.append((fed.findings, [None if s is None else s.to_plain() for s in states]))
+    assert any(f.drift for _, f in runs[0][0])
+    assert runs[1][0] == runs[0][0]
+    assert repr(runs[1][1]) == repr(runs[0][1])
+
+
 def test_a_failing_fold_waits_for_the_adwin_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     """When the window fold raises (a stage error), update returns only after the
     worker's ADWIN fold has ended: nothing folds in the background afterwards."""
