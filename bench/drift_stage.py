@@ -2,14 +2,17 @@
 
 Feeds the stage in process (no broker, no decode) with N(0, 1) columns in batches
 of B, each a run of rows per partition of P as the Kafka source hands them over
-(``--interleaved``: rows round-robin over the partitions); the default detectors of a float
-field (ks, psi, adwin, data_quality) with a baseline carrying quality rates; window
-10,000 / step 1,000. A first pass warms up (numba, scipy); then ``--repeat`` passes
-on fresh stages are timed, each with ``time.process_time`` (CPU of this process, so
-other load on the machine inflates it less than wall time) and wall time; the table
-gives the best pass of each (the least disturbed by other jobs).
+(``--layout one``: each batch from one partition, as the direct fetch path mostly
+hands them over at a few partitions; ``interleaved``: rows round-robin); the
+default detectors of a float field (ks, psi, adwin, data_quality) with a baseline
+carrying quality rates; window 10,000 / step 1,000. A first pass warms up (numba,
+scipy); then ``--repeat`` passes on fresh stages are timed, each with
+``time.process_time`` (CPU of this process, so other load on the machine inflates
+it less than wall time) and wall time; the table gives the best pass of each (the
+least disturbed by other jobs).
 
 Usage: python bench/drift_stage.py [--fields 20] [--events 200000] [--repeat 3]
+       [--partitions 1,4] [--batches 1000,10000] [--layout runs|one|interleaved]
 """
 
 from __future__ import annotations
@@ -67,12 +70,14 @@ def _run(
     cols: dict[str, np.ndarray],
     partitions: int,
     batch: int,
-    interleaved: bool = False,
+    layout: str = "runs",
 ) -> tuple[float, float]:
     """(CPU, wall) µs per event of feeding ``cols`` to ``stage``."""
     n = len(next(iter(cols.values())))
-    if interleaved:  # rows round-robin over the partitions
+    if layout == "interleaved":  # rows round-robin over the partitions
         parts = (np.arange(n) % partitions).astype(np.int32)
+    elif layout == "one":  # each batch from one partition, the partitions in turn
+        parts = (np.arange(n) // batch % partitions).astype(np.int32)
     else:  # each batch a run of records per partition, as the Kafka source hands them over
         within = np.arange(n) % batch
         parts = (within * partitions // batch).astype(np.int32)
@@ -106,7 +111,11 @@ def main() -> None:
     ap.add_argument("--partitions", default="1,4")
     ap.add_argument("--batches", default="1000,10000")
     ap.add_argument(
-        "--interleaved", action="store_true", help="rows round-robin over the partitions"
+        "--layout",
+        choices=("runs", "one", "interleaved"),
+        default="runs",
+        help="a batch's rows: a run per partition (default), all of one partition "
+        "(the partitions in turn), or round-robin over the partitions",
     )
     args = ap.parse_args()
     fields = [f"f{i}" for i in range(args.fields)]
@@ -116,9 +125,9 @@ def main() -> None:
     print("{:>10} {:>7} {:>13} {:>14} {:>13}".format(*head))
     for partitions in map(int, args.partitions.split(",")):
         for batch in map(int, args.batches.split(",")):
-            _run(_stage(fields, partitions), cols, partitions, batch, args.interleaved)  # warm-up
+            _run(_stage(fields, partitions), cols, partitions, batch, args.layout)  # warm-up
             runs = [
-                _run(_stage(fields, partitions), cols, partitions, batch, args.interleaved)
+                _run(_stage(fields, partitions), cols, partitions, batch, args.layout)
                 for _ in range(args.repeat)
             ]
             cpu, wall = min(r[0] for r in runs), min(r[1] for r in runs)
