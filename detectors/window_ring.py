@@ -80,7 +80,7 @@ def _span_tuple(
 
 @njit(cache=True, nogil=True)
 def _fold(
-    flat: npt.NDArray[np.int32],
+    flat: npt.NDArray[Any],  # uint16 or int32
     positions: IntArray,
     offsets: IntArray,
     has_offsets: bool,
@@ -263,7 +263,7 @@ class WindowRing:
 
     def fold(
         self,
-        flat: npt.NDArray[np.int32],
+        flat: npt.NDArray[np.uint16] | npt.NDArray[np.int32],
         positions: IntArray,
         offsets: IntArray | None,
         times: FloatArray | None,

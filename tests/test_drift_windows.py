@@ -282,6 +282,37 @@ def test_partitions_in_runs_fold_in_place_as_if_regrouped(
     assert repr(runs[1][1]) == repr(runs[0][1])
 
 
+@pytest.mark.parametrize("as_matrix", [False, True])
+def test_sixteen_and_thirty_two_bit_flat_bins_give_the_same_windows(
+    as_matrix: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flat bins of a narrow row are kept in 16 bits: findings and checkpointed
+    states equal those of 32-bit bins (field by field and in one call, with nulls
+    so that the data-quality rows are written too)."""
+    import monitor.pipeline.drift as drift
+
+    fields = ["a", "b", "c"]
+    n, parts = 18_000, 3
+    cols = shifted_stream(n, 11_000, 0.4, fields, seed=9)
+    rng = np.random.default_rng(10)
+    cols["a"][rng.random(n) < 0.2] = np.nan
+    partitions = round_robin(n, parts)
+    detectors = ("ks", "psi", "adwin", "data_quality")
+    runs = []
+    for limit in (2**16 - 1, 0):  # 16-bit bins, then 32-bit ones
+        monkeypatch.setattr(drift, "_NARROW_FLAT", limit)
+        stage = numeric_stage(fields, parts, detectors=detectors, window=6_000, step=600)
+        fed = feed(stage, cols, partitions, 2_500, as_matrix=as_matrix)
+        states = [stage.partition_state(p) for p in range(parts)]
+        runs.append((fed.findings, [None if s is None else s.to_plain() for s in states]))
+        assert stage._buffers["flat16" if limit else "flat"].dtype == (
+            np.uint16 if limit else np.int32
+        )
+    assert any(f.drift for _, f in runs[0][0])
+    assert runs[1][0] == runs[0][0]
+    assert repr(runs[1][1]) == repr(runs[0][1])
+
+
 def test_a_failing_fold_waits_for_the_adwin_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     """When the window fold raises (a stage error), update returns only after the
     worker's ADWIN fold has ended: nothing folds in the background afterwards."""
