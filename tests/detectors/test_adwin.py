@@ -251,12 +251,27 @@ def test_update_many_is_update_of_each() -> None:
     assert sum(d.n_detections for d in many) > 0
 
 
-def test_update_many_reads_rows_of_one_matrix_in_place_and_equals_update_of_each() -> None:
+@pytest.mark.parametrize("in_place", [True, False])
+def test_update_many_reads_rows_of_one_matrix_in_place_and_equals_update_of_each(
+    in_place: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Columns that are rows (or parts of rows) of one matrix, as the decoder hands
-    them out, are read where they are; the result is that of ``update`` per instance,
-    in value mode too (change positions included)."""
+    them out, are read where they are (long ones; short ones are copied end to end);
+    either way the result is that of ``update`` per instance, in value mode too
+    (change positions included)."""
+    import detectors.adwin as adwin
     from detectors.adwin import ADWIN, update_many
     from detectors.views import views_of_one
+
+    monkeypatch.setattr(adwin, "_IN_PLACE_MIN", 0 if in_place else 10**9)
+    seen: list[bool] = []
+    real = adwin.views_of_one
+
+    def spy(arrays: list[np.ndarray]) -> object:
+        seen.append(True)
+        return real(arrays)
+
+    monkeypatch.setattr(adwin, "views_of_one", spy)
 
     rng = np.random.default_rng(5)
     for kw in (
@@ -278,6 +293,7 @@ def test_update_many_reads_rows_of_one_matrix_in_place_and_equals_update_of_each
                 for k, v in a.state().items():
                     assert np.array_equal(np.asarray(v), np.asarray(b.state()[k])), k
         assert sum(d.n_detections for d in many) > 0
+    assert bool(seen) == in_place
 
 
 def test_update_many_refuses_a_non_finite_value_before_folding_anything() -> None:
