@@ -42,7 +42,10 @@ from numba import njit
 
 from detectors.base import DetectorError, FloatArray, IntArray
 
-__all__ = ["CutSpans", "WindowRing", "ks_many"]
+__all__ = ["CutSpans", "FlatBins", "WindowRing", "ks_many"]
+
+# A batch's flat bins, one row per segment: 16-bit when the row width fits, else 32.
+FlatBins = npt.NDArray[np.uint16] | npt.NDArray[np.int32]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -263,7 +266,7 @@ class WindowRing:
 
     def fold(
         self,
-        flat: npt.NDArray[np.uint16] | npt.NDArray[np.int32],
+        flat: FlatBins,
         positions: IntArray,
         offsets: IntArray | None,
         times: FloatArray | None,

@@ -110,7 +110,7 @@ from detectors.registry import create
 from detectors.screens import psi_screens, quality_screens
 from detectors.views import views_of_one
 from detectors.window import DEFAULT_ERT_EVENTS, SlidingCounts
-from detectors.window_ring import CutSpans, WindowRing, ks_many
+from detectors.window_ring import CutSpans, FlatBins, WindowRing, ks_many
 from monitor.checkpoints import BaselineCheckpoint, StageState
 from monitor.config.schema import NUMERIC_TYPES, FieldType, StreamSpec
 from monitor.errors import ConfigError
@@ -133,7 +133,6 @@ _RECENT = 1000  # values whose mean an ADWIN change reports as the new mean
 _PARALLEL_VALUES = 8192
 # Flat bin rows narrower than this are kept in 16 bits (see _flat_bins).
 _NARROW_FLAT = 2**16 - 1
-FlatBins = npt.NDArray[np.uint16] | npt.NDArray[np.int32]
 # A multi-partition batch whose partitions are runs of rows is folded in place (False:
 # regrouped like any other batch; the tests compare the two).
 _KEEP_RUNS = True
