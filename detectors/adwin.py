@@ -480,16 +480,24 @@ class ADWIN:
         self._n_seen += x.shape[0]
         return [self.finding(n, times)]
 
-    def finding(self, changes: int, times: FloatArray | None = None) -> Finding:
+    def finding(
+        self,
+        changes: int,
+        times: FloatArray | None = None,
+        numbers: tuple[float, float, float, int, float | None] | None = None,
+    ) -> Finding:
         """The finding of the latest ``update`` (``changes`` it detected; ``times``
-        its event times, of which the last is the window's end)."""
+        its event times, of which the last is the window's end); ``numbers``: its
+        ``numbers(times)`` taken then, for a finding built later."""
         n = changes
-        width = self.width
+        width, estimation, variance, events, end_time = (
+            self.numbers(times) if numbers is None else numbers
+        )
         details: tuple[tuple[str, float], ...] = (
             ("changes", float(n)),
-            ("width", float(width)),
-            ("estimation", self.estimation),
-            ("variance", self.variance),
+            ("width", width),
+            ("estimation", estimation),
+            ("variance", variance),
         )
         if n:
             details += (("first_change_index", float(self._last[0])),)
@@ -499,11 +507,22 @@ class ADWIN:
             statistic=float(n),
             threshold=1.0,
             drift=n > 0,
-            window=WindowBounds(
-                events=width + int(self._is[_PCOUNT]),
-                end_time=None if times is None or len(times) == 0 else float(times[-1]),
-            ),
+            window=WindowBounds(events=events, end_time=end_time),
             details=details,
+        )
+
+    def numbers(
+        self, times: FloatArray | None = None
+    ) -> tuple[float, float, float, int, float | None]:
+        """What the latest ``update``'s finding is made of: the window's width, mean
+        and variance, its events (pending values included) and end time."""
+        width = self.width
+        return (
+            float(width),
+            self.estimation,
+            self.variance,
+            width + int(self._is[_PCOUNT]),
+            None if times is None or len(times) == 0 else float(times[-1]),
         )
 
     def state(self) -> dict[str, Any]:

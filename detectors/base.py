@@ -20,6 +20,7 @@ example while a window is still filling).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, Self, TypedDict, runtime_checkable
 
@@ -36,6 +37,7 @@ __all__ = [
     "FloatArray",
     "IntArray",
     "Mergeable",
+    "Verdicts",
     "WindowBounds",
     "WindowParams",
 ]
@@ -110,6 +112,44 @@ class Finding:
     # One sentence, true as written, saying what the verdict rests on ("" = the
     # generic "statistic >= threshold" reading applies).
     summary: str = ""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Verdicts:
+    """A batch's clean verdicts (no drift) of one stage, row by row.
+
+    What the drift gauges, the status board and the alert engine read of a clean
+    verdict (subject, detector, statistic, threshold, p-value) as plain lists, so
+    that a batch's few dozen "no drift" verdicts cost no ``Finding`` each.
+    ``finding(i)`` builds row ``i``'s whole ``Finding`` (evidence included), equal to
+    the one the stage reports without this form; the alert engine builds it only
+    for a subject with an open episode, which resolves on it.
+
+    >>> v = Verdicts("s", ("x",), ("ks",), [0.01], [0.05], [0.9],
+    ...              lambda i: Finding("ks", "x", 0.01, 0.05, False, 0.9, stream="s"))
+    >>> len(v), v.finding(0).drift, v.finding(0).subject
+    (1, False, 'x')
+    """
+
+    stream: str
+    subjects: tuple[str, ...]
+    detectors: tuple[str, ...]
+    statistic: list[float]
+    threshold: list[float]
+    p_value: list[float | None]
+    build: Callable[[int], Finding]
+    kind: str = "field"
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def finding(self, i: int) -> Finding:
+        """Row ``i`` as the whole ``Finding``."""
+        return self.build(i)
+
+    def findings(self) -> list[Finding]:
+        """Every row as its whole ``Finding``, in row order."""
+        return [self.build(i) for i in range(len(self.subjects))]
 
 
 @runtime_checkable

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from detectors.base import Finding
+from detectors.base import Finding, Verdicts
 from monitor.charts import sparkline
 
 __all__ = [
@@ -220,6 +220,27 @@ class StatusBoard:
                     s = series[key] = _Series(f.kind, deque(maxlen=self.history))
                 s.points.append((f.statistic, f.threshold, f.drift))
                 s.p_value = f.p_value
+
+    def record_verdicts(self, verdicts: Verdicts, now: float) -> None:
+        """``record_findings`` of clean verdicts handed over as rows."""
+        with self._lock:
+            series = self._series.setdefault(verdicts.stream, {})
+            for subject, detector, statistic, threshold, p_value in zip(
+                verdicts.subjects,
+                verdicts.detectors,
+                verdicts.statistic,
+                verdicts.threshold,
+                verdicts.p_value,
+                strict=True,
+            ):
+                key = (subject, detector)
+                s = series.get(key)
+                if s is None:
+                    if len(series) >= self.max_subjects:
+                        continue
+                    s = series[key] = _Series(verdicts.kind, deque(maxlen=self.history))
+                s.points.append((statistic, threshold, False))
+                s.p_value = p_value
 
     def record_alerts(self, alerts: Iterable[Any]) -> None:
         """Track firing alerts (objects with the fields of ``monitor.alerting.engine.Alert``)."""

@@ -10,12 +10,12 @@ consumption, and retries with backoff until it answers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from connectors.base import OutMessage
 from connectors.webhook import RetryPolicy, WebhookDispatcher, WebhookObserver
-from detectors.base import Finding
+from detectors.base import Finding, Verdicts
 from monitor.alerting.engine import AlertEngine, to_out_messages
 from monitor.alerting.formats import deliveries_for, endpoints_from_config
 from monitor.alerting.state import (
@@ -83,8 +83,10 @@ class AlertingHandler:
         self.board: StatusBoard | None = None  # the /status page's view of firing alerts
         self._streams: dict[str, str] = {}  # alert id -> stream, for per-stream state
 
-    def handle(self, findings: list[Finding], now: float) -> list[OutMessage]:
-        outcome = self.engine.observe(findings, now)
+    def handle(
+        self, findings: list[Finding], now: float, verdicts: Sequence[tuple[int, Verdicts]] = ()
+    ) -> list[OutMessage]:
+        outcome = self.engine.observe(findings, now, verdicts)
         if not outcome:
             return []
         m = self.metrics

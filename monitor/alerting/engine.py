@@ -48,7 +48,7 @@ alert). The numbers are part of ``state()``, which is checkpointed with the offs
 after a crash the episodes replayed after the checkpoint get the numbers, hence the
 ids, they had before it, so consumers dedup by id.
 
->>> from detectors.base import Finding, WindowBounds
+>>> from detectors.base import Finding, Verdicts, WindowBounds
 >>> from monitor.config.alerts import AlertsConfig
 >>> engine = AlertEngine(AlertsConfig(resolve_after=2))
 >>> def f(drift, offset):
@@ -76,7 +76,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from connectors.base import OutMessage
-from detectors.base import Finding, WindowBounds
+from detectors.base import Finding, Verdicts, WindowBounds
 from monitor.config.alerts import AlertsConfig, Severity, severity_rank
 
 __all__ = [
@@ -478,9 +478,30 @@ class AlertEngine:
             out[(inc.stream, inc.severity)] = out.get((inc.stream, inc.severity), 0) + 1
         return out
 
-    def observe(self, findings: Iterable[Finding], now: float) -> AlertOutcome:
-        """Fold one batch's findings in; return the alerts and retrain requests due."""
+    def observe(
+        self,
+        findings: Iterable[Finding],
+        now: float,
+        verdicts: Sequence[tuple[int, Verdicts]] = (),
+    ) -> AlertOutcome:
+        """Fold one batch's findings in; return the alerts and retrain requests due.
+
+        ``verdicts``: clean verdicts as rows, each block with the place in
+        ``findings`` where its rows stand. A clean verdict changes nothing but an
+        open episode (it counts toward resolving it, and the resolution reports it),
+        so only the rows of subjects with one are built into findings.
+        """
         findings = list(findings)
+        if verdicts and self._episodes:
+            for at, block in reversed(verdicts):  # from the end: earlier places hold
+                wanted = [
+                    block.finding(i)
+                    for i, (subject, detector) in enumerate(
+                        zip(block.subjects, block.detectors, strict=True)
+                    )
+                    if (block.stream, subject, detector) in self._episodes
+                ]
+                findings[at:at] = wanted
         for f in findings:
             if f.detector == "feature_drift":
                 self._features[f.stream] = tuple(

@@ -94,7 +94,7 @@ from scipy import special
 
 from detectors.adwin import ADWIN, estimations, update_many
 from detectors.adwin_defaults import SERVICE_DEFAULTS
-from detectors.base import Detector, Finding, WindowBounds
+from detectors.base import Detector, Finding, Verdicts, WindowBounds
 from detectors.baseline import (
     QUALITY_KINDS,
     Baseline,
@@ -221,6 +221,10 @@ class _PartitionDetectors:
 # and each kind in words (summaries).
 _RATE_NAMES = [(q, (f"rate_{k}", f"baseline_rate_{k}")) for q, k in enumerate(QUALITY_KINDS) if q]
 _KIND_WORDS = [k.replace("_", " ") for k in QUALITY_KINDS]
+# A verdict of ``_Screens.verdicts``: (detector, statistic, threshold, drift, p-value,
+# window events, form, what the form's details are made of).
+_Verdict = tuple[Any, float, float, bool, float, int, int, tuple[Any, ...]]
+_KS, _PSI, _QUALITY = 0, 1, 2
 
 _SCREEN_SLACK = 1e-9  # screens flag a little more than they decide; evaluate() decides
 
@@ -413,62 +417,35 @@ class _Screens:
         evidence, ``stream`` and ``baseline_id`` (what ``_with_frame`` would make of
         it, built once). ``ks``: the KS ``(D, m)`` of ``row`` if known (``last_ks``).
         """
-        out: dict[int, Finding | None] = {}
+        specs = self.verdicts(row, closed, skip, ks)
         frames: dict[int, _Frame] = {}
 
-        def found(
-            item: int,
-            detector: str,
-            subject: str,
-            statistic: float,
-            threshold: float,
-            drift: bool,
-            p_value: float,
-            events: int,
-            details: tuple[tuple[str, float], ...],
-            summary: str = "",
-        ) -> Finding:
-            plan, _, seg = self.items[item]
-            if frame_of is None or isinstance(plan.baseline, CategoricalBaseline):
-                return Finding(
-                    detector=detector,
-                    subject=subject,
-                    statistic=statistic,
-                    threshold=threshold,
-                    drift=drift,
-                    p_value=p_value,
-                    window=WindowBounds(events=events),
-                    details=details,
-                    summary=summary,
-                )
+        def framed(seg: int) -> _Frame:
+            assert frame_of is not None
             frame = frames.get(seg)
             if frame is None:
                 frame = frames[seg] = frame_of(seg)
-            parts, one, start, end = frame
-            window = (
-                WindowBounds(events, None, None, start, end, None)
-                if one is None
-                else WindowBounds(
-                    events, one.first_offset, one.last_offset, start, end, one.partition
-                )
-            )
-            return Finding(
-                detector,
-                subject,
-                statistic,
-                threshold,
-                drift,
-                p_value,
-                "field",
-                stream,
-                window,
-                baseline_id,
-                details,
-                parts,
-                (),
-                summary,
-            )
+            return frame
 
+        return {
+            j: None
+            if spec is None
+            else self.finding(j, spec, None if frame_of is None else framed, stream, baseline_id)
+            for j, spec in specs.items()
+        }
+
+    def verdicts(
+        self,
+        row: npt.NDArray[np.int64],
+        closed: int,
+        skip: npt.NDArray[np.bool_],
+        ks: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
+    ) -> dict[int, _Verdict | None]:
+        """``clean``'s verdicts before they are findings: per item not in ``skip``, its
+        statistic, threshold, drift flag, p-value, window events and what the
+        finding's details and summary are made of (``finding`` builds it); None
+        where ``evaluate`` gives None."""
+        out: dict[int, _Verdict | None] = {}
         skip_l: list[bool] = skip.tolist()
         if closed < self.layout.ring_size:  # not ready: evaluate gives None
             for j in [*self.ks_cols.tolist(), *self.psi_cols.tolist(), *self.q_cols.tolist()]:
@@ -502,24 +479,15 @@ class _Screens:
                 d_crit = det._crit / math.sqrt(n_eff)
                 threshold = max(det.d_min, d_crit)
                 resolution = max(det._p_max, float(seg_max[self.ks_segs[k]]) / mk)
-                out[j] = found(
-                    j,
-                    det.name,
-                    det.subject,
+                out[j] = (
+                    det,
                     dk,
                     threshold,
                     dk >= threshold,
                     float(peaks[k]),
                     mk,
-                    (
-                        ("n_window", float(mk)),
-                        ("n_baseline", float(n)),
-                        ("n_eff", n_eff),
-                        ("alpha", det._alpha),
-                        ("d_critical", d_crit),
-                        ("resolution", resolution),
-                        ("exact", 0.0),
-                    ),
+                    _KS,
+                    (n, n_eff, d_crit, resolution),
                 )
         if self.psi_cols.size:
             # psi_from_counts of every item, items with as many coarse bins together.
@@ -551,28 +519,19 @@ class _Screens:
                     out[j] = None
                     continue
                 pdet = self.psi_dets[k]
-                n = self.psi_nint[k]
                 value = values_l[k]
                 n_eff = effs[k]
                 crit = pdet._chi2_crit / n_eff
                 threshold = max(pdet.psi_min, crit)
-                out[j] = found(
-                    j,
-                    pdet.name,
-                    pdet.subject,
+                out[j] = (
+                    pdet,
                     value,
                     threshold,
                     value >= threshold,
                     float(chi[k]),
                     mk,
-                    (
-                        ("n_window", float(mk)),
-                        ("n_baseline", float(n)),
-                        ("n_eff", n_eff),
-                        ("alpha", pdet._alpha),
-                        ("psi_critical", crit),
-                        ("bins", float(pdet._starts.size)),
-                    ),
+                    _PSI,
+                    (self.psi_nint[k], n_eff, crit),
                 )
         if self.q_cols.size:
             # QualityRates.evaluate for every item at once (see there).
@@ -607,7 +566,6 @@ class _Screens:
             enough_best = enough[rows, best_k].tolist()
             rise_best = rises[rows, best_k].tolist()
             rates_l = rates_all.tolist()
-            base_l = self.q_base_rates_l
             for k, j in enumerate(self.q_cols.tolist()):
                 if skip_l[j]:
                     continue
@@ -616,45 +574,111 @@ class _Screens:
                     out[j] = None
                     continue
                 det = self.q_dets[k]
-                bk = bk_l[k]
                 best = best_l[k]
                 crit = det._z_crit
-                rates = rates_l[k]
-                base_rates = base_l[k]
-                kind = _KIND_WORDS[bk]
-                summary = quality_summary(
-                    kind,
-                    rates[bk],
-                    base_rates[bk],
-                    best,
-                    crit,
-                    rise_best[k],
-                    bool(enough_best[k]),
-                    det.min_increase,
-                )
-                details: tuple[tuple[str, float], ...] = (
-                    ("n_window", float(mk)),
-                    ("n_baseline", nf_l[k]),
-                    ("alpha", det._alpha),
-                    *[
-                        pair
-                        for q, (rate_name, base_name) in _RATE_NAMES
-                        for pair in ((rate_name, rates[q]), (base_name, base_rates[q]))
-                    ],
-                )
-                out[j] = found(
-                    j,
-                    det.name,
-                    det.subject,
+                out[j] = (
+                    det,
                     best,
                     crit,
                     bool(enough_best[k]) and best >= crit,
                     min(1.0, tail[k] * det._kinds),
                     mk,
-                    details,
-                    summary,
+                    _QUALITY,
+                    (k, bk_l[k], rates_l[k], rise_best[k], bool(enough_best[k]), nf_l[k]),
                 )
         return out
+
+    def finding(
+        self,
+        item: int,
+        verdict: _Verdict,
+        frame_of: Callable[[int], _Frame] | None = None,
+        stream: str = "",
+        baseline_id: str | None = None,
+    ) -> Finding:
+        """The finding of one of ``verdicts``' verdicts (see ``clean``)."""
+        det, statistic, threshold, drift, p_value, events, form, extra = verdict
+        summary = ""
+        details: tuple[tuple[str, float], ...]
+        if form == _KS:
+            n, n_eff, d_crit, resolution = extra
+            details = (
+                ("n_window", float(events)),
+                ("n_baseline", float(n)),
+                ("n_eff", n_eff),
+                ("alpha", det._alpha),
+                ("d_critical", d_crit),
+                ("resolution", resolution),
+                ("exact", 0.0),
+            )
+        elif form == _PSI:
+            n, n_eff, crit = extra
+            details = (
+                ("n_window", float(events)),
+                ("n_baseline", float(n)),
+                ("n_eff", n_eff),
+                ("alpha", det._alpha),
+                ("psi_critical", crit),
+                ("bins", float(det._starts.size)),
+            )
+        else:
+            k, bk, rates, rise, enough, n_base = extra
+            base_rates = self.q_base_rates_l[k]
+            summary = quality_summary(
+                _KIND_WORDS[bk],
+                rates[bk],
+                base_rates[bk],
+                statistic,
+                threshold,
+                rise,
+                enough,
+                det.min_increase,
+            )
+            details = (
+                ("n_window", float(events)),
+                ("n_baseline", n_base),
+                ("alpha", det._alpha),
+                *[
+                    pair
+                    for q, (rate_name, base_name) in _RATE_NAMES
+                    for pair in ((rate_name, rates[q]), (base_name, base_rates[q]))
+                ],
+            )
+        plan, _, seg = self.items[item]
+        if frame_of is None or isinstance(plan.baseline, CategoricalBaseline):
+            return Finding(
+                detector=det.name,
+                subject=det.subject,
+                statistic=statistic,
+                threshold=threshold,
+                drift=drift,
+                p_value=p_value,
+                window=WindowBounds(events=events),
+                details=details,
+                summary=summary,
+            )
+        parts, one, start, end = frame_of(seg)
+        window = (
+            WindowBounds(events, None, None, start, end, None)
+            if one is None
+            else WindowBounds(events, one.first_offset, one.last_offset, start, end, one.partition)
+        )
+        return Finding(
+            det.name,
+            det.subject,
+            statistic,
+            threshold,
+            drift,
+            p_value,
+            "field",
+            stream,
+            window,
+            baseline_id,
+            details,
+            parts,
+            (),
+            summary,
+        )
 
     def flags(
         self, totals: npt.NDArray[np.int32] | npt.NDArray[np.int64], closed: npt.NDArray[np.int64]
@@ -743,6 +767,11 @@ class DriftStage:
         self.judge = True
         # Change points other replicas' partitions reported since they were last seen.
         self._remote_findings: list[Finding] = []
+        # True: the clean verdicts of the shared windows' screens are kept as
+        # ``Verdicts`` (take_verdicts) instead of reported as findings (the service's
+        # consumers read them in that form; see StreamPipeline.compact_clean).
+        self.compact_clean = False
+        self._verdicts: list[Verdicts] = []
         self._remote_changes: dict[tuple[int, str, int], int] = {}
         self._accumulator: BaselineAccumulator | None = None
         self._time_window = spec.window.seconds is not None
@@ -1006,10 +1035,34 @@ class DriftStage:
             else:  # one clean finding per field and batch is enough
                 clean[(plan.name, r)] = (det, partition, before, values, offs, times)
         stream, baseline_id = self.spec.name, self.baseline.id
-        for det, partition, _, _, _, times in clean.values():
-            findings.append(_on_partition(det.finding(0, times), partition, stream, baseline_id))
+        if self.compact_clean and clean and not self._remote_findings:
+            # As rows (see _compact); with other replicas' changes to report, as
+            # findings, so that those still come after them.
+            kept = [(det, slot, det.numbers(times)) for det, slot, _, _, _, times in clean.values()]
+
+            def build(i: int) -> Finding:
+                det, slot, numbers = kept[i]
+                return _on_partition(det.finding(0, numbers=numbers), slot, stream, baseline_id)
+
+            self._verdicts.append(
+                Verdicts(
+                    stream,
+                    tuple(det.subject for det, _, _ in kept),
+                    tuple(det.name for det, _, _ in kept),
+                    [0.0] * len(kept),
+                    [1.0] * len(kept),
+                    [None] * len(kept),
+                    build,
+                )
+            )
+        else:
+            for det, partition, _, _, _, times in clean.values():
+                findings.append(
+                    _on_partition(det.finding(0, times), partition, stream, baseline_id)
+                )
         if not self.judge:
             findings = []  # the stream's judge reports this replica's changes from checkpoints
+            self._verdicts = []
         else:
             findings.extend(self._remote_findings)
             self._remote_findings = []
@@ -1220,14 +1273,24 @@ class DriftStage:
         labels = self._labels()
         # Verdicts the screen clears at the last boundary are clean: built from arrays,
         # with their evidence (fields without categories; see _Screens.clean).
-        fast = screens.clean(
-            totals[last].astype(np.int64),
-            int(closed[last]),
-            flags[-1],
-            lambda seg: frame_at(last, seg),
-            **labels,
-            ks=screens.last_ks,
-        )
+        fast: dict[int, Finding | None]
+        if self.compact_clean:
+            fast = self._compact(
+                screens.verdicts(
+                    totals[last].astype(np.int64), int(closed[last]), flags[-1], screens.last_ks
+                ),
+                lambda seg: frame_at(last, seg),
+                labels,
+            )
+        else:
+            fast = screens.clean(
+                totals[last].astype(np.int64),
+                int(closed[last]),
+                flags[-1],
+                lambda seg: frame_at(last, seg),
+                **labels,
+                ks=screens.last_ks,
+            )
         flags[-1] = True  # a clean verdict is reported once per batch, at its last boundary
         findings: list[Finding] = []
         flagged_j, flagged_c = np.nonzero(flags.T)
@@ -1250,6 +1313,61 @@ class DriftStage:
             counts = totals[c, a:b].astype(np.int64)
             findings.append(_with_frame(finding, frame, plan, categories, counts, **labels))
         return findings
+
+    def _compact(
+        self,
+        verdicts: dict[int, _Verdict | None],
+        frame_at: Callable[[int], _Frame],
+        labels: dict[str, Any],
+    ) -> dict[int, Finding | None]:
+        """``_Screens.clean``'s findings, except that the clean verdicts of fields
+        without categories are kept as one ``Verdicts`` (``take_verdicts``) and read
+        None here; their evidence frames are taken now, so that a row's finding is
+        the same whenever it is built."""
+        screens, layout = self._screens, self._layout
+        assert screens is not None and layout is not None
+        out: dict[int, Finding | None] = {}
+        rows: list[tuple[int, _Verdict]] = []
+        frames: dict[int, _Frame] = {}
+        for j, verdict in verdicts.items():
+            out[j] = None
+            if verdict is None:
+                continue
+            plan, _, seg = layout.items[j]
+            if verdict[3] or isinstance(plan.baseline, CategoricalBaseline):
+                frame = frames.get(seg)
+                if frame is None:
+                    frame = frames[seg] = frame_at(seg)
+                out[j] = screens.finding(j, verdict, frames.__getitem__, **labels)
+                continue
+            if seg not in frames:
+                frames[seg] = frame_at(seg)
+            rows.append((j, verdict))
+        if rows:
+            items = [j for j, _ in rows]
+            kept = [v for _, v in rows]
+
+            def build(i: int) -> Finding:
+                return screens.finding(items[i], kept[i], frames.__getitem__, **labels)
+
+            self._verdicts.append(
+                Verdicts(
+                    labels["stream"],
+                    tuple(v[0].subject for v in kept),
+                    tuple(v[0].name for v in kept),
+                    [v[1] for v in kept],
+                    [v[2] for v in kept],
+                    [v[4] for v in kept],
+                    build,
+                )
+            )
+        return out
+
+    def take_verdicts(self) -> list[Verdicts]:
+        """The clean verdicts kept as ``Verdicts`` (``compact_clean``) since the last
+        call, batch by batch."""
+        out, self._verdicts = self._verdicts, []
+        return out
 
     def _labels(self) -> dict[str, Any]:
         """What every finding of this stage carries: the stream and the baseline id."""

@@ -20,6 +20,11 @@ reference an earlier one provides (``ReferenceSource``: the model stage's refere
 file is the drift stage's baseline). Once all are built, each ``Linked`` stage sees
 them all (the model stage keeps the drift stage, whose baseline a deployment
 switches). A new stage is one file plus one line here.
+
+A stage that reports a clean verdict per subject and batch can hand those over as
+rows (``Verdicting``: ``Verdicts``, lists of statistics and thresholds) rather than
+one ``Finding`` each; the service's batch transaction reads them so, and builds a
+row's finding only for the alert episode that resolves on it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from connectors.kafka import RawBatch
-from detectors.base import Finding
+from detectors.base import Finding, Verdicts
 from detectors.baseline import Baseline
 from detectors.registry import import_target
 from monitor.checkpoints import BaselineCheckpoint, StageState
@@ -55,6 +60,7 @@ __all__ = [
     "StageContext",
     "StageFactory",
     "Ticking",
+    "Verdicting",
     "Violating",
     "registered_stages",
     "stage_class",
@@ -156,6 +162,18 @@ class Violating(Protocol):
     counts them per field and reason; the event still counts everywhere else."""
 
     def take_violations(self) -> list[Violation]: ...
+
+
+@runtime_checkable
+class Verdicting(Protocol):
+    """A stage that can hand over its clean verdicts as ``Verdicts`` instead of
+    findings: with ``compact_clean`` set, ``update`` leaves them out of its findings
+    and ``take_verdicts`` hands them over after each ``update`` (and forgets them).
+    The verdicts are the same: ``Verdicts.finding`` builds each one's finding."""
+
+    compact_clean: bool
+
+    def take_verdicts(self) -> list[Verdicts]: ...
 
 
 @runtime_checkable

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from connectors.base import OutMessage
 from connectors.kafka import RawBatch
-from detectors.base import Finding
+from detectors.base import Finding, Verdicts
 from monitor.checkpoints import PartitionState, StageDecoder, StageState
 from monitor.config.schema import Config, StreamSpec
 from monitor.metrics import Metrics
@@ -39,6 +39,7 @@ from monitor.pipeline.stage import (
     SideTopics,
     Stage,
     Ticking,
+    Verdicting,
     Violating,
     registered_stages,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "dead_letter",
     "output_topics",
     "record_findings",
+    "record_verdicts",
     "unique_pipelines",
     "violations_dead_letter",
 ]
@@ -82,6 +84,12 @@ class BatchResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     violations: dict[str, int] = field(default_factory=dict)
     stage_errors: int = 0  # accepted events dead-lettered because a stage failed on them
+    # Clean verdicts handed over as rows (StreamPipeline.compact_clean), after ``findings``.
+    verdicts: list[Verdicts] = field(default_factory=list)
+
+    def every_finding(self) -> list[Finding]:
+        """``findings``, then each of ``verdicts``' rows as its finding."""
+        return [*self.findings, *(f for v in self.verdicts for f in v.findings())]
 
     @property
     def dead_letters(self) -> int:
@@ -236,6 +244,21 @@ class StreamPipeline:
         self.deploy_topic = spec.model.deploy_topic if spec.model is not None else None
         self.last_batch: Batch | None = None  # the latest decoded batch (replay reads it)
         self._stage_error_counts: dict[str, int] = {}
+        self._compact_clean = False
+
+    @property
+    def compact_clean(self) -> bool:
+        """Whether stages that can (``Verdicting``) hand their clean verdicts over as
+        ``BatchResult.verdicts`` rather than findings: the service's batch
+        transaction reads them in that form (they cost no ``Finding`` each)."""
+        return self._compact_clean
+
+    @compact_clean.setter
+    def compact_clean(self, on: bool) -> None:
+        self._compact_clean = on
+        for stage in self.stages:
+            if isinstance(stage, Verdicting):
+                stage.compact_clean = on
 
     def process(self, raw: BatchInput) -> BatchResult:
         if raw.topic in (self.label_topic, self.deploy_topic):
@@ -278,6 +301,7 @@ class StreamPipeline:
                 self._entity_overflow.inc(int(np.count_nonzero(batch.entity == -1)))
         t2 = time.perf_counter()
         findings: list[Finding] = []
+        verdicts: list[Verdicts] = []
         stage_errors = 0
         violations = list(batch.violations)
         if self.stages and batch.n:
@@ -286,12 +310,16 @@ class StreamPipeline:
             for stage in self.stages:
                 try:
                     findings.extend(stage.update(batch, partitions, coordinates=coordinates))
+                    if isinstance(stage, Verdicting):
+                        verdicts.extend(stage.take_verdicts())
                     if isinstance(stage, Violating):
                         violations += [
                             Violation(int(batch.rows[v.index]), v.field, v.reason, v.detail)
                             for v in stage.take_violations()
                         ]
                 except Exception as exc:  # a stage's fault on some data never stops the stream
+                    if isinstance(stage, Verdicting):
+                        stage.take_verdicts()  # a failed batch's verdicts are not reported
                     failed = self._stage_failed(stage, exc, raw, batch.rows)
                     out.extend(failed)
                     stage_errors += len(failed)
@@ -311,6 +339,7 @@ class StreamPipeline:
             stage_seconds={"decode": t1 - t0, "checks": t2 - t1, "detectors": t3 - t2},
             violations=violated,
             stage_errors=stage_errors,
+            verdicts=verdicts,
         )
 
     def _dead_letter_violations(
@@ -585,30 +614,67 @@ def record_findings(metrics: Metrics, findings: Sequence[Finding]) -> None:
     for f in findings:
         if f.kind == "entity":  # per-device: the fleet stage keeps its own metrics
             continue
-        labels = (f.stream, f.subject, f.detector)
-        found = children.get(labels)
-        if found is None:
-            found = children[labels] = [
-                m.drift_statistic.labels(*labels),
-                m.drift_threshold.labels(*labels),
-                m.drift_detected.labels(*labels),
-                None,  # the p-value's, made at the first p-value (none for ADWIN)
-                None,  # the threshold and drift flag last set (set again only on change:
-                None,  # each set takes the gauge's lock; these two rarely change)
-            ]
-        found[0].set(f.statistic)
-        if f.threshold != found[4]:
-            found[1].set(f.threshold)
-            found[4] = f.threshold
-        if f.p_value is not None:
-            if found[3] is None:
-                found[3] = m.drift_p_value.labels(*labels)
-            found[3].set(f.p_value)
-        if f.drift is not found[5]:
-            found[2].set(1 if f.drift else 0)
-            found[5] = f.drift
+        _set_gauges(
+            m,
+            children,
+            (f.stream, f.subject, f.detector),
+            f.statistic,
+            f.threshold,
+            f.p_value,
+            f.drift,
+        )
         if f.detector == "adwin" and f.drift:
             m.adwin_changes.labels(f.stream, f.subject).inc(dict(f.details).get("changes", 1.0))
+
+
+def record_verdicts(metrics: Metrics, verdicts: Verdicts) -> None:
+    """``record_findings`` of clean verdicts handed over as rows."""
+    children = _GAUGES.setdefault(metrics, {})
+    stream = verdicts.stream
+    for subject, detector, statistic, threshold, p_value in zip(
+        verdicts.subjects,
+        verdicts.detectors,
+        verdicts.statistic,
+        verdicts.threshold,
+        verdicts.p_value,
+        strict=True,
+    ):
+        _set_gauges(
+            metrics, children, (stream, subject, detector), statistic, threshold, p_value, False
+        )
+
+
+def _set_gauges(
+    m: Metrics,
+    children: dict[tuple[str, str, str], list[Any]],
+    labels: tuple[str, str, str],
+    statistic: float,
+    threshold: float,
+    p_value: float | None,
+    drift: bool,
+) -> None:
+    """Set a (stream, subject, detector)'s drift gauges to one verdict's numbers."""
+    found = children.get(labels)
+    if found is None:
+        found = children[labels] = [
+            m.drift_statistic.labels(*labels),
+            m.drift_threshold.labels(*labels),
+            m.drift_detected.labels(*labels),
+            None,  # the p-value's, made at the first p-value (none for ADWIN)
+            None,  # the threshold and drift flag last set (set again only on change:
+            None,  # each set takes the gauge's lock; these two rarely change)
+        ]
+    found[0].set(statistic)
+    if threshold != found[4]:
+        found[1].set(threshold)
+        found[4] = threshold
+    if p_value is not None:
+        if found[3] is None:
+            found[3] = m.drift_p_value.labels(*labels)
+        found[3].set(p_value)
+    if drift is not found[5]:
+        found[2].set(1 if drift else 0)
+        found[5] = drift
 
 
 def account_batch(metrics: Metrics, result: BatchResult) -> None:

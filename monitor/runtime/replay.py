@@ -259,12 +259,12 @@ def replay(
         result = pipeline.process(to_raw_batch(label_spec.topic, rows))
         for reason, n in result.rejected.items():
             model.labels_rejected[reason] = model.labels_rejected.get(reason, 0) + n
-        return list(result.findings)
+        return result.every_finding()
 
     for payloads in read_file_payloads(path, spec, chunk=chunk):
         rows = [(0, events + i, None, p) for i, p in enumerate(payloads)]
         result = pipeline.process(to_raw_batch(topic, rows))
-        findings = list(result.findings)
+        findings = result.every_finding()
         latest = pipeline.last_batch
         if in_file is not None and model is not None and label_spec is not None:
             found = in_file.of(payloads, latest)

@@ -27,7 +27,7 @@ from typing import Protocol, runtime_checkable
 from connectors.base import MessageSink, OutMessage
 from connectors.fetch import FetchStatus
 from connectors.kafka import RawBatch, TopicPartitionKey
-from detectors.base import Finding
+from detectors.base import Finding, Verdicts
 from monitor.checkpoints import AlertState
 from monitor.errors import SinkError
 from monitor.metrics import Metrics
@@ -37,6 +37,7 @@ from monitor.pipeline.stream import (
     StreamPipeline,
     account_batch,
     record_findings,
+    record_verdicts,
     unique_pipelines,
 )
 from monitor.runtime.readiness import Readiness
@@ -90,7 +91,12 @@ class FindingsHandler(Protocol):
     ``release(stream)`` forgets a stream another process now judges.
     """
 
-    def handle(self, findings: list[Finding], now: float) -> list[OutMessage]: ...
+    def handle(
+        self, findings: list[Finding], now: float, verdicts: Sequence[tuple[int, Verdicts]] = ()
+    ) -> list[OutMessage]:
+        """``verdicts``: clean verdicts as rows, each block with the place in
+        ``findings`` where its rows' findings would stand."""
+        ...
 
     def state(self, stream: str) -> AlertState: ...
 
@@ -128,7 +134,7 @@ class RunStats:
             self.rejected[reason] = self.rejected.get(reason, 0) + count
         for reason, count in result.violations.items():
             self.violated[reason] = self.violated.get(reason, 0) + count
-        self.findings += len(result.findings)
+        self.findings += len(result.findings) + sum(len(v) for v in result.verdicts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +175,9 @@ class BatchTransaction:
         self.findings_handler = findings_handler
         self.stats = stats
         self.board = board  # the /status page's record, when served
+        # This transaction reads clean verdicts as rows (handle_findings).
+        for pipeline in unique_pipelines(pipelines):
+            pipeline.compact_clean = True
 
     def prepare(self, batches: Sequence[RawBatch], started: float | None = None) -> PreparedBatch:
         """Process ``batches``; return their results and every message they make."""
@@ -176,26 +185,47 @@ class BatchTransaction:
         results = tuple(self.pipelines[raw.topic].process(raw) for raw in batches)
         out: list[OutMessage] = []
         findings: list[Finding] = []
+        verdicts: list[tuple[int, Verdicts]] = []
         for r in results:
             out.extend(r.out)
             findings.extend(r.findings)
-        out.extend(self.handle_findings(findings))
+            verdicts.extend((len(findings), v) for v in r.verdicts)
+        out.extend(self.handle_findings(findings, verdicts))
         return PreparedBatch(results, tuple(findings), tuple(out), t0)
 
-    def handle_findings(self, findings: list[Finding]) -> list[OutMessage]:
-        """Metrics, drift summary, status board and alerts of ``findings``; the alert
-        and retrain messages to send."""
-        record_findings(self.metrics, findings)
-        if self.board is not None and findings:
-            self.board.record_findings(findings, time.time())
-        for f in findings:
-            labels = (f.stream, f.subject, f.detector)
-            if f.drift:
-                self.stats.drifting.add(labels)
-            else:
-                self.stats.drifting.discard(labels)
+    def handle_findings(
+        self, findings: list[Finding], verdicts: Sequence[tuple[int, Verdicts]] = ()
+    ) -> list[OutMessage]:
+        """Metrics, drift summary, status board and alerts of ``findings`` and of
+        the clean verdicts ``verdicts`` (each block with its place in ``findings``,
+        taken in that order); the alert and retrain messages to send."""
+        now = time.time()
+        done = 0
+        for at, block in [*verdicts, (len(findings), None)]:
+            part = findings[done:at]
+            done = at
+            if part:
+                record_findings(self.metrics, part)
+                if self.board is not None:
+                    self.board.record_findings(part, now)
+                for f in part:
+                    labels = (f.stream, f.subject, f.detector)
+                    if f.drift:
+                        self.stats.drifting.add(labels)
+                    else:
+                        self.stats.drifting.discard(labels)
+            if block is not None:
+                record_verdicts(self.metrics, block)
+                if self.board is not None:
+                    self.board.record_verdicts(block, now)
+                drifting = self.stats.drifting
+                if drifting:
+                    for subject, detector in zip(block.subjects, block.detectors, strict=True):
+                        drifting.discard((block.stream, subject, detector))
         if self.findings_handler is None:
             return []
+        if verdicts:
+            return self.findings_handler.handle(findings, time.time(), verdicts)
         return self.findings_handler.handle(findings, time.time())
 
     def tick(self) -> list[OutMessage]:
