@@ -247,6 +247,7 @@ class WindowRing:
         # event time (NaN: unknown); row R is the filling sub-window.
         self.off = np.full((R + 1, 2), -1, dtype=np.int64)
         self.tspan = np.full((R + 1, 2), np.nan, dtype=np.float64)
+        self._spans: CutSpans | None = None  # spans() until the window moves
 
     @property
     def open_n(self) -> int:
@@ -286,6 +287,7 @@ class WindowRing:
         ``constant`` (optional, ``(nseg,)``): where ``>= 0``, the flat bin every event
         has in that segment (its row of ``flat`` is not read).
         """
+        self._spans = None
         C, nseg = int(cuts.size), self.starts.size - 1
         events = np.zeros((C, nseg), dtype=np.int64)
         spans = np.empty((C, 4), dtype=np.float64)
@@ -315,7 +317,14 @@ class WindowRing:
         return CutSpans(events, spans)
 
     def spans(self) -> CutSpans:
-        """Where the window lies now, every segment at once (one boundary)."""
+        """Where the window lies now, every segment at once (one boundary); kept
+        (read-only) until the window moves: a batch's evidence reads every window it
+        does not move."""
+        if self._spans is None:
+            self._spans = self._spans_now()
+        return self._spans
+
+    def _spans_now(self) -> CutSpans:
         R = self.ring_size
         off, ts = self.off[:R], self.tspan[:R]
         known = off[:, 0] >= 0
@@ -329,7 +338,10 @@ class WindowRing:
             ],
             dtype=np.float64,
         )
-        return CutSpans(self.segment_counts.sum(axis=0)[None, :], span[None, :])
+        events = self.segment_counts.sum(axis=0)[None, :]
+        events.flags.writeable = False
+        span.flags.writeable = False
+        return CutSpans(events, span[None, :])
 
     def span(self, segment: int) -> tuple[int, int | None, int | None, float | None, float | None]:
         """Where segment ``segment``'s window lies now: ``(events, first offset, last
@@ -395,6 +407,7 @@ class WindowRing:
         )
         self.off = np.asarray(state["off"], dtype=np.int64).reshape(-1, 2).copy()
         self.tspan = np.asarray(state["tspan"], dtype=np.float64).reshape(-1, 2).copy()
+        self._spans = None
 
 
 def _no_constants(nseg: int) -> IntArray:

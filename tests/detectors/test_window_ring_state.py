@@ -39,3 +39,26 @@ def test_restore_continues_exactly_and_keeps_counts_that_do_not_fit() -> None:
     third = WindowRing(np.array([0, 5, 8]), ring_size=3, step=4)
     third.restore(odd)
     assert third.state()["ring"][0, 0] == 100_000
+
+
+def test_spans_are_kept_until_the_window_moves() -> None:
+    ring = _fed(4)
+    first = ring.spans()
+    assert ring.spans() is first  # kept: the window did not move
+    assert not first.events.flags.writeable and not first.spans.flags.writeable
+    fresh = ring._spans_now()
+    assert np.array_equal(first.events, fresh.events)
+    assert np.array_equal(first.spans, fresh.spans, equal_nan=True)
+    flat = np.full((2, 6), 2, dtype=np.int32)
+    flat[1] = 6
+    totals, closed = np.zeros((1, 8), np.int64), np.zeros(1, np.int64)
+    ring.fold(flat, np.arange(6), np.arange(100, 106), None, np.array([6]), totals, closed)
+    moved = ring.spans()
+    assert moved is not first and moved.spans[0, 1] == 103  # the last closed sub-window's
+    assert np.array_equal(moved.events, ring._spans_now().events)
+    assert np.array_equal(moved.spans, ring._spans_now().spans, equal_nan=True)
+    other = WindowRing(np.array([0, 5, 8]), ring_size=3, step=4)
+    before = other.spans()
+    other.restore(ring.state())
+    assert other.spans() is not before
+    assert np.array_equal(other.spans().spans, moved.spans, equal_nan=True)
