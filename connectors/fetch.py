@@ -70,6 +70,8 @@ _ERRORS = {
 }
 _OFFSET_OUT_OF_RANGE = 1
 _CORRUPT_TRIES = 3
+# Fetch requests a leader may have out at once (see DirectFetcher._fetch_round).
+_PIPELINE = 2
 SWITCH_INTERVAL = 0.001  # s: the GIL switch interval a process with a fetcher runs with
 _SUPPORTED_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -176,6 +178,7 @@ class _Connection:
             tls.wrap_socket(sock, server_hostname=host) if tls is not None else sock
         )
         self.correlation = 0
+        self.pending: deque[int] = deque()  # requests sent and not yet answered
         # The receive buffer, reused by every response: a fresh multi-megabyte buffer
         # per response is zero-filled and page-faulted while this thread holds the GIL
         # (the decoding thread waits); the pages of a reused one stay mapped. A
@@ -211,11 +214,23 @@ class _Connection:
         return bytes(r.data[r.pos : r.pos + max(size, 0)])
 
     def request(self, api: int, version: int, body: bytes) -> memoryview:
-        """Send a request and return its response body, valid until the next request
-        on this connection (it lives in the reused receive buffer)."""
+        """Send a request and return its response body, valid until the next response
+        is read on this connection (it lives in the reused receive buffer)."""
+        self.send(api, version, body)
+        return self.receive()
+
+    def send(self, api: int, version: int, body: bytes) -> None:
+        """Send a request; its response comes with ``receive``, after those of the
+        requests sent before it (a broker answers a connection's requests in order)."""
         self.correlation += 1
         head = struct.pack(">hhi", api, version, self.correlation) + _string("driftwarden")
         self.sock.sendall(struct.pack(">i", len(head) + len(body)) + head + body)
+        self.pending.append(self.correlation)
+
+    def receive(self) -> memoryview:
+        """The body of the response to the oldest request not yet answered, valid
+        until the next ``receive``."""
+        expected = self.pending.popleft()
         (size,) = struct.unpack(">i", self._read(memoryview(bytearray(4))))
         if size < 4:
             raise _ProtocolError(f"response of {size} bytes")
@@ -223,7 +238,7 @@ class _Connection:
             self._rx = np.empty(max(size, 2 * self._rx.size), np.uint8)
         data = self._read(memoryview(self._rx.data)[:size])
         (correlation,) = struct.unpack_from(">i", data, 0)
-        if correlation != self.correlation:
+        if correlation != expected:
             raise _ProtocolError("response out of order")
         return data[4:]
 
@@ -328,6 +343,9 @@ class _Part:
     position: int | None  # next offset to fetch; None until resolved
     leader: int | None = None
     high: int = -1
+    # The offset below which records can be read now (the high watermark, or the last
+    # stable offset for read_committed), as of the latest response; -1: unknown.
+    readable: int = -1
     queued: deque[RecordColumns] = field(default_factory=deque)
     queued_bytes: int = 0
     retry_at: float = 0.0
@@ -403,6 +421,13 @@ class DirectFetcher:
         self._stop = False
         self._rr = 0
         self._turn = 0
+        # Fetch requests sent and not yet answered, oldest first (connection, what it
+        # asks for, whether the broker answers it at once), and the partitions they ask
+        # for: the fetch thread's own.
+        self._inflight: deque[
+            tuple[_Connection, list[tuple[TopicPartitionKey, int, int]], bool]
+        ] = deque()
+        self._busy: set[TopicPartitionKey] = set()
         # The fetch thread needs the GIL a few times per response; with Python's
         # default switch interval (5 ms) a thread busy decoding and judging kept it
         # waiting long enough to starve the stream (356k against 411-476k events/s
@@ -499,21 +524,26 @@ class DirectFetcher:
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._stop and (
-                    not self._parts or self._queued_bytes >= self._max_queued
+                while (
+                    not self._stop
+                    and not self._inflight
+                    and (not self._parts or self._queued_bytes >= self._max_queued)
                 ):
                     self._lock.wait(0.2)
                 if self._stop:
                     return
             try:
-                now = time.monotonic()
-                if self._metadata_due or (self._leaderless() and now >= self._metadata_at):
-                    self._metadata_at = now + 1.0  # a partition without a leader: ask again
-                    self._refresh_metadata()
-                self._resolve_positions()
-                fetched = self._fetch_round()
-                self._backoff = 0.0
-                if not fetched:
+                if not self._inflight:  # other requests only on idle connections
+                    now = time.monotonic()
+                    if self._metadata_due or (self._leaderless() and now >= self._metadata_at):
+                        self._metadata_at = now + 1.0  # a partition without a leader: ask again
+                        self._refresh_metadata()
+                    self._resolve_positions()
+                sent = self._fetch_round()
+                if self._inflight:
+                    self._receive()
+                    self._backoff = 0.0
+                elif not sent:
                     time.sleep(0.01)  # nothing fetchable (positions or leaders pending)
             except (OSError, _ProtocolError, ssl.SSLError) as exc:
                 self._failed(exc)
@@ -526,6 +556,8 @@ class DirectFetcher:
             return any(part.leader is None for part in self._parts.values())
 
     def _failed(self, exc: BaseException) -> None:
+        self._inflight.clear()  # unanswered: their partitions are fetched again
+        self._busy.clear()
         if self._stop:
             return
         log.warning("direct fetch: %s; retrying", exc)
@@ -633,27 +665,63 @@ class DirectFetcher:
                         now.position = found[key]
 
     def _fetch_round(self) -> bool:
-        """One fetch request per leader for its ready partitions; True if any was sent."""
+        """Send fetch requests for the ready partitions no request is out for; True if
+        any was sent.
+
+        A leader has up to ``_PIPELINE`` requests out, for disjoint partitions, but
+        more than one only while each asks for a partition with records to read now
+        (below its high watermark, or last stable offset): the broker answers such a
+        request at once (min_bytes 1), so none waits behind a request the broker holds
+        for new records (``max_wait``). Reading a backlog, the broker prepares the next
+        response while this thread reads the last one; caught up, one request asks
+        for all."""
         now = time.monotonic()
         with self._lock:
+            if self._metadata_due or self._queued_bytes >= self._max_queued:
+                return False  # metadata first (on idle connections); or full
+            if self._inflight and any(p.position is None for p in self._parts.values()):
+                return False  # positions to resolve first (on idle connections)
             plan: dict[int, list[tuple[TopicPartitionKey, int, int]]] = {}
+            readable: set[TopicPartitionKey] = set()
             share = self._max_queued // max(1, len(self._parts))
             for key, part in self._parts.items():
                 if part.position is None or part.leader is None or part.retry_at > now:
                     continue
-                if part.queued_bytes >= share:  # fetched far enough ahead
+                if part.queued_bytes >= share or key in self._busy:  # ahead far enough
                     continue
                 plan.setdefault(part.leader, []).append((key, part.position, part.generation))
+                if 0 <= part.position < part.readable:
+                    readable.add(key)
         # A broker returns a batch larger than max.partition.fetch.bytes whole only for
         # the first partition of a request that has data: the order turns every round
         # so no partition waits behind the others for ever (as the Java client does).
         self._turn += 1
+        sent = False
         for node, items in plan.items():
             k = self._turn % len(items)
-            self._fetch_from(node, items[k:] + items[:k])
-        return bool(plan)
+            items = items[k:] + items[:k]
+            lagging = [item for item in items if item[0] in readable]
+            conn = self._connection(node)
+            out = [prompt for c, _, prompt in self._inflight if c is conn]
+            if out and not (lagging and all(out) and len(out) < _PIPELINE):
+                continue  # behind a request that may wait for records: wait for it
+            if not out and len(lagging) > 1 and _PIPELINE > 1:
+                # Two requests, each with records to read: half the lagging partitions
+                # in the second, everything else in the first.
+                second = lagging[len(lagging) // 2 :]
+                taken = {item[0] for item in second}
+                self._send_fetch(conn, [i for i in items if i[0] not in taken], True)
+                self._send_fetch(conn, second, True)
+            else:
+                self._send_fetch(conn, items, bool(lagging))
+            sent = True
+        return sent
 
-    def _fetch_from(self, node: int, items: list[tuple[TopicPartitionKey, int, int]]) -> None:
+    def _send_fetch(
+        self, conn: _Connection, items: list[tuple[TopicPartitionKey, int, int]], prompt: bool
+    ) -> None:
+        """Send a fetch request for ``items``; ``prompt``: every one of them has records
+        to read now, so the broker answers at once."""
         by_topic: dict[str, list[tuple[int, int]]] = {}
         for (topic, partition), position, _ in items:
             by_topic.setdefault(topic, []).append((partition, position))
@@ -669,7 +737,16 @@ class DirectFetcher:
         for topic, parts in by_topic.items():
             body += _string(topic) + struct.pack(">i", len(parts))
             body += b"".join(struct.pack(">iqi", p, o, self._partition_max) for p, o in parts)
-        data = self._connection(node).request(_API_FETCH, _FETCH_VERSION, body)
+        conn.send(_API_FETCH, _FETCH_VERSION, body)
+        self._inflight.append((conn, items, prompt))
+        self._busy.update(key for key, _, _ in items)
+
+    def _receive(self) -> None:
+        """Read the oldest fetch response and deliver what it holds."""
+        conn, items, _ = self._inflight[0]
+        data = conn.receive()
+        self._inflight.popleft()
+        self._busy.difference_update(key for key, _, _ in items)
         self._requests += 1  # this thread's counter (read under the lock: an int)
         buf = np.frombuffer(data, np.uint8)
         r = _Reader(data)
@@ -678,7 +755,7 @@ class DirectFetcher:
         for _ in range(r.int32()):
             topic = r.string() or ""
             for _ in range(r.int32()):
-                partition, err, high, _lso = r.take(">ihqq")
+                partition, err, high, lso = r.take(">ihqq")
                 count = r.int32()
                 aborted = [tuple(r.take(">qq")) for _ in range(max(count, 0))]
                 size = r.int32()
@@ -701,16 +778,23 @@ class DirectFetcher:
                         self._report("_BAD_MSG")
                         self._corrupt(key, generation, position, exc)
                         continue
-                self._deliver(key, generation, high, cols)
+                readable = lso if self._committed and lso >= 0 else high
+                self._deliver(key, generation, high, cols, readable)
 
     def _deliver(
-        self, key: TopicPartitionKey, generation: int, high: int, cols: RecordColumns | None
+        self,
+        key: TopicPartitionKey,
+        generation: int,
+        high: int,
+        cols: RecordColumns | None,
+        readable: int = -1,
     ) -> None:
         with self._lock:
             part = self._parts.get(key)
             if part is None or part.generation != generation:
                 return  # revoked or re-assigned meanwhile
             part.high = high
+            part.readable = readable
             if cols is None:
                 return
             part.position = cols.next_offset

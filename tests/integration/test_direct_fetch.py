@@ -237,3 +237,62 @@ def test_a_partition_assigned_before_its_topic_exists_is_read(
     finally:
         fetcher.close()
     assert offsets == list(range(500))
+
+
+def test_a_backlog_is_read_with_two_requests_out_and_a_live_tail_with_one(
+    kafka_bootstrap: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a backlog, a second fetch request is out while the first response is
+    read (for other partitions: each partition in order, once); caught up, one
+    request asks for all (none waits behind the broker's long poll)."""
+    from connectors import fetch as fetch_module
+
+    topic = f"direct.pipelined.{unique}"
+    create_topics(kafka_bootstrap, {topic: 4})
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 5})
+    n = 8_000
+    for i in range(n):
+        produce_waiting(producer, topic, value=b'{"i":%d,"pad":"%s"}' % (i, b"x" * 2_000))
+    assert producer.flush(30) == 0
+    out: list[int] = []
+    original = fetch_module._Connection.send
+
+    def send(self: Any, api: int, version: int, body: bytes) -> None:
+        original(self, api, version, body)
+        if api == 1:
+            out.append(len(self.pending))
+
+    monkeypatch.setattr(fetch_module._Connection, "send", send)
+    # 16 MB of records: more than a response holds (the embedded broker answers ~1.5
+    # MB per partition), so the backlog takes several requests.
+    fetcher = DirectFetcher(
+        {"bootstrap.servers": kafka_bootstrap, "max.partition.fetch.bytes": 262_144},
+        max_wait=0.5,
+    )
+    offsets: dict[int, list[int]] = {p: [] for p in range(4)}
+    try:
+        fetcher.assign({(topic, p): 0 for p in range(4)})
+        deadline = time.monotonic() + 60
+        while sum(map(len, offsets.values())) < n and time.monotonic() < deadline:
+            for (_, partition), cols in fetcher.take(1_000, 0.2):
+                offsets[partition].extend(int(o) for o in cols.offsets)
+        assert sum(map(len, offsets.values())) == n
+        for got in offsets.values():
+            assert got == list(range(len(got)))  # in order, once
+        assert max(out) == 2, out  # a second request was out while reading the backlog
+        requests = fetcher.status().requests
+        out.clear()
+        time.sleep(1.6)  # caught up: long polls of max_wait (0.5 s) each
+        assert out and max(out) == 1, out
+        assert fetcher.status().requests - requests <= 6
+        produce_waiting(producer, topic, value=b'{"i":-1}', partition=2)
+        assert producer.flush(30) == 0
+        late: list[int] = []
+        deadline = time.monotonic() + 10
+        while not late and time.monotonic() < deadline:
+            for (_, partition), cols in fetcher.take(10, 0.2):
+                late.extend(int(o) for o in cols.offsets)
+                assert partition == 2
+        assert late == [len(offsets[2])]
+    finally:
+        fetcher.close()
