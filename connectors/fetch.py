@@ -10,7 +10,10 @@ buffer of values end to end, with no object per record.
 
 The thread fetches ahead while the caller decodes (sockets and kernels release the
 GIL), up to ``queued.max.messages.kbytes``; requests are bounded by
-``fetch.max.bytes`` and ``max.partition.fetch.bytes`` as librdkafka's are. It follows
+``fetch.max.bytes`` and ``max.partition.fetch.bytes`` as librdkafka's are. Reading a
+backlog of several partitions it keeps two requests out per leader (for disjoint
+partitions, each answered at once), so the broker prepares a response while the
+thread reads the last; caught up, one request waits for records of all. It follows
 leaders through metadata, reconnects with backoff after broker failures, resets a
 partition whose offset is out of range (``auto.offset.reset``) and reports every
 failure through ``on_error`` (librdkafka's error names where one exists); nothing it
