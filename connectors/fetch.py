@@ -13,7 +13,9 @@ GIL), up to ``queued.max.messages.kbytes``; requests are bounded by
 ``fetch.max.bytes`` and ``max.partition.fetch.bytes`` as librdkafka's are. Reading a
 backlog of several partitions it keeps two requests out per leader (for disjoint
 partitions, each answered at once), so the broker prepares a response while the
-thread reads the last; caught up, one request waits for records of all. It follows
+thread reads the last; caught up, one request waits for records of all, at most 10 ms
+while another partition waits for the caller to take what was fetched for it (so that
+partition is not held a whole ``max_wait`` behind the long poll). It follows
 leaders through metadata, reconnects with backoff after broker failures, resets a
 partition whose offset is out of range (``auto.offset.reset``) and reports every
 failure through ``on_error`` (librdkafka's error names where one exists); nothing it
@@ -75,6 +77,9 @@ _OFFSET_OUT_OF_RANGE = 1
 _CORRUPT_TRIES = 3
 # Fetch requests a leader may have out at once (see DirectFetcher._fetch_round).
 _PIPELINE = 2
+# How long the broker may wait for records when none is readable now and another
+# partition of the leader waits for the caller (its fetched records are not taken).
+_HELD_WAIT_MS = 10
 SWITCH_INTERVAL = 0.001  # s: the GIL switch interval a process with a fetcher runs with
 _SUPPORTED_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -686,11 +691,15 @@ class DirectFetcher:
                 return False  # positions to resolve first (on idle connections)
             plan: dict[int, list[tuple[TopicPartitionKey, int, int]]] = {}
             readable: set[TopicPartitionKey] = set()
+            held: set[int] = set()  # leaders with a partition fetched far enough ahead
             share = self._max_queued // max(1, len(self._parts))
             for key, part in self._parts.items():
                 if part.position is None or part.leader is None or part.retry_at > now:
                     continue
-                if part.queued_bytes >= share or key in self._busy:  # ahead far enough
+                if key in self._busy:
+                    continue
+                if part.queued_bytes >= share:  # fetched far enough ahead
+                    held.add(part.leader)
                     continue
                 plan.setdefault(part.leader, []).append((key, part.position, part.generation))
                 if 0 <= part.position < part.readable:
@@ -715,23 +724,33 @@ class DirectFetcher:
                 taken = {item[0] for item in second}
                 self._send_fetch(conn, [i for i in items if i[0] not in taken], True)
                 self._send_fetch(conn, second, True)
-            else:
+            elif lagging or node not in held:
                 self._send_fetch(conn, items, bool(lagging))
+            else:
+                # Nothing to read now, and a partition waits for the caller to take
+                # what was fetched for it: a short wait, so that partition is asked
+                # for again soon (not after a whole max_wait behind this request).
+                self._send_fetch(conn, items, False, _HELD_WAIT_MS)
             sent = True
         return sent
 
     def _send_fetch(
-        self, conn: _Connection, items: list[tuple[TopicPartitionKey, int, int]], prompt: bool
+        self,
+        conn: _Connection,
+        items: list[tuple[TopicPartitionKey, int, int]],
+        prompt: bool,
+        wait_ms: int | None = None,
     ) -> None:
-        """Send a fetch request for ``items``; ``prompt``: every one of them has records
-        to read now, so the broker answers at once."""
+        """Send a fetch request for ``items``; ``prompt``: one of them has records to
+        read now, so the broker answers at once; ``wait_ms``: how long the broker may
+        wait for records (default ``max_wait``)."""
         by_topic: dict[str, list[tuple[int, int]]] = {}
         for (topic, partition), position, _ in items:
             by_topic.setdefault(topic, []).append((partition, position))
         body = struct.pack(
             ">iiiib i",
             -1,
-            self._max_wait_ms,
+            self._max_wait_ms if wait_ms is None else wait_ms,
             1,
             self._fetch_max,
             1 if self._committed else 0,

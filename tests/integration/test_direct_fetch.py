@@ -296,3 +296,44 @@ def test_a_backlog_is_read_with_two_requests_out_and_a_live_tail_with_one(
         assert late == [len(offsets[2])]
     finally:
         fetcher.close()
+
+
+def test_a_partition_waiting_for_the_caller_is_not_held_behind_a_long_poll(
+    kafka_bootstrap: str, unique: str
+) -> None:
+    """One partition has a backlog the caller takes slowly (its fetched records fill
+    its share of the queue), the other is caught up: the caught-up one's long poll
+    must not keep the backlog waiting a whole ``max_wait`` each time its share fills."""
+    topic = f"direct.held.{unique}"
+    create_topics(kafka_bootstrap, {topic: 2})
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 5})
+    n = 12_000
+    for i in range(n):
+        produce_waiting(
+            producer, topic, value=b'{"i":%d,"pad":"%s"}' % (i, b"x" * 1_000), partition=0
+        )
+    produce_waiting(producer, topic, value=b'{"i":-1}', partition=1)
+    assert producer.flush(30) == 0
+    # max_wait 0.5 s; 1 MB fetched ahead at most: 512 KB per partition, ~500 records.
+    fetcher = DirectFetcher(
+        {"bootstrap.servers": kafka_bootstrap}, max_wait=1.0, max_queued_bytes=1 << 20
+    )
+    got: list[int] = []
+    gaps: list[float] = []
+    try:
+        fetcher.assign({(topic, 0): 0, (topic, 1): 0})
+        started = last = time.monotonic()
+        while len(got) < n and time.monotonic() - started < 60:
+            for (_, partition), cols in fetcher.take(200, 0.05):
+                if partition == 0:
+                    got.extend(int(o) for o in cols.offsets)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+            time.sleep(0.002)  # a caller slower than the fetch
+        elapsed = time.monotonic() - started
+    finally:
+        fetcher.close()
+    assert got == list(range(n))
+    assert max(gaps[1:]) < 0.3, sorted(gaps)[-5:]  # never a whole long poll
+    assert elapsed < 15
