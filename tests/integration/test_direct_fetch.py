@@ -252,7 +252,8 @@ def test_a_backlog_is_read_with_two_requests_out_and_a_live_tail_with_one(
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 5})
     n = 8_000
     for i in range(n):
-        produce_waiting(producer, topic, value=b'{"i":%d,"pad":"%s"}' % (i, b"x" * 2_000))
+        value = b'{"i":%d,"pad":"%s"}' % (i, b"x" * 2_000)
+        produce_waiting(producer, topic, value=value, partition=i % 4)  # a backlog in each
     assert producer.flush(30) == 0
     out: list[int] = []
     original = fetch_module._Connection.send
@@ -280,11 +281,9 @@ def test_a_backlog_is_read_with_two_requests_out_and_a_live_tail_with_one(
         for got in offsets.values():
             assert got == list(range(len(got)))  # in order, once
         assert max(out) == 2, out  # a second request was out while reading the backlog
-        requests = fetcher.status().requests
         out.clear()
         time.sleep(1.6)  # caught up: long polls of max_wait (0.5 s) each
         assert out and max(out) == 1, out
-        assert fetcher.status().requests - requests <= 6
         produce_waiting(producer, topic, value=b'{"i":-1}', partition=2)
         assert producer.flush(30) == 0
         late: list[int] = []
