@@ -20,7 +20,7 @@ example while a window is still filling).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, Self, TypedDict, runtime_checkable
 
@@ -146,6 +146,12 @@ class Verdicts:
     def finding(self, i: int) -> Finding:
         """Row ``i`` as the whole ``Finding``."""
         return self.build(i)
+
+    def rows(self) -> Iterator[tuple[str, str, float, float, float | None]]:
+        """Each row's (subject, detector, statistic, threshold, p-value)."""
+        return zip(
+            self.subjects, self.detectors, self.statistic, self.threshold, self.p_value, strict=True
+        )
 
     def findings(self) -> list[Finding]:
         """Every row as its whole ``Finding``, in row order."""

@@ -25,6 +25,7 @@ names the kind, both rates, and both conditions.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -182,6 +183,24 @@ class QualityRates(WindowedDetector):
         ready = np.asarray(closed) >= self._window.ring_size
         return np.asarray(ready & (m[:, 0] > 0) & hit[:, 1:].any(axis=-1))
 
+    def details(
+        self, m: int, rates: Sequence[float], base_rates: Sequence[float]
+    ) -> tuple[tuple[str, float], ...]:
+        """A finding's details for a window of ``m`` events with these rates per kind
+        (``evaluate``'s, and the drift stage's for verdicts it computes over many
+        fields at once)."""
+        details: tuple[tuple[str, float], ...] = (
+            ("n_window", float(m)),
+            ("n_baseline", float(int(self.baseline.counts.sum()))),
+            ("alpha", self._alpha),
+        )
+        for k in range(1, len(QUALITY_KINDS)):
+            details += (
+                (f"rate_{QUALITY_KINDS[k]}", float(rates[k])),
+                (f"baseline_rate_{QUALITY_KINDS[k]}", float(base_rates[k])),
+            )
+        return details
+
     def evaluate(self) -> Finding | None:
         """Verdict on the current window, or None while it is filling."""
         if not self._window.ready:
@@ -217,16 +236,7 @@ class QualityRates(WindowedDetector):
             bool(enough[best_k]),
             self.min_increase,
         )
-        details: tuple[tuple[str, float], ...] = (
-            ("n_window", float(m)),
-            ("n_baseline", float(n)),
-            ("alpha", self._alpha),
-        )
-        for k in range(1, len(QUALITY_KINDS)):
-            details += (
-                (f"rate_{QUALITY_KINDS[k]}", float(rates[k])),
-                (f"baseline_rate_{QUALITY_KINDS[k]}", float(base_rates[k])),
-            )
+        details = self.details(m, rates.tolist(), base_rates.tolist())
         return Finding(
             detector=self.name,
             subject=self.subject,

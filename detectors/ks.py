@@ -199,6 +199,21 @@ class KS(WindowedDetector):
         ready = np.asarray(closed) >= self._window.ring_size
         return np.asarray(ready & (m > 0) & (d >= threshold))
 
+    def details(
+        self, m: int, n_eff: float, d_crit: float, resolution: float
+    ) -> tuple[tuple[str, float], ...]:
+        """A finding's details for a window of ``m`` events (``evaluate``'s, and the
+        drift stage's for verdicts it computes over many fields at once)."""
+        return (
+            ("n_window", float(m)),
+            ("n_baseline", float(self.baseline.n)),
+            ("n_eff", n_eff),
+            ("alpha", self._alpha),
+            ("d_critical", d_crit),
+            ("resolution", resolution),
+            ("exact", 1.0 if self._exact else 0.0),
+        )
+
     def evaluate(self) -> Finding | None:
         """KS verdict on the current window, or None while it is filling."""
         if not self._window.ready:
@@ -220,15 +235,7 @@ class KS(WindowedDetector):
         # ks_resolution(baseline counts, counts): max_i max(p_i, w_i / m) is the larger
         # of the two maxima, and the baseline's is fixed.
         resolution = 0.0 if self._exact else max(self._p_max, float(counts.max()) / m)
-        details: tuple[tuple[str, float], ...] = (
-            ("n_window", float(m)),
-            ("n_baseline", float(n)),
-            ("n_eff", n_eff),
-            ("alpha", self._alpha),
-            ("d_critical", d_crit),
-            ("resolution", resolution),
-            ("exact", 1.0 if self._exact else 0.0),
-        )
+        details = self.details(m, n_eff, d_crit, resolution)
         return Finding(
             detector=self.name,
             subject=self.subject,

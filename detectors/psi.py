@@ -206,12 +206,17 @@ class PSI(WindowedDetector):
             drift=value >= threshold,
             p_value=float(special.chdtrc(self._dof, n_eff * value)),  # = chi2.sf
             window=self._bounds(m),
-            details=(
-                ("n_window", float(m)),
-                ("n_baseline", float(n)),
-                ("n_eff", n_eff),
-                ("alpha", self._alpha),
-                ("psi_critical", crit),
-                ("bins", float(self._starts.size)),
-            ),
+            details=self.details(m, n_eff, crit),
+        )
+
+    def details(self, m: int, n_eff: float, crit: float) -> tuple[tuple[str, float], ...]:
+        """A finding's details for a window of ``m`` events (``evaluate``'s, and the
+        drift stage's for verdicts it computes over many fields at once)."""
+        return (
+            ("n_window", float(m)),
+            ("n_baseline", float(int(self._base.sum()))),
+            ("n_eff", n_eff),
+            ("alpha", self._alpha),
+            ("psi_critical", crit),
+            ("bins", float(self._starts.size)),
         )

@@ -211,36 +211,44 @@ class StatusBoard:
         """Add each finding's statistic to its (stream, subject, detector) history."""
         with self._lock:
             for f in findings:
-                series = self._series.setdefault(f.stream, {})
-                key = (f.subject, f.detector)
-                s = series.get(key)
-                if s is None:
-                    if len(series) >= self.max_subjects:
-                        continue
-                    s = series[key] = _Series(f.kind, deque(maxlen=self.history))
-                s.points.append((f.statistic, f.threshold, f.drift))
-                s.p_value = f.p_value
+                self._add_point(
+                    self._series.setdefault(f.stream, {}),
+                    (f.subject, f.detector),
+                    f.kind,
+                    (f.statistic, f.threshold, f.drift),
+                    f.p_value,
+                )
 
     def record_verdicts(self, verdicts: Verdicts, now: float) -> None:
         """``record_findings`` of clean verdicts handed over as rows."""
         with self._lock:
             series = self._series.setdefault(verdicts.stream, {})
-            for subject, detector, statistic, threshold, p_value in zip(
-                verdicts.subjects,
-                verdicts.detectors,
-                verdicts.statistic,
-                verdicts.threshold,
-                verdicts.p_value,
-                strict=True,
-            ):
-                key = (subject, detector)
-                s = series.get(key)
-                if s is None:
-                    if len(series) >= self.max_subjects:
-                        continue
-                    s = series[key] = _Series(verdicts.kind, deque(maxlen=self.history))
-                s.points.append((statistic, threshold, False))
-                s.p_value = p_value
+            for subject, detector, statistic, threshold, p_value in verdicts.rows():
+                self._add_point(
+                    series,
+                    (subject, detector),
+                    verdicts.kind,
+                    (statistic, threshold, False),
+                    p_value,
+                )
+
+    def _add_point(
+        self,
+        series: dict[tuple[str, str], _Series],
+        key: tuple[str, str],
+        kind: str,
+        point: tuple[float, float, bool],
+        p_value: float | None,
+    ) -> None:
+        """Append one verdict to ``key``'s history (under the lock; a subject past
+        ``max_subjects`` is not kept)."""
+        s = series.get(key)
+        if s is None:
+            if len(series) >= self.max_subjects:
+                return
+            s = series[key] = _Series(kind, deque(maxlen=self.history))
+        s.points.append(point)
+        s.p_value = p_value
 
     def record_alerts(self, alerts: Iterable[Any]) -> None:
         """Track firing alerts (objects with the fields of ``monitor.alerting.engine.Alert``)."""

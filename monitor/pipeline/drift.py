@@ -219,7 +219,6 @@ class _PartitionDetectors:
 
 # data_quality details: per problem kind, the names of its rate and its baseline rate;
 # and each kind in words (summaries).
-_RATE_NAMES = [(q, (f"rate_{k}", f"baseline_rate_{k}")) for q, k in enumerate(QUALITY_KINDS) if q]
 _KIND_WORDS = [k.replace("_", " ") for k in QUALITY_KINDS]
 # A verdict of ``_Screens.verdicts``: (detector, statistic, threshold, drift, p-value,
 # window events, form, what the form's details are made of).
@@ -487,7 +486,7 @@ class _Screens:
                     float(peaks[k]),
                     mk,
                     _KS,
-                    (n, n_eff, d_crit, resolution),
+                    (n_eff, d_crit, resolution),
                 )
         if self.psi_cols.size:
             # psi_from_counts of every item, items with as many coarse bins together.
@@ -531,7 +530,7 @@ class _Screens:
                     float(chi[k]),
                     mk,
                     _PSI,
-                    (self.psi_nint[k], n_eff, crit),
+                    (n_eff, crit),
                 )
         if self.q_cols.size:
             # QualityRates.evaluate for every item at once (see there).
@@ -557,12 +556,7 @@ class _Screens:
             rows = np.arange(best_k.size)
             best_all = z[rows, best_k]
             tail = special.ndtr(-best_all).tolist()
-            best_l, bk_l, ms_l, nf_l = (
-                best_all.tolist(),
-                best_k.tolist(),
-                ms.tolist(),
-                nf[:, 0].tolist(),
-            )
+            best_l, bk_l, ms_l = best_all.tolist(), best_k.tolist(), ms.tolist()
             enough_best = enough[rows, best_k].tolist()
             rise_best = rises[rows, best_k].tolist()
             rates_l = rates_all.tolist()
@@ -584,7 +578,7 @@ class _Screens:
                     min(1.0, tail[k] * det._kinds),
                     mk,
                     _QUALITY,
-                    (k, bk_l[k], rates_l[k], rise_best[k], bool(enough_best[k]), nf_l[k]),
+                    (k, bk_l[k], rates_l[k], rise_best[k], bool(enough_best[k])),
                 )
         return out
 
@@ -601,28 +595,13 @@ class _Screens:
         summary = ""
         details: tuple[tuple[str, float], ...]
         if form == _KS:
-            n, n_eff, d_crit, resolution = extra
-            details = (
-                ("n_window", float(events)),
-                ("n_baseline", float(n)),
-                ("n_eff", n_eff),
-                ("alpha", det._alpha),
-                ("d_critical", d_crit),
-                ("resolution", resolution),
-                ("exact", 0.0),
-            )
+            n_eff, d_crit, resolution = extra
+            details = det.details(events, n_eff, d_crit, resolution)
         elif form == _PSI:
-            n, n_eff, crit = extra
-            details = (
-                ("n_window", float(events)),
-                ("n_baseline", float(n)),
-                ("n_eff", n_eff),
-                ("alpha", det._alpha),
-                ("psi_critical", crit),
-                ("bins", float(det._starts.size)),
-            )
+            n_eff, crit = extra
+            details = det.details(events, n_eff, crit)
         else:
-            k, bk, rates, rise, enough, n_base = extra
+            k, bk, rates, rise, enough = extra
             base_rates = self.q_base_rates_l[k]
             summary = quality_summary(
                 _KIND_WORDS[bk],
@@ -634,16 +613,7 @@ class _Screens:
                 enough,
                 det.min_increase,
             )
-            details = (
-                ("n_window", float(events)),
-                ("n_baseline", n_base),
-                ("alpha", det._alpha),
-                *[
-                    pair
-                    for q, (rate_name, base_name) in _RATE_NAMES
-                    for pair in ((rate_name, rates[q]), (base_name, base_rates[q]))
-                ],
-            )
+            details = det.details(events, rates, base_rates)
         plan, _, seg = self.items[item]
         if frame_of is None or isinstance(plan.baseline, CategoricalBaseline):
             return Finding(

@@ -631,14 +631,7 @@ def record_verdicts(metrics: Metrics, verdicts: Verdicts) -> None:
     """``record_findings`` of clean verdicts handed over as rows."""
     children = _GAUGES.setdefault(metrics, {})
     stream = verdicts.stream
-    for subject, detector, statistic, threshold, p_value in zip(
-        verdicts.subjects,
-        verdicts.detectors,
-        verdicts.statistic,
-        verdicts.threshold,
-        verdicts.p_value,
-        strict=True,
-    ):
+    for subject, detector, statistic, threshold, p_value in verdicts.rows():
         _set_gauges(
             metrics, children, (stream, subject, detector), statistic, threshold, p_value, False
         )
