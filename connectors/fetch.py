@@ -430,12 +430,10 @@ class DirectFetcher:
         self._rr = 0
         self._turn = 0
         # Fetch requests sent and not yet answered, oldest first (connection, what it
-        # asks for, whether the broker answers it at once), and the partitions they ask
-        # for: the fetch thread's own.
+        # asks for, whether the broker answers it at once): the fetch thread's own.
         self._inflight: deque[
             tuple[_Connection, list[tuple[TopicPartitionKey, int, int]], bool]
         ] = deque()
-        self._busy: set[TopicPartitionKey] = set()
         # The fetch thread needs the GIL a few times per response; with Python's
         # default switch interval (5 ms) a thread busy decoding and judging kept it
         # waiting long enough to starve the stream (356k against 411-476k events/s
@@ -565,7 +563,6 @@ class DirectFetcher:
 
     def _failed(self, exc: BaseException) -> None:
         self._inflight.clear()  # unanswered: their partitions are fetched again
-        self._busy.clear()
         if self._stop:
             return
         log.warning("direct fetch: %s; retrying", exc)
@@ -684,6 +681,7 @@ class DirectFetcher:
         response while this thread reads the last one; caught up, one request asks
         for all."""
         now = time.monotonic()
+        busy = {key for _, items, _ in self._inflight for key, _, _ in items}
         with self._lock:
             if self._metadata_due or self._queued_bytes >= self._max_queued:
                 return False  # metadata first (on idle connections); or full
@@ -696,7 +694,7 @@ class DirectFetcher:
             for key, part in self._parts.items():
                 if part.position is None or part.leader is None or part.retry_at > now:
                     continue
-                if key in self._busy:
+                if key in busy:  # a request for it is out
                     continue
                 if part.queued_bytes >= share:  # fetched far enough ahead
                     held.add(part.leader)
@@ -761,14 +759,11 @@ class DirectFetcher:
             body += b"".join(struct.pack(">iqi", p, o, self._partition_max) for p, o in parts)
         conn.send(_API_FETCH, _FETCH_VERSION, body)
         self._inflight.append((conn, items, prompt))
-        self._busy.update(key for key, _, _ in items)
 
     def _receive(self) -> None:
         """Read the oldest fetch response and deliver what it holds."""
-        conn, items, _ = self._inflight[0]
+        conn, items, _ = self._inflight.popleft()
         data = conn.receive()
-        self._inflight.popleft()
-        self._busy.difference_update(key for key, _, _ in items)
         self._requests += 1  # this thread's counter (read under the lock: an int)
         buf = np.frombuffer(data, np.uint8)
         r = _Reader(data)
@@ -809,7 +804,7 @@ class DirectFetcher:
         generation: int,
         high: int,
         cols: RecordColumns | None,
-        readable: int = -1,
+        readable: int,
     ) -> None:
         with self._lock:
             part = self._parts.get(key)
