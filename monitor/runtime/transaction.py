@@ -224,9 +224,7 @@ class BatchTransaction:
                         drifting.discard((block.stream, subject, detector))
         if self.findings_handler is None:
             return []
-        if verdicts:
-            return self.findings_handler.handle(findings, time.time(), verdicts)
-        return self.findings_handler.handle(findings, time.time())
+        return self.findings_handler.handle(findings, time.time(), verdicts)
 
     def tick(self) -> list[OutMessage]:
         """Findings of stages that judge by wall clock while no event arrives (fleet:
