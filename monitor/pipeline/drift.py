@@ -705,6 +705,16 @@ class DriftStage:
 
     name = "drift"
 
+    @property
+    def runs_apart(self) -> bool:
+        """``update`` may run on a worker thread while the service decodes the next
+        batch (``monitor.pipeline.stage.RunsApart``) once the baseline is there: it
+        reads its batch, its own state and the decoder's category names by code
+        (a category the next batch adds has a code this batch does not hold). Not
+        while it builds a baseline from the first events, which lists the decoder's
+        categories as they are."""
+        return self._accumulator is None
+
     @classmethod
     def for_stream(
         cls, spec: StreamSpec, decoder: StreamDecoder, context: StageContext | None = None

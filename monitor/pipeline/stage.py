@@ -54,6 +54,7 @@ __all__ = [
     "Coordinates",
     "Linked",
     "ReferenceSource",
+    "RunsApart",
     "SideTopics",
     "SlotArray",
     "Stage",
@@ -174,6 +175,17 @@ class Verdicting(Protocol):
     compact_clean: bool
 
     def take_verdicts(self) -> list[Verdicts]: ...
+
+
+@runtime_checkable
+class RunsApart(Protocol):
+    """A stage whose ``update`` may run on a worker thread while the service reads and
+    decodes the next batch (``runs_apart`` True): it reads only its arguments and
+    its own state, and no other stage reads that state during a batch. The service
+    waits for it before the batch's findings are handled and before anything else
+    (a checkpoint, a rebalance, the next batch's stages) touches the stage."""
+
+    runs_apart: bool
 
 
 @runtime_checkable

@@ -13,6 +13,8 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,7 @@ from monitor.pipeline.decode import (
 )
 from monitor.pipeline.stage import (
     Coordinates,
+    RunsApart,
     SideTopics,
     Stage,
     Ticking,
@@ -49,6 +52,9 @@ log = logging.getLogger("driftwarden.pipeline")
 __all__ = [
     "BatchInput",
     "BatchResult",
+    "DecodedInput",
+    "OpenBatch",
+    "StageOutcome",
     "StreamPipeline",
     "account_batch",
     "build_pipelines",
@@ -188,6 +194,78 @@ def _next_offsets(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class DecodedInput:
+    """A consumed batch and its decoded events (``batch`` None: a side topic's batch,
+    which its stages decode themselves); ``seconds`` the decoding took."""
+
+    raw: BatchInput
+    batch: Batch | None
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class StageOutcome:
+    """What one stage's ``update`` gave on a batch (``error``: what it raised)."""
+
+    findings: list[Finding]
+    verdicts: list[Verdicts]
+    violations: list[Violation]
+    error: Exception | None
+    seconds: float
+
+
+@dataclass(slots=True)
+class OpenBatch:
+    """A batch between ``StreamPipeline.begin`` and ``finish``: per stage its outcome,
+    or the future of one running apart (``result``: a side topic's, already whole)."""
+
+    decoded: DecodedInput
+    result: BatchResult | None
+    out: list[OutMessage] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    checks_seconds: float = 0.0
+    outcomes: list[StageOutcome | Future[StageOutcome]] = field(default_factory=list)
+
+    @property
+    def apart(self) -> bool:
+        """A stage still runs (or ran) on a worker thread for this batch."""
+        return any(isinstance(o, Future) for o in self.outcomes)
+
+    def wait(self) -> None:
+        """Wait until no stage runs apart for this batch any more."""
+        futures.wait([o for o in self.outcomes if isinstance(o, Future)])
+
+
+def _run_stage(
+    stage: Stage, batch: Batch, partitions: npt.NDArray[np.int32], coordinates: Coordinates
+) -> StageOutcome:
+    """One stage's update on a batch; what it raised is returned, not raised (a stage's
+    fault on some data never stops the stream: ``finish`` dead-letters the batch's
+    events as ``stage_error``)."""
+    t = time.perf_counter()
+    try:
+        findings = stage.update(batch, partitions, coordinates=coordinates)
+        verdicts = stage.take_verdicts() if isinstance(stage, Verdicting) else []
+        violations = stage.take_violations() if isinstance(stage, Violating) else []
+    except Exception as exc:
+        if isinstance(stage, Verdicting):
+            stage.take_verdicts()  # a failed batch's verdicts are not reported
+        return StageOutcome([], [], [], exc, time.perf_counter() - t)
+    return StageOutcome(findings, verdicts, violations, None, time.perf_counter() - t)
+
+
+_APART: ThreadPoolExecutor | None = None
+
+
+def _apart() -> ThreadPoolExecutor:
+    """The worker thread stages run apart on (one: a stage's batches stay in order)."""
+    global _APART
+    if _APART is None:
+        _APART = ThreadPoolExecutor(1, thread_name_prefix="driftwarden-stage")
+    return _APART
+
+
 class StreamPipeline:
     """Decode + schema checks + dead letters + metrics (+ finding stages) for one stream."""
 
@@ -245,6 +323,8 @@ class StreamPipeline:
         self.last_batch: Batch | None = None  # the latest decoded batch (replay reads it)
         self._stage_error_counts: dict[str, int] = {}
         self._compact_clean = False
+        # The batch whose stages run apart (``begin``), until ``finish``.
+        self._running: OpenBatch | None = None
 
     @property
     def compact_clean(self) -> bool:
@@ -261,10 +341,29 @@ class StreamPipeline:
                 stage.compact_clean = on
 
     def process(self, raw: BatchInput) -> BatchResult:
+        """Decode, check and run every stage on ``raw``; its result."""
+        return self.finish(self.begin(self.decode(raw)))
+
+    def decode(self, raw: BatchInput) -> DecodedInput:
+        """Step one of ``process``: decode ``raw`` (nothing else; the service may
+        decode the next batch while a stage still runs on this one, see ``begin``)."""
         if raw.topic in (self.label_topic, self.deploy_topic):
-            return self._process_side(raw)
+            return DecodedInput(raw, None, 0.0)
         t0 = time.perf_counter()
-        batch = self.last_batch = self.decoder.decode(raw.values)
+        batch = self.decoder.decode(raw.values)
+        return DecodedInput(raw, batch, time.perf_counter() - t0)
+
+    def begin(self, decoded: DecodedInput, *, apart: bool = False) -> OpenBatch:
+        """Step two: count, check and run the stages, in order. With ``apart``, a
+        stage that can (``RunsApart``) runs on a worker thread of its own meanwhile;
+        ``finish`` waits for it. Nothing else touches that stage until then."""
+        raw, batch = decoded.raw, decoded.batch
+        if self._running is not None:  # (the same poll's batch of another topic)
+            self._running.wait()
+            self._running = None
+        if batch is None:
+            return OpenBatch(decoded, self._process_side(raw))
+        self.last_batch = batch
         t1 = time.perf_counter()
         topic, name, cap = self.dead_letter_topic, self.spec.name, self.dead_letter_max_bytes
         out = [
@@ -300,43 +399,69 @@ class StreamPipeline:
             if batch.entity_overflow:
                 self._entity_overflow.inc(int(np.count_nonzero(batch.entity == -1)))
         t2 = time.perf_counter()
-        findings: list[Finding] = []
-        verdicts: list[Verdicts] = []
-        stage_errors = 0
-        violations = list(batch.violations)
+        opened = OpenBatch(decoded, None, out, counts, t2 - t1)
         if self.stages and batch.n:
             partitions = raw.partitions[batch.rows] + self._slot_base[raw.topic]
             coordinates = Coordinates(raw, raw.offsets[batch.rows])
             for stage in self.stages:
-                try:
-                    findings.extend(stage.update(batch, partitions, coordinates=coordinates))
-                    if isinstance(stage, Verdicting):
-                        verdicts.extend(stage.take_verdicts())
-                    if isinstance(stage, Violating):
-                        violations += [
-                            Violation(int(batch.rows[v.index]), v.field, v.reason, v.detail)
-                            for v in stage.take_violations()
-                        ]
-                except Exception as exc:  # a stage's fault on some data never stops the stream
-                    if isinstance(stage, Verdicting):
-                        stage.take_verdicts()  # a failed batch's verdicts are not reported
-                    failed = self._stage_failed(stage, exc, raw, batch.rows)
-                    out.extend(failed)
-                    stage_errors += len(failed)
+                if apart and isinstance(stage, RunsApart) and stage.runs_apart:
+                    opened.outcomes.append(
+                        _apart().submit(_run_stage, stage, batch, partitions, coordinates)
+                    )
+                else:
+                    opened.outcomes.append(_run_stage(stage, batch, partitions, coordinates))
+            if opened.apart:
+                self._running = opened
+        return opened
+
+    def finish(self, opened: OpenBatch) -> BatchResult:
+        """Step three: wait for the stages running apart, then the batch's findings
+        (in stage order, as if every stage had run here), dead letters and result."""
+        if opened is self._running:
+            self._running = None
+        if opened.result is not None:
+            return opened.result
+        raw, batch = opened.decoded.raw, opened.decoded.batch
+        assert batch is not None
+        out = opened.out
+        findings: list[Finding] = []
+        verdicts: list[Verdicts] = []
+        violations = list(batch.violations)
+        stage_errors = 0
+        stage_s = 0.0
+        for stage, outcome in zip(self.stages, opened.outcomes, strict=False):
+            done = outcome.result() if isinstance(outcome, Future) else outcome
+            stage_s += done.seconds
+            if done.error is not None:
+                failed = self._stage_failed(stage, done.error, raw, batch.rows)
+                out.extend(failed)
+                stage_errors += len(failed)
+                continue
+            findings.extend(done.findings)
+            verdicts.extend(done.verdicts)
+            violations += [
+                Violation(int(batch.rows[v.index]), v.field, v.reason, v.detail)
+                for v in done.violations
+            ]
+        if opened.outcomes:
             self.refresh_ready()
-        violated = self._dead_letter_violations(raw, batch, violations, out)
         t3 = time.perf_counter()
+        violated = self._dead_letter_violations(raw, batch, violations, out)
         self._last.set(time.time())
         self._count_partitions(raw)
         return BatchResult(
             stream=self.spec.name,
-            events=n,
+            events=len(raw.values),
             accepted=batch.n,
-            rejected=counts,
+            rejected=opened.counts,
             out=out,
             findings=findings,
             next_offsets=_next_offsets(raw.topic, raw.partitions, raw.offsets),
-            stage_seconds={"decode": t1 - t0, "checks": t2 - t1, "detectors": t3 - t2},
+            stage_seconds={
+                "decode": opened.decoded.seconds,
+                "checks": opened.checks_seconds,
+                "detectors": stage_s + time.perf_counter() - t3,
+            },
             violations=violated,
             stage_errors=stage_errors,
             verdicts=verdicts,

@@ -59,9 +59,12 @@ class Assignment:
         self.stop_event = stop_event
         self.retry_every = retry_every
         self.judging: set[str] = set()  # streams whose alert state this process continues
+        # Called first in each callback: the runner finishes a batch still in flight.
+        self.settle: Callable[[], None] = _nothing
 
     def on_assign(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         """Restore each received partition from its checkpoint; return where to start."""
+        self.settle()
         log.info("assigned partitions=%s", sorted(partitions))
         source = self._source()
         self.metrics.assigned_partitions.set(len(source.assignment))
@@ -130,6 +133,7 @@ class Assignment:
 
     def on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
         """Checkpoint what is being taken away before letting go of it."""
+        self.settle()
         log.info("revoked partitions=%s", sorted(partitions))
         checkpointer = self.checkpointer
         try:
@@ -148,6 +152,10 @@ class Assignment:
             for name in sorted(self.judging - judged):
                 self.findings_handler.release(name)
         self.judging = judged
+
+
+def _nothing() -> None:
+    pass
 
 
 def kafka_source(

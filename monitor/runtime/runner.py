@@ -22,7 +22,7 @@ from monitor.config.schema import Config
 from monitor.errors import DriftwardenError
 from monitor.metrics import Metrics
 from monitor.pipeline.stage import Stage, registered_stages
-from monitor.pipeline.stream import StreamPipeline, build_pipelines
+from monitor.pipeline.stream import DecodedInput, StreamPipeline, build_pipelines
 from monitor.runtime.assignment import Assignment, kafka_sink, kafka_source
 from monitor.runtime.checkpointer import Checkpointer
 from monitor.runtime.readiness import Readiness
@@ -33,6 +33,7 @@ from monitor.runtime.transaction import (
     BatchTransaction,
     FetchReporting,
     FindingsHandler,
+    OpenTransaction,
     RunStats,
     flush_durably,
     flush_quietly,
@@ -131,6 +132,11 @@ class Runner:
         self.positions = self.checkpointer.positions
         self._fetching = self.source if isinstance(self.source, FetchReporting) else None
         self._fetch_totals = (0, 0)  # the fetcher's requests and bytes counted so far
+        # A begun batch whose stage runs apart, and the next batch read and decoded
+        # meanwhile (see ``step``); a rebalance first finishes the begun one.
+        self._open: OpenTransaction | None = None
+        self._ahead: tuple[list[DecodedInput], float] | None = None
+        self.assignment.settle = self._settle
 
     def _on_kafka_error(self, name: str, fatal: bool) -> None:
         self.metrics.kafka_errors.labels(name.lstrip("_").lower() or "unknown").inc()
@@ -144,6 +150,7 @@ class Runner:
         return self.readiness.ready()
 
     def checkpoint(self, partitions: list[tuple[str, int]] | None = None) -> int:
+        self._settle()
         return self.checkpointer.checkpoint(partitions)
 
     def stop(self) -> None:
@@ -188,19 +195,59 @@ class Runner:
         return self.stats
 
     def step(self) -> int:
-        """Consume and fully process one batch; return how many events it had."""
+        """Consume and fully process one batch; return how many events it had.
+
+        Reading a backlog, a stage that can run apart (the drift stage) folds the
+        batch in on a worker thread while this thread reads and decodes the next
+        batch, kept for the next step. The batch is then finished as always: its
+        findings handled, its messages sent and flushed, its position advanced.
+        Decoding is all that happens early: every stage still sees the batches one
+        after another, and a rebalance in that read first finishes this batch
+        (``_settle``)."""
         started = time.perf_counter()
-        batches = self.source.poll()
-        self._account_poll(time.perf_counter() - started)
-        if not batches:
-            self.readiness.on_idle()  # nothing tells a quiet topic from a frozen broker
-            if self.readiness.broker_ok and self.checkpointer.events_since:
-                self.checkpointer.maybe_checkpoint()  # a quiet stream still gets saved
-            self._tick_stages()
-            self.readiness.refresh()
-            return 0
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            decoded, started = ahead
+        else:
+            batches = self.source.poll()
+            self._account_poll(time.perf_counter() - started)
+            if not batches:
+                self.readiness.on_idle()  # nothing tells a quiet topic from a frozen broker
+                if self.readiness.broker_ok and self.checkpointer.events_since:
+                    self.checkpointer.maybe_checkpoint()  # a quiet stream still gets saved
+                self._tick_stages()
+                self.readiness.refresh()
+                return 0
+            decoded = self.transaction.decode(batches)
         self.readiness.on_batch()
-        prepared = self.transaction.prepare(batches, started)
+        opened = self.transaction.begin(decoded, started, apart=self._backlog())
+        if opened.apart:
+            self._open = opened
+            t = time.perf_counter()
+            try:
+                batches = self.source.poll()
+            except BaseException:
+                self._settle()  # as if this batch had been finished before the read
+                raise
+            self._account_poll(time.perf_counter() - t)
+            if batches:
+                self._ahead = (self.transaction.decode(batches), t)
+            if self._open is None:  # a rebalance in that read finished it
+                return sum(len(d.raw.values) for d in decoded)
+            self._open = None
+        return self._conclude(opened)
+
+    def _backlog(self) -> bool:
+        """The next batch is fetched already (direct fetch), and no stop is asked for."""
+        if self._fetching is None or self.stop_event.is_set():
+            return False
+        status = self._fetching.fetch_status()
+        return status is not None and status.queued_bytes > 0
+
+    def _conclude(self, opened: OpenTransaction) -> int:
+        """Finish a begun batch: findings, messages sent and acknowledged, position
+        advanced (and checkpointed when due), counts."""
+        prepared = self.transaction.finish(opened)
         send_all(self.sink, prepared.out)
         self._flush()
         self.checkpointer.advance(prepared.next_offsets, prepared.events)
@@ -210,6 +257,13 @@ class Runner:
             self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
         self.readiness.refresh()
         return prepared.events
+
+    def _settle(self) -> None:
+        """Finish the batch whose stage runs apart, if any (before a rebalance changes
+        what the stages hold, and before a checkpoint outside the loop)."""
+        opened, self._open = self._open, None
+        if opened is not None:
+            self._conclude(opened)
 
     def _account_poll(self, seconds: float) -> None:
         """The poll's time and, on the direct path, the fetcher's queue and totals."""
@@ -244,6 +298,10 @@ class Runner:
 
     def close(self) -> None:
         try:
+            if self._open is not None:  # left by an exception: not finished, not saved
+                self._open.wait()
+                self._open = None
+                self.final_checkpoint = False
             flush_quietly(self.sink)
             if self.state is not None and self.positions and self.final_checkpoint:
                 try:

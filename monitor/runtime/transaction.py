@@ -34,6 +34,8 @@ from monitor.metrics import Metrics
 from monitor.pipeline.stage import Ticking
 from monitor.pipeline.stream import (
     BatchResult,
+    DecodedInput,
+    OpenBatch,
     StreamPipeline,
     account_batch,
     record_findings,
@@ -47,6 +49,7 @@ __all__ = [
     "BatchSource",
     "BatchTransaction",
     "FindingsHandler",
+    "OpenTransaction",
     "PreparedBatch",
     "RunStats",
     "flush_durably",
@@ -159,6 +162,24 @@ class PreparedBatch:
         return offsets
 
 
+@dataclass(frozen=True, slots=True)
+class OpenTransaction:
+    """A batch between ``BatchTransaction.begin`` and ``finish``."""
+
+    parts: tuple[tuple[StreamPipeline, OpenBatch], ...]
+    started: float  # time.perf_counter() when the batch was taken
+
+    @property
+    def apart(self) -> bool:
+        """A stage runs apart for this batch (``StreamPipeline.begin``)."""
+        return any(o.apart for _, o in self.parts)
+
+    def wait(self) -> None:
+        """Wait until no stage runs apart for this batch any more."""
+        for _, o in self.parts:
+            o.wait()
+
+
 class BatchTransaction:
     """Steps 1 and 4 of a batch (see the module doc); the caller owns 2 and 3."""
 
@@ -181,8 +202,32 @@ class BatchTransaction:
 
     def prepare(self, batches: Sequence[RawBatch], started: float | None = None) -> PreparedBatch:
         """Process ``batches``; return their results and every message they make."""
+        return self.finish(self.begin(self.decode(batches), started))
+
+    def decode(self, batches: Sequence[RawBatch]) -> list[DecodedInput]:
+        """Step 1, first part: decode ``batches`` (``prepare`` = ``decode``, ``begin``,
+        ``finish``; the runner decodes the next batch between ``begin`` and ``finish``
+        while a stage runs apart)."""
+        return [self.pipelines[raw.topic].decode(raw) for raw in batches]
+
+    def begin(
+        self, decoded: Sequence[DecodedInput], started: float | None = None, *, apart: bool = False
+    ) -> OpenTransaction:
+        """Step 1, second part: checks and stages (with ``apart``, the stages that can
+        run on a worker thread meanwhile: ``StreamPipeline.begin``)."""
         t0 = time.perf_counter() if started is None else started
-        results = tuple(self.pipelines[raw.topic].process(raw) for raw in batches)
+        return OpenTransaction(
+            tuple(
+                (self.pipelines[d.raw.topic], self.pipelines[d.raw.topic].begin(d, apart=apart))
+                for d in decoded
+            ),
+            t0,
+        )
+
+    def finish(self, opened: OpenTransaction) -> PreparedBatch:
+        """Step 1, last part: wait for stages running apart; the results and every
+        message they make."""
+        results = tuple(pipeline.finish(o) for pipeline, o in opened.parts)
         out: list[OutMessage] = []
         findings: list[Finding] = []
         verdicts: list[tuple[int, Verdicts]] = []
@@ -191,7 +236,7 @@ class BatchTransaction:
             findings.extend(r.findings)
             verdicts.extend((len(findings), v) for v in r.verdicts)
         out.extend(self.handle_findings(findings, verdicts))
-        return PreparedBatch(results, tuple(findings), tuple(out), t0)
+        return PreparedBatch(results, tuple(findings), tuple(out), opened.started)
 
     def handle_findings(
         self, findings: list[Finding], verdicts: Sequence[tuple[int, Verdicts]] = ()
