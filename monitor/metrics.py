@@ -124,6 +124,12 @@ class Metrics:
             "bounds the rate",
             registry=r,
         )
+        self.batches_apart = Counter(
+            "driftwarden_batches_apart",
+            "Batches whose drift stage ran on its worker thread while the main loop read "
+            "and decoded the next batch (reading a backlog on the direct path)",
+            registry=r,
+        )
         self.fetch_queued_bytes = Gauge(
             "driftwarden_fetch_queued_bytes",
             "Record bytes fetched ahead and not yet processed (direct fetch); the "

@@ -95,16 +95,19 @@ def test_apart_gives_what_one_after_another_gives(
 ) -> None:
     values, baseline = data
     reference_source = MemorySource(values)
-    reference, _ = _runner(_config(baseline), reference_source, MemoryStateStore())
+    reference, reference_registry = _runner(_config(baseline), reference_source, MemoryStateStore())
     reference_source.assign([(TOPIC, 0), (TOPIC, 1)])
     _drain(reference)
+    assert reference_registry.get_sample_value("driftwarden_batches_apart_total") == 0
     threads = _threads(monkeypatch)
     source = FetchingSource(values)
     store = MemoryStateStore()
-    runner, _ = _runner(_config(baseline), source, store)
+    runner, registry = _runner(_config(baseline), source, store)
     source.assign([(TOPIC, 0), (TOPIC, 1)])
     _drain(runner)
     assert any(t.startswith("driftwarden-stage") for t in threads)  # it did run apart
+    apart = registry.get_sample_value("driftwarden_batches_apart_total")
+    assert apart is not None and 0 < apart <= runner.stats.batches
     assert runner._open is None and runner._ahead is None
     assert_same(_states(runner), _states(reference))
     assert runner.stats.events == reference.stats.events == 24_000

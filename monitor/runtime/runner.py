@@ -248,6 +248,8 @@ class Runner:
         """Finish a begun batch: findings, messages sent and acknowledged, position
         advanced (and checkpointed when due), counts."""
         prepared = self.transaction.finish(opened)
+        if opened.apart:
+            self.metrics.batches_apart.inc()
         send_all(self.sink, prepared.out)
         self._flush()
         self.checkpointer.advance(prepared.next_offsets, prepared.events)
