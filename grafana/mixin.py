@@ -594,9 +594,17 @@ SERVICE_HEALTH = DashboardSpec(
                 _ts(
                     "Share of time waiting for records",
                     Query(f"rate(driftwarden_poll_seconds_total[{RATE}])", "{{instance}}"),
+                    Query(
+                        f"rate(driftwarden_batches_apart_total[{RATE}])"
+                        f" / clamp_min(rate(driftwarden_batch_events_count[{RATE}]), 1e-9)",
+                        "batches apart {{instance}}",
+                    ),
                     unit="percentunit",
                     desc="Seconds per second the main loop spent in the source's poll. Near 1 on "
-                    "a lagging consumer: fetching, not the stages, bounds the rate.",
+                    "a lagging consumer: fetching, not the stages, bounds the rate. Batches "
+                    "apart: the share of batches whose drift stage ran on its worker thread "
+                    "while the next batch was read and decoded (catching up on the direct "
+                    "path; 0 when caught up).",
                 ),
                 _ts(
                     "Fetch queue (direct fetch)",
