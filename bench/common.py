@@ -42,6 +42,7 @@ def produce_wide(
     from confluent_kafka import Producer
 
     from monitor.dev.demo import create_topic
+    from monitor.dev.producing import produce_waiting
     from monitor.dev.synthetic import generate_wide
 
     create_topic(bootstrap, topic, partitions)
@@ -52,11 +53,6 @@ def produce_wide(
     t0 = time.perf_counter()
     for i in range(events):
         key = b"k%d" % (i % 1000) if keyed else None
-        while True:
-            try:
-                producer.produce(topic, payloads[i % len(payloads)], key=key)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        produce_waiting(producer, topic, wait=0.01, value=payloads[i % len(payloads)], key=key)
     producer.flush(120)
     return time.perf_counter() - t0

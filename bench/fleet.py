@@ -108,6 +108,7 @@ def _broker(
 
     from connectors.embedded import EmbeddedBroker
     from monitor.dev.demo import create_topic
+    from monitor.dev.producing import produce_waiting
     from monitor.pipeline.decode import StreamDecoder
 
     out: dict[str, float] = {}
@@ -116,13 +117,10 @@ def _broker(
         create_topic(broker.bootstrap, topic, partitions)
         producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
         for i, value in enumerate(payloads):
-            while True:
-                try:
-                    # keyed by device, as IoT topics are: a device stays in its partition
-                    producer.produce(topic, value, partition=codes[i] % partitions)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
+            # keyed by device, as IoT topics are: a device stays in its partition
+            produce_waiting(
+                producer, topic, wait=0.01, value=value, partition=codes[i] % partitions
+            )
         producer.flush(120)
         for mode in ("consume+decode", "consume+decode+fleet") * max(args.repeats - 1, 1):
             consumer = Consumer(

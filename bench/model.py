@@ -213,6 +213,7 @@ def bench_broker(tmp: Path, events: int) -> list[tuple[str, str]]:
     from monitor.config.schema import parse_config
     from monitor.dev.demo import create_topic
     from monitor.dev.model_synthetic import generate_model_events
+    from monitor.dev.producing import produce_waiting
     from monitor.pipeline.model import ModelStage
     from monitor.runtime.service import Service
 
@@ -228,12 +229,7 @@ def bench_broker(tmp: Path, events: int) -> list[tuple[str, str]]:
             ("ml.loans.labels", iter(labels)),
         ):
             for value, key in pairs:
-                while True:
-                    try:
-                        producer.produce(topic, value, key=key)
-                        break
-                    except BufferError:
-                        producer.poll(0.01)
+                produce_waiting(producer, topic, wait=0.01, value=value, key=key)
         producer.flush(120)
         stream = _stream(tmp, drift=False)
         config = parse_config(

@@ -100,6 +100,7 @@ def produce_hostile(
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    from monitor.dev.producing import produce_waiting
     from monitor.dev.synthetic import generate_wide
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -127,12 +128,7 @@ def produce_hostile(
         elif bad[i]:
             value = hostile_wide(value, HOSTILE_KINDS[k % len(HOSTILE_KINDS)], i)
             k += 1
-        while True:
-            try:
-                producer.produce(topic, value)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        produce_waiting(producer, topic, wait=0.01, value=value)
     producer.flush(120)
     return time.perf_counter() - t0
 

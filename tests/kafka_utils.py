@@ -10,6 +10,10 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from monitor.dev.producing import produce_waiting
+
+__all__ = ["assert_same", "create_topics", "produce", "produce_waiting", "read_topic"]
+
 
 def create_topics(
     bootstrap: str, topics: dict[str, int], config: dict[str, str] | None = None
@@ -20,17 +24,6 @@ def create_topics(
     )
     for future in futures.values():
         future.result(10)
-
-
-def produce_waiting(producer: Producer, topic: str, **message: Any) -> None:
-    """``producer.produce(topic, **message)``, serving delivery reports while
-    librdkafka's queue is full."""
-    while True:
-        try:
-            producer.produce(topic, **message)
-            return
-        except BufferError:
-            producer.poll(0.05)
 
 
 def produce(

@@ -16,6 +16,7 @@ import yaml
 from connectors.kafka import ensure_topics
 from monitor.config.schema import Config, parse_config
 from monitor.dev.fleet_demo import demo_failures, demo_fleet_stream, produce_demo_fleet
+from monitor.dev.producing import produce_waiting
 from monitor.dev.synthetic import DEMO_STREAM, generate_fleet
 from monitor.errors import DriftwardenError
 
@@ -65,12 +66,7 @@ def produce_fleet(
                 bad_rate=bad_rate,
             )
             for value, key in zip(batch.values, batch.keys, strict=True):
-                while True:
-                    try:
-                        producer.produce(topic, value=value, key=key)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
+                produce_waiting(producer, topic, value=value, key=key)
             producer.poll(0)
             produced += n
             if rate > 0:

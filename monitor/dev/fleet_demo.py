@@ -268,6 +268,8 @@ def produce_demo_fleet(
     """Produce the demo fleet in real time (event time = wall clock), failures included."""
     from confluent_kafka import Producer
 
+    from monitor.dev.producing import produce_waiting
+
     start = time.time()
     scenario = FleetScenario(
         devices=DEMO_DEVICES,
@@ -284,7 +286,7 @@ def produce_demo_fleet(
             if stop.is_set():
                 break
             for code, value in zip(chunk.codes.tolist(), chunk.payloads(), strict=True):
-                producer.produce(topic, value=value, key=f"dev-{code:05d}".encode())
+                produce_waiting(producer, topic, value=value, key=f"dev-{code:05d}".encode())
             producer.poll(0)
             produced += len(chunk.codes)
             if len(chunk.times):

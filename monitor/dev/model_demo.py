@@ -53,6 +53,8 @@ def produce_model(
     ``label_delay`` seconds later (by event time, which follows the wall clock)."""
     from confluent_kafka import Producer
 
+    from monitor.dev.producing import produce_waiting
+
     for topic in ("ml.loans.inference", "ml.loans.labels"):
         create_topic(bootstrap, topic, PARTITIONS)
     start = time.time()
@@ -64,12 +66,7 @@ def produce_model(
     began = time.monotonic()
 
     def send(topic: str, value: bytes, key: bytes) -> None:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key)
-                return
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, topic, value=value, key=key)
 
     try:
         while (sent < events or labelled < len(ev.labels)) and not (
