@@ -95,6 +95,7 @@ PINNED: dict[str, list[str]] = {
         "registered_stages",
         "stage_class",
         "stages_for",
+        "worker",
     ],
     "monitor.runtime.state": [
         "CHUNK_BYTES",

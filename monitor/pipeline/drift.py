@@ -82,10 +82,8 @@ import dataclasses
 import logging
 import math
 import operator
-import os
-import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -117,6 +115,7 @@ from monitor.errors import ConfigError
 from monitor.pipeline.baselines import BaselineAccumulator
 from monitor.pipeline.decode import Batch, StreamDecoder
 from monitor.pipeline.drift_state import DriftState, as_drift_state
+from monitor.pipeline.stage import worker
 
 if TYPE_CHECKING:
     from monitor.pipeline.stage import Coordinates, Stage, StageContext
@@ -136,19 +135,6 @@ _NARROW_FLAT = 2**16 - 1
 # A multi-partition batch whose partitions are runs of rows is folded in place (False:
 # regrouped like any other batch; the tests compare the two).
 _KEEP_RUNS = True
-_WORKERS: dict[int, ThreadPoolExecutor] = {}  # by process id (a fork starts its own)
-_WORKERS_LOCK = threading.Lock()
-
-
-def _worker() -> ThreadPoolExecutor:
-    """The process's one worker thread for drift stages' ADWIN folds (each stage
-    waits for its own before its update returns, so one thread serves them all)."""
-    pid = os.getpid()
-    with _WORKERS_LOCK:
-        pool = _WORKERS.get(pid)
-        if pool is None:
-            pool = _WORKERS[pid] = ThreadPoolExecutor(1, thread_name_prefix="driftwarden-adwin")
-        return pool
 
 
 @dataclasses.dataclass
@@ -937,7 +923,7 @@ class DriftStage:
             jobs = self._raw_jobs(self._ordered_shares(batch, offsets, times_all))
             befores = self._estimations(jobs)
             if sum(int(job[4].size) for job in jobs) >= _PARALLEL_VALUES:
-                pending = _worker().submit(_update_adwins, jobs)
+                pending = worker("adwin").submit(_update_adwins, jobs)
             try:
                 findings = self._fold_rings(batch, rows_of, cuts, offsets, times_all)
             except BaseException:

@@ -29,7 +29,10 @@ row's finding only for the alert episode that resolves on it.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -66,6 +69,7 @@ __all__ = [
     "registered_stages",
     "stage_class",
     "stages_for",
+    "worker",
 ]
 
 SlotArray = npt.NDArray[np.int32]
@@ -186,6 +190,27 @@ class RunsApart(Protocol):
     (a checkpoint, a rebalance, the next batch's stages) touches the stage."""
 
     runs_apart: bool
+
+
+_WORKERS: dict[tuple[int, str], ThreadPoolExecutor] = {}  # by (process id, name)
+_WORKERS_LOCK = threading.Lock()
+
+
+def worker(name: str) -> ThreadPoolExecutor:
+    """The process's one worker thread called ``name`` (thread ``driftwarden-<name>``),
+    made on first use; a forked process makes its own. One thread keeps the jobs
+    given to it in order; two names never wait on each other's queue (the drift
+    stage runs apart on "stage" and hands its ADWIN folds to "adwin").
+
+    >>> worker("doc") is worker("doc")
+    True
+    """
+    key = (os.getpid(), name)
+    with _WORKERS_LOCK:
+        pool = _WORKERS.get(key)
+        if pool is None:
+            pool = _WORKERS[key] = ThreadPoolExecutor(1, thread_name_prefix=f"driftwarden-{name}")
+        return pool
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ from monitor.pipeline.stage import (
     Verdicting,
     Violating,
     registered_stages,
+    worker,
 )
 
 log = logging.getLogger("driftwarden.pipeline")
@@ -255,17 +256,6 @@ def _run_stage(
     return StageOutcome(findings, verdicts, violations, None, time.perf_counter() - t)
 
 
-_APART: ThreadPoolExecutor | None = None
-
-
-def _apart() -> ThreadPoolExecutor:
-    """The worker thread stages run apart on (one: a stage's batches stay in order)."""
-    global _APART
-    if _APART is None:
-        _APART = ThreadPoolExecutor(1, thread_name_prefix="driftwarden-stage")
-    return _APART
-
-
 class StreamPipeline:
     """Decode + schema checks + dead letters + metrics (+ finding stages) for one stream."""
 
@@ -406,7 +396,7 @@ class StreamPipeline:
             for stage in self.stages:
                 if apart and isinstance(stage, RunsApart) and stage.runs_apart:
                     opened.outcomes.append(
-                        _apart().submit(_run_stage, stage, batch, partitions, coordinates)
+                        worker("stage").submit(_run_stage, stage, batch, partitions, coordinates)
                     )
                 else:
                     opened.outcomes.append(_run_stage(stage, batch, partitions, coordinates))
